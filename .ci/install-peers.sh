@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs the real protocol peers the tests start themselves (Dovecot, dnsmasq, Postfix tools, swaks,
+# DKIM verifiers). Idempotent and quiet when everything is present. Never leaves system services running.
+set -euo pipefail
+need=()
+command -v dovecot >/dev/null || need+=(dovecot-imapd dovecot-pop3d)
+[ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq-base)
+command -v opendkim-testmsg >/dev/null || need+=(opendkim-tools)
+perl -MMail::DKIM::Verifier -e1 2>/dev/null || need+=(libmail-dkim-perl)
+command -v smtp-source >/dev/null || [ -x /usr/sbin/smtp-source ] || need+=(postfix)
+command -v swaks >/dev/null || need+=(swaks)
+command -v openssl >/dev/null || need+=(openssl)
+command -v systemd-analyze >/dev/null || need+=(systemd)
+if [ ${#need[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  # keep package scripts from starting system services (Dovecot on 143/993, Postfix on 25)
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+    $SUDO chmod +x /usr/sbin/policy-rc.d
+  fi
+  echo "postfix postfix/main_mailer_type select No configuration" | $SUDO debconf-set-selections
+  $SUDO apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${need[@]}" >/dev/null
+fi
+# a system Dovecot/Postfix started anyway must not hold ports the tests do not use, but be sure
+pkill -x dovecot 2>/dev/null || true
+exit 0

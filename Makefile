@@ -1,0 +1,36 @@
+# The two commands of the README:
+#   make run   - set up a venv, install relaybox, run it on the sample config (SQLite under ./var)
+#   make test  - install the real peers (Debian packages) and the test deps, run the whole suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+
+.PHONY: run test peers venv bench clean
+
+$(BIN)/relaybox: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+venv: $(BIN)/relaybox
+
+run: venv
+	mkdir -p var
+	$(BIN)/relaybox run --config conf/relaybox.toml
+
+peers:
+	bash .ci/install-peers.sh
+
+test: venv peers
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+bench: venv peers
+	$(BIN)/python bench/intake.py
+	$(BIN)/python bench/dkim.py
+	$(BIN)/python bench/delivery.py
+	$(BIN)/python bench/bounces.py
+	$(BIN)/python bench/poller.py
+
+clean:
+	rm -rf $(VENV) var

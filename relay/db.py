@@ -1,0 +1,323 @@
+"""SQLite storage: connection setup, versioned migrations, and the single writer with group commit.
+
+Durability contract: ``await db.write(fn)`` returns only after the transaction that ran ``fn`` has been
+committed with ``synchronous=FULL`` in WAL mode, i.e. after the WAL fsync. Concurrent writers are batched:
+the writer thread takes every job waiting in its queue, runs each inside its own SAVEPOINT of one
+transaction, commits once (one fsync), then resolves all the futures. A job that raises rolls back only its
+own savepoint and gets its exception; a failed COMMIT fails every job of the batch (no one gets a 250).
+
+Reads run on a small pool of reader threads, each with its own connection (WAL lets them see the last
+committed state while the writer works). The event loop never blocks on SQLite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import os
+import pkgutil
+import queue
+import sqlite3
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, TypeVar
+
+log = logging.getLogger("relay.db")
+
+T = TypeVar("T")
+_STOP = object()
+
+# An upper bound on jobs per transaction: keeps a batch's latency bounded under extreme load.
+MAX_BATCH = 512
+
+
+class StorageError(Exception):
+    """The database could not durably store or read something."""
+
+
+class SchemaTooNew(StorageError):
+    """The database was written by a newer relaybox; refusing to downgrade."""
+
+
+def _connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=30000")
+    if readonly:
+        conn.execute("PRAGMA query_only=ON")
+    return conn
+
+
+def migrations() -> list[tuple[int, str, Any]]:
+    """All migrations found in ``relay.migrations`` as (version, name, module), sorted by version.
+
+    Each module is named ``mNNNN_description`` and defines ``SQL`` (a script) and/or ``apply(conn)``.
+    """
+    import relay.migrations as pkg
+
+    found = []
+    for info in pkgutil.iter_modules(pkg.__path__):
+        if not info.name.startswith("m") or "_" not in info.name:
+            continue
+        num = info.name[1:].split("_", 1)[0]
+        if not num.isdigit():
+            continue
+        mod = importlib.import_module(f"relay.migrations.{info.name}")
+        found.append((int(num), info.name, mod))
+    found.sort(key=lambda t: t[0])
+    versions = [v for v, _, _ in found]
+    if len(set(versions)) != len(versions):
+        raise RuntimeError(f"duplicate migration versions: {versions}")
+    return found
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the schema up to date; returns the resulting version. Refuses to downgrade."""
+    current = conn.execute("PRAGMA user_version").fetchone()[0]
+    all_migrations = migrations()
+    latest = all_migrations[-1][0] if all_migrations else 0
+    if current > latest:
+        raise SchemaTooNew(
+            f"database schema version {current} is newer than this relaybox ({latest}); refusing to downgrade"
+        )
+    for version, name, mod in all_migrations:
+        if version <= current:
+            continue
+        log.info("applying migration %s", name)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if getattr(mod, "SQL", None):
+                for stmt in _split_sql(mod.SQL):
+                    conn.execute(stmt)
+            if hasattr(mod, "apply"):
+                mod.apply(conn)
+            conn.execute(f"PRAGMA user_version={version}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return max(current, latest)
+
+
+def _split_sql(script: str) -> list[str]:
+    stmts, buf = [], ""
+    for line in script.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            if buf.strip():
+                stmts.append(buf.strip())
+            buf = ""
+    if buf.strip():
+        stmts.append(buf.strip())
+    return stmts
+
+
+class _Job:
+    __slots__ = ("fn", "future", "loop")
+
+    def __init__(self, fn, future, loop):
+        self.fn = fn
+        self.future = future
+        self.loop = loop
+
+
+class Database:
+    """One SQLite file: a writer thread with group commit plus reader threads."""
+
+    def __init__(self, path: str, *, readers: int = 4):
+        self.path = str(path)
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._wconn: sqlite3.Connection | None = None
+        self._readers = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="db-read")
+        self._local = threading.local()
+        self._rconns: list[sqlite3.Connection] = []
+        self._rlock = threading.Lock()
+        self.batches = 0  # commits done (observability, tests)
+        self.jobs = 0
+        self.last_error: str | None = None
+        # test hook: when set, the writer raises this at commit time (simulates a full disk / I/O error)
+        self.fail_commits: Exception | None = None
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+    def open(self) -> "Database":
+        d = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(d, exist_ok=True)
+        self._wconn = _connect(self.path)
+        migrate(self._wconn)
+        self._writer = threading.Thread(target=self._run_writer, name="db-writer", daemon=True)
+        self._writer.start()
+        return self
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._queue.put(_STOP)
+            self._writer.join(timeout=30)
+            self._writer = None
+        self._readers.shutdown(wait=True)
+        with self._rlock:
+            for c in self._rconns:
+                c.close()
+            self._rconns.clear()
+        if self._wconn is not None:
+            try:
+                self._wconn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error:
+                pass
+            self._wconn.close()
+            self._wconn = None
+
+    # ---- writes ----------------------------------------------------------------------------------
+    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(conn)`` in the writer thread; return its result once durably committed."""
+        if self._writer is None:
+            raise StorageError("database is closed")
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._queue.put(_Job(fn, fut, loop))
+        return await fut
+
+    def write_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Blocking variant for CLI/offline tools (not for use inside the event loop)."""
+        if self._writer is None:
+            raise StorageError("database is closed")
+        done = threading.Event()
+        box: dict[str, Any] = {}
+        job = _Job(fn, (done, box), None)
+        self._queue.put(job)
+        done.wait()
+        if "error" in box:
+            raise box["error"]
+        return box.get("result")  # type: ignore[return-value]
+
+    def _run_writer(self) -> None:
+        conn = self._wconn
+        assert conn is not None
+        while True:
+            first = self._queue.get()
+            if first is _STOP:
+                return
+            batch = [first]
+            stop_after = False
+            while len(batch) < MAX_BATCH:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is _STOP:
+                    stop_after = True
+                    break
+                batch.append(nxt)
+            self._run_batch(conn, batch)
+            if stop_after:
+                return
+
+    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
+        results: list[tuple[_Job, bool, Any]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            err = StorageError(f"cannot begin transaction: {exc}")
+            self.last_error = str(err)
+            for job in batch:
+                self._resolve(job, False, err)
+            return
+        for i, job in enumerate(batch):
+            sp = f"j{i}"
+            conn.execute(f"SAVEPOINT {sp}")
+            try:
+                res = job.fn(conn)
+                conn.execute(f"RELEASE {sp}")
+                results.append((job, True, res))
+            except BaseException as exc:  # noqa: BLE001 - delivered to the waiting coroutine
+                try:
+                    conn.execute(f"ROLLBACK TO {sp}")
+                    conn.execute(f"RELEASE {sp}")
+                except sqlite3.Error:
+                    pass
+                results.append((job, False, exc))
+        try:
+            if self.fail_commits is not None:
+                raise sqlite3.OperationalError(str(self.fail_commits))
+            conn.execute("COMMIT")
+            self.last_error = None
+        except sqlite3.Error as exc:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            err = StorageError(f"commit failed: {exc}")
+            self.last_error = str(err)
+            log.error("database commit failed for a batch of %d: %s", len(batch), exc)
+            for job, _ok, _res in results:
+                self._resolve(job, False, err)
+            return
+        self.batches += 1
+        self.jobs += len(batch)
+        for job, ok, res in results:
+            self._resolve(job, ok, res)
+
+    @staticmethod
+    def _resolve(job: _Job, ok: bool, value: Any) -> None:
+        if job.loop is None:
+            done, box = job.future  # type: ignore[misc]
+            box["result" if ok else "error"] = value
+            done.set()
+            return
+
+        def _set(fut=job.future):
+            if fut.done():
+                return
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(value)
+
+        try:
+            job.loop.call_soon_threadsafe(_set)
+        except RuntimeError:  # loop closed: nobody is waiting any more
+            pass
+
+    # ---- reads -----------------------------------------------------------------------------------
+    def _reader(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = _connect(self.path, readonly=True)
+            self._local.conn = conn
+            with self._rlock:
+                self._rconns.append(conn)
+        return conn
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(conn)`` on a reader connection in a thread; returns its result."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, lambda: fn(self._reader()))
+
+    def read_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return self._readers.submit(lambda: fn(self._reader())).result()
+
+    # ---- helpers ---------------------------------------------------------------------------------
+    async def check_writable(self) -> bool:
+        """Readiness probe: a tiny durable write round-trip."""
+        try:
+            await asyncio.wait_for(
+                self.write(lambda c: c.execute("UPDATE kv SET value=? WHERE key='ping'", (str(time.time()),))),
+                timeout=5,
+            )
+            return True
+        except Exception:  # noqa: BLE001
+            return False
+
+    def size_bytes(self) -> int:
+        total = 0
+        for suffix in ("", "-wal"):
+            try:
+                total += os.path.getsize(self.path + suffix)
+            except OSError:
+                pass
+        return total
