@@ -67,3 +67,73 @@ class StorageConfig:
 class RelayConfig:
     smtp: SMTPConfig = field(default_factory=SMTPConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    delivery: DeliveryConfig = field(default_factory=lambda: DeliveryConfig())
+    routes: list[RouteConfig] = field(default_factory=list)
+    dkim: DKIMConfig = field(default_factory=lambda: DKIMConfig())
+
+
+# ---- delivery (owned by the delivery engine: relay/scheduler.py, delivery.py, mx.py, transport.py) ------
+@dataclass(frozen=True)
+class DeliveryConfig:
+    helo_name: str = ""                    # EHLO name towards next hops; empty = smtp.hostname
+    max_lifetime: Duration = Duration(5 * 86400)   # give up after this -> failed 'expired'
+    retry_first: Duration = Duration(300)  # first retry delay, doubling
+    retry_cap: Duration = Duration(4000)   # longest retry delay
+    retry_jitter: float = 0.1              # +- fraction of each delay
+    concurrency: int = 200                 # connections in flight, all destinations
+    per_destination: int = 20              # connections per domain / smarthost
+    per_domain: dict[str, int] = field(default_factory=dict)   # overrides, e.g. {"gmail.com" = 10}
+    messages_per_connection: int = 100     # reuse one SMTP connection for up to this many messages
+    connect_timeout: Duration = Duration(30)
+    command_timeout: Duration = Duration(120)   # per SMTP command; DATA end waits this long too
+    idle_reuse: Duration = Duration(5)     # keep an idle connection this long for the next message
+    mx_port: int = 25                      # port of MX hosts (tests use a high port)
+    mx_tls_verify: bool = False            # opportunistic STARTTLS to MX: certificates not verified
+    nameservers: list[str] = field(default_factory=list)  # empty = system resolver (/etc/resolv.conf)
+    dns_port: int = 53
+    dns_timeout: Duration = Duration(10)
+    lease: Duration = Duration(300)        # claim lease; a crashed worker's recipients return after this
+    claim_batch: int = 200                 # recipients claimed per scheduler round
+    poll_interval: Duration = Duration(1)  # how often the scheduler looks for due recipients when idle
+    dsn: bool = True                       # RFC 3464 report to the envelope sender on bounced/failed
+    delay_notice: bool = False             # one "delayed" DSN per message (not yet implemented)
+
+    def __post_init__(self):
+        for name in ("concurrency", "per_destination", "messages_per_connection", "claim_batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"delivery.{name}: must be >= 1")
+        if not 0 <= self.retry_jitter < 1:
+            raise ValueError("delivery.retry_jitter: expected a fraction between 0 and 1")
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    name: str
+    host: str
+    port: int = 587
+    tls: str = "starttls"                  # none | starttls | implicit
+    tls_verify: bool = True
+    username: str = ""
+    password: str = ""                     # never logged, never in transcripts
+    from_addresses: list[str] = field(default_factory=list)   # exact From addresses using this route
+    from_domains: list[str] = field(default_factory=list)     # From domains using this route
+    default: bool = False                  # used when no route matches (else: direct MX)
+
+    def __post_init__(self):
+        if self.tls not in ("none", "starttls", "implicit"):
+            raise ValueError(f'routes.{self.name}.tls: expected "none", "starttls" or "implicit", '
+                             f"got {self.tls!r}")
+
+
+@dataclass(frozen=True)
+class DKIMKeyConfig:
+    selector: str
+    key_file: str                          # PEM private key (RSA 2048 or Ed25519); type taken from the key
+
+
+@dataclass(frozen=True)
+class DKIMConfig:
+    enabled: bool = False
+    default_domain: str = ""               # sign with this domain's key when the From domain has none
+    domains: dict[str, DKIMKeyConfig] = field(default_factory=dict)
+    headers: list[str] = field(default_factory=list)   # empty = the standard set in relay/dkim.py
