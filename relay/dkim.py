@@ -1,0 +1,217 @@
+"""DKIM signing (RFC 6376, RFC 8463): relaxed/relaxed, rsa-sha256 and ed25519-sha256, headers only.
+
+The signer touches nothing but headers: it returns a ``DKIM-Signature`` field to prepend; the body bytes
+go out unchanged. Keys are loaded once (``Signer.from_config``) and the private-key step runs in OpenSSL
+through ``cryptography`` (~0.5 ms for RSA-2048) instead of dkimpy's pure-Python RSA (~10 ms). The
+canonicalisation and hashing are done here on bytes with a few regular expressions; tests/test_dkim.py
+checks the result against independent verifiers (Perl Mail::DKIM, opendkim) and dkimpy.
+
+Signing domain: the From domain if a key is configured for it (or for a parent domain), else
+``dkim.default_domain`` if set, else the message is sent unsigned.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import time
+from dataclasses import dataclass
+from email.utils import getaddresses
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
+
+# Signed when present (RFC 6376 5.4.1 recommendations); From is also over-signed (one extra "from")
+# so that a From added in transit breaks the signature.
+STANDARD_HEADERS = (
+    "from", "sender", "reply-to", "subject", "date", "message-id", "to", "cc", "mime-version",
+    "content-type", "content-transfer-encoding", "content-id", "content-description", "in-reply-to",
+    "references", "list-id", "list-help", "list-unsubscribe", "list-unsubscribe-post", "list-subscribe",
+    "list-post", "list-owner", "list-archive",
+)
+
+_WSP_RUN = re.compile(rb"[ \t]+")
+_TRAILING_WSP = re.compile(rb"[ \t]+\r\n")
+_FOLD = re.compile(rb"\r?\n(?=[ \t])")
+_FIELD_START = re.compile(rb"^[^ \t\r\n]", re.M)
+
+
+class DKIMError(Exception):
+    """A key that cannot be loaded or a message that cannot be signed."""
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    domain: str
+    selector: str
+    algorithm: str          # "rsa-sha256" | "ed25519-sha256"
+    key: object             # cryptography private key
+
+    def sign_digest_input(self, data: bytes) -> bytes:
+        if self.algorithm == "rsa-sha256":
+            return self.key.sign(data, padding.PKCS1v15(), hashes.SHA256())  # type: ignore[attr-defined]
+        return self.key.sign(hashlib.sha256(data).digest())  # type: ignore[attr-defined]
+
+
+def load_key(domain: str, selector: str, pem: bytes) -> SigningKey:
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError) as exc:
+        raise DKIMError(f"dkim key for {domain}: cannot load PEM private key: {exc}") from exc
+    if isinstance(key, rsa.RSAPrivateKey):
+        if key.key_size < 1024:
+            raise DKIMError(f"dkim key for {domain}: RSA key of {key.key_size} bits is too small")
+        return SigningKey(domain.lower(), selector, "rsa-sha256", key)
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return SigningKey(domain.lower(), selector, "ed25519-sha256", key)
+    raise DKIMError(f"dkim key for {domain}: only RSA and Ed25519 keys are supported")
+
+
+def dns_record(key) -> str:
+    """The TXT record value (``v=DKIM1; k=...; p=...``) for a private or public key."""
+    pub = key.public_key() if hasattr(key, "public_key") else key
+    if isinstance(pub, ed25519.Ed25519PublicKey):
+        raw = pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        return f"v=DKIM1; k=ed25519; p={base64.b64encode(raw).decode()}"
+    der = pub.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return f"v=DKIM1; k=rsa; p={base64.b64encode(der).decode()}"
+
+
+# ---- canonicalisation (RFC 6376 3.4.2 and 3.4.4) -----------------------------------------------------
+def split_message(message: bytes) -> tuple[bytes, bytes]:
+    """Header block (with its final line break) and body."""
+    i = message.find(b"\r\n\r\n")
+    if i >= 0:
+        return message[:i + 2], message[i + 4:]
+    j = message.find(b"\n\n")
+    if j >= 0:
+        return message[:j + 1], message[j + 2:]
+    return message, b""
+
+
+def parse_headers(block: bytes) -> list[tuple[bytes, bytes]]:
+    """[(name, raw field including continuation lines, without the final CRLF)], in order."""
+    starts = [m.start() for m in _FIELD_START.finditer(block)]
+    out = []
+    for k, s in enumerate(starts):
+        e = starts[k + 1] if k + 1 < len(starts) else len(block)
+        raw = block[s:e].rstrip(b"\r\n")
+        name, sep, _ = raw.partition(b":")
+        if sep:
+            out.append((name.strip(), raw))
+    return out
+
+
+def relaxed_header(raw: bytes) -> bytes:
+    name, _, value = raw.partition(b":")
+    value = _FOLD.sub(b"", value).replace(b"\r", b"").replace(b"\n", b"")
+    value = _WSP_RUN.sub(b" ", value).strip(b" ")
+    return name.strip().lower() + b":" + value
+
+
+def relaxed_body(body: bytes) -> bytes:
+    if b"\r\n" not in body and b"\n" in body:
+        body = body.replace(b"\n", b"\r\n")
+    body = _WSP_RUN.sub(b" ", body)
+    body = _TRAILING_WSP.sub(b"\r\n", body)
+    if body.endswith(b" "):
+        body = body.rstrip(b" ")
+    body = body.rstrip(b"\r\n")
+    return body + b"\r\n" if body else b""
+
+
+def from_domain(headers: list[tuple[bytes, bytes]]) -> str | None:
+    for name, raw in headers:
+        if name.lower() == b"from":
+            value = raw.partition(b":")[2].decode("utf-8", "replace")
+            addrs = [a for _, a in getaddresses([" ".join(value.split())]) if "@" in a]
+            if addrs:
+                return addrs[0].rpartition("@")[2].lower().rstrip(">")
+            return None
+    return None
+
+
+def _fold_b64(sig: str, first: int) -> str:
+    out, line = [], sig[:first]
+    rest = sig[first:]
+    out.append(line)
+    while rest:
+        out.append(rest[:72])
+        rest = rest[72:]
+    return "\r\n\t".join(out)
+
+
+class Signer:
+    """Signs messages with keys loaded once. ``sign(message)`` returns the header field to prepend."""
+
+    def __init__(self, keys: dict[str, SigningKey], default_domain: str = "",
+                 headers: tuple[str, ...] = STANDARD_HEADERS):
+        self.keys = {d.lower(): k for d, k in keys.items()}
+        self.default_domain = default_domain.lower()
+        self.headers = tuple(h.lower() for h in headers)
+        self._wanted = frozenset(self.headers)
+
+    @classmethod
+    def from_config(cls, cfg) -> "Signer | None":
+        """Build from a ``relay.config.DKIMConfig``; None when DKIM is disabled or has no keys."""
+        if not cfg.enabled or not cfg.domains:
+            return None
+        keys = {}
+        for domain, kc in cfg.domains.items():
+            try:
+                with open(kc.key_file, "rb") as fh:
+                    pem = fh.read()
+            except OSError as exc:
+                raise DKIMError(f"dkim.domains.{domain}.key_file: {exc.strerror}: {kc.key_file}") from exc
+            keys[domain] = load_key(domain, kc.selector, pem)
+        if cfg.default_domain and cfg.default_domain.lower() not in {d.lower() for d in keys}:
+            raise DKIMError(f"dkim.default_domain: no key configured for {cfg.default_domain}")
+        return cls(keys, cfg.default_domain, tuple(cfg.headers) or STANDARD_HEADERS)
+
+    def key_for(self, domain: str | None) -> SigningKey | None:
+        d = (domain or "").lower()
+        while d:
+            if d in self.keys:
+                return self.keys[d]
+            d = d.partition(".")[2] if "." in d else ""
+        return self.keys.get(self.default_domain) if self.default_domain else None
+
+    def sign(self, message: bytes, now: float | None = None) -> bytes | None:
+        """The ``DKIM-Signature: ...\\r\\n`` field for ``message``, or None if no key applies."""
+        block, body = split_message(message)
+        headers = parse_headers(block)
+        key = self.key_for(from_domain(headers))
+        if key is None:
+            return None
+        return self.sign_with(key, headers, body, now)
+
+    def sign_message(self, message: bytes, now: float | None = None) -> bytes:
+        sig = self.sign(message, now)
+        return sig + message if sig else message
+
+    def sign_with(self, key: SigningKey, headers: list[tuple[bytes, bytes]], body: bytes,
+                  now: float | None = None) -> bytes:
+        bh = base64.b64encode(hashlib.sha256(relaxed_body(body)).digest()).decode()
+        by_name: dict[bytes, list[bytes]] = {}
+        for name, raw in headers:
+            lname = name.lower()
+            if lname.decode("ascii", "replace") in self._wanted:
+                by_name.setdefault(lname, []).append(raw)
+        names: list[str] = []
+        canon: list[bytes] = []
+        for h in self.headers:
+            instances = by_name.get(h.encode())
+            if not instances:
+                continue
+            for raw in reversed(instances):       # verifiers take instances from the bottom up
+                names.append(h)
+                canon.append(relaxed_header(raw) + b"\r\n")
+        names.append("from")                      # over-sign From
+        t = int(time.time() if now is None else now)
+        value = (f"v=1; a={key.algorithm}; c=relaxed/relaxed; d={key.domain}; s={key.selector};\r\n"
+                 f"\tt={t}; bh={bh};\r\n\th={':'.join(names)};\r\n\tb=")
+        field = b"DKIM-Signature: " + value.encode()
+        data = b"".join(canon) + relaxed_header(field)
+        sig = base64.b64encode(key.sign_digest_input(data)).decode()
+        return field + _fold_b64(sig, 70).encode() + b"\r\n"
