@@ -1,0 +1,129 @@
+"""Header work at intake: trace and identity headers, scheduled sending, the fields we index.
+
+Only the header block is parsed (a simple RFC 5322 unfolding scan); the body is never touched, so DKIM
+signing later sees exactly what the client sent plus our prepended headers.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import re
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from relay.envelope import new_queue_id
+
+SEND_AT_HEADER = "x-relaybox-send-at"
+ID_HEADER = "X-Relaybox-ID"
+_FIELD_RE = re.compile(rb"^([\x21-\x39\x3b-\x7e]+)[ \t]*:")
+
+
+class HeaderError(ValueError):
+    """A header relaybox must understand is malformed (the text goes into the 550 reply)."""
+
+
+@dataclass
+class Prepared:
+    body: bytes
+    queue_id: str
+    send_at: float | None
+    from_header: str | None
+    subject: str | None
+    message_id: str | None
+
+
+def split_message(content: bytes) -> tuple[bytes, bytes]:
+    """(header block including its final CRLF, rest starting at the blank line or b'')."""
+    if content.startswith(b"\r\n"):
+        return b"", content
+    if not _FIELD_RE.match(content[:1000]):
+        return b"", b"\r\n" + content   # no header block at all: everything is body
+    idx = content.find(b"\r\n\r\n")
+    if idx < 0:
+        return content, b""
+    return content[: idx + 2], content[idx + 2:]
+
+
+def parse_headers(block: bytes) -> list[tuple[str, bytes]]:
+    """[(lower-case name, raw field bytes incl. continuation lines and final CRLF)]."""
+    fields: list[tuple[str, bytes]] = []
+    for line in block.split(b"\r\n")[:-1] if block.endswith(b"\r\n") else block.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t") and fields:
+            name, raw = fields[-1]
+            fields[-1] = (name, raw + line + b"\r\n")
+            continue
+        m = _FIELD_RE.match(line)
+        name = m.group(1).decode("ascii").lower() if m else ""
+        fields.append((name, line + b"\r\n"))
+    return fields
+
+
+def field_value(raw: bytes) -> str:
+    _, _, value = raw.partition(b":")
+    return re.sub(r"\r\n[ \t]+", " ", value.decode("utf-8", "replace")).strip()
+
+
+def parse_send_at(value: str) -> float:
+    v = value.strip()
+    try:
+        dt = datetime.fromisoformat(v.replace("Z", "+00:00").replace("z", "+00:00"))
+        if dt.tzinfo is None:
+            raise HeaderError(f"X-Relaybox-Send-At: {value!r} has no time zone")
+        return dt.timestamp()
+    except ValueError:
+        pass
+    try:
+        dt = email.utils.parsedate_to_datetime(v)
+    except (TypeError, ValueError, IndexError):
+        dt = None
+    if dt is None:
+        raise HeaderError(f"X-Relaybox-Send-At: cannot parse {value!r}; use RFC 3339 like"
+                          f" 2026-01-31T09:00:00Z or an RFC 5322 date")
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.timestamp()
+
+
+def prepare_message(content: bytes, *, hostname: str, helo: str, client_ip: str, tls: bool, auth: bool,
+                    rcpts: list[str], queue_id: str | None = None, now: float | None = None) -> Prepared:
+    now = time.time() if now is None else now
+    qid = queue_id or new_queue_id(now)
+    block, rest = split_message(content)
+    fields = parse_headers(block)
+    seen = {name for name, _ in fields}
+    first = {}
+    for name, raw in fields:
+        first.setdefault(name, raw)
+    send_at = None
+    kept = []
+    for name, raw in fields:
+        if name == SEND_AT_HEADER:
+            send_at = parse_send_at(field_value(raw))
+            continue
+        if name == ID_HEADER.lower():
+            continue   # never trust a client-supplied relaybox id (bounce correlation relies on it)
+        kept.append(raw)
+    date = email.utils.formatdate(now, usegmt=True)
+    proto = "ESMTP" + ("S" if tls else "") + ("A" if auth else "")
+    for_clause = f"\r\n\tfor <{rcpts[0]}>" if len(rcpts) == 1 else ""
+    prepend = [
+        f"Received: from {helo or 'unknown'} ([{client_ip}])\r\n\tby {hostname} (relaybox) with {proto}"
+        f" id {qid}{for_clause};\r\n\t{date}\r\n".encode("utf-8", "replace"),
+        f"{ID_HEADER}: {qid}\r\n".encode(),
+    ]
+    append = []
+    msgid = field_value(first["message-id"]) if "message-id" in seen else None
+    if msgid is None:
+        msgid = f"<{qid}@{hostname}>"
+        append.append(f"Message-ID: {msgid}\r\n".encode())
+    if "date" not in seen:
+        append.append(f"Date: {date}\r\n".encode())
+    body = b"".join(prepend) + b"".join(kept) + b"".join(append) + rest
+    if not rest and block:
+        body += b"\r\n"   # header-only message: keep the required empty line
+    return Prepared(
+        body=body, queue_id=qid, send_at=send_at,
+        from_header=field_value(first["from"]) if "from" in seen else None,
+        subject=field_value(first["subject"])[:500] if "subject" in seen else None,
+        message_id=msgid)

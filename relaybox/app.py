@@ -1,0 +1,197 @@
+"""Build everything from the settings and run it in one asyncio loop (uvloop).
+
+Start order follows a message's life: storage (lock, migrations, crash recovery) -> policy -> SMTP intake
+-> delivery scheduler -> inbound poller -> admin API. Stop order is the reverse, with a drain: SIGTERM or
+SIGINT stops accepting (421 to new sessions), lets sessions in DATA commit, lets in-flight deliveries end
+(up to a timeout, leases are then released by recovery at the next start), and exits 0.
+SIGHUP reloads what can change without a restart (allowlist and user seeds, log level).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import importlib
+import logging
+import os
+import shutil
+import signal
+import time
+from typing import Any
+
+from relay.db import Database
+from relay.listener import Listener
+from relay.policy import Policy, hash_password, seed
+from relay.queue import Spool
+from relaybox.settings import Settings, load
+
+log = logging.getLogger("relaybox")
+
+
+def _optional(modname: str) -> Any:
+    try:
+        return importlib.import_module(modname)
+    except ImportError as exc:
+        if exc.name and modname.startswith(exc.name):
+            return None
+        raise
+
+
+class DiskMonitor:
+    """Free-space check for the spool's filesystem, cached for a second (called at every MAIL FROM)."""
+
+    def __init__(self, path: str, min_free: float):
+        self.dir = os.path.dirname(os.path.abspath(path)) or "."
+        self.min_free = min_free
+        self._at = 0.0
+        self._ok = True
+        self.free_ratio = 1.0
+
+    def ok(self) -> bool:
+        now = time.monotonic()
+        if now - self._at > 1.0:
+            self._at = now
+            try:
+                usage = shutil.disk_usage(self.dir)
+                self.free_ratio = usage.free / usage.total if usage.total else 0.0
+                self._ok = self.free_ratio >= self.min_free
+            except OSError:
+                self._ok = False
+        return self._ok
+
+
+class App:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        rc = settings.relay
+        self.db = Database(rc.storage.path)
+        self.spool = Spool(self.db, poison_limit=rc.storage.poison_limit)
+        self.policy = Policy(self.db)
+        self.disk = DiskMonitor(rc.storage.path, rc.storage.min_free)
+        self.listener: Listener | None = None
+        self.scheduler: Any = None
+        self.poller: Any = None
+        self.admin: Any = None
+        self.lock: Any = None
+        self.stopping = asyncio.Event()
+        self.started_at = time.time()
+
+    # ---- start -----------------------------------------------------------------------------------
+    async def start(self) -> None:
+        rc = self.settings.relay
+        lock_mod = _optional("relay.lock")
+        if lock_mod is not None:
+            self.lock = lock_mod.acquire(rc.storage.path)
+        self.db.open()
+        stats = await self.spool.recover()
+        if stats.get("requeued") or stats.get("poisoned"):
+            log.warning("crash recovery: %d leases returned to the queue, %d poison items failed",
+                        stats["requeued"], stats["poisoned"])
+        await self.apply_seeds()
+        await self.policy.start()
+        self.listener = Listener(rc.smtp, self.spool, self.policy, disk_ok=self.disk.ok,
+                                 rcpt_hook=self._bounce_rcpt_hook())
+        await self.listener.start()
+        await self._start_optional()
+        log.info("relaybox started (pid %d, database %s)", os.getpid(), rc.storage.path)
+
+    def _bounce_rcpt_hook(self):
+        verp = _optional("relay.verp")
+        bounces = getattr(self.settings.relay, "bounces", None)
+        if verp is None or bounces is None or not getattr(bounces, "domain", ""):
+            return None
+        hook = getattr(verp, "make_rcpt_hook", None)
+        return hook(bounces) if hook else None
+
+    async def _start_optional(self) -> None:
+        sched_mod = _optional("relay.scheduler")
+        if sched_mod is not None and hasattr(sched_mod, "Scheduler"):
+            self.scheduler = sched_mod.Scheduler(self.spool, self.settings.relay)
+            await self.scheduler.start()
+        runner = _optional("poller.runner")
+        if runner is not None and hasattr(runner, "PollerService"):
+            self.poller = runner.PollerService(self.db, self.settings, spool=self.spool,
+                                               bounce_sink=self._bounce_sink())
+            await self.poller.start()
+        server = _optional("admin_api.server")
+        if server is not None and hasattr(server, "AdminServer"):
+            self.admin = server.AdminServer(self)
+            await self.admin.start()
+
+    def _bounce_sink(self):
+        handler = _optional("relay.bounce_handler")
+        if handler is None or not hasattr(handler, "make_sink"):
+            return None
+        return handler.make_sink(self.db, self.settings.relay)
+
+    async def apply_seeds(self) -> None:
+        smtp = self.settings.relay.smtp
+        users = []
+        for u in smtp.users:
+            users.append((u.username, u.password_hash or hash_password(u.password)))
+        await self.db.write(lambda conn: seed(conn, smtp.allowlist, users))
+
+    # ---- run / stop ------------------------------------------------------------------------------
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+        await self.start()
+        await self.stopping.wait()
+        log.info("shutting down: draining")
+        await self.stop()
+        return 0
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        if self.listener is not None:
+            await self.listener.drain(timeout)
+        for comp in (self.admin, self.poller, self.scheduler):
+            if comp is not None:
+                try:
+                    await comp.stop()
+                except Exception:  # noqa: BLE001 - keep shutting the rest down
+                    log.exception("error while stopping %s", type(comp).__name__)
+        await self.policy.stop()
+        self.db.close()
+        if self.lock is not None:
+            self.lock.release()
+        log.info("relaybox stopped")
+
+    async def reload(self) -> None:
+        """SIGHUP: re-read the config file and apply what can change without a restart."""
+        try:
+            new = load(self.settings.path)
+        except Exception as exc:  # noqa: BLE001 - a bad edit must not kill a running relay
+            log.error("reload failed, keeping the running config: %s", exc)
+            return
+        old_smtp = self.settings.relay.smtp
+        changed = []
+        if list(new.relay.smtp.allowlist) != list(old_smtp.allowlist):
+            changed.append("allowlist")
+        if new.relay.smtp.users != old_smtp.users:
+            changed.append("users")
+        # listeners keep their sockets and limits (a restart changes those); seeds and policy apply now
+        self.settings.relay = dataclasses.replace(self.settings.relay, smtp=new.relay.smtp)
+        await self.apply_seeds()
+        await self.policy.refresh()
+        if new.log.level != self.settings.log.level:
+            logging.getLogger().setLevel(new.log.level.upper())
+            changed.append("log.level")
+        self.settings.log = new.log
+        reloader = getattr(self.scheduler, "reload", None)
+        if reloader is not None:
+            await reloader(new.relay)
+            changed.append("routes/dkim")
+        log.info("reloaded config: %s", ", ".join(changed) if changed else "nothing changed")
+
+
+def run(settings: Settings) -> int:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency; tolerate its absence on odd platforms
+        uvloop = None
+    app_ = App(settings)
+    if uvloop is not None:
+        return uvloop.run(app_.run())
+    return asyncio.run(app_.run())
