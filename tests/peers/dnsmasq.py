@@ -32,7 +32,7 @@ def _txt_arg(name: str, text: str) -> str:
     chunks = [text[i:i + 255] for i in range(0, len(text), 255)] or [""]
     if any("," in c for c in chunks):
         raise ValueError("dnsmasq TXT strings cannot contain commas")
-    return f"--txt-record={name}," + ",".join(f'"{c}"' for c in chunks)
+    return f"--txt-record={name}," + ",".join(chunks)    # argv: no shell, so no quotes
 
 
 def build_args(records: dict, port: int, host: str = "127.0.0.1", workdir: str = "/tmp") -> list[str]:
