@@ -55,6 +55,10 @@ class IntakeHandler:
         # rcpt_hook(address) -> True when the address is accepted from anyone (the VERP bounce domain)
         self.rcpt_hook = rcpt_hook
 
+    async def handle_exception(self, error: Exception) -> str:
+        log.error("SMTP session error: %s: %s", type(error).__name__, error)
+        return "451 4.3.0 Internal error, try again later"
+
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
         session.host_name = hostname
         out = [r for r in responses if r != "250 HELP"]
@@ -95,8 +99,8 @@ class IntakeHandler:
             SMTP_REJECTED.labels("bad_header").inc()
             return f"550 5.6.0 {exc}"
         auth_user = None
-        if session.authenticated and isinstance(session.auth_data, LoginPassword):
-            auth_user = session.auth_data.login.decode("utf-8", "replace")
+        if session.authenticated and isinstance(session.auth_data, str):
+            auth_user = session.auth_data
         msg = NewMessage(
             sender=envelope.mail_from if envelope.mail_from != "<>" else "",
             recipients=list(envelope.rcpt_tos), body=prepared.body, client_ip=ip,
@@ -125,7 +129,7 @@ class RelaySMTP(SMTP):
         super().__init__(handler, data_size_limit=cfg.max_message_size, enable_SMTPUTF8=True,
                          decode_data=False, hostname=cfg.hostname, ident="relaybox",
                          timeout=cfg.idle_timeout, auth_require_tls=cfg.require_tls_for_auth,
-                         auth_required=False, authenticator=self._authenticate,
+                         auth_required=False, authenticator=self._check_credentials,
                          auth_exclude_mechanism=["CRAM-MD5"], **kw)
 
     # ---- session accounting / limits ----------------------------------------------------------------
@@ -188,7 +192,7 @@ class RelaySMTP(SMTP):
         return Session(self.loop)
 
     # ---- AUTH ------------------------------------------------------------------------------------
-    def _authenticate(self, server, session, envelope, mechanism, auth_data) -> AuthResult:
+    def _check_credentials(self, server, session, envelope, mechanism, auth_data) -> AuthResult:
         handler: IntakeHandler = self.event_handler
         if not isinstance(auth_data, LoginPassword):
             return AuthResult(success=False, handled=False)
@@ -197,7 +201,7 @@ class RelaySMTP(SMTP):
         if not ok:
             SMTP_REJECTED.labels("auth_failed").inc()
             log.info("authentication failed: client=%s user=%s", session.peer[0] if session.peer else "?", user)
-        return AuthResult(success=ok, handled=False)
+        return AuthResult(success=ok, handled=False, auth_data=user if ok else None)
 
     # ---- strict command parsing ------------------------------------------------------------------
     async def smtp_MAIL(self, arg):
