@@ -1,0 +1,218 @@
+"""Logging for the relaybox process: human lines or JSON lines on stderr, and redaction of secrets.
+
+``setup_logging(level, fmt)`` installs one handler on the root logger:
+
+- ``text`` (default): ``2026-11-23T07:20:01.234Z INFO relay.listener [Q7XK2] accepted ... peer=10.0.0.5``
+- ``json``: one object per line: ``{"ts": ..., "level": ..., "logger": ..., "msg": ..., "queue_id": ...}``
+
+The queue id comes from ``log.info("...", extra={"queue_id": qid})``; other ``extra`` fields are kept too
+(appended as ``key=value`` in text, as keys in JSON).
+
+Secrets never reach the output. Every record passes a redaction step that masks, in the message, the
+arguments, the extra fields and the traceback:
+
+- ``password=...`` / ``"password": "..."`` style pairs (password, passwd, pwd, secret, token, api_key, ...),
+- SASL payloads (``AUTH PLAIN <base64>``, ``AUTH LOGIN``, ``XOAUTH2``, ``OAUTHBEARER``, ``CRAM-MD5``),
+- ``Bearer``/``Basic`` credentials (HTTP Authorization headers),
+- every value registered with ``register_secret(s)`` (route passwords, API tokens, webhook secrets: the
+  code that loads a secret registers it once, at load time). Values shorter than 4 characters are not
+  registered (they would mask ordinary text); the patterns above still catch them in key=value form.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import threading
+import time
+from typing import Any, Iterable, TextIO
+
+MASK = "***"
+MIN_SECRET_LEN = 4
+
+_KEYS = (r"password|passwd|pwd|pass|secret|client_secret|token|access_token|refresh_token|auth_token"
+         r"|api[_-]?key|apikey|private_key|credentials?")
+# key, optional closing quote of a JSON key, separator, then a quoted (optionally b'') or bare value
+_PAIR = re.compile(
+    r"""(?ix)
+    (?<![A-Za-z0-9_])(?P<key>(?:""" + _KEYS + r"""))(?P<kq>["']?)
+    (?P<sep>\s*[=:]\s*)
+    (?P<val>b?"(?:[^"\\]|\\.)*"|b?'(?:[^'\\]|\\.)*'|[^\s,;&)}\]]+)
+    """)
+_SASL = re.compile(r"(?i)\b(AUTH\s+(?:PLAIN|LOGIN|XOAUTH2|OAUTHBEARER|CRAM-MD5)\s+)([A-Za-z0-9+/=._-]+)")
+_HTTP_AUTH = re.compile(r"(?i)\b(Bearer|Basic)(\s+)([A-Za-z0-9._~+/=-]{4,})")
+
+_secrets: set[str] = set()
+_secret_re: re.Pattern[str] | None = None
+_secret_lock = threading.Lock()
+
+
+def register_secret(value: str | bytes | None) -> None:
+    """Mask ``value`` wherever it appears in a log record from now on."""
+    register_secrets([value])
+
+
+def register_secrets(values: Iterable[str | bytes | None]) -> None:
+    global _secret_re
+    with _secret_lock:
+        added = False
+        for v in values:
+            if isinstance(v, bytes):
+                v = v.decode("utf-8", "replace")
+            if v and len(v) >= MIN_SECRET_LEN and v not in _secrets:
+                _secrets.add(v)
+                added = True
+        if added:
+            ordered = sorted(_secrets, key=len, reverse=True)   # longest first: no partial leftovers
+            _secret_re = re.compile("|".join(re.escape(s) for s in ordered))
+
+
+def clear_secrets() -> None:
+    """Forget registered secrets (tests)."""
+    global _secret_re
+    with _secret_lock:
+        _secrets.clear()
+        _secret_re = None
+
+
+def _mask_pair(m: re.Match[str]) -> str:
+    val = m.group("val")
+    if val[:1] in "\"'" or val[:2] in ('b"', "b'"):
+        quote = val[-1]
+        prefix = val[: val.index(quote) + 1]
+        masked = f"{prefix}{MASK}{quote}"
+    else:
+        masked = MASK
+    return f"{m.group('key')}{m.group('kq')}{m.group('sep')}{masked}"
+
+
+def redact(text: str) -> str:
+    """``text`` with every known kind of secret masked."""
+    if not text:
+        return text
+    pattern = _secret_re
+    if pattern is not None:
+        text = pattern.sub(MASK, text)
+    text = _SASL.sub(lambda m: m.group(1) + MASK, text)
+    text = _HTTP_AUTH.sub(lambda m: m.group(1) + m.group(2) + MASK, text)
+    return _PAIR.sub(_mask_pair, text)
+
+
+def _redact_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, bytes):
+        return redact(value.decode("utf-8", "replace"))
+    if isinstance(value, dict):
+        return {k: _redact_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_redact_value(v) for v in value]
+    if isinstance(value, (int, float, bool)) or value is None:
+        return value
+    return redact(str(value))
+
+
+# attributes every LogRecord has; anything else came from ``extra=``
+_STANDARD = set(vars(logging.LogRecord("x", 0, "x", 0, "x", None, None))) | {"message", "asctime",
+                                                                            "taskName", "_redacted"}
+
+
+def extras(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")}
+
+
+class RedactFilter(logging.Filter):
+    """Rewrites a record in place so that no handler can print a secret: the message is rendered with its
+    arguments and masked, extra fields and the traceback text are masked."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "_redacted", False):
+            return True
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a bad format string must not lose the line
+            message = f"{record.msg!r} {record.args!r}"
+        record.msg = redact(message)
+        record.args = None
+        for key, value in extras(record).items():
+            setattr(record, key, _redact_value(value))
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        record.exc_info = None   # the masked text replaces the live traceback
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        record._redacted = True
+        return True
+
+
+def _timestamp(record: logging.LogRecord) -> str:
+    t = time.gmtime(record.created)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", t) + f".{int(record.msecs):03d}Z"
+
+
+class TextFormatter(logging.Formatter):
+    """``TS LEVEL logger [queue-id] message key=value ...`` and the traceback, if any, below."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = extras(record)
+        qid = fields.pop("queue_id", None)
+        parts = [_timestamp(record), record.levelname, record.name]
+        if qid:
+            parts.append(f"[{qid}]")
+        parts.append(record.getMessage())
+        for key, value in fields.items():
+            parts.append(f"{key}={value}")
+        line = " ".join(str(p) for p in parts)
+        if record.exc_text:
+            line += "\n" + record.exc_text
+        if record.stack_info:
+            line += "\n" + record.stack_info
+        return redact(line)
+
+
+class JSONFormatter(logging.Formatter):
+    """One JSON object per line. Keys: ts, level, logger, msg, queue_id (when known), extras, exc."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "ts": _timestamp(record),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": redact(record.getMessage()),
+        }
+        for key, value in extras(record).items():
+            if key not in doc:
+                doc[key] = _redact_value(value)
+        if record.exc_text:
+            doc["exc"] = redact(record.exc_text)
+        if record.stack_info:
+            doc["stack"] = redact(record.stack_info)
+        return json.dumps(doc, ensure_ascii=False, default=str)
+
+
+def setup_logging(level: str = "info", fmt: str = "text", stream: TextIO | None = None) -> logging.Handler:
+    """Install relaybox's handler on the root logger (replacing one installed before) and return it."""
+    if fmt not in ("text", "json"):
+        raise ValueError(f"log format: expected text or json, got {fmt!r}")
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if getattr(h, "_relaybox", False) or isinstance(h, logging.StreamHandler) and h.stream in (
+                sys.stderr, sys.stdout):
+            root.removeHandler(h)
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler._relaybox = True  # type: ignore[attr-defined]
+    handler.addFilter(RedactFilter())
+    handler.setFormatter(JSONFormatter() if fmt == "json" else TextFormatter())
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    logging.captureWarnings(True)
+    return handler
+
+
+def set_level(level: str) -> None:
+    """Change the root level at run time (SIGHUP reload)."""
+    logging.getLogger().setLevel(level.upper())
