@@ -1,0 +1,363 @@
+"""The SMTP client side of delivery (aiosmtplib): one session = connect, EHLO, STARTTLS, AUTH, then
+transactions (MAIL, RCPT per recipient, DATA) until it is closed or has carried its share of messages.
+
+- Hosts are tried in order; a connection failure, a non-2xx greeting, or EHLO/STARTTLS trouble moves on to
+  the next host. AUTH failure does not (the credentials are wrong everywhere).
+- TLS modes: ``opportunistic`` (MX: STARTTLS when offered, certificates not verified, plaintext retry if
+  the handshake fails), ``none``, ``starttls`` (required), ``implicit`` (port 465 style); ``verify``.
+- Every exchange goes to a transcript, a list of ``{"at", "dir": "S"|"C", "line"}``: server replies and
+  our commands, never the message body, never credentials (``AUTH PLAIN ****``).
+- Envelope addresses are re-validated with ``relay.envelope.address_error`` before any byte is written;
+  an address with CR/LF can never become an SMTP command.
+- Results are per recipient: ``Transaction.results[address] -> DeliveryError | None`` (None = accepted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from dataclasses import dataclass, field
+
+import aiosmtplib
+
+from relay.envelope import address_error
+from relay.errors import ConnectError, DeliveryError, EnvelopeError, from_exception, from_reply
+
+log = logging.getLogger("relay.transport")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    host: str          # name for TLS SNI / the transcript
+    ip: str            # address to connect to
+    port: int
+
+
+@dataclass(frozen=True)
+class TLSPolicy:
+    mode: str = "opportunistic"    # opportunistic | none | starttls | implicit
+    verify: bool = False
+
+
+@dataclass
+class Transaction:
+    results: dict[str, DeliveryError | None]
+    transcript: list[dict]
+    host: str
+    ip: str
+    tls: bool
+    started_at: float
+    ended_at: float
+    reused: bool = False
+
+
+def _ctx(verify: bool) -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    if not verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+class Session:
+    """An open, greeted (and maybe TLS-secured and authenticated) SMTP connection to one host."""
+
+    def __init__(self, smtp: aiosmtplib.SMTP, candidate: Candidate, tls: bool, opening: list[dict],
+                 command_timeout: float):
+        self.smtp = smtp
+        self.candidate = candidate
+        self.tls = tls
+        self.opening = opening              # transcript of connect/greeting/EHLO/STARTTLS/AUTH
+        self.command_timeout = command_timeout
+        self.messages = 0
+        self.idle_since = time.monotonic()
+        self.broken = False
+
+    @property
+    def is_open(self) -> bool:
+        return not self.broken and self.smtp.is_connected
+
+    async def send(self, sender: str, recipients: list[str], body: bytes) -> Transaction:
+        """One mail transaction. Never raises for SMTP/network trouble: every recipient gets a result."""
+        started = time.time()
+        reused = self.messages > 0
+        tr: list[dict] = list(self.opening)
+        results: dict[str, DeliveryError | None] = {}
+        self.messages += 1
+
+        def note(direction: str, line: str) -> None:
+            for part in (line.splitlines() or [""]):
+                tr.append({"at": round(time.time(), 3), "dir": direction, "line": part})
+
+        def reply(code: int, message: str) -> None:
+            lines = message.splitlines() or [""]
+            for i, part in enumerate(lines):
+                sep = "-" if i < len(lines) - 1 else " "
+                note("S", f"{code}{sep}{part}")
+
+        def finish() -> Transaction:
+            self.idle_since = time.monotonic()
+            return Transaction(results, tr, self.candidate.host, self.candidate.ip, self.tls, started,
+                               time.time(), reused)
+
+        bad_sender = address_error(sender) if sender else None
+        valid: list[str] = []
+        for rcpt in recipients:
+            why = address_error(rcpt)
+            if why or bad_sender:
+                results[rcpt] = EnvelopeError(rcpt if why else sender, why or bad_sender or "")
+            else:
+                valid.append(rcpt)
+        if not valid:
+            return finish()
+        smtputf8 = not (sender.isascii() and all(r.isascii() for r in valid))
+        opts = []
+        if smtputf8:
+            if not self.smtp.supports_extension("smtputf8"):
+                err = DeliveryError(553, "5.6.7", "non-ASCII address and the server lacks SMTPUTF8", False)
+                return self._all(results, valid, err, finish)
+            opts.append("SMTPUTF8")
+        if self.smtp.supports_extension("size"):
+            opts.append(f"SIZE={len(body)}")
+        if self.smtp.supports_extension("8bitmime") and not body.isascii():
+            opts.append("BODY=8BITMIME")
+        enc = "utf-8" if smtputf8 else "ascii"
+        stage = "mail"
+        try:
+            note("C", f"MAIL FROM:<{sender}>{' ' + ' '.join(opts) if opts else ''}")
+            resp = await self._cmd(self.smtp.execute_command(
+                b"MAIL", f"FROM:<{sender}>".encode(enc), *(o.encode() for o in opts)))
+            reply(resp.code, resp.message)
+            err = from_reply(resp.code, resp.message, "mail")
+            if err is not None:
+                await self._rset(note, reply)
+                return self._all(results, valid, err, finish)
+            stage = "rcpt"
+            accepted = []
+            for rcpt in valid:
+                note("C", f"RCPT TO:<{rcpt}>")
+                resp = await self._cmd(self.smtp.execute_command(b"RCPT", f"TO:<{rcpt}>".encode(enc)))
+                reply(resp.code, resp.message)
+                results[rcpt] = from_reply(resp.code, resp.message, "rcpt")
+                if results[rcpt] is None:
+                    accepted.append(rcpt)
+            if not accepted:
+                await self._rset(note, reply)
+                return finish()
+            stage = "data"
+            note("C", "DATA")
+            resp = await self._cmd(self.smtp.data(body))
+            note("C", f"<{len(body)} octets>")
+            reply(resp.code, resp.message)
+            err = from_reply(resp.code, resp.message, "data")
+            for rcpt in accepted:
+                results[rcpt] = err
+        except aiosmtplib.SMTPResponseException as exc:
+            reply(exc.code, exc.message)
+            err = from_exception(exc, stage)
+            pending = [r for r in valid if r not in results or (stage == "data" and results[r] is None)]
+            if stage == "data":
+                pending = [r for r in valid if results.get(r) is None]
+            for rcpt in pending:
+                results[rcpt] = err
+            if exc.code == 421:
+                self.broken = True
+            else:
+                await self._rset(note, reply)
+        except Exception as exc:  # noqa: BLE001 - network trouble: classify, mark the session broken
+            self.broken = True
+            err = from_exception(exc, stage)
+            note("S", f"({err.text})")
+            for rcpt in valid:
+                if rcpt not in results or (stage == "data" and results[rcpt] is None):
+                    results[rcpt] = err
+        return finish()
+
+    def _all(self, results, rcpts, err, finish) -> Transaction:
+        for r in rcpts:
+            results[r] = err
+        return finish()
+
+    async def _cmd(self, coro):
+        return await asyncio.wait_for(coro, self.command_timeout + 5)
+
+    async def _rset(self, note, reply) -> None:
+        try:
+            note("C", "RSET")
+            resp = await self._cmd(self.smtp.rset())
+            reply(resp.code, resp.message)
+        except Exception:  # noqa: BLE001
+            self.broken = True
+
+    async def close(self) -> None:
+        try:
+            if self.smtp.is_connected:
+                await asyncio.wait_for(self.smtp.quit(), 5)
+        except Exception:  # noqa: BLE001 - closing anyway
+            pass
+        finally:
+            self.smtp.close()
+
+
+async def open_session(candidates: list[Candidate], *, helo: str, tls: TLSPolicy = TLSPolicy(),
+                       username: str = "", password: str = "", connect_timeout: float = 30.0,
+                       command_timeout: float = 120.0, transcript: list[dict] | None = None) -> Session:
+    """Connect to the first candidate that greets and completes EHLO (and STARTTLS/AUTH as required).
+
+    Raises a DeliveryError (the last host's) when none works; ``transcript`` collects what happened."""
+    tr = transcript if transcript is not None else []
+    last: DeliveryError | None = None
+    if not candidates:
+        raise ConnectError(451, "4.4.4", "no hosts to connect to", True, stage="connect")
+    for cand in candidates:
+        attempts = [tls.mode == "opportunistic", False] if tls.mode == "opportunistic" else [True]
+        for try_tls in attempts:
+            try:
+                return await _open_one(cand, helo, tls, try_tls, username, password, connect_timeout,
+                                       command_timeout, tr)
+            except _RetryPlain as exc:
+                last = exc.error
+                continue
+            except DeliveryError as exc:
+                last = exc
+                if exc.stage == "auth":
+                    raise
+                break
+    assert last is not None
+    raise last
+
+
+class _RetryPlain(Exception):
+    def __init__(self, error: DeliveryError):
+        self.error = error
+
+
+async def _open_one(cand: Candidate, helo: str, tls: TLSPolicy, use_starttls: bool, username: str,
+                    password: str, connect_timeout: float, command_timeout: float, tr: list[dict]) -> Session:
+    opening: list[dict] = []
+
+    def note(direction: str, line: str) -> None:
+        for part in (line.splitlines() or [""]):
+            entry = {"at": round(time.time(), 3), "dir": direction, "line": part}
+            opening.append(entry)
+            tr.append(entry)
+
+    def reply(resp) -> None:
+        lines = resp.message.splitlines() or [""]
+        for i, part in enumerate(lines):
+            note("S", f"{resp.code}{'-' if i < len(lines) - 1 else ' '}{part}")
+
+    implicit = tls.mode == "implicit"
+    smtp = aiosmtplib.SMTP(hostname=cand.ip, port=cand.port, local_hostname=helo, timeout=command_timeout,
+                           use_tls=implicit, start_tls=False, validate_certs=tls.verify,
+                           tls_context=_ctx(tls.verify) if implicit else None)
+    stage = "connect"
+    secured = implicit
+    note("C", f"connect {cand.host} [{cand.ip}]:{cand.port}{' (implicit TLS)' if implicit else ''}")
+    try:
+        try:
+            greeting = await asyncio.wait_for(smtp.connect(timeout=connect_timeout), connect_timeout + 5)
+        except aiosmtplib.SMTPConnectResponseError as exc:
+            note("S", f"{exc.code} {exc.message}")
+            raise from_reply(exc.code, exc.message, "greeting") or from_exception(exc, "greeting") from exc
+        reply(greeting)
+        stage = "ehlo"
+        note("C", f"EHLO {helo}")
+        resp = await smtp.ehlo()
+        reply(resp)
+        if resp.code != 250:
+            raise from_reply(resp.code, resp.message, "ehlo") or ConnectError(421, "4.4.0", "EHLO failed")
+        offers_tls = smtp.supports_extension("starttls")
+        if not implicit and tls.mode == "starttls" and not offers_tls:
+            raise DeliveryError(421, "4.7.4", f"{cand.host} does not offer STARTTLS, which the route requires",
+                                True, stage="starttls")
+        if not implicit and tls.mode in ("starttls", "opportunistic") and use_starttls and offers_tls:
+            stage = "starttls"
+            note("C", "STARTTLS")
+            try:
+                resp = await smtp.starttls(server_hostname=cand.host, validate_certs=tls.verify,
+                                           tls_context=_ctx(tls.verify))
+            except Exception as exc:  # noqa: BLE001
+                err = from_exception(exc, "starttls")
+                note("S", f"({err.text})")
+                if tls.mode == "opportunistic":
+                    raise _RetryPlain(err) from exc
+                raise err from exc
+            reply(resp)
+            secured = True
+            note("C", f"EHLO {helo}")
+            resp = await smtp.ehlo()
+            reply(resp)
+        if username:
+            stage = "auth"
+            if not secured and tls.mode != "none":
+                raise DeliveryError(530, "5.7.0", "refusing to send credentials without TLS", False,
+                                    stage="auth")
+            note("C", "AUTH **** (credentials not logged)")
+            try:
+                resp = await smtp.login(username, password)
+                reply(resp)
+            except aiosmtplib.SMTPAuthenticationError as exc:
+                note("S", f"{exc.code} {exc.message}")
+                raise DeliveryError(exc.code, None, exc.message, exc.code // 100 == 4, stage="auth") from exc
+            except aiosmtplib.SMTPException as exc:
+                err = from_exception(exc, "auth")
+                note("S", f"({err.text})")
+                raise DeliveryError(err.code, err.enhanced, err.text, err.temporary, stage="auth") from exc
+    except DeliveryError:
+        smtp.close()
+        raise
+    except _RetryPlain:
+        smtp.close()
+        raise
+    except Exception as exc:  # noqa: BLE001 - classify any network/protocol failure
+        smtp.close()
+        err = from_exception(exc, stage)
+        note("S", f"({err.text})")
+        raise err from exc
+    return Session(smtp, cand, secured, opening, command_timeout)
+
+
+class ConnectionPool:
+    """Idle sessions per destination key, reused for up to ``max_messages`` messages each."""
+
+    def __init__(self, max_messages: int = 100, idle_timeout: float = 5.0):
+        self.max_messages = max_messages
+        self.idle_timeout = idle_timeout
+        self._idle: dict[str, list[Session]] = {}
+
+    def take(self, key: str) -> Session | None:
+        sessions = self._idle.get(key)
+        now = time.monotonic()
+        while sessions:
+            s = sessions.pop()
+            if s.is_open and now - s.idle_since < self.idle_timeout and s.messages < self.max_messages:
+                return s
+            asyncio.get_running_loop().create_task(s.close())
+        return None
+
+    async def give_back(self, key: str, session: Session) -> None:
+        if session.is_open and session.messages < self.max_messages:
+            session.idle_since = time.monotonic()
+            self._idle.setdefault(key, []).append(session)
+        else:
+            await session.close()
+
+    async def prune(self) -> None:
+        now = time.monotonic()
+        for key, sessions in list(self._idle.items()):
+            keep = []
+            for s in sessions:
+                if s.is_open and now - s.idle_since < self.idle_timeout:
+                    keep.append(s)
+                else:
+                    await s.close()
+            self._idle[key] = keep
+
+    async def close_all(self) -> None:
+        for sessions in self._idle.values():
+            for s in sessions:
+                await s.close()
+        self._idle.clear()
