@@ -1,0 +1,123 @@
+"""The aiohttp application: route table from the ``routes_*`` modules, JSON errors, bearer-token auth.
+
+Every endpoint is a ``common.Route`` listed in a resource module's ``ROUTES``; the same list feeds the
+router and the OpenAPI document (``openapi.py``), so the two cannot drift apart. Resource modules whose
+engine has not been installed (an ImportError of the engine module) are left out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from admin_api.auth import Authenticator, load_tokens
+from admin_api.common import (APP_KEY, CONFIG_KEY, WRITE_METHODS, ApiError, Route, error_response)
+from admin_api.config import AdminConfig
+
+log = logging.getLogger("admin_api")
+
+ROUTE_MODULES = (
+    "admin_api.routes_health",
+    "admin_api.routes_messages",
+    "admin_api.routes_queue",
+    "admin_api.routes_allowlist",
+    "admin_api.routes_users",
+    "admin_api.routes_webhooks",
+    "admin_api.routes_routes",
+    "admin_api.routes_dkim",
+    "admin_api.routes_bounces",
+    "admin_api.routes_suppressions",
+    "admin_api.routes_channels",
+    "admin_api.routes_campaigns",
+    "admin_api.routes_quarantine",
+    "admin_api.openapi",
+)
+
+ROUTES_KEY = web.AppKey("routes", list)
+AUTH_KEY = web.AppKey("authenticator", Authenticator)
+
+_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+          405: "method_not_allowed", 409: "conflict", 413: "too_large", 415: "unsupported_media_type",
+          422: "invalid"}
+
+
+def collect_routes() -> list[Route]:
+    routes: list[Route] = []
+    for name in ROUTE_MODULES:
+        try:
+            mod = importlib.import_module(name)
+        except ImportError as exc:
+            if exc.name and (name.startswith(exc.name) or not exc.name.startswith("admin_api")):
+                log.debug("admin API resource %s not available: %s", name, exc)
+                continue
+            raise
+        routes.extend(getattr(mod, "ROUTES", []))
+    return routes
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(exc.status, exc.code, exc.message)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        msg = exc.text if exc.text and not exc.text.startswith(str(exc.status)) else (exc.reason or "error")
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return error_response(exc.status, _CODES.get(exc.status, "error"), msg, headers)
+    except asyncio.CancelledError:
+        raise
+    except Exception:  # noqa: BLE001 - a bug, not bad input: log it, answer a plain 500
+        log.exception("admin API: unhandled error on %s %s", request.method, request.path)
+        return error_response(500, "internal", "internal error (see the relaybox log)")
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler) -> web.StreamResponse:
+    route = getattr(request.match_info, "route", None)
+    spec = getattr(getattr(route, "handler", None), "__route__", None)
+    if spec is not None and not spec.auth:
+        return await handler(request)
+    token = request.app[AUTH_KEY].check(request.headers.get("Authorization"))
+    if token is None:
+        return error_response(401, "unauthorized", "a valid bearer token is required",
+                              {"WWW-Authenticate": 'Bearer realm="relaybox"'})
+    if token.readonly and request.method in WRITE_METHODS:
+        return error_response(403, "forbidden", f"token {token.name!r} is read-only")
+    request["token_name"] = token.name
+    cfg: AdminConfig = request.app[CONFIG_KEY]
+    if request.content_length is not None and request.content_length > cfg.max_body_size:
+        return error_response(413, "too_large", f"request body larger than {cfg.max_body_size} bytes")
+    return await handler(request)
+
+
+def _wrap(route: Route):
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await route.handler(request)
+
+    handler.__route__ = route  # type: ignore[attr-defined]
+    return handler
+
+
+def make_app(relaybox: Any, cfg: AdminConfig | None = None) -> web.Application:
+    """The admin application for a running ``relaybox.app.App`` (``relaybox``)."""
+    if cfg is None:
+        cfg = relaybox.settings.section("admin") or AdminConfig()
+    tokens = load_tokens(cfg)
+    if not tokens:
+        log.warning("admin API: no tokens configured; every request except /healthz gets 401")
+    app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=cfg.max_body_size)
+    app[APP_KEY] = relaybox
+    app[CONFIG_KEY] = cfg
+    app[AUTH_KEY] = Authenticator(tokens)
+    routes = collect_routes()
+    app[ROUTES_KEY] = routes
+    for r in routes:
+        app.router.add_route(r.method, r.path, _wrap(r))
+    return app

@@ -1,0 +1,71 @@
+"""Allowlist (CIDR + note): changes reach the SMTP intake at once (the in-memory policy is refreshed)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from admin_api.common import Param, Route, body_str, conflict, invalid, iso, not_found, ok, read_json, relaybox
+from relay import policy
+
+ENTRY = {"type": "object", "required": ["cidr"], "properties": {
+    "cidr": {"type": "string"}, "note": {"type": "string", "nullable": True},
+    "source": {"type": "string"}, "created_at": {"type": "string"}}}
+
+
+def _present(r: dict) -> dict:
+    return {**r, "created_at": iso(r["created_at"])}
+
+
+async def list_allowlist(request: web.Request) -> web.Response:
+    rows = await relaybox(request).db.read(policy.allowlist_list)
+    return ok({"items": [_present(r) for r in rows], "next_cursor": None})
+
+
+async def add_entry(request: web.Request) -> web.Response:
+    rb = relaybox(request)
+    body = await read_json(request)
+    cidr = body_str(body, "cidr", max_len=64)
+    note = body_str(body, "note", required=False)
+    try:
+        net = str(policy.parse_cidr(cidr or ""))
+    except ValueError as exc:
+        raise invalid(f"cidr: {exc}") from None
+
+    def _add(conn):
+        existing = conn.execute("SELECT source FROM allowlist WHERE cidr=?", (net,)).fetchone()
+        if existing is not None:
+            return False
+        policy.allowlist_add(conn, net, note, "api")
+        return True
+
+    if not await rb.db.write(_add):
+        raise conflict(f"{net} is already on the allowlist")
+    await rb.policy.refresh()
+    rows = await rb.db.read(policy.allowlist_list)
+    return ok(_present(next(r for r in rows if r["cidr"] == net)), status=201)
+
+
+async def remove_entry(request: web.Request) -> web.Response:
+    rb = relaybox(request)
+    raw = request.match_info["cidr"]
+    try:
+        net = str(policy.parse_cidr(raw))
+    except ValueError as exc:
+        raise invalid(f"cidr: {exc}") from None
+    if not await rb.db.write(lambda c: policy.allowlist_remove(c, net)):
+        raise not_found(f"{net} is not on the allowlist")
+    await rb.policy.refresh()
+    return ok({"removed": net})
+
+
+ROUTES = [
+    Route("GET", "/api/v1/allowlist", list_allowlist, "Networks allowed to relay without AUTH", "allowlist",
+          response={"type": "object", "properties": {"items": {"type": "array", "items": ENTRY}}}),
+    Route("POST", "/api/v1/allowlist", add_entry, "Allow a network (takes effect immediately)", "allowlist",
+          body={"type": "object", "required": ["cidr"], "properties": {
+              "cidr": {"type": "string", "example": "10.0.0.0/8"}, "note": {"type": "string"}}},
+          response=ENTRY, status=201, errors=(409, 422)),
+    Route("DELETE", "/api/v1/allowlist/{cidr:.+}", remove_entry, "Remove a network", "allowlist",
+          [Param("cidr", where="path", required=True, description="e.g. 10.0.0.0/8 (the slash may be %2F)")],
+          response={"type": "object"}, errors=(404, 422)),
+]

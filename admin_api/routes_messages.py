@@ -1,0 +1,295 @@
+"""Messages: list (filters, cursor pagination), show, body download, actions, and bulk actions by filter.
+
+Actions call the spool (``relay.queue.Spool``); the HTTP layer only maps outcomes to status codes:
+unknown id -> 404, an action that does not apply to the message's current state -> 409.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from admin_api import queries
+from admin_api.common import (CONFIG_KEY, PAGE_PARAMS, ApiError, Param, Route, actor, bad_request, conflict, decode_cursor,
+                              encode_cursor, invalid, iso, not_found, ok, page_schema, parse_time,
+                              query_bool, query_int, read_json, relaybox)
+from relay.queue import QueueError
+
+FILTER_PARAMS = [
+    Param("status", description="comma-separated statuses or aliases (outbox, sent, active, final); a message"
+          " matches when any recipient has one of them"),
+    Param("sender", description="substring of the envelope sender"),
+    Param("recipient", description="substring of a recipient address"),
+    Param("domain", description="recipient domain (exact)"),
+    Param("subject", description="substring of the Subject"),
+    Param("client_ip", description="submitting client address"),
+    Param("auth_user", description="SMTP AUTH user that submitted"),
+    Param("since", description="created at or after (epoch seconds or ISO 8601)"),
+    Param("until", description="created before (epoch seconds or ISO 8601)"),
+    Param("held", "boolean", "only held (true) or not held (false) messages"),
+]
+
+MESSAGE_SCHEMA: dict = {"type": "object", "required": ["id", "status", "created_at"], "properties": {
+    "id": {"type": "string"}, "status": {"type": "string"}, "created_at": {"type": "string"},
+    "sender": {"type": "string"}, "subject": {"type": "string", "nullable": True},
+    "recipients": {"type": "array"}, "held": {"type": "boolean"}}}
+FILTER_SCHEMA: dict = {"type": "object", "properties": {
+    **{p.name: {"type": "string"} for p in FILTER_PARAMS if p.name not in ("held", "status")},
+    "status": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+    "held": {"type": "boolean"}, "ids": {"type": "array", "items": {"type": "string"}}}}
+RCPTS_BODY = {"type": "object", "properties": {
+    "recipients": {"type": "array", "items": {"type": "integer"},
+                   "description": "recipient ids (default: all that apply)"}}}
+BULK_BODY = {"type": "object", "properties": {
+    "filter": FILTER_SCHEMA, "all": {"type": "boolean", "description": "required to act with an empty filter"},
+    "dry_run": {"type": "boolean"}, "limit": {"type": "integer", "minimum": 1, "maximum": 100000}}}
+ACTION_RESULT = {"type": "object", "properties": {"id": {"type": "string"}, "action": {"type": "string"},
+                                                  "affected": {"type": "integer"}}}
+BULK_RESULT = {"type": "object", "properties": {
+    "action": {"type": "string"}, "matched": {"type": "integer"}, "affected": {"type": "integer"},
+    "unchanged": {"type": "integer"}, "errors": {"type": "array"}, "ids": {"type": "array"}}}
+
+
+def filter_from(source: Any, *, from_query: bool) -> queries.MessageFilter:
+    """Build a filter from query parameters or a JSON object; 400/422 on bad values."""
+    get = source.get
+    err = bad_request if from_query else invalid
+    unknown = [k for k in source.keys() if k not in queries.FILTER_KEYS]
+    if not from_query and unknown:
+        raise invalid(f"filter: unknown keys {unknown}")
+    try:
+        statuses = queries.parse_statuses(get("status"))
+    except ValueError as exc:
+        raise err(str(exc)) from None
+    f = queries.MessageFilter(status=statuses)
+    for key in ("sender", "recipient", "domain", "subject", "client_ip", "auth_user"):
+        v = get(key)
+        if v in (None, ""):
+            continue
+        if not isinstance(v, str) or len(v) > 500:
+            raise err(f"{key}: expected a string up to 500 characters")
+        setattr(f, key, v)
+    for key in ("since", "until"):
+        if get(key) not in (None, ""):
+            try:
+                setattr(f, key, parse_time(get(key), key))
+            except ApiError as exc:
+                raise err(exc.message) from None
+    held = get("held")
+    if from_query:
+        f.held = None if held in (None, "") else held.lower() in ("1", "true", "yes")
+        if held not in (None, "") and held.lower() not in ("1", "true", "yes", "0", "false", "no"):
+            raise bad_request("held: expected true or false")
+    elif held is not None:
+        if not isinstance(held, bool):
+            raise invalid("held: expected true or false")
+        f.held = held
+    ids = get("ids") if not from_query else None
+    if ids is not None:
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids) or len(ids) > 100000:
+            raise invalid("ids: expected a list of message ids")
+        f.ids = tuple(ids)
+    return f
+
+
+def _present(m: dict) -> dict:
+    m = dict(m)
+    for k in ("created_at", "send_at"):
+        m[k] = iso(m.get(k))
+    return m
+
+
+async def list_messages(request: web.Request) -> web.Response:
+    rb = relaybox(request)
+    f = filter_from(request.query, from_query=True)
+    limit = query_int(request, "limit", request.app[CONFIG_KEY].page_size, 1, 1000)
+    order = request.query.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise bad_request("order: expected asc or desc")
+    cur = decode_cursor(request.query.get("cursor"))
+    if cur is not None and (not isinstance(cur, dict) or not isinstance(cur.get("after"), str)
+                            or cur.get("order") != order):
+        raise bad_request("cursor: not valid for this query (was the order changed?)")
+    after = cur["after"] if cur else None
+    items, last = await rb.db.read(lambda c: queries.list_messages(c, f, limit=limit, after=after, order=order))
+    nxt = encode_cursor({"after": last, "order": order}) if last else None
+    return ok({"items": [_present(m) for m in items], "next_cursor": nxt})
+
+
+async def _show(rb, qid: str) -> dict:
+    m = await rb.db.read(lambda c: queries.show_message(c, qid))
+    if m is None:
+        raise not_found(f"no message {qid}")
+    return m
+
+
+async def show_message(request: web.Request) -> web.Response:
+    m = await _show(relaybox(request), request.match_info["id"])
+    out = _present(m)
+    for r in out["recipients"]:
+        r["next_attempt_at"] = iso(r["next_attempt_at"])
+        r["updated_at"] = iso(r["updated_at"])
+    for e in out["events"]:
+        e["at"] = iso(e["at"])
+    for a in out["attempts"]:
+        a["started_at"], a["ended_at"] = iso(a["started_at"]), iso(a["ended_at"])
+    return ok(out)
+
+
+async def message_body(request: web.Request) -> web.Response:
+    rb, qid = relaybox(request), request.match_info["id"]
+    body = await rb.spool.body(qid)
+    if body is None:
+        await _show(rb, qid)  # 404 for an unknown message
+        raise not_found(f"the body of {qid} is no longer retained")
+    return web.Response(body=body, content_type="message/rfc822",
+                        headers={"Content-Disposition": f'attachment; filename="{qid}.eml"'})
+
+
+def _rcpt_ids(body: dict) -> list[int] | None:
+    ids = body.get("recipients")
+    if ids is None:
+        return None
+    if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise invalid("recipients: expected a list of recipient ids (integers)")
+    return ids
+
+
+async def run_action(rb, action: str, qid: str, who: str, rcpts: list[int] | None = None) -> int:
+    """Apply one action to one message; returns how many recipients (or 1/0 for hold/release/delete)
+    changed. Raises ApiError 404/409."""
+    spool = rb.spool
+    try:
+        if action == "cancel":
+            n = await spool.cancel(qid, rcpts, actor=who)
+        elif action == "retry":
+            n = await spool.retry_now(qid, actor=who)
+        elif action == "resend":
+            n = await spool.resend(qid, rcpts, actor=who)
+        elif action == "hold":
+            return int(await spool.hold(qid, actor=who))
+        elif action == "release":
+            return int(await spool.release(qid, actor=who))
+        elif action == "delete":
+            if not await spool.delete(qid, actor=who):
+                raise not_found(f"no message {qid}")
+            return 1
+        else:  # pragma: no cover - routes are fixed
+            raise not_found(f"no action {action}")
+    except QueueError as exc:
+        text = str(exc)
+        if text.startswith("no such message") or not await _exists(rb, qid):
+            raise not_found(f"no message {qid}") from None
+        raise conflict(text) from None
+    if n == 0:
+        if not await _exists(rb, qid):
+            raise not_found(f"no message {qid}")
+        raise conflict(_NOTHING[action].format(qid=qid))
+    return n
+
+
+async def _exists(rb, qid: str) -> bool:
+    return await rb.db.read(lambda c: c.execute("SELECT 1 FROM messages WHERE id=?", (qid,)).fetchone()
+                            is not None)
+
+
+_NOTHING = {
+    "cancel": "{qid}: no recipient can be cancelled (only scheduled, queued or deferred ones can)",
+    "retry": "{qid}: no recipient is waiting for a retry",
+    "resend": "{qid}: no recipient is final (delivered, bounced, failed, cancelled); nothing to resend",
+}
+
+
+def _action_handler(action: str):
+    async def handler(request: web.Request) -> web.Response:
+        rb, qid = relaybox(request), request.match_info["id"]
+        body = await read_json(request, required=False) if action in ("cancel", "resend") else {}
+        n = await run_action(rb, action, qid, actor(request), _rcpt_ids(body))
+        return ok({"id": qid, "action": action, "affected": n})
+    return handler
+
+
+def _bulk_handler(action: str):
+    async def handler(request: web.Request) -> web.Response:
+        rb = relaybox(request)
+        body = await read_json(request)
+        raw = body.get("filter", {})
+        if not isinstance(raw, dict):
+            raise invalid("filter: expected an object")
+        f = filter_from(raw, from_query=False)
+        every = body.get("all", False)
+        if not isinstance(every, bool):
+            raise invalid("all: expected true or false")
+        if f.empty() and not every:
+            raise invalid("an empty filter matches every message: pass \"all\": true to mean it")
+        limit = body.get("limit", 10000)
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 100000:
+            raise invalid("limit: expected an integer 1..100000")
+        dry = body.get("dry_run", False)
+        if not isinstance(dry, bool):
+            raise invalid("dry_run: expected true or false")
+        ids = await rb.db.read(lambda c: queries.matching_ids(c, f, limit))
+        out: dict = {"action": action, "matched": len(ids), "affected": 0, "unchanged": 0, "errors": []}
+        if dry:
+            out["ids"] = ids
+            return ok(out)
+        who = actor(request)
+        for qid in ids:
+            try:
+                n = await run_action(rb, action, qid, who)
+            except ApiError as exc:
+                if exc.status == 409 and exc.message.startswith(qid + ": no "):
+                    out["unchanged"] += 1
+                elif len(out["errors"]) < 100:
+                    out["errors"].append({"id": qid, "code": exc.code, "message": exc.message})
+                continue
+            if n:
+                out["affected"] += 1
+            else:
+                out["unchanged"] += 1
+        return ok(out)
+    return handler
+
+
+async def list_events(request: web.Request) -> web.Response:
+    rb = relaybox(request)
+    after = query_int(request, "after", 0, 0, 2**62)
+    limit = query_int(request, "limit", 100, 1, 1000)
+    try:
+        st = queries.parse_statuses(request.query.get("status"))
+    except ValueError as exc:
+        raise bad_request(str(exc)) from None
+    mid = request.query.get("message_id") or None
+    items = await rb.db.read(lambda c: queries.list_events(c, after=after, limit=limit, message_id=mid,
+                                                           status=st))
+    for e in items:
+        e["at"] = iso(e["at"])
+    return ok({"items": items, "next_after": items[-1]["id"] if items else after})
+
+
+ID = Param("id", where="path", required=True, description="queue id")
+ACTIONS = ("cancel", "retry", "resend", "hold", "release")
+_SUMMARIES = {"cancel": "Cancel recipients not yet being sent", "retry": "Retry deferred recipients now",
+              "resend": "Resend final recipients (body must be retained)", "hold": "Hold (no delivery)",
+              "release": "Release a held message", "delete": "Delete the message and its body"}
+
+ROUTES = [
+    Route("GET", "/api/v1/messages", list_messages, "List messages (newest first)", "messages",
+          FILTER_PARAMS + PAGE_PARAMS + [Param("order", enum=["desc", "asc"])], response=page_schema(MESSAGE_SCHEMA)),
+    *[Route("POST", f"/api/v1/bulk/messages/{a}", _bulk_handler(a), f"Bulk: {_SUMMARIES[a]}, by filter",
+            "messages", body=BULK_BODY, response=BULK_RESULT, errors=(422,)) for a in (*ACTIONS, "delete")],
+    Route("GET", "/api/v1/messages/{id}", show_message, "Show a message: recipients, events, attempts",
+          "messages", [ID], response=MESSAGE_SCHEMA, errors=(404,)),
+    Route("GET", "/api/v1/messages/{id}/body", message_body, "Download the message (while retained)",
+          "messages", [ID], errors=(404,), content_type="message/rfc822"),
+    *[Route("POST", f"/api/v1/messages/{{id}}/{a}", _action_handler(a), _SUMMARIES[a], "messages", [ID],
+            body=RCPTS_BODY if a in ("cancel", "resend") else None, response=ACTION_RESULT,
+            errors=(404, 409, 422)) for a in ACTIONS],
+    Route("DELETE", "/api/v1/messages/{id}", _action_handler("delete"), _SUMMARIES["delete"], "messages", [ID],
+          response=ACTION_RESULT, errors=(404, 409)),
+    Route("GET", "/api/v1/events", list_events, "Message events in id order (the webhook outbox)", "events",
+          [Param("after", "integer", "events with a larger id"), Param("limit", "integer"),
+           Param("status", description="comma-separated statuses"), Param("message_id")],
+          response={"type": "object"}),
+]

@@ -1,0 +1,54 @@
+"""SMTP AUTH credentials. Passwords are hashed (scrypt) on the way in; hashes are never returned."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from admin_api.common import Param, Route, body_str, invalid, iso, not_found, ok, read_json, relaybox
+from relay import policy
+
+USER = {"type": "object", "required": ["username"], "properties": {
+    "username": {"type": "string"}, "note": {"type": "string", "nullable": True},
+    "source": {"type": "string"}, "created_at": {"type": "string"}}}
+
+
+async def list_users(request: web.Request) -> web.Response:
+    rows = await relaybox(request).db.read(policy.user_list)
+    return ok({"items": [{**r, "created_at": iso(r["created_at"])} for r in rows], "next_cursor": None})
+
+
+async def set_user(request: web.Request) -> web.Response:
+    rb = relaybox(request)
+    body = await read_json(request)
+    username = body_str(body, "username", max_len=200) or ""
+    password = body_str(body, "password", max_len=1000) or ""
+    note = body_str(body, "note", required=False)
+    if len(password) < 8:
+        raise invalid("password: at least 8 characters")
+    if not username or any(c.isspace() or ord(c) < 32 for c in username) or "/" in username:
+        raise invalid("username: non-empty, without spaces, control characters or '/'")
+    hashed = policy.hash_password(password)
+    await rb.db.write(lambda c: policy.user_set(c, username, hashed, note, "api"))
+    await rb.policy.refresh()
+    return ok({"username": username, "note": note}, status=201)
+
+
+async def remove_user(request: web.Request) -> web.Response:
+    rb = relaybox(request)
+    name = request.match_info["username"]
+    if not await rb.db.write(lambda c: policy.user_remove(c, name)):
+        raise not_found(f"no SMTP user {name}")
+    await rb.policy.refresh()
+    return ok({"removed": name})
+
+
+ROUTES = [
+    Route("GET", "/api/v1/smtp-users", list_users, "SMTP AUTH users (no password hashes)", "smtp-users",
+          response={"type": "object", "properties": {"items": {"type": "array", "items": USER}}}),
+    Route("POST", "/api/v1/smtp-users", set_user, "Create or update a user (password is hashed)", "smtp-users",
+          body={"type": "object", "required": ["username", "password"], "properties": {
+              "username": {"type": "string"}, "password": {"type": "string", "minLength": 8},
+              "note": {"type": "string"}}}, response=USER, status=201, errors=(422,)),
+    Route("DELETE", "/api/v1/smtp-users/{username}", remove_user, "Remove a user", "smtp-users",
+          [Param("username", where="path", required=True)], response={"type": "object"}, errors=(404,)),
+]

@@ -1,0 +1,56 @@
+"""AdminServer: the admin application on an aiohttp AppRunner + TCPSite inside relaybox's own loop, plus the
+event-webhook dispatcher (both start and stop with the App)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from admin_api.app import make_app
+from admin_api.config import AdminConfig
+
+log = logging.getLogger("admin_api")
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"admin.listen: expected host:port, got {listen!r}")
+    return host.strip("[]"), int(port)
+
+
+class AdminServer:
+    def __init__(self, app: Any):
+        self.app = app
+        self.cfg: AdminConfig = app.settings.section("admin") or AdminConfig()
+        self.runner: web.AppRunner | None = None
+        self.bound: list[tuple[str, int]] = []
+        self.webhooks: Any = None
+
+    async def start(self) -> None:
+        hooks = [h for h in (self.app.settings.section("webhooks") or []) if h.enabled]
+        if hooks:
+            from admin_api.webhooks import Dispatcher
+
+            self.webhooks = Dispatcher(self.app.db, hooks)
+            await self.webhooks.start()
+        if not self.cfg.enabled:
+            return
+        host, port = split_listen(self.cfg.listen)
+        self.runner = web.AppRunner(make_app(self.app, self.cfg), access_log=None, handle_signals=False)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, host, port, reuse_address=True)
+        await site.start()
+        for s in getattr(site._server, "sockets", None) or []:  # noqa: SLF001 - the bound address
+            self.bound.append(tuple(s.getsockname()[:2]))
+        log.info("admin API listening on %s", ", ".join(f"{h}:{p}" for h, p in self.bound) or self.cfg.listen)
+
+    async def stop(self) -> None:
+        if self.webhooks is not None:
+            await self.webhooks.stop()
+            self.webhooks = None
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
