@@ -51,6 +51,7 @@ class Transaction:
     started_at: float
     ended_at: float
     reused: bool = False
+    reply: tuple[int, str] | None = None     # the final (DATA) reply when accepted: (code, text)
 
 
 def _ctx(verify: bool) -> ssl.SSLContext:
@@ -85,6 +86,7 @@ class Session:
         reused = self.messages > 0
         tr: list[dict] = list(self.opening)
         results: dict[str, DeliveryError | None] = {}
+        final: list[tuple[int, str]] = []
         self.messages += 1
 
         def note(direction: str, line: str) -> None:
@@ -100,7 +102,7 @@ class Session:
         def finish() -> Transaction:
             self.idle_since = time.monotonic()
             return Transaction(results, tr, self.candidate.host, self.candidate.ip, self.tls, started,
-                               time.time(), reused)
+                               time.time(), reused, final[0] if final else None)
 
         bad_sender = address_error(sender) if sender else None
         valid: list[str] = []
@@ -152,16 +154,16 @@ class Session:
             note("C", f"<{len(body)} octets>")
             reply(resp.code, resp.message)
             err = from_reply(resp.code, resp.message, "data")
+            if err is None:
+                final.append((resp.code, " ".join(resp.message.split())))
             for rcpt in accepted:
                 results[rcpt] = err
         except aiosmtplib.SMTPResponseException as exc:
             reply(exc.code, exc.message)
             err = from_exception(exc, stage)
-            pending = [r for r in valid if r not in results or (stage == "data" and results[r] is None)]
-            if stage == "data":
-                pending = [r for r in valid if results.get(r) is None]
-            for rcpt in pending:
-                results[rcpt] = err
+            for rcpt in valid:
+                if rcpt not in results or (stage == "data" and results[rcpt] is None):
+                    results[rcpt] = err
             if exc.code == 421:
                 self.broken = True
             else:

@@ -39,7 +39,8 @@ def test_expired_after_max_lifetime_and_last_try_at_the_deadline():
     assert next_attempt(T0 + life, T0, 30, None, P).expired
     assert next_attempt(T0 + life + 1, T0, 1, None, P).expired
     d = next_attempt(T0 + life - 100, T0, 30, None, P, 0.5)
-    assert not d.expired and d.next_attempt_at == T0 + life
+    assert not d.expired and d.next_attempt_at == T0 + life - 1
+    assert next_attempt(T0 + life - 1, T0, 30, None, P).expired    # the final try failed
     assert is_expired(T0 + life, T0, P) and not is_expired(T0 + life - 1, T0, P)
 
 

@@ -66,7 +66,7 @@ class _Handler:
             return "421 4.4.2 dropped"
         if self.sink.faults.mail:
             return self.sink.faults.mail
-        envelope.mail_from = address
+        envelope.mail_from = address          # "<>" for the null sender (aiosmtpd needs it truthy)
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 OK"
 
@@ -94,7 +94,8 @@ class _Handler:
         if f.data:
             return f.data
         auth = session.auth_data.login.decode() if isinstance(session.auth_data, LoginPassword) else None
-        self.sink.messages.append(Received(envelope.mail_from, list(envelope.rcpt_tos), bytes(envelope.content),
+        sender = "" if envelope.mail_from == "<>" else envelope.mail_from
+        self.sink.messages.append(Received(sender, list(envelope.rcpt_tos), bytes(envelope.content),
                                            session.ssl is not None or self.sink.implicit_tls, auth, str(session.peer)))
         self.sink.received.set()
         return "250 2.0.0 OK queued"

@@ -1,0 +1,191 @@
+"""One delivery attempt: the recipients of one message for one destination, in one SMTP transaction.
+
+    delivery = Delivery(relay_config)                   # resolver, DKIM keys, routes, connection pool
+    key = delivery.destination_key(message, recipient)  # "route:<name>" or "mx:<domain>" (for grouping)
+    outcome = await delivery.deliver(message, recipients, body)
+    outcome.results   -> {recipient_id: DeliveryError | None}   (None = delivered)
+    outcome.replies   -> {recipient_id: (code, enhanced, text)} for delivered ones
+    outcome.attempt   -> the attempts row (host, ip, tls, route, transcript) for Spool.complete
+
+Steps: route (smarthost by From) or MX lookup -> DKIM signature prepended (headers only) -> a pooled or
+new SMTP session -> per-recipient results. A reused connection that turns out to be dead before anything
+was accepted is replaced by a fresh one once (servers close idle connections).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from dataclasses import dataclass, field
+
+from relay.config import RelayConfig, RouteConfig
+from relay.dkim import DKIMError, Signer
+from relay.envelope import domain_of
+from relay.errors import DeliveryError, DNSError, from_exception, split_enhanced
+from relay.mx import MXResolver
+from relay.routes import Router
+from relay.transport import Candidate, ConnectionPool, Session, TLSPolicy, open_session
+
+log = logging.getLogger("relay.delivery")
+
+MAX_ADDRESSES_PER_HOST = 2
+
+
+@dataclass
+class Outcome:
+    results: dict[int, DeliveryError | None]
+    replies: dict[int, tuple[int, str, str]] = field(default_factory=dict)
+    attempt: dict | None = None
+    route: str = "mx"
+
+
+class Delivery:
+    def __init__(self, config: RelayConfig, *, resolver: MXResolver | None = None,
+                 signer: Signer | None = None, pool: ConnectionPool | None = None):
+        self.reconfigure(config, resolver=resolver, signer=signer)
+        d = config.delivery
+        self.pool = pool or ConnectionPool(d.messages_per_connection, d.idle_reuse)
+
+    def reconfigure(self, config: RelayConfig, *, resolver: MXResolver | None = None,
+                    signer: Signer | None = None) -> None:
+        """(Re)load routes, DKIM keys and resolver settings; raises on a bad key or route set."""
+        self.config = config
+        d = config.delivery
+        self.helo = d.helo_name or config.smtp.hostname
+        self.router = Router(config.routes)
+        self.resolver = resolver or MXResolver.from_config(d)
+        self.signer = signer if signer is not None else Signer.from_config(config.dkim)
+
+    # ---- where ---------------------------------------------------------------------------------------
+    def route_for(self, message: dict) -> RouteConfig | None:
+        return self.router.route_for(message)
+
+    def destination_key(self, message: dict, recipient: dict) -> str:
+        route = self.route_for(message)
+        if route is not None:
+            return f"route:{route.name}"
+        return f"mx:{recipient.get('domain') or domain_of(recipient['address'])}"
+
+    def concurrency_for(self, key: str) -> int:
+        name = key.split(":", 1)[1]
+        return self.config.delivery.per_domain.get(name, self.config.delivery.per_destination)
+
+    async def candidates(self, domain: str, transcript: list[dict]) -> list[Candidate]:
+        """MX hosts of ``domain`` as connectable candidates. Raises DNSError."""
+        port = self.config.delivery.mx_port
+        hosts = await self.resolver.lookup(domain)
+        out: list[Candidate] = []
+        last: DNSError | None = None
+        for h in hosts:
+            addrs = h.addresses
+            if not addrs:
+                try:
+                    addrs = await self.resolver.resolve_host(h.name)
+                except DNSError as exc:
+                    transcript.append({"at": round(time.time(), 3), "dir": "C",
+                                       "line": f"skip MX {h.name}: {exc.text}"})
+                    last = exc
+                    continue
+            out.extend(Candidate(h.name, a, port) for a in addrs[:MAX_ADDRESSES_PER_HOST])
+        if not out:
+            if last is not None:
+                raise DNSError(451, "4.4.4", f"no MX host of {domain} resolves: {last.text}", True, stage="dns")
+            raise DNSError(451, "4.4.4", f"no usable MX host for {domain}", True, stage="dns")
+        return out
+
+    # ---- the attempt ---------------------------------------------------------------------------------
+    def sign(self, body: bytes) -> bytes:
+        if self.signer is None:
+            return body
+        try:
+            sig = self.signer.sign(body)
+        except (DKIMError, ValueError) as exc:       # never block mail on a signing problem
+            log.warning("DKIM signing failed, sending unsigned: %s", exc)
+            return body
+        return sig + body if sig else body
+
+    async def deliver(self, message: dict, recipients: list[dict], body: bytes) -> Outcome:
+        started = time.time()
+        route = self.route_for(message)
+        key = f"route:{route.name}" if route else f"mx:{recipients[0]['domain']}"
+        label = route.name if route else "mx"
+        transcript: list[dict] = []
+        attempt = {"message_id": message["id"], "started_at": started, "route": label, "host": None,
+                   "ip": None, "tls": None, "recipients": [r["id"] for r in recipients]}
+        try:
+            session = await self._session(key, route, recipients[0]["domain"], transcript)
+        except Exception as exc:  # noqa: BLE001 - classify DNS/connection/auth trouble
+            err = from_exception(exc, "connect")
+            attempt.update(ended_at=time.time(), result=err.status, transcript=transcript)
+            return Outcome({r["id"]: err for r in recipients}, attempt=attempt, route=label)
+        signed = self.sign(body)
+        addrs = [r["address"] for r in recipients]
+        tx = await session.send(message["sender"], addrs, signed)
+        if tx.reused and session.broken and all(e is not None and e.temporary for e in tx.results.values()):
+            # the idle connection died under us: one fresh connection
+            await session.close()
+            transcript.append({"at": round(time.time(), 3), "dir": "C",
+                               "line": "reused connection was closed by the server; reconnecting"})
+            try:
+                session = await self._session(key, route, recipients[0]["domain"], transcript, fresh=True)
+                tx = await session.send(message["sender"], addrs, signed)
+            except Exception as exc:  # noqa: BLE001
+                err = from_exception(exc, "connect")
+                attempt.update(ended_at=time.time(), result=err.status, transcript=transcript)
+                return Outcome({r["id"]: err for r in recipients}, attempt=attempt, route=label)
+        await self.pool.give_back(key, session)
+        results = {r["id"]: tx.results.get(r["address"]) for r in recipients}
+        replies = {}
+        if tx.reply:
+            enh, text = split_enhanced(tx.reply[1])
+            replies = {rid: (tx.reply[0], enh or "2.0.0", text) for rid, e in results.items() if e is None}
+        statuses = {("delivered" if e is None else e.status) for e in results.values()}
+        opening = {id(e) for e in session.opening}
+        pre = [e for e in transcript if id(e) not in opening]
+        if tx.reused:
+            pre.append({"at": round(tx.started_at, 3), "dir": "C",
+                        "line": f"reusing connection to {tx.host} [{tx.ip}] (greeting and EHLO below)"})
+        attempt.update(ended_at=time.time(), host=tx.host, ip=tx.ip, tls=tx.tls,
+                       result=statuses.pop() if len(statuses) == 1 else "mixed", transcript=pre + tx.transcript)
+        return Outcome(results, replies, attempt, label)
+
+    async def _session(self, key: str, route: RouteConfig | None, domain: str, transcript: list[dict],
+                       fresh: bool = False) -> Session:
+        if not fresh:
+            session = self.pool.take(key)
+            if session is not None:
+                return session
+        d = self.config.delivery
+        if route is not None:
+            ips = await self._route_addresses(route)
+            cands = [Candidate(route.host, ip, route.port) for ip in ips[:MAX_ADDRESSES_PER_HOST]]
+            tls = TLSPolicy(route.tls, route.tls_verify)
+            return await open_session(cands, helo=self.helo, tls=tls, username=route.username,
+                                      password=route.password, connect_timeout=d.connect_timeout,
+                                      command_timeout=d.command_timeout, transcript=transcript)
+        cands = await self.candidates(domain, transcript)
+        return await open_session(cands, helo=self.helo, tls=TLSPolicy("opportunistic", d.mx_tls_verify),
+                                  connect_timeout=d.connect_timeout, command_timeout=d.command_timeout,
+                                  transcript=transcript)
+
+    async def _route_addresses(self, route: RouteConfig) -> list[str]:
+        """A smarthost's addresses via the system resolver (so /etc/hosts names like localhost work)."""
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await loop.getaddrinfo(route.host, route.port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            raise DNSError(451, "4.4.3", f"route {route.name}: cannot resolve {route.host}: {exc}", True,
+                           stage="dns") from exc
+        ips: list[str] = []
+        for info in infos:
+            ip = info[4][0]
+            if ip not in ips:
+                ips.append(ip)
+        if not ips:
+            raise DNSError(451, "4.4.4", f"route {route.name}: {route.host} has no address", True)
+        return ips
+
+    async def close(self) -> None:
+        await self.pool.close_all()

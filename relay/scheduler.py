@@ -1,0 +1,371 @@
+"""The delivery scheduler: claims due recipients, groups them, delivers with bounded concurrency, records.
+
+    scheduler = Scheduler(spool, relay_config)        # relay_config: relay.config.RelayConfig
+    await scheduler.start()                           # background loop in the running event loop
+    scheduler.notify()                                # optional: something was enqueued, look now
+    await scheduler.stop(timeout=30)                  # finish in-flight transactions, release the rest
+    stats = await scheduler.run_burst()               # tests: deliver until nothing is due, then return
+
+Each round claims due recipients with a lease (``Spool.claim``) and, per message, checks what needs no
+network first: expired (``delivery.max_lifetime`` since acceptance or send-at -> ``failed``/``expired``),
+suppressed (``relay.suppression``, when present -> ``failed``/``suppressed``), invalid addresses. The rest is
+grouped by destination (``route:<name>`` or ``mx:<domain>``): one SMTP transaction per message and
+destination, under a global connection limit and a per-destination one (``delivery.per_destination``,
+overrides in ``delivery.per_domain``). Results go back through ``Spool.complete`` with the next attempt time
+from ``relay.retry``; bounced/failed recipients trigger one DSN to the envelope sender (``relay.dsn``).
+
+A slow or dead destination cannot starve the others: claims stop at a bound of recipients in flight, a
+destination holds at most ``10 x`` its connection limit of them (the excess goes straight back to the queue
+without an attempt), and after a connection failure a destination is "down" for 30 s, during which its
+recipients are deferred at once instead of waiting for timeouts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import os
+import random
+import socket
+import time
+from collections import Counter
+from typing import Callable
+
+from relay import dsn
+from relay.config import RelayConfig
+from relay.delivery import Delivery, Outcome
+from relay.envelope import address_error
+from relay.errors import ConnectError, DeliveryError
+from relay.queue import Claim, RecipientResult, Spool
+from relay.retry import RetryPolicy, expires_at, next_attempt
+
+log = logging.getLogger("relay.scheduler")
+
+DOWN_FOR = 30.0               # seconds a destination that refused connections is skipped
+BACKLOG_FACTOR = 10           # recipients held per destination = factor x its connection limit
+REQUEUE_DELAY = 2.0           # seconds before recipients handed back for backlog reasons are due again
+
+
+class _Report:
+    """Collects the bounced/failed recipients of one message over one dispatch, so the sender gets one DSN
+    for the round, not one per destination."""
+
+    def __init__(self, message: dict, parts: int):
+        self.message = message
+        self.parts = parts
+        self.failed: list = []
+        self.host: str | None = None
+
+
+def _load_suppression():
+    try:
+        mod = importlib.import_module("relay.suppression")
+    except ImportError:
+        return None
+    return mod if hasattr(mod, "is_suppressed") else None
+
+
+class Scheduler:
+    def __init__(self, spool: Spool, config: RelayConfig, *, delivery: Delivery | None = None,
+                 clock: Callable[[], float] = time.time, rng: Callable[[], float] = random.random,
+                 owner: str | None = None):
+        self.spool = spool
+        self.config = config
+        self.delivery = delivery or Delivery(config)
+        self.clock = clock
+        self.rng = rng
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
+        self._apply(config)
+        self._dest_sems: dict[str, asyncio.Semaphore] = {}
+        self._backlog: Counter[str] = Counter()
+        self._down: dict[str, tuple[float, DeliveryError]] = {}
+        self._in_flight: set[int] = set()
+        self._tasks: set[asyncio.Task] = set()
+        self._bodies: dict[str, asyncio.Future] = {}
+        self._msg_refs: Counter[str] = Counter()
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._loop_task: asyncio.Task | None = None
+        self.suppression = _load_suppression()
+        self.stats: Counter[str] = Counter()
+
+    def _apply(self, config: RelayConfig) -> None:
+        d = config.delivery
+        self.policy = RetryPolicy(d.retry_first, d.retry_cap, d.retry_jitter, d.max_lifetime)
+        self._global = asyncio.Semaphore(d.concurrency)
+        self.max_in_flight = max(d.claim_batch * 4, d.concurrency * 4)
+
+    async def reload(self, config: RelayConfig) -> None:
+        """SIGHUP: new routes, DKIM keys, resolver and retry settings (limits apply to new work)."""
+        self.delivery.reconfigure(config)
+        self.config = config
+        self.policy = RetryPolicy(config.delivery.retry_first, config.delivery.retry_cap,
+                                  config.delivery.retry_jitter, config.delivery.max_lifetime)
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._stopping = False
+        self._loop_task = asyncio.get_running_loop().create_task(self._run(), name="relay-scheduler")
+
+    def notify(self) -> None:
+        self._wake.set()
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        self._stopping = True
+        self._wake.set()
+        if self._loop_task is not None:
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+            self._loop_task = None
+        if self._tasks:
+            done, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
+            for t in pending:
+                t.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+        if self._in_flight:   # cancelled mid-delivery: back to the queue (at-least-once)
+            await self._release(list(self._in_flight), self.clock())
+            self._in_flight.clear()
+        await self.delivery.close()
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            try:
+                got = await self._round()
+            except Exception:  # noqa: BLE001 - storage trouble: log, wait, go on
+                log.exception("scheduler round failed")
+                got = 0
+            await self.delivery.pool.prune()
+            if got and len(self._in_flight) < self.max_in_flight:
+                await asyncio.sleep(0)
+                continue
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.config.delivery.poll_interval)
+            except asyncio.TimeoutError:
+                pass
+
+    async def run_burst(self, max_seconds: float = 60.0) -> dict[str, int]:
+        """Deliver until nothing is due and nothing is in flight (arq's burst mode), then return stats."""
+        deadline = time.monotonic() + max_seconds
+        while time.monotonic() < deadline:
+            got = await self._round()
+            if self._tasks:
+                await asyncio.wait(set(self._tasks), return_when=asyncio.FIRST_COMPLETED,
+                                   timeout=max(0.0, deadline - time.monotonic()))
+            elif not got:
+                break
+        if self._tasks:
+            await asyncio.wait(set(self._tasks))
+        return dict(self.stats)
+
+    # ---- one round -------------------------------------------------------------------------------
+    async def _round(self) -> int:
+        room = self.max_in_flight - len(self._in_flight)
+        if room <= 0:
+            return 0
+        d = self.config.delivery
+        now = self.clock()
+        claims = await self.spool.claim(self.owner, limit=min(d.claim_batch, room), lease=d.lease, now=now)
+        n = 0
+        for claim in claims:
+            n += len(claim.recipients)
+            await self._dispatch(claim, now)
+        return n
+
+    async def _dispatch(self, claim: Claim, now: float) -> None:
+        msg = claim.message
+        rcpts = [r for r in claim.recipients if r["id"] not in self._in_flight]
+        if not rcpts:
+            return
+        self._in_flight.update(r["id"] for r in rcpts)
+        final: list[tuple[dict, RecipientResult]] = []
+        deadline = expires_at(max(msg["created_at"], msg.get("send_at") or 0), self.policy)
+        suppressed = await self._suppressed([r["address"] for r in rcpts]) if self.suppression else set()
+        live = []
+        for r in rcpts:
+            if now >= deadline:
+                final.append((r, self._expired(r, None)))
+            elif r["address"].lower() in suppressed:
+                final.append((r, RecipientResult(r["id"], "failed", None, "5.7.1",
+                                                 "recipient is on the suppression list", reason="suppressed")))
+            elif address_error(r["address"]):
+                final.append((r, RecipientResult(r["id"], "failed", 553, "5.1.3",
+                                                 f"invalid address: {address_error(r['address'])}",
+                                                 reason="invalid")))
+            else:
+                live.append(r)
+        groups: dict[str, list[dict]] = {}
+        for r in live:
+            groups.setdefault(self.delivery.destination_key(msg, r), []).append(r)
+        busy = {k for k in groups
+                if self._backlog[k] >= self.delivery.concurrency_for(k) * BACKLOG_FACTOR}
+        report = _Report(msg, len(groups) - len(busy) + (1 if final else 0))
+        if final:
+            self._spawn(self._record(msg, final, None, report))
+        for key, group in groups.items():
+            if key in busy:
+                self.stats["requeued_backlog"] += len(group)
+                self._spawn(self._requeue(group, now + REQUEUE_DELAY))
+                continue
+            self._backlog[key] += 1
+            self._msg_refs[msg["id"]] += 1
+            self._spawn(self._transaction(msg, group, key, report))
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _suppressed(self, addresses: list[str]) -> set[str]:
+        check = self.suppression.is_suppressed  # type: ignore[union-attr]
+        try:
+            def _q(conn):
+                return {a.lower() for a in addresses if check(conn, a)}
+            return await self.spool.db.read(_q)
+        except Exception:  # noqa: BLE001 - a broken suppression check must not stop delivery
+            log.exception("suppression check failed; delivering without it")
+            return set()
+
+    # ---- a transaction ---------------------------------------------------------------------------
+    async def _transaction(self, msg: dict, rcpts: list[dict], key: str, report: _Report) -> None:
+        ids = [r["id"] for r in rcpts]
+        try:
+            down = self._down.get(key)
+            if down and down[0] > time.monotonic():
+                self.stats["skipped_down"] += len(rcpts)
+                outcome = Outcome({r["id"]: down[1] for r in rcpts}, route=key)
+            else:
+                sem = self._dest_sems.setdefault(key, asyncio.Semaphore(self.delivery.concurrency_for(key)))
+                async with self._global, sem:
+                    body = await self._body(msg["id"])
+                    if body is None:
+                        err = DeliveryError(554, "5.3.0", "message body is no longer retained", False,
+                                            status="failed", reason="body-missing")
+                        outcome = Outcome({r["id"]: err for r in rcpts}, route=key)
+                    else:
+                        outcome = await self.delivery.deliver(msg, rcpts, body)
+                self._note_down(key, outcome)
+            await self._record(msg, [(r, self._result(msg, r, outcome)) for r in rcpts], outcome.attempt,
+                               report)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bug dead-letters nothing: defer and go on
+            log.exception("delivery of %s failed unexpectedly", msg["id"])
+            err = DeliveryError(451, "4.3.0", f"internal error: {type(exc).__name__}", True)
+            try:
+                await self._record(msg, [(r, self._result(msg, r, Outcome({r["id"]: err}))) for r in rcpts],
+                                   None, report)
+            except Exception:  # noqa: BLE001 - storage down: the lease expires and recovery requeues
+                log.exception("could not record the failure of %s", msg["id"])
+        finally:
+            self._backlog[key] -= 1
+            self._in_flight.difference_update(ids)
+            self._msg_refs[msg["id"]] -= 1
+            if self._msg_refs[msg["id"]] <= 0:
+                del self._msg_refs[msg["id"]]
+                self._bodies.pop(msg["id"], None)
+
+    def _note_down(self, key: str, outcome: Outcome) -> None:
+        errs = list(outcome.results.values())
+        if outcome.attempt and outcome.attempt.get("host") is None and errs and all(
+                isinstance(e, ConnectError) and e.stage in ("connect", "greeting") for e in errs):
+            self._down[key] = (time.monotonic() + DOWN_FOR, errs[0])
+        elif key in self._down and outcome.attempt and outcome.attempt.get("host"):
+            self._down.pop(key, None)
+
+    async def _body(self, message_id: str) -> bytes | None:
+        fut = self._bodies.get(message_id)
+        if fut is None:
+            fut = asyncio.get_running_loop().create_future()
+            self._bodies[message_id] = fut
+            try:
+                fut.set_result(await self.spool.body(message_id))
+            except Exception as exc:  # noqa: BLE001
+                fut.set_exception(exc)
+                self._bodies.pop(message_id, None)
+                raise
+        return await fut
+
+    # ---- results ---------------------------------------------------------------------------------
+    def _expired(self, r: dict, err: DeliveryError | None) -> RecipientResult:
+        days = self.policy.max_lifetime / 86400
+        last = f"; last error: {err.code} {err.enhanced} {err.text}" if err else (
+            f"; last error: {r.get('last_code')} {r.get('last_enhanced')} {r.get('last_text')}"
+            if r.get("last_code") else "")
+        return RecipientResult(r["id"], "failed", err.code if err else r.get("last_code"), "4.4.7",
+                               f"delivery time expired after {days:g} days{last}", reason="expired")
+
+    def _result(self, msg: dict, r: dict, outcome: Outcome) -> RecipientResult:
+        err = outcome.results.get(r["id"])
+        route = outcome.route
+        if err is None:
+            code, enh, text = outcome.replies.get(r["id"], (250, "2.0.0", "OK"))
+            return RecipientResult(r["id"], "delivered", code, enh, text, route=route)
+        if err.temporary:
+            now = self.clock()
+            start = max(msg["created_at"], msg.get("send_at") or 0)
+            decision = next_attempt(now, start, int(r.get("attempts") or 0) + 1, err.text, self.policy,
+                                    self.rng())
+            if decision.expired:
+                return self._expired(r, err)
+            return RecipientResult(r["id"], "deferred", err.code, err.enhanced, err.text,
+                                   next_attempt_at=decision.next_attempt_at, route=route)
+        status = err.status if err.status in ("bounced", "failed") else "bounced"
+        return RecipientResult(r["id"], status, err.code, err.enhanced, err.text, reason=err.reason, route=route)
+
+    async def _record(self, msg: dict, pairs: list[tuple[dict, RecipientResult]], attempt: dict | None,
+                      report: _Report) -> None:
+        results = [res for _, res in pairs]
+        try:
+            await self.spool.complete(results, attempt=attempt)
+        finally:
+            if attempt is None:
+                self._in_flight.difference_update(res.recipient_id for res in results)
+            report.parts -= 1
+        for res in results:
+            self.stats[res.status] += 1
+        host = (attempt or {}).get("host")
+        report.failed.extend(dsn.FailedRecipient(r["address"], res.status, res.enhanced, res.code, res.text,
+                                                 host if res.code and res.reason is None else None, res.reason)
+                             for r, res in pairs if res.status in ("bounced", "failed"))
+        if report.parts <= 0 and report.failed and self.config.delivery.dsn and dsn.should_notify(msg):
+            await self._send_dsn(msg, report.failed)
+
+    async def _send_dsn(self, msg: dict, items: list) -> None:
+        try:
+            original = await self.spool.body(msg["id"])
+            new = dsn.new_message(msg, items, original, reporting_mta=self.delivery.helo)
+            if new is not None:
+                await self.spool.enqueue(new, actor="dsn")
+                self.stats["dsn"] += 1
+                self._wake.set()
+        except Exception:  # noqa: BLE001 - the recipients' status is recorded; the report is best effort
+            log.exception("could not enqueue the DSN for %s", msg["id"])
+
+    async def _requeue(self, rcpts: list[dict], at: float) -> None:
+        try:
+            await self._release([r["id"] for r in rcpts], at)
+        finally:
+            self._in_flight.difference_update(r["id"] for r in rcpts)
+
+    async def _release(self, ids: list[int], at: float) -> None:
+        """Hand claimed recipients back to the queue without an attempt (no status event: nothing
+        happened to them). Undo the claim's poison accounting when nothing of the message is in flight."""
+        now = self.clock()
+
+        def _do(conn):
+            mids = set()
+            for rid in ids:
+                row = conn.execute("SELECT message_id FROM recipients WHERE id=? AND status='sending'",
+                                   (rid,)).fetchone()
+                if row is None:
+                    continue
+                conn.execute("UPDATE recipients SET status='queued', next_attempt_at=?, leased_until=NULL,"
+                             " lease_owner=NULL, updated_at=? WHERE id=?", (at, now, rid))
+                mids.add(row["message_id"])
+            for mid in mids:
+                conn.execute("UPDATE messages SET crash_count = 0 WHERE id=? AND NOT EXISTS"
+                             " (SELECT 1 FROM recipients WHERE message_id=? AND status='sending')", (mid, mid))
+
+        await self.spool.db.write(_do)

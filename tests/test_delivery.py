@@ -1,0 +1,233 @@
+"""The delivery engine end to end inside one process: real SQLite spool, real dnsmasq for MX, aiosmtpd sinks
+with injected faults, the scheduler in burst mode, a controllable clock for retries and expiry."""
+
+import json
+
+import dkim as dkimpy
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from relay.config import DeliveryConfig, DKIMConfig, DKIMKeyConfig, RelayConfig, RouteConfig, SMTPConfig
+from relay.db import Database
+from relay.dkim import dns_record
+from relay.envelope import NewMessage
+from relay.queue import Spool
+from relay.scheduler import Scheduler
+from tests.peers.dnsmasq import DnsmasqServer
+from tests.peers.sink import Sink
+
+T0 = 1_800_000_000.0
+ZONE = {
+    "dst.test": {"MX": [(10, "mx.dst.test")]},
+    "src.test": {"MX": [(10, "mx.dst.test")]},
+    "mx.dst.test": {"A": ["127.0.0.1"]},
+    "null.test": {"MX": [(0, ".")]},
+}
+
+
+class Clock:
+    def __init__(self, t):
+        self.t = t
+
+    def __call__(self):
+        return self.t
+
+
+@pytest.fixture(scope="module")
+def dns_server():
+    with DnsmasqServer(ZONE) as server:
+        yield server
+
+
+@pytest.fixture
+async def sink():
+    s = await Sink(tls=True).start()
+    yield s
+    await s.stop()
+
+
+@pytest.fixture
+def env(tmp_path, dns_server, sink):
+    clock = Clock(T0)
+    db = Database(str(tmp_path / "spool.db")).open()
+    spool = Spool(db, clock=clock)
+
+    def make(**kw):
+        delivery = dict(mx_port=sink.port, nameservers=["127.0.0.1"], dns_port=dns_server.port, dns_timeout=2,
+                        retry_jitter=0.0, connect_timeout=3, command_timeout=5, poll_interval=0.05)
+        delivery.update(kw.pop("delivery", {}))
+        cfg = RelayConfig(smtp=SMTPConfig(hostname="relay.test"), delivery=DeliveryConfig(**delivery), **kw)
+        return Scheduler(spool, cfg, clock=clock, rng=lambda: 0.5)
+
+    yield spool, clock, make
+    db.close()
+
+
+def body(frm="Alice <alice@src.test>", subject="hello"):
+    return (f"From: {frm}\r\nTo: someone@dst.test\r\nSubject: {subject}\r\n"
+            f"Message-ID: <m1@src.test>\r\n\r\nHello there.\r\n").encode()
+
+
+async def enqueue(spool, rcpts, sender="alice@src.test", frm="Alice <alice@src.test>", **kw):
+    return await spool.enqueue(NewMessage(sender=sender, recipients=rcpts, body=body(frm), from_header=frm, **kw))
+
+
+async def recipients(spool, qid):
+    return {r["address"]: r for r in await spool.db.read(lambda c: [dict(x) for x in c.execute(
+        "SELECT * FROM recipients WHERE message_id=? ORDER BY id", (qid,))])}
+
+
+async def attempts(spool, qid):
+    return await spool.db.read(lambda c: [dict(x) for x in c.execute(
+        "SELECT * FROM attempts WHERE message_id=? ORDER BY id", (qid,))])
+
+
+async def test_multi_recipient_mixed_outcomes_with_transcript_and_dsn(env, sink):
+    spool, clock, make = env
+    sink.faults.rcpt = {"gone@dst.test": "550 5.1.1 <gone@dst.test>: user unknown",
+                        "later@dst.test": "451 4.3.0 try later"}
+    qid = await enqueue(spool, ["ok@dst.test", "gone@dst.test", "later@dst.test", "x@null.test",
+                                "y@does-not-exist.test"])
+    sched = make()
+    await sched.run_burst()
+    rs = await recipients(spool, qid)
+    got = {a: (r["status"], r["last_enhanced"], r["reason"]) for a, r in rs.items()}
+    assert got == {"ok@dst.test": ("delivered", "2.0.0", None),
+                   "gone@dst.test": ("bounced", "5.1.1", None),
+                   "later@dst.test": ("deferred", "4.3.0", None),
+                   "x@null.test": ("failed", "5.1.10", "nullmx"),
+                   "y@does-not-exist.test": ("bounced", "5.1.2", None)}
+    assert rs["later@dst.test"]["next_attempt_at"] == pytest.approx(T0 + 300)
+    assert rs["ok@dst.test"]["last_code"] == 250 and rs["ok@dst.test"]["route"] == "mx"
+    # one SMTP transaction for the three dst.test recipients, with its transcript
+    rows = [a for a in await attempts(spool, qid) if a["host"] == "mx.dst.test"]
+    assert len(rows) == 1 and rows[0]["ip"] == "127.0.0.1" and rows[0]["tls"] == 1
+    lines = [e["line"] for e in json.loads(rows[0]["transcript"])]
+    assert "RCPT TO:<gone@dst.test>" in lines and "550 5.1.1 <gone@dst.test>: user unknown" in lines
+    assert "STARTTLS" in lines and not any("Hello there" in x for x in lines)
+    # one DSN to the sender listing the bounced and failed recipients, delivered in the same burst
+    dsns = [m for m in sink.messages if m.sender == ""]
+    assert len(dsns) == 1 and dsns[0].rcpts == ["alice@src.test"]
+    report = dsns[0].data.decode()
+    assert "multipart/report; report-type=delivery-status" in report
+    for needle in ("Final-Recipient: rfc822; gone@dst.test", "Status: 5.1.1",
+                   "Diagnostic-Code: smtp; 550 5.1.1", "Final-Recipient: rfc822; x@null.test", "Status: 5.1.10",
+                   "Final-Recipient: rfc822; y@does-not-exist.test", "Remote-MTA: dns; mx.dst.test"):
+        assert needle in report, needle
+    assert "ok@dst.test" not in report.split("message/delivery-status")[1].split("text/rfc822-headers")[0]
+    # the deferred recipient is retried once its time comes
+    sink.faults.rcpt = {}
+    clock.t = T0 + 301
+    await sched.run_burst()
+    assert (await recipients(spool, qid))["later@dst.test"]["status"] == "delivered"
+    assert sorted(sink.recipients()) == ["alice@src.test", "later@dst.test", "ok@dst.test"]
+
+
+async def test_greylisting_wait_is_honoured(env, sink):
+    spool, clock, make = env
+    sink.faults.greylist = 120
+    qid = await enqueue(spool, ["g@dst.test"])
+    sched = make()
+    await sched.run_burst()
+    r = (await recipients(spool, qid))["g@dst.test"]
+    assert r["status"] == "deferred" and r["next_attempt_at"] == pytest.approx(T0 + 125)
+    clock.t = T0 + 126
+    await sched.run_burst()
+    assert (await recipients(spool, qid))["g@dst.test"]["status"] == "delivered"
+
+
+async def test_expiry_on_every_path(env, sink):
+    spool, clock, make = env
+    never = await enqueue(spool, ["never@dst.test"])       # held: never attempted within its lifetime
+    await spool.hold(never)
+    sink.faults.mail = "421 4.3.2 busy"
+    tried = await enqueue(spool, ["tried@dst.test"])
+    sched = make(delivery={"max_lifetime": 600, "dsn": False})
+    clock.t = T0 + 400
+    await sched.run_burst()
+    r = (await recipients(spool, tried))["tried@dst.test"]
+    assert r["status"] == "deferred" and r["next_attempt_at"] == pytest.approx(T0 + 599)   # pulled in
+    clock.t = T0 + 599
+    await sched.run_burst()
+    r = (await recipients(spool, tried))["tried@dst.test"]
+    assert (r["status"], r["reason"], r["last_enhanced"]) == ("failed", "expired", "4.4.7")
+    assert "421 4.3.2 busy" in r["last_text"]
+    await spool.release(never)
+    clock.t = T0 + 600
+    await sched.run_burst()
+    r = (await recipients(spool, never))["never@dst.test"]
+    assert (r["status"], r["reason"], r["attempts"]) == ("failed", "expired", 0)
+    assert await attempts(spool, never) == [] and sink.messages == []
+
+
+async def test_cancel_and_resend(env, sink):
+    spool, clock, make = env
+    qid = await enqueue(spool, ["c@dst.test"])
+    assert await spool.cancel(qid) == 1
+    sched = make()
+    await sched.run_burst()
+    assert (await recipients(spool, qid))["c@dst.test"]["status"] == "cancelled" and sink.messages == []
+    assert await spool.resend(qid) == 1
+    await sched.run_burst()
+    assert (await recipients(spool, qid))["c@dst.test"]["status"] == "delivered"
+    assert await spool.resend(qid) == 1
+    await sched.run_burst()
+    assert sink.recipients() == ["c@dst.test", "c@dst.test"]
+
+
+async def test_no_dsn_to_null_sender_and_dsn_switch(env, sink):
+    spool, clock, make = env
+    sink.faults.rcpt = {"gone@dst.test": "550 5.1.1 unknown"}
+    await enqueue(spool, ["gone@dst.test"], sender="")
+    await enqueue(spool, ["gone@dst.test"], sender="bob@src.test")
+    await make(delivery={"dsn": False}).run_burst()
+    assert sink.messages == []
+    await enqueue(spool, ["gone@dst.test"], sender="")
+    await make().run_burst()
+    assert sink.messages == []
+
+
+async def test_smarthost_route_by_from_with_auth_and_dkim(env, sink, tmp_path):
+    spool, clock, make = env
+    hub = await Sink(tls=True, users={"relay-user": "hub-secret"}).start()
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    key_file = tmp_path / "src.key"
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    routes = [RouteConfig(name="hub", host="127.0.0.1", port=hub.port, tls="starttls", tls_verify=False,
+                          username="relay-user", password="hub-secret", from_domains=["src.test"])]
+    dk = DKIMConfig(enabled=True, domains={"src.test": DKIMKeyConfig("s1", str(key_file))})
+    sched = make(routes=routes, dkim=dk)
+    via_hub = await enqueue(spool, ["a@dst.test", "b@dst.test"])
+    direct = await enqueue(spool, ["c@dst.test"], sender="x@other.test", frm="X <x@other.test>")
+    await sched.run_burst()
+    assert [m.rcpts for m in hub.messages] == [["a@dst.test", "b@dst.test"]]
+    assert hub.messages[0].auth_user == "relay-user" and hub.messages[0].tls
+    assert [m.rcpts for m in sink.messages] == [["c@dst.test"]]
+    signed = hub.messages[0].data
+    assert signed.startswith(b"DKIM-Signature:") and signed.endswith(body())
+    txt = dns_record(key).encode()
+    assert dkimpy.verify(signed, dnsfunc=lambda name, timeout=5: txt)
+    assert b"DKIM-Signature" not in sink.messages[0].data          # no key for other.test
+    r = (await recipients(spool, via_hub))["a@dst.test"]
+    assert r["route"] == "hub" and r["status"] == "delivered"
+    att = (await attempts(spool, via_hub))[0]
+    assert att["route"] == "hub" and "hub-secret" not in att["transcript"]
+    assert (await recipients(spool, direct))["c@dst.test"]["route"] == "mx"
+    await hub.stop()
+
+
+async def test_dead_destination_defers_fast_and_connections_are_reused(env, sink):
+    spool, clock, make = env
+    for i in range(6):
+        await enqueue(spool, [f"r{i}@dst.test"])
+    await make(delivery={"per_destination": 1, "messages_per_connection": 4}).run_burst()
+    assert len(sink.messages) == 6 and sink.connections == 2      # 4 + 2 messages on two connections
+    await sink.stop()
+    qids = [await enqueue(spool, [f"d{i}@dst.test"]) for i in range(5)]
+    sched = make()
+    await sched.run_burst()
+    for q in qids:
+        r = next(iter((await recipients(spool, q)).values()))
+        assert r["status"] == "deferred" and r["last_enhanced"] == "4.4.1"
