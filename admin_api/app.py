@@ -17,6 +17,7 @@ from aiohttp import web
 from admin_api.auth import Authenticator, load_tokens
 from admin_api.common import (APP_KEY, CONFIG_KEY, WRITE_METHODS, ApiError, Route, error_response)
 from admin_api.config import AdminConfig
+from admin_api.metrics import API_REQUESTS
 
 log = logging.getLogger("admin_api")
 
@@ -59,8 +60,18 @@ def collect_routes() -> list[Route]:
     return routes
 
 
+_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
+    resp = await _errors_as_json(request, handler)
+    API_REQUESTS.labels(request.method if request.method in _METHODS else "other",
+                        f"{resp.status // 100}xx").inc()
+    return resp
+
+
+async def _errors_as_json(request: web.Request, handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except ApiError as exc:

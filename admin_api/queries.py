@@ -50,6 +50,8 @@ class MessageFilter:
 def parse_statuses(value: str | list | tuple | None) -> tuple[str, ...]:
     if value is None or value == "":
         return ()
+    if not isinstance(value, (str, list, tuple)):
+        raise ValueError("status: expected a string or a list of strings")
     parts = value.split(",") if isinstance(value, str) else list(value)
     out: list[str] = []
     for p in parts:

@@ -57,10 +57,15 @@ class Api:
 
 
 @contextlib.asynccontextmanager
-async def running(tmp_path, **extra: Any):
+async def running(tmp_path, *, scheduler: bool = False, **extra: Any):
+    """scheduler=False stops the delivery scheduler (when installed) so tests set recipient states through
+    the spool themselves; scheduler=True keeps it delivering (configure a route to a sink)."""
     s, smtp_port, admin_port = settings(tmp_path, **extra)
     app = App(s)
     await app.start()
+    if not scheduler and app.scheduler is not None:
+        await app.scheduler.stop(timeout=5)
+        app.scheduler = None
     api = Api(f"http://127.0.0.1:{admin_port}", TOKEN)
     app.smtp_port = smtp_port  # type: ignore[attr-defined]
     try:
