@@ -1,0 +1,135 @@
+"""Logging: text and JSON lines with the queue id, and no secret ever reaching the output."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+
+from relaybox import logs
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def capture():
+    stream = io.StringIO()
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+
+    def setup(fmt="text", level="debug"):
+        stream.seek(0)
+        stream.truncate()
+        logs.setup_logging(level, fmt, stream=stream)
+        return stream
+
+    yield setup
+    for h in list(root.handlers):
+        if getattr(h, "_relaybox", False):
+            root.removeHandler(h)
+    root.handlers[:0] = [h for h in saved[0] if h not in root.handlers]
+    root.setLevel(saved[1])
+    logs.clear_secrets()
+
+
+def test_text_line_carries_time_level_logger_queue_id_and_extras(capture):
+    out = capture("text")
+    logging.getLogger("relay.listener").info("accepted %d recipients", 2,
+                                             extra={"queue_id": "Q7XK2", "peer": "10.0.0.5"})
+    line = out.getvalue().strip()
+    assert line.endswith("INFO relay.listener [Q7XK2] accepted 2 recipients peer=10.0.0.5")
+    assert line[:4].isdigit() and line.split(" ")[0].endswith("Z")
+
+
+def test_json_lines_are_objects_with_queue_id(capture):
+    out = capture("json")
+    log = logging.getLogger("relay.delivery")
+    log.warning("deferred: %s", "451 4.7.1 try later", extra={"queue_id": "Q1", "attempt": 3})
+    log.info("no queue id here")
+    first, second = [json.loads(x) for x in out.getvalue().splitlines()]
+    assert first["level"] == "warning" and first["logger"] == "relay.delivery"
+    assert first["msg"] == "deferred: 451 4.7.1 try later"
+    assert first["queue_id"] == "Q1" and first["attempt"] == 3
+    assert first["ts"].endswith("Z")
+    assert "queue_id" not in second
+
+
+def test_level_filters_and_bad_format_is_refused(capture):
+    out = capture("text", level="warning")
+    logging.getLogger("x").info("hidden")
+    logging.getLogger("x").warning("shown")
+    assert "hidden" not in out.getvalue() and "shown" in out.getvalue()
+    with pytest.raises(ValueError):
+        logs.setup_logging("info", "xml")
+
+
+SECRET = "Tr0ub4dor&3-horse"
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_secrets_never_reach_the_output(capture, fmt):
+    out = capture(fmt)
+    log = logging.getLogger("relay.transport")
+    plain = base64.b64encode(b"\0app1\0" + SECRET.encode()).decode()
+    logs.register_secret("route-pass-5f2a9")
+    log.info("login user=app1 password=%s", SECRET)
+    log.info("config %s", {"password": SECRET, "api_key": SECRET, "username": "app1"})
+    log.info("client said %r", f"AUTH PLAIN {plain}\r\n".encode())
+    log.info("client said AUTH LOGIN %s", base64.b64encode(SECRET.encode()).decode())
+    log.info("auth result %r", f"LoginPassword(login=b'app1', password=b'{SECRET}')")
+    log.info("webhook Authorization: Bearer %s", "eyJhbGciOi.J9eyJzdWIi.OiIxMjM0")
+    log.info("smarthost refused route-pass-5f2a9 for app1", extra={"queue_id": "Q2",
+                                                                    "detail": "pw route-pass-5f2a9"})
+    log.info('token="%s" secret: %s', SECRET, SECRET)
+    try:
+        raise RuntimeError(f"cannot log in with password={SECRET} (route-pass-5f2a9)")
+    except RuntimeError:
+        log.exception("delivery crashed", extra={"queue_id": "Q3"})
+    text = out.getvalue()
+    for leaked in (SECRET, plain, "route-pass-5f2a9", "eyJhbGciOi", base64.b64encode(SECRET.encode()).decode()):
+        assert leaked not in text, leaked
+    # what is left stays useful
+    assert "user=app1 password=***" in text and "AUTH PLAIN ***" in text and "Bearer ***" in text
+    assert "app1" in text and "delivery crashed" in text and "RuntimeError" in text
+    if fmt == "json":
+        rows = [json.loads(x) for x in text.splitlines() if x.startswith("{")]
+        assert rows[-1]["queue_id"] == "Q3" and "RuntimeError" in rows[-1]["exc"]
+
+
+def test_ordinary_words_are_not_masked(capture):
+    out = capture("text")
+    logs.register_secret("ab")    # too short to register: it would mask ordinary text
+    logging.getLogger("x").info("tokens=5 passed=3 password policy ok; abab")
+    assert "tokens=5 passed=3 password policy ok; abab" in out.getvalue()
+
+
+def test_relaybox_run_logs_json_with_the_cli_flag(tmp_path):
+    """The real command line: `relaybox run --log-format json` prints JSON lines, nothing else."""
+    from tests.peers.relaybox_proc import RelayboxProcess
+
+    rb = RelayboxProcess(str(tmp_path), {"log": {"format": "text"}})
+    rb.start()
+    rb.stop()
+    assert "relaybox started" in rb.log()
+    env = dict(os.environ, PYTHONPATH=REPO)
+    proc = subprocess.Popen([sys.executable, "-m", "relaybox.cli", "run", "--config", rb.config_path,
+                             "--log-format", "json"], cwd=str(tmp_path), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        first = proc.stdout.readline()
+        while first and "relaybox started" not in first:
+            assert first.startswith("{"), first
+            first = proc.stdout.readline()
+        assert json.loads(first)["logger"] == "relaybox"
+    finally:
+        proc.terminate()
+        rest, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    for line in rest.splitlines():
+        assert json.loads(line)["ts"]
