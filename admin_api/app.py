@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from admin_api.auth import Authenticator, load_tokens
-from admin_api.common import (APP_KEY, CONFIG_KEY, WRITE_METHODS, ApiError, Route, error_response)
+from admin_api.common import (APP_KEY, CONFIG_KEY, TOKEN_NAME, WRITE_METHODS, ApiError, Route, error_response)
 from admin_api.config import AdminConfig
 from admin_api.metrics import API_REQUESTS
 
@@ -101,7 +101,7 @@ async def auth_middleware(request: web.Request, handler) -> web.StreamResponse:
                               {"WWW-Authenticate": 'Bearer realm="relaybox"'})
     if token.readonly and request.method in WRITE_METHODS:
         return error_response(403, "forbidden", f"token {token.name!r} is read-only")
-    request["token_name"] = token.name
+    request[TOKEN_NAME] = token.name
     cfg: AdminConfig = request.app[CONFIG_KEY]
     if request.content_length is not None and request.content_length > cfg.max_body_size:
         return error_response(413, "too_large", f"request body larger than {cfg.max_body_size} bytes")

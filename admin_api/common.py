@@ -22,6 +22,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 APP_KEY = web.AppKey("relaybox", object)
 CONFIG_KEY = web.AppKey("admin_config", object)
+TOKEN_NAME: Any = web.RequestKey("token_name", str) if hasattr(web, "RequestKey") else "token_name"
 
 
 class ApiError(Exception):
@@ -192,7 +193,7 @@ def decode_cursor(raw: str | None) -> Any:
 
 
 def actor(request: web.Request) -> str:
-    return f"admin:{request.get('token_name', 'unknown')}"
+    return f"admin:{request.get(TOKEN_NAME, 'unknown')}"
 
 
 def page(items: list, next_cursor: str | None) -> dict:
