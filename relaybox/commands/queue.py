@@ -1,0 +1,395 @@
+"""``relaybox queue list|show|cancel|retry|resend|hold|release|delete|summary``.
+
+Talks to the running instance's admin API (``--api URL``, else ``admin.listen`` of the config) with a token
+(``--token``, ``$RELAYBOX_API_TOKEN``, else the first full-access token of the config). When no instance
+answers, or with ``--offline``, it works on the database file directly (SQLite WAL makes that safe). The
+actions accept queue ids or, without ids, filters (``--domain example.com --status deferred``): the bulk
+form of the same API. Human tables by default, ``--json`` for scripts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from types import SimpleNamespace
+from typing import Any
+
+ACTIONS = ("cancel", "retry", "resend", "hold", "release", "delete")
+FILTERS = ("status", "sender", "recipient", "domain", "subject", "client_ip", "auth_user", "since", "until")
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
+
+
+# ---- backends ----------------------------------------------------------------------------------------
+class ApiBackend:
+    def __init__(self, base: str, token: str):
+        self.base = base.rstrip("/")
+        self.token = token
+
+    def _call(self, method: str, path: str, body: Any = None, params: dict | None = None) -> Any:
+        url = self.base + path + ("?" + urllib.parse.urlencode(params) if params else "")
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(url, data=data, method=method,
+                                     headers={"Authorization": f"Bearer {self.token}",
+                                              **({"Content-Type": "application/json"} if data else {})})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                raw = resp.read()
+                return json.loads(raw) if resp.headers.get_content_type() == "application/json" else raw
+        except urllib.error.HTTPError as exc:
+            try:
+                err = json.loads(exc.read())["error"]
+                msg = f"{err['message']} ({exc.code} {err['code']})"
+            except (ValueError, KeyError, TypeError):
+                msg = f"HTTP {exc.code}"
+            raise CliError(msg, 1 if exc.code in (404, 409) else 2) from None
+
+    def ping(self) -> None:
+        self._call("GET", "/readyz")
+
+    def list(self, filters: dict, limit: int, cursor: str | None) -> dict:
+        params = {k: v for k, v in filters.items() if v is not None}
+        params.update(limit=str(limit), **({"cursor": cursor} if cursor else {}))
+        return self._call("GET", "/api/v1/messages", params=params)
+
+    def show(self, qid: str) -> dict:
+        return self._call("GET", f"/api/v1/messages/{urllib.parse.quote(qid)}")
+
+    def action(self, action: str, qid: str) -> dict:
+        q = urllib.parse.quote(qid)
+        if action == "delete":
+            return self._call("DELETE", f"/api/v1/messages/{q}")
+        return self._call("POST", f"/api/v1/messages/{q}/{action}")
+
+    def bulk(self, action: str, flt: dict, every: bool, dry_run: bool) -> dict:
+        return self._call("POST", f"/api/v1/bulk/messages/{action}",
+                          {"filter": flt, "all": every, "dry_run": dry_run})
+
+    def summary(self, status: str | None, top: int) -> dict:
+        return self._call("GET", "/api/v1/queue/summary", params={"top": str(top), **({"status": status}
+                                                                                      if status else {})})
+
+
+class DbBackend:
+    """The same operations on the database file, through the spool and the API's own query code."""
+
+    def __init__(self, path: str):
+        from relay.db import Database
+        from relay.queue import Spool
+
+        self.db = Database(path).open()
+        self.rb = SimpleNamespace(db=self.db, spool=Spool(self.db))
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _filter(self, flt: dict):
+        from admin_api.common import ApiError
+        from admin_api.routes_messages import filter_from
+
+        try:
+            return filter_from({k: v for k, v in flt.items() if v is not None}, from_query=True)
+        except ApiError as exc:
+            raise CliError(exc.message, 2) from None
+
+    def list(self, filters: dict, limit: int, cursor: str | None) -> dict:
+        from admin_api import queries
+
+        f = self._filter(filters)
+        items, last = self.db.read_sync(lambda c: queries.list_messages(c, f, limit=limit, after=cursor))
+        return {"items": [_iso_fields(m) for m in items], "next_cursor": last}
+
+    def show(self, qid: str) -> dict:
+        from admin_api import queries
+
+        m = self.db.read_sync(lambda c: queries.show_message(c, qid))
+        if m is None:
+            raise CliError(f"no message {qid}")
+        return _iso_fields(m)
+
+    def _run(self, coro):
+        from admin_api.common import ApiError
+
+        try:
+            return asyncio.run(coro)
+        except ApiError as exc:
+            raise CliError(exc.message, 1 if exc.status in (404, 409) else 2) from None
+
+    def action(self, action: str, qid: str) -> dict:
+        from admin_api.routes_messages import run_action
+
+        n = self._run(run_action(self.rb, action, qid, "cli"))
+        return {"id": qid, "action": action, "affected": n}
+
+    def bulk(self, action: str, flt: dict, every: bool, dry_run: bool) -> dict:
+        from admin_api import queries
+        from admin_api.common import ApiError
+        from admin_api.routes_messages import run_action
+
+        f = self._filter(flt)
+        if f.empty() and not every:
+            raise CliError("no ids and no filter: pass --all to act on every message", 2)
+        ids = self.db.read_sync(lambda c: queries.matching_ids(c, f, 100000))
+        out: dict = {"action": action, "matched": len(ids), "affected": 0, "unchanged": 0, "errors": []}
+        if dry_run:
+            out["ids"] = ids
+            return out
+
+        async def _all():
+            for qid in ids:
+                try:
+                    n = await run_action(self.rb, action, qid, "cli")
+                except ApiError as exc:
+                    if exc.status == 409 and exc.message.startswith(qid + ": no "):
+                        out["unchanged"] += 1
+                    else:
+                        out["errors"].append({"id": qid, "code": exc.code, "message": exc.message})
+                    continue
+                out["affected" if n else "unchanged"] += 1
+
+        asyncio.run(_all())
+        return out
+
+    def summary(self, status: str | None, top: int) -> dict:
+        from admin_api import queries
+
+        try:
+            st = queries.parse_statuses(status)
+        except ValueError as exc:
+            raise CliError(str(exc), 2) from None
+        return self.db.read_sync(lambda c: queries.queue_summary(c, statuses=st, top=top))
+
+
+def _iso_fields(m: dict) -> dict:
+    from admin_api.common import iso
+
+    m = dict(m)
+    for k in ("created_at", "send_at"):
+        if isinstance(m.get(k), (int, float)):
+            m[k] = iso(m[k])
+    return m
+
+
+def _config_api(args) -> tuple[str | None, str | None, str | None]:
+    """(api base URL, token, db path) from the arguments, the environment and the config file."""
+    api, token, db = args.api, args.token or os.environ.get("RELAYBOX_API_TOKEN"), args.db
+    try:
+        from relaybox.settings import load
+
+        settings = load(args.config)
+    except Exception:  # noqa: BLE001 - no usable config: only explicit arguments count
+        settings = None
+    if settings is not None:
+        db = db or settings.relay.storage.path
+        admin = settings.section("admin")
+        if admin is not None and admin.enabled:
+            api = api or f"http://{admin.listen}"
+            if not token:
+                from admin_api.auth import load_tokens
+
+                try:
+                    full = [t for t in load_tokens(admin) if not t.readonly]
+                except ValueError:
+                    full = []
+                token = full[0].secret.decode() if full else None
+    return api, token, db
+
+
+def backend(args):
+    api, token, db = _config_api(args)
+    if not args.offline and api and token:
+        b = ApiBackend(api, token)
+        try:
+            b.ping()
+            return b
+        except (urllib.error.URLError, OSError, CliError) as exc:
+            if args.api:
+                raise CliError(f"cannot reach the admin API at {api}: {exc}", 2) from None
+            print(f"note: relaybox not reachable at {api}; working on the database", file=sys.stderr)
+    if not db:
+        raise CliError("no database: pass --db or a config file", 2)
+    return DbBackend(db)
+
+
+# ---- output ------------------------------------------------------------------------------------------
+def table(rows: list[list[Any]], header: list[str]) -> str:
+    cells = [header] + [["" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells)
+
+
+def _short(text: Any, n: int) -> str:
+    s = "" if text is None else str(text)
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
+def print_list(data: dict) -> None:
+    rows = []
+    for m in data["items"]:
+        rc = m["recipients"]
+        rows.append([m["id"], m["created_at"], m["status"] + (" (held)" if m.get("held") else ""),
+                     _short(m["sender"] or "<>", 30),
+                     _short(rc[0] if rc else "", 30) + (f" +{len(rc) - 1}" if len(rc) > 1 else ""),
+                     _short(m.get("subject"), 40)])
+    print(table(rows, ["ID", "CREATED", "STATUS", "SENDER", "RECIPIENTS", "SUBJECT"]))
+
+
+def print_show(m: dict) -> None:
+    for k in ("id", "status", "created_at", "sender", "from", "subject", "message_id", "client_ip", "auth_user",
+              "size", "held", "body_available"):
+        print(f"{k + ':':16}{m.get(k)}")
+    print()
+    print(table([[r["id"], r["address"], r["status"], r.get("attempts"), r.get("last_code"),
+                  _short(r.get("last_text"), 50)] for r in m["recipients"]],
+                ["RCPT", "ADDRESS", "STATUS", "TRIES", "CODE", "LAST REPLY"]))
+    print()
+    print(table([[e["at"] if isinstance(e["at"], str) else time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                            time.gmtime(e["at"])),
+                  e["status"], e["recipient_id"], e["actor"], e.get("reason")] for e in m["events"]],
+                ["AT", "EVENT", "RCPT", "ACTOR", "REASON"]))
+
+
+def print_summary(s: dict) -> None:
+    print("  ".join(f"{k}={v}" for k, v in s["counts"].items() if v) or "queue empty")
+    rows = [[s["total"]["domain"], s["total"]["total"], *s["total"]["counts"]]]
+    rows += [[r["domain"], r["total"], *r["counts"]] for r in s["rows"]]
+    print(table(rows, ["DOMAIN", "TOTAL", *s["buckets"]]))
+
+
+# ---- commands ----------------------------------------------------------------------------------------
+def _filters(args) -> dict:
+    out = {k: getattr(args, k, None) for k in FILTERS}
+    if getattr(args, "held", None) is not None:
+        out["held"] = "true" if args.held else "false"
+    return out
+
+
+def _run(args, fn) -> int:
+    try:
+        b = backend(args)
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.code
+    try:
+        return fn(b)
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.code
+    finally:
+        if isinstance(b, DbBackend):
+            b.close()
+
+
+def cmd_list(args) -> int:
+    def go(b):
+        data, cursor, items = None, None, []
+        while True:
+            data = b.list(_filters(args), min(args.limit - len(items), 1000), cursor)
+            items += data["items"]
+            cursor = data["next_cursor"]
+            if not cursor or len(items) >= args.limit:
+                break
+        data = {"items": items, "next_cursor": cursor}
+        print(json.dumps(data, default=str)) if args.json else print_list(data)
+        return 0
+    return _run(args, go)
+
+
+def cmd_show(args) -> int:
+    def go(b):
+        m = b.show(args.id)
+        print(json.dumps(m, default=str)) if args.json else print_show(m)
+        return 0
+    return _run(args, go)
+
+
+def cmd_summary(args) -> int:
+    def go(b):
+        s = b.summary(args.status, args.top)
+        print(json.dumps(s)) if args.json else print_summary(s)
+        return 0
+    return _run(args, go)
+
+
+def cmd_action(args) -> int:
+    def go(b):
+        flt = {k: v for k, v in _filters(args).items() if v is not None}
+        if args.ids:
+            if flt or args.all:
+                raise CliError("give queue ids or filters, not both", 2)
+            results, rc = [], 0
+            for qid in args.ids:
+                try:
+                    results.append(b.action(args.action, qid))
+                except CliError as exc:
+                    results.append({"id": qid, "action": args.action, "error": str(exc)})
+                    rc = max(rc, exc.code)
+            for r in results:
+                if args.json:
+                    continue
+                print(f"{r['id']}: {r['error']}" if "error" in r else f"{r['id']}: {args.action} "
+                      f"({r['affected']} affected)", file=sys.stderr if "error" in r else sys.stdout)
+            if args.json:
+                print(json.dumps(results))
+            return rc
+        if not flt and not args.all:
+            raise CliError("no queue ids and no filters: pass --all to act on every message", 2)
+        res = b.bulk(args.action, flt, args.all, args.dry_run)
+        if args.json:
+            print(json.dumps(res))
+        else:
+            print(f"{args.action}: {res['matched']} matched, {res['affected']} affected, "
+                  f"{res['unchanged']} unchanged, {len(res['errors'])} errors"
+                  + (" (dry run)" if args.dry_run else ""))
+            for e in res["errors"]:
+                print(f"  {e['id']}: {e['message']}", file=sys.stderr)
+        return 1 if res["errors"] else 0
+    return _run(args, go)
+
+
+def _common(p, *, filters: bool = False) -> None:
+    p.add_argument("--api", default=None, help="admin API base URL (default: http://<admin.listen>)")
+    p.add_argument("--token", default=None, help="API token (default: $RELAYBOX_API_TOKEN or the config)")
+    p.add_argument("--db", default=None, help="database file for offline use (default: storage.path)")
+    p.add_argument("--offline", action="store_true", help="work on the database even if relaybox runs")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    if filters:
+        for name in FILTERS:
+            p.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None)
+        p.add_argument("--held", dest="held", action="store_true", default=None, help="only held messages")
+        p.add_argument("--not-held", dest="held", action="store_false", help="only messages not held")
+
+
+def register(sub) -> None:
+    q = sub.add_parser("queue", help="inspect and act on the mail queue")
+    qs = q.add_subparsers(dest="sub", required=True)
+    p = qs.add_parser("list", help="messages, newest first (filters: --status outbox|sent|deferred|...)")
+    _common(p, filters=True)
+    p.add_argument("--limit", type=int, default=50)
+    p.set_defaults(func=cmd_list)
+    p = qs.add_parser("show", help="one message: recipients, events")
+    p.add_argument("id")
+    _common(p)
+    p.set_defaults(func=cmd_show)
+    p = qs.add_parser("summary", help="counts per status and a qshape table (domain x age in minutes)")
+    _common(p)
+    p.add_argument("--status", default=None, help="statuses in the table (default: active)")
+    p.add_argument("--top", type=int, default=50)
+    p.set_defaults(func=cmd_summary)
+    for action in ACTIONS:
+        p = qs.add_parser(action, help=f"{action} messages by id, or every message matching the filters")
+        p.add_argument("ids", nargs="*")
+        _common(p, filters=True)
+        p.add_argument("--all", action="store_true", help="with no ids and no filters: every message")
+        p.add_argument("--dry-run", action="store_true", help="only count what the filters match")
+        p.set_defaults(func=cmd_action, action=action)
