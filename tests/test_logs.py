@@ -113,7 +113,10 @@ def test_relaybox_run_logs_json_with_the_cli_flag(tmp_path):
     """The real command line: `relaybox run --log-format json` prints JSON lines, nothing else."""
     from tests.peers.relaybox_proc import RelayboxProcess
 
-    rb = RelayboxProcess(str(tmp_path), {"log": {"format": "text"}})
+    from tests.peers.ports import free_port
+
+    rb = RelayboxProcess(str(tmp_path), {"log": {"format": "text"},
+                                         "admin": {"listen": f"127.0.0.1:{free_port()}"}})
     rb.start()
     rb.stop()
     assert "relaybox started" in rb.log()
