@@ -15,8 +15,9 @@ from typing import Any
 from aiohttp import web
 
 from admin_api.auth import Authenticator, load_tokens
-from admin_api.common import (APP_KEY, CONFIG_KEY, TOKEN_NAME, WRITE_METHODS, ApiError, Route, error_response)
+from admin_api.common import (APP_KEY, CONFIG_KEY, TAIL_KEY, TOKEN_NAME, WRITE_METHODS, ApiError, Route, error_response)
 from admin_api.config import AdminConfig
+from admin_api.event_metrics import EventTail
 from admin_api.metrics import API_REQUESTS
 
 log = logging.getLogger("admin_api")
@@ -127,6 +128,13 @@ def make_app(relaybox: Any, cfg: AdminConfig | None = None) -> web.Application:
     app[APP_KEY] = relaybox
     app[CONFIG_KEY] = cfg
     app[AUTH_KEY] = Authenticator(tokens)
+    tail = EventTail(relaybox.db)
+    app[TAIL_KEY] = tail
+
+    async def _start_tail(_app: web.Application) -> None:
+        await tail.start()
+
+    app.on_startup.append(_start_tail)
     routes = collect_routes()
     app[ROUTES_KEY] = routes
     for r in routes:

@@ -22,6 +22,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 APP_KEY = web.AppKey("relaybox", object)
 CONFIG_KEY = web.AppKey("admin_config", object)
+TAIL_KEY = web.AppKey("event_tail", object)
 TOKEN_NAME: Any = web.RequestKey("token_name", str) if hasattr(web, "RequestKey") else "token_name"
 
 

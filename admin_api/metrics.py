@@ -46,8 +46,10 @@ def _queue_stats(conn: sqlite3.Connection, now: float) -> dict[str, Any]:
     return {"counts": counts, "held": held, "oldest": (now - oldest) if oldest else 0.0, "pending": pending}
 
 
-async def refresh(app: Any) -> None:
-    """Set the scrape-time gauges from the running App (``relaybox.app.App``)."""
+async def refresh(app: Any, tail: Any = None) -> None:
+    """Set the scrape-time gauges from the running App (``relaybox.app.App``); catch the event tail up."""
+    if tail is not None:
+        await tail.catch_up()
     now = time.time()
     stats = await app.db.read(lambda c: _queue_stats(c, now))
     for status, n in stats["counts"].items():

@@ -9,7 +9,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from admin_api import metrics
-from admin_api.common import Route, relaybox
+from admin_api.common import TAIL_KEY, Route, relaybox
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -31,7 +31,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def scrape(request: web.Request) -> web.Response:
-    await metrics.refresh(relaybox(request))
+    await metrics.refresh(relaybox(request), request.app.get(TAIL_KEY))
     resp = web.Response(body=generate_latest(REGISTRY))
     resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
     return resp

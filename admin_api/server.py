@@ -42,7 +42,14 @@ class AdminServer:
         self.runner = web.AppRunner(make_app(self.app, self.cfg), access_log=None, handle_signals=False)
         await self.runner.setup()
         site = web.TCPSite(self.runner, host, port, reuse_address=True)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            # mail keeps flowing without the admin API: a busy admin port must not stop the relay
+            log.error("admin API cannot listen on %s: %s; running without it", self.cfg.listen, exc.strerror)
+            await self.runner.cleanup()
+            self.runner = None
+            return
         for s in getattr(site._server, "sockets", None) or []:  # noqa: SLF001 - the bound address
             self.bound.append(tuple(s.getsockname()[:2]))
         log.info("admin API listening on %s", ", ".join(f"{h}:{p}" for h, p in self.bound) or self.cfg.listen)
