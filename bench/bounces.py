@@ -1,0 +1,150 @@
+"""Bounce parser accuracy on the shared corpus, against flufl.bounce alone measured in the same run.
+
+    .venv/bin/python bench/bounces.py [--corpus ../shared/corpus/bounces] [--misses]
+
+Figures (over the expected recipients of the bounce samples): recipients found, status exact (any of
+``accept_status``), reason right (any of ``accept_reason``), hard/soft right (any of ``accept_kind``, where
+the corpus states one); false bounces on the non-bounce samples; crashes; and seconds per message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import email
+import email.policy
+import json
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from relay.bounces import parse  # noqa: E402
+
+NON_BOUNCE = {"feedback", "vacation", "autoreply", "delivered", "not-bounce"}
+
+
+def load_expected(corpus: str) -> list[dict]:
+    with open(os.path.join(corpus, "expected.jsonl"), encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def _match(exp: dict, got: list[dict]) -> dict | None:
+    names = {exp["address"].lower(), *(a.lower() for a in exp.get("address_alternatives", []))}
+    for g in got:
+        if g["address"].lower() in names:
+            return g
+    return None
+
+
+def ours(raw: bytes) -> tuple[str, list[dict]]:
+    p = parse(raw)
+    return p.category, [vars(r) for r in p.recipients]
+
+
+def flufl_only(raw: bytes) -> tuple[str, list[dict]]:
+    from flufl.bounce import all_failures
+    msg = email.message_from_bytes(raw, policy=email.policy.compat32)
+    temp, perm = all_failures(msg)
+    got = [{"address": a.decode("utf-8", "replace") if isinstance(a, bytes) else a, "status": "",
+            "reason": "", "kind": "hard"} for a in perm]
+    got += [{"address": a.decode("utf-8", "replace") if isinstance(a, bytes) else a, "status": "",
+             "reason": "", "kind": "soft"} for a in temp]
+    return ("bounce" if got else "unknown"), got
+
+
+def measure(corpus: str, fn, misses: list | None = None) -> dict:
+    t = {"rcpt": 0, "found": 0, "status": 0, "reason": 0, "kind_n": 0, "kind": 0, "nonbounce": 0,
+         "false_bounce": 0, "category_ok": 0, "false_files": [], "crashes": 0, "messages": 0, "seconds": 0.0}
+    for row in load_expected(corpus):
+        with open(os.path.join(corpus, row["file"]), "rb") as fh:
+            raw = fh.read()
+        t["messages"] += 1
+        start = time.perf_counter()
+        try:
+            category, got = fn(raw)
+        except Exception as exc:  # noqa: BLE001
+            t["crashes"] += 1
+            if misses is not None:
+                misses.append((row["file"], "crash", repr(exc)))
+            continue
+        finally:
+            t["seconds"] += time.perf_counter() - start
+        if row["category"] in NON_BOUNCE:
+            t["nonbounce"] += 1
+            want = {"vacation": "autoreply", "not-bounce": "unknown"}.get(row["category"], row["category"])
+            t["category_ok"] += category == want
+            if category == "bounce":
+                t["false_bounce"] += 1
+                t["false_files"].append(row["file"])
+                if misses is not None:
+                    misses.append((row["file"], "false bounce", row["category"]))
+            continue
+        for exp in row["recipients"]:
+            t["rcpt"] += 1
+            g = _match(exp, got)
+            if g is None:
+                if misses is not None:
+                    misses.append((row["file"], "recipient", exp["address"], [x["address"] for x in got]))
+                continue
+            t["found"] += 1
+            if g["status"] in exp["accept_status"]:
+                t["status"] += 1
+            elif misses is not None:
+                misses.append((row["file"], "status", g["status"], exp["accept_status"], g.get("diagnostic", "")[:160]))
+            if g["reason"] in exp["accept_reason"]:
+                t["reason"] += 1
+            elif misses is not None:
+                misses.append((row["file"], "reason", g["reason"], exp["accept_reason"], g.get("diagnostic", "")[:200]))
+            if exp.get("accept_kind"):
+                t["kind_n"] += 1
+                if g["kind"] in exp["accept_kind"]:
+                    t["kind"] += 1
+                elif misses is not None:
+                    misses.append((row["file"], "kind", g["kind"], exp["accept_kind"], g["reason"]))
+    return t
+
+
+def pct(a: int, b: int) -> float:
+    return 100.0 * a / b if b else 0.0
+
+
+def figures(t: dict) -> dict:
+    return {"recipients": pct(t["found"], t["rcpt"]), "status": pct(t["status"], t["rcpt"]),
+            "reason": pct(t["reason"], t["rcpt"]), "hardsoft": pct(t["kind"], t["kind_n"]),
+            "false_bounces": t["false_bounce"], "crashes": t["crashes"],
+            "ms_per_message": 1000 * t["seconds"] / max(1, t["messages"])}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--corpus", default=os.path.join(ROOT, "..", "shared", "corpus", "bounces"))
+    ap.add_argument("--misses", action="store_true", help="list every miss of our parser")
+    args = ap.parse_args()
+    misses: list = []
+    a = measure(args.corpus, ours, misses if args.misses else None)
+    b = measure(args.corpus, flufl_only)
+    fa, fb = figures(a), figures(b)
+    print(f"corpus: {os.path.abspath(args.corpus)}  messages: {a['messages']}  "
+          f"bounce recipients: {a['rcpt']}  non-bounce samples: {a['nonbounce']}")
+    print(f"{'':24}{'relaybox':>10}{'flufl.bounce':>14}{'ratio':>8}   target")
+    targets = {"recipients": ">= 97", "status": ">= 90", "reason": ">= 80", "hardsoft": ">= 90"}
+    for key, label in (("recipients", "recipients found %"), ("status", "status exact %"),
+                       ("reason", "reason right %"), ("hardsoft", "hard/soft right %")):
+        ratio = f"{fa[key] / fb[key]:.2f}" if fb[key] else "-"
+        print(f"{label:24}{fa[key]:>10.1f}{fb[key]:>14.1f}{ratio:>8}   {targets[key]}")
+    for key, label in (("false_bounces", "false bounces"), ("crashes", "crashes")):
+        print(f"{label:24}{fa[key]:>10}{fb[key]:>14}{'':>8}   0")
+    print(f"{'non-bounce category %':24}{pct(a['category_ok'], a['nonbounce']):>10.1f}"
+          f"{pct(b['category_ok'], b['nonbounce']):>14.1f}")
+    print(f"{'ms per message':24}{fa['ms_per_message']:>10.2f}{fb['ms_per_message']:>14.2f}")
+    for f in a["false_files"]:
+        print(f"false bounce: {f} (labelled non-bounce in expected.jsonl; read it and judge)")
+    for m in misses:
+        print("MISS", *m)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

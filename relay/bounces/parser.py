@@ -1,0 +1,269 @@
+"""The bounce parser: raw bytes -> category + per-recipient results. Pure; never raises.
+
+Order of evidence (standards first, then patterns):
+1. RFC 5965 feedback report -> ``feedback`` (a complaint, not a bounce).
+2. RFC 3464 / RFC 6533 delivery-status fields (in their MIME part, else inside the text) -> ``bounce`` or,
+   when every recipient was delivered/relayed/expanded, ``delivered``. Missing diagnostics are filled
+   from the human-readable notice.
+3. A notice that looks like a non-delivery report (null sender, MAILER-DAEMON/postmaster, a bounce
+   subject, ``X-Failed-Recipients``): recipients and diagnostics from the text (``notice.py``), then
+   flufl.bounce as the fallback address detector.
+4. RFC 3834 auto-replies -> ``autoreply``. Anything else -> ``unknown``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+
+from relay.bounces import dsn, kinds, message, notice, reasons, sesjson
+
+_GENERIC_STATUS = re.compile(r"^[245]\.0\.0$")
+_REMOTE = re.compile(r"(?:host|server|mta|mx)\s+\[?((?:[a-z0-9-]+\.)+[a-z]{2,}|\d{1,3}(?:\.\d{1,3}){3})\]?",
+                     re.I)
+_RELAYBOX_ID = re.compile(rb"X-Relaybox-ID:[ \t]*([A-Za-z0-9._-]{1,64})", re.I)
+_MSGID = re.compile(r"^Message-I[dD]:[ \t]*(<[^>\s]{1,250}>)", re.M)
+_TEMPORARY = re.compile(r"temporary failure|will (?:keep )?try(?:ing)? again|"
+                        r"temporarily (?:deferred|unavailable)|this is only a temporary|has been delayed", re.I)
+MAX_RECIPIENTS = 200       # per report; more is an abuse, not a bounce
+_DONE_ACTIONS = {"delivered", "relayed", "expanded"}
+
+
+@dataclass
+class Recipient:
+    address: str
+    action: str = ""
+    status: str = ""
+    replycode: str = ""
+    diagnostic: str = ""
+    remote_mta: str = ""
+    reason: str = ""
+    kind: str = ""
+
+
+@dataclass
+class Parsed:
+    category: str                          # bounce | feedback | autoreply | delivered | unknown
+    recipients: list[Recipient] = field(default_factory=list)
+    problem: str = ""                      # why the message is unparsed/unknown ('' when understood)
+    relaybox_id: str = ""                  # X-Relaybox-ID found in the returned headers
+    original_message_id: str = ""          # Message-ID of the returned original
+    feedback_type: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def parse(raw: bytes) -> Parsed:
+    """Parse one returned message. Never raises; bad input gives category 'unknown' with ``problem``."""
+    if not isinstance(raw, (bytes, bytearray)):
+        return Parsed("unknown", problem="unparsed: input is not bytes")
+    try:
+        result = _parse(bytes(raw))
+    except RecursionError:
+        return Parsed("unknown", problem="unparsed: MIME structure too deep")
+    except Exception as exc:  # noqa: BLE001 - hostile input must never crash the caller
+        return Parsed("unknown", problem=f"unparsed: {type(exc).__name__}: {str(exc)[:200]}")
+    try:
+        _correlation(bytes(raw), result, None)
+    except Exception:  # noqa: BLE001
+        pass
+    return result
+
+
+def _parse(raw: bytes) -> Parsed:
+    if not raw.strip():
+        return Parsed("unknown", problem="unparsed: empty message")
+    msg = message.load(raw)
+    pcs = message.pieces(msg)
+    text = pcs.notice_text()
+    if pcs.feedback or pcs.report_type == "feedback-report":
+        return _feedback(pcs, text)
+    if pcs.returned and kinds.complaint_subject(msg) and not kinds.looks_like_bounce(msg, text):
+        return _feedback(pcs, text)
+    if kinds.is_unsubscribe(msg):
+        sender = kinds.header_addresses(msg, "From")
+        return Parsed("feedback", [Recipient(address=a, reason="feedback", diagnostic="unsubscribe request")
+                                   for a in sender[:1]], feedback_type="unsubscribe")
+    ses = sesjson.notification(text) if text.lstrip().startswith("{") else None
+    if ses is not None:
+        return _from_ses(ses)
+    entries = []
+    for status_text in pcs.status:
+        entries.extend(dsn.recipients(status_text))
+    if not entries and "recipient" in text.lower():
+        entries = dsn.recipients(text)
+    if not entries or not text.strip():
+        raw_text = message.body_text(raw)     # broken MIME: read the body as plain text
+        if not entries and "recipient" in raw_text.lower():
+            entries = dsn.recipients(raw_text)
+        if not text.strip():
+            text, returned = message.split_notice(raw_text)
+            pcs.returned = pcs.returned or returned
+    if entries:
+        return _from_dsn(msg, entries, text)
+    strong = kinds.looks_like_bounce(msg, text) and not _null_sender_only(msg)
+    if strong or (not kinds.is_autoreply(msg) and kinds.looks_like_bounce(msg, text)):
+        found = _from_notice(msg, text, pcs)
+        if found.recipients:
+            return found
+    if kinds.is_autoreply(msg):
+        sender = kinds.header_addresses(msg, "From") or kinds.header_addresses(msg, "Sender")
+        diag = " ".join(text.split())[:300]
+        rcpts = [Recipient(address=sender[0], reason="vacation", diagnostic=diag)] if sender else []
+        return Parsed("autoreply", rcpts)
+    if strong:
+        return Parsed("unknown", problem="looks like a bounce but no failed recipient was found")
+    return Parsed("unknown", problem="not a delivery report")
+
+
+def _null_sender_only(msg) -> bool:
+    """True when the only bounce signal is the null return path (auto-replies use it too)."""
+    saved = msg.get("Return-Path")
+    if str(saved or "").strip() != "<>":
+        return False
+    del msg["Return-Path"]
+    try:
+        return not kinds.looks_like_bounce(msg, "")
+    finally:
+        msg["Return-Path"] = saved
+
+
+def _feedback(pcs: message.Pieces, text: str) -> Parsed:
+    rcpts, fields = kinds.feedback_recipients(pcs.feedback, pcs.returned)
+    diag = " ".join(text.split())[:500]
+    out = Parsed("feedback", feedback_type=fields.get("feedback-type", "").lower())
+    out.recipients = [Recipient(address=a, reason="feedback", diagnostic=diag) for a in rcpts]
+    return out
+
+
+def _from_ses(obj: dict) -> Parsed:
+    category, items = sesjson.entries(obj)
+    out = []
+    for e in items:
+        diag = dsn.typed_value(e["diagnostic"])
+        r = Recipient(address=e["address"], action=e["action"], diagnostic=diag[:1000],
+                      status=dsn.status_of(e["status"]) or dsn.diag_status_of(diag),
+                      replycode=dsn.reply_of(diag[:8]), remote_mta=dsn.typed_value(e["remote_mta"]))
+        if category == "bounce":
+            _finish(r, context="")
+        else:
+            r.reason = "feedback" if category == "feedback" else "delivered"
+        out.append(r)
+    return Parsed(category, out)
+
+
+def _from_dsn(msg, entries: list[dict], text: str) -> Parsed:
+    exclude = set(kinds.header_addresses(msg, "To", "From"))
+    found = notice.find_recipients(text, exclude, [e["address"] for e in entries])
+    segs = notice.segments(text, found)
+    out: list[Recipient] = []
+    for e in entries:
+        seg = segs.get(e["address"]) or segs.get(e.get("original", ""), "")
+        from_text = notice.describe(seg, e["address"]) if seg else {}
+        diag = e["diagnostic"] or from_text.get("diagnostic", "")
+        status = e["status"]
+        if e["diag_status"] and (not status or _GENERIC_STATUS.match(status) or status[0] == e["diag_status"][0]):
+            status = e["diag_status"]
+        if not e["diagnostic"] and (not status or _GENERIC_STATUS.match(status)):
+            # no Diagnostic-Code: the notice text is the only precise evidence
+            specific = from_text.get("status", "")
+            if specific and not _GENERIC_STATUS.match(specific):
+                status = specific
+        reply = e["replycode"] or dsn.reply_of(diag[:8]) or from_text.get("replycode", "")
+        r = Recipient(address=e["address"], action=e["action"], status=status, replycode=reply,
+                      diagnostic=" ".join(diag.split())[:1000], remote_mta=e["remote_mta"])
+        _finish(r, context=seg)
+        out.append(r)
+    if all(r.action in _DONE_ACTIONS for r in out):
+        for r in out:
+            r.reason, r.kind = "delivered", ""
+        return Parsed("delivered", out)
+    return Parsed("bounce", [r for r in out if r.action not in _DONE_ACTIONS])
+
+
+def _from_notice(msg, text: str, pcs: message.Pieces) -> Parsed:
+    exclude = set(kinds.header_addresses(msg, "To", "From", "Reply-To", "Sender"))
+    exclude |= set(_returned_senders(pcs.returned))
+    failed = [a.strip().strip("<>").lower() for a in str(msg.get("X-Failed-Recipients", "")).split(",")
+              if "@" in a]
+    found = notice.find_recipients(text, exclude, failed)
+    if not found:
+        found = [(a, text.lower().find(a)) for a in _flufl(msg) if a not in exclude]
+    if not found:
+        found = _labelled(text, exclude)
+    found = found[:MAX_RECIPIENTS]
+    segs = notice.segments(text, found)
+    out = []
+    for addr, _pos in found:
+        seg = segs.get(addr, text)
+        d = notice.describe(seg, addr)
+        r = Recipient(address=addr, action="failed", status=d["status"], replycode=d["replycode"],
+                      diagnostic=d["diagnostic"])
+        m = _REMOTE.search(seg[:2000])
+        if m:
+            r.remote_mta = m.group(1)
+        if _GENERIC_STATUS.match(r.status):
+            r.status = ""       # a bare X.0.0 in free text: the reason-derived code says more
+        _finish(r, context=seg[:3000], temporary=bool(_TEMPORARY.search(seg[:3000])))
+        if r.status[:1] == "4" or (not r.status and r.replycode[:1] == "4"):
+            r.action = "delayed" if r.reason == "expired" else "failed"
+        out.append(r)
+    return Parsed("bounce", out)
+
+
+def _labelled(text: str, exclude: set[str]) -> list[tuple[str, int]]:
+    """'recipient: a@b', 'target address: a@b', 'failed address: a@b' style lines."""
+    rx = re.compile(r"(?:recipient|address|adresse|destinat\w*|empf\w*)[^:\n]{0,30}:\s*<?(" + notice.ADDR + ")",
+                    re.I)
+    out = []
+    for m in rx.finditer(text):
+        addr = m.group(1).lower()
+        if addr not in exclude and addr not in dict(out):
+            out.append((addr, m.start(1)))
+    return out
+
+
+def _returned_senders(returned: str) -> list[str]:
+    out = []
+    for line in dsn.unfold(returned):
+        if line.lower().startswith(("from:", "return-path:", "sender:")):
+            out.extend(notice.addresses(line))
+    return out
+
+
+def _flufl(msg) -> list[str]:
+    try:
+        from flufl.bounce import all_failures
+        temp, perm = all_failures(msg)
+    except Exception:  # noqa: BLE001 - the fallback must never take the parser down
+        return []
+    out = []
+    for a in sorted(perm | temp):
+        s = a.decode("utf-8", "replace") if isinstance(a, bytes) else str(a)
+        if "@" in s:
+            out.append(s.strip("<>").lower())
+    return out
+
+
+def _finish(r: Recipient, context: str, temporary: bool = False) -> None:
+    r.reason = reasons.classify(r.diagnostic, r.status, r.action, context)
+    if r.reason == "undefined":
+        r.reason = reasons.by_provider(r.address) or r.reason
+    temporary = (temporary or r.status[:1] == "4" or (not r.status and r.replycode[:1] == "4")
+                 or r.action == "delayed")
+    if not r.status:
+        r.status = reasons.pseudo_status(r.reason, temporary)
+    r.kind = reasons.kind(r.reason, r.status, r.replycode)
+
+
+def _correlation(raw: bytes, result: Parsed, _unused) -> None:
+    head_end = raw.find(b"\n\n")
+    body = raw[head_end:message.MAX_RAW] if head_end >= 0 else b""
+    m = _RELAYBOX_ID.search(body)
+    if m:
+        result.relaybox_id = m.group(1).decode("ascii")
+    text = body.decode("utf-8", "replace")
+    m2 = _MSGID.search(text)
+    if m2:
+        result.original_message_id = m2.group(1)

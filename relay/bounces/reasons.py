@@ -1,0 +1,259 @@
+"""Why a delivery failed: diagnostic text + RFC 3463 status -> reason, hard/soft kind, status code.
+
+The reason vocabulary is the one widely used by bounce processors (userunknown, mailboxfull, hostunknown,
+filtered, blocked, spamdetected, expired, ...). Classification goes from the most specific evidence to the
+least: phrases that MTAs use for a cause (generic wording, many MTAs share it), then the enhanced status
+code (RFC 3463 / RFC 7505 / RFC 7372 subjects), then the reply code class.
+
+``kind`` is ``hard`` only when the address itself is permanently unusable (unknown user or host, moved,
+domain accepts no mail); a 5xx for spam, policy or size is ``soft``: the address may work tomorrow.
+
+When a report carries no enhanced status code, ``pseudo_status`` derives one of the form ``X.0.9NN`` from
+the reason, so every recipient has a class digit and a stable code per cause (the convention of the
+Sisimai project's bounce classifier).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+
+HARD_REASONS = {"userunknown", "hostunknown", "hasmoved", "notaccept"}
+
+# Ordered: the first matching rule wins. Patterns are generic phrases, lower-cased input.
+_RULES: list[tuple[str, str]] = [
+    ("virusdetected", r"\bvirus\b|malware|infected (?:attachment|message)|contains? (?:a )?(?:virus|worm)"),
+    ("rejected", r"sender (?:address )?(?:rejected|refused|denied|verify failed|verification failed|invalid|"
+                 r"unknown)|domain of sender|sender (?:address )?domain .{0,40}(?:not exist|unknown|invalid|"
+                 r"not resolv)|sender was rejected|rejected sender|invalid sender|unknown sender|bad sender|"
+                 r"mail from .{0,60}(?:rejected|refused|denied)|not (?:a )?registered gateway user"),
+    ("expired", r"in the queue too long|too long in (?:the )?queue|not going to try again|"
+                r"retry time(?:out)? (?:not reached|exceeded)|(?:message|queue|envelope|delivery time)[ .]expired|"
+                r"will (?:be )?retr(?:y|ied)|did not accept our requests to connect|"
+                r"(?:delivery|retry) (?:time|period) (?:has )?(?:expired|exceeded)"),
+    ("userunknown", r"recipient address rejected: access denied|that you tried to reach does not exist"),
+    ("blocked", r"client host (?:\S+ )?(?:blocked|rejected)|ip address blacklisted|refused to talk to me|"
+                r"(?:your|sender|source|client|sending) ip (?:address )?(?:\S+ )?(?:is |was |has been )?"
+                r"(?:blocked|blacklisted|listed|banned|rejected)"),
+    ("mesgtoobig", r"message (?:is |was )?too (?:big|large)|message size (?:exceeds|limit|too)|"
+                   r"exceeds? (?:the )?(?:maximum |max )?(?:message |allowed )?size|size limit|"
+                   r"message length exceeds|mail size"),
+    ("norelaying", r"relay(?:ing)? (?:access )?(?:denied|not permitted|prohibited|not allowed)|"
+                   r"not (?:permitted|allowed|authori[sz]ed|configured) to relay|unable to relay|no relaying|"
+                   r"we do not relay|relay not permitted|relaying (?:mail )?(?:to .{0,80} )?(?:is )?not"),
+    ("requireptr", r"reverse (?:dns|lookup|hostname)|\bptr\b|\brdns\b|"
+                   r"(?:cannot|can't|could not|unable to) (?:find|resolve) your (?:host ?name|ip)|"
+                   r"(?:client|your) host ?name .{0,40}(?:not|unknown|doesn't)|dns reverse|"
+                   r"no (?:reverse|ptr)"),
+    ("authfailure", r"unauthenticated (?:e-?mail|message|sender)|\bspf\b|\bdkim\b|\bdmarc\b|sender policy framework|"
+                    r"sender (?:domain )?authenticat\w* fail|authentication (?:check )?fail"),
+    ("toomanyconn", r"too many (?:connections|simultaneous|concurrent|sessions|recipients)|"
+                    r"connection rate limit|connection limit|too many hosts"),
+    ("badreputation", r"\breputation\b|poor(?:ly)? (?:sender )?(?:rated|rating)|user complaints"),
+    ("speeding", r"rate limit|too many (?:messages|emails|mails)|sending (?:rate|quota)|"
+                 r"(?:messages|emails) per (?:hour|minute|day)"),
+    ("networkerror", r"not found, try again|temporary (?:dns|name ?server|lookup) (?:failure|error)|"
+                     r"name ?server.{0,30}(?:timeout|time out|failure|not responding)|host name lookup failure|"
+                     r"lost connection"),
+    ("notaccept", r"does not accept (?:e-?)?mail|accepts? no (?:e-?)?mail|null mx|"
+                  r"not accepting (?:any )?(?:e-?)?mail|doesn't accept mail|no mx (?:record )?(?:found )?for|"
+                  r"(?:couldn't|could not|can't|cannot) find a mail exchanger|indicated no smtp service|"
+                  r"no (?:mx|mail exchanger|valid mx)(?: or a)? (?:record|host)s?"),
+    ("hasmoved", r"has moved|address (?:has )?changed|moved to (?:a )?new|no longer (?:at|with) "),
+    ("mailboxfull", r"mail ?box (?:is )?(?:full|over ?quota|exceeded)|over ?quota|quota (?:exceeded|full)|"
+                    r"exceed\w* (?:\w+ ){0,3}quota|(?:storage|disk|mailbox) (?:space |size )?(?:quota|limit)"
+                    r"(?: exceeded)?|account is full|user is over|is full\b|full mailbox|"
+                    r"insufficient (?:disk |storage )?space|not enough (?:storage|space)|"
+                    r"mailbox size limit|would exceed"),
+    ("suspend", r"(?:account|mailbox|user|address|recipient)(?: has been| is|'s account is)? "
+                r"(?:temporarily |currently |been )?(?:disabled|suspended|deactivated|inactive|frozen|"
+                r"locked|expired|blocked by the owner)|(?:suspended|disabled|inactive|deactivated) "
+                r"(?:account|mailbox|user|recipient)|not (?:an )?active (?:account|mailbox|user)"),
+    ("hostunknown", r"host (?:or domain name )?(?:not found|unknown)|unknown host|"
+                    r"domain (?:name )?(?:does not exist|not found|unknown|not exist)|no such domain|"
+                    r"unrouteable (?:mail )?domain|name or service not known|\bnxdomain\b|"
+                    r"(?:couldn't|could not|can't|cannot) find any host|no (?:mx|mail exchanger|valid mx)|"
+                    r"host name lookup fail|domain .{0,60}(?:has no|without) (?:mx|mail)|"
+                    r"dns (?:error|lookup).{0,40}(?:domain|not exist|nxdomain)|recipient domain .{0,40}invalid|"
+                    r"unknown domain|invalid domain|domain (?:is )?not (?:exist|valid|reachable)|"
+                    r"^[245]\d\d[ -](?:[a-z0-9-]+\.)+[a-z]{2,} does not exist"),
+    ("userunknown", r"user(?:name)? (?:is )?unknown|unknown (?:user|recipient|local ?part|address|mailbox|"
+                    r"e-?mail)|no such (?:user|mailbox|recipient|address|account|person|local user)|"
+                    r"(?:user|recipient|mailbox|address|account|addressee)s? (?:\S+ )?(?:was |is )?not "
+                    r"(?:found|known|exist|valid|listed)|"
+                    r"(?:user|recipient|mailbox|address|account|e-?mail address)(?: \S+)? does(?: not|n't|n.t) "
+                    r"exist|invalid (?:recipient|mailbox|user|address|e-?mail)|"
+                    r"(?:recipient|address|mailbox|user) (?:address )?(?:is )?(?:invalid|unknown|unavailable)|"
+                    r"undeliverable address|unrouteable address|bad destination mailbox|"
+                    r"not a valid (?:user|mailbox|recipient|address)|mailbox (?:does not exist|not found|"
+                    r"unavailable|is unavailable|not available|not exist)|no mailbox|"
+                    r"(?:doesn't|does not) have an? (?:\S+ )?account|addressee unknown|"
+                    r"recipnotfound|recipientnotfound|not listed in|wasn.t found at|"
+                    r"no (?:such )?account|recipient invalid|invalid .{0,20}(?:userid|user id)|"
+                    r"address (?:could ?n[o']t|cannot|can't) be found|"
+                    r"email address .{0,40}(?:not exist|not found|invalid)|user not found|is not a known user|"
+                    r"delivery to the following recipient failed permanently"),
+    ("securityerror", r"starttls|\btls\b.{0,30}required|must issue a|encryption required|"
+                      r"authentication (?:is )?required|(?:must|need to) authenticate|"
+                      r"submission (?:port|service)|certificate"),
+    ("spamdetected", r"message content rejected|\buribl\b|\bsurbl\b|blacklisted (?:url|link)|\bspam\b|junk mail|unsolicited|bulk (?:e-?)?mail|\buce\b|"
+                     r"content (?:filter|was|is) .{0,40}(?:rejected|spam)|classified as|"
+                     r"message (?:content )?(?:rejected|refused) .{0,40}(?:content|spam)"),
+    ("blocked", r"blocked|block ?list|black ?list|\brbl\b|\bdnsbl\b|spamhaus|spamcop|barracuda|"
+                r"listed (?:at|in|on|by)|(?:your|client|sender) ip|ip (?:address )?(?:\S+ )?(?:is |was )?"
+                r"(?:rejected|refused|not allowed|banned)|access denied|banned|"
+                r"(?:client|connection) (?:host )?(?:\S+ )?(?:rejected|refused)|"
+                r"(?:not|never) (?:accept|allow)\w* (?:mail|connections?|messages?) from|"
+                r"not accepting (?:any )?connections|service refused|service refuse\b"),
+    ("filtered", r"\bfilter(?:ed|ing)?\b|refused by (?:the )?(?:recipient|user)|user refuses|"
+                 r"does not (?:want|wish) to receive|recipient (?:has )?(?:rejected|refused|blocked) "
+                 r"(?:your|this|the)"),
+    ("rejected", r"sender (?:address )?(?:rejected|refused|denied|not allowed|invalid|unknown|verify|"
+                 r"verification)|domain of sender|(?:sender|from) (?:address )?domain (?:\S+ )?(?:not|does)|"
+                 r"rejected sender|bad sender|invalid sender|mail from .{0,60}(?:rejected|refused|denied)|"
+                 r"unknown sender|sender .{0,40}(?:does not exist|not exist)|return path"),
+    ("policyviolation", r"\bpolicy\b|policies|prohibited|not (?:allowed|permitted) by|"
+                        r"header (?:error|invalid|rejected)|message (?:rejected|refused) (?:due|because)"),
+    ("onhold", r"\bon hold\b"),
+    ("contenterror", r"media error|content (?:rejected|error|not (?:allowed|accepted))|invalid (?:mime|header|content)|"
+                     r"(?:mime|header|headers|content|character set|charset) (?:error|invalid|malformed)|"
+                     r"illegal (?:header|character)|8-?bit|too many (?:headers|hops)"),
+    ("mailererror", r"mailer error|procmail|command (?:failed|died)|exit (?:code|status)|"
+                    r"unknown mailer|local delivery fail|pipe to|\|\s*/"),
+    ("syntaxerror", r"syntax error|command (?:unrecognized|not recognized)|bad sequence|"
+                    r"unrecognized command|line too long"),
+    ("networkerror", r"connection (?:refused|reset|closed|dropped|lost)|network (?:is )?unreachable|"
+                     r"no route to host|lost connection|could not connect|unable to connect|"
+                     r"(?:failed|unable) to establish|host (?:is )?unreachable|"
+                     r"mail (?:forwarding )?loop|routing loop|loops back|too many hops"),
+    ("expired", r"retry time(?:out)? (?:not reached|exceeded)|(?:message|delivery|queue) (?:time )?expired|"
+                r"could not be delivered (?:within|for)|give up|gave up|giving up|timed? ?out|timeout|"
+                r"too long in (?:the )?queue|delivery (?:time|period) (?:has )?expired|"
+                r"has not been delivered|not (?:yet )?been delivered|delay(?:ed)?\b|"
+                r"unable to deliver .{0,40}(?:days|hours)|maximum time|\bexpired\b"),
+    ("systemerror", r"system (?:error|config)|internal (?:server )?error|configuration error|"
+                    r"server error|local error|temporary (?:local )?(?:problem|failure|error)|"
+                    r"resources? (?:temporarily )?unavailable|service (?:is )?(?:temporarily )?unavailable|"
+                    r"try (?:again )?later|(?:out of|insufficient) (?:memory|resources)"),
+    ("userunknown", r"(?:address|recipient) rejected|delivery to the following recipient failed permanently"),
+]
+_COMPILED = [(reason, re.compile(rx)) for reason, rx in _RULES]
+
+# RFC 3463 (and later registrations) subject.detail -> reason, used when no phrase matched.
+_BY_STATUS = {
+    "1.1": "userunknown", "1.2": "hostunknown", "1.3": "userunknown", "1.4": "userunknown",
+    "1.5": "userunknown", "1.6": "hasmoved", "1.7": "rejected", "1.8": "rejected", "1.9": "hasmoved",
+    "1.10": "notaccept", "2.0": "userunknown", "2.1": "suspend", "2.2": "mailboxfull",
+    "2.3": "exceedlimit", "2.4": "systemerror", "3.0": "systemerror", "3.1": "systemfull",
+    "3.2": "notaccept", "3.3": "systemerror", "3.4": "mesgtoobig", "3.5": "systemerror",
+    "4.0": "networkerror", "4.1": "networkerror", "4.2": "networkerror", "4.3": "systemerror",
+    "4.4": "hostunknown", "4.5": "toomanyconn", "4.6": "networkerror", "4.7": "expired",
+    "5.0": "syntaxerror", "5.1": "syntaxerror", "5.2": "syntaxerror", "5.3": "exceedlimit",
+    "5.4": "syntaxerror", "5.5": "syntaxerror", "5.6": "syntaxerror",
+    "6.0": "contenterror", "6.1": "contenterror", "6.2": "contenterror", "6.3": "contenterror",
+    "6.4": "contenterror", "6.5": "contenterror", "6.6": "contenterror", "6.7": "contenterror",
+    "6.8": "contenterror", "6.9": "contenterror", "6.10": "contenterror",
+    "7.0": "securityerror", "7.1": "rejected", "7.2": "filtered", "7.3": "securityerror",
+    "7.4": "securityerror", "7.5": "securityerror", "7.6": "securityerror", "7.7": "securityerror",
+    "7.8": "authfailure", "7.9": "securityerror", "7.10": "securityerror", "7.11": "securityerror",
+    "7.12": "authfailure", "7.13": "suspend", "7.14": "securityerror", "7.15": "securityerror",
+    "7.16": "policyviolation", "7.17": "policyviolation", "7.18": "policyviolation",
+    "7.19": "policyviolation", "7.20": "authfailure", "7.21": "authfailure", "7.22": "authfailure",
+    "7.23": "authfailure", "7.24": "authfailure", "7.25": "requireptr", "7.26": "authfailure",
+    "7.27": "notaccept", "7.28": "spamdetected", "7.29": "authfailure", "7.30": "authfailure",
+}
+# Codes precise enough to win over phrases (the phrase may describe a side detail).
+_DECISIVE = {"1.1", "1.2", "1.6", "1.7", "1.8", "2.2", "2.3", "3.4", "7.25", "7.26", "7.23"}
+_COMMAND = re.compile(r"in reply to (?:the )?(rcpt to|mail from|end of data|data|helo|ehlo)\b|"
+                      r"after (rcpt to|mail from|end of data|data|initial connection|helo|ehlo)\b|"
+                      r">>> (rcpt to|mail from|data|helo|ehlo)\b|(sender) was rejected", re.I)
+_CMD_NAMES = {"rcpt to": "RCPT", "mail from": "MAIL", "end of data": "DATA", "data": "DATA", "helo": "HELO",
+              "ehlo": "HELO", "initial connection": "CONN", "sender": "MAIL"}
+
+
+def smtp_command(text: str) -> str:
+    """The SMTP command a rejection answered (RCPT, MAIL, DATA, HELO, CONN), or ''."""
+    text = (text or "")[:8000]
+    if ">>>" in text:
+        # a session transcript: the command sent just before the first error reply
+        last = ""
+        for line in text.split("\n"):
+            line = line.strip()
+            if line.startswith(">>>"):
+                last = line[3:].strip().lower()
+            elif re.match(r"<<<\s*[45]\d\d", line) and last:
+                # with PIPELINING a RCPT error shows up after ">>> DATA": DATA says nothing here
+                for key, name in _CMD_NAMES.items():
+                    if last.startswith(key) and key != "data":
+                        return name
+                return ""
+    m = _COMMAND.search(text)
+    if not m:
+        return ""
+    name = next(g for g in m.groups() if g)
+    return _CMD_NAMES.get(name.lower(), "")
+
+_PSEUDO = {
+    "undefined": 900, "onhold": 901, "norelaying": 909, "filtered": 910, "userunknown": 911,
+    "hostunknown": 912, "hasmoved": 916, "rejected": 918, "suspend": 921, "mailboxfull": 922,
+    "exceedlimit": 923, "systemerror": 930, "systemfull": 931, "notaccept": 932, "mesgtoobig": 934,
+    "mailererror": 939, "networkerror": 944, "toomanyconn": 945, "expired": 947, "securityerror": 970,
+    "blocked": 971, "policyviolation": 972, "requireptr": 973, "authfailure": 976, "badreputation": 977,
+    "speeding": 942, "ratelimited": 942, "spamdetected": 980, "virusdetected": 980, "contenterror": 960,
+    "syntaxerror": 902, "notcompliantrfc": 974,
+}
+
+
+def by_provider(address: str) -> str:
+    """Providers whose notices say nothing machine-readable but whose meaning is fixed."""
+    domain = address.rpartition("@")[2]
+    if domain == "googlegroups.com" or domain.startswith("googlegroups."):
+        return "rejected"      # a group refusing a post: the sender may not post there
+    return ""
+
+
+@functools.lru_cache(maxsize=512)
+def by_text(text: str) -> str:
+    low = (text or "").lower()[:4000]
+    for reason, rx in _COMPILED:
+        if rx.search(low):
+            return reason
+    return ""
+
+
+def by_status(status: str) -> str:
+    if not status or status[0] not in "45":
+        return ""
+    return _BY_STATUS.get(status.split(".", 1)[1], "")
+
+
+def classify(diagnostic: str, status: str, action: str = "", context: str = "") -> str:
+    """The reason for one recipient. ``context`` is the notice text around it (weaker evidence)."""
+    sub = status.split(".", 1)[1] if status and "." in status else ""
+    if sub in _DECISIVE and status[0] in "45":
+        reason = _BY_STATUS[sub]
+    else:
+        reason = by_text(diagnostic) or by_status(status) or by_text(context) or ""
+    if not reason:
+        reason = "expired" if action == "delayed" else "undefined"
+    command = smtp_command(diagnostic) or smtp_command(context)
+    if command == "DATA" and reason == "userunknown" and sub not in _DECISIVE:
+        return "filtered"       # the user existed at RCPT; the content was refused
+    if command == "MAIL" and reason in ("userunknown", "hostunknown", "undefined", "blocked", "notaccept"):
+        return "rejected"       # a refused envelope sender says nothing about the recipient
+    return reason
+
+
+def kind(reason: str, status: str, replycode: str = "") -> str:
+    if reason in HARD_REASONS:
+        if (status[:1] == "4") or (not status and replycode[:1] == "4"):
+            return "soft"
+        return "hard"
+    return "soft"
+
+
+def pseudo_status(reason: str, temporary: bool) -> str:
+    code = _PSEUDO.get(reason)
+    if code is None:
+        return ""
+    return f"{'4' if temporary else '5'}.0.{code}"
