@@ -113,7 +113,7 @@ def exported_names() -> set[str]:
         for info in pkgutil.walk_packages(pkg.__path__, pkg_name + "."):
             try:
                 importlib.import_module(info.name)
-            except Exception:  # noqa: BLE001 - a module needing optional extras does not export metrics
+            except ImportError:   # a module needing an optional extra; a duplicate metric name still fails
                 pass
     names = set()
     for collector in list(REGISTRY._collector_to_names):  # noqa: SLF001
