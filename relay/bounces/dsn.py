@@ -16,7 +16,7 @@ _RCPT_FIELDS = {"final-recipient", "original-recipient", "x-actual-recipient", "
 _MSG_FIELDS = {"reporting-mta", "received-from-mta", "arrival-date", "x-original-message-id",
                "original-envelope-id", "dsn-gateway", "x-postfix-sender", "x-postfix-queue-id"}
 STATUS_RE = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.]*\d)")
-REPLY_RE = re.compile(r"(?<![\d.#-])([245][0-9][0-9])(?:[ -]|$)(?!\d)")
+REPLY_RE = re.compile(r"(?<![\d.#-])([245][0-9][0-9])(?![\d.])(?=[ -]|$)")
 _ADDR_IN = re.compile(r"(?:\"[^\"\n]{1,64}\"|[^\s<>\"';,()\[\]]+)@[^\s<>\"';,()\[\]]+")
 
 

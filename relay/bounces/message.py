@@ -74,6 +74,14 @@ def decode_text(part: Message) -> str:
     return text[:MAX_TEXT]
 
 
+def _utf8(text: str) -> str:
+    """Header-derived text from compat32 carries raw 8-bit bytes as surrogates: decode them as UTF-8."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeError:
+        return text
+
+
 def _payload_text(part: Message) -> str:
     """Text of a message/* part whichever way compat32 parsed it (list of blocks, a message, or a string)."""
     payload = part.get_payload()
@@ -83,19 +91,19 @@ def _payload_text(part: Message) -> str:
         chunks = []
         for sub in payload[:MAX_PARTS]:
             if isinstance(sub, Message):
-                chunks.append("".join(f"{k}: {v}\n" for k, v in sub.items()))
-                body = sub.get_payload()
-                if isinstance(body, str) and body.strip():
-                    chunks.append(body)
+                chunks.append("".join(f"{k}: {v}\n" for k, v in sub.raw_items()))
+                if isinstance(sub.get_payload(), str):
+                    data = sub.get_payload(decode=True) or b""
+                    chunks.append(data[:MAX_TEXT].decode("utf-8", errors="replace"))
                 chunks.append("\n")
-        return "".join(chunks)[:MAX_TEXT]
+        return _utf8("".join(chunks)[:MAX_TEXT])
     return ""
 
 
 def _headers_text(part: Message) -> str:
     payload = part.get_payload()
     if isinstance(payload, list) and payload and isinstance(payload[0], Message):
-        return "".join(f"{k}: {v}\n" for k, v in payload[0].items())[:MAX_HEADERS]
+        return _utf8("".join(f"{k}: {v}\n" for k, v in payload[0].raw_items())[:MAX_HEADERS])
     return _payload_text(part)[:MAX_HEADERS]
 
 
@@ -115,16 +123,22 @@ def split_notice(text: str) -> tuple[str, str]:
     return text[: m.start()], text[m.start(): m.start() + MAX_HEADERS]
 
 
-def body_text(raw: bytes) -> str:
-    """The raw body after the top-level header block, decoded leniently (for broken MIME)."""
+def body_offset(raw: bytes) -> int:
+    """Where the top-level header block ends (-1 when there is no body)."""
     cut = raw[:MAX_RAW]
     pos = cut.find(b"\n\n")
     pos2 = cut.find(b"\r\n\r\n")
     if pos < 0 or (0 <= pos2 < pos):
         pos = pos2
+    return pos
+
+
+def body_text(raw: bytes) -> str:
+    """The raw body after the top-level header block, decoded leniently (for broken MIME)."""
+    pos = body_offset(raw)
     if pos < 0:
         return ""
-    return cut[pos: pos + MAX_TEXT * 4].decode("utf-8", errors="replace")
+    return raw[pos: pos + MAX_TEXT * 4].decode("utf-8", errors="replace")
 
 
 def pieces(msg: Message) -> Pieces:

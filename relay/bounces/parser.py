@@ -258,7 +258,7 @@ def _finish(r: Recipient, context: str, temporary: bool = False) -> None:
 
 
 def _correlation(raw: bytes, result: Parsed, _unused) -> None:
-    head_end = raw.find(b"\n\n")
+    head_end = message.body_offset(raw)
     body = raw[head_end:message.MAX_RAW] if head_end >= 0 else b""
     m = _RELAYBOX_ID.search(body)
     if m:

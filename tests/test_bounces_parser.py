@@ -1,0 +1,266 @@
+"""Bounce parser: standards (RFC 3464/6533 DSN, RFC 5965 ARF, RFC 3834), non-standard notices, hostile
+input, a few real corpus samples, and the corpus accuracy floor (../shared/corpus/bounces)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import random
+import time
+
+import pytest
+
+from relay.bounces import parse
+from relay.bounces.reasons import classify, kind
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CORPUS = os.path.join(ROOT, "..", "shared", "corpus", "bounces")
+
+
+def dsn(status="5.1.1", action="failed", diag="smtp; 550 5.1.1 <bob@example.net>: Recipient address "
+        "rejected: User unknown in virtual mailbox table", rcpt="bob@example.net", extra_headers="",
+        status_type="message/delivery-status", addr_type="rfc822") -> bytes:
+    return f"""From: MAILER-DAEMON@mx.example.org (Mail Delivery System)
+To: sender@relay.example
+Subject: Undelivered Mail Returned to Sender
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=delivery-status; boundary="BND"
+Message-ID: <report-1@mx.example.org>
+
+--BND
+Content-Type: text/plain; charset=us-ascii
+
+This is the mail system at host mx.example.org.
+
+--BND
+Content-Type: {status_type}
+
+Reporting-MTA: dns; mx.example.org
+Arrival-Date: Mon, 23 Nov 2026 07:00:00 +0000
+
+Final-Recipient: {addr_type}; {rcpt}
+Original-Recipient: {addr_type};{rcpt}
+Action: {action}
+Status: {status}
+Remote-MTA: dns; mx.example.net
+Diagnostic-Code: {diag}
+
+--BND
+Content-Type: text/rfc822-headers
+
+Return-Path: <sender@relay.example>
+From: Sender <sender@relay.example>
+To: {rcpt}
+Subject: hello
+Message-ID: <orig-42@relay.example>
+X-Relaybox-ID: 01JABCDEF0123456789{extra_headers}
+
+--BND--
+""".replace("\n", "\r\n").encode()
+
+
+def test_rfc3464_failed_recipient_fields_reason_and_correlation():
+    p = parse(dsn())
+    assert p.category == "bounce"
+    assert len(p.recipients) == 1
+    r = p.recipients[0]
+    assert r.address == "bob@example.net"
+    assert (r.action, r.status, r.replycode) == ("failed", "5.1.1", "550")
+    assert "User unknown" in r.diagnostic
+    assert r.remote_mta == "mx.example.net"
+    assert (r.reason, r.kind) == ("userunknown", "hard")
+    assert p.relaybox_id == "01JABCDEF0123456789"
+    assert p.original_message_id == "<orig-42@relay.example>"
+
+
+def test_rfc6533_global_delivery_status_with_utf8_address():
+    p = parse(dsn(status_type="message/global-delivery-status", addr_type="utf-8",
+                  rcpt="jörg@bücher.example", status="5.2.2",
+                  diag="smtp; 552 5.2.2 Mailbox full, quota exceeded"))
+    assert p.category == "bounce"
+    r = p.recipients[0]
+    assert r.address == "jörg@bücher.example"
+    assert (r.status, r.reason, r.kind) == ("5.2.2", "mailboxfull", "soft")
+
+
+def test_success_dsn_is_delivered_not_bounce():
+    p = parse(dsn(status="2.0.0", action="delivered", diag="smtp; 250 2.0.0 OK queued as 1234"))
+    assert p.category == "delivered"
+    assert p.recipients[0].action == "delivered"
+
+
+def test_delayed_dsn_is_soft_and_marked_delayed():
+    p = parse(dsn(status="4.4.1", action="delayed", diag="smtp; 421 4.4.1 Connection timed out"))
+    assert p.category == "bounce"
+    r = p.recipients[0]
+    assert r.action == "delayed" and r.kind == "soft" and r.status.startswith("4.")
+
+
+def test_status_without_code_in_text_gets_reason_derived_code():
+    p = parse(b"""From: postmaster@mail.example.org
+To: sender@relay.example
+Subject: failure notice
+
+Hi. This is the delivery program at mail.example.org.
+I'm afraid I wasn't able to deliver your message to the following addresses.
+
+<carol@example.com>:
+Sorry, no mailbox here by that name.
+
+--- Below this line is a copy of the message.
+
+Return-Path: <sender@relay.example>
+X-Relaybox-ID: 01QUEUEID
+Message-ID: <m1@relay.example>
+""")
+    assert p.category == "bounce"
+    r = p.recipients[0]
+    assert r.address == "carol@example.com"
+    assert (r.reason, r.kind, r.status) == ("userunknown", "hard", "5.0.911")
+    assert p.relaybox_id == "01QUEUEID"
+
+
+@pytest.mark.parametrize("text, reason, hard", [
+    ("550 5.1.1 The email account that you tried to reach does not exist", "userunknown", True),
+    ("552 5.2.2 The email account that you tried to reach is over quota", "mailboxfull", False),
+    ("550 5.7.1 Service unavailable; Client host [192.0.2.1] blocked using zen.spamhaus.org", "blocked", False),
+    ("554 5.7.1 Message rejected as spam by Content Filtering", "spamdetected", False),
+    ("552 5.3.4 Message size exceeds fixed limit", "mesgtoobig", False),
+    ("Host or domain name not found. Name service error for name=nx.example type=A", "hostunknown", True),
+    ("554 5.7.1 <x@y.example>: Relay access denied", "norelaying", False),
+    ("550 5.7.25 The IP address sending this message does not have a PTR record setup", "requireptr", False),
+    ("550 5.7.26 This message does not have authentication information or fails to pass SPF",
+     "authfailure", False),
+])
+def test_reason_from_generic_phrases(text, reason, hard):
+    got = classify(text, "")
+    assert got == reason
+    assert (kind(got, "5.0.0") == "hard") is hard
+
+
+def test_arf_feedback_report_is_a_complaint():
+    raw = b"""From: feedback@isp.example
+To: abuse@relay.example
+Subject: FW: spam
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=feedback-report; boundary="F"
+
+--F
+Content-Type: text/plain
+
+This is an email abuse report for an email message received from IP 192.0.2.1.
+
+--F
+Content-Type: message/feedback-report
+
+Feedback-Type: abuse
+User-Agent: SomeGenerator/1.0
+Version: 1
+Original-Rcpt-To: <dave@isp.example>
+
+--F
+Content-Type: message/rfc822
+
+From: sender@relay.example
+To: dave@isp.example
+Message-ID: <c1@relay.example>
+X-Relaybox-ID: 01COMPLAINT
+Subject: offer
+
+body
+--F--
+"""
+    p = parse(raw)
+    assert p.category == "feedback"
+    assert p.feedback_type == "abuse"
+    assert [r.address for r in p.recipients] == ["dave@isp.example"]
+    assert p.recipients[0].reason == "feedback"
+    assert p.relaybox_id == "01COMPLAINT"
+
+
+def test_rfc3834_auto_reply_is_not_a_bounce():
+    raw = b"""From: Erin <erin@example.com>
+To: sender@relay.example
+Subject: Out of Office: hello
+Auto-Submitted: auto-replied
+Return-Path: <>
+
+I am out of the office until Monday.
+"""
+    p = parse(raw)
+    assert p.category == "autoreply"
+    assert p.recipients[0].address == "erin@example.com"
+
+
+def test_ordinary_mail_is_unknown():
+    p = parse(b"From: a@example.com\nTo: b@example.org\nSubject: lunch?\n\nSee you at noon.\n")
+    assert p.category == "unknown" and p.recipients == []
+
+
+@pytest.mark.parametrize("raw", [
+    b"",
+    b"\x00\xff" * 5000,
+    bytes(random.Random(7).getrandbits(8) for _ in range(200_000)),
+    b"From: MAILER-DAEMON@x\nContent-Type: multipart/report; boundary=\"\n\n--\n",
+    b"Content-Type: multipart/mixed; boundary=a\n\n" + b"--a\nContent-Type: multipart/mixed; boundary=a\n\n" * 5000,
+    "From: postmaster@x.example\nSubject: Undeliverable\n\n\u00e9\udcff".encode("utf-8", "surrogateescape"),
+])
+def test_junk_never_crashes(raw):
+    p = parse(raw)
+    assert p.category in ("unknown", "bounce")
+
+
+def test_huge_message_is_bounded():
+    head = dsn()
+    raw = head.replace(b"--BND--", b"--BND\r\nContent-Type: application/octet-stream\r\n\r\n"
+                       + b"A" * 20_000_000 + b"\r\n--BND--")
+    start = time.monotonic()
+    p = parse(raw)
+    assert time.monotonic() - start < 3
+    assert p.category == "bounce" and p.recipients[0].address == "bob@example.net"
+
+
+def test_address_flood_is_bounded():
+    raw = (b"From: postmaster@x.example\nSubject: Undeliverable\n\n"
+           + b"\n".join(b"u%d@example.com" % i for i in range(100_000)))
+    start = time.monotonic()
+    p = parse(raw)
+    assert time.monotonic() - start < 5
+    assert len(p.recipients) <= 200
+
+
+def _sample(name: str) -> bytes:
+    path = os.path.join(CORPUS, "messages", name)
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
+@pytest.mark.parametrize("name, address, status, reason, kind_", [
+    ("lhost-qmail-01.eml", "kijitora@example.ne.jp", None, "userunknown", "hard"),
+    ("lhost-gmail-01.eml", "userunknown@example.jp", "5.1.1", "userunknown", "hard"),
+    ("lhost-office365-01.eml", "kijitora@example.com", "5.1.10", "userunknown", "hard"),
+    ("lhost-postfix-09.eml", "kijitora@example.ne.jp", "4.3.2", "toomanyconn", "soft"),
+    ("lhost-amazonses-10.eml", "bounce@simulator.amazonses.com", "5.1.1", "userunknown", "hard"),
+])
+def test_corpus_samples(name, address, status, reason, kind_):
+    p = parse(_sample(name))
+    assert p.category == "bounce"
+    r = next(r for r in p.recipients if r.address == address)
+    if status:
+        assert r.status == status
+    assert (r.reason, r.kind) == (reason, kind_)
+
+
+def test_corpus_accuracy_stays_above_targets():
+    spec = importlib.util.spec_from_file_location("bench_bounces", os.path.join(ROOT, "bench", "bounces.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert os.path.exists(os.path.join(CORPUS, "expected.jsonl")), f"bounce corpus missing at {CORPUS}"
+    f = bench.figures(bench.measure(CORPUS, bench.ours))
+    assert f["crashes"] == 0
+    assert f["recipients"] >= 97.0
+    assert f["status"] >= 90.0
+    assert f["reason"] >= 80.0
+    assert f["hardsoft"] >= 90.0
+    # one sample labelled "not-bounce" is a real mailbox-full notice; nothing else may be a false bounce
+    assert f["false_bounces"] <= 1
