@@ -283,7 +283,8 @@ async def test_openapi_lists_every_served_route(live):
                 assert "401" in op["responses"], (method, path)
     # every documented operation answers something other than 404/405 for its own method
     for method, path in sorted(documented):
-        if "{" in path or method != "GET":
+        params = doc["paths"][path][method.lower()].get("parameters", [])
+        if "{" in path or method != "GET" or any(p["required"] for p in params):
             continue
         st, _ = await api.call(method, path)
         assert st in (200, 503), (method, path, st)

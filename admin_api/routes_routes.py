@@ -1,0 +1,93 @@
+"""Smarthost routes (from the config; passwords never shown), which route a From address takes, and the
+"SMTP test" action (connect, EHLO, STARTTLS, AUTH) when the delivery engine offers it."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+
+from aiohttp import web
+
+from admin_api.common import Param, Route, bad_request, not_found, ok, relaybox
+from relay.routes import Router
+
+
+def present(r) -> dict:
+    return {"name": r.name, "host": r.host, "port": r.port, "tls": r.tls, "tls_verify": r.tls_verify,
+            "auth": bool(r.username), "username": r.username or None, "from_addresses": list(r.from_addresses),
+            "from_domains": list(r.from_domains), "default": r.default}
+
+
+def _routes(request: web.Request) -> list:
+    return list(relaybox(request).settings.relay.routes)
+
+
+def _get(request: web.Request):
+    name = request.match_info["name"]
+    for r in _routes(request):
+        if r.name == name:
+            return r
+    raise not_found(f"no route {name}")
+
+
+async def list_routes(request: web.Request) -> web.Response:
+    return ok({"items": [present(r) for r in _routes(request)], "next_cursor": None})
+
+
+async def show_route(request: web.Request) -> web.Response:
+    return ok(present(_get(request)))
+
+
+async def resolve(request: web.Request) -> web.Response:
+    addr = request.query.get("from", "").strip()
+    if not addr or "@" not in addr or len(addr) > 320:
+        raise bad_request("from: expected an address like app@org.example")
+    r = Router(_routes(request)).route_for({"from_header": addr, "sender": addr})
+    return ok({"from": addr, "route": r.name if r else None, "direct_mx": r is None})
+
+
+def _tester():
+    """The delivery engine's route test, when it has one (``relay.routes.test_route`` or
+    ``relay.delivery.test_route``: ``(relay_config, route) -> dict``)."""
+    for modname in ("relay.routes", "relay.delivery", "relay.routetest"):
+        try:
+            mod = importlib.import_module(modname)
+        except ImportError:
+            continue
+        fn = getattr(mod, "test_route", None)
+        if fn is not None:
+            return fn
+    return None
+
+
+async def test_route(request: web.Request) -> web.Response:
+    route = _get(request)
+    fn = _tester()
+    if fn is None:
+        raise not_found("route tests are not available in this build")
+    result = fn(relaybox(request).settings.relay, route)
+    if inspect.isawaitable(result):
+        result = await result
+    if not isinstance(result, dict):
+        result = getattr(result, "__dict__", {"result": str(result)})
+    secret = route.password
+    text = str(result)
+    if secret and secret in text:   # belt and braces: a route test never echoes the password
+        result = {"error": "route test output withheld: it contained the route's password"}
+    return ok({"route": route.name, **result})
+
+
+NAME = Param("name", where="path", required=True)
+ROUTE = {"type": "object", "properties": {"name": {"type": "string"}, "host": {"type": "string"},
+                                          "port": {"type": "integer"}, "tls": {"type": "string"},
+                                          "default": {"type": "boolean"}}}
+ROUTES = [
+    Route("GET", "/api/v1/routes", list_routes, "Smarthost routes (passwords never shown)", "routes",
+          response={"type": "object", "properties": {"items": {"type": "array", "items": ROUTE}}}),
+    Route("GET", "/api/v1/routes/resolve", resolve, "Which route a From address takes", "routes",
+          [Param("from", required=True, description="From address")], response={"type": "object"}),
+    Route("GET", "/api/v1/routes/{name}", show_route, "One route", "routes", [NAME], response=ROUTE,
+          errors=(404,)),
+    Route("POST", "/api/v1/routes/{name}/test", test_route, "SMTP test: connect, EHLO, STARTTLS, AUTH", "routes",
+          [NAME], response={"type": "object"}, errors=(404,)),
+]
