@@ -75,6 +75,7 @@ class RelayConfig:
 # ---- delivery (owned by the delivery engine: relay/scheduler.py, delivery.py, mx.py, transport.py) ------
 @dataclass(frozen=True)
 class DeliveryConfig:
+    enabled: bool = True                   # false = accept and queue only (maintenance, intake benchmarks)
     helo_name: str = ""                    # EHLO name towards next hops; empty = smtp.hostname
     max_lifetime: Duration = Duration(5 * 86400)   # give up after this -> failed 'expired'
     retry_first: Duration = Duration(300)  # first retry delay, doubling

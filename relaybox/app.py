@@ -105,7 +105,11 @@ class App:
 
     async def _start_optional(self) -> None:
         sched_mod = _optional("relay.scheduler")
-        if sched_mod is not None and hasattr(sched_mod, "Scheduler"):
+        delivery = getattr(self.settings.relay, "delivery", None)
+        enabled = getattr(delivery, "enabled", True)
+        if not enabled:
+            log.warning("delivery.enabled = false: messages are accepted and queued, not delivered")
+        if enabled and sched_mod is not None and hasattr(sched_mod, "Scheduler"):
             self.scheduler = sched_mod.Scheduler(self.spool, self.settings.relay)
             await self.scheduler.start()
         runner = _optional("poller.runner")
