@@ -1,0 +1,148 @@
+"""VERP return paths: ``<local>+<token>@<bounces.domain>``, the token naming one queued recipient.
+
+The token is Crockford base32 (lower case; decoding ignores case and reads I/L as 1 and O as 0, because
+MTAs and mailbox providers may change the case of a local part) of::
+
+    queue id (10 bytes: the 16-char Crockford queue id) | recipient id (LEB128 varint) | MAC (10 bytes)
+
+where MAC = HMAC-SHA256(secret, "relaybox-verp-1" | queue id | recipient id) truncated to 80 bits. A bounce
+to a forged or altered token decodes to ``None`` and therefore can neither mark nor suppress anything.
+With a 16-char queue id and recipient ids below 2**21 the token is 37 characters, so ``local`` may be up
+to 26 characters (RFC 5321 limits a local part to 64 octets). Pure functions; no I/O.
+
+Several secrets may be given to ``decode`` (the current one first) so a secret can be rotated while
+bounces to the old one are still arriving.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from typing import Iterable
+
+_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
+_VALUES = {c: i for i, c in enumerate(_ALPHABET)}
+_VALUES.update({"i": 1, "l": 1, "o": 0})
+_CONTEXT = b"relaybox-verp-1"
+MAC_BYTES = 10
+QID_BYTES = 10
+MAX_LOCAL = 64
+
+
+@dataclass(frozen=True)
+class VerpTarget:
+    queue_id: str          # the spool's message id (upper-case Crockford base32, as stored)
+    recipient_id: int      # recipients.id
+
+
+def _b32encode(data: bytes) -> str:
+    n, bits = int.from_bytes(data, "big"), len(data) * 8
+    chars = -(-bits // 5)
+    n <<= chars * 5 - bits
+    return "".join(_ALPHABET[(n >> (5 * i)) & 31] for i in reversed(range(chars)))
+
+
+def _b32decode(text: str, nbytes: int) -> bytes | None:
+    n = 0
+    for c in text.lower():
+        v = _VALUES.get(c)
+        if v is None:
+            return None
+        n = (n << 5) | v
+    extra = len(text) * 5 - nbytes * 8
+    if extra < 0 or extra >= 5 or n & ((1 << extra) - 1):
+        return None       # not the canonical encoding: padding bits must be zero
+    return (n >> extra).to_bytes(nbytes, "big")
+
+
+def _qid_bytes(queue_id: str) -> bytes:
+    if len(queue_id) != 16:
+        raise ValueError(f"queue id must be 16 Crockford base32 characters: {queue_id!r}")
+    raw = _b32decode(queue_id, QID_BYTES)
+    if raw is None:
+        raise ValueError(f"queue id is not Crockford base32: {queue_id!r}")
+    return raw
+
+
+def _varint(n: int) -> bytes:
+    if n < 0:
+        raise ValueError("recipient id must be >= 0")
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _read_varint(data: bytes) -> tuple[int, int] | None:
+    n = shift = 0
+    for i, byte in enumerate(data[:9]):
+        n |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return n, i + 1
+    return None
+
+
+def _key(secret: bytes | str) -> bytes:
+    key = secret.encode() if isinstance(secret, str) else bytes(secret)
+    if len(key) < 16:
+        raise ValueError("VERP secret must be at least 16 bytes")
+    return key
+
+
+def _mac(key: bytes, body: bytes) -> bytes:
+    return hmac.new(key, _CONTEXT + body, hashlib.sha256).digest()[:MAC_BYTES]
+
+
+def token(queue_id: str, recipient_id: int, secret: bytes | str) -> str:
+    body = _qid_bytes(queue_id) + _varint(recipient_id)
+    return _b32encode(body + _mac(_key(secret), body))
+
+
+def encode(queue_id: str, recipient_id: int, *, secret: bytes | str, domain: str,
+           local: str = "bounces") -> str:
+    """The envelope sender for one recipient of one message."""
+    local_part = f"{local}+{token(queue_id, recipient_id, secret)}"
+    if len(local_part) > MAX_LOCAL:
+        raise ValueError(f"VERP local part would exceed {MAX_LOCAL} octets; shorten bounces local part")
+    return f"{local_part}@{domain.lower()}"
+
+
+def parse_token(tok: str, secrets: bytes | str | Iterable[bytes | str]) -> VerpTarget | None:
+    """The recipient a token names, or None if it is malformed or its MAC does not verify."""
+    if not tok or len(tok) > 60:
+        return None
+    nbytes = len(tok) * 5 // 8
+    data = _b32decode(tok, nbytes)
+    if data is None or len(data) < QID_BYTES + 1 + MAC_BYTES:
+        return None
+    body, mac = data[:-MAC_BYTES], data[-MAC_BYTES:]
+    rid = _read_varint(body[QID_BYTES:])
+    if rid is None or QID_BYTES + rid[1] != len(body):
+        return None
+    if isinstance(secrets, (bytes, str)):
+        secrets = [secrets]
+    ok = False
+    for secret in secrets:
+        ok |= hmac.compare_digest(_mac(_key(secret), body), mac)
+    if not ok:
+        return None
+    queue_id = _b32encode(body[:QID_BYTES]).upper()
+    return VerpTarget(queue_id=queue_id, recipient_id=rid[0])
+
+
+def decode(address: str, *, secrets: bytes | str | Iterable[bytes | str],
+           domain: str | None = None) -> VerpTarget | None:
+    """``local+token@domain`` -> VerpTarget, or None (wrong domain, no token, forged or altered token)."""
+    if not address:
+        return None
+    address = address.strip().strip("<>")
+    local, at, dom = address.rpartition("@")
+    if not at or "+" not in local:
+        return None
+    if domain is not None and dom.lower().rstrip(".") != domain.lower().rstrip("."):
+        return None
+    return parse_token(local.rsplit("+", 1)[1], secrets)
