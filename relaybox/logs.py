@@ -69,6 +69,48 @@ def register_secrets(values: Iterable[str | bytes | None]) -> None:
             _secret_re = re.compile("|".join(re.escape(s) for s in ordered))
 
 
+_SECRET_FIELD = re.compile(r"(?i)(password|passwd|secret|token|api_?key|private_key)")
+
+
+def register_settings_secrets(obj: Any, _depth: int = 0) -> int:
+    """Walk loaded settings (dataclasses, lists, dicts) and register the value of every field whose name
+    says it is a secret (password, secret, token(s), api_key, ...). A ``"name:secret"`` token registers its
+    secret part too. Returns how many values were seen. Call once after loading the config (and on reload)."""
+    import dataclasses
+
+    if _depth > 8 or obj is None:
+        return 0
+    found: list[str] = []
+
+    def take(value: Any) -> None:
+        if isinstance(value, str) and value:
+            found.append(value)
+            secret_part = value.split(":", 1)[1].split() if ":" in value else []
+            if secret_part:                      # "name:secret" and "name:secret ro"
+                found.append(secret_part[0])
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                take(v)
+
+    count = 0
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        items = [(f.name, getattr(obj, f.name, None)) for f in dataclasses.fields(obj)]
+    elif isinstance(obj, dict):
+        items = [(str(k), v) for k, v in obj.items()]
+    elif isinstance(obj, (list, tuple)):
+        return sum(register_settings_secrets(v, _depth + 1) for v in obj)
+    else:
+        items = [(k, v) for k, v in vars(obj).items()] if hasattr(obj, "__dict__") else []
+    for name, value in items:
+        if _SECRET_FIELD.search(name) and not name.endswith(("_file", "_hash")):
+            take(value)
+        elif isinstance(value, (list, tuple, dict)) or dataclasses.is_dataclass(value) or \
+                hasattr(value, "__dict__") and not isinstance(value, (str, bytes, int, float)):
+            count += register_settings_secrets(value, _depth + 1)
+    register_secrets(found)
+    return count + len(found)
+
+
 def clear_secrets() -> None:
     """Forget registered secrets (tests)."""
     global _secret_re

@@ -148,8 +148,7 @@ async def test_backup_into_a_directory_names_the_file(tmp_path, capsys):
     db = str(tmp_path / "relaybox.db")
     await _spool_with(db, 1)
     out_dir = tmp_path / "backups"
-    out_dir.mkdir()
-    assert cli(["backup", str(out_dir), "--db", db]) == 0
+    assert cli(["backup", str(out_dir) + "/", "--db", db]) == 0          # trailing slash: made if missing
     (made,) = glob.glob(str(out_dir / "relaybox-*.db"))
     assert len(_snapshot(made)["messages"]) == 1
     assert not os.path.exists(made + "-wal")                     # self-contained file

@@ -102,6 +102,26 @@ def test_secrets_never_reach_the_output(capture, fmt):
         assert rows[-1]["queue_id"] == "Q3" and "RuntimeError" in rows[-1]["exc"]
 
 
+def test_secrets_of_the_loaded_config_are_registered(capture):
+    from relaybox.settings import parse
+
+    settings = parse({
+        "smtp": {"users": [{"username": "app1", "password": "cfg-plain-pass"}]},
+        "routes": [{"name": "sh", "host": "smtp.example.test", "username": "relay", "password": "route-pw-77"}],
+        "admin": {"tokens": ["ops:adm-tok-123456"], "readonly_tokens": ["graf:ro-tok-654321"]},
+        "webhooks": [{"name": "crm", "url": "https://crm.example.test/hook", "secret": "hook-key-999"}],
+    })
+    assert logs.register_settings_secrets(settings) >= 5
+    out = capture("json")
+    logging.getLogger("relay.transport").error(
+        "smarthost said: bad credentials route-pw-77 / cfg-plain-pass; header X: adm-tok-123456 ro-tok-654321 "
+        "hook-key-999", extra={"queue_id": "Q1"})
+    text = out.getvalue()
+    for leaked in ("route-pw-77", "cfg-plain-pass", "adm-tok-123456", "ro-tok-654321", "hook-key-999"):
+        assert leaked not in text
+    assert "smarthost said: bad credentials" in text
+
+
 def test_ordinary_words_are_not_masked(capture):
     out = capture("text")
     logs.register_secret("ab")    # too short to register: it would mask ordinary text

@@ -64,6 +64,8 @@ def backup(db_path: str, dest: str) -> dict:
     """Write a consistent copy of ``db_path`` to ``dest``; returns {path, bytes, schema_version, seconds}."""
     if not os.path.exists(db_path):
         raise BackupError(f"database {db_path} does not exist")
+    if dest.endswith(os.sep):
+        os.makedirs(dest, exist_ok=True)
     if os.path.isdir(dest):
         dest = os.path.join(dest, f"relaybox-{_utc_stamp()}.db")
     if os.path.exists(dest):
