@@ -70,6 +70,7 @@ class RelayConfig:
     delivery: DeliveryConfig = field(default_factory=lambda: DeliveryConfig())
     routes: list[RouteConfig] = field(default_factory=list)
     dkim: DKIMConfig = field(default_factory=lambda: DKIMConfig())
+    bounces: BouncesConfig = field(default_factory=lambda: BouncesConfig())
 
 
 # ---- delivery (owned by the delivery engine: relay/scheduler.py, delivery.py, mx.py, transport.py) ------
@@ -138,3 +139,26 @@ class DKIMConfig:
     default_domain: str = ""               # sign with this domain's key when the From domain has none
     domains: dict[str, DKIMKeyConfig] = field(default_factory=dict)
     headers: list[str] = field(default_factory=list)   # empty = the standard set in relay/dkim.py
+
+
+# ---- bounces (owned by relay/bounces/, verp.py, suppression.py, bounce_handler.py) ----------------------
+@dataclass(frozen=True)
+class BouncesConfig:
+    domain: str = ""                       # VERP return-path domain; empty = VERP off (sender kept)
+    local: str = "bounces"                 # local part before "+token" (at most 26 characters)
+    secret: str = field(default="", repr=False)   # HMAC key of VERP tokens (>= 16 chars); or
+    secret_file: str = ""                  # a file holding it (preferred: keeps it out of the config)
+    dsn: bool = True                       # parse DSNs arriving for bounces.domain / bounce channels
+    soft_limit: int = 5                    # soft bounces of one address within soft_window -> suppressed
+    soft_window: Duration = Duration(7 * 86400)
+    hard_suppress_for: Duration = Duration(30 * 86400)   # hard bounce -> suppressed this long (0 = forever)
+
+    def __post_init__(self):
+        if self.domain and not (self.secret or self.secret_file):
+            raise ValueError("bounces.secret: required (or bounces.secret_file) when bounces.domain is set")
+        if self.secret and len(self.secret) < 16:
+            raise ValueError("bounces.secret: must be at least 16 characters")
+        if len(self.local) > 26 or not self.local:
+            raise ValueError("bounces.local: 1 to 26 characters")
+        if self.soft_limit < 1:
+            raise ValueError("bounces.soft_limit: must be >= 1")
