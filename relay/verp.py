@@ -146,3 +146,38 @@ def decode(address: str, *, secrets: bytes | str | Iterable[bytes | str],
     if domain is not None and dom.lower().rstrip(".") != domain.lower().rstrip("."):
         return None
     return parse_token(local.rsplit("+", 1)[1], secrets)
+
+
+# ---- wiring from the [bounces] config section ---------------------------------------------------------
+def load_secrets(cfg) -> list[bytes]:
+    """The VERP secrets of a BouncesConfig: ``secret``, else the non-empty lines of ``secret_file`` (the
+    first line signs, all lines verify: rotate by prepending a new line). Empty list when VERP is off."""
+    if not getattr(cfg, "domain", ""):
+        return []
+    if cfg.secret:
+        return [_key(cfg.secret)]
+    with open(cfg.secret_file, "rb") as fh:
+        lines = [line.strip() for line in fh.read().splitlines() if line.strip()]
+    if not lines:
+        raise ValueError(f"bounces.secret_file: {cfg.secret_file} is empty")
+    return [_key(line) for line in lines]
+
+
+def return_path(cfg, queue_id: str, recipient_id: int, secrets: list[bytes] | None = None) -> str | None:
+    """The VERP envelope sender for one recipient, or None when VERP is off (keep the original sender)."""
+    if not getattr(cfg, "domain", ""):
+        return None
+    keys = secrets if secrets is not None else load_secrets(cfg)
+    return encode(queue_id, recipient_id, secret=keys[0], domain=cfg.domain, local=cfg.local)
+
+
+def make_rcpt_hook(cfg):
+    """For the SMTP listener: ``hook(address) -> True`` only for a valid VERP address of ``cfg.domain``
+    (anyone may send those: relaybox can be the MX of its bounce domain); anything else -> False."""
+    keys = load_secrets(cfg)
+    domain = cfg.domain
+
+    def hook(address: str) -> bool:
+        return bool(keys) and decode(address, secrets=keys, domain=domain) is not None
+
+    return hook

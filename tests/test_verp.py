@@ -63,3 +63,23 @@ def test_bad_inputs_raise_at_encode():
         verp.encode(new_queue_id(), 1, secret="short", domain="b.example")
     with pytest.raises(ValueError):
         verp.encode(new_queue_id(), 1, secret=SECRET, domain="b.example", local="x" * 40)
+
+
+def test_config_wiring(tmp_path):
+    from relay.config import BouncesConfig
+
+    off = BouncesConfig()
+    assert verp.return_path(off, new_queue_id(), 1) is None
+    secret_file = tmp_path / "verp.key"
+    secret_file.write_text("new-secret-0123456789\nold-secret-0123456789\n")
+    cfg = BouncesConfig(domain="bounce.example", secret_file=str(secret_file), local="rb")
+    qid = new_queue_id()
+    addr = verp.return_path(cfg, qid, 9)
+    assert addr.startswith("rb+") and addr.endswith("@bounce.example")
+    hook = verp.make_rcpt_hook(cfg)
+    assert hook(addr) and hook(addr.upper())
+    old = verp.encode(qid, 9, secret="old-secret-0123456789", domain="bounce.example")
+    assert hook(old)
+    assert not hook(verp.encode(qid, 9, secret="forged-secret-0123456", domain="bounce.example"))
+    assert not hook(addr.replace("bounce.example", "other.example"))
+    assert not hook("postmaster@bounce.example")
