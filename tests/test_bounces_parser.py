@@ -264,3 +264,23 @@ def test_corpus_accuracy_stays_above_targets():
     assert f["hardsoft"] >= 90.0
     # one sample labelled "not-bounce" is a real mailbox-full notice; nothing else may be a false bounce
     assert f["false_bounces"] <= 1
+
+
+def test_cli_parse_prints_one_json_line_per_file(tmp_path, capsys):
+    import json
+
+    from relaybox.cli import main
+
+    good = tmp_path / "b.eml"
+    good.write_bytes(dsn())
+    junk = tmp_path / "junk.eml"
+    junk.write_bytes(b"\x00" * 100)
+    assert main(["bounces", "parse", str(good), str(junk)]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [d["file"] for d in lines] == [str(good), str(junk)]
+    assert lines[0]["category"] == "bounce"
+    assert set(lines[0]["recipients"][0]) == {"address", "action", "status", "replycode", "diagnostic",
+                                              "reason", "kind"}
+    assert lines[0]["recipients"][0]["reason"] == "userunknown"
+    assert lines[1] == {"file": str(junk), "category": "unknown", "recipients": []}
+    assert main(["bounces", "parse", str(tmp_path / "missing.eml")]) == 1

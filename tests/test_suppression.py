@@ -260,3 +260,23 @@ async def test_synchronous_rejection_at_delivery_counts_for_suppression(db):
     assert out.correlation == "delivery" and out.rows[0]["effect"] == "suppressed"
     assert _recipient(db, rid)["status"] == "delivered"      # the spool records delivery results itself
     assert db.read_sync(lambda c: suppression.is_suppressed(c, "bob@example.net"))
+
+
+# ---- CLI -------------------------------------------------------------------------------------------------
+def test_suppressions_cli_round_trip(tmp_path, capsys):
+    from relaybox.cli import main
+
+    path = str(tmp_path / "cli.db")
+    assert main(["suppressions", "add", "Dan@Example.com", "--expires", "30d", "--note", "asked", "--db", path]) == 0
+    assert main(["suppressions", "add", "x@example.com", "--expires", "soon", "--db", path]) == 2
+    assert main(["suppressions", "list", "--json", "--db", path]) == 0
+    out = capsys.readouterr().out.strip().splitlines()[-1]
+    entries = json.loads(out)
+    assert [e["address"] for e in entries] == ["dan@example.com"] and entries[0]["note"] == "asked"
+    assert main(["suppressions", "export", "--format", "jsonl", "--db", path]) == 0
+    assert json.loads(capsys.readouterr().out.strip())["address"] == "dan@example.com"
+    assert main(["suppressions", "remove", "dan@example.com", "--db", path]) == 0
+    assert main(["suppressions", "remove", "dan@example.com", "--db", path]) == 1
+    capsys.readouterr()
+    assert main(["suppressions", "export", "--db", path]) == 0
+    assert capsys.readouterr().out.strip() == "address,reason,kind,source,created_at,expires_at,note,bounce_id"
