@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import re
 import time
 from dataclasses import dataclass, field
@@ -37,12 +38,24 @@ def message_status(statuses: list[str]) -> str:
 
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_rng = random.Random(os.urandom(16))
+
+
+_last_ms = 0
+_seq = 0
 
 
 def new_queue_id(now: float | None = None) -> str:
-    """16 chars of Crockford base32: 48-bit milliseconds + 32 random bits. Sorts by creation time."""
+    """16 chars of Crockford base32: 48-bit milliseconds + 32 bits (random start, then a counter within
+    the same millisecond, so ids are unique in-process and sort by creation time)."""
+    global _last_ms, _seq
     ms = int((time.time() if now is None else now) * 1000) & ((1 << 48) - 1)
-    n = (ms << 32) | int.from_bytes(os.urandom(4), "big")
+    if ms == _last_ms:
+        _seq = (_seq + 1) & 0xFFFFFFFF
+    else:
+        _last_ms = ms
+        _seq = _rng.getrandbits(31)
+    n = (ms << 32) | _seq
     out = []
     for _ in range(16):
         out.append(_CROCKFORD[n & 31])

@@ -85,6 +85,17 @@ def parse_send_at(value: str) -> float:
     return dt.timestamp()
 
 
+_date_cache: tuple[int, str] = (0, "")
+
+
+def _rfc5322_date(now: float) -> str:
+    global _date_cache
+    sec = int(now)
+    if _date_cache[0] != sec:
+        _date_cache = (sec, email.utils.formatdate(sec, usegmt=True))
+    return _date_cache[1]
+
+
 def prepare_message(content: bytes, *, hostname: str, helo: str, client_ip: str, tls: bool, auth: bool,
                     rcpts: list[str], queue_id: str | None = None, now: float | None = None) -> Prepared:
     now = time.time() if now is None else now
@@ -104,7 +115,7 @@ def prepare_message(content: bytes, *, hostname: str, helo: str, client_ip: str,
         if name == ID_HEADER.lower():
             continue   # never trust a client-supplied relaybox id (bounce correlation relies on it)
         kept.append(raw)
-    date = email.utils.formatdate(now, usegmt=True)
+    date = _rfc5322_date(now)
     proto = "ESMTP" + ("S" if tls else "") + ("A" if auth else "")
     for_clause = f"\r\n\tfor <{rcpts[0]}>" if len(rcpts) == 1 else ""
     prepend = [
