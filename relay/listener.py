@@ -413,12 +413,12 @@ class Listener:
 
     async def drain(self, timeout: float = 30.0) -> None:
         """Stop accepting (421 to new sessions), let sessions in DATA finish their commit."""
-        self.state.draining = True
-        for srv in self.servers:
-            srv.close()
+        self.state.draining = True          # new sessions get 421 4.3.2 while we drain
         deadline = time.monotonic() + timeout
         while self.state.in_data and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
+        for srv in self.servers:
+            srv.close()
 
 
 def split_hostport(addr: str) -> tuple[str, int]:
