@@ -303,7 +303,8 @@ async def _open_one(cand: Candidate, helo: str, tls: TLSPolicy, use_starttls: bo
                 reply(resp)
             except aiosmtplib.SMTPAuthenticationError as exc:
                 note("S", f"{exc.code} {exc.message}")
-                raise DeliveryError(exc.code, None, exc.message, exc.code // 100 == 4, stage="auth") from exc
+                err = from_reply(exc.code, exc.message, "auth") or DeliveryError(535, "5.7.8", exc.message, False)
+                raise DeliveryError(err.code, err.enhanced, err.text, err.temporary, stage="auth") from exc
             except aiosmtplib.SMTPException as exc:
                 err = from_exception(exc, "auth")
                 note("S", f"({err.text})")
