@@ -66,6 +66,9 @@ class Param:
     where: str = "query"           # query | path
     enum: list[str] | None = None
     required: bool = False
+    minimum: int | None = None
+    maximum: int | None = None
+    min_length: int | None = None
 
 
 @dataclass
@@ -202,7 +205,7 @@ def page(items: list, next_cursor: str | None) -> dict:
 
 
 PAGE_PARAMS = [
-    Param("limit", "integer", "page size (1..1000)"),
+    Param("limit", "integer", "page size (1..1000)", minimum=1, maximum=1000),
     Param("cursor", "string", "opaque cursor from the previous page's next_cursor"),
 ]
 

@@ -22,6 +22,17 @@ def openapi_path(path: str) -> str:
     return re.sub(r"\{(\w+):[^}]*\}", r"{\1}", path)
 
 
+def _param_schema(p) -> dict:
+    schema: dict = {"type": p.type}
+    for key, value in (("enum", p.enum), ("minimum", p.minimum), ("maximum", p.maximum),
+                       ("minLength", p.min_length)):
+        if value is not None:
+            schema[key] = value
+    if p.where == "path" and p.min_length is None and p.type == "string":
+        schema["minLength"] = 1
+    return schema
+
+
 def _operation(r: Route) -> dict:
     op: dict = {"summary": r.summary, "tags": [r.tag],
                 "operationId": f"{r.method.lower()}_{re.sub(r'[^a-zA-Z0-9]+', '_', openapi_path(r.path)).strip('_')}"}
@@ -29,7 +40,7 @@ def _operation(r: Route) -> dict:
         op["parameters"] = [{
             "name": p.name, "in": p.where, "required": p.required or p.where == "path",
             "description": p.description,
-            "schema": {"type": p.type, **({"enum": p.enum} if p.enum else {})}} for p in r.params]
+            "schema": _param_schema(p)} for p in r.params]
     if r.body is not None:
         op["requestBody"] = {"required": r.method == "POST" and "required" in r.body,
                              "content": {"application/json": {"schema": r.body}}}

@@ -35,7 +35,9 @@ MESSAGE_SCHEMA: dict = {"type": "object", "required": ["id", "status", "created_
     "sender": {"type": "string"}, "subject": {"type": "string", "nullable": True},
     "recipients": {"type": "array"}, "held": {"type": "boolean"}}}
 FILTER_SCHEMA: dict = {"type": "object", "properties": {
-    **{p.name: {"type": "string"} for p in FILTER_PARAMS if p.name not in ("held", "status")},
+    **{p.name: {"type": "string"} for p in FILTER_PARAMS if p.name not in ("held", "status", "since", "until")},
+    "since": {"oneOf": [{"type": "string"}, {"type": "number"}]},
+    "until": {"oneOf": [{"type": "string"}, {"type": "number"}]},
     "status": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
     "held": {"type": "boolean"}, "ids": {"type": "array", "items": {"type": "string"}}}}
 RCPTS_BODY = {"type": "object", "properties": {
@@ -58,6 +60,8 @@ def filter_from(source: Any, *, from_query: bool) -> queries.MessageFilter:
     unknown = [k for k in source.keys() if k not in queries.FILTER_KEYS]
     if not from_query and unknown:
         raise invalid(f"filter: unknown keys {unknown}")
+    if not from_query and any(v is None for v in source.values()):
+        raise invalid("filter: null is not a value; leave the key out")
     try:
         statuses = queries.parse_statuses(get("status"))
     except ValueError as exc:
@@ -289,7 +293,8 @@ ROUTES = [
     Route("DELETE", "/api/v1/messages/{id}", _action_handler("delete"), _SUMMARIES["delete"], "messages", [ID],
           response=ACTION_RESULT, errors=(404, 409)),
     Route("GET", "/api/v1/events", list_events, "Message events in id order (the webhook outbox)", "events",
-          [Param("after", "integer", "events with a larger id"), Param("limit", "integer"),
+          [Param("after", "integer", "events with a larger id", minimum=0, maximum=2**62),
+           Param("limit", "integer", minimum=1, maximum=1000),
            Param("status", description="comma-separated statuses"), Param("message_id")],
           response={"type": "object"}),
 ]

@@ -24,7 +24,7 @@ ROW = {"type": "object", "properties": {"domain": {"type": "string"}, "total": {
 ROUTES = [
     Route("GET", "/api/v1/queue/summary", summary, "Counts per status and qshape table (domain x age)", "queue",
           [Param("status", description="recipient statuses in the table (default: active ones)"),
-           Param("top", "integer", "most loaded domains listed (default 50)")],
+           Param("top", "integer", "most loaded domains listed (default 50)", minimum=1, maximum=10000)],
           response={"type": "object", "required": ["counts", "buckets", "rows", "total"], "properties": {
               "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
               "buckets": {"type": "array", "items": {"type": "string"}},

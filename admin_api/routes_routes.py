@@ -85,7 +85,7 @@ ROUTES = [
     Route("GET", "/api/v1/routes", list_routes, "Smarthost routes (passwords never shown)", "routes",
           response={"type": "object", "properties": {"items": {"type": "array", "items": ROUTE}}}),
     Route("GET", "/api/v1/routes/resolve", resolve, "Which route a From address takes", "routes",
-          [Param("from", required=True, description="From address")], response={"type": "object"}),
+          [Param("from", required=True, description="From address", min_length=3)], response={"type": "object"}),
     Route("GET", "/api/v1/routes/{name}", show_route, "One route", "routes", [NAME], response=ROUTE,
           errors=(404,)),
     Route("POST", "/api/v1/routes/{name}/test", test_route, "SMTP test: connect, EHLO, STARTTLS, AUTH", "routes",

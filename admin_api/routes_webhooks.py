@@ -72,7 +72,7 @@ ROUTES = [
           response={"type": "object", "properties": {"items": {"type": "array"}}}),
     Route("GET", "/api/v1/webhooks/{name}/deliveries", list_deliveries, "Deliveries of one endpoint",
           "webhooks", [NAME, Param("state", enum=["pending", "delivered", "failed"]),
-                       Param("after", "integer"), Param("limit", "integer")],
+                       Param("after", "integer", minimum=0, maximum=2**62), Param("limit", "integer", minimum=1, maximum=1000)],
           response={"type": "object"}, errors=(404,)),
     Route("POST", "/api/v1/webhooks/{name}/retry", retry_now, "Retry pending deliveries now", "webhooks",
           [NAME], response={"type": "object"}, errors=(404,)),

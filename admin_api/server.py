@@ -7,11 +7,29 @@ import logging
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from admin_api.app import make_app
 from admin_api.config import AdminConfig
 
 log = logging.getLogger("admin_api")
+
+
+class _MalformedRequests(logging.Filter):
+    """aiohttp logs a malformed request (a NUL in a header, a bad request line) at ERROR with a traceback;
+    anyone who can reach the port could fill the log that way. One warning line says enough."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg, record.args = "admin API: malformed HTTP request refused (400): %s", (exc.message[:200],)
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+http_log = logging.getLogger("admin_api.http")
+http_log.addFilter(_MalformedRequests())
 
 
 def split_listen(listen: str) -> tuple[str, int]:
@@ -39,7 +57,8 @@ class AdminServer:
         if not self.cfg.enabled:
             return
         host, port = split_listen(self.cfg.listen)
-        self.runner = web.AppRunner(make_app(self.app, self.cfg), access_log=None, handle_signals=False)
+        self.runner = web.AppRunner(make_app(self.app, self.cfg), access_log=None, handle_signals=False,
+                                    logger=http_log)
         await self.runner.setup()
         site = web.TCPSite(self.runner, host, port, reuse_address=True)
         try:
