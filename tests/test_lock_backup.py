@@ -245,3 +245,53 @@ def test_backup_while_relaybox_runs_and_accepts_mail(tmp_path):
                          env=ENV, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert _snapshot(rb.db_path)["messages"] == _snapshot(backups[-1])["messages"]
+
+
+# ---- upgrade path: migrations forward at start, never backward ---------------------------------------------
+def _old_schema_db(path: str) -> int:
+    """A database as the first release wrote it: only migration 1 applied."""
+    from relay.db import _split_sql, migrations
+
+    version, _name, mod = migrations()[0]
+    conn = sqlite3.connect(path, isolation_level=None)
+    for stmt in _split_sql(getattr(mod, "SQL", "") or ""):
+        conn.execute(stmt)
+    if hasattr(mod, "apply"):
+        mod.apply(conn)
+    conn.execute(f"PRAGMA user_version={version}")
+    conn.close()
+    return version
+
+
+async def test_an_old_backup_restores_and_migrates_at_start(tmp_path, capsys):
+    from relay.db import migrations
+
+    old = str(tmp_path / "old.db")
+    first = _old_schema_db(old)
+    latest = migrations()[-1][0]
+    db = str(tmp_path / "relaybox.db")
+    assert cli(["restore", old, "--db", db]) == 0
+    assert f"schema version {first}" in capsys.readouterr().out
+    d = Database(db).open()                        # what `relaybox run` does first after the lock
+    try:
+        qid = await Spool(d).enqueue(_msg(1))
+    finally:
+        d.close()
+    snap = _snapshot(db)
+    assert snap["version"] == latest and snap["messages"] == [qid]
+
+
+def test_relaybox_refuses_to_run_on_a_newer_database(tmp_path):
+    rb = RelayboxProcess(str(tmp_path), {"admin": {"listen": f"127.0.0.1:{free_port()}"}})
+    d = Database(rb.db_path).open()
+    d.close()
+    conn = sqlite3.connect(rb.db_path)
+    conn.execute("PRAGMA user_version=999")
+    conn.commit()
+    conn.close()
+    res = subprocess.run([sys.executable, "-m", "relaybox.cli", "run", "--config", rb.config_path], env=ENV,
+                         cwd=str(tmp_path), capture_output=True, text=True, timeout=30)
+    assert res.returncode == 1
+    assert "newer than this relaybox" in res.stderr and "refusing to downgrade" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert lock.holder(rb.db_path) is None
