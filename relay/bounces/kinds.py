@@ -28,6 +28,13 @@ _BOUNCE_SUBJECT = re.compile(
     r"message not delivered|not delivered", re.I)
 
 
+_REPLY_LINE = re.compile(r"^\s*[45]\d\d[ -]", re.M)
+_BOUNCE_TEXT = re.compile(
+    r"requested action not taken|could not be delivered|undeliverable|was not delivered|permanent (?:error|failure)|"
+    r"delivery (?:has )?failed|failed to deliver|unable to deliver|did not reach|rejected your message|"
+    r"no such user|user unknown|invalid (?:user|recipient)", re.I)
+
+
 def header_addresses(msg: Message, *names: str) -> list[str]:
     out = []
     for name in names:
@@ -109,5 +116,8 @@ def looks_like_bounce(msg: Message, notice: str) -> bool:
         return True
     if msg.get("X-Failed-Recipients"):
         return True
-    return bool(_BOUNCE_SUBJECT.search(subject(msg)))
+    if _BOUNCE_SUBJECT.search(subject(msg)):
+        return True
+    # no header says so, but the text carries an SMTP error reply and a non-delivery phrase
+    return bool(_REPLY_LINE.search(notice[:20000]) and _BOUNCE_TEXT.search(notice[:20000]))
 

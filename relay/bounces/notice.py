@@ -19,8 +19,8 @@ _NOT_RECIPIENT = re.compile(r"^(?:mailer-daemon|postmaster|mail-daemon|maildaemo
 _ALONE_REST = re.compile(r"^[\s<>\"'():;,.\-*\[\]]*$")
 _MAILTO = re.compile(r"<mailto:[^>]*>|mailto:", re.I)
 _AFTER_CODE = re.compile(rf"[245]\d\d[ -](?:[245]\.\d{{1,3}}\.\d{{1,3}}\s+)?<?({ADDR})>?", re.I)
-_RCPT_TO = re.compile(rf"(?:rcpt to|recipient|to)\s*:?\s*<({ADDR})>", re.I)
-_TRAILER = re.compile(r"^\s*(?:on\s.{0,40}|\(.{0,120}\)|[:;,.]|\s)*$", re.I)
+_RCPT_TO = re.compile(rf"(?:rcpt to|recipient)\s*:?\s*<?({ADDR})>?|\bto\s*:?\s*<({ADDR})>", re.I)
+_TRAILER = re.compile(r"^\s*(?:on\s.{0,40}|\(.{0,120}\)|\[.{0,80}\]|[:;,.]|\s)*$", re.I)
 _LEADS = re.compile(rf"^\s*<?{ADDR}>?:(?:\s|$)")
 MAX_SEGMENT = 1500
 
@@ -53,9 +53,10 @@ def _phrase_recipients(text: str, exclude: set[str]) -> list[tuple[str, int]]:
     found = []
     for rx in (_AFTER_CODE, _RCPT_TO):
         for m in rx.finditer(text):
-            addr = m.group(1).lower().strip(".")
+            group = 1 if m.group(1) else 2
+            addr = m.group(group).lower().strip(".")
             if addr not in exclude and not _NOT_RECIPIENT.match(addr):
-                found.append((addr, m.start(1)))
+                found.append((addr, m.start(group)))
     found.sort(key=lambda t: t[1])
     return found
 
@@ -72,6 +73,9 @@ def find_recipients(text: str, exclude: set[str], failed_header: list[str]) -> l
     found = _first_positions(_line_recipients(text, exclude))
     if not found:
         found = _first_positions(_phrase_recipients(text, exclude))
+    if not found and exclude:
+        # someone who wrote to themselves: the failed address is also the bounce's own To
+        found = _first_positions(_line_recipients(text, set()))
     for addr in failed_header:
         if addr not in dict(found):
             pos = text.lower().find(addr)

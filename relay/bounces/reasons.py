@@ -30,9 +30,13 @@ _RULES: list[tuple[str, str]] = [
     ("expired", r"in the queue too long|too long in (?:the )?queue|not going to try again|"
                 r"retry time(?:out)? (?:not reached|exceeded)|(?:message|queue|envelope|delivery time)[ .]expired|"
                 r"will (?:be )?retr(?:y|ied)|did not accept our requests to connect|"
-                r"(?:delivery|retry) (?:time|period) (?:has )?(?:expired|exceeded)"),
+                r"(?:delivery|retry) (?:time|period) (?:has )?(?:expired|exceeded)|failing for a long time|"
+                r"delivery failed \d+ attempts|still undelivered after"),
     ("userunknown", r"recipient address rejected: access denied|that you tried to reach does not exist"),
+    ("syntaxerror", r"malformed address|command parameter not implemented|command not implemented"),
+    ("notaccept", r"not accepting network messages"),
     ("blocked", r"client host (?:\S+ )?(?:blocked|rejected)|ip address blacklisted|refused to talk to me|"
+                r"invalid ip for sending|"
                 r"(?:your|sender|source|client|sending) ip (?:address )?(?:\S+ )?(?:is |was |has been )?"
                 r"(?:blocked|blacklisted|listed|banned|rejected)"),
     ("mesgtoobig", r"message (?:is |was )?too (?:big|large)|message size (?:exceeds|limit|too)|"
@@ -44,8 +48,8 @@ _RULES: list[tuple[str, str]] = [
     ("requireptr", r"reverse (?:dns|lookup|hostname)|\bptr\b|\brdns\b|"
                    r"(?:cannot|can't|could not|unable to) (?:find|resolve) your (?:host ?name|ip)|"
                    r"(?:client|your) host ?name .{0,40}(?:not|unknown|doesn't)|dns reverse|"
-                   r"no (?:reverse|ptr)"),
-    ("authfailure", r"unauthenticated (?:e-?mail|message|sender)|\bspf\b|\bdkim\b|\bdmarc\b|sender policy framework|"
+                   r"no (?:reverse|ptr)|ip name lookup failed"),
+    ("authfailure", r"unauthenticated (?:e-?mail|message)|\bspf\b|\bdkim\b|\bdmarc\b|sender policy framework|"
                     r"sender (?:domain )?authenticat\w* fail|authentication (?:check )?fail"),
     ("toomanyconn", r"too many (?:connections|simultaneous|concurrent|sessions|recipients)|"
                     r"connection rate limit|connection limit|too many hosts"),
@@ -54,16 +58,18 @@ _RULES: list[tuple[str, str]] = [
                  r"(?:messages|emails) per (?:hour|minute|day)"),
     ("networkerror", r"not found, try again|temporary (?:dns|name ?server|lookup) (?:failure|error)|"
                      r"name ?server.{0,30}(?:timeout|time out|failure|not responding)|host name lookup failure|"
-                     r"lost connection"),
+                     r"lost connection|name server reply|network error"),
     ("notaccept", r"does not accept (?:e-?)?mail|accepts? no (?:e-?)?mail|null mx|"
                   r"not accepting (?:any )?(?:e-?)?mail|doesn't accept mail|no mx (?:record )?(?:found )?for|"
                   r"(?:couldn't|could not|can't|cannot) find a mail exchanger|indicated no smtp service|"
                   r"no (?:mx|mail exchanger|valid mx)(?: or a)? (?:record|host)s?"),
     ("hasmoved", r"has moved|address (?:has )?changed|moved to (?:a )?new|no longer (?:at|with) "),
+    ("systemfull", r"insufficient (?:system )?(?:disk )?(?:storage|space)|disk full|out of disk|"
+                   r"system (?:storage|disk) (?:is )?full"),
     ("mailboxfull", r"mail ?box (?:is )?(?:full|over ?quota|exceeded)|over ?quota|quota (?:exceeded|full)|"
                     r"exceed\w* (?:\w+ ){0,3}quota|(?:storage|disk|mailbox) (?:space |size )?(?:quota|limit)"
                     r"(?: exceeded)?|account is full|user is over|is full\b|full mailbox|"
-                    r"insufficient (?:disk |storage )?space|not enough (?:storage|space)|"
+                    r"not enough (?:storage|space)|"
                     r"mailbox size limit|would exceed"),
     ("suspend", r"(?:account|mailbox|user|address|recipient)(?: has been| is|'s account is)? "
                 r"(?:temporarily |currently |been )?(?:disabled|suspended|deactivated|inactive|frozen|"
@@ -71,7 +77,7 @@ _RULES: list[tuple[str, str]] = [
                 r"(?:account|mailbox|user|recipient)|not (?:an )?active (?:account|mailbox|user)"),
     ("hostunknown", r"host (?:or domain name )?(?:not found|unknown)|unknown host|"
                     r"domain (?:name )?(?:does not exist|not found|unknown|not exist)|no such domain|"
-                    r"unrouteable (?:mail )?domain|name or service not known|\bnxdomain\b|"
+                    r"unrouteable (?:mail )?domain|unrouteable address|name or service not known|\bnxdomain\b|"
                     r"(?:couldn't|could not|can't|cannot) find any host|no (?:mx|mail exchanger|valid mx)|"
                     r"host name lookup fail|domain .{0,60}(?:has no|without) (?:mx|mail)|"
                     r"dns (?:error|lookup).{0,40}(?:domain|not exist|nxdomain)|recipient domain .{0,40}invalid|"
@@ -84,7 +90,7 @@ _RULES: list[tuple[str, str]] = [
                     r"(?:user|recipient|mailbox|address|account|e-?mail address)(?: \S+)? does(?: not|n't|n.t) "
                     r"exist|invalid (?:recipient|mailbox|user|address|e-?mail)|"
                     r"(?:recipient|address|mailbox|user) (?:address )?(?:is )?(?:invalid|unknown|unavailable)|"
-                    r"undeliverable address|unrouteable address|bad destination mailbox|"
+                    r"undeliverable address|bad destination mailbox|"
                     r"not a valid (?:user|mailbox|recipient|address)|mailbox (?:does not exist|not found|"
                     r"unavailable|is unavailable|not available|not exist)|no mailbox|"
                     r"(?:doesn't|does not) have an? (?:\S+ )?account|addressee unknown|"
@@ -95,7 +101,7 @@ _RULES: list[tuple[str, str]] = [
                     r"delivery to the following recipient failed permanently"),
     ("securityerror", r"starttls|\btls\b.{0,30}required|must issue a|encryption required|"
                       r"authentication (?:is )?required|(?:must|need to) authenticate|"
-                      r"submission (?:port|service)|certificate"),
+                      r"submission (?:port|service)|certificate|unauthenticated sender"),
     ("spamdetected", r"message content rejected|\buribl\b|\bsurbl\b|blacklisted (?:url|link)|\bspam\b|junk mail|unsolicited|bulk (?:e-?)?mail|\buce\b|"
                      r"content (?:filter|was|is) .{0,40}(?:rejected|spam)|classified as|"
                      r"message (?:content )?(?:rejected|refused) .{0,40}(?:content|spam)"),
@@ -117,7 +123,7 @@ _RULES: list[tuple[str, str]] = [
     ("onhold", r"\bon hold\b"),
     ("contenterror", r"media error|content (?:rejected|error|not (?:allowed|accepted))|invalid (?:mime|header|content)|"
                      r"(?:mime|header|headers|content|character set|charset) (?:error|invalid|malformed)|"
-                     r"illegal (?:header|character)|8-?bit|too many (?:headers|hops)"),
+                     r"illegal (?:header|character)|8-?bit|too many headers"),
     ("mailererror", r"mailer error|procmail|command (?:failed|died)|exit (?:code|status)|"
                     r"unknown mailer|local delivery fail|pipe to|\|\s*/"),
     ("syntaxerror", r"syntax error|command (?:unrecognized|not recognized)|bad sequence|"
@@ -133,11 +139,25 @@ _RULES: list[tuple[str, str]] = [
                 r"unable to deliver .{0,40}(?:days|hours)|maximum time|\bexpired\b"),
     ("systemerror", r"system (?:error|config)|internal (?:server )?error|configuration error|"
                     r"server error|local error|temporary (?:local )?(?:problem|failure|error)|"
-                    r"resources? (?:temporarily )?unavailable|service (?:is )?(?:temporarily )?unavailable|"
+                    r"resources? (?:temporarily )?unavailable|"
+                    r"service (?:is )?(?:temporarily |currently )?unavailable|"
                     r"try (?:again )?later|(?:out of|insufficient) (?:memory|resources)"),
     ("userunknown", r"(?:address|recipient) rejected|delivery to the following recipient failed permanently"),
 ]
 _COMPILED = [(reason, re.compile(rx)) for reason, rx in _RULES]
+
+# Phrases so specific that they win over the enhanced status code (servers often send a generic or wrong
+# code, e.g. "5.1.1 ... over quota"): the words describe the cause, the code only its class.
+_STRONG = [(reason, re.compile(rx)) for reason, rx in [
+    ("notcompliantrfc", r"not rfc ?5322 compliant|multiple (?:addresses in from|\w+ headers)|duplicate header|"
+                        r"multiple \w+ header"),
+    ("systemfull", r"insufficient (?:system )?(?:disk )?(?:storage|space)|disk full|out of disk|"
+                   r"system (?:storage|disk) (?:is )?full"),
+    ("mailboxfull", r"mail ?box (?:is )?full|over ?quota|quota exceeded|mailbox exceeds"),
+    ("speeding", r"receiving mail at a rate|too many recipients this (?:hour|day)|sent to too many recipients"),
+    ("toomanyconn", r"(?:ip|connection) frequency limited"),
+    ("suspend", r"temporar(?:y|ily) locked|recipient account is (?:blocked|locked)"),
+]]
 
 # RFC 3463 (and later registrations) subject.detail -> reason, used when no phrase matched.
 _BY_STATUS = {
@@ -182,9 +202,8 @@ def smtp_command(text: str) -> str:
             if line.startswith(">>>"):
                 last = line[3:].strip().lower()
             elif re.match(r"<<<\s*[45]\d\d", line) and last:
-                # with PIPELINING a RCPT error shows up after ">>> DATA": DATA says nothing here
                 for key, name in _CMD_NAMES.items():
-                    if last.startswith(key) and key != "data":
+                    if last.startswith(key):
                         return name
                 return ""
     m = _COMMAND.search(text)
@@ -199,8 +218,8 @@ _PSEUDO = {
     "exceedlimit": 923, "systemerror": 930, "systemfull": 931, "notaccept": 932, "mesgtoobig": 934,
     "mailererror": 939, "networkerror": 944, "toomanyconn": 945, "expired": 947, "securityerror": 970,
     "blocked": 971, "policyviolation": 972, "requireptr": 973, "authfailure": 976, "badreputation": 977,
-    "speeding": 942, "ratelimited": 942, "spamdetected": 980, "virusdetected": 980, "contenterror": 960,
-    "syntaxerror": 902, "notcompliantrfc": 974,
+    "speeding": 942, "ratelimited": 942, "notcompliantrfc": 974, "spamdetected": 980, "virusdetected": 980, "contenterror": 960,
+    "syntaxerror": 902,
 }
 
 
@@ -230,7 +249,11 @@ def by_status(status: str) -> str:
 def classify(diagnostic: str, status: str, action: str = "", context: str = "") -> str:
     """The reason for one recipient. ``context`` is the notice text around it (weaker evidence)."""
     sub = status.split(".", 1)[1] if status and "." in status else ""
-    if sub in _DECISIVE and status[0] in "45":
+    low = (diagnostic or "").lower()[:4000]
+    strong = next((reason for reason, rx in _STRONG if rx.search(low)), "")
+    if strong:
+        reason = strong
+    elif sub in _DECISIVE and status[0] in "45":
         reason = _BY_STATUS[sub]
     else:
         reason = by_text(diagnostic) or by_status(status) or by_text(context) or ""
