@@ -157,7 +157,8 @@ def test_dockerfile_structure_matches_the_container_config():
     volume = final.all("VOLUME")[-1].words()
     assert os.path.dirname(cfg["storage"]["path"]) in volume
     exposed = {int(p.split("/")[0]) for ins in final.all("EXPOSE") for p in ins.words()}
-    listen_ports = {int(a.rsplit(":", 1)[1]) for a in cfg["smtp"]["listen"] + cfg["smtp"]["implicit_tls_listen"]}
+    addresses = cfg["smtp"]["listen"] + cfg["smtp"]["implicit_tls_listen"]
+    listen_ports = {int(a.rsplit(":", 1)[1]) for a in addresses}
     assert listen_ports and listen_ports <= exposed
     assert all(a.startswith("0.0.0.0:") for a in cfg["smtp"]["listen"])
     assert 8025 in exposed
@@ -307,8 +308,8 @@ def test_image_rootfs_from_the_dockerfile_installs_and_runs(tmp_path):
     # run it: the image's config with its paths under rootfs and free loopback ports instead of 0.0.0.0
     text = open(etc_config).read().replace('"/var/lib/relaybox', f'"{rootfs}/var/lib/relaybox')
     ports: dict[int, int] = {}
-    text = re.sub(r'"0\.0\.0\.0:(\d+)"', lambda m: f'"127.0.0.1:{ports.setdefault(int(m.group(1)), free_port())}"',
-                  text)
+    text = re.sub(r'"0\.0\.0\.0:(\d+)"',
+                  lambda m: f'"127.0.0.1:{ports.setdefault(int(m.group(1)), free_port())}"', text)
     run_config = tmp_path / "run.toml"
     run_config.write_text(text)
     log_path = str(tmp_path / "run.log")
@@ -324,7 +325,8 @@ def test_image_rootfs_from_the_dockerfile_installs_and_runs(tmp_path):
             argv = [sys.executable] + _healthcheck_argv(ports[8025])[1:]
             while subprocess.run(argv, capture_output=True, timeout=15).returncode != 0:
                 assert proc.poll() is None, open(log_path).read()[-3000:]
-                assert time.monotonic() < deadline, "HEALTHCHECK never passed: " + open(log_path).read()[-3000:]
+                assert time.monotonic() < deadline, "HEALTHCHECK never passed: " + \
+                    open(log_path).read()[-3000:]
                 time.sleep(0.2)
         proc.send_signal(signal.SIGTERM)     # the image's STOPSIGNAL
         assert proc.wait(30) == 0, open(log_path).read()[-3000:]

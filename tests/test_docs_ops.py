@@ -79,7 +79,8 @@ def test_each_command_in_the_guide_parses(argv):
 
 def api_paths() -> list[tuple[str, str]]:
     text = open(DOC, encoding="utf-8").read()
-    out = [(m.group(1), m.group(2)) for m in re.finditer(r"\b(GET|POST|PUT|PATCH|DELETE) (/[\w/{}.%\-]+)", text)]
+    method_path = r"\b(GET|POST|PUT|PATCH|DELETE) (/[\w/{}.%\-]+)"
+    out = [(m.group(1), m.group(2)) for m in re.finditer(method_path, text)]
     out += [("GET", m.group(1)) for m in re.finditer(r"http://127\.0\.0\.1:8025(/[\w/{}.%\-]+)", text)]
     return sorted(set(out))
 

@@ -31,7 +31,8 @@ def _try_lock(db: str) -> subprocess.CompletedProcess:
             "try: acquire(sys.argv[1])\n"
             "except LockError as e: print(e); sys.exit(3)\n"
             "print('locked')")
-    return subprocess.run([sys.executable, "-c", code, db], env=ENV, capture_output=True, text=True, timeout=30)
+    return subprocess.run([sys.executable, "-c", code, db], env=ENV, capture_output=True, text=True,
+                          timeout=30)
 
 
 def test_second_process_is_refused_naming_the_holder(tmp_path):
@@ -52,7 +53,8 @@ def test_second_process_is_refused_naming_the_holder(tmp_path):
 
 def test_a_killed_holder_does_not_leave_a_stale_lock(tmp_path):
     db = str(tmp_path / "relaybox.db")
-    code = "import sys, time; from relay.lock import acquire; l = acquire(sys.argv[1]); print('ok', flush=True); time.sleep(60)"
+    code = ("import sys, time; from relay.lock import acquire; held = acquire(sys.argv[1]); "
+            "print('ok', flush=True); time.sleep(60)")
     proc = subprocess.Popen([sys.executable, "-c", code, db], env=ENV, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "ok"
@@ -108,8 +110,8 @@ def _snapshot(path: str) -> dict:
     try:
         msgs = [r[0] for r in conn.execute("SELECT id FROM messages ORDER BY id")]
         rcpts = conn.execute("SELECT count(*) FROM recipients").fetchone()[0]
-        orphans = conn.execute("SELECT count(*) FROM recipients r LEFT JOIN messages m ON m.id = r.message_id "
-                               "WHERE m.id IS NULL").fetchone()[0]
+        orphans = conn.execute("SELECT count(*) FROM recipients r LEFT JOIN messages m "
+                               "ON m.id = r.message_id WHERE m.id IS NULL").fetchone()[0]
         bodiless = conn.execute("SELECT count(*) FROM messages m LEFT JOIN bodies b ON b.message_id = m.id "
                                 "WHERE b.message_id IS NULL").fetchone()[0]
         return {"messages": msgs, "recipients": rcpts, "orphans": orphans, "bodiless": bodiless,
@@ -221,8 +223,8 @@ def test_backup_while_relaybox_runs_and_accepts_mail(tmp_path):
             assert res.returncode == 0, res.stderr
             backups.append(path)
             time.sleep(0.2)
-        res = subprocess.run([sys.executable, "-m", "relaybox.cli", "restore", backups[0], "--db", rb.db_path],
-                             env=ENV, capture_output=True, text=True, timeout=60)
+        res = subprocess.run([sys.executable, "-m", "relaybox.cli", "restore", backups[0], "--db",
+                              rb.db_path], env=ENV, capture_output=True, text=True, timeout=60)
         assert res.returncode == 1 and f"pid {rb.proc.pid}" in res.stderr and "stop it" in res.stderr
     finally:
         stop.set()
