@@ -51,6 +51,7 @@ def main() -> int:
     ap.add_argument("--expect", required=True)
     ap.add_argument("--corpus", default=os.path.join(ROOT, "..", "shared", "corpus", "bounces"))
     ap.add_argument("--misses", action="store_true")
+    ap.add_argument("--include-known", action="store_true", help="also samples that are in our corpus")
     args = ap.parse_args()
     known = set()
     with open(os.path.join(args.corpus, "expected.jsonl"), encoding="utf-8") as fh:
@@ -60,7 +61,7 @@ def main() -> int:
     misses = []
     for name, exp in sorted(expectations(args.expect).items()):
         path = os.path.join(args.emails, name)
-        if name in known or not exp or not os.path.exists(path):
+        if (name in known and not args.include_known) or not exp or not os.path.exists(path):
             continue
         with open(path, "rb") as fh:
             raw = fh.read()

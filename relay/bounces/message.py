@@ -51,9 +51,12 @@ class Pieces:
 
 def load(raw: bytes) -> Message:
     """Parse at most MAX_RAW bytes; never raises for malformed MIME (compat32 records defects instead)."""
-    if len(raw) > MAX_RAW:
-        raw = raw[:MAX_RAW]
-    return email.message_from_bytes(raw, policy=email.policy.compat32)
+    return email.message_from_bytes(normalize_newlines(raw), policy=email.policy.compat32)
+
+
+def normalize_newlines(raw: bytes) -> bytes:
+    """At most MAX_RAW bytes with CRLF and bare CR (old Mac mail stores) turned into LF."""
+    return raw[:MAX_RAW].replace(b"\r\n", b"\n").replace(b"\r", b"\n")
 
 
 def decode_text(part: Message) -> str:
@@ -124,17 +127,13 @@ def split_notice(text: str) -> tuple[str, str]:
 
 
 def body_offset(raw: bytes) -> int:
-    """Where the top-level header block ends (-1 when there is no body)."""
-    cut = raw[:MAX_RAW]
-    pos = cut.find(b"\n\n")
-    pos2 = cut.find(b"\r\n\r\n")
-    if pos < 0 or (0 <= pos2 < pos):
-        pos = pos2
-    return pos
+    """Where the top-level header block of newline-normalised ``raw`` ends (-1 when there is no body)."""
+    return raw.find(b"\n\n")
 
 
 def body_text(raw: bytes) -> str:
     """The raw body after the top-level header block, decoded leniently (for broken MIME)."""
+    raw = normalize_newlines(raw)
     pos = body_offset(raw)
     if pos < 0:
         return ""

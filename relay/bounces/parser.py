@@ -258,6 +258,7 @@ def _finish(r: Recipient, context: str, temporary: bool = False) -> None:
 
 
 def _correlation(raw: bytes, result: Parsed, _unused) -> None:
+    raw = message.normalize_newlines(raw)
     head_end = message.body_offset(raw)
     body = raw[head_end:message.MAX_RAW] if head_end >= 0 else b""
     m = _RELAYBOX_ID.search(body)
