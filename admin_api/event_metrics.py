@@ -23,6 +23,8 @@ ATTEMPTS = Counter("relaybox_delivery_attempts", "SMTP delivery transactions by 
 LATENCY = Histogram("relaybox_delivery_latency_seconds", "Time from acceptance to delivery, per recipient",
                     ["route"], buckets=(0.1, 0.5, 1, 2.5, 5, 15, 30, 60, 300, 900, 1800, 3600, 4 * 3600,
                                         86400, 5 * 86400))
+BOUNCES = Counter("relaybox_bounces", "Bounce and complaint reports recorded, by category, kind and reason",
+                  ["category", "kind", "reason"])
 EVENTS = Counter("relaybox_message_events", "Recipient status transitions by new status and actor kind",
                  ["status", "actor"])
 
@@ -52,6 +54,7 @@ class EventTail:
         self.db = db
         self.event_id: int | None = None
         self.attempt_id: int | None = None
+        self.bounce_id: int | None = None
 
     async def start(self) -> None:
         def _top(conn):
@@ -59,6 +62,7 @@ class EventTail:
                     conn.execute("SELECT COALESCE(MAX(id), 0) FROM attempts").fetchone()[0])
 
         self.event_id, self.attempt_id = await self.db.read(_top)
+        self.bounce_id = await self.db.read(_max_bounce)
 
     async def catch_up(self) -> int:
         if self.event_id is None:
@@ -95,4 +99,29 @@ class EventTail:
             ATTEMPTS.labels(route_label(a["route"]), a["result"] if a["result"] in _RESULTS else "other").inc()
         if att:
             self.attempt_id = att[-1]["id"]
-        return max(len(rows), len(att))
+        bounces = self._bounces(conn)
+        return max(len(rows), len(att), bounces)
+
+    def _bounces(self, conn: sqlite3.Connection) -> int:
+        if self.bounce_id is None:      # no bounces table (bounce processing not installed)
+            return 0
+        rows = conn.execute("SELECT id, category, kind, reason FROM bounces WHERE id > ? ORDER BY id LIMIT ?",
+                            (self.bounce_id, BATCH)).fetchall()
+        for b in rows:
+            BOUNCES.labels(_word(b["category"]), _word(b["kind"]), _word(b["reason"])).inc()
+        if rows:
+            self.bounce_id = rows[-1]["id"]
+        return len(rows)
+
+
+def _word(value: Any) -> str:
+    """A bounded label value: the bounce vocabulary is a fixed set of short words; anything else is 'other'."""
+    text = str(value or "")
+    return text if len(text) <= 24 and text.replace("-", "").replace("_", "").isalnum() or not text else "other"
+
+
+def _max_bounce(conn: sqlite3.Connection) -> int | None:
+    try:
+        return conn.execute("SELECT COALESCE(MAX(id), 0) FROM bounces").fetchone()[0]
+    except sqlite3.OperationalError:
+        return None

@@ -25,6 +25,7 @@ WEBHOOK_DELIVERIES = Counter("relaybox_webhook_deliveries", "Event webhook POSTs
                              " (delivered, retry, failed)", ["endpoint", "result"])
 WEBHOOK_PENDING = Gauge("relaybox_webhook_pending_events", "Events waiting to be delivered, by endpoint",
                         ["endpoint"])
+SUPPRESSIONS = Gauge("relaybox_suppressions", "Active entries of the suppression list, by kind", ["kind"])
 CHANNEL_UP = Gauge("relaybox_channel_up", "1 when an inbound channel's last poll succeeded, 0 when failing",
                    ["channel"])
 CHANNEL_LAST_SUCCESS = Gauge("relaybox_channel_last_success_timestamp_seconds",
@@ -48,7 +49,16 @@ def _queue_stats(conn: sqlite3.Connection, now: float) -> dict[str, Any]:
             pending[r[0]] = r[1]
     except sqlite3.OperationalError:   # before migration m0005
         pass
-    return {"counts": counts, "held": held, "oldest": (now - oldest) if oldest else 0.0, "pending": pending}
+    suppressed: dict[str, int] | None = None
+    try:
+        suppressed = {k: 0 for k in ("hard", "soft", "complaint", "manual")}
+        for r in conn.execute("SELECT kind, COUNT(*) FROM suppressions WHERE expires_at IS NULL OR expires_at > ?"
+                              " GROUP BY kind", (now,)):
+            suppressed[r[0]] = r[1]
+    except sqlite3.OperationalError:   # bounce processing not installed
+        suppressed = None
+    return {"counts": counts, "held": held, "oldest": (now - oldest) if oldest else 0.0, "pending": pending,
+            "suppressed": suppressed}
 
 
 async def refresh(app: Any, tail: Any = None) -> None:
@@ -60,6 +70,8 @@ async def refresh(app: Any, tail: Any = None) -> None:
     for status, n in stats["counts"].items():
         QUEUE_RECIPIENTS.labels(status).set(n)
     QUEUE_MESSAGES_HELD.set(stats["held"])
+    for kind, n in (stats["suppressed"] or {}).items():
+        SUPPRESSIONS.labels(kind).set(n)
     QUEUE_OLDEST_AGE.set(max(0.0, stats["oldest"]))
     app.disk.ok()
     DISK_FREE_RATIO.set(app.disk.free_ratio)

@@ -9,6 +9,7 @@ import inspect
 from aiohttp import web
 
 from admin_api.common import Param, Route, bad_request, not_found, ok, relaybox
+from admin_api.queries import redact_transcript
 from relay.routes import Router
 
 
@@ -47,14 +48,16 @@ async def resolve(request: web.Request) -> web.Response:
 
 
 def _tester():
-    """The delivery engine's route test, when it has one (``relay.routes.test_route`` or
-    ``relay.delivery.test_route``: ``(relay_config, route) -> dict``)."""
-    for modname in ("relay.routes", "relay.delivery", "relay.routetest"):
+    """The delivery engine's SMTP test: ``smtp_test(route, helo, timeout) -> (ok, summary, transcript)``.
+
+    It lives beside ``relaybox routes test`` today (relaybox/commands/routes.py); a copy in ``relay.routes``
+    is preferred when it exists (the admin API should not reach up into the CLI layer)."""
+    for modname in ("relay.routes", "relay.routetest", "relaybox.commands.routes"):
         try:
             mod = importlib.import_module(modname)
         except ImportError:
             continue
-        fn = getattr(mod, "test_route", None)
+        fn = getattr(mod, "smtp_test", None)
         if fn is not None:
             return fn
     return None
@@ -65,16 +68,18 @@ async def test_route(request: web.Request) -> web.Response:
     fn = _tester()
     if fn is None:
         raise not_found("route tests are not available in this build")
-    result = fn(relaybox(request).settings.relay, route)
+    rc = relaybox(request).settings.relay
+    helo = rc.delivery.helo_name or rc.smtp.hostname
+    timeout = min(float(rc.delivery.connect_timeout), 30.0)
+    result = fn(route, helo, timeout)
     if inspect.isawaitable(result):
         result = await result
-    if not isinstance(result, dict):
-        result = getattr(result, "__dict__", {"result": str(result)})
-    secret = route.password
-    text = str(result)
-    if secret and secret in text:   # belt and braces: a route test never echoes the password
-        result = {"error": "route test output withheld: it contained the route's password"}
-    return ok({"route": route.name, **result})
+    success, summary, transcript = result
+    transcript = redact_transcript(list(transcript or []))
+    out = {"route": route.name, "ok": bool(success), "result": summary, "transcript": transcript}
+    if route.password and route.password in str(out):   # never echo the route's password
+        out["transcript"], out["result"] = [], "output withheld: it contained the route's password"
+    return ok(out)
 
 
 NAME = Param("name", where="path", required=True)

@@ -63,3 +63,33 @@ async def test_routes_dkim_and_no_secrets_anywhere(tmp_path):
         for path in ("/api/v1/routes/m365", "/api/v1/webhooks/crm/deliveries"):
             st, body = await api.call("GET", path)
             assert st == 200 and not any(s in str(body) for s in secrets)
+
+
+async def test_route_smtp_test_action(tmp_path):
+    from tests.peers.ports import free_port
+    from tests.peers.sink import Sink
+
+    sink = await Sink(users={"relay@org.test": ROUTE_PW}, auth_require_tls=False).start()
+    routes = [{"name": "good", "host": "127.0.0.1", "port": sink.port, "tls": "none", "username": "relay@org.test",
+               "password": ROUTE_PW},
+              {"name": "badpw", "host": "127.0.0.1", "port": sink.port, "tls": "none",
+               "username": "relay@org.test", "password": "wrong-" + ROUTE_PW},
+              {"name": "closed", "host": "127.0.0.1", "port": free_port(), "tls": "none"}]
+    try:
+        async with running(tmp_path, routes=routes, delivery={"connect_timeout": "2s"}) as (app, api):
+            st, body = await api.call("POST", "/api/v1/routes/good/test")
+            assert st == 200 and body["ok"] and body["result"].startswith("OK"), body
+            assert any("235" in str(t.get("line", t)) for t in body["transcript"])
+            st, body = await api.call("POST", "/api/v1/routes/badpw/test")
+            assert st == 200 and not body["ok"] and body["result"].startswith("535"), body
+            st, body = await api.call("POST", "/api/v1/routes/closed/test")
+            assert st == 200 and not body["ok"]
+            assert (await api.call("POST", "/api/v1/routes/nope/test"))[0] == 404
+            assert ROUTE_PW not in str(body)
+            import base64
+            for name in ("good", "badpw"):
+                st, body = await api.call("POST", f"/api/v1/routes/{name}/test")
+                text = str(body)
+                assert ROUTE_PW not in text and base64.b64encode(ROUTE_PW.encode()).decode() not in text
+    finally:
+        await sink.stop()
