@@ -136,13 +136,16 @@ class IntakeHandler:
 class RelaySMTP(SMTP):
     """aiosmtpd's SMTP with strict address parsing, limits, timeouts with 421, and a fast DATA reader."""
 
-    def __init__(self, handler: IntakeHandler, cfg: SMTPConfig, state: ListenerState, **kw: Any):
+    def __init__(self, handler: IntakeHandler, cfg: SMTPConfig, state: ListenerState, *,
+                 implicit_tls: bool = False, **kw: Any):
         self.cfg = cfg
         self.state = state
         self._counted_ip: str | None = None
+        self._implicit_tls = implicit_tls
+        # on an implicit-TLS listener the whole session is encrypted: AUTH needs no STARTTLS first
         super().__init__(handler, data_size_limit=cfg.max_message_size, enable_SMTPUTF8=True,
                          decode_data=False, hostname=cfg.hostname, ident="relaybox",
-                         timeout=cfg.idle_timeout, auth_require_tls=cfg.require_tls_for_auth,
+                         timeout=cfg.idle_timeout, auth_require_tls=cfg.require_tls_for_auth and not implicit_tls,
                          auth_required=False, authenticator=self._check_credentials,
                          auth_exclude_mechanism=["CRAM-MD5"], **kw)
 
@@ -162,6 +165,8 @@ class RelaySMTP(SMTP):
             SMTP_REJECTED.labels("too_many_sessions").inc()
             await self._refuse("421 4.3.2 Too many connections from your address")
             return
+        if self._implicit_tls and self.session is not None and self.transport is not None:
+            self.session.ssl = self.transport.get_extra_info("ssl_object")   # Received: ... with ESMTPS
         st.sessions += 1
         st.per_ip[ip] = st.per_ip.get(ip, 0) + 1
         self._counted_ip = ip
@@ -393,7 +398,7 @@ class Listener:
 
     def _factory(self, implicit_tls: bool):
         def make():
-            return RelaySMTP(self.handler, self.cfg, self.state,
+            return RelaySMTP(self.handler, self.cfg, self.state, implicit_tls=implicit_tls,
                              tls_context=None if implicit_tls else self.tls_context)
         return make
 

@@ -23,6 +23,7 @@ from relay.db import Database
 from relay.listener import Listener
 from relay.policy import Policy, hash_password, seed
 from relay.queue import Spool
+from relaybox import lifecycle, logs
 from relaybox.settings import Settings, load
 
 log = logging.getLogger("relaybox")
@@ -74,6 +75,7 @@ class App:
         self.admin: Any = None
         self.lock: Any = None
         self.stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
         self.started_at = time.time()
 
     # ---- start -----------------------------------------------------------------------------------
@@ -93,7 +95,21 @@ class App:
                                  rcpt_hook=self._bounce_rcpt_hook())
         await self.listener.start()
         await self._start_optional()
+        self._tasks.append(asyncio.get_running_loop().create_task(self._retention_loop()))
         log.info("relaybox started (pid %d, database %s)", os.getpid(), rc.storage.path)
+        lifecycle.ready(f"accepting mail on {', '.join(f'{h}:{p}' for h, p in self.listener.bound)}")
+
+    async def _retention_loop(self, every: float = 3600.0) -> None:
+        """Prune finished messages in small batches: bodies after storage.body_days, metadata after
+        storage.meta_days. Small batches keep each write transaction short (intake never waits long)."""
+        st = self.settings.relay.storage
+        while True:
+            try:
+                while await self.spool.prune(st.body_days, st.meta_days, batch=500):
+                    await asyncio.sleep(0.2)
+            except Exception:  # noqa: BLE001 - retention must never take the relay down
+                log.exception("retention pass failed; will retry")
+            await asyncio.sleep(every)
 
     def _bounce_rcpt_hook(self):
         verp = _optional("relay.verp")
@@ -148,6 +164,9 @@ class App:
         return 0
 
     async def stop(self, timeout: float = 30.0) -> None:
+        lifecycle.stopping()
+        for task in self._tasks:
+            task.cancel()
         if self.listener is not None:
             await self.listener.drain(timeout)
         for comp in (self.admin, self.poller, self.scheduler):
@@ -164,11 +183,14 @@ class App:
 
     async def reload(self) -> None:
         """SIGHUP: re-read the config file and apply what can change without a restart."""
+        lifecycle.reloading()
         try:
             new = load(self.settings.path)
         except Exception as exc:  # noqa: BLE001 - a bad edit must not kill a running relay
             log.error("reload failed, keeping the running config: %s", exc)
+            lifecycle.ready("reload failed; running with the previous config")
             return
+        logs.register_settings_secrets(new)
         old_smtp = self.settings.relay.smtp
         changed = []
         if list(new.relay.smtp.allowlist) != list(old_smtp.allowlist):
@@ -180,7 +202,7 @@ class App:
         await self.apply_seeds()
         await self.policy.refresh()
         if new.log.level != self.settings.log.level:
-            logging.getLogger().setLevel(new.log.level.upper())
+            logs.set_level(new.log.level)
             changed.append("log.level")
         self.settings.log = new.log
         reloader = getattr(self.scheduler, "reload", None)
@@ -188,6 +210,7 @@ class App:
             await reloader(new.relay)
             changed.append("routes/dkim")
         log.info("reloaded config: %s", ", ".join(changed) if changed else "nothing changed")
+        lifecycle.ready("reloaded")
 
 
 def run(settings: Settings) -> int:

@@ -64,3 +64,41 @@ def test_sigterm_drains_session_in_data_and_exits_0(tmp_path):
     assert relay.proc.wait(30) == 0
     with sqlite3.connect(relay.db_path) as c:
         assert c.execute("SELECT COUNT(*) FROM messages WHERE subject='in flight'").fetchone()[0] == 1
+
+
+def test_sighup_reloads_allowlist_seed_and_implicit_tls(tmp_path):
+    from tests.peers.certs import make_cert
+    from tests.peers.relaybox_proc import write_config
+
+    cert, key = make_cert(str(tmp_path / "tls"))
+    tls_port = free_port()
+    relay = RelayboxProcess(str(tmp_path), {
+        "smtp": {"implicit_tls_listen": [f"127.0.0.1:{tls_port}"]},
+        "smtp.tls": {"cert_file": cert, "key_file": key},
+    }).start()
+    try:
+        s = smtplib.SMTP("127.0.0.1", relay.smtp_port, source_address=("127.0.0.5", 0), timeout=10)
+        s.ehlo("t")
+        s.mail("app@org.test")
+        assert s.rcpt("a@example.test")[0] == 550
+        s.quit()
+        relay.sections["smtp"]["allowlist"] = ["127.0.0.1/32", "::1/128", "127.0.0.5/32"]
+        write_config(relay.config_path, relay.sections)
+        relay.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "reloaded config: allowlist" not in relay.log():
+            assert time.monotonic() < deadline, relay.log()
+            time.sleep(0.1)
+        s = smtplib.SMTP("127.0.0.1", relay.smtp_port, source_address=("127.0.0.5", 0), timeout=10)
+        s.ehlo("t")
+        s.mail("app@org.test")
+        assert s.rcpt("a@example.test")[0] == 250
+        s.quit()
+        import ssl
+        t = smtplib.SMTP_SSL("127.0.0.1", tls_port, context=ssl._create_unverified_context(), timeout=10)
+        t.ehlo("t")
+        assert "starttls" not in t.esmtp_features and "auth" in t.esmtp_features
+        assert t.sendmail("app@org.test", ["a@example.test"], b"Subject: 465\r\n\r\nx\r\n") == {}
+        t.quit()
+    finally:
+        assert relay.stop() == 0

@@ -30,6 +30,9 @@ def cmd_run(args) -> int:
             print(f"config error: {p}", file=sys.stderr)
         return 2
     _setup_logging(args.log_level or settings.log.level, args.log_format or settings.log.format)
+    from relaybox.logs import register_settings_secrets
+
+    register_settings_secrets(settings)   # every password/secret/token of the config is masked in logs
     try:
         return run(settings)
     except Exception as exc:  # noqa: BLE001 - turn start-up failures into one clear line
