@@ -31,6 +31,7 @@ bench: venv peers
 	$(BIN)/python bench/delivery.py
 	$(BIN)/python bench/bounces.py
 	$(BIN)/python bench/poller.py
+	$(BIN)/python bench/backup.py
 
 clean:
 	rm -rf $(VENV) var
