@@ -109,8 +109,35 @@ async def auth_middleware(request: web.Request, handler) -> web.StreamResponse:
     return await handler(request)
 
 
+def check_query(route: Route, query) -> None:
+    """What the OpenAPI document promises about query parameters holds for every route: enums, integer
+    bounds, booleans and required ones are checked here, before the handler runs (400 otherwise)."""
+    for p in route.params:
+        if p.where != "query":
+            continue
+        raw = query.get(p.name)
+        if raw is None or raw == "":
+            if p.required:
+                raise ApiError(400, "bad_request", f"{p.name}: required")
+            continue
+        if p.enum is not None and raw not in p.enum:
+            raise ApiError(400, "bad_request", f"{p.name}: expected one of {', '.join(p.enum) or '(empty)'}")
+        if p.type == "integer":
+            try:
+                v = int(raw)
+            except ValueError:
+                raise ApiError(400, "bad_request", f"{p.name}: expected an integer") from None
+            if (p.minimum is not None and v < p.minimum) or (p.maximum is not None and v > p.maximum):
+                raise ApiError(400, "bad_request", f"{p.name}: expected {p.minimum}..{p.maximum}")
+        if p.type == "boolean" and raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise ApiError(400, "bad_request", f"{p.name}: expected true or false")
+        if p.min_length is not None and len(raw) < p.min_length:
+            raise ApiError(400, "bad_request", f"{p.name}: at least {p.min_length} characters")
+
+
 def _wrap(route: Route):
     async def handler(request: web.Request) -> web.StreamResponse:
+        check_query(route, request.query)
         return await route.handler(request)
 
     handler.__route__ = route  # type: ignore[attr-defined]

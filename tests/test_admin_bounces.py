@@ -84,9 +84,9 @@ async def test_bounces_and_suppressions(tmp_path):
                                                                          "cursor": body["next_cursor"]})
         assert len(rest["items"]) == 1 and rest["next_cursor"] is None
         assert {e["address"] for e in body["items"] + rest["items"]} == {f"opt{i}@out.test" for i in range(3)}
-        st, exp = await api.call("GET", "/api/v1/suppressions/export")
+        st, exp = await api.call("GET", "/api/v1/export/suppressions")
         assert len(exp["items"]) == 4
-        st, csv_bytes = await api.call("GET", "/api/v1/suppressions/export.csv")
+        st, csv_bytes = await api.call("GET", "/api/v1/export/suppressions.csv")
         lines = csv_bytes.decode().splitlines()
         assert lines[0].startswith("address,reason,kind") and len(lines) == 5
         assert (await api.call("DELETE", "/api/v1/suppressions/opt0@out.test"))[0] == 200
