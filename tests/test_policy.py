@@ -1,0 +1,46 @@
+"""Allowlist and AUTH users: CIDR matching (IPv4, IPv6, mapped), scrypt hashes, config seeds."""
+
+import pytest
+
+from relay import policy
+from relay.db import Database
+
+
+def test_cidr_matching_ipv4_ipv6_and_mapped():
+    p = policy.Policy()
+    p.set_snapshot(["10.0.0.0/8", "2001:db8::/32", "127.0.0.1"], {})
+    assert p.ip_allowed("10.1.2.3") and p.ip_allowed("2001:db8::25") and p.ip_allowed("127.0.0.1")
+    assert p.ip_allowed("::ffff:10.9.9.9")          # IPv4-mapped IPv6 peer
+    assert not p.ip_allowed("11.0.0.1") and not p.ip_allowed("2001:db9::1") and not p.ip_allowed("127.0.0.2")
+    assert not p.ip_allowed("not-an-ip")
+
+
+def test_default_deny():
+    assert not policy.Policy().ip_allowed("127.0.0.1")
+
+
+def test_passwords_are_hashed_and_verified():
+    h = policy.hash_password("pw one")
+    assert h.startswith("scrypt$") and "pw one" not in h
+    assert policy.verify_password("pw one", h) and not policy.verify_password("pw two", h)
+    p = policy.Policy()
+    p.set_snapshot([], {"app": h})
+    assert p.check_login("app", "pw one") and p.check_login("app", "pw one")   # second hit is cached
+    assert not p.check_login("app", "nope") and not p.check_login("ghost", "pw one")
+
+
+def test_bad_cidr_is_a_clear_error():
+    with pytest.raises(ValueError, match="not an IP network: '10.0.0.300/8'"):
+        policy.parse_cidr("10.0.0.300/8")
+
+
+def test_config_seed_follows_config_but_keeps_api_entries(tmp_path):
+    db = Database(str(tmp_path / "p.db")).open()
+    db.write_sync(lambda c: policy.seed(c, ["127.0.0.1/32", "10.0.0.0/8"], []))
+    db.write_sync(lambda c: policy.allowlist_add(c, "192.0.2.0/24", "app servers", "api"))
+    db.write_sync(lambda c: policy.seed(c, ["127.0.0.1/32"], [("u", policy.hash_password("x"))]))
+    rows = {r["cidr"]: r["source"] for r in db.read_sync(policy.allowlist_list)}
+    assert rows == {"127.0.0.1/32": "config", "192.0.2.0/24": "api"}
+    users = db.read_sync(policy.user_list)
+    assert [u["username"] for u in users] == ["u"] and "password_hash" not in users[0]
+    db.close()
