@@ -169,9 +169,24 @@ class Dispatcher:
         done = 0
         for row in rows:
             status, error = await self._post(hook, row)
-            await self.db.write(lambda c, r=row, s=status, e=error: self._record(c, hook, r, s, e))
+            nxt = await self.db.write(lambda c, r=row, s=status, e=error: self._record(c, hook, r, s, e))
             done += 1
+            if error is not None:
+                # the endpoint is failing: the rest waits with this one instead of each costing a timeout
+                await self.db.write(lambda c, t=nxt: self._postpone(c, hook, t))
+                break
         return done
+
+    def _postpone(self, conn: sqlite3.Connection, hook: WebhookConfig, until: float) -> None:
+        now = time.time()
+        conn.execute("UPDATE webhook_deliveries SET next_attempt_at=?, updated_at=? WHERE endpoint=?"
+                     " AND state='pending' AND next_attempt_at < ?", (until, now, hook.name, until))
+        n = conn.execute("UPDATE webhook_deliveries SET state='failed', last_error=COALESCE(last_error, '')"
+                         " || ' (expired after max_age)', updated_at=? WHERE endpoint=? AND state='pending'"
+                         " AND created_at < ?", (now, hook.name, now - float(hook.max_age))).rowcount
+        if n:
+            conn.execute("UPDATE webhook_endpoints SET failed=failed+? WHERE name=?", (n, hook.name))
+            WEBHOOK_DELIVERIES.labels(hook.name, "failed").inc(n)
 
     async def _post(self, hook: WebhookConfig, row: dict) -> tuple[int | None, str | None]:
         assert self._session is not None
@@ -193,7 +208,8 @@ class Dispatcher:
             return None, f"{type(exc).__name__}: {exc}"[:300]
 
     def _record(self, conn: sqlite3.Connection, hook: WebhookConfig, row: dict, status: int | None,
-                error: str | None) -> None:
+                error: str | None) -> float:
+        """Store one POST's outcome; returns the row's next attempt time (now when delivered)."""
         now = time.time()
         attempts = row["attempts"] + 1
         if error is None:
@@ -202,7 +218,7 @@ class Dispatcher:
             conn.execute("UPDATE webhook_endpoints SET last_success_at=?, consecutive_failures=0,"
                          " delivered=delivered+1 WHERE name=?", (now, hook.name))
             WEBHOOK_DELIVERIES.labels(hook.name, "delivered").inc()
-            return
+            return now
         nxt = now + next_delay(hook, attempts)
         give_up = nxt - row["created_at"] > float(hook.max_age)
         conn.execute("UPDATE webhook_deliveries SET state=?, attempts=?, next_attempt_at=?, last_status=?,"
@@ -215,6 +231,7 @@ class Dispatcher:
         if give_up:
             log.warning("webhook %s: gave up on event %s after %d attempts: %s", hook.name, row["event_id"],
                         attempts, error)
+        return nxt
 
 
 def endpoint_status(conn: sqlite3.Connection, hooks: list[WebhookConfig]) -> list[dict[str, Any]]:
