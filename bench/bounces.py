@@ -54,9 +54,44 @@ def flufl_only(raw: bytes) -> tuple[str, list[dict]]:
     return ("bounce" if got else "unknown"), got
 
 
+def _score_nonbounce(t: dict, row: dict, category: str, misses: list) -> None:
+    t["nonbounce"] += 1
+    want = {"vacation": "autoreply", "not-bounce": "unknown"}.get(row["category"], row["category"])
+    t["category_ok"] += category == want
+    if category == "bounce":
+        t["false_bounce"] += 1
+        t["false_files"].append(row["file"])
+        misses.append((row["file"], "false bounce", row["category"]))
+
+
+def _score_recipient(t: dict, name: str, exp: dict, got: list[dict], misses: list) -> None:
+    t["rcpt"] += 1
+    g = _match(exp, got)
+    if g is None:
+        misses.append((name, "recipient", exp["address"], [x["address"] for x in got]))
+        return
+    t["found"] += 1
+    diag = g.get("diagnostic", "")[:200]
+    if g["status"] in exp["accept_status"]:
+        t["status"] += 1
+    else:
+        misses.append((name, "status", g["status"], exp["accept_status"], diag))
+    if g["reason"] in exp["accept_reason"]:
+        t["reason"] += 1
+    else:
+        misses.append((name, "reason", g["reason"], exp["accept_reason"], diag))
+    if exp.get("accept_kind"):
+        t["kind_n"] += 1
+        if g["kind"] in exp["accept_kind"]:
+            t["kind"] += 1
+        else:
+            misses.append((name, "kind", g["kind"], exp["accept_kind"], g["reason"]))
+
+
 def measure(corpus: str, fn, misses: list | None = None) -> dict:
     t = {"rcpt": 0, "found": 0, "status": 0, "reason": 0, "kind_n": 0, "kind": 0, "nonbounce": 0,
          "false_bounce": 0, "category_ok": 0, "false_files": [], "crashes": 0, "messages": 0, "seconds": 0.0}
+    misses = misses if misses is not None else []
     for row in load_expected(corpus):
         with open(os.path.join(corpus, row["file"]), "rb") as fh:
             raw = fh.read()
@@ -66,43 +101,15 @@ def measure(corpus: str, fn, misses: list | None = None) -> dict:
             category, got = fn(raw)
         except Exception as exc:  # noqa: BLE001
             t["crashes"] += 1
-            if misses is not None:
-                misses.append((row["file"], "crash", repr(exc)))
+            misses.append((row["file"], "crash", repr(exc)))
             continue
         finally:
             t["seconds"] += time.perf_counter() - start
         if row["category"] in NON_BOUNCE:
-            t["nonbounce"] += 1
-            want = {"vacation": "autoreply", "not-bounce": "unknown"}.get(row["category"], row["category"])
-            t["category_ok"] += category == want
-            if category == "bounce":
-                t["false_bounce"] += 1
-                t["false_files"].append(row["file"])
-                if misses is not None:
-                    misses.append((row["file"], "false bounce", row["category"]))
+            _score_nonbounce(t, row, category, misses)
             continue
         for exp in row["recipients"]:
-            t["rcpt"] += 1
-            g = _match(exp, got)
-            if g is None:
-                if misses is not None:
-                    misses.append((row["file"], "recipient", exp["address"], [x["address"] for x in got]))
-                continue
-            t["found"] += 1
-            if g["status"] in exp["accept_status"]:
-                t["status"] += 1
-            elif misses is not None:
-                misses.append((row["file"], "status", g["status"], exp["accept_status"], g.get("diagnostic", "")[:160]))
-            if g["reason"] in exp["accept_reason"]:
-                t["reason"] += 1
-            elif misses is not None:
-                misses.append((row["file"], "reason", g["reason"], exp["accept_reason"], g.get("diagnostic", "")[:200]))
-            if exp.get("accept_kind"):
-                t["kind_n"] += 1
-                if g["kind"] in exp["accept_kind"]:
-                    t["kind"] += 1
-                elif misses is not None:
-                    misses.append((row["file"], "kind", g["kind"], exp["accept_kind"], g["reason"]))
+            _score_recipient(t, row["file"], exp, got, misses)
     return t
 
 

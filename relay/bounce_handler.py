@@ -93,7 +93,8 @@ def _message_ids(conn, parsed: Parsed) -> tuple[list[str], str]:
 def _recipient_in(conn, message_ids: list[str], address: str) -> sqlite3.Row | None:
     for mid in message_ids:
         row = conn.execute("SELECT id, message_id, address, status FROM recipients WHERE message_id=?"
-                           " AND lower(address)=? ORDER BY id DESC LIMIT 1", (mid, address.lower())).fetchone()
+                           " AND lower(address)=? ORDER BY id DESC LIMIT 1",
+                           (mid, address.lower())).fetchone()
         if row:
             return row
     return None
@@ -125,8 +126,8 @@ def _mark_bounced(conn, now: float, rcpt_row, r: Recipient, bounce_id: int, sour
                             (rcpt_row["id"],)).fetchone()
         if prev and prev["last_enhanced"] == (r.status or None) and prev["last_text"] == text:
             return False          # the same report twice (re-fetched, duplicated): one event is enough
-    conn.execute("UPDATE recipients SET status='bounced', reason=?, last_code=?, last_enhanced=?, last_text=?,"
-                 " leased_until=NULL, lease_owner=NULL, updated_at=? WHERE id=?",
+    conn.execute("UPDATE recipients SET status='bounced', reason=?, last_code=?, last_enhanced=?,"
+                 " last_text=?, leased_until=NULL, lease_owner=NULL, updated_at=? WHERE id=?",
                  (r.reason, code, r.status or None, text, now, rcpt_row["id"]))
     add_event(conn, now, rcpt_row["message_id"], rcpt_row["id"], "bounced", "bounce", r.reason,
               {"status": r.status, "replycode": r.replycode, "diagnostic": r.diagnostic[:1000],

@@ -41,7 +41,8 @@ def get(conn: sqlite3.Connection, address: str, now: float | None = None) -> dic
 
 
 def is_suppressed(conn: sqlite3.Connection, address: str, now: float | None = None) -> bool:
-    return conn.execute("SELECT 1 FROM suppressions WHERE address=? AND (expires_at IS NULL OR expires_at > ?)",
+    return conn.execute("SELECT 1 FROM suppressions WHERE address=?"
+                        " AND (expires_at IS NULL OR expires_at > ?)",
                         (normalize(address), _now(now))).fetchone() is not None
 
 
@@ -95,8 +96,8 @@ def search(conn: sqlite3.Connection, text: str, *, now: float | None = None, lim
 
 def export(conn: sqlite3.Connection, *, now: float | None = None) -> list[dict[str, Any]]:
     """Every active entry, ordered by address (for backups and for loading into another system)."""
-    rows = conn.execute("SELECT * FROM suppressions WHERE expires_at IS NULL OR expires_at > ? ORDER BY address",
-                        (_now(now),)).fetchall()
+    rows = conn.execute("SELECT * FROM suppressions WHERE expires_at IS NULL OR expires_at > ?"
+                        " ORDER BY address", (_now(now),)).fetchall()
     return [_row(r) for r in rows]  # type: ignore[misc]
 
 
@@ -122,7 +123,8 @@ def apply_bounce(conn: sqlite3.Connection, address: str, reason: str, kind: str,
             expires_at=(now + hard_for) if hard_for > 0 else None)
         return "suppressed"
     if soft_count(conn, address, now - soft_window) >= soft_limit:
-        add(conn, address, reason, "soft", "bounce", now=now, bounce_id=bounce_id, expires_at=now + soft_window,
+        add(conn, address, reason, "soft", "bounce", now=now, bounce_id=bounce_id,
+            expires_at=now + soft_window,
             note=f"{soft_limit} soft bounces within {soft_window / 86400:g} days")
         return "suppressed"
     return "counted"

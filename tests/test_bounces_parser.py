@@ -123,7 +123,8 @@ Message-ID: <m1@relay.example>
 @pytest.mark.parametrize("text, reason, hard", [
     ("550 5.1.1 The email account that you tried to reach does not exist", "userunknown", True),
     ("552 5.2.2 The email account that you tried to reach is over quota", "mailboxfull", False),
-    ("550 5.7.1 Service unavailable; Client host [192.0.2.1] blocked using zen.spamhaus.org", "blocked", False),
+    ("550 5.7.1 Service unavailable; Client host [192.0.2.1] blocked using zen.spamhaus.org", "blocked",
+     False),
     ("554 5.7.1 Message rejected as spam by Content Filtering", "spamdetected", False),
     ("552 5.3.4 Message size exceeds fixed limit", "mesgtoobig", False),
     ("Host or domain name not found. Name service error for name=nx.example type=A", "hostunknown", True),
@@ -202,7 +203,8 @@ def test_ordinary_mail_is_unknown():
     b"\x00\xff" * 5000,
     bytes(random.Random(7).getrandbits(8) for _ in range(200_000)),
     b"From: MAILER-DAEMON@x\nContent-Type: multipart/report; boundary=\"\n\n--\n",
-    b"Content-Type: multipart/mixed; boundary=a\n\n" + b"--a\nContent-Type: multipart/mixed; boundary=a\n\n" * 5000,
+    b"Content-Type: multipart/mixed; boundary=a\n\n"
+    + b"--a\nContent-Type: multipart/mixed; boundary=a\n\n" * 5000,
     "From: postmaster@x.example\nSubject: Undeliverable\n\n\u00e9\udcff".encode("utf-8", "surrogateescape"),
 ])
 def test_junk_never_crashes(raw):

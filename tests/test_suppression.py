@@ -95,7 +95,8 @@ def test_add_remove_list_search_export_and_expiry(db):
     assert r(lambda c: suppression.is_suppressed(c, "eve@example.org", now=T0 + 3650 * DAY))
     listed = r(lambda c: suppression.list_entries(c, now=T0 + 100))
     assert [e["address"] for e in listed] == ["eve@example.org", "bob@example.net"]
-    assert [e["address"] for e in r(lambda c: suppression.search(c, "EXAMPLE.NET", now=T0))] == ["bob@example.net"]
+    found = r(lambda c: suppression.search(c, "EXAMPLE.NET", now=T0))
+    assert [e["address"] for e in found] == ["bob@example.net"]
     assert [e["address"] for e in r(lambda c: suppression.search(c, "%", now=T0))] == []
     assert [e["address"] for e in r(lambda c: suppression.export(c, now=T0 + 100))] == [
         "bob@example.net", "eve@example.org"]
@@ -157,8 +158,10 @@ async def test_verp_bounce_marks_delivered_recipient_bounced_and_suppresses(db, 
     db2 = Database(str(tmp_path / "relay.db")).open()
     try:
         entry = db2.read_sync(lambda c: suppression.get(c, "bob@example.net"))
-        assert entry["kind"] == "hard" and entry["expires_at"] - entry["created_at"] == pytest.approx(30 * DAY)
-        rows = db2.read_sync(lambda c: c.execute("SELECT * FROM bounces WHERE recipient_id=?", (rid,)).fetchall())
+        assert entry["kind"] == "hard"
+        assert entry["expires_at"] - entry["created_at"] == pytest.approx(30 * DAY)
+        rows = db2.read_sync(lambda c: c.execute("SELECT * FROM bounces WHERE recipient_id=?",
+                                                 (rid,)).fetchall())
         assert len(rows) == 2 and rows[0]["correlation"] == "verp" and rows[0]["source"] == "smtp"
     finally:
         db2.close()
@@ -191,7 +194,8 @@ async def test_header_correlation_without_verp(db):
     out = await sink(_dsn("bob@example.net", headers="\nMessage-ID: <m1@relay.example>"))
     assert out.correlation == "message-id"
     assert _recipient(db, ids["bob@example.net"])["status"] == "bounced"
-    ref = db.read_sync(lambda c: c.execute("SELECT raw_ref, source FROM bounces ORDER BY id LIMIT 1").fetchone())
+    ref = db.read_sync(lambda c: c.execute("SELECT raw_ref, source FROM bounces ORDER BY id LIMIT 1")
+                       .fetchone())
     assert tuple(ref) == ("imap:bounces/17", "channel")
 
 
@@ -253,7 +257,8 @@ async def test_junk_is_kept_unparsed_with_reason(db):
 async def test_synchronous_rejection_at_delivery_counts_for_suppression(db):
     qid, ids = await _enqueue(db)
     rid = ids["bob@example.net"]
-    parsed = bounce_handler.from_reply("bob@example.net", 550, "5.1.1", "5.1.1 <bob@example.net>: no such user")
+    parsed = bounce_handler.from_reply("bob@example.net", 550, "5.1.1",
+                                       "5.1.1 <bob@example.net>: no such user")
     assert (parsed.recipients[0].reason, parsed.recipients[0].kind) == ("userunknown", "hard")
     out = db.write_sync(lambda c: bounce_handler.record_bounce(
         c, parsed, source="delivery", target=verp.VerpTarget(qid, rid), settings=CFG))
@@ -267,7 +272,8 @@ def test_suppressions_cli_round_trip(tmp_path, capsys):
     from relaybox.cli import main
 
     path = str(tmp_path / "cli.db")
-    assert main(["suppressions", "add", "Dan@Example.com", "--expires", "30d", "--note", "asked", "--db", path]) == 0
+    assert main(["suppressions", "add", "Dan@Example.com", "--expires", "30d", "--note", "asked",
+                 "--db", path]) == 0
     assert main(["suppressions", "add", "x@example.com", "--expires", "soon", "--db", path]) == 2
     assert main(["suppressions", "list", "--json", "--db", path]) == 0
     out = capsys.readouterr().out.strip().splitlines()[-1]
@@ -279,4 +285,5 @@ def test_suppressions_cli_round_trip(tmp_path, capsys):
     assert main(["suppressions", "remove", "dan@example.com", "--db", path]) == 1
     capsys.readouterr()
     assert main(["suppressions", "export", "--db", path]) == 0
-    assert capsys.readouterr().out.strip() == "address,reason,kind,source,created_at,expires_at,note,bounce_id"
+    header = "address,reason,kind,source,created_at,expires_at,note,bounce_id"
+    assert capsys.readouterr().out.strip() == header

@@ -30,7 +30,8 @@ _BOUNCE_SUBJECT = re.compile(
 
 _REPLY_LINE = re.compile(r"^\s*[45]\d\d[ -]", re.M)
 _BOUNCE_TEXT = re.compile(
-    r"requested action not taken|could not be delivered|undeliverable|was not delivered|permanent (?:error|failure)|"
+    r"requested action not taken|could not be delivered|undeliverable|was not delivered|"
+    r"permanent (?:error|failure)|"
     r"delivery (?:has )?failed|failed to deliver|unable to deliver|did not reach|rejected your message|"
     r"no such user|user unknown|invalid (?:user|recipient)", re.I)
 
@@ -80,7 +81,8 @@ def is_unsubscribe(msg: Message) -> bool:
 
 def complaint_subject(msg: Message) -> bool:
     """Non-ARF complaint loops (e.g. Microsoft JMRP) mail the complained message with such a subject."""
-    return bool(re.search(r"complaint about message|abuse report|spam report|junk report", subject(msg), re.I))
+    return bool(re.search(r"complaint about message|abuse report|spam report|"
+                          r"junk report", subject(msg), re.I))
 
 
 def is_autoreply(msg: Message) -> bool:

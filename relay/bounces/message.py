@@ -140,50 +140,49 @@ def body_text(raw: bytes) -> str:
     return raw[pos: pos + MAX_TEXT * 4].decode("utf-8", errors="replace")
 
 
+def _add_notice(out: Pieces, text: str) -> None:
+    notice, returned = split_notice(text)
+    out.notice.append(notice)
+    if returned and not out.returned:
+        out.returned = returned
+
+
+def _visit(out: Pieces, part: Message, top: bool, html: list[str]) -> list[Message]:
+    """Take what one part offers; returns its sub-parts to visit (the returned message is not entered)."""
+    ctype = part.get_content_type()
+    if ctype in _STATUS_TYPES:
+        out.status.append(_payload_text(part))
+    elif ctype == _FEEDBACK_TYPE:
+        out.feedback = _payload_text(part)
+    elif ctype in _RETURNED_TYPES:
+        out.returned = out.returned or _headers_text(part)
+    elif part.is_multipart():
+        payload = part.get_payload()
+        return [p for p in payload if isinstance(p, Message)] if isinstance(payload, list) else []
+    elif part.get_content_maintype() == "text" and (
+            top or not (part.get("Content-Disposition") or "").lower().startswith("attachment")):
+        text = decode_text(part)
+        if ctype == "text/html":
+            html.append(html_to_text(text))
+        else:
+            _add_notice(out, text)
+    return []
+
+
 def pieces(msg: Message) -> Pieces:
     out = Pieces(headers=msg, content_type=msg.get_content_type(),
                  report_type=(msg.get_param("report-type") or "").lower() if msg.is_multipart() else "")
     html: list[str] = []
-    stack: list[tuple[Message, bool]] = [(msg, False)]
+    queue: list[Message] = [msg]
     seen = 0
-    while stack:
-        part, inside_returned = stack.pop(0)
+    while queue:
+        part = queue.pop(0)
         seen += 1
         if seen > MAX_PARTS:
             out.problems.append(f"more than {MAX_PARTS} MIME parts; the rest ignored")
             break
-        ctype = part.get_content_type()
-        if ctype in _STATUS_TYPES and not inside_returned:
-            out.status.append(_payload_text(part))
-            continue
-        if ctype == _FEEDBACK_TYPE and not inside_returned:
-            out.feedback = _payload_text(part)
-            continue
-        if ctype in _RETURNED_TYPES:
-            if not out.returned:
-                out.returned = _headers_text(part)
-            continue
-        if part.is_multipart() and part is not msg or (part is msg and part.is_multipart()):
-            payload = part.get_payload()
-            if isinstance(payload, list):
-                stack[0:0] = [(p, inside_returned) for p in payload if isinstance(p, Message)]
-            continue
-        if part.get_content_maintype() != "text" or inside_returned:
-            continue
-        if (part.get("Content-Disposition") or "").lower().startswith("attachment") and part is not msg:
-            continue
-        text = decode_text(part)
-        if ctype == "text/html":
-            html.append(html_to_text(text))
-            continue
-        notice, returned = split_notice(text)
-        out.notice.append(notice)
-        if returned and not out.returned:
-            out.returned = returned
-    if not any(t.strip() for t in out.notice) and html:
-        for text in html:
-            notice, returned = split_notice(text)
-            out.notice.append(notice)
-            if returned and not out.returned:
-                out.returned = returned
+        queue[0:0] = _visit(out, part, part is msg, html)
+    if not any(t.strip() for t in out.notice):
+        for text in html:           # HTML-only notices
+            _add_notice(out, text)
     return out

@@ -24,7 +24,8 @@ _REMOTE = re.compile(r"(?:host|server|mta|mx)\s+\[?((?:[a-z0-9-]+\.)+[a-z]{2,}|\
 _RELAYBOX_ID = re.compile(rb"X-Relaybox-ID:[ \t]*([A-Za-z0-9._-]{1,64})", re.I)
 _MSGID = re.compile(r"^Message-I[dD]:[ \t]*(<[^>\s]{1,250}>)", re.M)
 _TEMPORARY = re.compile(r"temporary failure|will (?:keep )?try(?:ing)? again|"
-                        r"temporarily (?:deferred|unavailable)|this is only a temporary|has been delayed", re.I)
+                        r"temporarily (?:deferred|unavailable)|this is only a temporary|"
+                        r"has been delayed", re.I)
 MAX_RECIPIENTS = 200       # per report; more is an abuse, not a bounce
 _DONE_ACTIONS = {"delivered", "relayed", "expanded"}
 
@@ -77,29 +78,10 @@ def _parse(raw: bytes) -> Parsed:
     msg = message.load(raw)
     pcs = message.pieces(msg)
     text = pcs.notice_text()
-    if pcs.feedback or pcs.report_type == "feedback-report":
-        return _feedback(pcs, text)
-    if pcs.returned and kinds.complaint_subject(msg) and not kinds.looks_like_bounce(msg, text):
-        return _feedback(pcs, text)
-    if kinds.is_unsubscribe(msg):
-        sender = kinds.header_addresses(msg, "From")
-        return Parsed("feedback", [Recipient(address=a, reason="feedback", diagnostic="unsubscribe request")
-                                   for a in sender[:1]], feedback_type="unsubscribe")
-    ses = sesjson.notification(text) if text.lstrip().startswith("{") else None
-    if ses is not None:
-        return _from_ses(ses)
-    entries = []
-    for status_text in pcs.status:
-        entries.extend(dsn.recipients(status_text))
-    if not entries and "recipient" in text.lower():
-        entries = dsn.recipients(text)
-    if not entries or not text.strip():
-        raw_text = message.body_text(raw)     # broken MIME: read the body as plain text
-        if not entries and "recipient" in raw_text.lower():
-            entries = dsn.recipients(raw_text)
-        if not text.strip():
-            text, returned = message.split_notice(raw_text)
-            pcs.returned = pcs.returned or returned
+    special = _not_a_bounce_report(msg, pcs, text)
+    if special is not None:
+        return special
+    entries, text = _dsn_entries(raw, pcs, text)
     if entries:
         return _from_dsn(msg, entries, text)
     strong = kinds.looks_like_bounce(msg, text) and not _null_sender_only(msg)
@@ -115,6 +97,37 @@ def _parse(raw: bytes) -> Parsed:
     if strong:
         return Parsed("unknown", problem="looks like a bounce but no failed recipient was found")
     return Parsed("unknown", problem="not a delivery report")
+
+
+def _not_a_bounce_report(msg, pcs: message.Pieces, text: str) -> Parsed | None:
+    """Complaints (ARF, non-ARF loops, unsubscribe requests) and SES JSON notifications."""
+    if pcs.feedback or pcs.report_type == "feedback-report":
+        return _feedback(pcs, text)
+    if pcs.returned and kinds.complaint_subject(msg) and not kinds.looks_like_bounce(msg, text):
+        return _feedback(pcs, text)
+    if kinds.is_unsubscribe(msg):
+        sender = kinds.header_addresses(msg, "From")
+        return Parsed("feedback", [Recipient(address=a, reason="feedback", diagnostic="unsubscribe request")
+                                   for a in sender[:1]], feedback_type="unsubscribe")
+    ses = sesjson.notification(text) if text.lstrip().startswith("{") else None
+    return _from_ses(ses) if ses is not None else None
+
+
+def _dsn_entries(raw: bytes, pcs: message.Pieces, text: str) -> tuple[list[dict], str]:
+    """DSN fields from the delivery-status parts, else from the text; with broken MIME from the raw body."""
+    entries = []
+    for status_text in pcs.status:
+        entries.extend(dsn.recipients(status_text))
+    if not entries and "recipient" in text.lower():
+        entries = dsn.recipients(text)
+    if not entries or not text.strip():
+        raw_text = message.body_text(raw)     # broken MIME: read the body as plain text
+        if not entries and "recipient" in raw_text.lower():
+            entries = dsn.recipients(raw_text)
+        if not text.strip():
+            text, returned = message.split_notice(raw_text)
+            pcs.returned = pcs.returned or returned
+    return entries, text
 
 
 def _null_sender_only(msg) -> bool:
@@ -163,7 +176,8 @@ def _from_dsn(msg, entries: list[dict], text: str) -> Parsed:
         from_text = notice.describe(seg, e["address"]) if seg else {}
         diag = e["diagnostic"] or from_text.get("diagnostic", "")
         status = e["status"]
-        if e["diag_status"] and (not status or _GENERIC_STATUS.match(status) or status[0] == e["diag_status"][0]):
+        diag_status = e["diag_status"]
+        if diag_status and (not status or _GENERIC_STATUS.match(status) or status[0] == diag_status[0]):
             status = e["diag_status"]
         if not e["diagnostic"] and (not status or _GENERIC_STATUS.match(status)):
             # no Diagnostic-Code: the notice text is the only precise evidence
@@ -205,7 +219,9 @@ def _from_notice(msg, text: str, pcs: message.Pieces) -> Parsed:
             r.remote_mta = m.group(1)
         if _GENERIC_STATUS.match(r.status):
             r.status = ""       # a bare X.0.0 in free text: the reason-derived code says more
-        _finish(r, context=seg[:3000], temporary=bool(_TEMPORARY.search(seg[:3000])))
+        first = min((p for _a, p in found if p >= 0), default=0)
+        context = seg[:3000] + "\n" + text[max(0, first - 600):first]   # the lead-in explains a list too
+        _finish(r, context=context, temporary=bool(_TEMPORARY.search(seg[:3000])))
         if r.status[:1] == "4" or (not r.status and r.replycode[:1] == "4"):
             r.action = "delayed" if r.reason == "expired" else "failed"
         out.append(r)
@@ -214,8 +230,8 @@ def _from_notice(msg, text: str, pcs: message.Pieces) -> Parsed:
 
 def _labelled(text: str, exclude: set[str]) -> list[tuple[str, int]]:
     """'recipient: a@b', 'target address: a@b', 'failed address: a@b' style lines."""
-    rx = re.compile(r"(?:recipient|address|adresse|destinat\w*|empf\w*)[^:\n]{0,30}:\s*<?(" + notice.ADDR + ")",
-                    re.I)
+    rx = re.compile(r"(?:recipient|address|adresse|destinat\w*|empf\w*)[^:\n]{0,30}:\s*<?("
+                    + notice.ADDR + ")", re.I)
     out = []
     for m in rx.finditer(text):
         addr = m.group(1).lower()

@@ -28,7 +28,8 @@ _RULES: list[tuple[str, str]] = [
                  r"not resolv)|sender was rejected|rejected sender|invalid sender|unknown sender|bad sender|"
                  r"mail from .{0,60}(?:rejected|refused|denied)|not (?:a )?registered gateway user"),
     ("expired", r"in the queue too long|too long in (?:the )?queue|not going to try again|"
-                r"retry time(?:out)? (?:not reached|exceeded)|(?:message|queue|envelope|delivery time)[ .]expired|"
+                r"retry time(?:out)? (?:not reached|exceeded)|(?:message|queue|envelope|"
+                r"delivery time)[ .]expired|"
                 r"will (?:be )?retr(?:y|ied)|did not accept our requests to connect|"
                 r"(?:delivery|retry) (?:time|period) (?:has )?(?:expired|exceeded)|failing for a long time|"
                 r"delivery failed \d+ attempts|still undelivered after"),
@@ -57,7 +58,8 @@ _RULES: list[tuple[str, str]] = [
     ("speeding", r"rate limit|too many (?:messages|emails|mails)|sending (?:rate|quota)|"
                  r"(?:messages|emails) per (?:hour|minute|day)"),
     ("networkerror", r"not found, try again|temporary (?:dns|name ?server|lookup) (?:failure|error)|"
-                     r"name ?server.{0,30}(?:timeout|time out|failure|not responding)|host name lookup failure|"
+                     r"name ?server.{0,30}(?:timeout|time out|failure|not responding)|"
+                     r"host name lookup failure|"
                      r"lost connection|name server reply|network error"),
     ("notaccept", r"does not accept (?:e-?)?mail|accepts? no (?:e-?)?mail|null mx|"
                   r"not accepting (?:any )?(?:e-?)?mail|doesn't accept mail|no mx (?:record )?(?:found )?for|"
@@ -77,19 +79,23 @@ _RULES: list[tuple[str, str]] = [
                 r"(?:account|mailbox|user|recipient)|not (?:an )?active (?:account|mailbox|user)"),
     ("hostunknown", r"host (?:or domain name )?(?:not found|unknown)|unknown host|"
                     r"domain (?:name )?(?:does not exist|not found|unknown|not exist)|no such domain|"
-                    r"unrouteable (?:mail )?domain|unrouteable address|name or service not known|\bnxdomain\b|"
+                    r"unrouteable (?:mail )?domain|unrouteable address|name or service not known|"
+                    r"\bnxdomain\b|"
                     r"(?:couldn't|could not|can't|cannot) find any host|no (?:mx|mail exchanger|valid mx)|"
                     r"host name lookup fail|domain .{0,60}(?:has no|without) (?:mx|mail)|"
-                    r"dns (?:error|lookup).{0,40}(?:domain|not exist|nxdomain)|recipient domain .{0,40}invalid|"
+                    r"dns (?:error|lookup).{0,40}(?:domain|not exist|nxdomain)|"
+                    r"recipient domain .{0,40}invalid|"
                     r"unknown domain|invalid domain|domain (?:is )?not (?:exist|valid|reachable)|"
                     r"^[245]\d\d[ -](?:[a-z0-9-]+\.)+[a-z]{2,} does not exist"),
     ("userunknown", r"user(?:name)? (?:is )?unknown|unknown (?:user|recipient|local ?part|address|mailbox|"
                     r"e-?mail)|no such (?:user|mailbox|recipient|address|account|person|local user)|"
                     r"(?:user|recipient|mailbox|address|account|addressee)s? (?:\S+ )?(?:was |is )?not "
                     r"(?:found|known|exist|valid|listed)|"
-                    r"(?:user|recipient|mailbox|address|account|e-?mail address)(?: \S+)? does(?: not|n't|n.t) "
+                    r"(?:user|recipient|mailbox|address|account|"
+                    r"e-?mail address)(?: \S+)? does(?: not|n't|n.t) "
                     r"exist|invalid (?:recipient|mailbox|user|address|e-?mail)|"
-                    r"(?:recipient|address|mailbox|user) (?:address )?(?:is )?(?:invalid|unknown|unavailable)|"
+                    r"(?:recipient|address|mailbox|user) (?:address )?(?:is )?(?:invalid|unknown|"
+                    r"unavailable)|"
                     r"undeliverable address|bad destination mailbox|"
                     r"not a valid (?:user|mailbox|recipient|address)|mailbox (?:does not exist|not found|"
                     r"unavailable|is unavailable|not available|not exist)|no mailbox|"
@@ -97,12 +103,14 @@ _RULES: list[tuple[str, str]] = [
                     r"recipnotfound|recipientnotfound|not listed in|wasn.t found at|"
                     r"no (?:such )?account|recipient invalid|invalid .{0,20}(?:userid|user id)|"
                     r"address (?:could ?n[o']t|cannot|can't) be found|"
-                    r"email address .{0,40}(?:not exist|not found|invalid)|user not found|is not a known user|"
+                    r"email address .{0,40}(?:not exist|not found|invalid)|user not found|"
+                    r"is not a known user|"
                     r"delivery to the following recipient failed permanently"),
     ("securityerror", r"starttls|\btls\b.{0,30}required|must issue a|encryption required|"
                       r"authentication (?:is )?required|(?:must|need to) authenticate|"
                       r"submission (?:port|service)|certificate|unauthenticated sender"),
-    ("spamdetected", r"message content rejected|\buribl\b|\bsurbl\b|blacklisted (?:url|link)|\bspam\b|junk mail|unsolicited|bulk (?:e-?)?mail|\buce\b|"
+    ("spamdetected", r"message content rejected|\buribl\b|\bsurbl\b|blacklisted (?:url|link)|"
+                     r"\bspam\b|junk mail|unsolicited|bulk (?:e-?)?mail|\buce\b|"
                      r"content (?:filter|was|is) .{0,40}(?:rejected|spam)|classified as|"
                      r"message (?:content )?(?:rejected|refused) .{0,40}(?:content|spam)"),
     ("blocked", r"blocked|block ?list|black ?list|\brbl\b|\bdnsbl\b|spamhaus|spamcop|barracuda|"
@@ -121,7 +129,8 @@ _RULES: list[tuple[str, str]] = [
     ("policyviolation", r"\bpolicy\b|policies|prohibited|not (?:allowed|permitted) by|"
                         r"header (?:error|invalid|rejected)|message (?:rejected|refused) (?:due|because)"),
     ("onhold", r"\bon hold\b"),
-    ("contenterror", r"media error|content (?:rejected|error|not (?:allowed|accepted))|invalid (?:mime|header|content)|"
+    ("contenterror", r"media error|content (?:rejected|error|not (?:allowed|accepted))|"
+                 r"invalid (?:mime|header|content)|"
                      r"(?:mime|header|headers|content|character set|charset) (?:error|invalid|malformed)|"
                      r"illegal (?:header|character)|8-?bit|too many headers"),
     ("mailererror", r"mailer error|procmail|command (?:failed|died)|exit (?:code|status)|"
@@ -149,12 +158,14 @@ _COMPILED = [(reason, re.compile(rx)) for reason, rx in _RULES]
 # Phrases so specific that they win over the enhanced status code (servers often send a generic or wrong
 # code, e.g. "5.1.1 ... over quota"): the words describe the cause, the code only its class.
 _STRONG = [(reason, re.compile(rx)) for reason, rx in [
-    ("notcompliantrfc", r"not rfc ?5322 compliant|multiple (?:addresses in from|\w+ headers)|duplicate header|"
+    ("notcompliantrfc", r"not rfc ?5322 compliant|multiple (?:addresses in from|\w+ headers)|"
+                        r"duplicate header|"
                         r"multiple \w+ header"),
     ("systemfull", r"insufficient (?:system )?(?:disk )?(?:storage|space)|disk full|out of disk|"
                    r"system (?:storage|disk) (?:is )?full"),
     ("mailboxfull", r"mail ?box (?:is )?full|over ?quota|quota exceeded|mailbox exceeds"),
-    ("speeding", r"receiving mail at a rate|too many recipients this (?:hour|day)|sent to too many recipients"),
+    ("speeding", r"receiving mail at a rate|too many recipients this (?:hour|day)|"
+                 r"sent to too many recipients"),
     ("toomanyconn", r"(?:ip|connection) frequency limited"),
     ("suspend", r"temporar(?:y|ily) locked|recipient account is (?:blocked|locked)"),
 ]]
@@ -218,7 +229,8 @@ _PSEUDO = {
     "exceedlimit": 923, "systemerror": 930, "systemfull": 931, "notaccept": 932, "mesgtoobig": 934,
     "mailererror": 939, "networkerror": 944, "toomanyconn": 945, "expired": 947, "securityerror": 970,
     "blocked": 971, "policyviolation": 972, "requireptr": 973, "authfailure": 976, "badreputation": 977,
-    "speeding": 942, "ratelimited": 942, "notcompliantrfc": 974, "spamdetected": 980, "virusdetected": 980, "contenterror": 960,
+    "speeding": 942, "ratelimited": 942, "notcompliantrfc": 974, "spamdetected": 980, "virusdetected": 980,
+    "contenterror": 960,
     "syntaxerror": 902,
 }
 

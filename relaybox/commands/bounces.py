@@ -53,9 +53,9 @@ def _table(rows: list[dict], cols: list[str]) -> None:
         return "" if v is None else str(v)
 
     widths = [max([len(c)] + [len(cell(r.get(c))) for r in rows]) for c in cols]
-    print("  ".join(c.upper().ljust(w) for c, w in zip(cols, widths)))
+    print("  ".join(c.upper().ljust(w) for c, w in zip(cols, widths, strict=True)))
     for r in rows:
-        print("  ".join(cell(r.get(c)).ljust(w) for c, w in zip(cols, widths)))
+        print("  ".join(cell(r.get(c)).ljust(w) for c, w in zip(cols, widths, strict=True)))
 
 
 def cmd_bounces_list(args) -> int:
@@ -67,7 +67,8 @@ def cmd_bounces_list(args) -> int:
             params.append(args.address.lower())
         sql += " ORDER BY id DESC LIMIT ?"
         params.append(args.limit)
-        rows = db.read_sync(lambda c: [{k: r[k] for k in r.keys() if k != "raw"} for r in c.execute(sql, params)])
+        rows = db.read_sync(lambda c: [{k: r[k] for k in r.keys() if k != "raw"}
+                                       for r in c.execute(sql, params)])
     finally:
         db.close()
     if args.json:
@@ -81,8 +82,8 @@ def cmd_bounces_list(args) -> int:
 def cmd_list(args) -> int:
     db = _open_db(args)
     try:
-        rows = db.read_sync(lambda c: suppression.list_entries(c, include_expired=args.all, search=args.search,
-                                                               limit=args.limit))
+        rows = db.read_sync(lambda c: suppression.list_entries(
+            c, include_expired=args.all, search=args.search, limit=args.limit))
     finally:
         db.close()
     if args.json:
