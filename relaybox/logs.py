@@ -41,7 +41,9 @@ _PAIR = re.compile(
     (?P<sep>\s*[=:]\s*)
     (?P<val>b?"(?:[^"\\]|\\.)*"|b?'(?:[^'\\]|\\.)*'|[^\s,;&)}\]]+)
     """)
-_SASL = re.compile(r"(?i)\b(AUTH\s+(?:PLAIN|LOGIN|XOAUTH2|OAUTHBEARER|CRAM-MD5)\s+)([A-Za-z0-9+/=._-]+)")
+_MECHS = r"(?:PLAIN|LOGIN|XOAUTH2|OAUTHBEARER|CRAM-MD5)"
+# "AUTH PLAIN <payload>", but not the EHLO advertisement "AUTH LOGIN PLAIN"
+_SASL = re.compile(r"(?i)\b(AUTH\s+" + _MECHS + r"\s+)(?!" + _MECHS + r"\b)([A-Za-z0-9+/=._-]+)")
 _HTTP_AUTH = re.compile(r"(?i)\b(Bearer|Basic)(\s+)([A-Za-z0-9._~+/=-]{4,})")
 
 _secrets: set[str] = set()

@@ -128,7 +128,9 @@ def test_ordinary_words_are_not_masked(capture):
     out = capture("text")
     logs.register_secret("ab")    # too short to register: it would mask ordinary text
     logging.getLogger("x").info("tokens=5 passed=3 password policy ok; abab")
+    logging.getLogger("x").info("<< b'250-AUTH LOGIN PLAIN'")
     assert "tokens=5 passed=3 password policy ok; abab" in out.getvalue()
+    assert "250-AUTH LOGIN PLAIN" in out.getvalue()
 
 
 def test_relaybox_run_logs_json_with_the_cli_flag(tmp_path):
@@ -158,3 +160,73 @@ def test_relaybox_run_logs_json_with_the_cli_flag(tmp_path):
     assert proc.returncode == 0
     for line in rest.splitlines():
         assert json.loads(line)["ts"]
+
+
+def test_a_debug_log_of_a_real_session_holds_no_secret(tmp_path):
+    """relaybox at debug level (aiosmtpd logs every command then), with AUTH PLAIN and LOGIN over STARTTLS,
+    a failed login, a smarthost password, admin tokens and a webhook secret in the config, a reload and a
+    stop: none of the secrets, nor their base64 forms, appear in the output."""
+    import base64
+    import signal
+    import smtplib
+    import ssl
+    import time
+    import urllib.error
+    import urllib.request
+
+    from tests.peers.certs import make_cert
+    from tests.peers.ports import free_port
+    from tests.peers.relaybox_proc import RelayboxProcess
+
+    user_pw, wrong_pw, route_pw = "Usr-pw-4471x", "Wrong-pw-9183y", "Route-pw-2290z"
+    token, hook_secret = "Adm-tok-5561-abcdef", "Hook-secret-8830-qq"
+    cert, key = make_cert(str(tmp_path / "tls"))
+    admin_port = free_port()
+    rb = RelayboxProcess(str(tmp_path), {
+        "smtp.tls": {"cert_file": cert, "key_file": key},
+        "[[smtp.users]]": [{"username": "app1", "password": user_pw}],
+        "[[routes]]": [{"name": "sh", "host": "127.0.0.1", "port": free_port(), "tls": "none",
+                        "username": "relay", "password": route_pw, "default": True}],
+        "admin": {"listen": f"127.0.0.1:{admin_port}", "tokens": [f"ops:{token}"]},
+        "[[webhooks]]": [{"name": "crm", "url": f"http://127.0.0.1:{free_port()}/hook",
+                          "secret": hook_secret}],
+        "log": {"level": "debug"},
+    })
+    rb.start()
+    ctx = ssl._create_unverified_context()
+    try:
+        s = smtplib.SMTP("127.0.0.1", rb.smtp_port, timeout=10)
+        s.ehlo("client.test")
+        s.starttls(context=ctx)
+        s.ehlo("client.test")
+        s.user, s.password = "app1", wrong_pw
+        with pytest.raises(smtplib.SMTPAuthenticationError):
+            s.auth("LOGIN", s.auth_login)
+        s.user, s.password = "app1", user_pw
+        assert s.auth("PLAIN", s.auth_plain)[0] == 235
+        s.sendmail("app@example.test", ["x@example.org"], b"Subject: t\r\n\r\nhello\r\n")
+        s.quit()
+        for tok in (token, "not-" + token):
+            req = urllib.request.Request(f"http://127.0.0.1:{admin_port}/api/v1/queue/summary",
+                                         headers={"Authorization": f"Bearer {tok}"})
+            try:
+                urllib.request.urlopen(req, timeout=10).read()
+            except urllib.error.HTTPError as exc:
+                assert exc.code == 401
+        rb.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "reloaded config" not in rb.log():
+            assert time.monotonic() < deadline, rb.log()
+            time.sleep(0.1)
+        time.sleep(1.5)   # let delivery try the smarthost (refused) and log it
+    finally:
+        assert rb.stop() == 0
+    text = open(rb.log_path, encoding="utf-8", errors="replace").read()
+    assert "AUTH" in text or "auth" in text, "debug logging did not show the session"
+    secrets = [user_pw, wrong_pw, route_pw, token, hook_secret]
+    encoded = [base64.b64encode(b"\0app1\0" + user_pw.encode()).decode(),
+               base64.b64encode(wrong_pw.encode()).decode(),
+               # not a secret, but if AUTH LOGIN's user line showed, its password line would too
+               base64.b64encode(b"app1").decode()]
+    for leaked in secrets + encoded:
+        assert leaked not in text, f"{leaked!r} leaked into the log"
