@@ -59,6 +59,25 @@ def status_of(text: str) -> str:
 _REPLY_STATUS = re.compile(r"(?<!\d)[245]\d\d[ -]['\"]?([245])\.(\d{1,3})\.(\d{1,3})(?![\d.]*\d)")
 
 
+_CONTINUATION = re.compile(r"(?<=\s)[245]\d\d[ -](?:[245]\.\d{1,3}\.\d{1,3}\s+)?")
+
+
+def join_reply(text: str) -> str:
+    """One line of a multi-line SMTP reply: the code prefixes of continuation lines removed
+    (``550-5.7.1 Messages with 550-5.7.1 two lines`` -> ``550-5.7.1 Messages with two lines``)."""
+    text = " ".join((text or "").split())
+    m = REPLY_RE.match(text)
+    if not m:
+        return text
+    head_end = m.end(1) + 1
+    first = re.match(r"[245]\.\d{1,3}\.\d{1,3}\s+", text[head_end:])
+    if first:
+        head_end += first.end()
+    code = m.group(1)
+    rest = re.sub(rf"(?<=\s){code}[ -](?:[245]\.\d{{1,3}}\.\d{{1,3}}\s+)?", "", text[head_end:])
+    return text[:head_end] + rest
+
+
 def diag_status_of(text: str) -> str:
     """The enhanced code that follows a reply code (``550 5.1.1``) if any, else the first one."""
     m = _REPLY_STATUS.search(text or "")
@@ -117,7 +136,7 @@ def recipients(text: str) -> list[dict[str, str]]:
             addr = actual
         if not addr:
             continue
-        diag = typed_value(block.get("diagnostic-code", ""))
+        diag = join_reply(typed_value(block.get("diagnostic-code", "")))
         out.append({
             "address": addr,
             "original": address_of(block.get("original-recipient", "")),

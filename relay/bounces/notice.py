@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from relay.bounces.dsn import REPLY_RE, STATUS_RE, status_of
+from relay.bounces.dsn import REPLY_RE, STATUS_RE, join_reply, status_of
 
 ADDR = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}@(?:[A-Za-z0-9-]{1,63}\.)+[A-Za-z]{2,24}"
 ADDR_RE = re.compile(rf"(?<![A-Za-z0-9.=+_-]){ADDR}(?![A-Za-z0-9-])")
@@ -95,7 +95,7 @@ def reply_line(segment: str) -> str:
             continue
         end = segment.find("\n\n", start)
         end = len(segment) if end < 0 else end
-        return " ".join(segment[start:min(end, start + 600)].split())
+        return join_reply(segment[start:min(end, start + 600)])
     return ""
 
 

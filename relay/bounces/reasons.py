@@ -49,7 +49,7 @@ _RULES: list[tuple[str, str]] = [
     ("requireptr", r"reverse (?:dns|lookup|hostname)|\bptr\b|\brdns\b|"
                    r"(?:cannot|can't|could not|unable to) (?:find|resolve) your (?:host ?name|ip)|"
                    r"(?:client|your) host ?name .{0,40}(?:not|unknown|doesn't)|dns reverse|"
-                   r"no (?:reverse|ptr)|ip name lookup failed"),
+                   r"no (?:reverse|ptr)|ip name lookup failed|mismatch(?:es)? (?:the )?(?:client|your) ip"),
     ("authfailure", r"unauthenticated (?:e-?mail|message)|\bspf\b|\bdkim\b|\bdmarc\b|sender policy framework|"
                     r"sender (?:domain )?authenticat\w* fail|authentication (?:check )?fail"),
     ("toomanyconn", r"too many (?:connections|simultaneous|concurrent|sessions|recipients)|"
@@ -104,11 +104,11 @@ _RULES: list[tuple[str, str]] = [
                     r"no (?:such )?account|recipient invalid|invalid .{0,20}(?:userid|user id)|"
                     r"address (?:could ?n[o']t|cannot|can't) be found|"
                     r"email address .{0,40}(?:not exist|not found|invalid)|user not found|"
-                    r"is not a known user|"
-                    r"delivery to the following recipient failed permanently"),
+                    r"is not a known user"),
     ("securityerror", r"starttls|\btls\b.{0,30}required|must issue a|encryption required|"
                       r"authentication (?:is )?required|(?:must|need to) authenticate|"
-                      r"submission (?:port|service)|certificate|unauthenticated sender"),
+                      r"submission (?:port|service)|certificate|unauthenticated sender|"
+                      r"(?:does not|doesn't) support (?:start)?tls|tls (?:is )?not (?:available|supported)"),
     ("spamdetected", r"message content rejected|\buribl\b|\bsurbl\b|blacklisted (?:url|link)|"
                      r"\bspam\b|junk mail|unsolicited|bulk (?:e-?)?mail|\buce\b|"
                      r"content (?:filter|was|is) .{0,40}(?:rejected|spam)|classified as|"
@@ -150,8 +150,8 @@ _RULES: list[tuple[str, str]] = [
                     r"server error|local error|temporary (?:local )?(?:problem|failure|error)|"
                     r"resources? (?:temporarily )?unavailable|"
                     r"service (?:is )?(?:temporarily |currently )?unavailable|"
-                    r"try (?:again )?later|(?:out of|insufficient) (?:memory|resources)"),
-    ("userunknown", r"(?:address|recipient) rejected|delivery to the following recipient failed permanently"),
+                    r"try (?:again )?later|(?:out of|insufficient) (?:memory|resources)|transaction failed"),
+    ("userunknown", r"(?:address|recipient) rejected"),
 ]
 _COMPILED = [(reason, re.compile(rx)) for reason, rx in _RULES]
 
@@ -164,6 +164,7 @@ _STRONG = [(reason, re.compile(rx)) for reason, rx in [
     ("systemfull", r"insufficient (?:system )?(?:disk )?(?:storage|space)|disk full|out of disk|"
                    r"system (?:storage|disk) (?:is )?full"),
     ("mailboxfull", r"mail ?box (?:is )?full|over ?quota|quota exceeded|mailbox exceeds"),
+    ("policyviolation", r"for policy reasons|protocol violation"),
     ("speeding", r"receiving mail at a rate|too many recipients this (?:hour|day)|"
                  r"sent to too many recipients"),
     ("toomanyconn", r"(?:ip|connection) frequency limited"),
