@@ -60,7 +60,11 @@ class Delivery:
 
     # ---- where ---------------------------------------------------------------------------------------
     def route_for(self, message: dict) -> RouteConfig | None:
-        return self.router.route_for(message)
+        """The message's route (None = MX), computed once per claimed message dict."""
+        cached = message.get("_route", self)
+        if cached is self:
+            cached = message["_route"] = self.router.route_for(message)
+        return cached
 
     def destination_key(self, message: dict, recipient: dict) -> str:
         route = self.route_for(message)

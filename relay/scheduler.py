@@ -15,8 +15,8 @@ overrides in ``delivery.per_domain``). Results go back through ``Spool.complete`
 from ``relay.retry``; bounced/failed recipients trigger one DSN to the envelope sender (``relay.dsn``).
 
 A slow or dead destination cannot starve the others: claims stop at a bound of recipients in flight, a
-destination holds at most ``10 x`` its connection limit of them (the excess goes straight back to the queue
-without an attempt), and after a connection failure a destination is "down" for 30 s, during which its
+destination holds at most ``10 x`` its connection limit (at least half the in-flight bound) of them; the
+excess goes straight back to the queue without an attempt, and after a connection failure a destination is "down" for 30 s, during which its
 recipients are deferred at once instead of waiting for timeouts.
 """
 
@@ -44,7 +44,8 @@ log = logging.getLogger("relay.scheduler")
 
 DOWN_FOR = 30.0               # seconds a destination that refused connections is skipped
 BACKLOG_FACTOR = 10           # recipients held per destination = factor x its connection limit
-REQUEUE_DELAY = 2.0           # seconds before recipients handed back for backlog reasons are due again
+PREFETCH_MAX_BODY = 256_000   # bodies up to this size are read with the claim round, not one by one
+PREFETCH_BYTES = 32_000_000   # at most this much body data per round
 
 
 class _Report:
@@ -167,21 +168,56 @@ class Scheduler:
         d = self.config.delivery
         now = self.clock()
         claims = await self.spool.claim(self.owner, limit=min(d.claim_batch, room), lease=d.lease, now=now)
+        if not claims:
+            return 0
+        suppressed, bodies = await self._prefetch(claims, now)
         n = 0
         for claim in claims:
-            n += len(claim.recipients)
-            await self._dispatch(claim, now)
+            n += self._dispatch(claim, now, suppressed, bodies)
         return n
 
-    async def _dispatch(self, claim: Claim, now: float) -> None:
+    async def _prefetch(self, claims: list[Claim], now: float) -> tuple[set[str], dict[str, bytes]]:
+        """One reader round trip per round: suppressed addresses and the bodies of small messages."""
+        check = getattr(self.suppression, "is_suppressed", None)
+        addrs = {r["address"] for c in claims for r in c.recipients}
+        small, budget = [], PREFETCH_BYTES
+        for c in claims:
+            size = int(c.message.get("size") or 0)
+            if size <= PREFETCH_MAX_BODY and size <= budget and c.message["id"] not in self._bodies:
+                small.append(c.message["id"])
+                budget -= size
+
+        def _q(conn):
+            sup = set()
+            if check is not None:
+                try:
+                    sup = {a.lower() for a in addrs if check(conn, a, now)}
+                except Exception:  # noqa: BLE001 - a broken suppression check must not stop delivery
+                    log.exception("suppression check failed; delivering without it")
+            out = {}
+            for i in range(0, len(small), 500):
+                part = small[i:i + 500]
+                marks = ",".join("?" * len(part))
+                for row in conn.execute(f"SELECT message_id, data FROM bodies WHERE message_id IN ({marks})",
+                                        part):
+                    out[row[0]] = bytes(row[1])
+            return sup, out
+
+        return await self.spool.db.read(_q)
+
+    def _dispatch(self, claim: Claim, now: float, suppressed: set[str], bodies: dict[str, bytes]) -> int:
+        """Start the work for one claimed message; returns how many recipients were taken on."""
         msg = claim.message
         rcpts = [r for r in claim.recipients if r["id"] not in self._in_flight]
         if not rcpts:
-            return
+            return 0
         self._in_flight.update(r["id"] for r in rcpts)
+        if msg["id"] in bodies and msg["id"] not in self._bodies:
+            fut = asyncio.get_running_loop().create_future()
+            fut.set_result(bodies[msg["id"]])
+            self._bodies[msg["id"]] = fut
         final: list[tuple[dict, RecipientResult]] = []
         deadline = expires_at(max(msg["created_at"], msg.get("send_at") or 0), self.policy)
-        suppressed = await self._suppressed([r["address"] for r in rcpts]) if self.suppression else set()
         live = []
         for r in rcpts:
             if now >= deadline:
@@ -198,34 +234,28 @@ class Scheduler:
         groups: dict[str, list[dict]] = {}
         for r in live:
             groups.setdefault(self.delivery.destination_key(msg, r), []).append(r)
-        busy = {k for k in groups
-                if self._backlog[k] >= self.delivery.concurrency_for(k) * BACKLOG_FACTOR}
+        busy = {k for k in groups if self._backlog[k] >= self._backlog_cap(k)}
         report = _Report(msg, len(groups) - len(busy) + (1 if final else 0))
         if final:
             self._spawn(self._record(msg, final, None, report))
         for key, group in groups.items():
             if key in busy:
                 self.stats["requeued_backlog"] += len(group)
-                self._spawn(self._requeue(group, now + REQUEUE_DELAY))
+                self._spawn(self._requeue(group, now))
                 continue
             self._backlog[key] += 1
             self._msg_refs[msg["id"]] += 1
             self._spawn(self._transaction(msg, group, key, report))
+        return len(rcpts) - sum(len(groups[k]) for k in busy)
+
+    def _backlog_cap(self, key: str) -> int:
+        """Transactions one destination may hold (running or waiting for a connection slot)."""
+        return max(self.delivery.concurrency_for(key) * BACKLOG_FACTOR, self.max_in_flight // 2)
 
     def _spawn(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    async def _suppressed(self, addresses: list[str]) -> set[str]:
-        check = self.suppression.is_suppressed  # type: ignore[union-attr]
-        try:
-            def _q(conn):
-                return {a.lower() for a in addresses if check(conn, a)}
-            return await self.spool.db.read(_q)
-        except Exception:  # noqa: BLE001 - a broken suppression check must not stop delivery
-            log.exception("suppression check failed; delivering without it")
-            return set()
 
     # ---- a transaction ---------------------------------------------------------------------------
     async def _transaction(self, msg: dict, rcpts: list[dict], key: str, report: _Report) -> None:

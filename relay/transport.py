@@ -183,7 +183,7 @@ class Session:
         return finish()
 
     async def _cmd(self, coro):
-        return await asyncio.wait_for(coro, self.command_timeout + 5)
+        return await coro          # aiosmtplib applies the per-command timeout itself
 
     async def _rset(self, note, reply) -> None:
         try:
