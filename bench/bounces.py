@@ -1,6 +1,6 @@
 """Bounce parser accuracy on the shared corpus, against flufl.bounce alone measured in the same run.
 
-    .venv/bin/python bench/bounces.py [--corpus ../shared/corpus/bounces] [--misses]
+    .venv/bin/python bench/bounces.py [--corpus ../shared/corpus/bounces] [--misses] [--cli]
 
 Figures (over the expected recipients of the bounce samples): recipients found, status exact (any of
 ``accept_status``), reason right (any of ``accept_reason``), hard/soft right (any of ``accept_kind``, where
@@ -38,12 +38,31 @@ def _match(exp: dict, got: list[dict]) -> dict | None:
     return None
 
 
-def ours(raw: bytes) -> tuple[str, list[dict]]:
+def ours(raw: bytes, path: str = "") -> tuple[str, list[dict]]:
     p = parse(raw)
     return p.category, [vars(r) for r in p.recipients]
 
 
-def flufl_only(raw: bytes) -> tuple[str, list[dict]]:
+def via_cli(corpus: str):
+    """Our parser through ``relaybox bounces parse FILE...`` (one process for the whole corpus): measures
+    exactly the JSON lines admins see."""
+    import subprocess
+
+    files = [os.path.join(corpus, row["file"]) for row in load_expected(corpus)]
+    out = subprocess.run([sys.executable, "-m", "relaybox.cli", "bounces", "parse", *files], cwd=ROOT,
+                         capture_output=True, check=False, timeout=600).stdout
+    results = {}
+    for line in out.decode().splitlines():
+        d = json.loads(line)
+        results[os.path.realpath(d["file"])] = (d["category"], d["recipients"])
+
+    def lookup(raw: bytes, path: str) -> tuple[str, list[dict]]:
+        return results[os.path.realpath(path)]
+
+    return lookup
+
+
+def flufl_only(raw: bytes, path: str = "") -> tuple[str, list[dict]]:
     from flufl.bounce import all_failures
     msg = email.message_from_bytes(raw, policy=email.policy.compat32)
     temp, perm = all_failures(msg)
@@ -93,12 +112,13 @@ def measure(corpus: str, fn, misses: list | None = None) -> dict:
          "false_bounce": 0, "category_ok": 0, "false_files": [], "crashes": 0, "messages": 0, "seconds": 0.0}
     misses = misses if misses is not None else []
     for row in load_expected(corpus):
-        with open(os.path.join(corpus, row["file"]), "rb") as fh:
+        path = os.path.join(corpus, row["file"])
+        with open(path, "rb") as fh:
             raw = fh.read()
         t["messages"] += 1
         start = time.perf_counter()
         try:
-            category, got = fn(raw)
+            category, got = fn(raw, path)
         except Exception as exc:  # noqa: BLE001
             t["crashes"] += 1
             misses.append((row["file"], "crash", repr(exc)))
@@ -128,9 +148,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--corpus", default=os.path.join(ROOT, "..", "shared", "corpus", "bounces"))
     ap.add_argument("--misses", action="store_true", help="list every miss of our parser")
+    ap.add_argument("--cli", action="store_true", help="measure the output of `relaybox bounces parse`")
     args = ap.parse_args()
     misses: list = []
-    a = measure(args.corpus, ours, misses if args.misses else None)
+    a = measure(args.corpus, via_cli(args.corpus) if args.cli else ours, misses if args.misses else None)
     b = measure(args.corpus, flufl_only)
     fa, fb = figures(a), figures(b)
     print(f"corpus: {os.path.abspath(args.corpus)}  messages: {a['messages']}  "
