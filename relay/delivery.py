@@ -20,13 +20,14 @@ import socket
 import time
 from dataclasses import dataclass, field
 
+from relay import verp
 from relay.config import RelayConfig, RouteConfig
 from relay.dkim import DKIMError, Signer
 from relay.envelope import domain_of
-from relay.errors import DeliveryError, DNSError, from_exception, split_enhanced
+from relay.errors import ConnectError, DeliveryError, DNSError, from_exception, split_enhanced
 from relay.mx import MXResolver
 from relay.routes import Router
-from relay.transport import Candidate, ConnectionPool, Session, TLSPolicy, open_session
+from relay.transport import Candidate, ConnectionPool, Session, TLSPolicy, Transaction, open_session
 
 log = logging.getLogger("relay.delivery")
 
@@ -57,6 +58,9 @@ class Delivery:
         self.router = Router(config.routes)
         self.resolver = resolver or MXResolver.from_config(d)
         self.signer = signer if signer is not None else Signer.from_config(config.dkim)
+        bounces = getattr(config, "bounces", None)
+        self.verp = bounces if bounces is not None and getattr(bounces, "domain", "") else None
+        self.verp_keys = verp.load_secrets(self.verp) if self.verp else []
 
     # ---- where ---------------------------------------------------------------------------------------
     def route_for(self, message: dict) -> RouteConfig | None:
@@ -125,8 +129,7 @@ class Delivery:
             attempt.update(ended_at=time.time(), result=err.status, transcript=transcript)
             return Outcome({r["id"]: err for r in recipients}, attempt=attempt, route=label)
         signed = self.sign(body)
-        addrs = [r["address"] for r in recipients]
-        tx = await session.send(message["sender"], addrs, signed)
+        tx = await self._send(session, message, recipients, signed)
         if tx.reused and session.broken and all(e is not None and e.temporary for e in tx.results.values()):
             # the idle connection died under us: one fresh connection
             await session.close()
@@ -134,7 +137,7 @@ class Delivery:
                                "line": "reused connection was closed by the server; reconnecting"})
             try:
                 session = await self._session(key, route, recipients[0]["domain"], transcript, fresh=True)
-                tx = await session.send(message["sender"], addrs, signed)
+                tx = await self._send(session, message, recipients, signed)
             except Exception as exc:  # noqa: BLE001
                 err = from_exception(exc, "connect")
                 attempt.update(ended_at=time.time(), result=err.status, transcript=transcript)
@@ -154,6 +157,33 @@ class Delivery:
         attempt.update(ended_at=time.time(), host=tx.host, ip=tx.ip, tls=tx.tls,
                        result=statuses.pop() if len(statuses) == 1 else "mixed", transcript=pre + tx.transcript)
         return Outcome(results, replies, attempt, label)
+
+    async def _send(self, session: Session, message: dict, recipients: list[dict], body: bytes) -> Transaction:
+        """One transaction, or with VERP (``bounces.domain`` set, sender not <>) one per recipient on the
+        same connection, each with its own return path ``<local>+<token>@<domain>``."""
+        sender = message["sender"]
+        if not self.verp or not sender:
+            return await session.send(sender, [r["address"] for r in recipients], body)
+        merged: Transaction | None = None
+        for r in recipients:
+            rp = verp.encode(message["id"], r["id"], secret=self.verp_keys[0], domain=self.verp.domain,
+                             local=self.verp.local)
+            tx = await session.send(rp, [r["address"]], body)
+            if merged is None:
+                merged = tx
+            else:
+                merged.results.update(tx.results)
+                merged.transcript.extend(e for e in tx.transcript if e not in session.opening)
+                merged.reply = merged.reply or tx.reply
+                merged.ended_at = tx.ended_at
+            if not session.is_open:
+                rest = [x["address"] for x in recipients if x["address"] not in merged.results]
+                err = tx.results[r["address"]] or ConnectError(421, "4.4.2", "connection closed", True)
+                for a in rest:
+                    merged.results[a] = err
+                break
+        assert merged is not None
+        return merged
 
     async def _session(self, key: str, route: RouteConfig | None, domain: str, transcript: list[dict],
                        fresh: bool = False) -> Session:

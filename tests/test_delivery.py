@@ -8,7 +8,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from relay.config import DeliveryConfig, DKIMConfig, DKIMKeyConfig, RelayConfig, RouteConfig, SMTPConfig
+from relay import verp
+from relay.config import BouncesConfig, DeliveryConfig, DKIMConfig, DKIMKeyConfig, RelayConfig, RouteConfig, SMTPConfig
 from relay.db import Database
 from relay.dkim import dns_record
 from relay.envelope import NewMessage
@@ -231,3 +232,17 @@ async def test_dead_destination_defers_fast_and_connections_are_reused(env, sink
     for q in qids:
         r = next(iter((await recipients(spool, q)).values()))
         assert r["status"] == "deferred" and r["last_enhanced"] == "4.4.1"
+
+
+async def test_verp_return_path_per_recipient(env, sink):
+    spool, clock, make = env
+    bounces = BouncesConfig(domain="bounce.test", secret="0123456789abcdef-secret")
+    qid = await enqueue(spool, ["a@dst.test", "b@dst.test"])
+    await make(bounces=bounces).run_burst()
+    assert sorted(m.rcpts[0] for m in sink.messages) == ["a@dst.test", "b@dst.test"]
+    rs = await recipients(spool, qid)
+    for m in sink.messages:
+        assert m.sender.startswith("bounces+") and m.sender.endswith("@bounce.test")
+        target = verp.decode(m.sender, secrets=verp.load_secrets(bounces), domain="bounce.test")
+        assert (target.queue_id, target.recipient_id) == (qid, rs[m.rcpts[0]]["id"])
+    assert sink.connections == 1 and all(r["status"] == "delivered" for r in rs.values())
