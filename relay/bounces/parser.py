@@ -13,10 +13,15 @@ Order of evidence (standards first, then patterns):
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import asdict, dataclass, field
 
 from relay.bounces import dsn, kinds, message, notice, reasons, sesjson
+
+# flufl.bounce logs a traceback for every detector that trips over a malformed message (and an INFO line per
+# detector): hostile input must not be able to flood our logs. Its failures just mean "no address found".
+logging.getLogger("flufl.bounce").setLevel(logging.CRITICAL)
 
 _GENERIC_STATUS = re.compile(r"^[245]\.0\.0$")
 _REMOTE = re.compile(r"(?:host|server|mta|mx)\s+\[?((?:[a-z0-9-]+\.)+[a-z]{2,}|\d{1,3}(?:\.\d{1,3}){3})\]?",
