@@ -30,6 +30,7 @@ from relay.smtpdata import check_and_clean, read_data
 
 log = logging.getLogger("relay.listener")
 
+DATA_READ_LIMIT = 512 * 1024
 _PATH_RE = re.compile(r"^\s*<([^<>]*)>(.*)$", re.S)
 
 _sanitized_log = _aiosmtpd_smtp.sanitized_log
@@ -336,6 +337,10 @@ class RelaySMTP(SMTP):
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         self.state.in_data += 1
+        # aiosmtpd sizes the reader's limit for command lines (1001 bytes), and asyncio pauses the socket
+        # whenever twice that is buffered: during DATA that means a pause/resume every 2 KB. Lift it.
+        line_limit = self._reader._limit  # type: ignore[attr-defined]
+        self._reader._limit = DATA_READ_LIMIT  # type: ignore[attr-defined]
         try:
             result = await read_data(self._reader, self.cfg.max_message_size)
             if result.error == "eof":
@@ -363,6 +368,7 @@ class RelaySMTP(SMTP):
             self._set_post_data_state()
             await self.push(status)
         finally:
+            self._reader._limit = line_limit  # type: ignore[attr-defined]
             self.state.in_data -= 1
 
 
