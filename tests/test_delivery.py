@@ -1,6 +1,7 @@
 """The delivery engine end to end inside one process: real SQLite spool, real dnsmasq for MX, aiosmtpd sinks
 with injected faults, the scheduler in burst mode, a controllable clock for retries and expiry."""
 
+import asyncio
 import json
 
 import dkim as dkimpy
@@ -24,6 +25,8 @@ ZONE = {
     "src.test": {"MX": [(10, "mx.dst.test")]},
     "mx.dst.test": {"A": ["127.0.0.1"]},
     "null.test": {"MX": [(0, ".")]},
+    "slow.test": {"MX": [(10, "mx.slow.test")]},
+    "mx.slow.test": {"A": ["127.0.0.2"]},
 }
 
 
@@ -246,3 +249,49 @@ async def test_verp_return_path_per_recipient(env, sink):
         target = verp.decode(m.sender, secrets=verp.load_secrets(bounces), domain="bounce.test")
         assert (target.queue_id, target.recipient_id) == (qid, rs[m.rcpts[0]]["id"])
     assert sink.connections == 1 and all(r["status"] == "delivered" for r in rs.values())
+
+
+async def test_suppressed_recipient_fails_without_attempt(env, sink):
+    from relay import suppression
+
+    spool, clock, make = env
+    await spool.db.write(lambda c: suppression.add(c, "Blocked@dst.test", "hard bounce", "hard", "test",
+                                                   now=T0 - 10, expires_at=T0 + 86400))
+    qid = await enqueue(spool, ["blocked@dst.test", "fine@dst.test"])
+    await make(delivery={"dsn": False}).run_burst()
+    rs = await recipients(spool, qid)
+    assert (rs["blocked@dst.test"]["status"], rs["blocked@dst.test"]["reason"],
+            rs["blocked@dst.test"]["attempts"]) == ("failed", "suppressed", 0)
+    assert rs["fine@dst.test"]["status"] == "delivered" and sink.recipients() == ["fine@dst.test"]
+
+
+async def test_slow_destination_does_not_starve_others_and_per_domain_limit_holds(env, sink):
+    spool, clock, make = env
+    slow = await Sink(host="127.0.0.2", port=sink.port).start()
+    slow.faults.data_delay = 0.5
+    slow_ids = [await enqueue(spool, [f"s{i}@slow.test"]) for i in range(8)]
+    fast_ids = [await enqueue(spool, [f"f{i}@dst.test"]) for i in range(5)]
+    sched = make(delivery={"per_domain": {"slow.test": 2}})
+    await sched.start()
+    try:
+        async def all_status(ids, status):
+            for q in ids:
+                if next(iter((await recipients(spool, q)).values()))["status"] != status:
+                    return False
+            return True
+
+        for _ in range(100):
+            if await all_status(fast_ids, "delivered"):
+                break
+            await asyncio.sleep(0.05)
+        assert await all_status(fast_ids, "delivered")
+        assert len(slow.messages) < 8               # the fast destination did not wait for the slow one
+        for _ in range(200):
+            if await all_status(slow_ids, "delivered"):
+                break
+            await asyncio.sleep(0.05)
+        assert await all_status(slow_ids, "delivered")
+        assert slow.max_active <= 2                  # per-domain override of the connection limit
+    finally:
+        await sched.stop(5)
+        await slow.stop()

@@ -101,6 +101,23 @@ class _Handler:
         return "250 2.0.0 OK queued"
 
 
+class _CountingSMTP(SMTP):
+    """aiosmtpd's SMTP that keeps the sink's count of open sessions (and the peak)."""
+
+    def __init__(self, sink: "Sink", *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._sink = sink
+
+    def connection_made(self, transport):
+        self._sink.active += 1
+        self._sink.max_active = max(self._sink.max_active, self._sink.active)
+        super().connection_made(transport)
+
+    def connection_lost(self, exc):
+        self._sink.active -= 1
+        super().connection_lost(exc)
+
+
 class _Refuser(asyncio.Protocol):
     def __init__(self, greeting: str):
         self.greeting = greeting
@@ -121,6 +138,8 @@ class Sink:
         self.commands: list[tuple] = []
         self.greylisted: set = set()
         self.connections = 0
+        self.active = 0
+        self.max_active = 0
         self.received = asyncio.Event()
         self.users = users or {}
         self.auth_require_tls = auth_require_tls
@@ -150,7 +169,7 @@ class Sink:
             kwargs["tls_context"] = self._tls_ctx
         if self.users:
             kwargs.update(authenticator=self._authenticate, auth_require_tls=self.auth_require_tls)
-        return SMTP(_Handler(self), **kwargs)
+        return _CountingSMTP(self, _Handler(self), **kwargs)
 
     async def start(self) -> "Sink":
         loop = asyncio.get_running_loop()
