@@ -154,7 +154,7 @@ def make_app(relaybox: Any, cfg: AdminConfig | None = None) -> web.Application:
     app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=cfg.max_body_size)
     app[APP_KEY] = relaybox
     app[CONFIG_KEY] = cfg
-    app[AUTH_KEY] = Authenticator(tokens)
+    app[AUTH_KEY] = Authenticator(tokens, cfg)
     tail = EventTail(relaybox.db)
     app[TAIL_KEY] = tail
 

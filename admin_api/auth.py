@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import os
+import time
 from dataclasses import dataclass
 
 from admin_api.config import AdminConfig
@@ -57,11 +59,45 @@ def load_tokens(cfg: AdminConfig) -> list[Token]:
 
 
 class Authenticator:
-    def __init__(self, tokens: list[Token]):
+    """Checks bearer tokens. With a token file, the file is re-read when it changes (checked at most every
+    ``recheck`` seconds), so tokens rotate without a restart; a file that became unreadable keeps the
+    previous tokens (and logs why)."""
+
+    def __init__(self, tokens: list[Token], cfg: AdminConfig | None = None, recheck: float = 5.0):
         self.tokens = tokens
+        self.cfg = cfg
+        self.recheck = recheck
+        self._checked = time.monotonic()
+        self._mtime = self._stat()
+
+    def _stat(self) -> float | None:
+        if self.cfg is None or not self.cfg.token_file:
+            return None
+        try:
+            return os.stat(self.cfg.token_file).st_mtime
+        except OSError:
+            return None
+
+    def _maybe_reload(self) -> None:
+        if self.cfg is None or not self.cfg.token_file:
+            return
+        now = time.monotonic()
+        if now - self._checked < self.recheck:
+            return
+        self._checked = now
+        mtime = self._stat()
+        if mtime is None or mtime == self._mtime:
+            return
+        try:
+            self.tokens = load_tokens(self.cfg)
+            self._mtime = mtime
+            log.info("admin tokens reloaded from %s (%d tokens)", self.cfg.token_file, len(self.tokens))
+        except ValueError as exc:
+            log.error("admin tokens not reloaded, keeping the previous ones: %s", exc)
 
     def check(self, header: str | None) -> Token | None:
         """The token matching an ``Authorization: Bearer ...`` header, or None."""
+        self._maybe_reload()
         if not header:
             return None
         scheme, _, value = header.strip().partition(" ")

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 
 import pytest
 
+from admin_api.app import AUTH_KEY
 from relay.envelope import NewMessage
 from relay.queue import RecipientResult
 from tests.admin_support import RO_TOKEN, running, smtp_send
@@ -288,3 +291,20 @@ async def test_openapi_lists_every_served_route(live):
             continue
         st, _ = await api.call(method, path)
         assert st in (200, 503), (method, path, st)
+
+
+async def test_token_file_rotation_without_restart(tmp_path):
+    tokens = tmp_path / "tokens"
+    tokens.write_text("# admins\nops:first-secret-0123456789\nviewer:viewer-secret-0123456789 ro\n")
+    async with running(tmp_path, admin={"tokens": [], "readonly_tokens": [], "token_file": str(tokens)}) as (app, api):
+        app.admin.runner.app[AUTH_KEY].recheck = 0.0
+        assert (await api.call("GET", "/api/v1/messages", token="first-secret-0123456789"))[0] == 200
+        st, _ = await api.call("POST", "/api/v1/allowlist", json={"cidr": "10.1.0.0/16"},
+                               token="viewer-secret-0123456789")
+        assert st == 403
+        tokens.write_text("ops:second-secret-0123456789\n")
+        os.utime(tokens, (time.time() + 5, time.time() + 5))
+        assert (await api.call("GET", "/api/v1/messages", token="first-secret-0123456789"))[0] == 401
+        assert (await api.call("GET", "/api/v1/messages", token="second-secret-0123456789"))[0] == 200
+        st, body = await api.call("POST", "/api/v1/messages/NOPE/hold", token="second-secret-0123456789")
+        assert st == 404
