@@ -31,6 +31,10 @@ _MSGID = re.compile(r"^Message-I[dD]:[ \t]*(<[^>\s]{1,250}>)", re.M)
 _TEMPORARY = re.compile(r"temporary failure|will (?:keep )?try(?:ing)? again|"
                         r"temporarily (?:deferred|unavailable)|this is only a temporary|"
                         r"has been delayed", re.I)
+_DELAY_NOTICE = re.compile(
+    r"will (?:be )?retried|will (?:keep )?try(?:ing)? again|will continue (?:to try|trying)|"
+    r"delivery attempts will continue|this is only a temporary|still (?:be )?(?:retrying|trying)|"
+    r"warning: message still undelivered|has been delayed|no action is required on your part", re.I)
 MAX_RECIPIENTS = 200       # per report; more is an abuse, not a bounce
 _DONE_ACTIONS = {"delivered", "relayed", "expanded"}
 
@@ -176,7 +180,11 @@ def _from_dsn(msg, entries: list[dict], text: str) -> Parsed:
     found = notice.find_recipients(text, exclude, [e["address"] for e in entries])
     segs = notice.segments(text, found)
     out: list[Recipient] = []
-    for e in entries:
+    seen: set[str] = set()
+    for e in entries[:MAX_RECIPIENTS]:
+        if e["address"] in seen:
+            continue
+        seen.add(e["address"])
         seg = segs.get(e["address"]) or segs.get(e.get("original", ""), "")
         from_text = notice.describe(seg, e["address"]) if seg else {}
         diag = e["diagnostic"] or from_text.get("diagnostic", "")
@@ -227,8 +235,8 @@ def _from_notice(msg, text: str, pcs: message.Pieces) -> Parsed:
         first = min((p for _a, p in found if p >= 0), default=0)
         context = seg[:3000] + "\n" + text[max(0, first - 600):first]   # the lead-in explains a list too
         _finish(r, context=context, temporary=bool(_TEMPORARY.search(seg[:3000])))
-        if r.status[:1] == "4" or (not r.status and r.replycode[:1] == "4"):
-            r.action = "delayed" if r.reason == "expired" else "failed"
+        if _DELAY_NOTICE.search(seg[:3000] + text[:3000]):
+            r.action = "delayed"     # a warning: the reporting MTA is still trying
         out.append(r)
     return Parsed("bounce", out)
 

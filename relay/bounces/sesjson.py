@@ -41,11 +41,10 @@ def entries(obj: dict) -> tuple[str, list[dict[str, str]]]:
     out: list[dict[str, str]] = []
     if kind == "Bounce":
         b = obj.get("bounce") or {}
-        temporary = str(b.get("bounceType", "")).lower() == "transient"
         for r in (b.get("bouncedRecipients") or [])[:1000]:
             if isinstance(r, dict) and "@" in str(r.get("emailAddress", "")):
                 out.append({"address": str(r["emailAddress"]).lower(),
-                            "action": str(r.get("action") or ("delayed" if temporary else "failed")),
+                            "action": str(r.get("action") or "failed"),
                             "status": str(r.get("status") or ""),
                             "diagnostic": str(r.get("diagnosticCode") or ""),
                             "remote_mta": str(b.get("reportingMTA") or "")})
