@@ -1,0 +1,120 @@
+"""relaybox runs the way the systemd unit starts it: an unprivileged user, no new privileges, and only
+CAP_NET_BIND_SERVICE in the bounding and ambient sets (setpriv reproduces CapabilityBoundingSet=,
+AmbientCapabilities=, NoNewPrivileges= of systemd/relaybox.service), binding a privileged port."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import smtplib
+import socket
+import sqlite3
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+
+import pytest
+
+from tests.peers.ports import free_port
+from tests.peers.relaybox_proc import REPO, write_config
+
+NOBODY = 65534
+CAP_NET_BIND_SERVICE = 1 << 10
+
+
+def privileged_port() -> int:
+    for port in random.sample(range(600, 1024), 100):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    pytest.fail("no free port below 1024")
+
+
+def interpreter() -> str:
+    """A Python the unprivileged user can execute (pyenv builds under /root are not)."""
+    system = "/usr/bin/python3"
+    if os.path.exists(system):
+        out = subprocess.run([system, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True,
+                             text=True).stdout.strip()
+        if out == str(tuple(sys.version_info[:2])):
+            return system
+    return sys.executable
+
+
+def unit_caps() -> tuple[str, str]:
+    values = {}
+    for line in open(os.path.join(REPO, "systemd", "relaybox.service")):
+        key, _, value = line.strip().partition("=")
+        values[key] = value
+    return values["CapabilityBoundingSet"], values["AmbientCapabilities"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another user")
+def test_runs_as_nobody_with_only_net_bind_service_on_a_privileged_port():
+    setpriv = shutil.which("setpriv")
+    assert setpriv, "setpriv (util-linux) is missing"
+    bounding, ambient = unit_caps()
+    assert bounding == ambient == "CAP_NET_BIND_SERVICE"
+    cap = bounding.removeprefix("CAP_").lower()
+    state = tempfile.mkdtemp(prefix="relaybox-unpriv-", dir="/tmp")   # pytest's tmp dirs are root-only
+    try:
+        os.chmod(state, 0o750)
+        os.chown(state, NOBODY, NOBODY)
+        port = privileged_port()
+        config = os.path.join(state, "relaybox.toml")
+        write_config(config, {
+            "smtp": {"listen": [f"127.0.0.1:{port}"], "hostname": "relay.test"},
+            "storage": {"path": os.path.join(state, "relaybox.db"), "min_free": 0.0},
+            "admin": {"listen": f"127.0.0.1:{free_port()}"},
+            "[[routes]]": [{"name": "closed", "host": "127.0.0.1", "port": free_port(), "tls": "none",
+                            "default": True}],
+        })
+        os.chmod(config, 0o644)
+        env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8",
+               "PYTHONPATH": f"{REPO}:{sysconfig.get_paths()['purelib']}", "PYTHONDONTWRITEBYTECODE": "1"}
+        log_path = os.path.join(state, "run.log")
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--no-new-privs",
+                 f"--bounding-set=-all,+{cap}", f"--inh-caps=-all,+{cap}", f"--ambient-caps=-all,+{cap}",
+                 interpreter(), "-m", "relaybox.cli", "run", "--config", config],
+                cwd=state, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 20
+            while True:
+                assert proc.poll() is None, open(log_path).read()[-3000:]
+                try:
+                    s = smtplib.SMTP("127.0.0.1", port, timeout=5)
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline, open(log_path).read()[-3000:]
+                    time.sleep(0.1)
+            status = open(f"/proc/{proc.pid}/status").read()
+            fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+            assert fields["Uid"].split()[0] == str(NOBODY)
+            assert int(fields["CapEff"], 16) == CAP_NET_BIND_SERVICE
+            assert int(fields["CapBnd"], 16) == CAP_NET_BIND_SERVICE
+            assert fields["NoNewPrivs"].strip() == "1"
+            with s:
+                s.ehlo("client.test")
+                assert s.sendmail("app@example.test", ["x@example.org"], b"Subject: t\r\n\r\nhi\r\n") == {}
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0, open(log_path).read()[-3000:]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        db = os.path.join(state, "relaybox.db")
+        assert os.stat(db).st_uid == NOBODY
+        conn = sqlite3.connect(db)
+        assert conn.execute("SELECT count(*) FROM messages").fetchone()[0] == 1
+        conn.close()
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
