@@ -286,3 +286,34 @@ def test_cli_parse_prints_one_json_line_per_file(tmp_path, capsys):
     assert lines[0]["recipients"][0]["reason"] == "userunknown"
     assert lines[1] == {"file": str(junk), "category": "unknown", "recipients": []}
     assert main(["bounces", "parse", str(tmp_path / "missing.eml")]) == 1
+
+
+def test_notice_that_gave_up_is_a_failure_and_a_warning_is_a_delay():
+    gave_up = parse(b"""From: MAILER-DAEMON@mx.example.org
+Subject: failure notice
+
+I'm afraid I wasn't able to deliver your message to the following addresses.
+
+<frank@example.com>:
+Sorry, I wasn't able to establish an SMTP connection. (#4.4.1)
+I'm not going to try again; this message has been in the queue too long.
+""")
+    r = gave_up.recipients[0]
+    assert (r.address, r.action, r.reason, r.kind) == ("frank@example.com", "failed", "expired", "soft")
+    assert r.status == "4.4.1"
+    warning = parse(b"""From: Mail Delivery System <mailer-daemon@mx.example.org>
+Subject: Warning: message 1abc delayed 24 hours
+
+This message was created automatically by mail delivery software.
+A message that you sent has not yet been delivered to one or more of its
+recipients after more than 24 hours on the queue on mx.example.org.
+
+  grace@example.net
+    host mx.example.net [192.0.2.7]: 451 4.7.1 Greylisted, try again later
+
+No action is required on your part. Delivery attempts will continue for
+some time, and this warning may be repeated at intervals if the message
+remains undelivered.
+""")
+    r = warning.recipients[0]
+    assert (r.address, r.action, r.kind) == ("grace@example.net", "delayed", "soft")
