@@ -104,7 +104,13 @@ _RULES: list[tuple[str, str]] = [
                     r"no (?:such )?account|recipient invalid|invalid .{0,20}(?:userid|user id)|"
                     r"address (?:could ?n[o']t|cannot|can't) be found|"
                     r"email address .{0,40}(?:not exist|not found|invalid)|user not found|"
-                    r"is not a known user"),
+                    r"is not a known user|"
+                    # de, fr, es, pt, it, nl
+                    r"benutzer unbekannt|unbekannte[rn]? (?:empf|benutzer|adresse)|empf\w+ unbekannt|"
+                    r"utilisateur inconnu|destinataire inconnu|"
+                    r"adresse (?:destinataire )?(?:inconnue|invalide)|"
+                    r"usuario (?:desconocido|no existe)|destinatario desconocido|usu[aá]rio desconhecido|"
+                    r"utente (?:sconosciuto|inesistente)|onbekende (?:gebruiker|ontvanger)"),
     ("securityerror", r"starttls|\btls\b.{0,30}required|must issue a|encryption required|"
                       r"authentication (?:is )?required|(?:must|need to) authenticate|"
                       r"submission (?:port|service)|certificate|unauthenticated sender|"
@@ -163,7 +169,10 @@ _STRONG = [(reason, re.compile(rx)) for reason, rx in [
                         r"multiple \w+ header"),
     ("systemfull", r"insufficient (?:system )?(?:disk )?(?:storage|space)|disk full|out of disk|"
                    r"system (?:storage|disk) (?:is )?full"),
-    ("mailboxfull", r"mail ?box (?:is )?full|over ?quota|quota exceeded|mailbox exceeds"),
+    ("mailboxfull", r"mail ?box (?:is )?full|over ?quota|quota exceeded|mailbox exceeds|"
+                    r"postfach (?:ist )?voll|"
+                    r"bo[iî]te (?:aux lettres )?pleine|buz[oó]n (?:est[aá] )?lleno|caixa postal cheia|"
+                    r"casella (?:di posta )?piena|mailbox vol"),
     ("policyviolation", r"for policy reasons|protocol violation"),
     ("speeding", r"receiving mail at a rate|too many recipients this (?:hour|day)|"
                  r"sent to too many recipients"),
