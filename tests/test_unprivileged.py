@@ -1,6 +1,7 @@
-"""relaybox runs the way the systemd unit starts it: an unprivileged user, no new privileges, and only
+"""relaybox runs confined the way the systemd unit confines it: an unprivileged user, no new privileges, only
 CAP_NET_BIND_SERVICE in the bounding and ambient sets (setpriv reproduces CapabilityBoundingSet=,
-AmbientCapabilities=, NoNewPrivileges= of systemd/relaybox.service), binding a privileged port."""
+AmbientCapabilities=, NoNewPrivileges= of systemd/relaybox.service) and the unit's SystemCallFilter= loaded
+as a seccomp filter (tests/peers/seccomp_exec.py); it binds a privileged port, accepts mail, drains."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import pytest
 from tests.peers.ports import free_port
 from tests.peers.relaybox_proc import REPO, write_config
 
+UNIT = os.path.join(REPO, "systemd", "relaybox.service")
 NOBODY = 65534
 CAP_NET_BIND_SERVICE = 1 << 10
 
@@ -50,14 +52,14 @@ def interpreter() -> str:
 
 def unit_caps() -> tuple[str, str]:
     values = {}
-    for line in open(os.path.join(REPO, "systemd", "relaybox.service")):
+    for line in open(UNIT):
         key, _, value = line.strip().partition("=")
         values[key] = value
     return values["CapabilityBoundingSet"], values["AmbientCapabilities"]
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another user")
-def test_runs_as_nobody_with_only_net_bind_service_on_a_privileged_port():
+def test_runs_confined_like_the_unit_on_a_privileged_port():
     setpriv = shutil.which("setpriv")
     assert setpriv, "setpriv (util-linux) is missing"
     bounding, ambient = unit_caps()
@@ -84,6 +86,7 @@ def test_runs_as_nobody_with_only_net_bind_service_on_a_privileged_port():
             proc = subprocess.Popen(
                 [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--no-new-privs",
                  f"--bounding-set=-all,+{cap}", f"--inh-caps=-all,+{cap}", f"--ambient-caps=-all,+{cap}",
+                 interpreter(), os.path.join(REPO, "tests", "peers", "seccomp_exec.py"), UNIT, "--",
                  interpreter(), "-m", "relaybox.cli", "run", "--config", config],
                 cwd=state, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
@@ -102,6 +105,7 @@ def test_runs_as_nobody_with_only_net_bind_service_on_a_privileged_port():
             assert int(fields["CapEff"], 16) == CAP_NET_BIND_SERVICE
             assert int(fields["CapBnd"], 16) == CAP_NET_BIND_SERVICE
             assert fields["NoNewPrivs"].strip() == "1"
+            assert fields["Seccomp"].strip() == "2"         # filter mode: the unit's system-call list
             with s:
                 s.ehlo("client.test")
                 assert s.sendmail("app@example.test", ["x@example.org"], b"Subject: t\r\n\r\nhi\r\n") == {}
@@ -118,3 +122,14 @@ def test_runs_as_nobody_with_only_net_bind_service_on_a_privileged_port():
         conn.close()
     finally:
         shutil.rmtree(state, ignore_errors=True)
+
+
+def test_the_seccomp_harness_really_filters(tmp_path):
+    """Control for the test above: with the unit's filter minus @network-io, creating a socket fails."""
+    unit = tmp_path / "relaybox.service"
+    unit.write_text(open(UNIT).read() + "\n[Service]\nSystemCallFilter=~@network-io\n")
+    code = "import socket\ntry:\n    socket.socket()\nexcept PermissionError:\n    print('EPERM')\n"
+    res = subprocess.run([shutil.which("setpriv"), "--no-new-privs", sys.executable,
+                          os.path.join(REPO, "tests", "peers", "seccomp_exec.py"), str(unit), "--",
+                          sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert res.stdout.strip() == "EPERM", res.stdout + res.stderr
