@@ -99,7 +99,8 @@ class Delivery:
             out.extend(Candidate(h.name, a, port) for a in addrs[:MAX_ADDRESSES_PER_HOST])
         if not out:
             if last is not None:
-                raise DNSError(451, "4.4.4", f"no MX host of {domain} resolves: {last.text}", True, stage="dns")
+                raise DNSError(451, "4.4.4", f"no MX host of {domain} resolves: {last.text}", True,
+                               stage="dns")
             raise DNSError(451, "4.4.4", f"no usable MX host for {domain}", True, stage="dns")
         return out
 
@@ -155,10 +156,12 @@ class Delivery:
             pre.append({"at": round(tx.started_at, 3), "dir": "C",
                         "line": f"reusing connection to {tx.host} [{tx.ip}] (greeting and EHLO below)"})
         attempt.update(ended_at=time.time(), host=tx.host, ip=tx.ip, tls=tx.tls,
-                       result=statuses.pop() if len(statuses) == 1 else "mixed", transcript=pre + tx.transcript)
+                       result=statuses.pop() if len(statuses) == 1 else "mixed",
+                       transcript=pre + tx.transcript)
         return Outcome(results, replies, attempt, label)
 
-    async def _send(self, session: Session, message: dict, recipients: list[dict], body: bytes) -> Transaction:
+    async def _send(self, session: Session, message: dict, recipients: list[dict],
+                    body: bytes) -> Transaction:
         """One transaction, or with VERP (``bounces.domain`` set, sender not <>) one per recipient on the
         same connection, each with its own return path ``<local>+<token>@<domain>``."""
         sender = message["sender"]

@@ -3,8 +3,8 @@
 Default (Postfix / KumoMTA style): the first retry 5 minutes after the first failure, then doubling
 (5, 10, 20, 40 min, ...), capped at 4000 s, each delay spread by +-``jitter`` (10 %) so a destination that
 came back is not hit by the whole queue at once. A recipient whose message is older than ``max_lifetime``
-(5 days) is given up: ``expired``. The last retry is pulled in to just before the deadline, so a message gets one
-final attempt at the end of its lifetime instead of expiring during a long pause.
+(5 days) is given up: ``expired``. The last retry is pulled in to just before the deadline, so a message
+gets one final attempt at the end of its lifetime instead of expiring during a long pause.
 
 A greylisting reply that names its wait ("try again in 300 seconds", "retry in 5 minutes",
 "greylisted for 60s") is honoured: the next attempt comes just after that wait, not after the backoff.

@@ -10,10 +10,12 @@ An organisation relaying through Microsoft 365, Gmail or its ISP lists routes in
 4. none: direct delivery to the recipient domain's MX.
 
 The From address is the header's (what contact-centre suites key on), else the envelope sender.
+``smtp_test(route, helo)`` is the admins' "SMTP test" of one route (CLI and admin API).
 """
 
 from __future__ import annotations
 
+import asyncio
 from email.utils import getaddresses
 
 from relay.config import RouteConfig
@@ -66,3 +68,37 @@ class Router:
 
     def get(self, name: str) -> RouteConfig | None:
         return self.by_name.get(name)
+
+
+async def smtp_test(route: RouteConfig, helo: str, timeout: float = 30.0) -> tuple[bool, str, list[dict]]:
+    """The admins' "SMTP test": connect, EHLO, STARTTLS/implicit TLS and AUTH as the route says, QUIT.
+
+    Returns (ok, summary, transcript); the summary is "OK: ..." or the server's exact reply
+    ("535 5.7.8 Authentication credentials invalid"). Credentials never appear in either.
+    Used by ``relaybox routes test NAME`` and the admin API.
+    """
+    from relay.errors import DeliveryError, from_exception
+    from relay.transport import Candidate, TLSPolicy, open_session
+
+    transcript: list[dict] = []
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(route.host, route.port)
+    except OSError as exc:
+        return False, f"cannot resolve {route.host}: {exc}", transcript
+    ips = list(dict.fromkeys(i[4][0] for i in infos))
+    cands = [Candidate(route.host, ip, route.port) for ip in ips[:2]]
+    try:
+        session = await open_session(cands, helo=helo, tls=TLSPolicy(route.tls, route.tls_verify),
+                                     username=route.username, password=route.password,
+                                     connect_timeout=timeout, command_timeout=timeout, transcript=transcript)
+    except DeliveryError as exc:
+        return False, f"{exc.code} {exc.enhanced} {exc.text}", transcript
+    except Exception as exc:  # noqa: BLE001 - report anything as a reply-shaped line
+        err = from_exception(exc)
+        return False, f"{err.code} {err.enhanced} {err.text}", transcript
+    tls = "TLS" if session.tls else "no TLS"
+    auth = ", authenticated" if route.username else ""
+    ip = session.candidate.ip
+    await session.close()
+    return True, f"OK: {route.host}:{route.port} [{ip}] accepted EHLO ({tls}{auth})", transcript

@@ -16,7 +16,8 @@ from ``relay.retry``; bounced/failed recipients trigger one DSN to the envelope 
 
 A slow or dead destination cannot starve the others: claims stop at a bound of recipients in flight, a
 destination holds at most ``10 x`` its connection limit (at least half the in-flight bound) of them; the
-excess goes straight back to the queue without an attempt, and after a connection failure a destination is "down" for 30 s, during which its
+excess goes straight back to the queue without an attempt, and after a connection failure a destination
+is "down" for 30 s, during which its
 recipients are deferred at once instead of waiting for timeouts.
 """
 
@@ -224,7 +225,8 @@ class Scheduler:
                 final.append((r, self._expired(r, None)))
             elif r["address"].lower() in suppressed:
                 final.append((r, RecipientResult(r["id"], "failed", None, "5.7.1",
-                                                 "recipient is on the suppression list", reason="suppressed")))
+                                                 "recipient is on the suppression list",
+                                                 reason="suppressed")))
             elif address_error(r["address"]):
                 final.append((r, RecipientResult(r["id"], "failed", 553, "5.1.3",
                                                  f"invalid address: {address_error(r['address'])}",
@@ -342,7 +344,8 @@ class Scheduler:
             return RecipientResult(r["id"], "deferred", err.code, err.enhanced, err.text,
                                    next_attempt_at=decision.next_attempt_at, route=route)
         status = err.status if err.status in ("bounced", "failed") else "bounced"
-        return RecipientResult(r["id"], status, err.code, err.enhanced, err.text, reason=err.reason, route=route)
+        return RecipientResult(r["id"], status, err.code, err.enhanced, err.text, reason=err.reason,
+                               route=route)
 
     async def _record(self, msg: dict, pairs: list[tuple[dict, RecipientResult]], attempt: dict | None,
                       report: _Report) -> None:
@@ -356,9 +359,11 @@ class Scheduler:
         for res in results:
             self.stats[res.status] += 1
         host = (attempt or {}).get("host")
-        report.failed.extend(dsn.FailedRecipient(r["address"], res.status, res.enhanced, res.code, res.text,
-                                                 host if res.code and res.reason is None else None, res.reason)
-                             for r, res in pairs if res.status in ("bounced", "failed"))
+        for r, res in pairs:
+            if res.status in ("bounced", "failed"):
+                remote = host if res.code and res.reason is None else None
+                report.failed.append(dsn.FailedRecipient(r["address"], res.status, res.enhanced, res.code,
+                                                         res.text, remote, res.reason))
         if report.parts <= 0 and report.failed and self.config.delivery.dsn and dsn.should_notify(msg):
             await self._send_dsn(msg, report.failed)
 
@@ -395,7 +400,7 @@ class Scheduler:
                              " lease_owner=NULL, updated_at=? WHERE id=?", (at, now, rid))
                 mids.add(row["message_id"])
             for mid in mids:
-                conn.execute("UPDATE messages SET crash_count = 0 WHERE id=? AND NOT EXISTS"
-                             " (SELECT 1 FROM recipients WHERE message_id=? AND status='sending')", (mid, mid))
+                conn.execute("UPDATE messages SET crash_count = 0 WHERE id=? AND NOT EXISTS (SELECT 1 FROM"
+                             " recipients WHERE message_id=? AND status='sending')", (mid, mid))
 
         await self.spool.db.write(_do)

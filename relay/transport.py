@@ -18,7 +18,7 @@ import asyncio
 import logging
 import ssl
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import aiosmtplib
 
@@ -82,114 +82,85 @@ class Session:
 
     async def send(self, sender: str, recipients: list[str], body: bytes) -> Transaction:
         """One mail transaction. Never raises for SMTP/network trouble: every recipient gets a result."""
-        started = time.time()
-        reused = self.messages > 0
-        tr: list[dict] = list(self.opening)
+        log_ = _Log(list(self.opening))
+        started, reused = time.time(), self.messages > 0
         results: dict[str, DeliveryError | None] = {}
         final: list[tuple[int, str]] = []
         self.messages += 1
-
-        def note(direction: str, line: str) -> None:
-            for part in (line.splitlines() or [""]):
-                tr.append({"at": round(time.time(), 3), "dir": direction, "line": part})
-
-        def reply(code: int, message: str) -> None:
-            lines = message.splitlines() or [""]
-            for i, part in enumerate(lines):
-                sep = "-" if i < len(lines) - 1 else " "
-                note("S", f"{code}{sep}{part}")
-
-        def finish() -> Transaction:
-            self.idle_since = time.monotonic()
-            return Transaction(results, tr, self.candidate.host, self.candidate.ip, self.tls, started,
-                               time.time(), reused, final[0] if final else None)
-
-        bad_sender = address_error(sender) if sender else None
-        valid: list[str] = []
-        for rcpt in recipients:
-            why = address_error(rcpt)
-            if why or bad_sender:
-                results[rcpt] = EnvelopeError(rcpt if why else sender, why or bad_sender or "")
+        valid = _validate(sender, recipients, results)
+        if valid:
+            opts = self._mail_options(sender, valid, body)
+            if isinstance(opts, DeliveryError):
+                results.update((r, opts) for r in valid)
             else:
-                valid.append(rcpt)
-        if not valid:
-            return finish()
-        smtputf8 = not (sender.isascii() and all(r.isascii() for r in valid))
+                await self._exchange(log_, sender, valid, body, opts, results, final)
+        self.idle_since = time.monotonic()
+        return Transaction(results, log_.lines, self.candidate.host, self.candidate.ip, self.tls, started,
+                           time.time(), reused, final[0] if final else None)
+
+    def _mail_options(self, sender: str, valid: list[str], body: bytes) -> list[str] | DeliveryError:
         opts = []
-        if smtputf8:
+        if not (sender.isascii() and all(r.isascii() for r in valid)):
             if not self.smtp.supports_extension("smtputf8"):
-                err = DeliveryError(553, "5.6.7", "non-ASCII address and the server lacks SMTPUTF8", False)
-                return self._all(results, valid, err, finish)
+                return DeliveryError(553, "5.6.7", "non-ASCII address and the server lacks SMTPUTF8", False)
             opts.append("SMTPUTF8")
         if self.smtp.supports_extension("size"):
             opts.append(f"SIZE={len(body)}")
         if self.smtp.supports_extension("8bitmime") and not body.isascii():
             opts.append("BODY=8BITMIME")
-        enc = "utf-8" if smtputf8 else "ascii"
+        return opts
+
+    async def _exchange(self, log_: "_Log", sender: str, valid: list[str], body: bytes, opts: list[str],
+                        results: dict, final: list) -> None:
+        enc = "utf-8" if "SMTPUTF8" in opts else "ascii"
         stage = "mail"
         try:
-            note("C", f"MAIL FROM:<{sender}>{' ' + ' '.join(opts) if opts else ''}")
-            resp = await self._cmd(self.smtp.execute_command(
-                b"MAIL", f"FROM:<{sender}>".encode(enc), *(o.encode() for o in opts)))
-            reply(resp.code, resp.message)
+            log_.note("C", f"MAIL FROM:<{sender}>{' ' + ' '.join(opts) if opts else ''}")
+            resp = await self.smtp.execute_command(b"MAIL", f"FROM:<{sender}>".encode(enc),
+                                                   *(o.encode() for o in opts))
+            log_.reply(resp.code, resp.message)
             err = from_reply(resp.code, resp.message, "mail")
             if err is not None:
-                await self._rset(note, reply)
-                return self._all(results, valid, err, finish)
+                results.update((r, err) for r in valid)
+                await self._rset(log_)
+                return
             stage = "rcpt"
-            accepted = []
             for rcpt in valid:
-                note("C", f"RCPT TO:<{rcpt}>")
-                resp = await self._cmd(self.smtp.execute_command(b"RCPT", f"TO:<{rcpt}>".encode(enc)))
-                reply(resp.code, resp.message)
+                log_.note("C", f"RCPT TO:<{rcpt}>")
+                resp = await self.smtp.execute_command(b"RCPT", f"TO:<{rcpt}>".encode(enc))
+                log_.reply(resp.code, resp.message)
                 results[rcpt] = from_reply(resp.code, resp.message, "rcpt")
-                if results[rcpt] is None:
-                    accepted.append(rcpt)
+            accepted = [r for r in valid if results[r] is None]
             if not accepted:
-                await self._rset(note, reply)
-                return finish()
+                await self._rset(log_)
+                return
             stage = "data"
-            note("C", "DATA")
-            resp = await self._cmd(self.smtp.data(body))
-            note("C", f"<{len(body)} octets>")
-            reply(resp.code, resp.message)
+            log_.note("C", "DATA")
+            resp = await self.smtp.data(body)
+            log_.note("C", f"<{len(body)} octets>")
+            log_.reply(resp.code, resp.message)
             err = from_reply(resp.code, resp.message, "data")
             if err is None:
                 final.append((resp.code, " ".join(resp.message.split())))
-            for rcpt in accepted:
-                results[rcpt] = err
+            results.update((r, err) for r in accepted)
         except aiosmtplib.SMTPResponseException as exc:
-            reply(exc.code, exc.message)
-            err = from_exception(exc, stage)
-            for rcpt in valid:
-                if rcpt not in results or (stage == "data" and results[rcpt] is None):
-                    results[rcpt] = err
+            log_.reply(exc.code, exc.message)
+            _fail_pending(results, valid, from_exception(exc, stage), stage)
             if exc.code == 421:
                 self.broken = True
             else:
-                await self._rset(note, reply)
+                await self._rset(log_)
         except Exception as exc:  # noqa: BLE001 - network trouble: classify, mark the session broken
             self.broken = True
             err = from_exception(exc, stage)
-            note("S", f"({err.text})")
-            for rcpt in valid:
-                if rcpt not in results or (stage == "data" and results[rcpt] is None):
-                    results[rcpt] = err
-        return finish()
+            log_.note("S", f"({err.text})")
+            _fail_pending(results, valid, err, stage)
 
-    def _all(self, results, rcpts, err, finish) -> Transaction:
-        for r in rcpts:
-            results[r] = err
-        return finish()
-
-    async def _cmd(self, coro):
-        return await coro          # aiosmtplib applies the per-command timeout itself
-
-    async def _rset(self, note, reply) -> None:
+    async def _rset(self, log_: "_Log") -> None:
         try:
-            note("C", "RSET")
-            resp = await self._cmd(self.smtp.rset())
-            reply(resp.code, resp.message)
+            log_.note("C", "RSET")
+            resp = await self.smtp.rset()
+            log_.reply(resp.code, resp.message)
         except Exception:  # noqa: BLE001
             self.broken = True
 
@@ -201,6 +172,45 @@ class Session:
             pass
         finally:
             self.smtp.close()
+
+
+class _Log:
+    """Transcript lines: ``{"at", "dir": "S"|"C", "line"}``; multi-line replies become one line each."""
+
+    def __init__(self, lines: list[dict], mirror: list[dict] | None = None):
+        self.lines = lines
+        self.mirror = mirror
+
+    def note(self, direction: str, line: str) -> None:
+        for part in (line.splitlines() or [""]):
+            entry = {"at": round(time.time(), 3), "dir": direction, "line": part}
+            self.lines.append(entry)
+            if self.mirror is not None:
+                self.mirror.append(entry)
+
+    def reply(self, code: int, message: str) -> None:
+        lines = message.splitlines() or [""]
+        for i, part in enumerate(lines):
+            self.note("S", f"{code}{'-' if i < len(lines) - 1 else ' '}{part}")
+
+
+def _validate(sender: str, recipients: list[str], results: dict) -> list[str]:
+    """Re-validate the envelope (no CR/LF or lists can reach the wire); returns the sendable recipients."""
+    bad_sender = address_error(sender) if sender else None
+    valid = []
+    for rcpt in recipients:
+        why = address_error(rcpt)
+        if why or bad_sender:
+            results[rcpt] = EnvelopeError(rcpt if why else sender, why or bad_sender or "")
+        else:
+            valid.append(rcpt)
+    return valid
+
+
+def _fail_pending(results: dict, valid: list[str], err: DeliveryError, stage: str) -> None:
+    for rcpt in valid:
+        if rcpt not in results or (stage == "data" and results[rcpt] is None):
+            results[rcpt] = err
 
 
 async def open_session(candidates: list[Candidate], *, helo: str, tls: TLSPolicy = TLSPolicy(),
@@ -238,89 +248,87 @@ class _RetryPlain(Exception):
 
 async def _open_one(cand: Candidate, helo: str, tls: TLSPolicy, use_starttls: bool, username: str,
                     password: str, connect_timeout: float, command_timeout: float, tr: list[dict]) -> Session:
-    opening: list[dict] = []
-
-    def note(direction: str, line: str) -> None:
-        for part in (line.splitlines() or [""]):
-            entry = {"at": round(time.time(), 3), "dir": direction, "line": part}
-            opening.append(entry)
-            tr.append(entry)
-
-    def reply(resp) -> None:
-        lines = resp.message.splitlines() or [""]
-        for i, part in enumerate(lines):
-            note("S", f"{resp.code}{'-' if i < len(lines) - 1 else ' '}{part}")
-
+    log_ = _Log([], tr)
     implicit = tls.mode == "implicit"
     smtp = aiosmtplib.SMTP(hostname=cand.ip, port=cand.port, local_hostname=helo, timeout=command_timeout,
                            use_tls=implicit, start_tls=False, validate_certs=tls.verify,
                            tls_context=_ctx(tls.verify) if implicit else None)
-    stage = "connect"
-    secured = implicit
-    note("C", f"connect {cand.host} [{cand.ip}]:{cand.port}{' (implicit TLS)' if implicit else ''}")
+    stage = ["connect"]
+    log_.note("C", f"connect {cand.host} [{cand.ip}]:{cand.port}{' (implicit TLS)' if implicit else ''}")
     try:
-        try:
-            greeting = await asyncio.wait_for(smtp.connect(timeout=connect_timeout), connect_timeout + 5)
-        except aiosmtplib.SMTPConnectResponseError as exc:
-            note("S", f"{exc.code} {exc.message}")
-            raise from_reply(exc.code, exc.message, "greeting") or from_exception(exc, "greeting") from exc
-        reply(greeting)
-        stage = "ehlo"
-        note("C", f"EHLO {helo}")
-        resp = await smtp.ehlo()
-        reply(resp)
-        if resp.code != 250:
-            raise from_reply(resp.code, resp.message, "ehlo") or ConnectError(421, "4.4.0", "EHLO failed")
-        offers_tls = smtp.supports_extension("starttls")
-        if not implicit and tls.mode == "starttls" and not offers_tls:
-            raise DeliveryError(421, "4.7.4", f"{cand.host} does not offer STARTTLS, which the route requires",
-                                True, stage="starttls")
-        if not implicit and tls.mode in ("starttls", "opportunistic") and use_starttls and offers_tls:
-            stage = "starttls"
-            note("C", "STARTTLS")
-            try:
-                resp = await smtp.starttls(server_hostname=cand.host, validate_certs=tls.verify,
-                                           tls_context=_ctx(tls.verify))
-            except Exception as exc:  # noqa: BLE001
-                err = from_exception(exc, "starttls")
-                note("S", f"({err.text})")
-                if tls.mode == "opportunistic":
-                    raise _RetryPlain(err) from exc
-                raise err from exc
-            reply(resp)
-            secured = True
-            note("C", f"EHLO {helo}")
-            resp = await smtp.ehlo()
-            reply(resp)
+        await _greet(smtp, log_, helo, connect_timeout, stage)
+        secured = implicit or await _starttls(smtp, log_, cand, helo, tls, use_starttls, stage)
         if username:
-            stage = "auth"
-            if not secured and tls.mode != "none":
-                raise DeliveryError(530, "5.7.0", "refusing to send credentials without TLS", False,
-                                    stage="auth")
-            note("C", "AUTH **** (credentials not logged)")
-            try:
-                resp = await smtp.login(username, password)
-                reply(resp)
-            except aiosmtplib.SMTPAuthenticationError as exc:
-                note("S", f"{exc.code} {exc.message}")
-                err = from_reply(exc.code, exc.message, "auth") or DeliveryError(535, "5.7.8", exc.message, False)
-                raise DeliveryError(err.code, err.enhanced, err.text, err.temporary, stage="auth") from exc
-            except aiosmtplib.SMTPException as exc:
-                err = from_exception(exc, "auth")
-                note("S", f"({err.text})")
-                raise DeliveryError(err.code, err.enhanced, err.text, err.temporary, stage="auth") from exc
-    except DeliveryError:
-        smtp.close()
-        raise
-    except _RetryPlain:
+            stage[0] = "auth"
+            await _auth(smtp, log_, username, password, secured or tls.mode == "none")
+    except (DeliveryError, _RetryPlain):
         smtp.close()
         raise
     except Exception as exc:  # noqa: BLE001 - classify any network/protocol failure
         smtp.close()
-        err = from_exception(exc, stage)
-        note("S", f"({err.text})")
+        err = from_exception(exc, stage[0])
+        log_.note("S", f"({err.text})")
         raise err from exc
-    return Session(smtp, cand, secured, opening, command_timeout)
+    return Session(smtp, cand, secured, log_.lines, command_timeout)
+
+
+async def _greet(smtp: aiosmtplib.SMTP, log_: _Log, helo: str, timeout: float, stage: list[str]) -> None:
+    try:
+        greeting = await asyncio.wait_for(smtp.connect(timeout=timeout), timeout + 5)
+    except aiosmtplib.SMTPConnectResponseError as exc:
+        log_.note("S", f"{exc.code} {exc.message}")
+        raise from_reply(exc.code, exc.message, "greeting") or from_exception(exc, "greeting") from exc
+    log_.reply(greeting.code, greeting.message)
+    stage[0] = "ehlo"
+    log_.note("C", f"EHLO {helo}")
+    resp = await smtp.ehlo()
+    log_.reply(resp.code, resp.message)
+    if resp.code != 250:
+        raise from_reply(resp.code, resp.message, "ehlo") or ConnectError(421, "4.4.0", "EHLO failed")
+
+
+async def _starttls(smtp: aiosmtplib.SMTP, log_: _Log, cand: Candidate, helo: str, tls: TLSPolicy,
+                    use_starttls: bool, stage: list[str]) -> bool:
+    """STARTTLS as the policy says; True when the session is now encrypted."""
+    offers = smtp.supports_extension("starttls")
+    if tls.mode == "starttls" and not offers:
+        raise DeliveryError(421, "4.7.4", f"{cand.host} does not offer STARTTLS, which the route requires",
+                            True, stage="starttls")
+    if tls.mode not in ("starttls", "opportunistic") or not use_starttls or not offers:
+        return False
+    stage[0] = "starttls"
+    log_.note("C", "STARTTLS")
+    try:
+        resp = await smtp.starttls(server_hostname=cand.host, validate_certs=tls.verify,
+                                   tls_context=_ctx(tls.verify))
+    except Exception as exc:  # noqa: BLE001
+        err = from_exception(exc, "starttls")
+        log_.note("S", f"({err.text})")
+        if tls.mode == "opportunistic":
+            raise _RetryPlain(err) from exc
+        raise err from exc
+    log_.reply(resp.code, resp.message)
+    log_.note("C", f"EHLO {helo}")
+    resp = await smtp.ehlo()
+    log_.reply(resp.code, resp.message)
+    return True
+
+
+async def _auth(smtp: aiosmtplib.SMTP, log_: _Log, username: str, password: str, allowed: bool) -> None:
+    if not allowed:
+        raise DeliveryError(530, "5.7.0", "refusing to send credentials without TLS", False, stage="auth")
+    log_.note("C", "AUTH **** (credentials not logged)")
+    try:
+        resp = await smtp.login(username, password)
+    except aiosmtplib.SMTPAuthenticationError as exc:
+        log_.note("S", f"{exc.code} {exc.message}")
+        err = from_reply(exc.code, exc.message, "auth") or DeliveryError(535, "5.7.8", exc.message, False)
+        raise DeliveryError(err.code, err.enhanced, err.text, err.temporary, stage="auth") from exc
+    except aiosmtplib.SMTPException as exc:
+        err = from_exception(exc, "auth")
+        log_.note("S", f"({err.text})")
+        raise DeliveryError(err.code, err.enhanced, err.text, err.temporary, stage="auth") from exc
+    log_.reply(resp.code, resp.message)
 
 
 class ConnectionPool:

@@ -10,7 +10,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from relay import verp
-from relay.config import BouncesConfig, DeliveryConfig, DKIMConfig, DKIMKeyConfig, RelayConfig, RouteConfig, SMTPConfig
+from relay.config import (BouncesConfig, DeliveryConfig, DKIMConfig, DKIMKeyConfig, RelayConfig, RouteConfig,
+                          SMTPConfig)
 from relay.db import Database
 from relay.dkim import dns_record
 from relay.envelope import NewMessage
@@ -74,7 +75,8 @@ def body(frm="Alice <alice@src.test>", subject="hello"):
 
 
 async def enqueue(spool, rcpts, sender="alice@src.test", frm="Alice <alice@src.test>", **kw):
-    return await spool.enqueue(NewMessage(sender=sender, recipients=rcpts, body=body(frm), from_header=frm, **kw))
+    return await spool.enqueue(NewMessage(sender=sender, recipients=rcpts, body=body(frm), from_header=frm,
+                                          **kw))
 
 
 async def recipients(spool, qid):
@@ -116,7 +118,8 @@ async def test_multi_recipient_mixed_outcomes_with_transcript_and_dsn(env, sink)
     report = dsns[0].data.decode()
     assert "multipart/report; report-type=delivery-status" in report
     for needle in ("Final-Recipient: rfc822; gone@dst.test", "Status: 5.1.1",
-                   "Diagnostic-Code: smtp; 550 5.1.1", "Final-Recipient: rfc822; x@null.test", "Status: 5.1.10",
+                   "Diagnostic-Code: smtp; 550 5.1.1", "Final-Recipient: rfc822; x@null.test",
+                   "Status: 5.1.10",
                    "Final-Recipient: rfc822; y@does-not-exist.test", "Remote-MTA: dns; mx.dst.test"):
         assert needle in report, needle
     assert "ok@dst.test" not in report.split("message/delivery-status")[1].split("text/rfc822-headers")[0]

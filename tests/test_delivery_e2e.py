@@ -93,7 +93,8 @@ def test_delivers_through_mx_to_postfix_smtp_sink_with_dkim(tmp_path, keyfile):
     conn = sqlite3.connect(relay.db_path)
     rows = conn.execute("SELECT host, ip, tls, result, transcript FROM attempts").fetchall()
     conn.close()
-    assert len(rows) == 3 and {r[0] for r in rows} == {"mx.dst.test"} and {r[3] for r in rows} == {"delivered"}
+    assert len(rows) == 3 and {r[0] for r in rows} == {"mx.dst.test"}
+    assert {r[3] for r in rows} == {"delivered"}
     lines = [e["line"] for e in json.loads(rows[0][4])]
     assert any(x.startswith("220 ") and "ESMTP" in x for x in lines), lines
     assert any(x.startswith("RCPT TO:<user") for x in lines)
@@ -120,7 +121,8 @@ def test_kill_9_during_data_then_restart_delivers_everything(tmp_path, keyfile):
             assert wait_for(lambda: statuses(relay.db_path).get("delivered") == 5), relay.log()
         finally:
             relay.stop()
-        subjects = [line for d in fast.dumps() for line in d.split(b"\n") if line.startswith(b"Subject: crash")]
+        subjects = [line for d in fast.dumps() for line in d.split(b"\n")
+                    if line.startswith(b"Subject: crash")]
         fast.stop()
     assert sorted(set(subjects)) == [f"Subject: crash {i}".encode() for i in range(5)]
     assert len(subjects) <= 10        # at most the transactions in flight at the kill are duplicated

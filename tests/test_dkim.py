@@ -15,7 +15,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from relay.config import DKIMConfig, DKIMKeyConfig
-from relay.dkim import Signer, dns_record, load_key, parse_headers, relaxed_body, relaxed_header, split_message
+from relay.dkim import (Signer, dns_record, load_key, parse_headers, relaxed_body, relaxed_header,
+                        split_message)
 from tests.peers.dnsmasq import DnsmasqServer, build_args
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -180,7 +181,8 @@ def opendkim_in_namespace(keys, messages: dict[str, bytes], tmp_path) -> dict[st
 def test_opendkim_accepts_rsa_and_ed25519_and_rejects_tampering(keys, tmp_path):
     rsa_msg, ed_msg = signed(keys["rsa"][0]), signed(keys["ed25519"][0])
     assert b"a=ed25519-sha256" in ed_msg
-    wrong = Signer({"example.com": load_key("example.com", "ed1", pem_of(ed25519.Ed25519PrivateKey.generate()))})
+    other = pem_of(ed25519.Ed25519PrivateKey.generate())
+    wrong = Signer({"example.com": load_key("example.com", "ed1", other)})
     codes = opendkim_in_namespace(keys, {
         "rsa": rsa_msg, "ed25519": ed_msg,
         "rsa_tampered": tamper_body(rsa_msg), "ed25519_tampered": tamper_body(ed_msg),

@@ -1,4 +1,4 @@
-"""Route selection by From address/domain, and `relaybox routes test NAME` against a real aiosmtpd smarthost."""
+"""Route selection by From address/domain; `relaybox routes test NAME` against a real aiosmtpd smarthost."""
 
 import asyncio
 import os
@@ -42,7 +42,8 @@ async def run_cli(cfg, *args):
 async def test_routes_test_command_reports_success_and_the_servers_exact_reply(tmp_path):
     hub = await Sink(tls=True, users={"relay": "Pa55-word"}).start()
     cfg = tmp_path / "relaybox.toml"
-    route = {"host": "127.0.0.1", "port": hub.port, "tls": "starttls", "tls_verify": False, "username": "relay"}
+    route = {"host": "127.0.0.1", "port": hub.port, "tls": "starttls", "tls_verify": False,
+             "username": "relay"}
     write_config(str(cfg), {"smtp": {"hostname": "relay.test"}, "storage": {"path": str(tmp_path / "db")},
                             "[[routes]]": [{"name": "good", **route, "password": "Pa55-word"},
                                            {"name": "badpw", **route, "password": "nope-wrong"},

@@ -134,7 +134,8 @@ async def test_route_with_required_starttls_and_auth_keeps_secrets_out():
     assert any(e["line"].startswith("235") for e in t.transcript)
     await session.close()
     with pytest.raises(DeliveryError) as ei:
-        await open_session([cand(s)], helo="relay.test", tls=TLSPolicy("starttls", verify=True), username="user1",
+        await open_session([cand(s)], helo="relay.test", tls=TLSPolicy("starttls", verify=True),
+                           username="user1",
                            password="wrong")   # verify on: self-signed cert fails first
     assert ei.value.enhanced == "4.7.5"
     with pytest.raises(DeliveryError) as ei:

@@ -13,34 +13,6 @@ import sys
 from relay.configtypes import ConfigError
 
 
-async def smtp_test(route, helo: str, timeout: float = 30.0) -> tuple[bool, str, list[dict]]:
-    """Connect/EHLO/TLS/AUTH against ``route``; returns (ok, summary, transcript)."""
-    from relay.errors import DeliveryError, from_exception
-    from relay.transport import Candidate, TLSPolicy, open_session
-
-    transcript: list[dict] = []
-    loop = asyncio.get_running_loop()
-    try:
-        infos = await loop.getaddrinfo(route.host, route.port)
-    except OSError as exc:
-        return False, f"cannot resolve {route.host}: {exc}", transcript
-    ips = list(dict.fromkeys(i[4][0] for i in infos))
-    cands = [Candidate(route.host, ip, route.port) for ip in ips[:2]]
-    try:
-        session = await open_session(cands, helo=helo, tls=TLSPolicy(route.tls, route.tls_verify),
-                                     username=route.username, password=route.password,
-                                     connect_timeout=timeout, command_timeout=timeout, transcript=transcript)
-    except DeliveryError as exc:
-        return False, f"{exc.code} {exc.enhanced} {exc.text}", transcript
-    except Exception as exc:  # noqa: BLE001
-        err = from_exception(exc)
-        return False, f"{err.code} {err.enhanced} {err.text}", transcript
-    tls = "TLS" if session.tls else "no TLS"
-    auth = ", authenticated" if route.username else ""
-    await session.close()
-    return True, f"OK: {route.host}:{route.port} [{session.candidate.ip}] accepted EHLO ({tls}{auth})", transcript
-
-
 def _settings(args):
     from relaybox.settings import load
 
@@ -77,6 +49,8 @@ def cmd_test(args) -> int:
         print(f"error: no route named {args.name!r} (routes: {names})", file=sys.stderr)
         return 2
     helo = relay.delivery.helo_name or relay.smtp.hostname
+    from relay.routes import smtp_test
+
     ok, summary, transcript = asyncio.run(smtp_test(route, helo, args.timeout))
     if not args.quiet:
         for e in transcript:

@@ -96,7 +96,8 @@ class _Handler:
         auth = session.auth_data.login.decode() if isinstance(session.auth_data, LoginPassword) else None
         sender = "" if envelope.mail_from == "<>" else envelope.mail_from
         self.sink.messages.append(Received(sender, list(envelope.rcpt_tos), bytes(envelope.content),
-                                           session.ssl is not None or self.sink.implicit_tls, auth, str(session.peer)))
+                                           session.ssl is not None or self.sink.implicit_tls, auth,
+                                           str(session.peer)))
         self.sink.received.set()
         return "250 2.0.0 OK queued"
 
