@@ -98,7 +98,8 @@ class DeliveryConfig:
     claim_batch: int = 200                 # recipients claimed per scheduler round
     poll_interval: Duration = Duration(1)  # how often the scheduler looks for due recipients when idle
     dsn: bool = True                       # RFC 3464 report to the envelope sender on bounced/failed
-    delay_notice: bool = False             # one "delayed" DSN per message (not yet implemented)
+    delay_notice: bool = False             # one "delayed" DSN per message, once it is this late:
+    delay_notice_after: Duration = Duration(4 * 3600)
 
     def __post_init__(self):
         for name in ("concurrency", "per_destination", "messages_per_connection", "claim_batch"):

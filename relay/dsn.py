@@ -4,7 +4,8 @@ When recipients end ``bounced`` or ``failed`` (expired, null MX, suppressed, inv
 gets one report per message per delivery round, listing those recipients with their status code and the
 remote server's reply. Never to ``<>`` (a bounce of a bounce), never for a message that is itself a report.
 The report is enqueued with the spool like any message (envelope sender ``<>``), so it is durable and
-retried like everything else.
+retried like everything else. Optionally (``delivery.delay_notice``) a "delayed" report goes out once per
+message when recipients are still deferred ``delivery.delay_notice_after`` after acceptance.
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ from datetime import datetime, timezone
 
 from relay.dkim import parse_headers, split_message
 from relay.envelope import NewMessage, address_error
+
+
+FAILED_SUBJECT = "Undelivered Mail Returned to Sender"
+DELAYED_SUBJECT = "Delayed Mail (still being retried)"
 
 
 @dataclass
@@ -52,8 +57,10 @@ def _reply(r: FailedRecipient) -> str:
 
 
 def build(message: dict, recipients: list[FailedRecipient], original: bytes | None, *,
-          reporting_mta: str, now: float | None = None) -> bytes:
-    """The report as bytes (CRLF), addressed to the message's envelope sender."""
+          reporting_mta: str, now: float | None = None, action: str = "failed") -> bytes:
+    """The report as bytes (CRLF), addressed to the message's envelope sender. ``action`` is "failed"
+    (bounced/failed recipients) or "delayed" (a delay notice: still being retried)."""
+    delayed = action == "delayed"
     now = time.time() if now is None else now
     date = format_datetime(datetime.fromtimestamp(now, timezone.utc))
     arrival = format_datetime(datetime.fromtimestamp(float(message.get("created_at") or now), timezone.utc))
@@ -62,7 +69,7 @@ def build(message: dict, recipients: list[FailedRecipient], original: bytes | No
     lines = [
         f"From: Mail Delivery System <{daemon}>",
         f"To: <{message['sender']}>",
-        "Subject: Undelivered Mail Returned to Sender",
+        f"Subject: {DELAYED_SUBJECT if delayed else FAILED_SUBJECT}",
         f"Date: {date}",
         f"Message-ID: {make_msgid('dsn', reporting_mta)}",
         "Auto-Submitted: auto-replied",
@@ -77,7 +84,8 @@ def build(message: dict, recipients: list[FailedRecipient], original: bytes | No
         "",
         f"This is the mail system at host {reporting_mta}.",
         "",
-        "Your message could not be delivered to one or more recipients.",
+        ("Your message has not been delivered yet to the recipients below; the mail system will keep"
+         " trying." if delayed else "Your message could not be delivered to one or more recipients."),
         f"Queue id: {message['id']}",
         "",
     ]
@@ -88,7 +96,7 @@ def build(message: dict, recipients: list[FailedRecipient], original: bytes | No
               f"Reporting-MTA: dns; {reporting_mta}", f"X-Relaybox-Queue-ID: {message['id']}",
               f"Arrival-Date: {arrival}", ""]
     for r in recipients:
-        lines += [f"Final-Recipient: rfc822; {r.address}", "Action: failed", f"Status: {_status_code(r)}"]
+        lines += [f"Final-Recipient: rfc822; {r.address}", f"Action: {action}", f"Status: {_status_code(r)}"]
         if r.remote_mta:
             lines.append(f"Remote-MTA: dns; {r.remote_mta}")
         if r.code:
@@ -109,11 +117,11 @@ def build(message: dict, recipients: list[FailedRecipient], original: bytes | No
 
 
 def new_message(message: dict, recipients: list[FailedRecipient], original: bytes | None, *,
-                reporting_mta: str, now: float | None = None) -> NewMessage | None:
+                reporting_mta: str, now: float | None = None, action: str = "failed") -> NewMessage | None:
     """The DSN ready for ``Spool.enqueue``, or None when no report must be sent."""
     if not recipients or not should_notify(message):
         return None
-    body = build(message, recipients, original, reporting_mta=reporting_mta, now=now)
+    body = build(message, recipients, original, reporting_mta=reporting_mta, now=now, action=action)
     return NewMessage(sender="", recipients=[message["sender"]], body=body,
                       from_header=f"Mail Delivery System <MAILER-DAEMON@{reporting_mta}>",
-                      subject="Undelivered Mail Returned to Sender")
+                      subject=DELAYED_SUBJECT if action == "delayed" else FAILED_SUBJECT)

@@ -366,11 +366,35 @@ class Scheduler:
                                                          res.text, remote, res.reason))
         if report.parts <= 0 and report.failed and self.config.delivery.dsn and dsn.should_notify(msg):
             await self._send_dsn(msg, report.failed)
+        d = self.config.delivery
+        if d.delay_notice and dsn.should_notify(msg):
+            late = [(r, res) for r, res in pairs if res.status == "deferred"]
+            start = max(msg["created_at"], msg.get("send_at") or 0)
+            if late and self.clock() - start >= d.delay_notice_after:
+                await self._delay_notice(msg, late)
 
-    async def _send_dsn(self, msg: dict, items: list) -> None:
+    async def _delay_notice(self, msg: dict, late: list[tuple[dict, RecipientResult]]) -> None:
+        """At most one "delayed" report per message: the kv row ``delay-notice:<id>`` is the marker."""
+        key = f"delay-notice:{msg['id']}"
+
+        def _mark(conn):
+            return conn.execute("INSERT OR IGNORE INTO kv(key, value) VALUES (?, ?)",
+                                (key, str(self.clock()))).rowcount == 1
+
+        try:
+            if not await self.spool.db.write(_mark):
+                return
+        except Exception:  # noqa: BLE001
+            log.exception("could not record the delay notice of %s", msg["id"])
+            return
+        items = [dsn.FailedRecipient(r["address"], "deferred", res.enhanced, res.code, res.text, None, None)
+                 for r, res in late]
+        await self._send_dsn(msg, items, action="delayed")
+
+    async def _send_dsn(self, msg: dict, items: list, action: str = "failed") -> None:
         try:
             original = await self.spool.body(msg["id"])
-            new = dsn.new_message(msg, items, original, reporting_mta=self.delivery.helo)
+            new = dsn.new_message(msg, items, original, reporting_mta=self.delivery.helo, action=action)
             if new is not None:
                 await self.spool.enqueue(new, actor="dsn")
                 self.stats["dsn"] += 1

@@ -298,3 +298,22 @@ async def test_slow_destination_does_not_starve_others_and_per_domain_limit_hold
     finally:
         await sched.stop(5)
         await slow.stop()
+
+
+async def test_delay_notice_once_per_message_when_enabled(env, sink):
+    spool, clock, make = env
+    sink.faults.rcpt = {"slowbox@dst.test": "451 4.2.1 mailbox busy"}
+    qid = await enqueue(spool, ["slowbox@dst.test"])
+    sched = make(delivery={"delay_notice": True, "delay_notice_after": 600})
+    await sched.run_burst()                                  # first failure: not late yet
+    assert [m for m in sink.messages if m.sender == ""] == []
+    for t in (T0 + 700, T0 + 1400, T0 + 3000):               # late: one notice, then never again
+        clock.t = t
+        await spool.retry_now(qid)
+        await sched.run_burst()
+    notices = [m for m in sink.messages if m.sender == ""]
+    assert len(notices) == 1 and notices[0].rcpts == ["alice@src.test"]
+    text = notices[0].data.decode()
+    assert "Subject: Delayed Mail (still being retried)" in text and "Action: delayed" in text
+    assert "Status: 4.2.1" in text
+    assert (await recipients(spool, qid))["slowbox@dst.test"]["status"] == "deferred"
