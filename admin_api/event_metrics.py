@@ -96,7 +96,8 @@ class EventTail:
         att = conn.execute("SELECT id, route, result FROM attempts WHERE id > ? ORDER BY id LIMIT ?",
                            (self.attempt_id, BATCH)).fetchall()
         for a in att:
-            ATTEMPTS.labels(route_label(a["route"]), a["result"] if a["result"] in _RESULTS else "other").inc()
+            result = a["result"] if a["result"] in _RESULTS else "other"
+            ATTEMPTS.labels(route_label(a["route"]), result).inc()
         if att:
             self.attempt_id = att[-1]["id"]
         bounces = self._bounces(conn)
@@ -115,9 +116,11 @@ class EventTail:
 
 
 def _word(value: Any) -> str:
-    """A bounded label value: the bounce vocabulary is a fixed set of short words; anything else is 'other'."""
+    """A bounded label value: the bounce vocabulary is a fixed set of short words; others are 'other'."""
     text = str(value or "")
-    return text if len(text) <= 24 and text.replace("-", "").replace("_", "").isalnum() or not text else "other"
+    if not text or (len(text) <= 24 and text.replace("-", "").replace("_", "").isalnum()):
+        return text
+    return "other"
 
 
 def _max_bounce(conn: sqlite3.Connection) -> int | None:

@@ -52,8 +52,8 @@ def _queue_stats(conn: sqlite3.Connection, now: float) -> dict[str, Any]:
     suppressed: dict[str, int] | None = None
     try:
         suppressed = {k: 0 for k in ("hard", "soft", "complaint", "manual")}
-        for r in conn.execute("SELECT kind, COUNT(*) FROM suppressions WHERE expires_at IS NULL OR expires_at > ?"
-                              " GROUP BY kind", (now,)):
+        for r in conn.execute("SELECT kind, COUNT(*) FROM suppressions WHERE expires_at IS NULL"
+                              " OR expires_at > ? GROUP BY kind", (now,)):
             suppressed[r[0]] = r[1]
     except sqlite3.OperationalError:   # bounce processing not installed
         suppressed = None

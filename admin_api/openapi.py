@@ -34,8 +34,8 @@ def _param_schema(p) -> dict:
 
 
 def _operation(r: Route) -> dict:
-    op: dict = {"summary": r.summary, "tags": [r.tag],
-                "operationId": f"{r.method.lower()}_{re.sub(r'[^a-zA-Z0-9]+', '_', openapi_path(r.path)).strip('_')}"}
+    slug = re.sub(r"[^a-zA-Z0-9]+", "_", openapi_path(r.path)).strip("_")
+    op: dict = {"summary": r.summary, "tags": [r.tag], "operationId": f"{r.method.lower()}_{slug}"}
     if r.params:
         op["parameters"] = [{
             "name": p.name, "in": p.where, "required": p.required or p.where == "path",

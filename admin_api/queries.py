@@ -124,8 +124,8 @@ def list_messages(conn: sqlite3.Connection, f: MessageFilter, *, limit: int = 50
     by_id = {r["id"]: _summary(r) for r in rows}
     if by_id:
         marks = ",".join("?" * len(by_id))
-        for r in conn.execute(f"SELECT message_id, address, status FROM recipients WHERE message_id IN ({marks})"
-                              " ORDER BY id", tuple(by_id)):
+        for r in conn.execute(f"SELECT message_id, address, status FROM recipients"
+                              f" WHERE message_id IN ({marks}) ORDER BY id", tuple(by_id)):
             m = by_id[r["message_id"]]
             m["recipients"].append(r["address"])
             m["recipient_status"][r["status"]] = m["recipient_status"].get(r["status"], 0) + 1

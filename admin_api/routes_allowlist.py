@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from admin_api.common import Param, Route, body_str, conflict, invalid, iso, not_found, ok, read_json, relaybox
+from admin_api.common import (Param, Route, body_str, conflict, invalid, iso, not_found, ok, read_json,
+                              relaybox)
 from relay import policy
 
 ENTRY = {"type": "object", "required": ["cidr"], "properties": {

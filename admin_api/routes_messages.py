@@ -11,9 +11,9 @@ from typing import Any
 from aiohttp import web
 
 from admin_api import queries
-from admin_api.common import (CONFIG_KEY, PAGE_PARAMS, ApiError, Param, Route, actor, bad_request, conflict, decode_cursor,
-                              encode_cursor, invalid, iso, not_found, ok, page_schema, parse_time,
-                              query_bool, query_int, read_json, relaybox)
+from admin_api.common import (CONFIG_KEY, PAGE_PARAMS, ApiError, Param, Route, actor, bad_request, conflict,
+                              decode_cursor, encode_cursor, invalid, iso, not_found, ok, page_schema,
+                              parse_time, query_int, read_json, relaybox)
 from relay.queue import QueueError
 
 FILTER_PARAMS = [
@@ -35,7 +35,8 @@ MESSAGE_SCHEMA: dict = {"type": "object", "required": ["id", "status", "created_
     "sender": {"type": "string"}, "subject": {"type": "string", "nullable": True},
     "recipients": {"type": "array"}, "held": {"type": "boolean"}}}
 FILTER_SCHEMA: dict = {"type": "object", "properties": {
-    **{p.name: {"type": "string"} for p in FILTER_PARAMS if p.name not in ("held", "status", "since", "until")},
+    **{p.name: {"type": "string"} for p in FILTER_PARAMS if p.name not in ("held", "status", "since",
+                                                                           "until")},
     "since": {"oneOf": [{"type": "string"}, {"type": "number"}]},
     "until": {"oneOf": [{"type": "string"}, {"type": "number"}]},
     "status": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
@@ -44,7 +45,8 @@ RCPTS_BODY = {"type": "object", "properties": {
     "recipients": {"type": "array", "items": {"type": "integer"},
                    "description": "recipient ids (default: all that apply)"}}}
 BULK_BODY = {"type": "object", "properties": {
-    "filter": FILTER_SCHEMA, "all": {"type": "boolean", "description": "required to act with an empty filter"},
+    "filter": FILTER_SCHEMA,
+    "all": {"type": "boolean", "description": "required to act with an empty filter"},
     "dry_run": {"type": "boolean"}, "limit": {"type": "integer", "minimum": 1, "maximum": 100000}}}
 ACTION_RESULT = {"type": "object", "properties": {"id": {"type": "string"}, "action": {"type": "string"},
                                                   "affected": {"type": "integer"}}}
@@ -80,21 +82,26 @@ def filter_from(source: Any, *, from_query: bool) -> queries.MessageFilter:
                 setattr(f, key, parse_time(get(key), key))
             except ApiError as exc:
                 raise err(exc.message) from None
-    held = get("held")
+    _held_and_ids(f, source, from_query)
+    return f
+
+
+def _held_and_ids(f: queries.MessageFilter, source: Any, from_query: bool) -> None:
+    held = source.get("held")
     if from_query:
         f.held = None if held in (None, "") else held.lower() in ("1", "true", "yes")
         if held not in (None, "") and held.lower() not in ("1", "true", "yes", "0", "false", "no"):
             raise bad_request("held: expected true or false")
-    elif held is not None:
+        return
+    if held is not None:
         if not isinstance(held, bool):
             raise invalid("held: expected true or false")
         f.held = held
-    ids = get("ids") if not from_query else None
+    ids = source.get("ids")
     if ids is not None:
         if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids) or len(ids) > 100000:
             raise invalid("ids: expected a list of message ids")
         f.ids = tuple(ids)
-    return f
 
 
 def _present(m: dict) -> dict:
@@ -116,7 +123,8 @@ async def list_messages(request: web.Request) -> web.Response:
                             or cur.get("order") != order):
         raise bad_request("cursor: not valid for this query (was the order changed?)")
     after = cur["after"] if cur else None
-    items, last = await rb.db.read(lambda c: queries.list_messages(c, f, limit=limit, after=after, order=order))
+    items, last = await rb.db.read(lambda c: queries.list_messages(c, f, limit=limit, after=after,
+                                                                   order=order))
     nxt = encode_cursor({"after": last, "order": order}) if last else None
     return ok({"items": [_present(m) for m in items], "next_cursor": nxt})
 
@@ -280,7 +288,8 @@ _SUMMARIES = {"cancel": "Cancel recipients not yet being sent", "retry": "Retry 
 
 ROUTES = [
     Route("GET", "/api/v1/messages", list_messages, "List messages (newest first)", "messages",
-          FILTER_PARAMS + PAGE_PARAMS + [Param("order", enum=["desc", "asc"])], response=page_schema(MESSAGE_SCHEMA)),
+          FILTER_PARAMS + PAGE_PARAMS + [Param("order", enum=["desc", "asc"])],
+          response=page_schema(MESSAGE_SCHEMA)),
     *[Route("POST", f"/api/v1/bulk/messages/{a}", _bulk_handler(a), f"Bulk: {_SUMMARIES[a]}, by filter",
             "messages", body=BULK_BODY, response=BULK_RESULT, errors=(422,)) for a in (*ACTIONS, "delete")],
     Route("GET", "/api/v1/messages/{id}", show_message, "Show a message: recipients, events, attempts",
@@ -290,8 +299,8 @@ ROUTES = [
     *[Route("POST", f"/api/v1/messages/{{id}}/{a}", _action_handler(a), _SUMMARIES[a], "messages", [ID],
             body=RCPTS_BODY if a in ("cancel", "resend") else None, response=ACTION_RESULT,
             errors=(404, 409, 422)) for a in ACTIONS],
-    Route("DELETE", "/api/v1/messages/{id}", _action_handler("delete"), _SUMMARIES["delete"], "messages", [ID],
-          response=ACTION_RESULT, errors=(404, 409)),
+    Route("DELETE", "/api/v1/messages/{id}", _action_handler("delete"), _SUMMARIES["delete"], "messages",
+          [ID], response=ACTION_RESULT, errors=(404, 409)),
     Route("GET", "/api/v1/events", list_events, "Message events in id order (the webhook outbox)", "events",
           [Param("after", "integer", "events with a larger id", minimum=0, maximum=2**62),
            Param("limit", "integer", minimum=1, maximum=1000),

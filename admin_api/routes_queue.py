@@ -22,7 +22,8 @@ ROW = {"type": "object", "properties": {"domain": {"type": "string"}, "total": {
                                         "counts": {"type": "array", "items": {"type": "integer"}}}}
 
 ROUTES = [
-    Route("GET", "/api/v1/queue/summary", summary, "Counts per status and qshape table (domain x age)", "queue",
+    Route("GET", "/api/v1/queue/summary", summary, "Counts per status and qshape table (domain x age)",
+          "queue",
           [Param("status", description="recipient statuses in the table (default: active ones)"),
            Param("top", "integer", "most loaded domains listed (default 50)", minimum=1, maximum=10000)],
           response={"type": "object", "required": ["counts", "buckets", "rows", "total"], "properties": {

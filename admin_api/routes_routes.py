@@ -15,8 +15,9 @@ from relay.routes import Router
 
 def present(r) -> dict:
     return {"name": r.name, "host": r.host, "port": r.port, "tls": r.tls, "tls_verify": r.tls_verify,
-            "auth": bool(r.username), "username": r.username or None, "from_addresses": list(r.from_addresses),
-            "from_domains": list(r.from_domains), "default": r.default}
+            "auth": bool(r.username), "username": r.username or None,
+            "from_addresses": list(r.from_addresses), "from_domains": list(r.from_domains),
+            "default": r.default}
 
 
 def _routes(request: web.Request) -> list:
@@ -90,9 +91,10 @@ ROUTES = [
     Route("GET", "/api/v1/routes", list_routes, "Smarthost routes (passwords never shown)", "routes",
           response={"type": "object", "properties": {"items": {"type": "array", "items": ROUTE}}}),
     Route("GET", "/api/v1/routes/resolve", resolve, "Which route a From address takes", "routes",
-          [Param("from", required=True, description="From address", min_length=3)], response={"type": "object"}),
+          [Param("from", required=True, description="From address", min_length=3)],
+          response={"type": "object"}),
     Route("GET", "/api/v1/routes/{name}", show_route, "One route", "routes", [NAME], response=ROUTE,
           errors=(404,)),
-    Route("POST", "/api/v1/routes/{name}/test", test_route, "SMTP test: connect, EHLO, STARTTLS, AUTH", "routes",
-          [NAME], response={"type": "object"}, errors=(404,)),
+    Route("POST", "/api/v1/routes/{name}/test", test_route, "SMTP test: connect, EHLO, STARTTLS, AUTH",
+          "routes", [NAME], response={"type": "object"}, errors=(404,)),
 ]

@@ -47,7 +47,8 @@ async def add_suppression(request: web.Request) -> web.Response:
     reason = body_str(body, "reason", required=False, max_len=100) or "manual"
     note = body_str(body, "note", required=False)
     days = body.get("days")
-    if days is not None and (isinstance(days, bool) or not isinstance(days, (int, float)) or not 0 < days <= 36500):
+    bad_days = isinstance(days, bool) or not isinstance(days, (int, float)) or not 0 < days <= 36500
+    if days is not None and bad_days:
         raise invalid("days: expected a number of days (0 < days <= 36500); leave it out for 'forever'")
     expires = time.time() + days * 86400 if days is not None else None
     try:

@@ -45,7 +45,8 @@ async def remove_user(request: web.Request) -> web.Response:
 ROUTES = [
     Route("GET", "/api/v1/smtp-users", list_users, "SMTP AUTH users (no password hashes)", "smtp-users",
           response={"type": "object", "properties": {"items": {"type": "array", "items": USER}}}),
-    Route("POST", "/api/v1/smtp-users", set_user, "Create or update a user (password is hashed)", "smtp-users",
+    Route("POST", "/api/v1/smtp-users", set_user, "Create or update a user (password is hashed)",
+          "smtp-users",
           body={"type": "object", "required": ["username", "password"], "properties": {
               "username": {"type": "string"}, "password": {"type": "string", "minLength": 8},
               "note": {"type": "string"}}}, response=USER, status=201, errors=(422,)),

@@ -22,7 +22,8 @@ class _MalformedRequests(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, HttpProcessingError):
-            record.msg, record.args = "admin API: malformed HTTP request refused (400): %s", (exc.message[:200],)
+            record.msg = "admin API: malformed HTTP request refused (400): %s"
+            record.args = (exc.message[:200],)
             record.exc_info, record.exc_text = None, None
             record.levelno, record.levelname = logging.WARNING, "WARNING"
         return True

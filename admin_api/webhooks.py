@@ -74,7 +74,8 @@ def materialize(conn: sqlite3.Connection, hook: WebhookConfig, now: float) -> in
     row = conn.execute("SELECT cursor FROM webhook_endpoints WHERE name=?", (hook.name,)).fetchone()
     if row is None:   # a new endpoint starts at the present: no replay of history
         top = conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
-        conn.execute("INSERT INTO webhook_endpoints(name, cursor, created_at) VALUES (?,?,?)", (hook.name, top, now))
+        conn.execute("INSERT INTO webhook_endpoints(name, cursor, created_at) VALUES (?,?,?)",
+                     (hook.name, top, now))
         return top
     cursor = row["cursor"]
     events = conn.execute("SELECT * FROM events WHERE id > ? ORDER BY id LIMIT ?", (cursor, BATCH)).fetchall()
@@ -86,14 +87,15 @@ def materialize(conn: sqlite3.Connection, hook: WebhookConfig, now: float) -> in
         if ev["status"] not in wanted:
             continue
         if ev["status"] == "deferred" and conn.execute(
-                "SELECT 1 FROM webhook_deliveries WHERE endpoint=? AND message_id=? AND event_type='deferred'",
+                "SELECT 1 FROM webhook_deliveries WHERE endpoint=? AND message_id=?"
+                " AND event_type='deferred'",
                 (hook.name, ev["message_id"])).fetchone():
             continue
         conn.execute(
-            "INSERT OR IGNORE INTO webhook_deliveries(endpoint, event_id, event_type, message_id, payload, state,"
-            " next_attempt_at, created_at, updated_at) VALUES (?,?,?,?,?,'pending',?,?,?)",
-            (hook.name, ev["id"], ev["status"], ev["message_id"], json.dumps(_payload(conn, ev)), now, ev["at"],
-             now))
+            "INSERT OR IGNORE INTO webhook_deliveries(endpoint, event_id, event_type, message_id, payload,"
+            " state, next_attempt_at, created_at, updated_at) VALUES (?,?,?,?,?,'pending',?,?,?)",
+            (hook.name, ev["id"], ev["status"], ev["message_id"], json.dumps(_payload(conn, ev)), now,
+             ev["at"], now))
         queued += 1
     conn.execute("UPDATE webhook_endpoints SET cursor=? WHERE name=?", (events[-1]["id"], hook.name))
     return events[-1]["id"]
@@ -213,8 +215,8 @@ class Dispatcher:
         now = time.time()
         attempts = row["attempts"] + 1
         if error is None:
-            conn.execute("UPDATE webhook_deliveries SET state='delivered', attempts=?, last_status=?, last_error=NULL,"
-                         " updated_at=? WHERE id=?", (attempts, status, now, row["id"]))
+            conn.execute("UPDATE webhook_deliveries SET state='delivered', attempts=?, last_status=?,"
+                         " last_error=NULL, updated_at=? WHERE id=?", (attempts, status, now, row["id"]))
             conn.execute("UPDATE webhook_endpoints SET last_success_at=?, consecutive_failures=0,"
                          " delivered=delivered+1 WHERE name=?", (now, hook.name))
             WEBHOOK_DELIVERIES.labels(hook.name, "delivered").inc()

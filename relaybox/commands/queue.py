@@ -225,7 +225,7 @@ def backend(args):
 def table(rows: list[list[Any]], header: list[str]) -> str:
     cells = [header] + [["" if c is None else str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells)
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells)
 
 
 def _short(text: Any, n: int) -> str:
@@ -245,8 +245,8 @@ def print_list(data: dict) -> None:
 
 
 def print_show(m: dict) -> None:
-    for k in ("id", "status", "created_at", "sender", "from", "subject", "message_id", "client_ip", "auth_user",
-              "size", "held", "body_available"):
+    for k in ("id", "status", "created_at", "sender", "from", "subject", "message_id", "client_ip",
+              "auth_user", "size", "held", "body_available"):
         print(f"{k + ':':16}{m.get(k)}")
     print()
     print(table([[r["id"], r["address"], r["status"], r.get("attempts"), r.get("last_code"),
