@@ -95,3 +95,13 @@ def test_api_paths_in_the_guide_exist():
     assert ("GET", "/api/v1/messages/{id}") in paths and ("GET", "/healthz") in paths
     missing = [f"{m} {p}" for m, p in paths if not any(m == rm and rx.match(p) for rm, rx in routes)]
     assert missing == []
+
+
+def test_metric_names_in_the_guide_are_exported():
+    from tests.test_admin_metrics import exported_names
+
+    text = open(DOC, encoding="utf-8").read()
+    named = set(re.findall(r"\brelaybox_[a-z0-9_]+", text)) - {"relaybox_"}
+    exported = exported_names()
+    assert len(named) >= 4
+    assert sorted(named - exported) == []
