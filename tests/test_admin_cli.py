@@ -105,3 +105,11 @@ def test_falls_back_to_the_database_when_nothing_answers(relay, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "working on the database" in r.stderr
     assert json.loads(r.stdout)["counts"]["deferred"] >= 1
+
+
+def test_a_wrong_token_is_an_error_not_a_silent_fallback(relay):
+    env = dict(os.environ, PYTHONPATH=REPO, RELAYBOX_API_TOKEN="not-the-token")
+    r = subprocess.run([sys.executable, "-m", "relaybox.cli", "--config", relay.config_path, "queue", "list"],
+                       capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 2 and "refused" in r.stderr and "401" in r.stderr
+    assert "not-the-token" not in r.stderr

@@ -55,7 +55,7 @@ class ApiBackend:
             raise CliError(msg, 1 if exc.code in (404, 409) else 2) from None
 
     def ping(self) -> None:
-        self._call("GET", "/readyz")
+        self._call("GET", "/api/v1/messages", params={"limit": "1"})
 
     def list(self, filters: dict, limit: int, cursor: str | None) -> dict:
         params = {k: v for k, v in filters.items() if v is not None}
@@ -212,7 +212,9 @@ def backend(args):
         try:
             b.ping()
             return b
-        except (urllib.error.URLError, OSError, CliError) as exc:
+        except CliError as exc:     # it answered, but not with a page: a token problem, not a dead instance
+            raise CliError(f"the admin API at {api} refused the request: {exc}", 2) from None
+        except (urllib.error.URLError, OSError) as exc:
             if args.api:
                 raise CliError(f"cannot reach the admin API at {api}: {exc}", 2) from None
             print(f"note: relaybox not reachable at {api}; working on the database", file=sys.stderr)
