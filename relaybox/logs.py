@@ -43,6 +43,7 @@ _PAIR = re.compile(
     """)
 _MECHS = r"(?:PLAIN|LOGIN|XOAUTH2|OAUTHBEARER|CRAM-MD5)"
 # "AUTH PLAIN <payload>", but not the EHLO advertisement "AUTH LOGIN PLAIN"
+_PAIR_HINTS = ("pass", "pwd", "secret", "token", "key", "credential")
 _SASL = re.compile(r"(?i)\b(AUTH\s+" + _MECHS + r"\s+)(?!" + _MECHS + r"\b)([A-Za-z0-9+/=._-]+)")
 _HTTP_AUTH = re.compile(r"(?i)\b(Bearer|Basic)(\s+)([A-Za-z0-9._~+/=-]{4,})")
 
@@ -139,9 +140,14 @@ def redact(text: str) -> str:
     pattern = _secret_re
     if pattern is not None:
         text = pattern.sub(MASK, text)
-    text = _SASL.sub(lambda m: m.group(1) + MASK, text)
-    text = _HTTP_AUTH.sub(lambda m: m.group(1) + m.group(2) + MASK, text)
-    return _PAIR.sub(_mask_pair, text)
+    low = text.lower()          # cheap substring tests spare most lines the three scans below
+    if "auth" in low:
+        text = _SASL.sub(lambda m: m.group(1) + MASK, text)
+    if "bearer" in low or "basic" in low:
+        text = _HTTP_AUTH.sub(lambda m: m.group(1) + m.group(2) + MASK, text)
+    if any(hint in low for hint in _PAIR_HINTS):
+        text = _PAIR.sub(_mask_pair, text)
+    return text
 
 
 def _redact_value(value: Any) -> Any:
@@ -215,26 +221,29 @@ class TextFormatter(logging.Formatter):
             line += "\n" + record.exc_text
         if record.stack_info:
             line += "\n" + record.stack_info
-        return redact(line)
+        # a record that went through RedactFilter is clean already; anything else is masked here
+        return line if getattr(record, "_redacted", False) else redact(line)
 
 
 class JSONFormatter(logging.Formatter):
     """One JSON object per line. Keys: ts, level, logger, msg, queue_id (when known), extras, exc."""
 
     def format(self, record: logging.LogRecord) -> str:
+        clean = getattr(record, "_redacted", False)     # went through RedactFilter
+        mask = (lambda v: v) if clean else _redact_value
         doc: dict[str, Any] = {
             "ts": _timestamp(record),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": redact(record.getMessage()),
+            "msg": mask(record.getMessage()),
         }
         for key, value in extras(record).items():
             if key not in doc:
-                doc[key] = _redact_value(value)
+                doc[key] = mask(value)
         if record.exc_text:
-            doc["exc"] = redact(record.exc_text)
+            doc["exc"] = mask(record.exc_text)
         if record.stack_info:
-            doc["stack"] = redact(record.stack_info)
+            doc["stack"] = mask(record.stack_info)
         return json.dumps(doc, ensure_ascii=False, default=str)
 
 

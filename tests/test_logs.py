@@ -230,3 +230,21 @@ def test_a_debug_log_of_a_real_session_holds_no_secret(tmp_path):
                base64.b64encode(b"app1").decode()]
     for leaked in secrets + encoded:
         assert leaked not in text, f"{leaked!r} leaked into the log"
+
+
+@pytest.mark.parametrize("formatter", [logs.TextFormatter, logs.JSONFormatter])
+def test_formatters_mask_even_without_the_filter(formatter):
+    """A handler someone adds with only our formatter (no RedactFilter) still prints no secret."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter())
+    log = logging.getLogger("relaybox.test.nofilter")
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        log.warning("smarthost login password=%s", "Hidden-pw-123", extra={"detail": "Bearer abcdef123456"})
+    finally:
+        log.removeHandler(handler)
+        log.propagate = True
+    text = stream.getvalue()
+    assert "Hidden-pw-123" not in text and "abcdef123456" not in text and "password=***" in text
