@@ -12,7 +12,7 @@ suppressed (``relay.suppression``, when present -> ``failed``/``suppressed``), i
 grouped by destination (``route:<name>`` or ``mx:<domain>``): one SMTP transaction per message and
 destination, under a global connection limit and a per-destination one (``delivery.per_destination``,
 overrides in ``delivery.per_domain``). Results go back through ``Spool.complete`` with the next attempt time
-from ``relay.retry``; bounced/failed recipients trigger one DSN to the envelope sender (``relay.dsn``).
+from ``relay.retry``; bounced/failed recipients trigger one DSN to the envelope sender (``relay.reports``).
 
 A slow or dead destination cannot starve the others: claims stop at a bound of recipients in flight, a
 destination holds at most ``10 x`` its connection limit (at least half the in-flight bound) of them; the
@@ -33,12 +33,12 @@ import time
 from collections import Counter
 from typing import Callable
 
-from relay import dsn
 from relay.config import RelayConfig
 from relay.delivery import Delivery, Outcome
 from relay.envelope import address_error
 from relay.errors import ConnectError, DeliveryError
 from relay.queue import Claim, RecipientResult, Spool
+from relay.reports import Batch, Reports
 from relay.retry import RetryPolicy, expires_at, next_attempt
 
 log = logging.getLogger("relay.scheduler")
@@ -47,17 +47,6 @@ DOWN_FOR = 30.0               # seconds a destination that refused connections i
 BACKLOG_FACTOR = 10           # recipients held per destination = factor x its connection limit
 PREFETCH_MAX_BODY = 256_000   # bodies up to this size are read with the claim round, not one by one
 PREFETCH_BYTES = 32_000_000   # at most this much body data per round
-
-
-class _Report:
-    """Collects the bounced/failed recipients of one message over one dispatch, so the sender gets one DSN
-    for the round, not one per destination."""
-
-    def __init__(self, message: dict, parts: int):
-        self.message = message
-        self.parts = parts
-        self.failed: list = []
-        self.host: str | None = None
 
 
 def _load_suppression():
@@ -79,6 +68,7 @@ class Scheduler:
         self.rng = rng
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
         self._apply(config)
+        self.reports = Reports(spool, config.delivery, self.delivery.helo, clock, self.notify)
         self._dest_sems: dict[str, asyncio.Semaphore] = {}
         self._backlog: Counter[str] = Counter()
         self._down: dict[str, tuple[float, DeliveryError]] = {}
@@ -102,6 +92,8 @@ class Scheduler:
         """SIGHUP: new routes, DKIM keys, resolver and retry settings (limits apply to new work)."""
         self.delivery.reconfigure(config)
         self.config = config
+        self.reports.config = config.delivery
+        self.reports.reporting_mta = self.delivery.helo
         self.policy = RetryPolicy(config.delivery.retry_first, config.delivery.retry_cap,
                                   config.delivery.retry_jitter, config.delivery.max_lifetime)
 
@@ -237,7 +229,7 @@ class Scheduler:
         for r in live:
             groups.setdefault(self.delivery.destination_key(msg, r), []).append(r)
         busy = {k for k in groups if self._backlog[k] >= self._backlog_cap(k)}
-        report = _Report(msg, len(groups) - len(busy) + (1 if final else 0))
+        report = self.reports.batch(msg, len(groups) - len(busy) + (1 if final else 0))
         if final:
             self._spawn(self._record(msg, final, None, report))
         for key, group in groups.items():
@@ -260,7 +252,7 @@ class Scheduler:
         task.add_done_callback(self._tasks.discard)
 
     # ---- a transaction ---------------------------------------------------------------------------
-    async def _transaction(self, msg: dict, rcpts: list[dict], key: str, report: _Report) -> None:
+    async def _transaction(self, msg: dict, rcpts: list[dict], key: str, report: Batch) -> None:
         ids = [r["id"] for r in rcpts]
         try:
             down = self._down.get(key)
@@ -348,59 +340,17 @@ class Scheduler:
                                route=route)
 
     async def _record(self, msg: dict, pairs: list[tuple[dict, RecipientResult]], attempt: dict | None,
-                      report: _Report) -> None:
+                      batch: Batch) -> None:
         results = [res for _, res in pairs]
         try:
             await self.spool.complete(results, attempt=attempt)
         finally:
             if attempt is None:
                 self._in_flight.difference_update(res.recipient_id for res in results)
-            report.parts -= 1
         for res in results:
             self.stats[res.status] += 1
-        host = (attempt or {}).get("host")
-        for r, res in pairs:
-            if res.status in ("bounced", "failed"):
-                remote = host if res.code and res.reason is None else None
-                report.failed.append(dsn.FailedRecipient(r["address"], res.status, res.enhanced, res.code,
-                                                         res.text, remote, res.reason))
-        if report.parts <= 0 and report.failed and self.config.delivery.dsn and dsn.should_notify(msg):
-            await self._send_dsn(msg, report.failed)
-        d = self.config.delivery
-        if d.delay_notice and dsn.should_notify(msg):
-            late = [(r, res) for r, res in pairs if res.status == "deferred"]
-            start = max(msg["created_at"], msg.get("send_at") or 0)
-            if late and self.clock() - start >= d.delay_notice_after:
-                await self._delay_notice(msg, late)
-
-    async def _delay_notice(self, msg: dict, late: list[tuple[dict, RecipientResult]]) -> None:
-        """At most one "delayed" report per message: the kv row ``delay-notice:<id>`` is the marker."""
-        key = f"delay-notice:{msg['id']}"
-
-        def _mark(conn):
-            return conn.execute("INSERT OR IGNORE INTO kv(key, value) VALUES (?, ?)",
-                                (key, str(self.clock()))).rowcount == 1
-
-        try:
-            if not await self.spool.db.write(_mark):
-                return
-        except Exception:  # noqa: BLE001
-            log.exception("could not record the delay notice of %s", msg["id"])
-            return
-        items = [dsn.FailedRecipient(r["address"], "deferred", res.enhanced, res.code, res.text, None, None)
-                 for r, res in late]
-        await self._send_dsn(msg, items, action="delayed")
-
-    async def _send_dsn(self, msg: dict, items: list, action: str = "failed") -> None:
-        try:
-            original = await self.spool.body(msg["id"])
-            new = dsn.new_message(msg, items, original, reporting_mta=self.delivery.helo, action=action)
-            if new is not None:
-                await self.spool.enqueue(new, actor="dsn")
-                self.stats["dsn"] += 1
-                self._wake.set()
-        except Exception:  # noqa: BLE001 - the recipients' status is recorded; the report is best effort
-            log.exception("could not enqueue the DSN for %s", msg["id"])
+        await self.reports.record(batch, pairs, (attempt or {}).get("host"))
+        self.stats["dsn"] = self.reports.sent
 
     async def _requeue(self, rcpts: list[dict], at: float) -> None:
         try:
