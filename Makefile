@@ -32,6 +32,7 @@ bench: venv peers
 	$(BIN)/python bench/bounces.py
 	$(BIN)/python bench/poller.py
 	$(BIN)/python bench/backup.py
+	$(BIN)/python bench/logs.py
 
 clean:
 	rm -rf $(VENV) var
