@@ -9,6 +9,8 @@ command -v opendkim-testmsg >/dev/null || need+=(opendkim-tools)
 perl -MMail::DKIM::Verifier -e1 2>/dev/null || need+=(libmail-dkim-perl)
 command -v smtp-source >/dev/null || [ -x /usr/sbin/smtp-source ] || need+=(postfix)
 command -v swaks >/dev/null || need+=(swaks)
+command -v ip >/dev/null || [ -x /usr/sbin/ip ] || need+=(iproute2)      # opendkim test: netns loopback
+perl -MNet::DNS::Resolver -e1 2>/dev/null || need+=(libnet-dns-perl)   # Mail::DKIM custom resolver
 command -v openssl >/dev/null || need+=(openssl)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 if [ ${#need[@]} -gt 0 ]; then
