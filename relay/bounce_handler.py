@@ -227,6 +227,14 @@ def resolve_target(cfg: Any, raw: bytes, rcpt: str | None) -> verp.VerpTarget | 
     return None
 
 
+def for_bounce_domain(cfg: Any, address: str) -> bool:
+    """True when ``address`` is in ``bounces.domain``: the listener hands such mail to ``process`` (it must
+    never be queued for relaying: relaybox is the MX of that domain)."""
+    domain = getattr(cfg, "domain", "") if cfg is not None else ""
+    return bool(domain) and (address or "").strip("<> ").rpartition("@")[2].lower().rstrip(".") == \
+        domain.lower().rstrip(".")
+
+
 async def process(db, cfg: Any, raw: bytes, *, source: str, rcpt: str | None = None,
                   raw_ref: str | None = None) -> Outcome:
     """Parse ``raw`` off the event loop and record it durably. ``cfg`` is the BouncesConfig."""

@@ -287,3 +287,9 @@ def test_suppressions_cli_round_trip(tmp_path, capsys):
     assert main(["suppressions", "export", "--db", path]) == 0
     header = "address,reason,kind,source,created_at,expires_at,note,bounce_id"
     assert capsys.readouterr().out.strip() == header
+
+
+def test_for_bounce_domain():
+    assert bounce_handler.for_bounce_domain(CFG, "<bounces+abc@Bounce.Relay.Example>")
+    assert not bounce_handler.for_bounce_domain(CFG, "bob@example.net")
+    assert not bounce_handler.for_bounce_domain(BouncesConfig(), "bounces+abc@bounce.relay.example")
