@@ -43,12 +43,11 @@ _PAIR = re.compile(
     """)
 _MECHS = r"(?:PLAIN|LOGIN|XOAUTH2|OAUTHBEARER|CRAM-MD5)"
 # "AUTH PLAIN <payload>", but not the EHLO advertisement "AUTH LOGIN PLAIN"
-_PAIR_HINTS = ("pass", "pwd", "secret", "token", "key", "credential")
 _SASL = re.compile(r"(?i)\b(AUTH\s+" + _MECHS + r"\s+)(?!" + _MECHS + r"\b)([A-Za-z0-9+/=._-]+)")
 _HTTP_AUTH = re.compile(r"(?i)\b(Bearer|Basic)(\s+)([A-Za-z0-9._~+/=-]{4,})")
 
 _secrets: set[str] = set()
-_secret_re: re.Pattern[str] | None = None
+_ordered: tuple[str, ...] = ()      # longest first, so a secret containing another leaves no partial
 _secret_lock = threading.Lock()
 
 
@@ -58,7 +57,7 @@ def register_secret(value: str | bytes | None) -> None:
 
 
 def register_secrets(values: Iterable[str | bytes | None]) -> None:
-    global _secret_re
+    global _ordered
     with _secret_lock:
         added = False
         for v in values:
@@ -68,8 +67,7 @@ def register_secrets(values: Iterable[str | bytes | None]) -> None:
                 _secrets.add(v)
                 added = True
         if added:
-            ordered = sorted(_secrets, key=len, reverse=True)   # longest first: no partial leftovers
-            _secret_re = re.compile("|".join(re.escape(s) for s in ordered))
+            _ordered = tuple(sorted(_secrets, key=len, reverse=True))
 
 
 _SECRET_FIELD = re.compile(r"(?i)(password|passwd|secret|token|api_?key|private_key)")
@@ -116,10 +114,10 @@ def register_settings_secrets(obj: Any, _depth: int = 0) -> int:
 
 def clear_secrets() -> None:
     """Forget registered secrets (tests)."""
-    global _secret_re
+    global _ordered
     with _secret_lock:
         _secrets.clear()
-        _secret_re = None
+        _ordered = ()
 
 
 def _mask_pair(m: re.Match[str]) -> str:
@@ -137,15 +135,16 @@ def redact(text: str) -> str:
     """``text`` with every known kind of secret masked."""
     if not text:
         return text
-    pattern = _secret_re
-    if pattern is not None:
-        text = pattern.sub(MASK, text)
+    for secret in _ordered:     # C-level substring search: far cheaper than one big alternation
+        if secret in text:
+            text = text.replace(secret, MASK)
     low = text.lower()          # cheap substring tests spare most lines the three scans below
     if "auth" in low:
         text = _SASL.sub(lambda m: m.group(1) + MASK, text)
     if "bearer" in low or "basic" in low:
         text = _HTTP_AUTH.sub(lambda m: m.group(1) + m.group(2) + MASK, text)
-    if any(hint in low for hint in _PAIR_HINTS):
+    if ("pass" in low or "pwd" in low or "secret" in low or "token" in low or "key" in low
+            or "credential" in low):   # the stems of _KEYS
         text = _PAIR.sub(_mask_pair, text)
     return text
 
