@@ -1,7 +1,10 @@
 """relaybox runs confined the way the systemd unit confines it: an unprivileged user, no new privileges, only
 CAP_NET_BIND_SERVICE in the bounding and ambient sets (setpriv reproduces CapabilityBoundingSet=,
-AmbientCapabilities=, NoNewPrivileges= of systemd/relaybox.service) and the unit's SystemCallFilter= loaded
-as a seccomp filter (tests/peers/seccomp_exec.py); it binds a privileged port, accepts mail, drains."""
+AmbientCapabilities=, NoNewPrivileges= of systemd/relaybox.service), the unit's SystemCallFilter= loaded
+as a seccomp filter (tests/peers/seccomp_exec.py), and a read-only file system but for its state directory,
+with a private /tmp and hidden home directories (tests/peers/protect_system.sh in a mount namespace, as
+ProtectSystem=strict, PrivateTmp=, ProtectHome=, StateDirectory= do); it binds a privileged port, accepts
+mail, drains."""
 
 from __future__ import annotations
 
@@ -25,7 +28,14 @@ from tests.peers.relaybox_proc import REPO, write_config
 
 UNIT = os.path.join(REPO, "systemd", "relaybox.service")
 NOBODY = 65534
+STATE_MOUNT = "/srv"      # exists, empty, in Debian; bound over only inside the test's mount namespace
 CAP_NET_BIND_SERVICE = 1 << 10
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name)
+    assert path, f"{name} (util-linux) is missing"
+    return path
 
 
 def privileged_port() -> int:
@@ -60,8 +70,7 @@ def unit_caps() -> tuple[str, str]:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another user")
 def test_runs_confined_like_the_unit_on_a_privileged_port():
-    setpriv = shutil.which("setpriv")
-    assert setpriv, "setpriv (util-linux) is missing"
+    setpriv = tool("setpriv")
     bounding, ambient = unit_caps()
     assert bounding == ambient == "CAP_NET_BIND_SERVICE"
     cap = bounding.removeprefix("CAP_").lower()
@@ -73,21 +82,26 @@ def test_runs_confined_like_the_unit_on_a_privileged_port():
         config = os.path.join(state, "relaybox.toml")
         write_config(config, {
             "smtp": {"listen": [f"127.0.0.1:{port}"], "hostname": "relay.test"},
-            "storage": {"path": os.path.join(state, "relaybox.db"), "min_free": 0.0},
+            "storage": {"path": f"{STATE_MOUNT}/relaybox.db", "min_free": 0.0},
             "admin": {"listen": f"127.0.0.1:{free_port()}"},
             "[[routes]]": [{"name": "closed", "host": "127.0.0.1", "port": free_port(), "tls": "none",
                             "default": True}],
         })
         os.chmod(config, 0o644)
-        env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8",
+        python = interpreter()
+        hidden = [d for d in ("/home", "/root", "/run/user")
+                  if not os.path.realpath(python).startswith(d + "/")]   # a pyenv build may live in /root
+        env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PROTECT_HOME": " ".join(hidden),
                "PYTHONPATH": f"{REPO}:{sysconfig.get_paths()['purelib']}", "PYTHONDONTWRITEBYTECODE": "1"}
         log_path = os.path.join(state, "run.log")
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
-                [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--no-new-privs",
+                [tool("unshare"), "--mount", "--propagation", "private",
+                 "sh", os.path.join(REPO, "tests", "peers", "protect_system.sh"), state, STATE_MOUNT, "--",
+                 setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--no-new-privs",
                  f"--bounding-set=-all,+{cap}", f"--inh-caps=-all,+{cap}", f"--ambient-caps=-all,+{cap}",
-                 interpreter(), os.path.join(REPO, "tests", "peers", "seccomp_exec.py"), UNIT, "--",
-                 interpreter(), "-m", "relaybox.cli", "run", "--config", config],
+                 python, os.path.join(REPO, "tests", "peers", "seccomp_exec.py"), UNIT, "--",
+                 python, "-m", "relaybox.cli", "run", "--config", f"{STATE_MOUNT}/relaybox.toml"],
                 cwd=state, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + 20
@@ -106,6 +120,12 @@ def test_runs_confined_like_the_unit_on_a_privileged_port():
             assert int(fields["CapBnd"], 16) == CAP_NET_BIND_SERVICE
             assert fields["NoNewPrivs"].strip() == "1"
             assert fields["Seccomp"].strip() == "2"         # filter mode: the unit's system-call list
+            mounts = {}
+            for line in open(f"/proc/{proc.pid}/mountinfo"):
+                parts = line.split()
+                mounts[parts[4]] = (parts[5].split(","), line.split(" - ")[1].split()[0])
+            assert "ro" in mounts["/"][0] and "rw" in mounts[STATE_MOUNT][0]
+            assert mounts["/tmp"][1] == "tmpfs" and "rw" in mounts["/tmp"][0]
             with s:
                 s.ehlo("client.test")
                 assert s.sendmail("app@example.test", ["x@example.org"], b"Subject: t\r\n\r\nhi\r\n") == {}
