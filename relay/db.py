@@ -77,7 +77,12 @@ def migrations() -> list[tuple[int, str, Any]]:
 
 
 def migrate(conn: sqlite3.Connection) -> int:
-    """Bring the schema up to date; returns the resulting version. Refuses to downgrade."""
+    """Apply every migration not yet recorded in ``schema_migrations``, in version order; returns the
+    resulting ``user_version`` (the highest applied). Refuses to run on a database written by a newer
+    relaybox (a higher ``user_version`` than any migration we know): no downgrades.
+
+    Applied migrations are tracked one by one, not only by the highest number, so a migration merged with
+    a lower number than one already applied (parallel development) still runs."""
     current = conn.execute("PRAGMA user_version").fetchone()[0]
     all_migrations = migrations()
     latest = all_migrations[-1][0] if all_migrations else 0
@@ -85,8 +90,11 @@ def migrate(conn: sqlite3.Connection) -> int:
         raise SchemaTooNew(
             f"database schema version {current} is newer than this relaybox ({latest}); refusing to downgrade"
         )
+    conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
+                  " applied_at REAL NOT NULL)")
+    applied = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
     for version, name, mod in all_migrations:
-        if version <= current:
+        if version in applied:
             continue
         log.info("applying migration %s", name)
         conn.execute("BEGIN IMMEDIATE")
@@ -96,12 +104,15 @@ def migrate(conn: sqlite3.Connection) -> int:
                     conn.execute(stmt)
             if hasattr(mod, "apply"):
                 mod.apply(conn)
-            conn.execute(f"PRAGMA user_version={version}")
+            conn.execute("INSERT INTO schema_migrations(version, name, applied_at) VALUES (?,?,?)",
+                         (version, name, time.time()))
+            conn.execute(f"PRAGMA user_version={max(version, current)}")
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-    return max(current, latest)
+        current = max(version, current)
+    return current
 
 
 def _split_sql(script: str) -> list[str]:

@@ -14,7 +14,7 @@ import re
 import ssl
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import aiosmtpd.smtp as _aiosmtpd_smtp
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, Session
@@ -58,17 +58,26 @@ class ListenerState:
     disk_ok: Callable[[], bool] = lambda: True
 
 
+@dataclass
+class BounceIntake:
+    """Mail for the VERP bounce domain: ``in_domain(addr)``, ``valid(addr)`` (a signed VERP address) and
+    ``process(raw, rcpt)`` which parses and durably records the report (relay.bounce_handler)."""
+
+    in_domain: Callable[[str], bool]
+    valid: Callable[[str], bool]
+    process: Callable[[bytes, str], Awaitable[Any]]
+
+
 class IntakeHandler:
     """aiosmtpd handler hooks: policy at MAIL/RCPT, durable commit at DATA."""
 
     def __init__(self, cfg: SMTPConfig, spool: Spool, policy: Policy, state: ListenerState,
-                 rcpt_hook: Callable[[str], bool] | None = None):
+                 bounces: "BounceIntake | None" = None):
         self.cfg = cfg
         self.spool = spool
         self.policy = policy
         self.state = state
-        # rcpt_hook(address) -> True when the address is accepted from anyone (the VERP bounce domain)
-        self.rcpt_hook = rcpt_hook
+        self.bounces = bounces
 
     async def handle_exception(self, error: Exception) -> str:
         log.error("SMTP session error: %s: %s", type(error).__name__, error)
@@ -94,17 +103,34 @@ class IntakeHandler:
             SMTP_REJECTED.labels("too_many_recipients").inc()
             return "452 4.5.3 Error: too many recipients"
         ip = session.peer[0] if session.peer else ""
-        if not (session.authenticated or self.policy.ip_allowed(ip)):
-            if self.rcpt_hook is None or not self.rcpt_hook(address):
-                SMTP_REJECTED.labels("relay_denied").inc()
-                log.info("relay denied: client=%s rcpt=%s", ip, address)
-                return "550 5.7.1 Relay access denied"
+        if self.bounces is not None and self.bounces.in_domain(address):
+            # our bounce domain: anyone may send reports to valid VERP addresses; they are parsed, never relayed
+            if not self.bounces.valid(address):
+                SMTP_REJECTED.labels("bad_verp").inc()
+                return "550 5.1.1 No such bounce address"
+        elif not (session.authenticated or self.policy.ip_allowed(ip)):
+            SMTP_REJECTED.labels("relay_denied").inc()
+            log.info("relay denied: client=%s rcpt=%s", ip, address)
+            return "550 5.7.1 Relay access denied"
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return "250 2.1.5 Ok"
 
     async def handle_DATA(self, server, session, envelope):
         ip = session.peer[0] if session.peer else ""
+        if self.bounces is not None:
+            reports = [r for r in envelope.rcpt_tos if self.bounces.in_domain(r)]
+            if reports:
+                try:
+                    for rcpt in reports:
+                        await self.bounces.process(envelope.content, rcpt)
+                except (StorageError, OSError) as exc:
+                    SMTP_REJECTED.labels("storage").inc()
+                    log.error("could not record a bounce report from %s: %s", ip, exc)
+                    return "451 4.3.0 Error: could not record the report, try again later"
+                envelope.rcpt_tos = [r for r in envelope.rcpt_tos if r not in reports]
+                if not envelope.rcpt_tos:
+                    return "250 2.0.0 Ok: report recorded"
         try:
             prepared = prepare_message(
                 envelope.content, hostname=self.cfg.hostname, helo=session.host_name or "", client_ip=ip,
@@ -391,12 +417,12 @@ class Listener:
     """Binds the configured addresses in the running loop and tracks sessions for a graceful drain."""
 
     def __init__(self, cfg: SMTPConfig, spool: Spool, policy: Policy, *, disk_ok: Callable[[], bool] | None = None,
-                 rcpt_hook: Callable[[str], bool] | None = None):
+                 bounces: BounceIntake | None = None):
         self.cfg = cfg
         self.state = ListenerState()
         if disk_ok is not None:
             self.state.disk_ok = disk_ok
-        self.handler = IntakeHandler(cfg, spool, policy, self.state, rcpt_hook)
+        self.handler = IntakeHandler(cfg, spool, policy, self.state, bounces)
         self.tls_context = (make_tls_context(cfg.tls.cert_file, cfg.tls.key_file)
                             if cfg.tls.cert_file else None)
         self.servers: list[asyncio.base_events.Server] = []

@@ -20,7 +20,7 @@ import time
 from typing import Any
 
 from relay.db import Database
-from relay.listener import Listener
+from relay.listener import BounceIntake, Listener
 from relay.policy import Policy, hash_password, seed
 from relay.queue import Spool
 from relaybox import lifecycle, logs
@@ -92,7 +92,7 @@ class App:
         await self.apply_seeds()
         await self.policy.start()
         self.listener = Listener(rc.smtp, self.spool, self.policy, disk_ok=self.disk.ok,
-                                 rcpt_hook=self._bounce_rcpt_hook())
+                                 bounces=self._bounce_intake())
         await self.listener.start()
         await self._start_optional()
         self._tasks.append(asyncio.get_running_loop().create_task(self._retention_loop()))
@@ -111,13 +111,18 @@ class App:
                 log.exception("retention pass failed; will retry")
             await asyncio.sleep(every)
 
-    def _bounce_rcpt_hook(self):
-        verp = _optional("relay.verp")
+    def _bounce_intake(self) -> BounceIntake | None:
+        """relaybox as the MX of its VERP bounce domain: reports are parsed and recorded, never relayed."""
         bounces = getattr(self.settings.relay, "bounces", None)
-        if verp is None or bounces is None or not getattr(bounces, "domain", ""):
+        verp = _optional("relay.verp")
+        handler = _optional("relay.bounce_handler")
+        if verp is None or handler is None or bounces is None or not getattr(bounces, "domain", ""):
             return None
-        hook = getattr(verp, "make_rcpt_hook", None)
-        return hook(bounces) if hook else None
+        db = self.db
+        return BounceIntake(
+            in_domain=lambda addr: handler.for_bounce_domain(bounces, addr),
+            valid=verp.make_rcpt_hook(bounces),
+            process=lambda raw, rcpt: handler.process(db, bounces, raw, source="smtp", rcpt=rcpt))
 
     async def _start_optional(self) -> None:
         sched_mod = _optional("relay.scheduler")
