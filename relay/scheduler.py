@@ -45,6 +45,7 @@ log = logging.getLogger("relay.scheduler")
 
 DOWN_FOR = 30.0               # seconds a destination that refused connections is skipped
 BACKLOG_FACTOR = 10           # recipients held per destination = factor x its connection limit
+CLAIM_GATHER = 0.02           # seconds between claim rounds while work trickles in
 PREFETCH_MAX_BODY = 256_000   # bodies up to this size are read with the claim round, not one by one
 PREFETCH_BYTES = 32_000_000   # at most this much body data per round
 
@@ -131,7 +132,9 @@ class Scheduler:
                 got = 0
             await self.delivery.pool.prune()
             if got and len(self._in_flight) < self.max_in_flight:
-                await asyncio.sleep(0)
+                # more may be due: look again soon, but let a few arrivals gather so that claims (one write
+                # transaction each) stay batched under a steady stream
+                await asyncio.sleep(0 if got >= self.config.delivery.claim_batch else CLAIM_GATHER)
                 continue
             self._wake.clear()
             try:
