@@ -34,6 +34,23 @@ log = logging.getLogger("relay.delivery")
 MAX_ADDRESSES_PER_HOST = 2
 
 
+def config_problems(config: RelayConfig) -> list[str]:
+    """What would stop the delivery engine from starting (for ``check-config`` and start-up): DKIM keys that
+    cannot be loaded, inconsistent routes. Empty when fine."""
+    from relay.routes import RouteError
+
+    problems = []
+    try:
+        Signer.from_config(config.dkim)
+    except DKIMError as exc:
+        problems.append(str(exc))
+    try:
+        Router(config.routes)
+    except RouteError as exc:
+        problems.append(str(exc))
+    return problems
+
+
 @dataclass
 class Outcome:
     results: dict[int, DeliveryError | None]

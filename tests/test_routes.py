@@ -62,3 +62,18 @@ async def test_routes_test_command_reports_success_and_the_servers_exact_reply(t
     rc, out = await run_cli(cfg, "routes", "list")
     assert rc == 0 and "good: 127.0.0.1" in out and "Pa55" not in out
     await hub.stop()
+
+
+def test_config_problems_names_bad_keys_and_routes(tmp_path):
+    from relay.config import DKIMConfig, DKIMKeyConfig, RelayConfig
+    from relay.delivery import config_problems
+
+    bad = tmp_path / "bad.key"
+    bad.write_text("not a key")
+    cfg = RelayConfig(dkim=DKIMConfig(enabled=True, domains={"a.test": DKIMKeyConfig("s", str(tmp_path / "no")),
+                                                              "b.test": DKIMKeyConfig("s", str(bad))}),
+                      routes=[RouteConfig("x", "h", default=True), RouteConfig("x", "h")])
+    problems = config_problems(cfg)
+    assert any("dkim.domains.a.test.key_file: No such file" in p for p in problems), problems
+    assert any("duplicate route names: x" in p for p in problems), problems
+    assert config_problems(RelayConfig()) == []
