@@ -70,8 +70,8 @@ def test_config_problems_names_bad_keys_and_routes(tmp_path):
 
     bad = tmp_path / "bad.key"
     bad.write_text("not a key")
-    cfg = RelayConfig(dkim=DKIMConfig(enabled=True, domains={"a.test": DKIMKeyConfig("s", str(tmp_path / "no")),
-                                                              "b.test": DKIMKeyConfig("s", str(bad))}),
+    keys = {"a.test": DKIMKeyConfig("s", str(tmp_path / "no")), "b.test": DKIMKeyConfig("s", str(bad))}
+    cfg = RelayConfig(dkim=DKIMConfig(enabled=True, domains=keys),
                       routes=[RouteConfig("x", "h", default=True), RouteConfig("x", "h")])
     problems = config_problems(cfg)
     assert any("dkim.domains.a.test.key_file: No such file" in p for p in problems), problems
