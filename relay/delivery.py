@@ -147,7 +147,11 @@ class Delivery:
             attempt.update(ended_at=time.time(), result=err.status, transcript=transcript)
             return Outcome({r["id"]: err for r in recipients}, attempt=attempt, route=label)
         signed = self.sign(body)
-        tx = await self._send(session, message, recipients, signed)
+        try:
+            tx = await self._send(session, message, recipients, signed)
+        except asyncio.CancelledError:      # shutdown mid-transaction: drop the connection, not the mail
+            session.smtp.close()
+            raise
         if tx.reused and session.broken and all(e is not None and e.temporary for e in tx.results.values()):
             # the idle connection died under us: one fresh connection
             await session.close()

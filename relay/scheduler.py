@@ -74,6 +74,7 @@ class Scheduler:
         self._backlog: Counter[str] = Counter()
         self._down: dict[str, tuple[float, DeliveryError]] = {}
         self._in_flight: set[int] = set()
+        self._unfinished: set[int] = set()
         self._tasks: set[asyncio.Task] = set()
         self._bodies: dict[str, asyncio.Future] = {}
         self._msg_refs: Counter[str] = Counter()
@@ -118,9 +119,11 @@ class Scheduler:
                 t.cancel()
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
-        if self._in_flight:   # cancelled mid-delivery: back to the queue (at-least-once)
-            await self._release(list(self._in_flight), self.clock())
+        unfinished = self._unfinished | self._in_flight
+        if unfinished:        # cancelled mid-delivery: back to the queue (at-least-once)
+            await self._release(sorted(unfinished), self.clock())
             self._in_flight.clear()
+            self._unfinished.clear()
         await self.delivery.close()
 
     async def _run(self) -> None:
@@ -276,6 +279,7 @@ class Scheduler:
             await self._record(msg, [(r, self._result(msg, r, outcome)) for r in rcpts], outcome.attempt,
                                report)
         except asyncio.CancelledError:
+            self._unfinished.update(ids)     # stop(): handed back to the queue after the cancellation
             raise
         except Exception as exc:  # noqa: BLE001 - a bug dead-letters nothing: defer and go on
             log.exception("delivery of %s failed unexpectedly", msg["id"])

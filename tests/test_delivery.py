@@ -317,3 +317,24 @@ async def test_delay_notice_once_per_message_when_enabled(env, sink):
     assert "Subject: Delayed Mail (still being retried)" in text and "Action: delayed" in text
     assert "Status: 4.2.1" in text
     assert (await recipients(spool, qid))["slowbox@dst.test"]["status"] == "deferred"
+
+
+async def test_graceful_stop_hands_unfinished_work_back(env, sink):
+    spool, clock, make = env
+    sink.faults.data_delay = 3.0
+    qid = await enqueue(spool, ["wait@dst.test"])
+    sched = make()
+    await sched.start()
+    for _ in range(100):
+        if any(c[0] == "RCPT" for c in sink.commands):
+            break
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.1)
+    await sched.stop(timeout=0.2)                # DATA still waiting: cancelled and released
+    r = (await recipients(spool, qid))["wait@dst.test"]
+    assert (r["status"], r["attempts"], r["leased_until"]) == ("queued", 0, None)
+    crash = await spool.db.read(lambda c: c.execute("SELECT crash_count FROM messages").fetchone()[0])
+    assert crash == 0                            # a clean stop is not a crash (poison accounting)
+    sink.faults.data_delay = 0
+    await make().run_burst()
+    assert (await recipients(spool, qid))["wait@dst.test"]["status"] == "delivered"
