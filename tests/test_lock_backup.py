@@ -250,26 +250,27 @@ def test_backup_while_relaybox_runs_and_accepts_mail(tmp_path):
 
 
 # ---- upgrade path: migrations forward at start, never backward ---------------------------------------------
-def _old_schema_db(path: str) -> int:
-    """A database as the first release wrote it: only migration 1 applied."""
-    from relay.db import _split_sql, migrations
+def _old_schema_db(path: str, monkeypatch) -> int:
+    """A database as an older relaybox wrote it: one that knew only the first migration."""
+    from relay import db as dbmod
 
-    version, _name, mod = migrations()[0]
-    conn = sqlite3.connect(path, isolation_level=None)
-    for stmt in _split_sql(getattr(mod, "SQL", "") or ""):
-        conn.execute(stmt)
-    if hasattr(mod, "apply"):
-        mod.apply(conn)
-    conn.execute(f"PRAGMA user_version={version}")
-    conn.close()
+    every = dbmod.migrations()
+    with monkeypatch.context() as m:
+        m.setattr(dbmod, "migrations", lambda: every[:1])
+        conn = sqlite3.connect(path, isolation_level=None)
+        try:
+            version = dbmod.migrate(conn)
+        finally:
+            conn.close()
     return version
 
 
-async def test_an_old_backup_restores_and_migrates_at_start(tmp_path, capsys):
+async def test_an_old_backup_restores_and_migrates_at_start(tmp_path, capsys, monkeypatch):
     from relay.db import migrations
 
     old = str(tmp_path / "old.db")
-    first = _old_schema_db(old)
+    first = _old_schema_db(old, monkeypatch)
+    assert first < migrations()[-1][0]
     latest = migrations()[-1][0]
     db = str(tmp_path / "relaybox.db")
     assert cli(["restore", old, "--db", db]) == 0
@@ -281,6 +282,10 @@ async def test_an_old_backup_restores_and_migrates_at_start(tmp_path, capsys):
         d.close()
     snap = _snapshot(db)
     assert snap["version"] == latest and snap["messages"] == [qid]
+    conn = sqlite3.connect(db)
+    applied = [r[0] for r in conn.execute("SELECT version FROM schema_migrations ORDER BY version")]
+    conn.close()
+    assert applied == [v for v, _, _ in migrations()]
 
 
 def test_relaybox_refuses_to_run_on_a_newer_database(tmp_path):
