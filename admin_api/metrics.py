@@ -39,9 +39,9 @@ def _queue_stats(conn: sqlite3.Connection, now: float) -> dict[str, Any]:
     for r in conn.execute("SELECT status, COUNT(*) FROM recipients GROUP BY status"):
         counts[r[0]] = r[1]
     held = conn.execute("SELECT COUNT(*) FROM messages WHERE held=1").fetchone()[0]
-    oldest = conn.execute("SELECT MIN(m.created_at) FROM messages m WHERE EXISTS (SELECT 1 FROM recipients r"
-                          " WHERE r.message_id = m.id AND r.status IN ('queued','deferred','sending'))"
-                          ).fetchone()[0]
+    # driven by the (status, next_attempt_at) index: cost follows the active queue, not the retained history
+    oldest = conn.execute("SELECT MIN(m.created_at) FROM recipients r JOIN messages m ON m.id = r.message_id"
+                          " WHERE r.status IN ('queued','deferred','sending')").fetchone()[0]
     pending: dict[str, int] = {}
     try:
         for r in conn.execute("SELECT endpoint, COUNT(*) FROM webhook_deliveries WHERE state='pending'"
