@@ -72,8 +72,13 @@ def _where(f: MessageFilter) -> tuple[list[str], list]:
     clauses: list[str] = []
     args: list = []
     if f.status:
-        clauses.append("EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id AND r.status IN (%s))"
-                       % ",".join("?" * len(f.status)))
+        marks = ",".join("?" * len(f.status))
+        if set(f.status) <= Status.ACTIVE:
+            # the active queue is small next to the retained history: start from the status index
+            clauses.append(f"m.id IN (SELECT message_id FROM recipients WHERE status IN ({marks}))")
+        else:
+            clauses.append("EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id"
+                           f" AND r.status IN ({marks}))")
         args += list(f.status)
     if f.sender:
         clauses.append("instr(lower(m.sender), lower(?)) > 0")
