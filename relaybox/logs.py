@@ -75,8 +75,9 @@ _SECRET_FIELD = re.compile(r"(?i)(password|passwd|secret|token|api_?key|private_
 
 def register_settings_secrets(obj: Any, _depth: int = 0) -> int:
     """Walk loaded settings (dataclasses, lists, dicts) and register the value of every field whose name
-    says it is a secret (password, secret, token(s), api_key, ...). A ``"name:secret"`` token registers its
-    secret part too. Returns how many values were seen. Call once after loading the config (and on reload)."""
+    says it is a secret (password, secret, token(s), api_key, ...); for ``token_file`` / ``secret_file`` the
+    lines of the file. A ``"name:secret"`` token registers its secret part too. Returns how many values were
+    seen. Call once after loading the config (and on reload)."""
     import dataclasses
 
     if _depth > 8 or obj is None:
@@ -93,23 +94,44 @@ def register_settings_secrets(obj: Any, _depth: int = 0) -> int:
             for v in value:
                 take(v)
 
-    count = 0
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        items = [(f.name, getattr(obj, f.name, None)) for f in dataclasses.fields(obj)]
-    elif isinstance(obj, dict):
-        items = [(str(k), v) for k, v in obj.items()]
-    elif isinstance(obj, (list, tuple)):
+    if isinstance(obj, (list, tuple)):
         return sum(register_settings_secrets(v, _depth + 1) for v in obj)
-    else:
-        items = [(k, v) for k, v in vars(obj).items()] if hasattr(obj, "__dict__") else []
-    for name, value in items:
-        if _SECRET_FIELD.search(name) and not name.endswith(("_file", "_hash")):
+    count = 0
+    for name, value in _fields(obj):
+        if _SECRET_FIELD.search(name) and name.endswith("_file") and isinstance(value, str) and value:
+            take(_secret_file_lines(value))      # token_file, secret_file: the secrets are in the file
+        elif _SECRET_FIELD.search(name) and not name.endswith("_hash"):
             take(value)
         elif isinstance(value, (list, tuple, dict)) or dataclasses.is_dataclass(value) or \
                 hasattr(value, "__dict__") and not isinstance(value, (str, bytes, int, float)):
             count += register_settings_secrets(value, _depth + 1)
     register_secrets(found)
     return count + len(found)
+
+
+def _fields(obj: Any) -> list[tuple[str, Any]]:
+    import dataclasses
+
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return [(f.name, getattr(obj, f.name, None)) for f in dataclasses.fields(obj)]
+    if isinstance(obj, dict):
+        return [(str(k), v) for k, v in obj.items()]
+    return list(vars(obj).items()) if hasattr(obj, "__dict__") else []
+
+
+def _secret_file_lines(path: str) -> list[str]:
+    """Non-comment lines of a secrets file, without a trailing " ro" flag; [] if it cannot be read."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            lines = fh.read().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return []
+    out = []
+    for line in lines:
+        line = line.strip()
+        if line and not line.startswith("#"):
+            out.append(line[:-3].rstrip() if line.endswith(" ro") else line)
+    return out
 
 
 def clear_secrets() -> None:

@@ -103,23 +103,31 @@ def test_secrets_never_reach_the_output(capture, fmt):
         assert rows[-1]["queue_id"] == "Q3" and "RuntimeError" in rows[-1]["exc"]
 
 
-def test_secrets_of_the_loaded_config_are_registered(capture):
+def test_secrets_of_the_loaded_config_are_registered(capture, tmp_path):
     from relaybox.settings import parse
 
+    token_file = tmp_path / "tokens"
+    token_file.write_text("# admin tokens\nci:file-tok-111222\ngraf:file-ro-333444 ro\n")
+    verp_file = tmp_path / "verp"
+    verp_file.write_text("verp-signing-key-0123456789\n")
     settings = parse({
         "smtp": {"users": [{"username": "app1", "password": "cfg-plain-pass"}]},
         "routes": [{"name": "sh", "host": "smtp.example.test", "username": "relay",
                     "password": "route-pw-77"}],
-        "admin": {"tokens": ["ops:adm-tok-123456"], "readonly_tokens": ["graf:ro-tok-654321"]},
+        "admin": {"tokens": ["ops:adm-tok-123456"], "readonly_tokens": ["graf:ro-tok-654321"],
+                  "token_file": str(token_file)},
+        "bounces": {"secret_file": str(verp_file)},
         "webhooks": [{"name": "crm", "url": "https://crm.example.test/hook", "secret": "hook-key-999"}],
     })
     assert logs.register_settings_secrets(settings) >= 5
     out = capture("json")
     logging.getLogger("relay.transport").error(
         "smarthost said: bad credentials route-pw-77 / cfg-plain-pass; header X: adm-tok-123456 "
-        "ro-tok-654321 hook-key-999", extra={"queue_id": "Q1"})
+        "ro-tok-654321 hook-key-999 file-tok-111222 file-ro-333444 verp-signing-key-0123456789",
+        extra={"queue_id": "Q1"})
     text = out.getvalue()
-    for leaked in ("route-pw-77", "cfg-plain-pass", "adm-tok-123456", "ro-tok-654321", "hook-key-999"):
+    for leaked in ("route-pw-77", "cfg-plain-pass", "adm-tok-123456", "ro-tok-654321", "hook-key-999",
+                   "file-tok-111222", "file-ro-333444", "verp-signing-key"):
         assert leaked not in text
     assert "smarthost said: bad credentials" in text
 
