@@ -21,6 +21,7 @@ arguments, the extra fields and the traceback:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -78,8 +79,6 @@ def register_settings_secrets(obj: Any, _depth: int = 0) -> int:
     says it is a secret (password, secret, token(s), api_key, ...); for ``token_file`` / ``secret_file`` the
     lines of the file. A ``"name:secret"`` token registers its secret part too. Returns how many values were
     seen. Call once after loading the config (and on reload)."""
-    import dataclasses
-
     if _depth > 8 or obj is None:
         return 0
     found: list[str] = []
@@ -110,8 +109,6 @@ def register_settings_secrets(obj: Any, _depth: int = 0) -> int:
 
 
 def _fields(obj: Any) -> list[tuple[str, Any]]:
-    import dataclasses
-
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return [(f.name, getattr(obj, f.name, None)) for f in dataclasses.fields(obj)]
     if isinstance(obj, dict):
