@@ -197,6 +197,17 @@ def test_container_config_is_the_sample_with_container_values():
     assert cont["storage"]["path"] == "/var/lib/relaybox/relaybox.db"
 
 
+def test_container_config_can_be_rendered_from_the_current_sample():
+    """`python -m tests.container_config` still finds every line it substitutes, and its output is valid."""
+    from relaybox.settings import parse
+    from tests.container_config import render
+
+    rendered = render(open(os.path.join(REPO, "conf/relaybox.toml")).read())
+    settings = parse(tomllib.loads(rendered))
+    assert settings.relay.storage.path == "/var/lib/relaybox/relaybox.db"
+    assert all(a.startswith("0.0.0.0:") for a in settings.relay.smtp.listen)
+
+
 def test_compose_example_matches_the_image():
     import yaml
 
