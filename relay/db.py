@@ -90,8 +90,13 @@ def migrate(conn: sqlite3.Connection) -> int:
         raise SchemaTooNew(
             f"database schema version {current} is newer than this relaybox ({latest}); refusing to downgrade"
         )
+    fresh_table = conn.execute("SELECT 1 FROM sqlite_master WHERE name='schema_migrations'").fetchone() is None
     conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
                   " applied_at REAL NOT NULL)")
+    if fresh_table and current:
+        # a database from before per-migration tracking: everything up to user_version was applied
+        conn.executemany("INSERT OR IGNORE INTO schema_migrations(version, name, applied_at) VALUES (?,?,?)",
+                         [(v, n, time.time()) for v, n, _ in all_migrations if v <= current])
     applied = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
     for version, name, mod in all_migrations:
         if version in applied:

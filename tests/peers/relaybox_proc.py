@@ -48,9 +48,11 @@ class RelayboxProcess:
         self.smtp_port = smtp_port or free_port()
         self.db_path = os.path.join(workdir, "relaybox.db")
         self.config_path = os.path.join(workdir, "relaybox.toml")
+        self.admin_port = free_port()
         base = {
             "smtp": {"listen": [f"127.0.0.1:{self.smtp_port}"], "hostname": "relay.test"},
             "storage": {"path": self.db_path, "min_free": 0.0},
+            "admin": {"listen": f"127.0.0.1:{self.admin_port}"},
         }
         for k, v in (sections or {}).items():
             if isinstance(v, dict) and k in base:
