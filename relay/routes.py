@@ -16,6 +16,7 @@ The From address is the header's (what contact-centre suites key on), else the e
 from __future__ import annotations
 
 import asyncio
+import re
 from email.utils import getaddresses
 
 from relay.config import RouteConfig
@@ -25,10 +26,17 @@ class RouteError(ValueError):
     """An inconsistent set of routes (duplicate names, two defaults)."""
 
 
+_SIMPLE_FROM = re.compile(r'^\s*(?:[^<>",;@]*<)?\s*([^\s<>",;@()]+@[^\s<>",;@()]+)\s*>?\s*$')
+
+
 def from_address(message: dict) -> str:
-    header = message.get("from_header") or ""
+    """The From header's (first) address, lower-cased; else the envelope sender."""
+    header = str(message.get("from_header") or "")
     if header:
-        addrs = [a for _, a in getaddresses([" ".join(str(header).split())]) if "@" in a]
+        m = _SIMPLE_FROM.match(header)          # "Name <a@b>" / "a@b": no full RFC 5322 parse needed
+        if m:
+            return m.group(1).lower()
+        addrs = [a for _, a in getaddresses([" ".join(header.split())]) if "@" in a]
         if addrs:
             return addrs[0].lower()
     return (message.get("sender") or "").lower()
@@ -56,6 +64,8 @@ class Router:
 
     def route_for(self, message: dict) -> RouteConfig | None:
         """The route for this message, or None for direct MX delivery."""
+        if not self._by_address and not self._by_domain:
+            return self.default
         addr = from_address(message)
         if addr in self._by_address:
             return self._by_address[addr]

@@ -45,6 +45,7 @@ log = logging.getLogger("relay.scheduler")
 
 DOWN_FOR = 30.0               # seconds a destination that refused connections is skipped
 BACKLOG_FACTOR = 10           # recipients held per destination = factor x its connection limit
+SATURATED_RECHECK = 0.25      # seconds: how long claims pause while a destination is at its backlog cap
 CLAIM_GATHER = 0.02           # seconds between claim rounds while work trickles in
 PREFETCH_MAX_BODY = 256_000   # bodies up to this size are read with the claim round, not one by one
 PREFETCH_BYTES = 32_000_000   # at most this much body data per round
@@ -75,6 +76,8 @@ class Scheduler:
         self._down: dict[str, tuple[float, DeliveryError]] = {}
         self._in_flight: set[int] = set()
         self._unfinished: set[int] = set()
+        self._saturated: set[str] = set()
+        self._saturated_at = 0.0
         self._tasks: set[asyncio.Task] = set()
         self._bodies: dict[str, asyncio.Future] = {}
         self._msg_refs: Counter[str] = Counter()
@@ -160,9 +163,21 @@ class Scheduler:
         return dict(self.stats)
 
     # ---- one round -------------------------------------------------------------------------------
+    def _gate_open(self) -> bool:
+        """After a round had to hand recipients back (a destination at its backlog cap), claim again only
+        once those destinations drained to half their cap, or after SATURATED_RECHECK seconds (so other
+        destinations are still served): otherwise every round would claim and hand back the same work."""
+        if not self._saturated:
+            return True
+        drained = all(self._backlog[k] <= self._backlog_cap(k) // 2 for k in self._saturated)
+        if drained or time.monotonic() - self._saturated_at >= SATURATED_RECHECK:
+            self._saturated.clear()
+            return True
+        return False
+
     async def _round(self) -> int:
         room = self.max_in_flight - len(self._in_flight)
-        if room <= 0:
+        if room <= 0 or not self._gate_open():
             return 0
         d = self.config.delivery
         now = self.clock()
@@ -241,6 +256,8 @@ class Scheduler:
         for key, group in groups.items():
             if key in busy:
                 self.stats["requeued_backlog"] += len(group)
+                self._saturated.add(key)
+                self._saturated_at = time.monotonic()
                 self._spawn(self._requeue(group, now))
                 continue
             self._backlog[key] += 1
@@ -291,6 +308,8 @@ class Scheduler:
                 log.exception("could not record the failure of %s", msg["id"])
         finally:
             self._backlog[key] -= 1
+            if key in self._saturated and self._backlog[key] <= self._backlog_cap(key) // 2:
+                self._wake.set()
             self._in_flight.difference_update(ids)
             self._msg_refs[msg["id"]] -= 1
             if self._msg_refs[msg["id"]] <= 0:
