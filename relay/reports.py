@@ -48,14 +48,12 @@ class Reports:
                 remote = host if res.code and res.reason is None else None
                 batch.failed.append(dsn.FailedRecipient(r["address"], res.status, res.enhanced, res.code,
                                                         res.text, remote, res.reason))
-        if not dsn.should_notify(msg):
-            return
-        if batch.parts <= 0 and batch.failed and self.config.dsn:
+        if batch.parts <= 0 and batch.failed and self.config.dsn and dsn.should_notify(msg):
             await self.send(msg, batch.failed)
         if self.config.delay_notice:
             late = [(r, res) for r, res in pairs if res.status == "deferred"]
             start = max(msg["created_at"], msg.get("send_at") or 0)
-            if late and self.clock() - start >= self.config.delay_notice_after:
+            if late and self.clock() - start >= self.config.delay_notice_after and dsn.should_notify(msg):
                 await self.delayed(msg, late)
 
     async def delayed(self, msg: dict, late: list[tuple[dict, RecipientResult]]) -> None:

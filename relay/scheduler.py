@@ -240,9 +240,8 @@ class Scheduler:
                 final.append((r, RecipientResult(r["id"], "failed", None, "5.7.1",
                                                  "recipient is on the suppression list",
                                                  reason="suppressed")))
-            elif address_error(r["address"]):
-                final.append((r, RecipientResult(r["id"], "failed", 553, "5.1.3",
-                                                 f"invalid address: {address_error(r['address'])}",
+            elif why := address_error(r["address"]):     # never to DNS or the wire (CR/LF, lists)
+                final.append((r, RecipientResult(r["id"], "failed", 553, "5.1.3", f"invalid address: {why}",
                                                  reason="invalid")))
             else:
                 live.append(r)
