@@ -30,6 +30,7 @@ from relay.errors import DNSError
 MAX_HOSTS = 5
 CACHE_MIN_TTL = 5.0
 CACHE_MAX_TTL = 300.0
+CACHE_MAX_ENTRIES = 10_000
 
 
 @dataclass
@@ -85,6 +86,8 @@ class MXResolver:
                            True, stage="dns") from exc
         records = list(answer)
         ttl = min(max(float(answer.rrset.ttl if answer.rrset else 0), CACHE_MIN_TTL), CACHE_MAX_TTL)
+        if len(self._cache) >= CACHE_MAX_ENTRIES:
+            self._cache.clear()
         self._cache[key] = (self.clock() + ttl, records)
         return records
 
