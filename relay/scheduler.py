@@ -78,6 +78,7 @@ class Scheduler:
         self._unfinished: set[int] = set()
         self._saturated: set[str] = set()
         self._saturated_at = 0.0
+        self._full = False
         self._tasks: set[asyncio.Task] = set()
         self._bodies: dict[str, asyncio.Future] = {}
         self._msg_refs: Counter[str] = Counter()
@@ -94,7 +95,7 @@ class Scheduler:
         self.max_in_flight = max(d.claim_batch * 4, d.concurrency * 4)
 
     async def reload(self, config: RelayConfig) -> None:
-        """SIGHUP: new routes, DKIM keys, resolver and retry settings (limits apply to new work)."""
+        """SIGHUP: new routes, DKIM keys, resolver and retry settings (connection limits need a restart)."""
         self.delivery.reconfigure(config)
         self.config = config
         self.reports.config = config.delivery
@@ -177,7 +178,10 @@ class Scheduler:
 
     async def _round(self) -> int:
         room = self.max_in_flight - len(self._in_flight)
-        if room <= 0 or not self._gate_open():
+        if room <= 0:
+            self._full = True            # _transaction wakes the loop once half the room is free again
+            return 0
+        if not self._gate_open():
             return 0
         d = self.config.delivery
         now = self.clock()
@@ -308,6 +312,9 @@ class Scheduler:
         finally:
             self._backlog[key] -= 1
             if key in self._saturated and self._backlog[key] <= self._backlog_cap(key) // 2:
+                self._wake.set()
+            if self._full and len(self._in_flight) <= self.max_in_flight // 2:
+                self._full = False
                 self._wake.set()
             self._in_flight.difference_update(ids)
             self._msg_refs[msg["id"]] -= 1
