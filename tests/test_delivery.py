@@ -28,6 +28,8 @@ ZONE = {
     "null.test": {"MX": [(0, ".")]},
     "slow.test": {"MX": [(10, "mx.slow.test")]},
     "mx.slow.test": {"A": ["127.0.0.2"]},
+    "two.test": {"MX": [(10, "busy.two.test"), (20, "mx.dst.test")]},
+    "busy.two.test": {"A": ["127.0.0.3"]},
 }
 
 
@@ -338,3 +340,19 @@ async def test_graceful_stop_hands_unfinished_work_back(env, sink):
     sink.faults.data_delay = 0
     await make().run_burst()
     assert (await recipients(spool, qid))["wait@dst.test"]["status"] == "delivered"
+
+
+async def test_next_mx_after_a_4xx_greeting_and_the_transcript_shows_both(env, sink):
+    spool, clock, make = env
+    busy = await Sink(host="127.0.0.3", port=sink.port).start()
+    busy.faults.greeting = "421 4.3.2 Too many connections, try another MX"
+    qid = await enqueue(spool, ["x@two.test"])
+    await make().run_burst()
+    await busy.stop()
+    assert (await recipients(spool, qid))["x@two.test"]["status"] == "delivered"
+    att = (await attempts(spool, qid))[0]
+    assert att["host"] == "mx.dst.test"
+    lines = [e["line"] for e in json.loads(att["transcript"])]
+    assert lines[0].startswith("connect busy.two.test [127.0.0.3]")
+    assert "421 4.3.2 Too many connections, try another MX" in lines
+    assert any(x.startswith("connect mx.dst.test [127.0.0.1]") for x in lines)
