@@ -179,19 +179,30 @@ class Signer:
 
     def sign(self, message: bytes, now: float | None = None) -> bytes | None:
         """The ``DKIM-Signature: ...\\r\\n`` field for ``message``, or None if no key applies."""
-        block, body = split_message(message)
-        headers = parse_headers(block)
-        key = self.key_for(from_domain(headers))
-        if key is None:
-            return None
-        return self.sign_with(key, headers, body, now)
+        prepared = self.prepare(message, now)
+        return prepared.finish(prepared.key.sign_digest_input(prepared.data)) if prepared else None
 
     def sign_message(self, message: bytes, now: float | None = None) -> bytes:
         sig = self.sign(message, now)
         return sig + message if sig else message
 
+    def prepare(self, message: bytes, now: float | None = None) -> "Prepared | None":
+        """Canonicalise and hash: everything but the private-key step (which ``Prepared.key`` does on
+        ``Prepared.data``; OpenSSL releases the GIL there, so a caller may run it in a thread)."""
+        block, body = split_message(message)
+        headers = parse_headers(block)
+        key = self.key_for(from_domain(headers))
+        if key is None:
+            return None
+        return self.prepare_with(key, headers, body, now)
+
     def sign_with(self, key: SigningKey, headers: list[tuple[bytes, bytes]], body: bytes,
                   now: float | None = None) -> bytes:
+        prepared = self.prepare_with(key, headers, body, now)
+        return prepared.finish(key.sign_digest_input(prepared.data))
+
+    def prepare_with(self, key: SigningKey, headers: list[tuple[bytes, bytes]], body: bytes,
+                     now: float | None = None) -> "Prepared":
         bh = base64.b64encode(hashlib.sha256(relaxed_body(body)).digest()).decode()
         by_name: dict[bytes, list[bytes]] = {}
         for name, raw in headers:
@@ -212,6 +223,17 @@ class Signer:
         value = (f"v=1; a={key.algorithm}; c=relaxed/relaxed; d={key.domain}; s={key.selector};\r\n"
                  f"\tt={t}; bh={bh};\r\n\th={':'.join(names)};\r\n\tb=")
         field = b"DKIM-Signature: " + value.encode()
-        data = b"".join(canon) + relaxed_header(field)
-        sig = base64.b64encode(key.sign_digest_input(data)).decode()
-        return field + _fold_b64(sig, 70).encode() + b"\r\n"
+        return Prepared(key, field, b"".join(canon) + relaxed_header(field))
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A signature waiting for its private-key step: ``finish(key.sign_digest_input(data))``."""
+
+    key: SigningKey
+    field: bytes
+    data: bytes
+
+    def finish(self, signature: bytes) -> bytes:
+        sig = base64.b64encode(signature).decode()
+        return self.field + _fold_b64(sig, 70).encode() + b"\r\n"
