@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 import time
 from dataclasses import dataclass
@@ -250,12 +251,17 @@ async def _open_one(cand: Candidate, helo: str, tls: TLSPolicy, use_starttls: bo
                     password: str, connect_timeout: float, command_timeout: float, tr: list[dict]) -> Session:
     log_ = _Log([], tr)
     implicit = tls.mode == "implicit"
-    smtp = aiosmtplib.SMTP(hostname=cand.ip, port=cand.port, local_hostname=helo, timeout=command_timeout,
-                           use_tls=implicit, start_tls=False, validate_certs=tls.verify,
-                           tls_context=_ctx(tls.verify) if implicit else None)
     stage = ["connect"]
     log_.note("C", f"connect {cand.host} [{cand.ip}]:{cand.port}{' (implicit TLS)' if implicit else ''}")
+    smtp = aiosmtplib.SMTP(hostname=cand.ip, port=cand.port, local_hostname=helo, timeout=command_timeout,
+                           start_tls=False, validate_certs=tls.verify)
     try:
+        if implicit:
+            # connect to the chosen address ourselves so that TLS (SNI, certificate check) uses the host name
+            sock = await _tcp_connect(cand, connect_timeout)
+            smtp = aiosmtplib.SMTP(hostname=cand.host, sock=sock, local_hostname=helo,
+                                   timeout=command_timeout, use_tls=True, start_tls=False,
+                                   validate_certs=tls.verify, tls_context=_ctx(tls.verify))
         await _greet(smtp, log_, helo, connect_timeout, stage)
         secured = implicit or await _starttls(smtp, log_, cand, helo, tls, use_starttls, stage)
         if username:
@@ -270,6 +276,18 @@ async def _open_one(cand: Candidate, helo: str, tls: TLSPolicy, use_starttls: bo
         log_.note("S", f"({err.text})")
         raise err from exc
     return Session(smtp, cand, secured, log_.lines, command_timeout)
+
+
+async def _tcp_connect(cand: Candidate, timeout: float) -> socket.socket:
+    family = socket.AF_INET6 if ":" in cand.ip else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, (cand.ip, cand.port)), timeout)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 async def _greet(smtp: aiosmtplib.SMTP, log_: _Log, helo: str, timeout: float, stage: list[str]) -> None:

@@ -159,6 +159,13 @@ async def test_implicit_tls():
     t = await session.send("a@src.test", ["x@dst.test"], BODY)
     assert t.results == {"x@dst.test": None} and t.tls and s.messages[0].tls
     await session.close()
+    with pytest.raises(DeliveryError) as ei:               # verification on: the self-signed cert fails
+        await open_session([cand(s)], helo="relay.test", tls=TLSPolicy("implicit", verify=True))
+    assert ei.value.enhanced == "4.7.5"
+    with pytest.raises(DeliveryError) as ei:
+        await open_session([Candidate("localhost", "127.0.0.1", free_port())], helo="relay.test",
+                           tls=TLSPolicy("implicit", verify=False))
+    assert ei.value.enhanced == "4.4.1"
     await s.stop()
 
 
