@@ -126,7 +126,7 @@ def from_exception(exc: BaseException, stage: str | None = None) -> DeliveryErro
         if err is not None:
             return err
     name = type(exc).__name__
-    if isinstance(exc, ssl.SSLError) or "TLS" in name or "SSL" in name:
+    if _tls_cause(exc) or "TLS" in name or "SSL" in name:
         return ConnectError(421, "4.7.5", f"TLS failure: {_exc_text(exc)}", True, stage=stage or "starttls")
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)) or "Timeout" in name:
         return ConnectError(421, "4.4.2", f"timed out{' during ' + stage if stage else ''}", True,
@@ -136,6 +136,18 @@ def from_exception(exc: BaseException, stage: str | None = None) -> DeliveryErro
     if isinstance(exc, (ConnectionError, OSError)) or "Connect" in name or "Disconnect" in name:
         return ConnectError(421, "4.4.1", f"connection failed: {_exc_text(exc)}", True, stage=stage)
     return ConnectError(451, "4.3.0", f"unexpected error: {name}: {_exc_text(exc)}", True, stage=stage)
+
+
+def _tls_cause(exc: BaseException) -> bool:
+    """An ssl.SSLError, or an error caused by one (aiosmtplib wraps handshake failures)."""
+    seen = 0
+    cur: BaseException | None = exc
+    while cur is not None and seen < 5:
+        if isinstance(cur, ssl.SSLError):
+            return True
+        cur = cur.__cause__ or cur.__context__
+        seen += 1
+    return False
 
 
 def _exc_text(exc: BaseException) -> str:
