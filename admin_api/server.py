@@ -49,7 +49,14 @@ class AdminServer:
         self.webhooks: Any = None
 
     async def start(self) -> None:
-        hooks = [h for h in (self.app.settings.section("webhooks") or []) if h.enabled]
+        hooks, names = [], set()
+        for h in self.app.settings.section("webhooks") or []:
+            if h.name in names:   # one cursor per name: a second endpoint of the same name would steal events
+                log.error("webhooks: duplicate endpoint name %r; only the first one is used", h.name)
+                continue
+            names.add(h.name)
+            if h.enabled:
+                hooks.append(h)
         if hooks:
             from admin_api.webhooks import Dispatcher
 
