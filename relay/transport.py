@@ -321,6 +321,8 @@ async def _starttls(smtp: aiosmtplib.SMTP, log_: _Log, cand: Candidate, helo: st
                                    tls_context=_ctx(tls.verify))
     except Exception as exc:  # noqa: BLE001
         err = from_exception(exc, "starttls")
+        if err.enhanced in ("4.4.1", "4.3.0"):     # the peer dropped the handshake: still a TLS failure
+            err = ConnectError(421, "4.7.5", f"TLS handshake failed: {err.text}", True, stage="starttls")
         log_.note("S", f"({err.text})")
         if tls.mode == "opportunistic":
             raise _RetryPlain(err) from exc

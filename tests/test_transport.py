@@ -178,3 +178,19 @@ async def test_pool_reuses_a_connection_up_to_the_limit(sink):
         await pool.give_back("k", session)
     await pool.close_all()
     assert len(sink.messages) == 7 and sink.connections == 3
+
+
+async def test_opportunistic_starttls_falls_back_to_plaintext_when_the_handshake_fails():
+    s = await Sink(tls=True, broken_tls=True).start()
+    tr = []
+    session = await open_session([cand(s)], helo="relay.test", transcript=tr)
+    t = await session.send("a@src.test", ["x@dst.test"], BODY)
+    assert t.results == {"x@dst.test": None} and not t.tls and not s.messages[0].tls
+    text = lines(tr)
+    assert text.count("C: STARTTLS") == 1 and sum(1 for x in text if x.startswith("C: connect")) == 2
+    assert any("TLS handshake failed" in x or "TLS failure" in x for x in text), text
+    await session.close()
+    with pytest.raises(DeliveryError) as ei:      # a route that requires TLS does not fall back
+        await open_session([cand(s)], helo="relay.test", tls=TLSPolicy("starttls", verify=False))
+    assert ei.value.enhanced == "4.7.5"
+    await s.stop()

@@ -12,8 +12,9 @@
 Faults: ``greeting`` (a reply sent instead of the banner, then the connection is closed), ``mail``,
 ``rcpt`` (per address), ``data`` (reply strings like "451 4.3.0 later"), ``drop_at`` (mail | rcpt | data),
 ``greylist`` (seconds to name), ``data_delay`` (seconds before answering DATA). STARTTLS is offered with a
-self-signed certificate when ``tls=True``; ``implicit_tls=True`` wraps the listener in TLS; ``users``
-enables AUTH PLAIN/LOGIN (``auth_require_tls`` as aiosmtpd).
+self-signed certificate when ``tls=True`` (``broken_tls=True``: offered, but the handshake always fails);
+``implicit_tls=True`` wraps the listener in TLS; ``users`` enables AUTH PLAIN/LOGIN (``auth_require_tls``
+as aiosmtpd).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
@@ -131,7 +133,7 @@ class _Refuser(asyncio.Protocol):
 class Sink:
     def __init__(self, host: str = "127.0.0.1", port: int | None = None, *, tls: bool = False,
                  implicit_tls: bool = False, users: dict[str, str] | None = None,
-                 auth_require_tls: bool = True, hostname: str = "sink.test"):
+                 auth_require_tls: bool = True, hostname: str = "sink.test", broken_tls: bool = False):
         self.host = host
         self.port = port or free_port(host)
         self.faults = Faults()
@@ -151,6 +153,11 @@ class Sink:
             cert, key = make_cert(tempfile.mkdtemp(prefix="sink-tls-"), "localhost")
             self._tls_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             self._tls_ctx.load_cert_chain(cert, key)
+            if broken_tls:     # offers STARTTLS, but no client of today can complete the handshake
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    self._tls_ctx.minimum_version = ssl.TLSVersion.TLSv1
+                    self._tls_ctx.maximum_version = ssl.TLSVersion.TLSv1
             self.cert_file = cert
         self.tls = tls
         self.implicit_tls = implicit_tls
