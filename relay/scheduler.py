@@ -33,6 +33,8 @@ import time
 from collections import Counter
 from typing import Callable
 
+from relay import claimwork
+from relay import delivery_metrics as metrics
 from relay.config import RelayConfig
 from relay.delivery import Delivery, Outcome
 from relay.envelope import address_error
@@ -125,6 +127,7 @@ class Scheduler:
                 await asyncio.gather(*pending, return_exceptions=True)
         unfinished = self._unfinished | self._in_flight
         if unfinished:        # cancelled mid-delivery: back to the queue (at-least-once)
+            metrics.REQUEUED.inc(len(unfinished))
             await self._release(sorted(unfinished), self.clock())
             self._in_flight.clear()
             self._unfinished.clear()
@@ -192,6 +195,7 @@ class Scheduler:
         n = 0
         for claim in claims:
             n += self._dispatch(claim, now, suppressed, bodies)
+        metrics.IN_FLIGHT.set(len(self._in_flight))
         return n
 
     async def _prefetch(self, claims: list[Claim], now: float) -> tuple[set[str], dict[str, bytes]]:
@@ -205,23 +209,8 @@ class Scheduler:
                 small.append(c.message["id"])
                 budget -= size
 
-        def _q(conn):
-            sup = set()
-            if check is not None:
-                try:
-                    sup = {a.lower() for a in addrs if check(conn, a, now)}
-                except Exception:  # noqa: BLE001 - a broken suppression check must not stop delivery
-                    log.exception("suppression check failed; delivering without it")
-            out = {}
-            for i in range(0, len(small), 500):
-                part = small[i:i + 500]
-                marks = ",".join("?" * len(part))
-                for row in conn.execute(f"SELECT message_id, data FROM bodies WHERE message_id IN ({marks})",
-                                        part):
-                    out[row[0]] = bytes(row[1])
-            return sup, out
-
-        return await self.spool.db.read(_q)
+        return await self.spool.db.read(
+            lambda conn: claimwork.prefetch(conn, addrs, small, check, now))
 
     def _dispatch(self, claim: Claim, now: float, suppressed: set[str], bodies: dict[str, bytes]) -> int:
         """Start the work for one claimed message; returns how many recipients were taken on."""
@@ -259,6 +248,7 @@ class Scheduler:
         for key, group in groups.items():
             if key in busy:
                 self.stats["requeued_backlog"] += len(group)
+                metrics.REQUEUED.inc(len(group))
                 self._saturated.add(key)
                 self._saturated_at = time.monotonic()
                 self._spawn(self._requeue(group, now))
@@ -288,13 +278,20 @@ class Scheduler:
             else:
                 sem = self._dest_sems.setdefault(key, asyncio.Semaphore(self.delivery.concurrency_for(key)))
                 async with self._global, sem:
-                    body = await self._body(msg["id"])
-                    if body is None:
-                        err = DeliveryError(554, "5.3.0", "message body is no longer retained", False,
-                                            status="failed", reason="body-missing")
-                        outcome = Outcome({r["id"]: err for r in rcpts}, route=key)
-                    else:
-                        outcome = await self.delivery.deliver(msg, rcpts, body)
+                    metrics.TRANSACTIONS_ACTIVE.inc()
+                    try:
+                        body = await self._body(msg["id"])
+                        if body is None:
+                            err = DeliveryError(554, "5.3.0", "message body is no longer retained", False,
+                                                status="failed", reason="body-missing")
+                            outcome = Outcome({r["id"]: err for r in rcpts}, route=key)
+                        else:
+                            started = time.monotonic()
+                            outcome = await self.delivery.deliver(msg, rcpts, body)
+                            metrics.TRANSACTION_SECONDS.labels(key.split(":", 1)[0]).observe(
+                                time.monotonic() - started)
+                    finally:
+                        metrics.TRANSACTIONS_ACTIVE.dec()
                 self._note_down(key, outcome)
             await self._record(msg, [(r, self._result(msg, r, outcome)) for r in rcpts], outcome.attempt,
                                report)
@@ -317,6 +314,7 @@ class Scheduler:
                 self._full = False
                 self._wake.set()
             self._in_flight.difference_update(ids)
+            metrics.IN_FLIGHT.set(len(self._in_flight))
             self._msg_refs[msg["id"]] -= 1
             if self._msg_refs[msg["id"]] <= 0:
                 del self._msg_refs[msg["id"]]
@@ -329,6 +327,10 @@ class Scheduler:
             self._down[key] = (time.monotonic() + DOWN_FOR, errs[0])
         elif key in self._down and outcome.attempt and outcome.attempt.get("host"):
             self._down.pop(key, None)
+        now = time.monotonic()
+        for k in [k for k, (until, _) in self._down.items() if until <= now]:
+            del self._down[k]
+        metrics.DESTINATIONS_DOWN.set(len(self._down))
 
     async def _body(self, message_id: str) -> bytes | None:
         fut = self._bodies.get(message_id)
@@ -391,22 +393,6 @@ class Scheduler:
             self._in_flight.difference_update(r["id"] for r in rcpts)
 
     async def _release(self, ids: list[int], at: float) -> None:
-        """Hand claimed recipients back to the queue without an attempt (no status event: nothing
-        happened to them). Undo the claim's poison accounting when nothing of the message is in flight."""
+        """Back to the queue without an attempt (see relay.claimwork.release)."""
         now = self.clock()
-
-        def _do(conn):
-            mids = set()
-            for rid in ids:
-                row = conn.execute("SELECT message_id FROM recipients WHERE id=? AND status='sending'",
-                                   (rid,)).fetchone()
-                if row is None:
-                    continue
-                conn.execute("UPDATE recipients SET status='queued', next_attempt_at=?, leased_until=NULL,"
-                             " lease_owner=NULL, updated_at=? WHERE id=?", (at, now, rid))
-                mids.add(row["message_id"])
-            for mid in mids:
-                conn.execute("UPDATE messages SET crash_count = 0 WHERE id=? AND NOT EXISTS (SELECT 1 FROM"
-                             " recipients WHERE message_id=? AND status='sending')", (mid, mid))
-
-        await self.spool.db.write(_do)
+        await self.spool.db.write(lambda conn: claimwork.release(conn, ids, at, now))

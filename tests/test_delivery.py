@@ -6,6 +6,7 @@ import json
 
 import dkim as dkimpy
 import pytest
+from prometheus_client import REGISTRY
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -240,6 +241,16 @@ async def test_dead_destination_defers_fast_and_connections_are_reused(env, sink
     for q in qids:
         r = next(iter((await recipients(spool, q)).values()))
         assert r["status"] == "deferred" and r["last_enhanced"] == "4.4.1"
+    # while the destination is "down", its recipients are deferred at once, without connecting
+    for q in qids:
+        await spool.retry_now(q)
+    await sched.run_burst()
+    assert sched.stats["skipped_down"] == 5
+    assert [len(await attempts(spool, q)) for q in qids] == [1] * 5
+    assert REGISTRY.get_sample_value("relaybox_delivery_destinations_down") == 1
+    assert REGISTRY.get_sample_value("relaybox_delivery_in_flight_recipients") == 0
+    assert REGISTRY.get_sample_value("relaybox_delivery_transactions_active") == 0
+    assert REGISTRY.get_sample_value("relaybox_delivery_transaction_seconds_count", {"kind": "mx"}) >= 7
 
 
 async def test_verp_return_path_per_recipient(env, sink):
