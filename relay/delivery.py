@@ -144,6 +144,10 @@ class Delivery:
             session = await self._session(key, route, recipients[0]["domain"], transcript)
         except Exception as exc:  # noqa: BLE001 - classify DNS/connection/auth trouble
             err = from_exception(exc, "connect")
+            if err.stage == "dns":           # nothing was said on the wire: the transcript names the lookup
+                transcript.append({"at": round(time.time(), 3), "dir": "C",
+                                   "line": f"DNS {label if route else 'MX ' + recipients[0]['domain']}: "
+                                           f"{err.code} {err.enhanced} {err.text}"})
             attempt.update(ended_at=time.time(), result=err.status, transcript=transcript)
             return Outcome({r["id"]: err for r in recipients}, attempt=attempt, route=label)
         signed = self.sign(body)

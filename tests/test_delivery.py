@@ -126,6 +126,8 @@ async def test_multi_recipient_mixed_outcomes_with_transcript_and_dsn(env, sink)
                    "Final-Recipient: rfc822; y@does-not-exist.test", "Remote-MTA: dns; mx.dst.test"):
         assert needle in report, needle
     assert "ok@dst.test" not in report.split("message/delivery-status")[1].split("text/rfc822-headers")[0]
+    nx = [a for a in await attempts(spool, qid) if a["host"] is None and "does-not-exist" in a["transcript"]]
+    assert len(nx) == 1 and "550 5.1.2" in nx[0]["transcript"] and nx[0]["result"] == "bounced"
     # the deferred recipient is retried once its time comes
     sink.faults.rcpt = {}
     clock.t = T0 + 301
