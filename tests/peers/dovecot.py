@@ -92,7 +92,7 @@ service stats {{
 
 
 class Dovecot:
-    def __init__(self):
+    def __init__(self, users: dict[str, str] | None = None):
         self.base = tempfile.mkdtemp(prefix="dc", dir="/tmp")
         os.chmod(self.base, 0o755)
         self.mail = os.path.join(self.base, "mail")
@@ -106,6 +106,8 @@ class Dovecot:
                                  imap=self.imap_port, imaps=self.imaps_port, pop3=self.pop3_port))
         open(os.path.join(self.base, "users"), "w").close()
         self.pid: int | None = None
+        for user, password in (users or {}).items():
+            self.add_user(user, password)
 
     def start(self, timeout: float = 10.0) -> "Dovecot":
         dovecot = shutil.which("dovecot") or "/usr/sbin/dovecot"
@@ -159,12 +161,17 @@ class Dovecot:
                 except ProcessLookupError:
                     pass
             self.pid = None
-        shutil.rmtree(self.base, ignore_errors=True)
+        if not os.environ.get("RELAYBOX_KEEP_PEERS"):
+            shutil.rmtree(self.base, ignore_errors=True)
 
     # ---- fixtures' helpers ---------------------------------------------------------------------------
     def add_user(self, user: str, password: str) -> None:
+        """Add a user. Dovecot looks at the passwd-file at most once a second, so a user added while it runs
+        becomes usable up to a second later: tests that need many users pre-create them (``users=``)."""
         with open(os.path.join(self.base, "users"), "a") as fh:
             fh.write(f"{user}:{{PLAIN}}{password}::::::\n")
+        if self.pid:
+            time.sleep(1.1)
 
     def imap(self, user: str, password: str) -> imaplib.IMAP4:
         self.clear_penalty()

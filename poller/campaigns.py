@@ -1,0 +1,132 @@
+"""Campaign targets: where a routed inbound message goes. Each delivery carries the inbound id as its
+idempotency key, so a redelivery after a crash is recognisable (maildir: same file name; webhook:
+``Idempotency-Key``; smtp: the queue insert commits together with the inbound status).
+
+A target raises ``TargetError`` on failure (retried with backoff, then quarantine); it returns a short
+result string recorded on the inbound row (file name, HTTP status, queue id).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import socket
+import time
+
+import aiohttp
+from prometheus_client import Counter
+
+from poller.config import CampaignConfig
+from poller.router import MessageView
+from relay.envelope import NewMessage
+from relay.queue import Spool
+from relay.smtpdata import has_bare_cr_or_lf, normalize_eol
+
+WEBHOOK_DELIVERIES = Counter("relaybox_poller_webhook_deliveries", "Campaign webhook POSTs by result",
+                             ["campaign", "result"])
+
+
+class TargetError(Exception):
+    """The target did not accept the message (temporary from our side: retried, then quarantined)."""
+
+
+def document(view: MessageView, *, inbound_id: int, channel: str, campaign: str, filter_index: int | None,
+             attachments: str = "base64") -> dict:
+    atts = []
+    for name, ctype, data in view.attachments():
+        item = {"name": name, "type": ctype, "size": len(data)}
+        if attachments == "base64":
+            item["content_base64"] = base64.b64encode(data).decode()
+        atts.append(item)
+    headers = []
+    for k, v in view.msg.items():
+        try:
+            headers.append([k, str(v)])
+        except Exception:  # noqa: BLE001 - keep the raw text of a malformed header
+            headers.append([k, repr(v)])
+    return {
+        "id": inbound_id, "channel": channel, "campaign": campaign, "filter": filter_index,
+        "message_id": view.header("Message-ID"), "from": view.sender, "to": view.addresses("To"),
+        "cc": view.addresses("Cc"), "subject": view.subject, "date": view.header("Date"),
+        "headers": headers, "text": view.text, "html": view.html, "attachments": atts,
+        "raw_base64": base64.b64encode(view.raw).decode(),
+    }
+
+
+def sign(secret: str, timestamp: str, body: bytes) -> str:
+    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return f"sha256={mac}"
+
+
+async def deliver_webhook(c: CampaignConfig, doc: dict, inbound_id: int, session: aiohttp.ClientSession) -> str:
+    body = json.dumps(doc).encode()
+    ts = str(int(time.time()))
+    headers = {"Content-Type": "application/json", "Idempotency-Key": f"relaybox-inbound-{inbound_id}",
+               "X-Relaybox-Timestamp": ts, "User-Agent": "relaybox-poller"}
+    if c.secret:
+        headers["X-Relaybox-Signature"] = sign(c.secret, ts, body)
+    try:
+        async with session.post(c.url, data=body, headers=headers,
+                                timeout=aiohttp.ClientTimeout(total=c.timeout)) as resp:
+            if 200 <= resp.status < 300:
+                WEBHOOK_DELIVERIES.labels(c.name, "accepted").inc()
+                return f"HTTP {resp.status}"
+            text = (await resp.text())[:200]
+            WEBHOOK_DELIVERIES.labels(c.name, "rejected").inc()
+            raise TargetError(f"webhook {c.url} answered {resp.status}: {text}")
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        WEBHOOK_DELIVERIES.labels(c.name, "error").inc()
+        raise TargetError(f"webhook {c.url}: {type(exc).__name__}: {exc}") from exc
+
+
+def maildir_path(c: CampaignConfig, root: str) -> str:
+    return c.path or os.path.join(root, c.name)
+
+
+def deliver_maildir(c: CampaignConfig, raw: bytes, inbound_id: int, root: str) -> str:
+    """tmp/ + fsync + rename into new/ (the Maildir protocol). The name holds the inbound id, so a
+    redelivery of the same message finds it already there instead of writing a copy."""
+    base = maildir_path(c, root)
+    for sub in ("tmp", "new", "cur"):
+        os.makedirs(os.path.join(base, sub), exist_ok=True)
+    name = f"relaybox-{inbound_id}.{socket.gethostname()}"
+    if os.path.exists(os.path.join(base, "new", name)) or any(
+            f.startswith(name) for f in _listdir(os.path.join(base, "cur"))):
+        return name
+    tmp = os.path.join(base, "tmp", f"{name}.{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(raw)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.rename(tmp, os.path.join(base, "new", name))
+        dfd = os.open(os.path.join(base, "new"), os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError as exc:
+        raise TargetError(f"maildir {base}: {exc}") from exc
+    return name
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
+
+
+def smtp_forward_message(c: CampaignConfig, raw: bytes, channel_address: str) -> NewMessage:
+    if has_bare_cr_or_lf(raw):
+        raw = normalize_eol(raw)
+    return NewMessage(sender=c.sender or channel_address or "", recipients=[c.forward_to], body=raw,
+                      client_ip="", client_helo="poller", auth_user=None)
+
+
+def enqueue_in(conn, spool: Spool, msg: NewMessage) -> str:
+    """The spool insert, run inside the caller's write transaction (atomic with the inbound status)."""
+    return spool._enqueue(conn, msg, time.time(), "poller")

@@ -1,0 +1,194 @@
+"""One poll of one channel: fetch what is new, store it durably, deliver it, then act on the mailbox.
+
+IMAP: the checkpoint is (channel, folder, UIDVALIDITY, last UID). New mail is ``UID SEARCH last+1:*``,
+fetched with ``BODY.PEEK[]`` (never setting \\Seen, never relying on it: mail a person already read in
+another client is still fetched), stored together with the checkpoint move in one transaction, and only
+then handed to the campaign; \\Seen/move/delete happens after the campaign accepted. A UIDVALIDITY change
+restarts from UID 0 and drops messages already stored under the old UIDVALIDITY (same Message-ID and
+content hash). POP3: messages are tracked by UIDL and deleted only after the campaign accepted.
+
+Crash windows: killed after the store but before delivery -> delivered on restart (same idempotency key);
+after delivery but before the status update -> delivered again with the same key (the target dedupes); after
+delivery but before the mailbox action -> the action is done on restart. Nothing fetched is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+from poller import store
+from poller.config import ChannelConfig, PollerConfig
+from poller.imap import IMAPSession, MailboxError
+from poller.pop3 import POP3Session
+from poller.router import MessageView, addressed_to
+
+log = logging.getLogger("poller")
+
+Deliver = Callable[[ChannelConfig, int, bytes], Awaitable[bool]]
+
+
+@dataclass
+class PollResult:
+    fetched: int = 0
+    delivered: int = 0
+    skipped: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def skip_reason(ch: ChannelConfig, raw: bytes, pcfg: PollerConfig) -> str | None:
+    if ch.recipient_only and ch.address:
+        try:
+            if not addressed_to(MessageView(raw), ch.address):
+                return "not-addressed"
+        except Exception:  # noqa: BLE001 - unparsable: let the delivery step quarantine it with the reason
+            return None
+    return None
+
+
+async def imap_folders(session: IMAPSession, ch: ChannelConfig) -> list[str]:
+    if not ch.sync_all_folders:
+        return [ch.folder]
+    out = []
+    for name, flags in await session.folders():
+        lower = {f.lower() for f in flags}
+        if "\\noselect" in lower or "\\nonexistent" in lower:
+            continue
+        if lower & {"\\trash", "\\sent", "\\junk", "\\drafts"}:
+            continue
+        if ch.storage_folder and name == ch.storage_folder:
+            continue
+        if name.lower() in ("trash", "sent", "sent items", "deleted items", "drafts", "junk", "spam"):
+            continue
+        out.append(name)
+    return out
+
+
+async def fetch_imap_folder(db, session: IMAPSession, ch: ChannelConfig, folder: str, pcfg: PollerConfig,
+                            result: PollResult) -> None:
+    uidvalidity = await session.select(folder)
+    cp = await db.read(lambda c: store.checkpoint(c, ch.name, folder))
+    dedupe = False
+    last_uid = 0
+    if cp is not None:
+        if cp[0] == uidvalidity:
+            last_uid = cp[1]
+        else:
+            log.warning("channel %s folder %s: UIDVALIDITY changed %s -> %s; resyncing with dedupe",
+                        ch.name, folder, cp[0], uidvalidity)
+            dedupe = True
+    uids = await session.uids_after(last_uid)
+    if not uids and cp is None:
+        await db.write(lambda c: store.set_checkpoint(c, ch.name, folder, uidvalidity, 0))
+    for i in range(0, len(uids), pcfg.fetch_batch):
+        batch = uids[i:i + pcfg.fetch_batch]
+        raws = await session.fetch(batch)
+        items = []
+        for uid in batch:
+            raw = raws.get(uid)
+            if raw is None:
+                continue            # expunged meanwhile
+            reason = skip_reason(ch, raw, pcfg)
+            if reason == "not-addressed":
+                result.skipped += 1
+                continue
+            items.append((str(uid), raw, None))
+        top = batch[-1]
+        await db.write(lambda c, items=items, top=top: store.store_fetched(
+            c, ch.name, folder, uidvalidity, items, top, dedupe or cp is not None and cp[0] != uidvalidity))
+        result.fetched += len(items)
+
+
+async def imap_action(session: IMAPSession, ch: ChannelConfig, folder: str, uid: int, selected: list) -> None:
+    if selected[0] != folder:
+        await session.select(folder)
+        selected[0] = folder
+    if ch.after == "move":
+        await session.move(uid, ch.storage_folder)
+    elif ch.after == "delete":
+        await session.delete(uid)
+    else:
+        await session.mark_seen(uid)
+
+
+async def process_pending(db, ch: ChannelConfig, deliver: Deliver, act: Callable[[dict], Awaitable[None]],
+                          result: PollResult, now: float) -> None:
+    """Deliver stored rows to their campaign; then act on the mailbox for delivered rows."""
+    rows = await db.read(lambda c: store.pending(c, ch.name, now))
+    for row in rows:
+        if row["status"] == "received":
+            raw = await db.read(lambda c, i=row["id"]: store.raw_of(c, i))
+            if raw is None:
+                continue
+            if not await deliver(ch, row["id"], raw):
+                continue
+            result.delivered += 1
+        try:
+            await act(row)
+        except MailboxError as exc:
+            result.errors.append(f"mailbox action on UID {row['uid']}: {exc}")
+            continue
+        await db.write(lambda c, i=row["id"]: store.mark_done(c, i))
+
+
+async def poll_imap(db, session: IMAPSession, ch: ChannelConfig, pcfg: PollerConfig, deliver: Deliver,
+                    now: float) -> PollResult:
+    result = PollResult()
+    for folder in await imap_folders(session, ch):
+        await fetch_imap_folder(db, session, ch, folder, pcfg, result)
+    selected: list[Any] = [None]
+
+    async def act(row: dict) -> None:
+        cp = await db.read(lambda c: store.checkpoint(c, ch.name, row["folder"]))
+        if cp is None or cp[0] != row["uidvalidity"]:
+            return            # the server renumbered the folder: the old UID means nothing now
+        await imap_action(session, ch, row["folder"], int(row["uid"]), selected)
+
+    await process_pending(db, ch, deliver, act, result, now)
+    return result
+
+
+async def poll_pop3(db, session: POP3Session, ch: ChannelConfig, pcfg: PollerConfig, deliver: Deliver,
+                    now: float) -> PollResult:
+    result = PollResult()
+    listing = await session.uidl()
+    known = await db.read(lambda c: store.seen_uidls(c, ch.name))
+    for uidl, num in listing.items():
+        if uidl in known:
+            continue
+        raw = await session.retr(num)
+        if skip_reason(ch, raw, pcfg) == "not-addressed":
+            result.skipped += 1
+            await db.write(lambda c, u=uidl: store.store_fetched(c, ch.name, "POP3", 0, [(u, None, "not-addressed")],
+                                                                  None, False))
+            continue
+        await db.write(lambda c, u=uidl, r=raw: store.store_fetched(c, ch.name, "POP3", 0, [(u, r, None)], None,
+                                                                     False))
+        result.fetched += 1
+
+    async def act(row: dict) -> None:
+        if ch.after == "delete" and row["uid"] in listing:
+            await session.dele(listing[row["uid"]])
+
+    await process_pending(db, ch, deliver, act, result, now)
+    return result
+
+
+async def run_once(db, ch: ChannelConfig, pcfg: PollerConfig, deliver: Deliver, connect, now: float) -> PollResult:
+    """Connect, poll, disconnect (POP3 commits DELE only at QUIT)."""
+    session = await connect(ch)
+    try:
+        if ch.protocol == "pop3":
+            return await poll_pop3(db, session, ch, pcfg, deliver, now)
+        return await poll_imap(db, session, ch, pcfg, deliver, now)
+    finally:
+        await session.logout()
+
+
+async def wait_idle(session: IMAPSession, timeout: float) -> bool:
+    try:
+        return await session.idle(timeout)
+    except (MailboxError, asyncio.TimeoutError):
+        return False

@@ -1,0 +1,209 @@
+"""A thin IMAP client over aioimaplib: TLS modes, LOGIN/XOAUTH2, UID-only operations, guarded IDLE.
+
+Every call has a timeout; a NO/BAD reply raises ``MailboxError`` carrying the server's own text (that is
+what "Validate" shows an admin). aioimaplib has no STARTTLS: we send the command and upgrade the
+transport with ``loop.start_tls`` (shared/PEERS.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import ssl
+
+import aioimaplib
+from aioimaplib.aioimaplib import Command
+
+_UIDVALIDITY = re.compile(rb"\[UIDVALIDITY (\d+)\]")
+_FETCH_UID = re.compile(rb"\bUID (\d+)")
+_LIST_RE = re.compile(rb'^\((?P<flags>[^)]*)\) (?:"[^"]*"|NIL) (?P<name>.+)$')
+
+
+class MailboxError(Exception):
+    """The server refused something or could not be reached; ``str()`` is the reason for admins."""
+
+
+def tls_context(verify: bool, ca_file: str = "") -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=ca_file or None)
+    if not verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def _text(resp) -> str:
+    lines = [ln.decode("utf-8", "replace") if isinstance(ln, (bytes, bytearray)) else str(ln) for ln in resp.lines]
+    return " ".join(x for x in lines if x).strip() or resp.result
+
+
+def _ok(resp, what: str):
+    if resp.result != "OK":
+        raise MailboxError(f"{what}: {resp.result} {_text(resp)}")
+    return resp
+
+
+class IMAPSession:
+    def __init__(self, host: str, port: int, *, tls: str, server_name: str = "", verify: bool = True,
+                 ca_file: str = "", timeout: float = 60.0):
+        self.host, self.port, self.tls = host, port, tls
+        self.server_name = server_name or host
+        self.ctx = tls_context(verify, ca_file) if tls != "none" else None
+        self.timeout = timeout
+        self.client: aioimaplib.IMAP4 | None = None
+        self.lost = asyncio.Event()
+
+    async def connect(self) -> None:
+        def lost(_exc=None):
+            self.lost.set()
+
+        try:
+            if self.tls == "implicit":
+                self.client = aioimaplib.IMAP4(self.host, self.port, timeout=self.timeout, conn_lost_cb=lost,
+                                               ssl_context=self.ctx)
+            else:
+                self.client = aioimaplib.IMAP4(self.host, self.port, timeout=self.timeout, conn_lost_cb=lost)
+            await self.client.wait_hello_from_server()
+            if self.tls == "starttls":
+                await self._starttls()
+            await self._w(self.client.protocol.capability())
+        except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
+            raise MailboxError(f"cannot connect to {self.host}:{self.port}: {exc or type(exc).__name__}") from exc
+
+    async def _starttls(self) -> None:
+        proto = self.client.protocol
+        await self._w(proto.capability())
+        if "STARTTLS" not in proto.capabilities:
+            raise MailboxError(f"{self.host} does not offer STARTTLS")
+        resp = await self._w(proto.execute(Command("STARTTLS", proto.new_tag(), loop=proto.loop)))
+        _ok(resp, "STARTTLS")
+        loop = asyncio.get_running_loop()
+        transport = await loop.start_tls(proto.transport, proto, self.ctx, server_hostname=self.server_name)
+        proto.transport = transport
+
+    async def _w(self, coro, timeout: float | None = None):
+        return await asyncio.wait_for(coro, timeout or self.timeout)
+
+    @property
+    def capabilities(self) -> set[str]:
+        return set(self.client.protocol.capabilities) if self.client else set()
+
+    async def login(self, user: str, password: str) -> None:
+        resp = await self._w(self.client.login(user, password))
+        _ok(resp, "login failed")
+        await self._w(self.client.protocol.capability())
+
+    async def xoauth2(self, user: str, token: str) -> None:
+        resp = await self._w(self.client.xoauth2(user, token))
+        _ok(resp, "XOAUTH2 failed")
+        await self._w(self.client.protocol.capability())
+
+    async def select(self, folder: str) -> int:
+        """Select ``folder``; returns its UIDVALIDITY."""
+        resp = _ok(await self._w(self.client.select(_quote(folder))), f"cannot select {folder}")
+        for line in resp.lines:
+            m = _UIDVALIDITY.search(bytes(line)) if isinstance(line, (bytes, bytearray)) else None
+            if m:
+                return int(m.group(1))
+        raise MailboxError(f"{folder}: server sent no UIDVALIDITY")
+
+    async def folders(self) -> list[tuple[str, set[str]]]:
+        resp = _ok(await self._w(self.client.list('""', "*")), "LIST")
+        out = []
+        for line in resp.lines:
+            if not isinstance(line, (bytes, bytearray)):
+                continue
+            m = _LIST_RE.match(bytes(line))
+            if not m:
+                continue
+            name = m.group("name").decode("utf-8", "replace").strip()
+            if name.startswith('"') and name.endswith('"'):
+                name = name[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+            flags = set(m.group("flags").decode().split())
+            out.append((name, flags))
+        return out
+
+    async def uids_after(self, last_uid: int) -> list[int]:
+        resp = _ok(await self._w(self.client.uid_search(f"UID {last_uid + 1}:*", charset=None)), "UID SEARCH")
+        uids = []
+        for line in resp.lines:
+            if not isinstance(line, (bytes, bytearray)):
+                continue
+            words = bytes(line).split()
+            if words[:1] == [b"SEARCH"]:
+                words = words[1:]
+            if words and all(w.isdigit() for w in words):
+                uids += [int(w) for w in words]
+        # "n:*" always includes the highest UID even when it is <= last_uid
+        return sorted(u for u in uids if u > last_uid)
+
+    async def fetch(self, uids: list[int]) -> dict[int, bytes]:
+        """UID FETCH BODY.PEEK[] (never sets \\Seen) for a batch; returns {uid: raw}."""
+        if not uids:
+            return {}
+        uid_set = ",".join(str(u) for u in uids)
+        resp = _ok(await self._w(self.client.uid("fetch", uid_set, "(UID BODY.PEEK[])"),
+                                 timeout=self.timeout * 4), "UID FETCH")
+        out: dict[int, bytes] = {}
+        current = None
+        for line in resp.lines:
+            if isinstance(line, bytearray):
+                if current is not None:
+                    out[current] = bytes(line)
+                    current = None
+                continue
+            m = _FETCH_UID.search(line) if isinstance(line, bytes) else None
+            if m and b"FETCH" in line:
+                current = int(m.group(1))
+        return out
+
+    async def mark_seen(self, uid: int) -> None:
+        _ok(await self._w(self.client.uid("store", str(uid), "+FLAGS.SILENT (\\Seen)")), "STORE \\Seen")
+
+    async def move(self, uid: int, folder: str) -> None:
+        if "MOVE" in self.capabilities:
+            _ok(await self._w(self.client.uid("move", str(uid), _quote(folder))), f"MOVE to {folder}")
+            return
+        _ok(await self._w(self.client.uid("copy", str(uid), _quote(folder))), f"COPY to {folder}")
+        await self.delete(uid)
+
+    async def delete(self, uid: int) -> None:
+        _ok(await self._w(self.client.uid("store", str(uid), "+FLAGS.SILENT (\\Deleted)")), "STORE \\Deleted")
+        if "UIDPLUS" in self.capabilities:
+            _ok(await self._w(self.client.uid("expunge", str(uid))), "UID EXPUNGE")
+        else:
+            _ok(await self._w(self.client.expunge()), "EXPUNGE")
+
+    async def idle(self, timeout: float) -> bool:
+        """Wait for the server to announce a change (True) or for ``timeout`` (False)."""
+        idle_task = await self._w(self.client.idle_start(timeout=timeout))
+        try:
+            push = await asyncio.wait_for(self.client.wait_server_push(timeout=timeout), timeout + 5)
+        except asyncio.TimeoutError:
+            push = [b"stop_wait_server_push"]
+        changed = any(isinstance(p, bytes) and (b"EXISTS" in p or b"RECENT" in p) for p in (push or []))
+        try:
+            self.client.idle_done()
+            await asyncio.wait_for(idle_task, 10)
+        except (asyncio.TimeoutError, Exception):  # noqa: BLE001 - a broken IDLE ends the session
+            raise MailboxError("IDLE did not end cleanly") from None
+        return changed
+
+    async def logout(self) -> None:
+        if self.client is None:
+            return
+        try:
+            if not self.lost.is_set() and self.client.protocol.state in ("AUTH", "SELECTED", "NONAUTH"):
+                await asyncio.wait_for(self.client.logout(), 3)
+        except Exception:  # noqa: BLE001 - best effort (an interrupted IDLE just closes the socket)
+            pass
+        finally:
+            try:
+                self.client.protocol.transport.close()
+            except Exception:  # noqa: BLE001
+                pass
+
+
+def _quote(folder: str) -> str:
+    if re.fullmatch(r"[A-Za-z0-9_./-]+", folder):
+        return folder
+    return '"' + folder.replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -1,0 +1,50 @@
+"""OAuth2 access tokens for XOAUTH2 (Microsoft 365, Google): refresh-token or client-credentials grant.
+
+A rotated refresh token returned by the token endpoint is stored on the channel (``oauth_refresh``) and
+used next time. Tokens are cached until shortly before they expire. Secrets never reach the logs.
+"""
+
+from __future__ import annotations
+
+import time
+
+import aiohttp
+
+_cache: dict[str, tuple[str, float]] = {}
+
+
+class TokenError(Exception):
+    pass
+
+
+async def access_token(db, http: aiohttp.ClientSession, ch) -> str:
+    cached = _cache.get(ch.name)
+    if cached and cached[1] > time.time() + 60:
+        return cached[0]
+    stored = await db.read(lambda c: c.execute("SELECT oauth_refresh FROM channels WHERE name=?",
+                                               (ch.name,)).fetchone())
+    refresh = (stored[0] if stored and stored[0] else "") or ch.oauth2_refresh_token
+    form = {"client_id": ch.oauth2_client_id}
+    if ch.oauth2_client_secret:
+        form["client_secret"] = ch.oauth2_client_secret
+    if ch.oauth2_scope:
+        form["scope"] = ch.oauth2_scope
+    if refresh:
+        form.update(grant_type="refresh_token", refresh_token=refresh)
+    else:
+        form["grant_type"] = "client_credentials"
+    try:
+        async with http.post(ch.oauth2_token_url, data=form, timeout=aiohttp.ClientTimeout(total=30)) as resp:
+            body = await resp.json(content_type=None)
+    except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+        raise TokenError(f"token endpoint {ch.oauth2_token_url}: {type(exc).__name__}: {exc}") from exc
+    if resp.status != 200 or "access_token" not in body:
+        err = body.get("error_description") or body.get("error") or f"HTTP {resp.status}"
+        raise TokenError(f"token endpoint refused: {err}")
+    token = body["access_token"]
+    _cache[ch.name] = (token, time.time() + float(body.get("expires_in", 3600)))
+    new_refresh = body.get("refresh_token")
+    if new_refresh and new_refresh != refresh:
+        await db.write(lambda c: c.execute("UPDATE channels SET oauth_refresh=? WHERE name=?",
+                                           (new_refresh, ch.name)))
+    return token

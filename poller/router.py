@@ -1,0 +1,141 @@
+"""Filters: ordered rules on sender/subject/body/to/header:NAME; the first match names the campaign.
+
+``MessageView`` parses a raw message once (stdlib email, policy.default) and offers the fields the
+filters and the webhook document need. A message that cannot be parsed raises ``ParseError`` and goes
+to quarantine with that reason.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import email.utils
+import re
+from dataclasses import dataclass
+
+from poller.config import FilterConfig
+
+
+class ParseError(ValueError):
+    pass
+
+
+class MessageView:
+    def __init__(self, raw: bytes):
+        if not raw or not raw.strip():
+            raise ParseError("empty message")
+        try:
+            self.msg = email.message_from_bytes(raw, policy=email.policy.default)
+        except Exception as exc:  # noqa: BLE001 - email raises many types on hostile input
+            raise ParseError(f"cannot parse message: {exc}") from None
+        if not self.msg.keys():
+            raise ParseError("no header fields: not an RFC 5322 message")
+        self.raw = raw
+        self._text: str | None = None
+        self._html: str | None = None
+
+    def header(self, name: str) -> str:
+        try:
+            values = self.msg.get_all(name) or []
+            return ", ".join(str(v) for v in values)
+        except Exception:  # noqa: BLE001 - a malformed header reads as its raw text
+            return ", ".join(str(v) for v in self.msg._headers if v[0].lower() == name.lower())  # type: ignore
+
+    def addresses(self, *names: str) -> list[str]:
+        out = []
+        for name in names:
+            for _, addr in email.utils.getaddresses([self.header(name)]):
+                if addr:
+                    out.append(addr)
+        return out
+
+    @property
+    def sender(self) -> str:
+        found = self.addresses("From")
+        return found[0] if found else ""
+
+    @property
+    def subject(self) -> str:
+        return self.header("Subject")
+
+    def _bodies(self) -> None:
+        if self._text is not None:
+            return
+        text, html = [], []
+        for part in self.msg.walk():
+            if part.is_multipart() or part.get_content_disposition() == "attachment":
+                continue
+            ctype = part.get_content_type()
+            if ctype not in ("text/plain", "text/html"):
+                continue
+            try:
+                content = part.get_content()
+            except Exception:  # noqa: BLE001 - undecodable charset: use the raw payload
+                content = (part.get_payload(decode=True) or b"").decode("utf-8", "replace")
+            (text if ctype == "text/plain" else html).append(content)
+        self._text, self._html = "\n".join(text), "\n".join(html)
+
+    @property
+    def text(self) -> str:
+        self._bodies()
+        return self._text or ""
+
+    @property
+    def html(self) -> str:
+        self._bodies()
+        return self._html or ""
+
+    def attachments(self) -> list[tuple[str, str, bytes]]:
+        out = []
+        for part in self.msg.walk():
+            if part.is_multipart():
+                continue
+            if part.get_content_disposition() in ("attachment", "inline") and part.get_filename():
+                out.append((part.get_filename(), part.get_content_type(), part.get_payload(decode=True) or b""))
+        return out
+
+    def field(self, name: str) -> str:
+        if name == "sender":
+            return self.header("From") + " " + self.sender
+        if name == "subject":
+            return self.subject
+        if name == "body":
+            return self.text or self.html
+        if name == "to":
+            return " ".join(self.addresses("To", "Cc"))
+        if name.startswith("header:"):
+            return self.header(name.split(":", 1)[1])
+        return ""
+
+
+@dataclass
+class Route:
+    campaign: str
+    filter_index: int | None     # position of the matching filter, None = default campaign
+
+
+def matches(f: FilterConfig, view: MessageView) -> bool:
+    value = view.field(f.field)
+    if f.op == "contains":
+        return f.value.casefold() in value.casefold()
+    if f.op == "equals":
+        if f.field == "sender":
+            return f.value.strip().casefold() == view.sender.casefold()
+        return value.strip().casefold() == f.value.strip().casefold()
+    try:
+        return re.search(f.value, value) is not None
+    except re.error:
+        return False
+
+
+def route(filters: list[FilterConfig], default_campaign: str, view: MessageView) -> Route:
+    for i, f in enumerate(filters):
+        if matches(f, view):
+            return Route(f.campaign, i)
+    return Route(default_campaign, None)
+
+
+def addressed_to(view: MessageView, address: str) -> bool:
+    """recipient_only: does To/Cc/Bcc/Delivered-To/X-Original-To name the channel's address?"""
+    want = address.strip().casefold()
+    return any(a.casefold() == want for a in view.addresses("To", "Cc", "Bcc", "Delivered-To", "X-Original-To"))

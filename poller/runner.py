@@ -1,0 +1,264 @@
+"""PollerService: one task per enabled channel (IDLE when offered, else an interval), campaign delivery,
+quarantine, status, validation. One failing channel never stops the others: each task catches its own
+errors, records them on the channel and backs off (5 s doubling to ``poller.error_backoff_cap``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Awaitable, Callable
+
+import aiohttp
+from prometheus_client import Counter, Gauge
+
+from poller import campaigns, channels, store
+from poller.config import ChannelConfig, PollerConfig
+from poller.fetcher import run_once, wait_idle, poll_imap
+from poller.imap import IMAPSession, MailboxError
+from poller.oauth2 import TokenError, access_token
+from poller.pop3 import POP3Session
+from poller.router import MessageView, ParseError, route
+
+log = logging.getLogger("poller")
+
+FETCHED = Counter("relaybox_poller_fetched_messages", "Messages fetched and stored, by channel", ["channel"])
+ROUTED = Counter("relaybox_poller_routed_messages", "Messages accepted by a campaign", ["channel", "campaign"])
+QUARANTINED = Counter("relaybox_poller_quarantined_messages", "Messages put in quarantine", ["channel"])
+LAST_SUCCESS = Gauge("relaybox_poller_last_success_timestamp_seconds", "Last successful poll", ["channel"])
+CHANNEL_UP = Gauge("relaybox_poller_channel_up", "1 when the last poll of the channel succeeded", ["channel"])
+
+
+class PollerService:
+    def __init__(self, db, settings: Any, spool=None, bounce_sink: Callable[..., Awaitable[Any]] | None = None):
+        self.db = db
+        self.settings = settings
+        self.pcfg: PollerConfig = _section(settings, "poller", PollerConfig())
+        self.spool = spool
+        self.bounce_sink = bounce_sink
+        self.tasks: dict[str, asyncio.Task] = {}
+        self.state: dict[str, dict] = {}
+        self.http: aiohttp.ClientSession | None = None
+        self._watch: asyncio.Task | None = None
+
+    # ---- lifecycle ---------------------------------------------------------------------------------
+    async def start(self) -> None:
+        seeds_c = _section(self.settings, "campaigns", [])
+        seeds_ch = _section(self.settings, "channels", [])
+        if seeds_c or seeds_ch:
+            await self.db.write(lambda c: channels.seed(c, seeds_c, seeds_ch))
+        self.http = aiohttp.ClientSession()
+        if self.pcfg.enabled:
+            await self.sync_tasks()
+            self._watch = asyncio.get_running_loop().create_task(self._watch_loop())
+
+    async def stop(self) -> None:
+        if self._watch:
+            self._watch.cancel()
+        for t in self.tasks.values():
+            t.cancel()
+        await asyncio.gather(*self.tasks.values(), *( [self._watch] if self._watch else []),
+                             return_exceptions=True)
+        self.tasks.clear()
+        if self.http:
+            await self.http.close()
+
+    async def _watch_loop(self) -> None:
+        while True:                      # pick up channels added/changed/disabled through the API or CLI
+            await asyncio.sleep(5)
+            try:
+                await self.sync_tasks()
+            except Exception:  # noqa: BLE001
+                log.exception("poller: cannot refresh the channel list")
+
+    async def sync_tasks(self) -> None:
+        wanted = set(await self.db.read(lambda c: channels.channel_names(c, enabled_only=True)))
+        for name in list(self.tasks):
+            if name not in wanted:
+                self.tasks.pop(name).cancel()
+        loop = asyncio.get_running_loop()
+        for name in wanted - set(self.tasks):
+            self.tasks[name] = loop.create_task(self._channel_loop(name), name=f"channel:{name}")
+
+    # ---- per channel ---------------------------------------------------------------------------------
+    async def _channel_loop(self, name: str) -> None:
+        backoff = 5.0
+        st = self.state.setdefault(name, {"up": False, "idle": False, "last_error": None})
+        while True:
+            ch = await self.db.read(lambda c: channels.get_channel(c, name))
+            if ch is None:
+                return
+            try:
+                if ch.protocol == "imap" and ch.idle:
+                    await self._imap_persistent(ch, st)
+                else:
+                    res = await run_once(self.db, ch, self.pcfg, self.deliver, self.connect, time.time())
+                    await self._success(ch, st, res)
+                    await asyncio.sleep(ch.poll_interval)
+                backoff = 5.0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - one channel's trouble stays in that channel
+                msg = str(exc) or type(exc).__name__
+                st.update(up=False, last_error=msg)
+                CHANNEL_UP.labels(name).set(0)
+                log.warning("channel %s: %s (retry in %.0f s)", name, msg, backoff)
+                await self.db.write(lambda c: store.record_poll(c, name, msg))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.pcfg.error_backoff_cap)
+
+    async def _imap_persistent(self, ch: ChannelConfig, st: dict) -> None:
+        """One logged-in session: poll, then IDLE (if offered) until the server pushes or the interval ends."""
+        session = await self.connect(ch)
+        try:
+            while True:
+                res = await poll_imap(self.db, session, ch, self.pcfg, self.deliver, time.time())
+                await self._success(ch, st, res)
+                fresh = await self.db.read(lambda c: channels.get_channel(c, ch.name))
+                if fresh != ch:
+                    return                       # settings changed: reconnect with the new ones
+                wait = min(self.pcfg.idle_timeout, ch.poll_interval)
+                retry_at = await self.db.read(lambda c: store.next_retry_at(c, ch.name))
+                if retry_at is not None:            # a failed campaign delivery is due again before that
+                    wait = max(0.2, min(wait, retry_at - time.time()))
+                if "IDLE" in session.capabilities and not ch.sync_all_folders:
+                    st["idle"] = True
+                    await session.select(ch.folder)
+                    await wait_idle(session, wait)
+                    if session.lost.is_set():
+                        raise MailboxError("connection lost during IDLE")
+                else:
+                    await asyncio.sleep(wait)
+        finally:
+            await session.logout()
+
+    async def _success(self, ch: ChannelConfig, st: dict, res) -> None:
+        now = time.time()
+        st.update(up=True, last_error="; ".join(res.errors) or None, last_poll=now)
+        CHANNEL_UP.labels(ch.name).set(1)
+        LAST_SUCCESS.labels(ch.name).set(now)
+        if res.fetched:
+            FETCHED.labels(ch.name).inc(res.fetched)
+        await self.db.write(lambda c: store.record_poll(c, ch.name, "; ".join(res.errors) or None))
+
+    async def connect(self, ch: ChannelConfig):
+        cls = POP3Session if ch.protocol == "pop3" else IMAPSession
+        session = cls(ch.host, channels.default_port(ch), tls=ch.tls, server_name=ch.server_name,
+                      verify=ch.verify, ca_file=ch.ca_file, timeout=self.pcfg.timeout)
+        await session.connect()
+        try:
+            if ch.auth == "oauth2":
+                token = await access_token(self.db, self.http, ch)
+                await session.xoauth2(ch.user, token)
+            else:
+                await session.login(ch.user, ch.password)
+        except BaseException:
+            await session.logout()
+            raise
+        return session
+
+    # ---- delivery to the campaign -------------------------------------------------------------------
+    async def deliver(self, ch: ChannelConfig, inbound_id: int, raw: bytes) -> bool:
+        try:
+            if ch.purpose == "bounces":
+                if self.bounce_sink is None:
+                    raise campaigns.TargetError("no bounce processor configured")
+                await self.bounce_sink(raw, raw_ref=f"inbound:{inbound_id}")
+                await self.db.write(lambda c: store.mark_delivered(c, inbound_id, "bounces", None, "parsed"))
+                return True
+            try:
+                view = MessageView(raw)
+            except ParseError as exc:
+                await self._quarantine(ch, inbound_id, f"unparsable: {exc}", final=True)
+                return False
+            filters = ch.filters
+            r = route(filters, ch.default_campaign, view)
+            camp = await self.db.read(lambda c: channels.get_campaign(c, r.campaign))
+            if camp is None:
+                raise campaigns.TargetError(f"campaign {r.campaign!r} does not exist")
+            await self._to_campaign(ch, camp, inbound_id, raw, view, r.filter_index)
+            ROUTED.labels(ch.name, camp.name).inc()
+            return True
+        except campaigns.TargetError as exc:
+            await self._quarantine(ch, inbound_id, str(exc))
+            return False
+        except Exception as exc:  # noqa: BLE001 - a bug on one message must not block the channel
+            log.exception("channel %s: delivering inbound %d failed", ch.name, inbound_id)
+            await self._quarantine(ch, inbound_id, f"{type(exc).__name__}: {exc}")
+            return False
+
+    async def _to_campaign(self, ch, camp, inbound_id, raw, view, filter_index) -> None:
+        if camp.kind == "maildir":
+            name = await asyncio.to_thread(campaigns.deliver_maildir, camp, raw, inbound_id, self.pcfg.maildir_root)
+            await self.db.write(lambda c: store.mark_delivered(c, inbound_id, camp.name, filter_index, name))
+        elif camp.kind == "webhook":
+            doc = campaigns.document(view, inbound_id=inbound_id, channel=ch.name, campaign=camp.name,
+                                     filter_index=filter_index, attachments=camp.attachments)
+            result = await campaigns.deliver_webhook(camp, doc, inbound_id, self.http)
+            await self.db.write(lambda c: store.mark_delivered(c, inbound_id, camp.name, filter_index, result))
+        else:
+            if self.spool is None:
+                raise campaigns.TargetError("smtp campaign needs the relay queue")
+            msg = campaigns.smtp_forward_message(camp, raw, ch.address)
+
+            def _atomic(c):           # the queue insert and the inbound status commit together
+                qid = campaigns.enqueue_in(c, self.spool, msg)
+                store.mark_delivered(c, inbound_id, camp.name, filter_index, f"queued as {qid}")
+
+            await self.db.write(_atomic)
+
+    async def _quarantine(self, ch: ChannelConfig, inbound_id: int, error: str, final: bool = False) -> None:
+        max_tries = 1 if final else self.pcfg.max_tries
+        went = await self.db.write(lambda c: store.mark_failed(c, inbound_id, error, max_tries,
+                                                               self.pcfg.retry_first, self.pcfg.retry_cap))
+        if went:
+            QUARANTINED.labels(ch.name).inc()
+            log.warning("channel %s: inbound %d quarantined: %s", ch.name, inbound_id, error)
+
+    # ---- admin ---------------------------------------------------------------------------------------
+    async def validate(self, name: str) -> tuple[bool, str]:
+        ch = await self.db.read(lambda c: channels.get_channel(c, name))
+        if ch is None:
+            return False, f"no such channel: {name}"
+        return await validate_channel(ch, self, self.pcfg.timeout)
+
+    def status(self) -> list[dict]:
+        out = []
+        for name, st in sorted(self.state.items()):
+            out.append({"name": name, "running": name in self.tasks, "up": st.get("up", False),
+                        "idle": st.get("idle", False), "last_poll": st.get("last_poll"),
+                        "last_error": st.get("last_error")})
+        return out
+
+
+async def validate_channel(ch: ChannelConfig, service: PollerService, timeout: float) -> tuple[bool, str]:
+    """Connect, authenticate, select (and check the storage folder) within ``timeout``; the server's own
+    text on failure."""
+    async def _do() -> str:
+        session = await service.connect(ch)
+        try:
+            if ch.protocol == "pop3":
+                n = len(await session.uidl())
+                return f"ok: logged in to {ch.host}, {n} messages"
+            await session.select(ch.folder)
+            if ch.after == "move":
+                names = [n for n, _ in await session.folders()]
+                if ch.storage_folder not in names:
+                    raise MailboxError(f"storage folder {ch.storage_folder!r} does not exist on the server")
+            return f"ok: logged in to {ch.host} and selected {ch.folder}"
+        finally:
+            await session.logout()
+
+    try:
+        return True, await asyncio.wait_for(_do(), timeout)
+    except asyncio.TimeoutError:
+        return False, f"no answer from {ch.host} within {timeout:.0f} s"
+    except (MailboxError, TokenError) as exc:
+        return False, str(exc)
+
+
+def _section(settings: Any, name: str, default: Any) -> Any:
+    getter = getattr(settings, "section", None)
+    value = getter(name) if getter else None
+    return default if value is None else value

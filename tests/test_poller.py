@@ -1,0 +1,298 @@
+"""The inbound poller against a real Dovecot (IMAP, IMAPS, STARTTLS, POP3) on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import imaplib
+import itertools
+import json
+import os
+import time
+
+import pytest
+from aiohttp import web
+
+from poller import channels, store
+from poller.config import CampaignConfig, ChannelConfig, FilterConfig
+from poller.fetcher import run_once
+from poller.runner import PollerService
+from relay.db import Database
+from relay.queue import Spool
+from relaybox.settings import parse
+from tests.peers.dovecot import Dovecot
+from tests.peers.ports import free_port
+
+_users = itertools.count(1)
+
+
+@pytest.fixture(scope="module")
+def dovecot():
+    d = Dovecot(users={f"user{i}@org.test": "pw" for i in range(1, 40)}).start()
+    yield d
+    d.stop()
+
+
+@pytest.fixture
+def mailbox(dovecot):
+    return f"user{next(_users)}@org.test"      # a fresh, pre-created mailbox per test
+
+
+@pytest.fixture
+async def env(tmp_path):
+    db = Database(str(tmp_path / "p.db")).open()
+    yield db, tmp_path
+    db.close()
+
+
+def msg(subject: str, to: str = "support@org.test", body: str = "hello", frm: str = "Carol <carol@cust.test>",
+        mid: str | None = None) -> bytes:
+    mid = mid or f"<{subject.replace(' ', '.')}.{time.time_ns()}@cust.test>"
+    return (f"From: {frm}\r\nTo: {to}\r\nSubject: {subject}\r\nMessage-ID: {mid}\r\n\r\n{body}\r\n").encode()
+
+
+def channel(dovecot, user, **kw) -> ChannelConfig:
+    base = dict(name=kw.pop("name", "ch"), host="127.0.0.1", port=dovecot.imap_port, tls="starttls",
+                server_name="localhost", ca_file=dovecot.cert, user=user, password="pw", address=user,
+                default_campaign="support", poll_interval=1)
+    base.update(kw)
+    return ChannelConfig(**base)
+
+
+def service(db, tmp_path, **poller) -> PollerService:
+    """A service whose channel loops run only when enabled=True (tests drive run_once themselves)."""
+    poller.setdefault("enabled", False)
+    settings = parse({"poller": {"maildir_root": str(tmp_path / "maildir"), "retry_first": 0.0, **poller}})
+    return PollerService(db, settings, spool=Spool(db))
+
+
+async def setup(db, tmp_path, ch: ChannelConfig, extra_campaigns=()) -> None:
+    camps = [CampaignConfig("support"), CampaignConfig("billing"), *extra_campaigns]
+    await db.write(lambda c: channels.seed(c, camps, [ch]))
+
+
+def maildir(tmp_path, campaign) -> list[bytes]:
+    d = tmp_path / "maildir" / campaign / "new"
+    if not d.exists():
+        return []
+    return [p.read_bytes() for p in sorted(d.iterdir())]
+
+
+async def test_filters_route_and_seen_mail_is_still_fetched(dovecot, mailbox, env):
+    db, tmp = env
+    dovecot.append(mailbox, "pw", msg("Invoice 42"))
+    dovecot.append(mailbox, "pw", msg("already read by a person"), flags="\\Seen")
+    dovecot.append(mailbox, "pw", msg("help please"))
+    ch = channel(dovecot, mailbox, filters=[FilterConfig("subject", "INVOICE", "billing")])
+    await setup(db, tmp, ch)
+    svc = service(db, tmp)
+    await svc.start()
+    try:
+        res = await run_once(db, ch, svc.pcfg, svc.deliver, svc.connect, time.time())
+        assert (res.fetched, res.delivered) == (3, 3)
+        assert [b"Invoice 42" in m for m in maildir(tmp, "billing")] == [True]
+        assert len(maildir(tmp, "support")) == 2
+        assert dovecot.uids(mailbox, "pw", criteria="UNSEEN") == []      # marked \Seen after delivery
+        again = await run_once(db, ch, svc.pcfg, svc.deliver, svc.connect, time.time())
+        assert (again.fetched, again.delivered) == (0, 0)
+    finally:
+        await svc.stop()
+
+
+async def test_move_to_storage_folder_and_validation(dovecot, mailbox, env):
+    db, tmp = env
+    dovecot.create(mailbox, "pw", "Processed")
+    dovecot.append(mailbox, "pw", msg("move me"))
+    ch = channel(dovecot, mailbox, after="move", storage_folder="Processed", tls="implicit",
+                 port=dovecot.imaps_port)
+    await setup(db, tmp, ch)
+    svc = service(db, tmp)
+    await svc.start()
+    try:
+        assert await svc.validate("ch") == (True, "ok: logged in to 127.0.0.1 and selected INBOX")
+        res = await run_once(db, ch, svc.pcfg, svc.deliver, svc.connect, time.time())
+        assert res.delivered == 1
+        assert dovecot.uids(mailbox, "pw") == [] and len(dovecot.uids(mailbox, "pw", folder="Processed")) == 1
+
+        missing = channel(dovecot, mailbox, name="ch2", after="move", storage_folder="Nope")
+        await db.write(lambda c: channels.save_channel(c, missing))
+        ok, text = await svc.validate("ch2")
+        assert not ok and text == "storage folder 'Nope' does not exist on the server"
+        bad = channel(dovecot, mailbox, name="ch3", password="wrong")
+        await db.write(lambda c: channels.save_channel(c, bad))
+        dovecot.clear_penalty()
+        ok, text = await svc.validate("ch3")
+        assert not ok and "[AUTHENTICATIONFAILED] Authentication failed." in text
+        with pytest.raises(channels.ChannelError, match="storage_folder must differ"):
+            await db.write(lambda c: channels.save_channel(
+                c, channel(dovecot, mailbox, name="x", after="move", storage_folder="INBOX")))
+        with pytest.raises(channels.ChannelError, match="activation needs a default campaign"):
+            await db.write(lambda c: channels.save_channel(c, channel(dovecot, mailbox, name="y",
+                                                                      default_campaign="")))
+        listed = await db.read(channels.list_channels)
+        assert all(c["password"] == "***" for c in listed) and "wrong" not in json.dumps(listed)
+    finally:
+        await svc.stop()
+
+
+async def test_uidvalidity_change_resyncs_without_duplicates(dovecot, mailbox, env):
+    db, tmp = env
+    dovecot.create(mailbox, "pw", "Support")
+    first = [msg("one", mid="<one@x>"), msg("two", mid="<two@x>")]
+    for m in first:
+        dovecot.append(mailbox, "pw", m, folder="Support")
+    ch = channel(dovecot, mailbox, folder="Support")
+    await setup(db, tmp, ch)
+    svc = service(db, tmp)
+    await svc.start()
+    try:
+        assert (await run_once(db, ch, svc.pcfg, svc.deliver, svc.connect, time.time())).delivered == 2
+        m = dovecot.imap(mailbox, "pw")
+        m.delete("Support")
+        m.create("Support")
+        m.logout()
+        for raw in first + [msg("three", mid="<three@x>")]:
+            dovecot.append(mailbox, "pw", raw, folder="Support")
+        res = await run_once(db, ch, svc.pcfg, svc.deliver, svc.connect, time.time())
+        assert res.delivered == 1
+        got = maildir(tmp, "support")
+        assert len(got) == 3 and sum(b"Subject: three" in g for g in got) == 1
+    finally:
+        await svc.stop()
+
+
+async def test_recipient_only_and_sync_all_folders(dovecot, mailbox, env):
+    db, tmp = env
+    dovecot.create(mailbox, "pw", "Sales")
+    dovecot.create(mailbox, "pw", "Trash")
+    dovecot.append(mailbox, "pw", msg("for us", to=mailbox))
+    dovecot.append(mailbox, "pw", msg("for someone else", to="other@org.test"))
+    dovecot.append(mailbox, "pw", msg("in sales", to=mailbox), folder="Sales")
+    dovecot.append(mailbox, "pw", msg("in trash", to=mailbox), folder="Trash")
+    ch = channel(dovecot, mailbox, recipient_only=True, sync_all_folders=True)
+    await setup(db, tmp, ch)
+    svc = service(db, tmp)
+    await svc.start()
+    try:
+        res = await run_once(db, ch, svc.pcfg, svc.deliver, svc.connect, time.time())
+        subjects = sorted(g.split(b"Subject: ")[1].split(b"\r\n")[0] for g in maildir(tmp, "support"))
+        assert subjects == [b"for us", b"in sales"] and res.skipped == 1
+    finally:
+        await svc.stop()
+
+
+async def test_pop3_deletes_only_after_campaign_accepted(dovecot, mailbox, env):
+    db, tmp = env
+    dovecot.append(mailbox, "pw", msg("pop one"))
+    dovecot.append(mailbox, "pw", msg("pop two"))
+    ch = channel(dovecot, mailbox, protocol="pop3", port=dovecot.pop3_port, tls="starttls", after="delete")
+    await setup(db, tmp, ch)
+    svc = service(db, tmp)
+    await svc.start()
+    try:
+        res = await run_once(db, ch, svc.pcfg, svc.deliver, svc.connect, time.time())
+        assert res.delivered == 2 and len(maildir(tmp, "support")) == 2
+        assert dovecot.uids(mailbox, "pw") == []
+    finally:
+        await svc.stop()
+
+
+async def test_poison_message_is_quarantined_and_the_rest_flows(dovecot, mailbox, env):
+    db, tmp = env
+    dovecot.append(mailbox, "pw", b"this is not a mail message at all\r\n")
+    dovecot.append(mailbox, "pw", msg("after the poison"))
+    ch = channel(dovecot, mailbox)
+    await setup(db, tmp, ch)
+    svc = service(db, tmp)
+    await svc.start()
+    try:
+        res = await run_once(db, ch, svc.pcfg, svc.deliver, svc.connect, time.time())
+        assert res.delivered == 1 and b"after the poison" in maildir(tmp, "support")[0]
+        q = await db.read(lambda c: store.quarantine(c))
+        assert len(q) == 1 and q[0]["last_error"].startswith("unparsable")
+        # never refetched: the next poll fetches nothing
+        assert (await run_once(db, ch, svc.pcfg, svc.deliver, svc.connect, time.time())).fetched == 0
+    finally:
+        await svc.stop()
+
+
+class Receiver:
+    """A webhook target that dedupes by Idempotency-Key (as targets are asked to) and can fail on purpose."""
+
+    def __init__(self, secret: str, fail_first: int = 0):
+        self.secret = secret
+        self.fail_first = fail_first
+        self.calls = 0
+        self.keys: dict[str, dict] = {}
+        self.bad_signatures = 0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self.calls += 1
+        ts = request.headers["X-Relaybox-Timestamp"]
+        want = "sha256=" + hmac.new(self.secret.encode(), ts.encode() + b"." + body, hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(want, request.headers.get("X-Relaybox-Signature", "")):
+            self.bad_signatures += 1
+            return web.Response(status=401)
+        if self.calls <= self.fail_first:
+            return web.Response(status=503, text="busy")
+        self.keys.setdefault(request.headers["Idempotency-Key"], json.loads(body))
+        return web.Response(status=202)
+
+    async def start(self) -> int:
+        app = web.Application()
+        app.router.add_post("/hook", self.handle)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        port = free_port()
+        await web.TCPSite(self.runner, "127.0.0.1", port).start()
+        return port
+
+
+async def test_webhook_retries_signed_idempotent_and_idle_is_fast(dovecot, mailbox, env):
+    db, tmp = env
+    rec = Receiver("hook-secret", fail_first=2)
+    port = await rec.start()
+    hook = CampaignConfig("helpdesk", kind="webhook", url=f"http://127.0.0.1:{port}/hook", secret="hook-secret")
+    ch = channel(dovecot, mailbox, default_campaign="helpdesk", poll_interval=30)
+    await setup(db, tmp, ch, [hook])
+    svc = service(db, tmp, enabled=True)
+    await svc.start()
+    try:
+        await asyncio.sleep(1.0)                           # the channel is connected and IDLE
+        t0 = time.monotonic()
+        await asyncio.to_thread(dovecot.append, mailbox, "pw",
+                                msg("printer on fire", body="see attachment"))
+        while not rec.keys and time.monotonic() - t0 < 10:
+            await asyncio.sleep(0.05)
+        latency = time.monotonic() - t0
+        assert rec.keys, "webhook never accepted the message"
+        print(f"IDLE + webhook latency {latency:.2f}s")
+        assert latency < 5, f"IDLE latency {latency:.1f}s"          # includes two 503 retries
+        doc = next(iter(rec.keys.values()))
+        assert doc["subject"] == "printer on fire" and doc["from"] == "carol@cust.test"
+        assert doc["channel"] == "ch" and doc["campaign"] == "helpdesk" and "see attachment" in doc["text"]
+        assert rec.bad_signatures == 0 and rec.calls == 3
+    finally:
+        await svc.stop()
+        await rec.runner.cleanup()
+
+
+async def test_smtp_campaign_forwards_through_the_relay_queue(dovecot, mailbox, env):
+    db, tmp = env
+    dovecot.append(mailbox, "pw", msg("forward me"))
+    fwd = CampaignConfig("desk", kind="smtp", forward_to="desk@helpdesk.test")
+    ch = channel(dovecot, mailbox, default_campaign="desk")
+    await setup(db, tmp, ch, [fwd])
+    svc = service(db, tmp)
+    await svc.start()
+    try:
+        await run_once(db, ch, svc.pcfg, svc.deliver, svc.connect, time.time())
+        rows = await db.read(lambda c: c.execute("SELECT r.address, m.sender FROM recipients r JOIN messages m"
+                                                 " ON m.id=r.message_id").fetchall())
+        assert [tuple(r) for r in rows] == [("desk@helpdesk.test", mailbox)]
+        result = await db.read(lambda c: c.execute("SELECT result FROM inbound").fetchone()[0])
+        assert result.startswith("queued as ")
+    finally:
+        await svc.stop()
