@@ -296,3 +296,24 @@ async def test_smtp_campaign_forwards_through_the_relay_queue(dovecot, mailbox, 
         assert result.startswith("queued as ")
     finally:
         await svc.stop()
+
+
+def test_cli_channels_add_list_validate(dovecot, mailbox, tmp_path):
+    import subprocess
+    import sys
+
+    def cli(*args, stdin=None):
+        return subprocess.run([sys.executable, "-m", "relaybox.cli", *args, "--db", str(tmp_path / "c.db")],
+                              capture_output=True, text=True, input=stdin, timeout=60)
+
+    assert cli("campaigns", "add", "support").returncode == 0
+    out = cli("channels", "add", "desk", "--host", "127.0.0.1 ", "--port", str(dovecot.imap_port), "--tls",
+              "none", "--user", f" {mailbox}", "--default-campaign", "support", "--password-stdin",
+              "--filter", "subject:contains:invoice=>support", stdin="pw\n")
+    assert out.returncode == 0, out.stderr
+    listed = cli("channels", "list", "--json")
+    assert json.loads(listed.stdout)[0]["user"] == mailbox and "pw" not in json.loads(listed.stdout)[0]["password"]
+    ok = cli("channels", "validate", "desk")
+    assert (ok.returncode, ok.stdout.strip()) == (0, "ok: logged in to 127.0.0.1 and selected INBOX")
+    bad = cli("channels", "add", "x", "--host", "h", "--user", "u", "--default-campaign", "nope")
+    assert bad.returncode == 2 and "unknown default campaign 'nope'" in bad.stderr

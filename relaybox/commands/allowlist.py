@@ -27,10 +27,14 @@ def _out(args, rows, cols) -> None:
     if getattr(args, "json", False):
         print(json.dumps(rows, indent=None, default=str))
         return
-    widths = [max(len(c), *(len(str(r.get(c, "") or "")) for r in rows)) if rows else len(c) for c in cols]
+    def cell(r, c):
+        v = r.get(c)
+        return "" if v is None else str(v)
+
+    widths = [max(len(c), *(len(cell(r, c)) for r in rows)) if rows else len(c) for c in cols]
     print("  ".join(c.upper().ljust(w) for c, w in zip(cols, widths)))
     for r in rows:
-        print("  ".join(str(r.get(c, "") or "").ljust(w) for c, w in zip(cols, widths)))
+        print("  ".join(cell(r, c).ljust(w) for c, w in zip(cols, widths)))
 
 
 def cmd_list(args) -> int:

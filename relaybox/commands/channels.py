@@ -1,0 +1,226 @@
+"""``relaybox channels list|show|add|remove|validate``, ``relaybox campaigns list|add|remove`` and
+``relaybox quarantine list|retry|drop`` — on the database (offline, or beside a running relaybox: it
+picks channel changes up within seconds). Secrets are stored, never printed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+from poller import channels, store
+from poller.config import CampaignConfig, ChannelConfig, FilterConfig
+from relay.configtypes import ConfigError, build
+from relaybox.commands.allowlist import _out, open_db
+
+
+def _db_arg(p) -> None:
+    p.add_argument("--db", default=None, help="database file (default: storage.path of the config)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def cmd_list(args) -> int:
+    db = open_db(args)
+    try:
+        rows = db.read_sync(channels.list_channels)
+    finally:
+        db.close()
+    if args.json:
+        print(json.dumps(rows, default=str))
+        return 0
+    _out(args, [{**r, "server": f"{r['protocol']}://{r['host']}:{r['port'] or 'default'}",
+                 "error": (r.get("last_error") or "")[:60]} for r in rows],
+         ["name", "server", "user", "folder", "default_campaign", "enabled", "fetched", "routed", "quarantined",
+          "error"])
+    return 0
+
+
+def cmd_show(args) -> int:
+    db = open_db(args)
+    try:
+        ch = db.read_sync(lambda c: channels.get_channel(c, args.name))
+    finally:
+        db.close()
+    if ch is None:
+        print(f"error: no channel {args.name}", file=sys.stderr)
+        return 1
+    print(json.dumps(channels.redacted(ch), indent=2, default=str))
+    return 0
+
+
+def _parse_filter(text: str) -> FilterConfig:
+    # FIELD:OP:VALUE=>CAMPAIGN   e.g.  subject:contains:invoice=>billing
+    try:
+        left, campaign = text.rsplit("=>", 1)
+        field, op, value = left.split(":", 2) if not left.startswith("header:") else \
+            (":".join(left.split(":", 2)[:2]), *left.split(":", 3)[2:])
+        return FilterConfig(field=field, op=op, value=value, campaign=campaign)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"filter {text!r}: expected FIELD:OP:VALUE=>CAMPAIGN ({exc})") from None
+
+
+def cmd_add(args) -> int:
+    data = {k: v for k, v in vars(args).items() if k in ChannelConfig.__dataclass_fields__ and v is not None}
+    data.pop("filters", None)
+    if args.password_stdin:
+        data["password"] = sys.stdin.readline().rstrip("\n")
+    try:
+        ch = build(ChannelConfig, data, "channel")
+        ch = channels.normalize(ch)
+        filters = [_parse_filter(f) for f in args.filter or []]
+        import dataclasses
+        ch = dataclasses.replace(ch, filters=filters)
+    except (ConfigError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    db = open_db(args)
+    try:
+        db.write_sync(lambda c: channels.save_channel(c, ch))
+    except channels.ChannelError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        db.close()
+    print(f"channel {ch.name} saved")
+    return 0
+
+
+def cmd_remove(args) -> int:
+    db = open_db(args)
+    try:
+        ok = db.write_sync(lambda c: channels.delete_channel(c, args.name))
+    finally:
+        db.close()
+    print(f"removed {args.name}" if ok else f"error: no channel {args.name}", file=sys.stdout if ok else sys.stderr)
+    return 0 if ok else 1
+
+
+def cmd_validate(args) -> int:
+    from poller.runner import PollerService, validate_channel
+    from relay.db import Database  # noqa: F401 - open_db returns one
+
+    db = open_db(args)
+
+    async def run():
+        ch = await db.read(lambda c: channels.get_channel(c, args.name))
+        if ch is None:
+            return False, f"no such channel: {args.name}"
+        svc = PollerService(db, None)
+        import aiohttp
+        svc.http = aiohttp.ClientSession()
+        try:
+            return await validate_channel(ch, svc, svc.pcfg.timeout)
+        finally:
+            await svc.http.close()
+
+    try:
+        ok, text = asyncio.run(run())
+    finally:
+        db.close()
+    print(text)
+    return 0 if ok else 1
+
+
+def cmd_campaigns_list(args) -> int:
+    db = open_db(args)
+    try:
+        rows = db.read_sync(channels.list_campaigns)
+    finally:
+        db.close()
+    _out(args, [{**r, "target": r.get("url") or r.get("path") or r.get("forward_to") or "(default maildir)"}
+                for r in rows], ["name", "kind", "target"])
+    return 0
+
+
+def cmd_campaigns_add(args) -> int:
+    data = {k: v for k, v in vars(args).items() if k in CampaignConfig.__dataclass_fields__ and v is not None}
+    try:
+        camp = build(CampaignConfig, data, "campaign")
+    except (ConfigError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    db = open_db(args)
+    try:
+        db.write_sync(lambda c: channels.save_campaign(c, camp))
+    finally:
+        db.close()
+    print(f"campaign {camp.name} saved")
+    return 0
+
+
+def cmd_campaigns_remove(args) -> int:
+    db = open_db(args)
+    try:
+        ok = db.write_sync(lambda c: channels.delete_campaign(c, args.name))
+    except channels.ChannelError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        db.close()
+    print(f"removed {args.name}" if ok else f"error: no campaign {args.name}", file=sys.stdout if ok else sys.stderr)
+    return 0 if ok else 1
+
+
+def cmd_quarantine(args) -> int:
+    db = open_db(args)
+    try:
+        if args.action == "list":
+            _out(args, db.read_sync(lambda c: store.quarantine(c, channel=args.channel)),
+                 ["id", "channel", "uid", "message_id", "tries", "last_error"])
+            return 0
+        fn = store.retry_quarantined if args.action == "retry" else store.drop_quarantined
+        ok = db.write_sync(lambda c: fn(c, args.id))
+    finally:
+        db.close()
+    print(f"{args.action} {args.id}: {'done' if ok else 'not in quarantine (or not retryable)'}")
+    return 0 if ok else 1
+
+
+def register(sub) -> None:
+    ch = sub.add_parser("channels", help="inbound mailboxes polled by relaybox")
+    csub = ch.add_subparsers(dest="sub", required=True)
+    p = csub.add_parser("list")
+    _db_arg(p)
+    p.set_defaults(func=cmd_list)
+    for name, fn in (("show", cmd_show), ("remove", cmd_remove), ("validate", cmd_validate)):
+        p = csub.add_parser(name)
+        p.add_argument("name")
+        _db_arg(p)
+        p.set_defaults(func=fn)
+    p = csub.add_parser("add", help="add or update a channel (validated on save)")
+    p.add_argument("name")
+    for opt in ("host", "user", "address", "protocol", "tls", "server_name", "auth", "folder", "after",
+                "storage_folder", "default_campaign", "purpose", "ca_file", "oauth2_token_url",
+                "oauth2_client_id", "oauth2_scope"):
+        p.add_argument(f"--{opt.replace('_', '-')}", dest=opt, default=None)
+    p.add_argument("--port", type=int, default=None)
+    p.add_argument("--poll-interval", dest="poll_interval", default=None)
+    p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    p.add_argument("--filter", action="append", help="FIELD:OP:VALUE=>CAMPAIGN, in order (repeatable)")
+    p.add_argument("--disabled", dest="enabled", action="store_false", default=None)
+    _db_arg(p)
+    p.set_defaults(func=cmd_add)
+
+    cp = sub.add_parser("campaigns", help="where routed inbound messages go")
+    cpsub = cp.add_subparsers(dest="sub", required=True)
+    p = cpsub.add_parser("list")
+    _db_arg(p)
+    p.set_defaults(func=cmd_campaigns_list)
+    p = cpsub.add_parser("add")
+    p.add_argument("name")
+    for opt in ("kind", "path", "url", "forward_to", "sender"):
+        p.add_argument(f"--{opt.replace('_', '-')}", dest=opt, default=None)
+    _db_arg(p)
+    p.set_defaults(func=cmd_campaigns_add)
+    p = cpsub.add_parser("remove")
+    p.add_argument("name")
+    _db_arg(p)
+    p.set_defaults(func=cmd_campaigns_remove)
+
+    q = sub.add_parser("quarantine", help="inbound messages that could not be delivered to a campaign")
+    q.add_argument("action", choices=["list", "retry", "drop"])
+    q.add_argument("id", nargs="?", type=int)
+    q.add_argument("--channel", default=None)
+    _db_arg(q)
+    q.set_defaults(func=cmd_quarantine)
