@@ -1,0 +1,100 @@
+"""Campaigns (``poller.channels``): where routed inbound mail goes (maildir, webhook, smtp forward)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from aiohttp import web
+
+from admin_api.common import Param, Route, conflict, invalid, not_found, ok, read_json, relaybox
+from poller import channels
+from poller.config import CampaignConfig
+from relay.configtypes import ConfigError, build
+
+MASK = "***"
+
+
+def _build(data: dict, name: str) -> CampaignConfig:
+    try:
+        return build(CampaignConfig, data, f"campaigns.{name}")
+    except ConfigError as exc:
+        raise invalid("; ".join(exc.problems)) from None
+
+
+async def _view(request: web.Request, name: str) -> dict:
+    rows = await relaybox(request).db.read(channels.list_campaigns)
+    for r in rows:
+        if r["name"] == name:
+            return r
+    raise not_found(f"no campaign {name}")
+
+
+async def list_campaigns(request: web.Request) -> web.Response:
+    return ok({"items": await relaybox(request).db.read(channels.list_campaigns), "next_cursor": None})
+
+
+async def show_campaign(request: web.Request) -> web.Response:
+    return ok(await _view(request, request.match_info["name"]))
+
+
+async def create_campaign(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    name = body.get("name")
+    if not isinstance(name, str) or not name.strip() or len(name) > 200:
+        raise invalid("name: required")
+    c = _build(body, name)
+    db = relaybox(request).db
+    if await db.read(lambda conn: channels.get_campaign(conn, name.strip())) is not None:
+        raise conflict(f"campaign {name.strip()} exists; PUT /api/v1/campaigns/{name.strip()} changes it")
+    await db.write(lambda conn: channels.save_campaign(conn, c))
+    return ok(await _view(request, name.strip()), status=201)
+
+
+async def update_campaign(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    body = await read_json(request)
+    if "name" in body and body["name"] != name:
+        raise invalid("name: cannot be changed")
+    db = relaybox(request).db
+    old = await db.read(lambda conn: channels.get_campaign(conn, name))
+    if old is None:
+        raise not_found(f"no campaign {name}")
+    data = dataclasses.asdict(old)
+    data.update({k: v for k, v in body.items() if not (k == "secret" and v in (None, MASK))})
+    c = _build(data, name)
+    await db.write(lambda conn: channels.save_campaign(conn, c))
+    return ok(await _view(request, name))
+
+
+async def delete_campaign(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    try:
+        removed = await relaybox(request).db.write(lambda conn: channels.delete_campaign(conn, name))
+    except channels.ChannelError as exc:
+        raise conflict(str(exc)) from None
+    if not removed:
+        raise not_found(f"no campaign {name}")
+    return ok({"removed": name})
+
+
+NAME = Param("name", where="path", required=True)
+CAMPAIGN = {"type": "object", "required": ["name"], "properties": {
+    "name": {"type": "string"}, "kind": {"type": "string", "enum": ["maildir", "webhook", "smtp"]},
+    "path": {"type": "string"}, "url": {"type": "string"},
+    "secret": {"type": "string", "description": "write-only; answers show ***"},
+    "forward_to": {"type": "string"}, "sender": {"type": "string"}}}
+
+ROUTES = [
+    Route("GET", "/api/v1/campaigns", list_campaigns, "Campaigns (targets of routed inbound mail)",
+          "campaigns",
+          response={"type": "object", "properties": {"items": {"type": "array", "items": CAMPAIGN}}}),
+    Route("POST", "/api/v1/campaigns", create_campaign, "Create a campaign", "campaigns", body=CAMPAIGN,
+          response=CAMPAIGN, status=201, errors=(409, 422)),
+    Route("GET", "/api/v1/campaigns/{name}", show_campaign, "One campaign", "campaigns", [NAME],
+          response=CAMPAIGN, errors=(404,)),
+    Route("PUT", "/api/v1/campaigns/{name}", update_campaign, "Change a campaign (*** keeps the secret)",
+          "campaigns", [NAME], body={"type": "object", "properties": CAMPAIGN["properties"]},
+          response=CAMPAIGN, errors=(404, 422)),
+    Route("DELETE", "/api/v1/campaigns/{name}", delete_campaign, "Remove an unused campaign", "campaigns",
+          [NAME], response={"type": "object"}, errors=(404, 409)),
+]
