@@ -6,7 +6,6 @@ and friends); ``/metrics`` serves the whole default registry.
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import time
 from typing import Any
@@ -26,10 +25,6 @@ WEBHOOK_DELIVERIES = Counter("relaybox_webhook_deliveries", "Event webhook POSTs
 WEBHOOK_PENDING = Gauge("relaybox_webhook_pending_events", "Events waiting to be delivered, by endpoint",
                         ["endpoint"])
 SUPPRESSIONS = Gauge("relaybox_suppressions", "Active entries of the suppression list, by kind", ["kind"])
-CHANNEL_UP = Gauge("relaybox_channel_up", "1 when an inbound channel's last poll succeeded, 0 when failing",
-                   ["channel"])
-CHANNEL_LAST_SUCCESS = Gauge("relaybox_channel_last_success_timestamp_seconds",
-                             "Unix time of the last successful poll of an inbound channel", ["channel"])
 API_REQUESTS = Counter("relaybox_admin_requests", "Admin API requests by method and status class",
                        ["method", "code"])
 
@@ -78,27 +73,3 @@ async def refresh(app: Any, tail: Any = None) -> None:
     DATABASE_SIZE.set(app.db.size_bytes())
     for hook in app.settings.section("webhooks") or []:
         WEBHOOK_PENDING.labels(hook.name).set(stats["pending"].get(hook.name, 0))
-    await _channels(app)
-
-
-async def _channels(app: Any) -> None:
-    """Channel gauges from the poller's own status (``PollerService.status()``), when a poller runs."""
-    status = getattr(getattr(app, "poller", None), "status", None)
-    if status is None:
-        return
-    result = status()
-    if asyncio.iscoroutine(result):
-        result = await result
-    items = result.values() if isinstance(result, dict) else result
-    for ch in items or []:
-        ch = ch if isinstance(ch, dict) else getattr(ch, "__dict__", {})
-        name = ch.get("name") or ch.get("channel")
-        if not name:
-            continue
-        up = ch.get("up")
-        if up is None:
-            up = str(ch.get("state", "")).lower() in ("ok", "up", "active", "idle", "polling")
-        CHANNEL_UP.labels(name).set(1 if up else 0)
-        last = ch.get("last_success_at") or ch.get("last_success") or ch.get("last_poll_ok")
-        if isinstance(last, (int, float)):
-            CHANNEL_LAST_SUCCESS.labels(name).set(last)
