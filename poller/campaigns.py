@@ -86,31 +86,40 @@ def maildir_path(c: CampaignConfig, root: str) -> str:
     return c.path or os.path.join(root, c.name)
 
 
-def deliver_maildir(c: CampaignConfig, raw: bytes, inbound_id: int, root: str) -> str:
-    """tmp/ + fsync + rename into new/ (the Maildir protocol). The name holds the inbound id, so a
-    redelivery of the same message finds it already there instead of writing a copy."""
+def deliver_maildir(c: CampaignConfig, raw: bytes, inbound_id: int, root: str,
+                    sync_dir: bool = True) -> tuple[str, str]:
+    """tmp/ + fsync + rename into new/ (the Maildir protocol); returns (file name, new/ directory).
+    The name holds the inbound id, so a redelivery of the same message finds it already there instead of
+    writing a copy. With ``sync_dir=False`` the caller fsyncs new/ once per batch (``fsync_dirs``)."""
     base = maildir_path(c, root)
+    newdir = os.path.join(base, "new")
     for sub in ("tmp", "new", "cur"):
         os.makedirs(os.path.join(base, sub), exist_ok=True)
     name = f"relaybox-{inbound_id}.{socket.gethostname()}"
-    if os.path.exists(os.path.join(base, "new", name)) or any(
+    if os.path.exists(os.path.join(newdir, name)) or any(
             f.startswith(name) for f in _listdir(os.path.join(base, "cur"))):
-        return name
+        return name, newdir
     tmp = os.path.join(base, "tmp", f"{name}.{os.getpid()}")
     try:
         with open(tmp, "wb") as fh:
             fh.write(raw)
             fh.flush()
             os.fsync(fh.fileno())
-        os.rename(tmp, os.path.join(base, "new", name))
-        dfd = os.open(os.path.join(base, "new"), os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        os.rename(tmp, os.path.join(newdir, name))
+        if sync_dir:
+            fsync_dirs([newdir])
     except OSError as exc:
         raise TargetError(f"maildir {base}: {exc}") from exc
-    return name
+    return name, newdir
+
+
+def fsync_dirs(dirs) -> None:
+    for d in dirs:
+        fd = os.open(d, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _listdir(path: str) -> list[str]:

@@ -27,7 +27,9 @@ from poller.router import MessageView, addressed_to
 
 log = logging.getLogger("poller")
 
-Deliver = Callable[[ChannelConfig, int, bytes], Awaitable[bool]]
+# deliver(channel, inbound id, raw) -> a function that records the acceptance (run in the batch's write
+# transaction), or None when the campaign did not accept (already recorded as a failure)
+Deliver = Callable[[ChannelConfig, int, bytes], Awaitable[Callable[[Any], None] | None]]
 
 
 @dataclass
@@ -101,57 +103,100 @@ async def fetch_imap_folder(db, session: IMAPSession, ch: ChannelConfig, folder:
         result.fetched += len(items)
 
 
-async def imap_action(session: IMAPSession, ch: ChannelConfig, folder: str, uid: int, selected: list) -> None:
-    if selected[0] != folder:
-        await session.select(folder)
-        selected[0] = folder
+def uid_set(uids: list[int]) -> str:
+    """[1,2,3,7,9,10] -> "1:3,7,9:10" (one short command for a whole batch)."""
+    out, start, prev = [], None, None
+    for u in sorted(uids):
+        if start is None:
+            start = prev = u
+        elif u == prev + 1:
+            prev = u
+        else:
+            out.append(f"{start}:{prev}" if prev != start else str(start))
+            start = prev = u
+    if start is not None:
+        out.append(f"{start}:{prev}" if prev != start else str(start))
+    return ",".join(out)
+
+
+async def imap_actions(session: IMAPSession, ch: ChannelConfig, folder: str, uids: list[int]) -> None:
+    """\\Seen / move / delete for many UIDs of one folder in one command."""
+    await session.select(folder)
     if ch.after == "move":
-        await session.move(uid, ch.storage_folder)
+        await session.move(uid_set(uids), ch.storage_folder)
     elif ch.after == "delete":
-        await session.delete(uid)
+        await session.delete(uid_set(uids))
     else:
-        await session.mark_seen(uid)
+        await session.mark_seen(uid_set(uids))
 
 
-async def process_pending(db, ch: ChannelConfig, deliver: Deliver, act: Callable[[dict], Awaitable[None]],
-                          result: PollResult, now: float) -> None:
-    """Deliver stored rows to their campaign; then act on the mailbox for delivered rows."""
-    rows = await db.read(lambda c: store.pending(c, ch.name, now))
-    for row in rows:
-        if row["status"] == "received":
-            raw = await db.read(lambda c, i=row["id"]: store.raw_of(c, i))
-            if raw is None:
-                continue
-            if not await deliver(ch, row["id"], raw):
-                continue
-            result.delivered += 1
-        try:
-            await act(row)
-        except MailboxError as exc:
-            result.errors.append(f"mailbox action on UID {row['uid']}: {exc}")
-            continue
-        await db.write(lambda c, i=row["id"]: store.mark_done(c, i))
+async def process_pending(db, ch: ChannelConfig, deliver: Deliver, act: Callable[[list[dict]], Awaitable[list]],
+                          result: PollResult, now: float, flush: Callable[[], Awaitable[None]]) -> None:
+    """Deliver stored rows to their campaign, then act on the mailbox, in batches: each batch's campaign
+    results commit in one transaction (after ``flush`` made the targets durable, e.g. Maildir directory
+    fsync), and its mailbox actions go out as one command per folder."""
+    seen: set[int] = set()
+    while True:
+        rows = [r for r in await db.read(lambda c: store.pending(c, ch.name, now, limit=100)) if r["id"] not in seen]
+        if not rows:
+            return
+        commits, to_act = [], []
+        for row in rows:
+            seen.add(row["id"])
+            if row["status"] == "received":
+                raw = await db.read(lambda c, i=row["id"]: store.raw_of(c, i))
+                if raw is None:
+                    continue
+                commit = await deliver(ch, row["id"], raw)
+                if commit is None:
+                    continue
+                result.delivered += 1
+                if getattr(commit, "immediate", False):   # slow targets (webhooks): record each at once
+                    await db.write(commit)
+                else:
+                    commits.append(commit)
+            to_act.append(row)
+        if commits:
+            await flush()
+            await db.write(lambda c: [fn(c) for fn in commits])
+        if to_act:
+            try:
+                done = await act(to_act)
+            except MailboxError as exc:
+                result.errors.append(f"mailbox action: {exc}")
+                done = []
+            if done:
+                await db.write(lambda c: [store.mark_done(c, r["id"]) for r in done])
+
+
+async def _no_flush() -> None:
+    return None
 
 
 async def poll_imap(db, session: IMAPSession, ch: ChannelConfig, pcfg: PollerConfig, deliver: Deliver,
-                    now: float) -> PollResult:
+                    now: float, flush: Callable[[], Awaitable[None]] = _no_flush) -> PollResult:
     result = PollResult()
     for folder in await imap_folders(session, ch):
         await fetch_imap_folder(db, session, ch, folder, pcfg, result)
-    selected: list[Any] = [None]
+    async def act(rows: list[dict]) -> list[dict]:
+        done: list[dict] = []
+        by_folder: dict[str, list[dict]] = {}
+        for row in rows:
+            by_folder.setdefault(row["folder"], []).append(row)
+        for folder, items in by_folder.items():
+            cp = await db.read(lambda c: store.checkpoint(c, ch.name, folder))
+            current = [r for r in items if cp is not None and cp[0] == r["uidvalidity"]]
+            if current:
+                await imap_actions(session, ch, folder, [int(r["uid"]) for r in current])
+            done += items         # rows of an old UIDVALIDITY: the server renumbered them, nothing to do
+        return done
 
-    async def act(row: dict) -> None:
-        cp = await db.read(lambda c: store.checkpoint(c, ch.name, row["folder"]))
-        if cp is None or cp[0] != row["uidvalidity"]:
-            return            # the server renumbered the folder: the old UID means nothing now
-        await imap_action(session, ch, row["folder"], int(row["uid"]), selected)
-
-    await process_pending(db, ch, deliver, act, result, now)
+    await process_pending(db, ch, deliver, act, result, now, flush)
     return result
 
 
 async def poll_pop3(db, session: POP3Session, ch: ChannelConfig, pcfg: PollerConfig, deliver: Deliver,
-                    now: float) -> PollResult:
+                    now: float, flush: Callable[[], Awaitable[None]] = _no_flush) -> PollResult:
     result = PollResult()
     listing = await session.uidl()
     known = await db.read(lambda c: store.seen_uidls(c, ch.name))
@@ -168,21 +213,24 @@ async def poll_pop3(db, session: POP3Session, ch: ChannelConfig, pcfg: PollerCon
                                                                      False))
         result.fetched += 1
 
-    async def act(row: dict) -> None:
-        if ch.after == "delete" and row["uid"] in listing:
-            await session.dele(listing[row["uid"]])
+    async def act(rows: list[dict]) -> list[dict]:
+        for row in rows:
+            if ch.after == "delete" and row["uid"] in listing:
+                await session.dele(listing[row["uid"]])
+        return rows
 
-    await process_pending(db, ch, deliver, act, result, now)
+    await process_pending(db, ch, deliver, act, result, now, flush)
     return result
 
 
-async def run_once(db, ch: ChannelConfig, pcfg: PollerConfig, deliver: Deliver, connect, now: float) -> PollResult:
+async def run_once(db, ch: ChannelConfig, pcfg: PollerConfig, deliver: Deliver, connect, now: float,
+                   flush: Callable[[], Awaitable[None]] = _no_flush) -> PollResult:
     """Connect, poll, disconnect (POP3 commits DELE only at QUIT)."""
     session = await connect(ch)
     try:
         if ch.protocol == "pop3":
-            return await poll_pop3(db, session, ch, pcfg, deliver, now)
-        return await poll_imap(db, session, ch, pcfg, deliver, now)
+            return await poll_pop3(db, session, ch, pcfg, deliver, now, flush)
+        return await poll_imap(db, session, ch, pcfg, deliver, now, flush)
     finally:
         await session.logout()
 

@@ -156,17 +156,17 @@ class IMAPSession:
                 current = int(m.group(1))
         return out
 
-    async def mark_seen(self, uid: int) -> None:
-        _ok(await self._w(self.client.uid("store", str(uid), "+FLAGS.SILENT (\\Seen)")), "STORE \\Seen")
+    async def mark_seen(self, uids: str) -> None:
+        _ok(await self._w(self.client.uid("store", str(uids), "+FLAGS.SILENT (\\Seen)")), "STORE \\Seen")
 
-    async def move(self, uid: int, folder: str) -> None:
+    async def move(self, uid: str, folder: str) -> None:
         if "MOVE" in self.capabilities:
             _ok(await self._w(self.client.uid("move", str(uid), _quote(folder))), f"MOVE to {folder}")
             return
         _ok(await self._w(self.client.uid("copy", str(uid), _quote(folder))), f"COPY to {folder}")
         await self.delete(uid)
 
-    async def delete(self, uid: int) -> None:
+    async def delete(self, uid: str) -> None:
         _ok(await self._w(self.client.uid("store", str(uid), "+FLAGS.SILENT (\\Deleted)")), "STORE \\Deleted")
         if "UIDPLUS" in self.capabilities:
             _ok(await self._w(self.client.uid("expunge", str(uid))), "UID EXPUNGE")

@@ -41,6 +41,7 @@ class PollerService:
         self.state: dict[str, dict] = {}
         self.http: aiohttp.ClientSession | None = None
         self._watch: asyncio.Task | None = None
+        self._dirty_dirs: set[str] = set()
 
     # ---- lifecycle ---------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -93,7 +94,8 @@ class PollerService:
                 if ch.protocol == "imap" and ch.idle:
                     await self._imap_persistent(ch, st)
                 else:
-                    res = await run_once(self.db, ch, self.pcfg, self.deliver, self.connect, time.time())
+                    res = await run_once(self.db, ch, self.pcfg, self.deliver, self.connect, time.time(),
+                                         self.flush)
                     await self._success(ch, st, res)
                     await asyncio.sleep(ch.poll_interval)
                 backoff = 5.0
@@ -113,7 +115,7 @@ class PollerService:
         session = await self.connect(ch)
         try:
             while True:
-                res = await poll_imap(self.db, session, ch, self.pcfg, self.deliver, time.time())
+                res = await poll_imap(self.db, session, ch, self.pcfg, self.deliver, time.time(), self.flush)
                 await self._success(ch, st, res)
                 fresh = await self.db.read(lambda c: channels.get_channel(c, ch.name))
                 if fresh != ch:
@@ -159,54 +161,67 @@ class PollerService:
         return session
 
     # ---- delivery to the campaign -------------------------------------------------------------------
-    async def deliver(self, ch: ChannelConfig, inbound_id: int, raw: bytes) -> bool:
+    async def deliver(self, ch: ChannelConfig, inbound_id: int, raw: bytes):
+        """Hand one stored message to its campaign. Returns the function that records the acceptance (the
+        caller commits a batch of them together), or None after recording the failure."""
         try:
             if ch.purpose == "bounces":
                 if self.bounce_sink is None:
                     raise campaigns.TargetError("no bounce processor configured")
                 await self.bounce_sink(raw, raw_ref=f"inbound:{inbound_id}")
-                await self.db.write(lambda c: store.mark_delivered(c, inbound_id, "bounces", None, "parsed"))
-                return True
+                return lambda c: store.mark_delivered(c, inbound_id, "bounces", None, "parsed")
             try:
                 view = MessageView(raw)
             except ParseError as exc:
                 await self._quarantine(ch, inbound_id, f"unparsable: {exc}", final=True)
-                return False
-            filters = ch.filters
-            r = route(filters, ch.default_campaign, view)
+                return None
+            r = route(ch.filters, ch.default_campaign, view)
             camp = await self.db.read(lambda c: channels.get_campaign(c, r.campaign))
             if camp is None:
                 raise campaigns.TargetError(f"campaign {r.campaign!r} does not exist")
-            await self._to_campaign(ch, camp, inbound_id, raw, view, r.filter_index)
+            commit = await self._to_campaign(ch, camp, inbound_id, raw, view, r.filter_index)
             ROUTED.labels(ch.name, camp.name).inc()
-            return True
+            return commit
         except campaigns.TargetError as exc:
             await self._quarantine(ch, inbound_id, str(exc))
-            return False
+            return None
         except Exception as exc:  # noqa: BLE001 - a bug on one message must not block the channel
             log.exception("channel %s: delivering inbound %d failed", ch.name, inbound_id)
             await self._quarantine(ch, inbound_id, f"{type(exc).__name__}: {exc}")
-            return False
+            return None
 
-    async def _to_campaign(self, ch, camp, inbound_id, raw, view, filter_index) -> None:
+    async def _to_campaign(self, ch, camp, inbound_id, raw, view, filter_index):
         if camp.kind == "maildir":
-            name = await asyncio.to_thread(campaigns.deliver_maildir, camp, raw, inbound_id, self.pcfg.maildir_root)
-            await self.db.write(lambda c: store.mark_delivered(c, inbound_id, camp.name, filter_index, name))
-        elif camp.kind == "webhook":
+            name, directory = await asyncio.to_thread(campaigns.deliver_maildir, camp, raw, inbound_id,
+                                                      self.pcfg.maildir_root, False)
+            self._dirty_dirs.add(directory)
+            return lambda c: store.mark_delivered(c, inbound_id, camp.name, filter_index, name)
+        if camp.kind == "webhook":
             doc = campaigns.document(view, inbound_id=inbound_id, channel=ch.name, campaign=camp.name,
                                      filter_index=filter_index, attachments=camp.attachments)
             result = await campaigns.deliver_webhook(camp, doc, inbound_id, self.http)
-            await self.db.write(lambda c: store.mark_delivered(c, inbound_id, camp.name, filter_index, result))
-        else:
-            if self.spool is None:
-                raise campaigns.TargetError("smtp campaign needs the relay queue")
-            msg = campaigns.smtp_forward_message(camp, raw, ch.address)
 
-            def _atomic(c):           # the queue insert and the inbound status commit together
-                qid = campaigns.enqueue_in(c, self.spool, msg)
-                store.mark_delivered(c, inbound_id, camp.name, filter_index, f"queued as {qid}")
+            def accepted(c):
+                store.mark_delivered(c, inbound_id, camp.name, filter_index, result)
 
-            await self.db.write(_atomic)
+            accepted.immediate = True   # type: ignore[attr-defined] - commit now: a crash re-POSTs one, not a batch
+            return accepted
+        if self.spool is None:
+            raise campaigns.TargetError("smtp campaign needs the relay queue")
+        msg = campaigns.smtp_forward_message(camp, raw, ch.address)
+
+        def _atomic(c):           # the queue insert and the inbound status commit together
+            qid = campaigns.enqueue_in(c, self.spool, msg)
+            store.mark_delivered(c, inbound_id, camp.name, filter_index, f"queued as {qid}")
+
+        return _atomic
+
+    async def flush(self) -> None:
+        """Make this batch's Maildir renames durable (one directory fsync per campaign, not per message)
+        before their acceptance is committed."""
+        dirs, self._dirty_dirs = self._dirty_dirs, set()
+        if dirs:
+            await asyncio.to_thread(campaigns.fsync_dirs, dirs)
 
     async def _quarantine(self, ch: ChannelConfig, inbound_id: int, error: str, final: bool = False) -> None:
         max_tries = 1 if final else self.pcfg.max_tries
