@@ -46,3 +46,17 @@ def test_check_config_command_exits_2(tmp_path):
     good = subprocess.run([sys.executable, "-m", "relaybox.cli", "check-config", "conf/relaybox.toml"],
                           capture_output=True, text=True, cwd=REPO)
     assert good.returncode == 0, good.stdout + good.stderr
+
+
+def test_check_config_finds_semantic_problems(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[dkim]\nenabled = true\n[dkim.domains."example.com"]\nselector = "s1"\n'
+                   'key_file = "/nonexistent/dkim.key"\n[[channels]]\nname = "c"\nhost = "h"\nuser = "u"\n'
+                   'default_campaign = "nope"\n')
+    out = subprocess.run([sys.executable, "-m", "relaybox.cli", "check-config", str(bad)],
+                         capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 2
+    assert "/nonexistent/dkim.key" in out.stdout and "unknown default campaign 'nope'" in out.stdout
+    run = subprocess.run([sys.executable, "-m", "relaybox.cli", "run", "--config", str(bad)],
+                         capture_output=True, text=True, cwd=str(tmp_path), timeout=30)
+    assert run.returncode == 2 and "config error:" in run.stderr and "Traceback" not in run.stderr

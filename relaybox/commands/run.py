@@ -29,6 +29,13 @@ def cmd_run(args) -> int:
         for p in exc.problems:
             print(f"config error: {p}", file=sys.stderr)
         return 2
+    from relaybox.checks import problems
+
+    found = problems(settings)
+    for p in found:
+        print(f"config error: {p}", file=sys.stderr)
+    if found:
+        return 2
     _setup_logging(args.log_level or settings.log.level, args.log_format or settings.log.format)
     from relaybox.logs import register_settings_secrets
 
@@ -45,12 +52,19 @@ def cmd_run(args) -> int:
 def cmd_check(args) -> int:
     from relaybox.settings import load
 
+    from relaybox.checks import problems
+
     path = args.file or args.config
     try:
-        load(path)
+        settings = load(path)
     except ConfigError as exc:
         for p in exc.problems:
             print(p)
+        return 2
+    found = problems(settings)
+    for p in found:
+        print(p)
+    if found:
         return 2
     print(f"{path or 'config'}: ok")
     return 0

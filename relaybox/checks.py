@@ -1,0 +1,40 @@
+"""Semantic checks of a loaded config that go beyond types: files that must load, references that must
+resolve. Used by ``relaybox check-config`` (exit 2) and by ``relaybox run`` before anything starts."""
+
+from __future__ import annotations
+
+from relaybox.settings import Settings
+
+
+def problems(settings: Settings) -> list[str]:
+    out: list[str] = []
+    from relay.delivery import config_problems
+
+    out += config_problems(settings.relay)
+    tls = settings.relay.smtp.tls
+    if bool(tls.cert_file) != bool(tls.key_file):
+        out.append("smtp.tls: cert_file and key_file go together")
+    for key in ("cert_file", "key_file"):
+        path = getattr(tls, key)
+        if path:
+            try:
+                open(path, "rb").close()
+            except OSError as exc:
+                out.append(f"smtp.tls.{key}: cannot read {path}: {exc.strerror}")
+    if settings.relay.smtp.implicit_tls_listen and not tls.cert_file:
+        out.append("smtp.implicit_tls_listen: needs smtp.tls.cert_file and key_file")
+    out += _poller(settings)
+    return out
+
+
+def _poller(settings: Settings) -> list[str]:
+    from poller import channels
+
+    out = []
+    campaigns = {c.name.strip() for c in settings.section("campaigns", []) or []}
+    for ch in settings.section("channels", []) or []:
+        try:
+            channels.check(channels.normalize(ch), campaigns)
+        except channels.ChannelError as exc:
+            out.append(f"channels: {exc}")
+    return out
