@@ -53,11 +53,16 @@ class Spool:
         self.db = db
         self.poison_limit = poison_limit
         self.clock = clock
+        # called (no arguments, in the loop) after each durable enqueue: the scheduler wakes at once
+        self.on_enqueue: list[Callable[[], None]] = []
 
     # ---- intake ----------------------------------------------------------------------------------
     async def enqueue(self, msg: NewMessage, actor: str = "smtp") -> str:
         now = self.clock()
-        return await self.db.write(lambda conn: self._enqueue(conn, msg, now, actor))
+        qid = await self.db.write(lambda conn: self._enqueue(conn, msg, now, actor))
+        for cb in self.on_enqueue:
+            cb()
+        return qid
 
     def _enqueue(self, conn: sqlite3.Connection, msg: NewMessage, now: float, actor: str) -> str:
         qid = msg.queue_id

@@ -133,6 +133,8 @@ class App:
         if enabled and sched_mod is not None and hasattr(sched_mod, "Scheduler"):
             self.scheduler = sched_mod.Scheduler(self.spool, self.settings.relay)
             await self.scheduler.start()
+            if hasattr(self.scheduler, "notify"):
+                self.spool.on_enqueue.append(self.scheduler.notify)
         runner = _optional("poller.runner")
         if runner is not None and hasattr(runner, "PollerService"):
             self.poller = runner.PollerService(self.db, self.settings, spool=self.spool,
