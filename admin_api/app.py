@@ -22,6 +22,7 @@ from admin_api.event_metrics import EventTail
 from admin_api.metrics import API_REQUESTS
 
 log = logging.getLogger("admin_api")
+audit = logging.getLogger("admin_api.audit")
 
 ROUTE_MODULES = (
     "admin_api.routes_health",
@@ -107,7 +108,10 @@ async def auth_middleware(request: web.Request, handler) -> web.StreamResponse:
     cfg: AdminConfig = request.app[CONFIG_KEY]
     if request.content_length is not None and request.content_length > cfg.max_body_size:
         return error_response(413, "too_large", f"request body larger than {cfg.max_body_size} bytes")
-    return await handler(request)
+    resp = await handler(request)
+    if request.method in WRITE_METHODS:   # audit trail of changes (never the bodies: they may hold secrets)
+        audit.info("admin:%s %s %s -> %d", token.name, request.method, request.path, resp.status)
+    return resp
 
 
 def check_query(route: Route, query) -> None:

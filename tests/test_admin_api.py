@@ -253,8 +253,9 @@ async def test_allowlist_change_applies_to_smtp_without_restart(live):
     assert code == 550
 
 
-async def test_smtp_users_never_show_hashes(live):
+async def test_smtp_users_never_show_hashes(live, caplog):
     app, api = live
+    caplog.set_level("INFO", logger="admin_api.audit")
     st, body = await api.call("POST", "/api/v1/smtp-users", json={"username": "app1", "password": "short"})
     assert st == 422
     st, body = await api.call("POST", "/api/v1/smtp-users", json={"username": "app1", "password": "long-secret-1",
@@ -266,6 +267,10 @@ async def test_smtp_users_never_show_hashes(live):
     assert (await api.call("DELETE", "/api/v1/smtp-users/app1"))[0] == 200
     assert (await api.call("DELETE", "/api/v1/smtp-users/app1"))[0] == 404
     assert not app.policy.check_login("app1", "long-secret-1")
+    audit = [r.getMessage() for r in caplog.records if r.name == "admin_api.audit"]
+    assert "admin:admin POST /api/v1/smtp-users -> 201" in audit
+    assert "admin:admin DELETE /api/v1/smtp-users/app1 -> 200" in audit
+    assert not any("long-secret" in line for line in audit)
 
 
 async def test_openapi_lists_every_served_route(live):

@@ -74,7 +74,7 @@ async def test_signed_events_retries_and_endpoint_status(tmp_path):
         async with running(tmp_path, webhooks=hooks) as (app, api):
             app.admin.webhooks.poll_interval = 0.1
             body = b"From: a@org.test\r\nSubject: hi\r\nMessage-ID: <w1@org.test>\r\n\r\nx\r\n"
-            qid = await app.spool.enqueue(NewMessage("a@org.test", ["ok@x.test", "slow@x.test", "bad@x.test"], body,
+            qid = await app.spool.enqueue(NewMessage("a@org.test", ["ok@x.test", "slow@x.test", "bad@x.test", "gone@x.test"], body,
                                                      subject="hi", message_id_header="<w1@org.test>"))
             claims = await app.spool.claim("t", limit=10)
             r = {x["address"]: x["id"] for x in claims[0].recipients}
@@ -82,19 +82,21 @@ async def test_signed_events_retries_and_endpoint_status(tmp_path):
             await app.spool.complete([
                 RecipientResult(r["ok@x.test"], "delivered", 250, "2.0.0", "queued as X"),
                 RecipientResult(r["slow@x.test"], "deferred", 451, "4.7.1", "greylisted", next_attempt_at=time.time()),
-                RecipientResult(r["bad@x.test"], "bounced", 550, "5.1.1", "no such user")])
+                RecipientResult(r["bad@x.test"], "bounced", 550, "5.1.1", "no such user"),
+                RecipientResult(r["gone@x.test"], "failed", None, "4.4.7", "expired", reason="expired")])
             await app.spool.claim("t", limit=10)          # the deferred one again: a second deferral
             await app.spool.defer([r["slow@x.test"]], later, 451, "4.7.1", "greylisted again")
             await app.spool.cancel(qid)                   # slow@ -> cancelled
 
             async def all_in():
-                return len(rx.events) >= 4
+                return len(rx.events) >= 5
             assert await _wait(all_in), rx.events
             await asyncio.sleep(0.5)                      # nothing more arrives (one deferred per message)
             kinds = sorted((e["type"], e["recipient"]) for e in rx.events)
             assert kinds == [("bounced", "bad@x.test"), ("cancelled", "slow@x.test"), ("deferred", "slow@x.test"),
-                             ("delivered", "ok@x.test")]
-            assert rx.bad_signatures == 0 and rx.calls == 4 + 2          # two 503s were retried
+                             ("delivered", "ok@x.test"), ("failed", "gone@x.test")]
+            assert rx.bad_signatures == 0 and rx.calls == 5 + 2          # two 503s were retried
+            assert next(e for e in rx.events if e["type"] == "failed")["reason"] == "expired"
             bounced = next(e for e in rx.events if e["type"] == "bounced")
             assert bounced["message"] == {"id": qid, "message_id": "<w1@org.test>", "sender": "a@org.test",
                                           "from": None, "subject": "hi"}
@@ -106,7 +108,7 @@ async def test_signed_events_retries_and_endpoint_status(tmp_path):
             assert await _wait(gave_up)
             st, body = await api.call("GET", "/api/v1/webhooks")
             crm, down = sorted(body["items"], key=lambda h: h["name"])
-            assert crm["state"] == "ok" and crm["delivered"] == 4 and crm["pending"] == 0
+            assert crm["state"] == "ok" and crm["delivered"] == 5 and crm["pending"] == 0
             assert crm["url"] == f"http://127.0.0.1:{rx.port}/hook"          # no user:pw, no query
             assert down["state"] == "failing" and down["consecutive_failures"] >= 2 and down["last_error"]
             assert SECRET not in json.dumps(body) and "pw@" not in json.dumps(body)
