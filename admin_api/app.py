@@ -121,6 +121,8 @@ def check_query(route: Route, query) -> None:
         if p.where != "query":
             continue
         raw = query.get(p.name)
+        if raw == "" and p.type in ("integer", "boolean"):
+            raise ApiError(400, "bad_request", f"{p.name}: empty; give a value or leave the parameter out")
         if raw is None or raw == "":
             if p.required:
                 raise ApiError(400, "bad_request", f"{p.name}: required")

@@ -8,6 +8,7 @@ update that sends ``"***"`` or leaves the field out keeps the stored value.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any
 
 from aiohttp import web
@@ -18,6 +19,7 @@ from poller.config import ChannelConfig, FilterConfig
 from relay.configtypes import ConfigError, build
 
 MASK = "***"
+log = logging.getLogger("admin_api.channels")
 # what a channel view adds to its settings; a PUT of a whole view ignores these
 READ_ONLY = ("state", "status", "last_poll_at", "last_success_at", "last_error", "fetched", "routed",
              "quarantined")
@@ -159,7 +161,11 @@ async def validate(request: web.Request) -> web.Response:
     poller = getattr(relaybox(request), "poller", None)
     if poller is None:
         raise conflict("the inbound poller is not running in this instance")
-    success, text = await poller.validate(name)
+    try:
+        success, text = await poller.validate(name)
+    except Exception as exc:  # noqa: BLE001 - a settings combination the poller did not foresee: say so
+        log.exception("channel %s: validation failed unexpectedly", name)
+        success, text = False, f"validation failed: {type(exc).__name__}: {exc}"[:500]
     return ok({"name": name, "ok": bool(success), "result": text})
 
 
