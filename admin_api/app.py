@@ -110,7 +110,8 @@ async def auth_middleware(request: web.Request, handler) -> web.StreamResponse:
         return error_response(413, "too_large", f"request body larger than {cfg.max_body_size} bytes")
     resp = await handler(request)
     if request.method in WRITE_METHODS:   # audit trail of changes (never the bodies: they may hold secrets)
-        audit.info("admin:%s %s %s -> %d", token.name, request.method, request.path, resp.status)
+        # raw_path: as sent, percent-encoded, so a crafted path cannot forge log lines
+        audit.info("admin:%s %s %s -> %d", token.name, request.method, request.raw_path[:300], resp.status)
     return resp
 
 
