@@ -313,3 +313,18 @@ async def test_token_file_rotation_without_restart(tmp_path):
         assert (await api.call("GET", "/api/v1/messages", token="second-secret-0123456789"))[0] == 200
         st, body = await api.call("POST", "/api/v1/messages/NOPE/hold", token="second-secret-0123456789")
         assert st == 404
+
+
+async def test_readyz_reports_each_failing_check(tmp_path):
+    async with running(tmp_path, storage={"min_free": 0.9999}) as (app, api):
+        st, body = await api.call("GET", "/readyz")
+        assert st == 503 and not body["ready"]
+        assert body["checks"] == {"database_writable": True, "listeners_bound": True, "disk_above_floor": False}
+        app.disk.min_free = 0.0
+        app.disk._at = 0.0                          # re-read free space now
+        assert (await api.call("GET", "/readyz"))[0] == 200
+        app.db.fail_commits = OSError("disk I/O error")  # the storage layer's fault hook: commits fail
+        st, body = await api.call("GET", "/readyz")
+        assert st == 503 and body["checks"]["database_writable"] is False
+        app.db.fail_commits = None
+        assert (await api.call("GET", "/healthz", token=None))[0] == 200
