@@ -137,6 +137,13 @@ def test_dashboard_and_alerts_use_exported_metrics():
             walk(p.get("panels", []))
     walk(dash["panels"])
     assert len(exprs) >= 10
+    cells: dict = {}
+    for p in dash["panels"]:              # a layout Grafana shows as drawn: no two panels on one cell
+        g = p["gridPos"]
+        for cell in ((x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])):
+            assert cell not in cells, (p["title"], cells[cell])
+            cells[cell] = p["title"]
+        assert g["x"] + g["w"] <= 24
     titles = {p["title"].lower() for p in dash["panels"] if p.get("type") == "row"}
     for topic in ("queue", "throughput", "latency", "bounces", "channels"):
         assert any(topic in t for t in titles), topic
