@@ -51,6 +51,7 @@ class IMAPSession:
         self.timeout = timeout
         self.client: aioimaplib.IMAP4 | None = None
         self.lost = asyncio.Event()
+        self.in_idle = False
 
     async def connect(self) -> None:
         def lost(_exc=None):
@@ -81,7 +82,19 @@ class IMAPSession:
         proto.transport = transport
 
     async def _w(self, coro, timeout: float | None = None):
-        return await asyncio.wait_for(coro, timeout or self.timeout)
+        """Await an aioimaplib call with a deadline. Not wait_for(): on timeout it waits for the cancelled
+        call to finish, and a call stuck on a dead server may never do so (seen in IDLE)."""
+        limit = timeout or self.timeout
+        task = asyncio.ensure_future(coro)
+        try:
+            done, _ = await asyncio.wait({task}, timeout=limit)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        if not done:
+            task.cancel()
+            raise MailboxError(f"{self.host}: no answer within {limit:.0f} s")
+        return task.result()
 
     @property
     def capabilities(self) -> set[str]:
@@ -175,25 +188,37 @@ class IMAPSession:
 
     async def idle(self, timeout: float) -> bool:
         """Wait for the server to announce a change (True) or for ``timeout`` (False)."""
+        self.in_idle = True
         idle_task = await self._w(self.client.idle_start(timeout=timeout))
         try:
-            push = await asyncio.wait_for(self.client.wait_server_push(timeout=timeout), timeout + 5)
-        except asyncio.TimeoutError:
+            push = await self._w(self.client.wait_server_push(timeout=timeout), timeout + 5)
+        except (MailboxError, asyncio.TimeoutError):
             push = [b"stop_wait_server_push"]
         changed = any(isinstance(p, bytes) and (b"EXISTS" in p or b"RECENT" in p) for p in (push or []))
         try:
             self.client.idle_done()
-            await asyncio.wait_for(idle_task, 10)
-        except (asyncio.TimeoutError, Exception):  # noqa: BLE001 - a broken IDLE ends the session
+            done, _ = await asyncio.wait({idle_task}, timeout=10)
+            if not done:
+                raise MailboxError("IDLE did not end cleanly")
+        except MailboxError:
+            raise
+        except Exception:  # noqa: BLE001 - a broken IDLE ends the session
             raise MailboxError("IDLE did not end cleanly") from None
+        self.in_idle = False
         return changed
 
     async def logout(self) -> None:
         if self.client is None:
             return
         try:
-            if not self.lost.is_set() and self.client.protocol.state in ("AUTH", "SELECTED", "NONAUTH"):
-                await asyncio.wait_for(self.client.logout(), 3)
+            if not self.lost.is_set() and not self.in_idle and \
+                    self.client.protocol.state in ("AUTH", "SELECTED", "NONAUTH"):
+                # never wait_for() an aioimaplib coroutine here: on timeout wait_for waits for the
+                # cancellation, which aioimaplib may not honour; wait() with a timeout always returns
+                task = asyncio.ensure_future(self.client.logout())
+                done, _ = await asyncio.wait({task}, timeout=3)
+                if not done:
+                    task.cancel()
         except Exception:  # noqa: BLE001 - best effort (an interrupted IDLE just closes the socket)
             pass
         finally:
