@@ -121,7 +121,7 @@ def uid_set(uids: list[int]) -> str:
 
 async def imap_actions(session: IMAPSession, ch: ChannelConfig, folder: str, uids: list[int]) -> None:
     """\\Seen / move / delete for many UIDs of one folder in one command."""
-    await session.select(folder)
+    await session.ensure_selected(folder)
     if ch.after == "move":
         await session.move(uid_set(uids), ch.storage_folder)
     elif ch.after == "delete":

@@ -120,13 +120,17 @@ class PollerService:
                 fresh = await self.db.read(lambda c: channels.get_channel(c, ch.name))
                 if fresh != ch:
                     return                       # settings changed: reconnect with the new ones
+                if res.fetched:
+                    # more may have come while we fetched, announced in replies we did not watch: look
+                    # again before IDLE (an empty poll ends in IDLE, which reports anything newer)
+                    continue
                 wait = min(self.pcfg.idle_timeout, ch.poll_interval)
                 retry_at = await self.db.read(lambda c: store.next_retry_at(c, ch.name))
                 if retry_at is not None:            # a failed campaign delivery is due again before that
                     wait = max(0.2, min(wait, retry_at - time.time()))
                 if "IDLE" in session.capabilities and not ch.sync_all_folders:
                     st["idle"] = True
-                    await session.select(ch.folder)
+                    await session.ensure_selected(ch.folder)
                     await wait_idle(session, wait)
                     if session.lost.is_set():
                         raise MailboxError("connection lost during IDLE")
