@@ -120,6 +120,10 @@ def save_channel(conn: sqlite3.Connection, ch: ChannelConfig) -> ChannelConfig:
     check(ch, campaigns)
     settings = dataclasses.asdict(ch)
     filters = settings.pop("filters")
+    old = conn.execute("SELECT settings FROM channels WHERE name=?", (ch.name,)).fetchone()
+    if old is not None and json.loads(old[0]).get("oauth2_refresh_token") != ch.oauth2_refresh_token:
+        # an admin gave a new refresh token (re-consent): it replaces the one rotated since
+        conn.execute("UPDATE channels SET oauth_refresh=NULL WHERE name=?", (ch.name,))
     conn.execute("INSERT INTO channels(name, settings, enabled, created_at) VALUES (?,?,?,?) ON CONFLICT(name)"
                  " DO UPDATE SET settings=excluded.settings, enabled=excluded.enabled",
                  (ch.name, json.dumps(settings), int(ch.enabled), time.time()))

@@ -8,6 +8,8 @@ transport with ``loop.start_tls`` (shared/PEERS.md).
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import re
 import ssl
 
@@ -106,9 +108,21 @@ class IMAPSession:
         await self._w(self.client.protocol.capability())
 
     async def xoauth2(self, user: str, token: str) -> None:
-        resp = await self._w(self.client.xoauth2(user, token))
-        _ok(resp, "XOAUTH2 failed")
-        await self._w(self.client.protocol.capability())
+        """AUTHENTICATE XOAUTH2 with an initial response. A refusal comes as a continuation carrying a JSON
+        error, which the client must answer with an empty line before the tagged NO (aioimaplib's own
+        ``xoauth2`` does not, and waits for ever)."""
+        proto = self.client.protocol
+        blob = base64.b64encode(f"user={user}\x01auth=Bearer {token}\x01\x01".encode()).decode()
+        cmd = _SaslCommand("AUTHENTICATE", proto.new_tag(), "XOAUTH2", blob, loop=proto.loop)
+        cmd.transport = proto.transport
+        resp = await self._w(proto.execute(cmd, scrub=blob))
+        if resp.result != "OK":
+            detail = _sasl_error(resp.lines)
+            lines = [ln for ln in resp.lines if not bytes(ln).startswith(b"+")]
+            text = " ".join(bytes(ln).decode("utf-8", "replace") for ln in lines if ln).strip()
+            raise MailboxError(f"XOAUTH2 failed: {resp.result} {text}{detail}")
+        proto.state = aioimaplib.AUTH
+        await self._w(proto.capability())
 
     async def select(self, folder: str) -> int:
         """Select ``folder`` (always a real SELECT: that is how a UIDVALIDITY change is seen); returns its
@@ -236,6 +250,32 @@ class IMAPSession:
                 self.client.protocol.transport.close()
             except Exception:  # noqa: BLE001
                 pass
+
+
+class _SaslCommand(Command):
+    """AUTHENTICATE that answers the server's error continuation with the empty line SASL asks for."""
+
+    transport = None
+    _answered = False
+
+    def flush(self) -> None:
+        if not self._answered and self.transport is not None and any(
+                bytes(ln).startswith(b"+") for ln in self._resp_lines):
+            self._answered = True
+            self.transport.write(b"\r\n")
+
+
+def _sasl_error(lines) -> str:
+    """The JSON of an XOAUTH2 error continuation (``{"status":"401",...}``), decoded for the admin."""
+    for ln in lines:
+        ln = bytes(ln)
+        if ln.startswith(b"+"):
+            try:
+                data = json.loads(base64.b64decode(ln[1:].strip()))
+            except (ValueError, TypeError):
+                return ""
+            return f" (server: {json.dumps(data, sort_keys=True)})" if data else ""
+    return ""
 
 
 def _quote(folder: str) -> str:

@@ -10,7 +10,16 @@ import time
 
 import aiohttp
 
-_cache: dict[str, tuple[str, float]] = {}
+_cache: dict[tuple[str, str, str], tuple[str, float]] = {}
+
+
+def _key(ch) -> tuple[str, str, str]:
+    return (ch.name, ch.oauth2_token_url, ch.oauth2_client_id)
+
+
+def forget(ch) -> None:
+    """Drop the cached access token (the mail server refused it: revoked, or expired early)."""
+    _cache.pop(_key(ch), None)
 
 
 class TokenError(Exception):
@@ -18,7 +27,7 @@ class TokenError(Exception):
 
 
 async def access_token(db, http: aiohttp.ClientSession, ch) -> str:
-    cached = _cache.get(ch.name)
+    cached = _cache.get(_key(ch))
     if cached and cached[1] > time.time() + 60:
         return cached[0]
     stored = await db.read(lambda c: c.execute("SELECT oauth_refresh FROM channels WHERE name=?",
@@ -42,7 +51,7 @@ async def access_token(db, http: aiohttp.ClientSession, ch) -> str:
         err = body.get("error_description") or body.get("error") or f"HTTP {resp.status}"
         raise TokenError(f"token endpoint refused: {err}")
     token = body["access_token"]
-    _cache[ch.name] = (token, time.time() + float(body.get("expires_in", 3600)))
+    _cache[_key(ch)] = (token, time.time() + float(body.get("expires_in", 3600)))
     new_refresh = body.get("refresh_token")
     if new_refresh and new_refresh != refresh:
         await db.write(lambda c: c.execute("UPDATE channels SET oauth_refresh=? WHERE name=?",

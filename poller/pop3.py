@@ -66,8 +66,18 @@ class POP3Session:
         await self.command(f"PASS {password}", "login failed")
 
     async def xoauth2(self, user: str, token: str) -> None:
+        """AUTH XOAUTH2 with an initial response (RFC 5034). A refusal is a ``+`` challenge holding a JSON
+        error, answered with an empty line, then ``-ERR`` with the server's text."""
         blob = base64.b64encode(f"user={user}\x01auth=Bearer {token}\x01\x01".encode()).decode()
-        await self.command(f"AUTH XOAUTH2 {blob}", "XOAUTH2 failed")
+        self.writer.write(f"AUTH XOAUTH2 {blob}\r\n".encode())
+        await self.writer.drain()
+        line = (await self._line()).decode("utf-8", "replace")
+        if line.startswith("+ ") or line == "+":
+            self.writer.write(b"\r\n")
+            await self.writer.drain()
+            line = (await self._line()).decode("utf-8", "replace")
+        if not line.startswith("+OK"):
+            raise MailboxError(f"XOAUTH2 failed: {line}")
 
     async def uidl(self) -> dict[str, int]:
         """{uidl: message number}"""

@@ -13,7 +13,7 @@ from typing import Any, Awaitable, Callable
 import aiohttp
 from prometheus_client import Counter, Gauge
 
-from poller import campaigns, channels, store
+from poller import campaigns, channels, oauth2, store
 from poller.config import ChannelConfig, PollerConfig
 from poller.fetcher import run_once, wait_idle, poll_imap
 from poller.imap import IMAPSession, MailboxError
@@ -156,7 +156,11 @@ class PollerService:
         try:
             if ch.auth == "oauth2":
                 token = await access_token(self.db, self.http, ch)
-                await session.xoauth2(ch.user, token)
+                try:
+                    await session.xoauth2(ch.user, token)
+                except MailboxError:
+                    oauth2.forget(ch)        # the next attempt asks the token endpoint for a fresh one
+                    raise
             else:
                 await session.login(ch.user, ch.password)
         except BaseException:

@@ -34,7 +34,7 @@ mail_uid = nobody
 mail_gid = nogroup
 first_valid_uid = 0
 mail_location = maildir:{mail}/%u/Maildir
-auth_mechanisms = plain login
+auth_mechanisms = plain login{oauth2_mechs}
 auth_failure_delay = 0
 disable_plaintext_auth = no
 ssl = yes
@@ -58,7 +58,7 @@ passdb {{
   driver = passwd-file
   args = scheme=PLAIN username_format=%u {base}/users
 }}
-userdb {{
+{oauth2_passdb}userdb {{
   driver = static
   args = uid=nobody gid=nogroup home={mail}/%u
 }}
@@ -90,9 +90,26 @@ service stats {{
 }}
 """
 
+# Dovecot's oauth2 passdb: XOAUTH2/OAUTHBEARER logins are checked by POSTing the token to an RFC 7662
+# introspection endpoint (tests/peers/oauth2.py); the answer's "username" must be the login name
+OAUTH2_PASSDB = """passdb {{
+  driver = oauth2
+  mechanisms = xoauth2 oauthbearer
+  args = {base}/oauth2.conf.ext
+}}
+"""
+OAUTH2_CONF = """introspection_mode = post
+introspection_url = {url}
+force_introspection = yes
+username_attribute = username
+active_attribute = active
+active_value = true
+"""
+
 
 class Dovecot:
-    def __init__(self, users: dict[str, str] | None = None):
+    def __init__(self, users: dict[str, str] | None = None, oauth2_introspection_url: str = ""):
+        """``oauth2_introspection_url``: also accept XOAUTH2/OAUTHBEARER, checked at that endpoint."""
         self.base = tempfile.mkdtemp(prefix="dc", dir="/tmp")
         os.chmod(self.base, 0o755)
         self.mail = os.path.join(self.base, "mail")
@@ -102,8 +119,14 @@ class Dovecot:
         self.imap_port, self.imaps_port, self.pop3_port = free_port(), free_port(), free_port()
         self.conf = os.path.join(self.base, "dovecot.conf")
         with open(self.conf, "w") as fh:
-            fh.write(CONF.format(base=self.base, mail=self.mail, cert=self.cert, key=self.key,
-                                 imap=self.imap_port, imaps=self.imaps_port, pop3=self.pop3_port))
+            fh.write(CONF.format(
+                base=self.base, mail=self.mail, cert=self.cert, key=self.key, imap=self.imap_port,
+                imaps=self.imaps_port, pop3=self.pop3_port,
+                oauth2_mechs=" xoauth2 oauthbearer" if oauth2_introspection_url else "",
+                oauth2_passdb=OAUTH2_PASSDB.format(base=self.base) if oauth2_introspection_url else ""))
+        if oauth2_introspection_url:
+            with open(os.path.join(self.base, "oauth2.conf.ext"), "w") as fh:
+                fh.write(OAUTH2_CONF.format(url=oauth2_introspection_url))
         open(os.path.join(self.base, "users"), "w").close()
         self.pid: int | None = None
         for user, password in (users or {}).items():
