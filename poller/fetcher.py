@@ -1,11 +1,13 @@
 """One poll of one channel: fetch what is new, store it durably, deliver it, then act on the mailbox.
 
-IMAP: the checkpoint is (channel, folder, UIDVALIDITY, last UID). New mail is ``UID SEARCH last+1:*``,
-fetched with ``BODY.PEEK[]`` (never setting \\Seen, never relying on it: mail a person already read in
+IMAP: the checkpoint is (channel, folder, UIDVALIDITY, last UID). New mail is ``UID FETCH last+1:*
+(RFC822.SIZE)`` (too large: quarantined unfetched), fetched in batches cut by count and bytes with ``BODY.PEEK[]`` (never setting \\Seen, never relying on it: mail a person already read in
 another client is still fetched), stored together with the checkpoint move in one transaction, and only
 then handed to the campaign; \\Seen/move/delete happens after the campaign accepted. A UIDVALIDITY change
-restarts from UID 0 and drops messages already stored under the old UIDVALIDITY (same Message-ID and
-content hash). POP3: messages are tracked by UIDL and deleted only after the campaign accepted.
+restarts from UID 0 and drops messages already stored under an older UIDVALIDITY of the folder (same
+Message-ID and content hash); that check runs on every fetch, so a crash in the middle of a resync cannot
+let the rest of it through as new. POP3: messages are tracked by UIDL and deleted only after the campaign
+accepted.
 
 Crash windows: killed after the store but before delivery -> delivered on restart (same idempotency key);
 after delivery but before the status update -> delivered again with the same key (the target dedupes); after
@@ -40,6 +42,25 @@ class PollResult:
     errors: list[str] = field(default_factory=list)
 
 
+FETCH_BYTES = 16_000_000      # a UID FETCH asks for at most this much (and at most poller.fetch_batch messages)
+
+
+def batches(sizes: dict[int, int], count: int, max_bytes: int) -> list[list[int]]:
+    """Cut the UIDs (ascending) into fetch batches by count and by bytes; a big message goes alone."""
+    out: list[list[int]] = []
+    cur: list[int] = []
+    total = 0
+    for uid, size in sizes.items():
+        if cur and (len(cur) >= count or total + size > max_bytes):
+            out.append(cur)
+            cur, total = [], 0
+        cur.append(uid)
+        total += size
+    if cur:
+        out.append(cur)
+    return out
+
+
 def skip_reason(ch: ChannelConfig, raw: bytes, pcfg: PollerConfig) -> str | None:
     if ch.recipient_only and ch.address:
         try:
@@ -72,7 +93,6 @@ async def fetch_imap_folder(db, session: IMAPSession, ch: ChannelConfig, folder:
                             result: PollResult) -> None:
     uidvalidity = await session.select(folder)
     cp = await db.read(lambda c: store.checkpoint(c, ch.name, folder))
-    dedupe = False
     last_uid = 0
     if cp is not None:
         if cp[0] == uidvalidity:
@@ -80,15 +100,18 @@ async def fetch_imap_folder(db, session: IMAPSession, ch: ChannelConfig, folder:
         else:
             log.warning("channel %s folder %s: UIDVALIDITY changed %s -> %s; resyncing with dedupe",
                         ch.name, folder, cp[0], uidvalidity)
-            dedupe = True
-    uids = await session.uids_after(last_uid)
-    if not uids and cp is None:
+    sizes = await session.sizes_after(last_uid)
+    if not sizes and cp is None:
         await db.write(lambda c: store.set_checkpoint(c, ch.name, folder, uidvalidity, 0))
-    for i in range(0, len(uids), pcfg.fetch_batch):
-        batch = uids[i:i + pcfg.fetch_batch]
-        raws = await session.fetch(batch)
+    for batch in batches(sizes, pcfg.fetch_batch, FETCH_BYTES):
+        wanted = [u for u in batch if sizes[u] <= pcfg.max_message_size]
+        raws = await session.fetch(wanted)
         items = []
         for uid in batch:
+            if sizes[uid] > pcfg.max_message_size:
+                items.append((str(uid), None, f"message of {sizes[uid]} bytes is larger than"
+                                              f" poller.max_message_size ({pcfg.max_message_size}); not fetched"))
+                continue
             raw = raws.get(uid)
             if raw is None:
                 continue            # expunged meanwhile
@@ -99,7 +122,7 @@ async def fetch_imap_folder(db, session: IMAPSession, ch: ChannelConfig, folder:
             items.append((str(uid), raw, None))
         top = batch[-1]
         await db.write(lambda c, items=items, top=top: store.store_fetched(
-            c, ch.name, folder, uidvalidity, items, top, dedupe or cp is not None and cp[0] != uidvalidity))
+            c, ch.name, folder, uidvalidity, items, top, True))
         result.fetched += len(items)
 
 

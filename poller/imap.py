@@ -18,6 +18,7 @@ from aioimaplib.aioimaplib import Command
 
 _UIDVALIDITY = re.compile(rb"\[UIDVALIDITY (\d+)\]")
 _FETCH_UID = re.compile(rb"\bUID (\d+)")
+_FETCH_SIZE = re.compile(rb"\bRFC822\.SIZE (\d+)")
 _LIST_RE = re.compile(rb'^\((?P<flags>[^)]*)\) (?:"[^"]*"|NIL) (?P<name>.+)$')
 
 
@@ -159,19 +160,20 @@ class IMAPSession:
             out.append((name, flags))
         return out
 
-    async def uids_after(self, last_uid: int) -> list[int]:
-        resp = _ok(await self._w(self.client.uid_search(f"UID {last_uid + 1}:*", charset=None)), "UID SEARCH")
-        uids = []
+    async def sizes_after(self, last_uid: int) -> dict[int, int]:
+        """{uid: RFC822.SIZE} of the messages above ``last_uid`` (one round-trip; the sizes let oversized
+        messages be quarantined unfetched and batches be cut by bytes)."""
+        resp = _ok(await self._w(self.client.uid("fetch", f"{last_uid + 1}:*", "(UID RFC822.SIZE)"),
+                                 timeout=self.timeout * 4), "UID FETCH RFC822.SIZE")
+        out: dict[int, int] = {}
         for line in resp.lines:
-            if not isinstance(line, (bytes, bytearray)):
+            if not isinstance(line, (bytes, bytearray)) or b"FETCH" not in line:
                 continue
-            words = bytes(line).split()
-            if words[:1] == [b"SEARCH"]:
-                words = words[1:]
-            if words and all(w.isdigit() for w in words):
-                uids += [int(w) for w in words]
+            uid, size = _FETCH_UID.search(line), _FETCH_SIZE.search(line)
+            if uid and size:
+                out[int(uid.group(1))] = int(size.group(1))
         # "n:*" always includes the highest UID even when it is <= last_uid
-        return sorted(u for u in uids if u > last_uid)
+        return {u: n for u, n in sorted(out.items()) if u > last_uid}
 
     async def fetch(self, uids: list[int]) -> dict[int, bytes]:
         """UID FETCH BODY.PEEK[] (never sets \\Seen) for a batch; returns {uid: raw}."""

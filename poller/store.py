@@ -4,7 +4,9 @@ Life of an inbound row: ``received`` (stored durably, the checkpoint moved past 
 transaction) -> ``delivered`` (the campaign accepted it; the mailbox action is still to do) -> ``done``
 (flagged/moved/deleted on the server). Failures count ``tries`` with a backoff ``next_try_at``; after
 ``poller.max_tries`` the row is ``quarantined`` with its error, visible and retryable, and the channel goes
-on. ``duplicate`` marks a message seen again after a UIDVALIDITY change (same Message-ID and content).
+on. ``duplicate`` marks a message seen again after a UIDVALIDITY change (same Message-ID and content);
+``skipped`` a POP3 message that recipient_only leaves alone; a message larger than
+``poller.max_message_size`` is ``quarantined`` without its content.
 """
 
 from __future__ import annotations
@@ -53,11 +55,13 @@ def store_fetched(conn: sqlite3.Connection, channel: str, folder: str, uidvalidi
         digest = hashlib.sha256(data).hexdigest()
         msgid = message_id_of(data) if raw else None
         status, err = "received", None
-        if skip:
+        if skip == "not-addressed":          # recipient_only (POP3 remembers it by UIDL): not an error
+            status, err = "skipped", skip
+        elif skip:
             status, err = "quarantined", skip
         elif dedupe and conn.execute(
                 "SELECT 1 FROM inbound WHERE channel=? AND sha256=? AND (message_id IS ? OR message_id=?)"
-                " AND uidvalidity<>?", (channel, digest, msgid, msgid, uidvalidity)).fetchone():
+                " AND folder=? AND uidvalidity<>?", (channel, digest, msgid, msgid, folder, uidvalidity)).fetchone():
             status = "duplicate"
         cur = conn.execute(
             "INSERT OR IGNORE INTO inbound(channel, folder, uidvalidity, uid, message_id, sha256, size, raw,"

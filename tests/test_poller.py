@@ -217,6 +217,31 @@ async def test_poison_message_is_quarantined_and_the_rest_flows(dovecot, mailbox
         await svc.stop()
 
 
+async def test_oversized_message_is_quarantined_unfetched_and_uidvalidity_crash_safe(dovecot, mailbox, env):
+    db, tmp = env
+    dovecot.append(mailbox, "pw", msg("big", body="x" * 20_000))
+    dovecot.append(mailbox, "pw", msg("small"))
+    ch = channel(dovecot, mailbox)
+    await setup(db, tmp, ch)
+    svc = service(db, tmp, max_message_size=10_000)
+    await svc.start()
+    try:
+        res = await run_once(db, ch, svc.pcfg, svc.deliver, svc.connect, time.time())
+        assert res.delivered == 1 and b"Subject: small" in maildir(tmp, "support")[0]
+        q = await db.read(lambda c: store.quarantine(c))
+        assert len(q) == 1 and "larger than poller.max_message_size (10000); not fetched" in q[0]["last_error"]
+        assert await db.read(lambda c: c.execute("SELECT raw FROM inbound WHERE id=?", (q[0]["id"],))
+                             .fetchone()[0]) is None
+        # a resync interrupted after its first batch (the checkpoint already carries the new UIDVALIDITY)
+        # still drops the rest of the old messages as duplicates
+        await db.write(lambda c: c.execute("UPDATE checkpoints SET last_uid=0"))
+        await db.write(lambda c: c.execute("UPDATE inbound SET uidvalidity=uidvalidity-1"))
+        res = await run_once(db, ch, svc.pcfg, svc.deliver, svc.connect, time.time())
+        assert res.delivered == 0 and len(maildir(tmp, "support")) == 1
+    finally:
+        await svc.stop()
+
+
 class Receiver:
     """A webhook target that dedupes by Idempotency-Key (as targets are asked to) and can fail on purpose."""
 
