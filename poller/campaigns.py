@@ -9,12 +9,15 @@ result string recorded on the inbound row (file name, HTTP status, queue id).
 from __future__ import annotations
 
 import base64
+import ctypes
+import ctypes.util
 import hashlib
 import hmac
 import json
 import os
 import socket
 import time
+from dataclasses import dataclass
 
 import aiohttp
 from prometheus_client import Counter
@@ -27,6 +30,14 @@ from relay.smtpdata import has_bare_cr_or_lf, normalize_eol
 
 WEBHOOK_DELIVERIES = Counter("relaybox_poller_webhook_deliveries", "Campaign webhook POSTs by result",
                              ["campaign", "result"])
+
+
+_HOST = socket.gethostname()
+try:
+    _libc: ctypes.CDLL | None = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    _libc.syncfs.argtypes = [ctypes.c_int]
+except (OSError, AttributeError):
+    _libc = None
 
 
 class TargetError(Exception):
@@ -42,7 +53,7 @@ def document(view: MessageView, *, inbound_id: int, channel: str, campaign: str,
             item["content_base64"] = base64.b64encode(data).decode()
         atts.append(item)
     headers = []
-    for k, v in view.msg.items():
+    for k, v in view.head.items():
         try:
             headers.append([k, str(v)])
         except Exception:  # noqa: BLE001 - keep the raw text of a malformed header
@@ -86,31 +97,72 @@ def maildir_path(c: CampaignConfig, root: str) -> str:
     return c.path or os.path.join(root, c.name)
 
 
-def deliver_maildir(c: CampaignConfig, raw: bytes, inbound_id: int, root: str,
-                    sync_dir: bool = True) -> tuple[str, str]:
-    """tmp/ + fsync + rename into new/ (the Maildir protocol); returns (file name, new/ directory).
-    The name holds the inbound id, so a redelivery of the same message finds it already there instead of
-    writing a copy. With ``sync_dir=False`` the caller fsyncs new/ once per batch (``fsync_dirs``)."""
+def deliver_maildir(c: CampaignConfig, raw: bytes, inbound_id: int, root: str) -> tuple[str, str]:
+    """One message, durable on return: stage + publish (see below); returns (file name, new/ directory)."""
+    staged = stage_maildir(c, raw, inbound_id, root)
+    publish_maildir([staged])
+    return staged.name, staged.newdir
+
+
+@dataclass
+class Staged:
+    """A message written to a Maildir's tmp/ (not yet synced): ``publish_maildir`` makes it visible."""
+    name: str
+    newdir: str
+    tmp: str | None          # None: a redelivery found it already delivered
+
+
+def stage_maildir(c: CampaignConfig, raw: bytes, inbound_id: int, root: str) -> Staged:
+    """Write the message into tmp/ under a name holding the inbound id (so a redelivery of the same
+    message finds it already there instead of writing a copy). Nothing is synced yet."""
     base = maildir_path(c, root)
     newdir = os.path.join(base, "new")
-    for sub in ("tmp", "new", "cur"):
-        os.makedirs(os.path.join(base, sub), exist_ok=True)
-    name = f"relaybox-{inbound_id}.{socket.gethostname()}"
-    if os.path.exists(os.path.join(newdir, name)) or any(
-            f.startswith(name) for f in _listdir(os.path.join(base, "cur"))):
-        return name, newdir
-    tmp = os.path.join(base, "tmp", f"{name}.{os.getpid()}")
+    name = f"relaybox-{inbound_id}.{_HOST}"
     try:
+        for sub in ("tmp", "new", "cur"):
+            os.makedirs(os.path.join(base, sub), exist_ok=True)
+        if os.path.exists(os.path.join(newdir, name)) or any(
+                f.startswith(name) for f in _listdir(os.path.join(base, "cur"))):
+            return Staged(name, newdir, None)
+        tmp = os.path.join(base, "tmp", f"{name}.{os.getpid()}")
         with open(tmp, "wb") as fh:
             fh.write(raw)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.rename(tmp, os.path.join(newdir, name))
-        if sync_dir:
-            fsync_dirs([newdir])
     except OSError as exc:
         raise TargetError(f"maildir {base}: {exc}") from exc
-    return name, newdir
+    return Staged(name, newdir, tmp)
+
+
+def publish_maildir(items: list[Staged]) -> None:
+    """Make staged messages durable and visible, for a whole batch at once: one syncfs() per file system
+    (instead of one fsync per message: 7 ms each here), then the renames into new/, then one fsync per
+    new/ directory. Only after this returns may their acceptance be committed."""
+    todo = [s for s in items if s.tmp is not None]
+    if not todo:
+        return
+    synced: set[int] = set()
+    for s in todo:
+        dev = os.stat(s.tmp).st_dev
+        if dev not in synced:
+            _syncfs_or_fsync(s.tmp, [t.tmp for t in todo if os.stat(t.tmp).st_dev == dev])
+            synced.add(dev)
+    for s in todo:
+        os.rename(s.tmp, os.path.join(s.newdir, s.name))
+    fsync_dirs({s.newdir for s in todo})
+
+
+def _syncfs_or_fsync(probe: str, paths: list[str]) -> None:
+    fd = os.open(probe, os.O_RDONLY)
+    try:
+        if _libc is not None and _libc.syncfs(fd) == 0:
+            return
+    finally:
+        os.close(fd)
+    for path in paths:                     # no syncfs(): one fsync per file
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def fsync_dirs(dirs) -> None:

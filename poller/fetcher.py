@@ -21,9 +21,9 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
-from poller import store
+from poller import campaigns, store
 from poller.config import ChannelConfig, PollerConfig
-from poller.imap import IMAPSession, MailboxError
+from poller.imap import IMAPSession, MailboxError, uid_set
 from poller.pop3 import POP3Session
 from poller.router import MessageView, addressed_to
 
@@ -90,7 +90,9 @@ async def imap_folders(session: IMAPSession, ch: ChannelConfig) -> list[str]:
 
 
 async def fetch_imap_folder(db, session: IMAPSession, ch: ChannelConfig, folder: str, pcfg: PollerConfig,
-                            result: PollResult) -> None:
+                            result: PollResult, after_batch: Callable[[], Awaitable[None]] | None = None) -> None:
+    """Fetch what is new in ``folder`` batch by batch; each batch is stored (with the checkpoint) and then
+    ``after_batch`` delivers it, so a big backlog flows to the campaign while it is still being fetched."""
     uidvalidity = await session.select(folder)
     cp = await db.read(lambda c: store.checkpoint(c, ch.name, folder))
     last_uid = 0
@@ -105,6 +107,8 @@ async def fetch_imap_folder(db, session: IMAPSession, ch: ChannelConfig, folder:
         await db.write(lambda c: store.set_checkpoint(c, ch.name, folder, uidvalidity, 0))
     for batch in batches(sizes, pcfg.fetch_batch, FETCH_BYTES):
         wanted = [u for u in batch if sizes[u] <= pcfg.max_message_size]
+        if await session.ensure_selected(folder) != uidvalidity:      # after_batch may have selected another
+            raise MailboxError(f"{folder}: UIDVALIDITY changed during the fetch")
         raws = await session.fetch(wanted)
         items = []
         for uid in batch:
@@ -124,22 +128,8 @@ async def fetch_imap_folder(db, session: IMAPSession, ch: ChannelConfig, folder:
         await db.write(lambda c, items=items, top=top: store.store_fetched(
             c, ch.name, folder, uidvalidity, items, top, True))
         result.fetched += len(items)
-
-
-def uid_set(uids: list[int]) -> str:
-    """[1,2,3,7,9,10] -> "1:3,7,9:10" (one short command for a whole batch)."""
-    out, start, prev = [], None, None
-    for u in sorted(uids):
-        if start is None:
-            start = prev = u
-        elif u == prev + 1:
-            prev = u
-        else:
-            out.append(f"{start}:{prev}" if prev != start else str(start))
-            start = prev = u
-    if start is not None:
-        out.append(f"{start}:{prev}" if prev != start else str(start))
-    return ",".join(out)
+        if after_batch is not None:
+            await after_batch()
 
 
 async def imap_actions(session: IMAPSession, ch: ChannelConfig, folder: str, uids: list[int]) -> None:
@@ -154,34 +144,48 @@ async def imap_actions(session: IMAPSession, ch: ChannelConfig, folder: str, uid
 
 
 async def process_pending(db, ch: ChannelConfig, deliver: Deliver, act: Callable[[list[dict]], Awaitable[list]],
-                          result: PollResult, now: float, flush: Callable[[], Awaitable[None]]) -> None:
-    """Deliver stored rows to their campaign, then act on the mailbox, in batches: each batch's campaign
-    results commit in one transaction (after ``flush`` made the targets durable, e.g. Maildir directory
-    fsync), and its mailbox actions go out as one command per folder."""
+                          result: PollResult, now: float, flush: Callable[[], Awaitable[None]],
+                          parallel: int = 1) -> None:
+    """Deliver stored rows to their campaign, then act on the mailbox, in batches: up to ``parallel``
+    deliveries run at once; each batch's campaign results commit in one transaction (after ``flush`` made
+    the targets durable, e.g. Maildir directory fsync), and its mailbox actions go out as one command per
+    folder. Slow targets (webhooks) record each acceptance at once, so a crash repeats only what was in
+    flight."""
     seen: set[int] = set()
+    sem = asyncio.Semaphore(max(1, parallel))
     while True:
         rows = [r for r in await db.read(lambda c: store.pending(c, ch.name, now, limit=100)) if r["id"] not in seen]
         if not rows:
             return
-        commits, to_act = [], []
-        for row in rows:
-            seen.add(row["id"])
-            if row["status"] == "received":
-                raw = await db.read(lambda c, i=row["id"]: store.raw_of(c, i))
-                if raw is None:
-                    continue
-                commit = await deliver(ch, row["id"], raw)
-                if commit is None:
-                    continue
-                result.delivered += 1
-                if getattr(commit, "immediate", False):   # slow targets (webhooks): record each at once
+        seen.update(r["id"] for r in rows)
+        ids = [r["id"] for r in rows if r["status"] == "received"]
+        raws = await db.read(lambda c: {i: store.raw_of(c, i) for i in ids}) if ids else {}
+
+        async def one(row: dict):
+            async with sem:
+                commit = await deliver(ch, row["id"], raws[row["id"]])
+                if commit is not None and getattr(commit, "immediate", False):
                     await db.write(commit)
-                else:
-                    commits.append(commit)
-            to_act.append(row)
+                    return "recorded"
+                return commit
+
+        delivering = [r for r in rows if raws.get(r["id"]) is not None]
+        outcomes = await asyncio.gather(*(one(r) for r in delivering))
+        commits = [c for c in outcomes if c is not None and c != "recorded"]
+        result.delivered += sum(1 for c in outcomes if c is not None)
+        to_act = [r for r in rows if r["status"] == "delivered"]
+        to_act += [r for r, c in zip(delivering, outcomes) if c is not None]
         if commits:
-            await flush()
-            await db.write(lambda c: [fn(c) for fn in commits])
+            staged = [fn.staged for fn in commits if getattr(fn, "staged", None) is not None]
+            try:
+                if staged:                  # Maildir files: synced and renamed into new/ before the commit
+                    await asyncio.to_thread(campaigns.publish_maildir, staged)
+                await flush()
+            except OSError as exc:
+                result.errors.append(f"maildir: {exc}")
+                commits = []                # not accepted: delivered again next time (same file names)
+            if commits:
+                await db.write(lambda c: [fn(c) for fn in commits])
         if to_act:
             try:
                 done = await act(to_act)
@@ -199,8 +203,7 @@ async def _no_flush() -> None:
 async def poll_imap(db, session: IMAPSession, ch: ChannelConfig, pcfg: PollerConfig, deliver: Deliver,
                     now: float, flush: Callable[[], Awaitable[None]] = _no_flush) -> PollResult:
     result = PollResult()
-    for folder in await imap_folders(session, ch):
-        await fetch_imap_folder(db, session, ch, folder, pcfg, result)
+
     async def act(rows: list[dict]) -> list[dict]:
         done: list[dict] = []
         by_folder: dict[str, list[dict]] = {}
@@ -214,7 +217,12 @@ async def poll_imap(db, session: IMAPSession, ch: ChannelConfig, pcfg: PollerCon
             done += items         # rows of an old UIDVALIDITY: the server renumbered them, nothing to do
         return done
 
-    await process_pending(db, ch, deliver, act, result, now, flush)
+    async def deliver_stored() -> None:
+        await process_pending(db, ch, deliver, act, result, now, flush, pcfg.parallel_deliveries)
+
+    for folder in await imap_folders(session, ch):
+        await fetch_imap_folder(db, session, ch, folder, pcfg, result, deliver_stored)
+    await deliver_stored()             # retries that are due, and rows left by a crash
     return result
 
 
@@ -242,7 +250,7 @@ async def poll_pop3(db, session: POP3Session, ch: ChannelConfig, pcfg: PollerCon
                 await session.dele(listing[row["uid"]])
         return rows
 
-    await process_pending(db, ch, deliver, act, result, now, flush)
+    await process_pending(db, ch, deliver, act, result, now, flush, pcfg.parallel_deliveries)
     return result
 
 

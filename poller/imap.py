@@ -19,6 +19,7 @@ from aioimaplib.aioimaplib import Command
 _UIDVALIDITY = re.compile(rb"\[UIDVALIDITY (\d+)\]")
 _FETCH_UID = re.compile(rb"\bUID (\d+)")
 _FETCH_SIZE = re.compile(rb"\bRFC822\.SIZE (\d+)")
+SIZE_CHUNK = 500
 _LIST_RE = re.compile(rb'^\((?P<flags>[^)]*)\) (?:"[^"]*"|NIL) (?P<name>.+)$')
 
 
@@ -160,27 +161,43 @@ class IMAPSession:
             out.append((name, flags))
         return out
 
-    async def sizes_after(self, last_uid: int) -> dict[int, int]:
-        """{uid: RFC822.SIZE} of the messages above ``last_uid`` (one round-trip; the sizes let oversized
-        messages be quarantined unfetched and batches be cut by bytes)."""
-        resp = _ok(await self._w(self.client.uid("fetch", f"{last_uid + 1}:*", "(UID RFC822.SIZE)"),
-                                 timeout=self.timeout * 4), "UID FETCH RFC822.SIZE")
-        out: dict[int, int] = {}
+    async def uids_after(self, last_uid: int) -> list[int]:
+        resp = _ok(await self._w(self.client.uid_search(f"UID {last_uid + 1}:*", charset=None)), "UID SEARCH")
+        uids = []
         for line in resp.lines:
-            if not isinstance(line, (bytes, bytearray)) or b"FETCH" not in line:
+            if not isinstance(line, (bytes, bytearray)):
                 continue
-            uid, size = _FETCH_UID.search(line), _FETCH_SIZE.search(line)
-            if uid and size:
-                out[int(uid.group(1))] = int(size.group(1))
+            words = bytes(line).split()
+            if words[:1] == [b"SEARCH"]:
+                words = words[1:]
+            if words and all(w.isdigit() for w in words):
+                uids += [int(w) for w in words]
         # "n:*" always includes the highest UID even when it is <= last_uid
-        return {u: n for u, n in sorted(out.items()) if u > last_uid}
+        return sorted(u for u in uids if u > last_uid)
+
+    async def sizes_after(self, last_uid: int) -> dict[int, int]:
+        """{uid: RFC822.SIZE} of the messages above ``last_uid`` (the sizes let oversized messages be
+        quarantined unfetched and batches be cut by bytes). Asked SIZE_CHUNK UIDs at a time: aioimaplib
+        recurses once per response line it receives in one read, and a few thousand lines overflow the
+        stack."""
+        uids = await self.uids_after(last_uid)
+        out: dict[int, int] = {}
+        for i in range(0, len(uids), SIZE_CHUNK):
+            chunk = uid_set(uids[i:i + SIZE_CHUNK])
+            resp = _ok(await self._w(self.client.uid("fetch", chunk, "(UID RFC822.SIZE)")), "UID FETCH RFC822.SIZE")
+            for line in resp.lines:
+                if not isinstance(line, (bytes, bytearray)) or b"FETCH" not in line:
+                    continue
+                uid, size = _FETCH_UID.search(line), _FETCH_SIZE.search(line)
+                if uid and size:
+                    out[int(uid.group(1))] = int(size.group(1))
+        return {u: out[u] for u in uids if u in out}      # expunged meanwhile: absent
 
     async def fetch(self, uids: list[int]) -> dict[int, bytes]:
         """UID FETCH BODY.PEEK[] (never sets \\Seen) for a batch; returns {uid: raw}."""
         if not uids:
             return {}
-        uid_set = ",".join(str(u) for u in uids)
-        resp = _ok(await self._w(self.client.uid("fetch", uid_set, "(UID BODY.PEEK[])"),
+        resp = _ok(await self._w(self.client.uid("fetch", uid_set(uids), "(UID BODY.PEEK[])"),
                                  timeout=self.timeout * 4), "UID FETCH")
         out: dict[int, bytes] = {}
         current = None
@@ -278,6 +295,22 @@ def _sasl_error(lines) -> str:
                 return ""
             return f" (server: {json.dumps(data, sort_keys=True)})" if data else ""
     return ""
+
+
+def uid_set(uids: list[int]) -> str:
+    """[1,2,3,7,9,10] -> "1:3,7,9:10" (one short command for a whole batch)."""
+    out, start, prev = [], None, None
+    for u in sorted(uids):
+        if start is None:
+            start = prev = u
+        elif u == prev + 1:
+            prev = u
+        else:
+            out.append(f"{start}:{prev}" if prev != start else str(start))
+            start = prev = u
+    if start is not None:
+        out.append(f"{start}:{prev}" if prev != start else str(start))
+    return ",".join(out)
 
 
 def _quote(folder: str) -> str:

@@ -8,6 +8,8 @@ to quarantine with that reason.
 from __future__ import annotations
 
 import email
+import email.message
+import email.parser
 import email.policy
 import email.utils
 import re
@@ -24,22 +26,34 @@ class MessageView:
     def __init__(self, raw: bytes):
         if not raw or not raw.strip():
             raise ParseError("empty message")
-        try:
-            self.msg = email.message_from_bytes(raw, policy=email.policy.default)
+        try:          # headers only: routing by sender/subject/to needs no MIME walk of a 200 KB body
+            self.head = email.parser.BytesParser(policy=email.policy.default).parsebytes(_header_block(raw),
+                                                                                        headersonly=True)
         except Exception as exc:  # noqa: BLE001 - email raises many types on hostile input
             raise ParseError(f"cannot parse message: {exc}") from None
-        if not self.msg.keys():
+        if not self.head.keys():
             raise ParseError("no header fields: not an RFC 5322 message")
         self.raw = raw
+        self._msg: email.message.EmailMessage | None = None
         self._text: str | None = None
         self._html: str | None = None
 
+    @property
+    def msg(self):
+        """The fully parsed message (bodies, attachments), parsed on first use."""
+        if self._msg is None:
+            try:
+                self._msg = email.message_from_bytes(self.raw, policy=email.policy.default)
+            except Exception as exc:  # noqa: BLE001
+                raise ParseError(f"cannot parse message: {exc}") from None
+        return self._msg
+
     def header(self, name: str) -> str:
         try:
-            values = self.msg.get_all(name) or []
+            values = self.head.get_all(name) or []
             return ", ".join(str(v) for v in values)
         except Exception:  # noqa: BLE001 - a malformed header reads as its raw text
-            return ", ".join(str(v) for v in self.msg._headers if v[0].lower() == name.lower())  # type: ignore
+            return ", ".join(str(v[1]) for v in self.head._headers if v[0].lower() == name.lower())  # type: ignore
 
     def addresses(self, *names: str) -> list[str]:
         out = []
@@ -106,6 +120,13 @@ class MessageView:
         if name.startswith("header:"):
             return self.header(name.split(":", 1)[1])
         return ""
+
+
+def _header_block(raw: bytes) -> bytes:
+    """The header section (up to the first empty line): the parser reads all it is given, even with
+    headersonly=True."""
+    ends = [i for i in (raw.find(b"\r\n\r\n"), raw.find(b"\n\n")) if i >= 0]
+    return raw[:min(ends) + 1] + b"\n" if ends else raw
 
 
 @dataclass

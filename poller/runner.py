@@ -41,7 +41,7 @@ class PollerService:
         self.state: dict[str, dict] = {}
         self.http: aiohttp.ClientSession | None = None
         self._watch: asyncio.Task | None = None
-        self._dirty_dirs: set[str] = set()
+        self._campaigns: dict[str, tuple[Any, float]] = {}
 
     # ---- lifecycle ---------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -94,8 +94,7 @@ class PollerService:
                 if ch.protocol == "imap" and ch.idle:
                     await self._imap_persistent(ch, st)
                 else:
-                    res = await run_once(self.db, ch, self.pcfg, self.deliver, self.connect, time.time(),
-                                         self.flush)
+                    res = await run_once(self.db, ch, self.pcfg, self.deliver, self.connect, time.time())
                     await self._success(ch, st, res)
                     await asyncio.sleep(ch.poll_interval)
                 backoff = 5.0
@@ -115,7 +114,7 @@ class PollerService:
         session = await self.connect(ch)
         try:
             while True:
-                res = await poll_imap(self.db, session, ch, self.pcfg, self.deliver, time.time(), self.flush)
+                res = await poll_imap(self.db, session, ch, self.pcfg, self.deliver, time.time())
                 await self._success(ch, st, res)
                 fresh = await self.db.read(lambda c: channels.get_channel(c, ch.name))
                 if fresh != ch:
@@ -184,7 +183,7 @@ class PollerService:
                 await self._quarantine(ch, inbound_id, f"unparsable: {exc}", final=True)
                 return None
             r = route(ch.filters, ch.default_campaign, view)
-            camp = await self.db.read(lambda c: channels.get_campaign(c, r.campaign))
+            camp = await self._campaign(r.campaign)
             if camp is None:
                 raise campaigns.TargetError(f"campaign {r.campaign!r} does not exist")
             commit = await self._to_campaign(ch, camp, inbound_id, raw, view, r.filter_index)
@@ -198,12 +197,26 @@ class PollerService:
             await self._quarantine(ch, inbound_id, f"{type(exc).__name__}: {exc}")
             return None
 
+    async def _campaign(self, name: str):
+        """The campaign's settings, read at most once a second (not once per message of a backlog)."""
+        hit = self._campaigns.get(name)
+        now = time.monotonic()
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        camp = await self.db.read(lambda c: channels.get_campaign(c, name))
+        self._campaigns[name] = (camp, now + 1.0)
+        return camp
+
     async def _to_campaign(self, ch, camp, inbound_id, raw, view, filter_index):
         if camp.kind == "maildir":
-            name, directory = await asyncio.to_thread(campaigns.deliver_maildir, camp, raw, inbound_id,
-                                                      self.pcfg.maildir_root, False)
-            self._dirty_dirs.add(directory)
-            return lambda c: store.mark_delivered(c, inbound_id, camp.name, filter_index, name)
+            staged = await asyncio.to_thread(campaigns.stage_maildir, camp, raw, inbound_id,
+                                             self.pcfg.maildir_root)
+
+            def published(c):
+                store.mark_delivered(c, inbound_id, camp.name, filter_index, staged.name)
+
+            published.staged = staged   # type: ignore[attr-defined] - process_pending publishes the batch first
+            return published
         if camp.kind == "webhook":
             doc = campaigns.document(view, inbound_id=inbound_id, channel=ch.name, campaign=camp.name,
                                      filter_index=filter_index, attachments=camp.attachments)
@@ -223,13 +236,6 @@ class PollerService:
             store.mark_delivered(c, inbound_id, camp.name, filter_index, f"queued as {qid}")
 
         return _atomic
-
-    async def flush(self) -> None:
-        """Make this batch's Maildir renames durable (one directory fsync per campaign, not per message)
-        before their acceptance is committed."""
-        dirs, self._dirty_dirs = self._dirty_dirs, set()
-        if dirs:
-            await asyncio.to_thread(campaigns.fsync_dirs, dirs)
 
     async def _quarantine(self, ch: ChannelConfig, inbound_id: int, error: str, final: bool = False) -> None:
         max_tries = 1 if final else self.pcfg.max_tries
