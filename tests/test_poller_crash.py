@@ -64,7 +64,7 @@ def test_kill_9_mid_fetch_and_webhook(tmp_path):
             dc.append(USER, "pw", f"Subject: ticket {i}\r\nMessage-ID: <t{i}@c.test>\r\n\r\nbody {i}\r\n".encode())
         relay = RelayboxProcess(str(tmp_path), {
             "delivery": {"enabled": False},
-            "poller": {"fetch_batch": 5, "retry_first": 0.5},
+            "poller": {"fetch_batch": 5, "retry_first": 0.5, "parallel_deliveries": 4},
             "[[campaigns]]": [{"name": "desk", "kind": "webhook", "url": f"http://127.0.0.1:{rec.port}/hook"}],
             "[[channels]]": [{"name": "desk", "host": "127.0.0.1", "port": dc.imap_port, "tls": "none",
                               "user": USER, "password": "pw", "address": USER, "default_campaign": "desk",
@@ -85,7 +85,7 @@ def test_kill_9_mid_fetch_and_webhook(tmp_path):
         assert relay.stop() == 0
         subjects = sorted(rec.by_key.values(), key=lambda s: int(s.split()[1]))
         assert subjects == [f"ticket {i}" for i in range(50)]      # every message once per key, none lost
-        # redeliveries carry the same key; only POSTs in flight at a kill can repeat
-        assert rec.posts - len(rec.by_key) <= 2 * 5
+        # redeliveries carry the same key; only POSTs in flight at a kill (4 at most) can repeat
+        assert rec.posts - len(rec.by_key) <= 2 * 4
     finally:
         dc.stop()
