@@ -242,6 +242,40 @@ async def test_oversized_message_is_quarantined_unfetched_and_uidvalidity_crash_
         await svc.stop()
 
 
+async def test_one_failing_channel_never_stops_the_others(dovecot, mailbox, env):
+    """Three channels in one running service: a dead port, a certificate that does not match, and a good
+    one over STARTTLS. The good one delivers (Dovecot's log shows its login went over TLS); the others
+    record their errors and keep retrying."""
+    db, tmp = env
+    good = channel(dovecot, mailbox, name="good", idle=False)
+    dead = channel(dovecot, mailbox, name="dead", port=free_port(), idle=False)
+    spoof = channel(dovecot, mailbox, name="spoof", server_name="mail.example.net", idle=False)
+    camps = [CampaignConfig("support")]
+    await db.write(lambda c: channels.seed(c, camps, [good, dead, spoof]))
+    svc = service(db, tmp, enabled=True)
+    await svc.start()
+    try:
+        dovecot.append(mailbox, "pw", msg("still flowing"))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not maildir(tmp, "support"):
+            await asyncio.sleep(0.1)
+        assert b"Subject: still flowing" in maildir(tmp, "support")[0]
+        while time.monotonic() < deadline and not all(
+                r["last_error"] for r in await db.read(channels.list_channels) if r["name"] != "good"):
+            await asyncio.sleep(0.1)
+        rows = {r["name"]: r for r in await db.read(channels.list_channels)}
+        assert rows["good"]["last_error"] is None and rows["good"]["routed"] == 1
+        assert "cannot connect" in rows["dead"]["last_error"]
+        assert "certificate" in rows["spoof"]["last_error"].lower()
+        status = {s["name"]: s for s in svc.status()}
+        assert status["good"]["up"] and not status["dead"]["up"] and not status["spoof"]["up"]
+        assert all(s["running"] for s in status.values())            # failing channels keep retrying
+        logins = [ln for ln in dovecot.log().splitlines() if f"Login: user=<{mailbox}>" in ln]
+        assert any(ln.rstrip().endswith("TLS") or ", TLS," in ln for ln in logins), logins
+    finally:
+        await svc.stop()
+
+
 class Receiver:
     """A webhook target that dedupes by Idempotency-Key (as targets are asked to) and can fail on purpose."""
 
