@@ -276,6 +276,35 @@ async def test_one_failing_channel_never_stops_the_others(dovecot, mailbox, env)
         await svc.stop()
 
 
+async def test_bounce_channel_hands_messages_to_the_bounce_sink(dovecot, mailbox, env):
+    db, tmp = env
+    got: list[tuple[bytes, str]] = []
+    fail = {"left": 1}
+
+    async def sink(raw: bytes, *, raw_ref: str | None = None):
+        if fail["left"]:
+            fail["left"] -= 1
+            raise RuntimeError("bounce parser unavailable")
+        got.append((raw, raw_ref))
+
+    dovecot.append(mailbox, "pw", msg("Undelivered Mail Returned to Sender", frm="MAILER-DAEMON@org.test"))
+    ch = channel(dovecot, mailbox, purpose="bounces", default_campaign="")
+    await db.write(lambda c: channels.seed(c, [], [ch]))
+    settings = parse({"poller": {"enabled": False, "retry_first": 0.0, "maildir_root": str(tmp / "m")}})
+    svc = PollerService(db, settings, bounce_sink=sink)
+    await svc.start()
+    try:
+        first = await run_once(db, ch, svc.pcfg, svc.deliver, svc.connect, time.time())
+        assert first.delivered == 0 and dovecot.uids(mailbox, "pw", criteria="UNSEEN") != []   # not yet
+        again = await run_once(db, ch, svc.pcfg, svc.deliver, svc.connect, time.time())
+        assert again.delivered == 1 and len(got) == 1
+        raw, ref = got[0]
+        assert b"Undelivered Mail" in raw and ref.startswith("inbound:")
+        assert dovecot.uids(mailbox, "pw", criteria="UNSEEN") == []
+    finally:
+        await svc.stop()
+
+
 class Receiver:
     """A webhook target that dedupes by Idempotency-Key (as targets are asked to) and can fail on purpose."""
 
