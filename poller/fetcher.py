@@ -228,21 +228,12 @@ async def poll_imap(db, session: IMAPSession, ch: ChannelConfig, pcfg: PollerCon
 
 async def poll_pop3(db, session: POP3Session, ch: ChannelConfig, pcfg: PollerConfig, deliver: Deliver,
                     now: float, flush: Callable[[], Awaitable[None]] = _no_flush) -> PollResult:
+    """UIDL tells what is new; messages are RETRieved and stored ``fetch_batch`` at a time (one commit),
+    each batch delivered before the next is fetched; DELE only after acceptance (committed at QUIT)."""
     result = PollResult()
     listing = await session.uidl()
     known = await db.read(lambda c: store.seen_uidls(c, ch.name))
-    for uidl, num in listing.items():
-        if uidl in known:
-            continue
-        raw = await session.retr(num)
-        if skip_reason(ch, raw, pcfg) == "not-addressed":
-            result.skipped += 1
-            await db.write(lambda c, u=uidl: store.store_fetched(c, ch.name, "POP3", 0, [(u, None, "not-addressed")],
-                                                                  None, False))
-            continue
-        await db.write(lambda c, u=uidl, r=raw: store.store_fetched(c, ch.name, "POP3", 0, [(u, r, None)], None,
-                                                                     False))
-        result.fetched += 1
+    sizes = await session.sizes() if any(u not in known for u in listing) else {}
 
     async def act(rows: list[dict]) -> list[dict]:
         for row in rows:
@@ -250,7 +241,29 @@ async def poll_pop3(db, session: POP3Session, ch: ChannelConfig, pcfg: PollerCon
                 await session.dele(listing[row["uid"]])
         return rows
 
-    await process_pending(db, ch, deliver, act, result, now, flush, pcfg.parallel_deliveries)
+    async def store_and_deliver(items: list) -> None:
+        await db.write(lambda c: store.store_fetched(c, ch.name, "POP3", 0, items, None, False))
+        await process_pending(db, ch, deliver, act, result, now, flush, pcfg.parallel_deliveries)
+
+    items: list[tuple[str, bytes | None, str | None]] = []
+    for uidl, num in listing.items():
+        if uidl in known:
+            continue
+        if sizes.get(num, 0) > pcfg.max_message_size:
+            items.append((uidl, None, f"message of {sizes[num]} bytes is larger than poller.max_message_size"
+                                      f" ({pcfg.max_message_size}); not fetched"))
+            continue
+        raw = await session.retr(num)
+        if skip_reason(ch, raw, pcfg) == "not-addressed":
+            result.skipped += 1
+            items.append((uidl, None, "not-addressed"))
+        else:
+            items.append((uidl, raw, None))
+            result.fetched += 1
+        if len(items) >= pcfg.fetch_batch:
+            await store_and_deliver(items)
+            items = []
+    await store_and_deliver(items)     # the rest, plus retries that are due
     return result
 
 

@@ -88,6 +88,15 @@ class POP3Session:
             out[uid.strip()] = int(num)
         return out
 
+    async def sizes(self) -> dict[int, int]:
+        """{message number: octets} (LIST)."""
+        await self.command("LIST")
+        out = {}
+        for line in await self._multiline():
+            num, _, size = line.decode("ascii", "replace").partition(" ")
+            out[int(num)] = int(size.split()[0])
+        return out
+
     async def retr(self, num: int) -> bytes:
         await self.command(f"RETR {num}")
         return b"\r\n".join(await self._multiline()) + b"\r\n"

@@ -186,14 +186,19 @@ async def test_pop3_deletes_only_after_campaign_accepted(dovecot, mailbox, env):
     db, tmp = env
     dovecot.append(mailbox, "pw", msg("pop one"))
     dovecot.append(mailbox, "pw", msg("pop two"))
+    dovecot.append(mailbox, "pw", msg("pop too big", body="y" * 20_000))
     ch = channel(dovecot, mailbox, protocol="pop3", port=dovecot.pop3_port, tls="starttls", after="delete")
     await setup(db, tmp, ch)
-    svc = service(db, tmp)
+    svc = service(db, tmp, max_message_size=10_000)
     await svc.start()
     try:
         res = await run_once(db, ch, svc.pcfg, svc.deliver, svc.connect, time.time())
         assert res.delivered == 2 and len(maildir(tmp, "support")) == 2
-        assert dovecot.uids(mailbox, "pw") == []
+        assert len(dovecot.uids(mailbox, "pw")) == 1                 # the oversized one stays on the server
+        q = await db.read(lambda c: store.quarantine(c))
+        assert len(q) == 1 and "not fetched" in q[0]["last_error"]
+        again = await run_once(db, ch, svc.pcfg, svc.deliver, svc.connect, time.time())
+        assert (again.fetched, again.delivered) == (0, 0)
     finally:
         await svc.stop()
 
