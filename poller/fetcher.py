@@ -158,23 +158,24 @@ async def process_pending(db, ch: ChannelConfig, deliver: Deliver, act: Callable
         if not rows:
             return
         seen.update(r["id"] for r in rows)
-        ids = [r["id"] for r in rows if r["status"] == "received"]
-        raws = await db.read(lambda c: {i: store.raw_of(c, i) for i in ids}) if ids else {}
 
         async def one(row: dict):
-            async with sem:
-                commit = await deliver(ch, row["id"], raws[row["id"]])
+            async with sem:           # at most `parallel` message bodies in memory
+                raw = await db.read(lambda c: store.raw_of(c, row["id"]))
+                if raw is None:
+                    return None
+                commit = await deliver(ch, row["id"], raw)
                 if commit is not None and getattr(commit, "immediate", False):
                     await db.write(commit)
                     return "recorded"
                 return commit
 
-        delivering = [r for r in rows if raws.get(r["id"]) is not None]
+        delivering = [r for r in rows if r["status"] == "received"]
         outcomes = await asyncio.gather(*(one(r) for r in delivering))
         commits = [c for c in outcomes if c is not None and c != "recorded"]
         result.delivered += sum(1 for c in outcomes if c is not None)
         to_act = [r for r in rows if r["status"] == "delivered"]
-        to_act += [r for r, c in zip(delivering, outcomes) if c is not None]
+        to_act += [r for r, c in zip(delivering, outcomes, strict=True) if c is not None]
         if commits:
             staged = [fn.staged for fn in commits if getattr(fn, "staged", None) is not None]
             try:
@@ -185,7 +186,7 @@ async def process_pending(db, ch: ChannelConfig, deliver: Deliver, act: Callable
                 result.errors.append(f"maildir: {exc}")
                 commits = []                # not accepted: delivered again next time (same file names)
             if commits:
-                await db.write(lambda c: [fn(c) for fn in commits])
+                await db.write(lambda c, commits=commits: [fn(c) for fn in commits])
         if to_act:
             try:
                 done = await act(to_act)
@@ -193,7 +194,7 @@ async def process_pending(db, ch: ChannelConfig, deliver: Deliver, act: Callable
                 result.errors.append(f"mailbox action: {exc}")
                 done = []
             if done:
-                await db.write(lambda c: [store.mark_done(c, r["id"]) for r in done])
+                await db.write(lambda c, done=done: [store.mark_done(c, r["id"]) for r in done])
 
 
 async def _no_flush() -> None:
@@ -210,7 +211,7 @@ async def poll_imap(db, session: IMAPSession, ch: ChannelConfig, pcfg: PollerCon
         for row in rows:
             by_folder.setdefault(row["folder"], []).append(row)
         for folder, items in by_folder.items():
-            cp = await db.read(lambda c: store.checkpoint(c, ch.name, folder))
+            cp = await db.read(lambda c, f=folder: store.checkpoint(c, ch.name, f))
             current = [r for r in items if cp is not None and cp[0] == r["uidvalidity"]]
             if current:
                 await imap_actions(session, ch, folder, [int(r["uid"]) for r in current])

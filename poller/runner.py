@@ -105,7 +105,7 @@ class PollerService:
                 st.update(up=False, last_error=msg)
                 CHANNEL_UP.labels(name).set(0)
                 log.warning("channel %s: %s (retry in %.0f s)", name, msg, backoff)
-                await self.db.write(lambda c: store.record_poll(c, name, msg))
+                await self.db.write(lambda c, msg=msg: store.record_poll(c, name, msg))
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.pcfg.error_backoff_cap)
 

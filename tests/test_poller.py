@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import imaplib
 import itertools
 import json
-import os
 import time
 
 import pytest
