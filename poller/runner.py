@@ -119,9 +119,9 @@ class PollerService:
                 fresh = await self.db.read(lambda c: channels.get_channel(c, ch.name))
                 if fresh != ch:
                     return                       # settings changed: reconnect with the new ones
-                if res.fetched:
-                    # more may have come while we fetched, announced in replies we did not watch: look
-                    # again before IDLE (an empty poll ends in IDLE, which reports anything newer)
+                if res.fetched or res.delivered:
+                    # more may have come meanwhile, announced in FETCH/STORE replies we do not watch: look
+                    # again before IDLE (a quiet poll ends in IDLE, which reports anything newer)
                     continue
                 wait = min(self.pcfg.idle_timeout, ch.poll_interval)
                 retry_at = await self.db.read(lambda c: store.next_retry_at(c, ch.name))
