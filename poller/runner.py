@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from typing import Any, Awaitable, Callable
 
@@ -285,6 +286,8 @@ async def validate_channel(ch: ChannelConfig, service: PollerService, timeout: f
         return False, f"no answer from {ch.host} within {timeout:.0f} s"
     except (MailboxError, TokenError) as exc:
         return False, str(exc)
+    except (OSError, UnicodeError, ValueError, ssl.SSLError) as exc:   # e.g. a host name that is not valid IDNA
+        return False, f"cannot connect to {ch.host!r}: {exc}"
 
 
 def _section(settings: Any, name: str, default: Any) -> Any:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from email.utils import getaddresses
 
 from cryptography.hazmat.primitives import hashes, serialization
+from prometheus_client import Counter
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 
 # Signed when present (RFC 6376 5.4.1 recommendations); From is also over-signed (one extra "from")
@@ -39,6 +40,9 @@ _FIELD_START = re.compile(rb"^[^ \t\r\n]", re.M)
 
 class DKIMError(Exception):
     """A key that cannot be loaded or a message that cannot be signed."""
+
+
+DKIM_SIGNATURES = Counter("relaybox_dkim_signatures", "DKIM signatures made, by algorithm", ["algorithm"])
 
 
 @dataclass(frozen=True)
@@ -235,5 +239,6 @@ class Prepared:
     data: bytes
 
     def finish(self, signature: bytes) -> bytes:
+        DKIM_SIGNATURES.labels(self.key.algorithm).inc()
         sig = base64.b64encode(signature).decode()
         return self.field + _fold_b64(sig, 70).encode() + b"\r\n"

@@ -190,3 +190,14 @@ def test_opendkim_accepts_rsa_and_ed25519_and_rejects_tampering(keys, tmp_path):
     }, tmp_path)
     assert codes["rsa"] == 0 and codes["ed25519"] == 0, codes
     assert all(codes[k] != 0 for k in ("rsa_tampered", "ed25519_tampered", "ed25519_wrong_key")), codes
+
+
+def test_signatures_are_counted_by_algorithm(keys):
+    from prometheus_client import REGISTRY
+
+    def count(alg):
+        return REGISTRY.get_sample_value("relaybox_dkim_signatures_total", {"algorithm": alg}) or 0.0
+
+    before = count("rsa-sha256")
+    signed(keys["rsa"][0])
+    assert count("rsa-sha256") == before + 1
