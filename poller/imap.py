@@ -46,13 +46,20 @@ def _ok(resp, what: str):
     return resp
 
 
-class IMAPSession:
+class MailServer:
+    """Where and how to reach a mailbox server (shared by the IMAP and POP3 sessions)."""
+
     def __init__(self, host: str, port: int, *, tls: str, server_name: str = "", verify: bool = True,
                  ca_file: str = "", timeout: float = 60.0):
         self.host, self.port, self.tls = host, port, tls
         self.server_name = server_name or host
         self.ctx = tls_context(verify, ca_file) if tls != "none" else None
         self.timeout = timeout
+
+
+class IMAPSession(MailServer):
+    def __init__(self, host: str, port: int, **kw):
+        super().__init__(host, port, **kw)
         self.client: aioimaplib.IMAP4 | None = None
         self.lost = asyncio.Event()
         self.in_idle = False

@@ -10,16 +10,12 @@ import asyncio
 import base64
 import ssl
 
-from poller.imap import MailboxError, tls_context
+from poller.imap import MailboxError, MailServer
 
 
-class POP3Session:
-    def __init__(self, host: str, port: int, *, tls: str, server_name: str = "", verify: bool = True,
-                 ca_file: str = "", timeout: float = 60.0):
-        self.host, self.port, self.tls = host, port, tls
-        self.server_name = server_name or host
-        self.ctx = tls_context(verify, ca_file) if tls != "none" else None
-        self.timeout = timeout
+class POP3Session(MailServer):
+    def __init__(self, host: str, port: int, **kw):
+        super().__init__(host, port, **kw)
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
