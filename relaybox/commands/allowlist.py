@@ -6,6 +6,7 @@ the running process picks the change up within seconds). The admin API offers th
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import sys
@@ -23,6 +24,16 @@ def open_db(args):
     return Database(path).open()
 
 
+@contextlib.contextmanager
+def db_session(args):
+    """The database for one CLI command, closed (WAL checkpointed) however the command ends."""
+    db = open_db(args)
+    try:
+        yield db
+    finally:
+        db.close()
+
+
 def _out(args, rows, cols) -> None:
     if getattr(args, "json", False):
         print(json.dumps(rows, indent=None, default=str))
@@ -38,11 +49,8 @@ def _out(args, rows, cols) -> None:
 
 
 def cmd_list(args) -> int:
-    db = open_db(args)
-    try:
+    with db_session(args) as db:
         _out(args, db.read_sync(policy.allowlist_list), ["cidr", "note", "source"])
-    finally:
-        db.close()
     return 0
 
 
@@ -52,11 +60,8 @@ def cmd_add(args) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    db = open_db(args)
-    try:
+    with db_session(args) as db:
         net = db.write_sync(lambda c: policy.allowlist_add(c, args.cidr, args.note, "cli"))
-    finally:
-        db.close()
     print(f"added {net}")
     return 0
 
@@ -78,11 +83,8 @@ def cmd_remove(args) -> int:
 
 
 def cmd_users_list(args) -> int:
-    db = open_db(args)
-    try:
+    with db_session(args) as db:
         _out(args, db.read_sync(policy.user_list), ["username", "note", "source"])
-    finally:
-        db.close()
     return 0
 
 
@@ -111,11 +113,8 @@ def cmd_users_add(args) -> int:
 
 
 def cmd_users_remove(args) -> int:
-    db = open_db(args)
-    try:
+    with db_session(args) as db:
         ok = db.write_sync(lambda c: policy.user_remove(c, args.username))
-    finally:
-        db.close()
     print(f"removed {args.username}" if ok else f"error: no user {args.username}",
           file=sys.stdout if ok else sys.stderr)
     return 0 if ok else 1

@@ -12,7 +12,7 @@ import sys
 from poller import channels, store
 from poller.config import CampaignConfig, ChannelConfig, FilterConfig
 from relay.configtypes import ConfigError, build
-from relaybox.commands.allowlist import _out, open_db
+from relaybox.commands.allowlist import _out, db_session, open_db
 
 
 def _db_arg(p) -> None:
@@ -21,11 +21,8 @@ def _db_arg(p) -> None:
 
 
 def cmd_list(args) -> int:
-    db = open_db(args)
-    try:
+    with db_session(args) as db:
         rows = db.read_sync(channels.list_channels)
-    finally:
-        db.close()
     if args.json:
         print(json.dumps(rows, default=str))
         return 0
@@ -37,11 +34,8 @@ def cmd_list(args) -> int:
 
 
 def cmd_show(args) -> int:
-    db = open_db(args)
-    try:
+    with db_session(args) as db:
         ch = db.read_sync(lambda c: channels.get_channel(c, args.name))
-    finally:
-        db.close()
     if ch is None:
         print(f"error: no channel {args.name}", file=sys.stderr)
         return 1
@@ -87,11 +81,8 @@ def cmd_add(args) -> int:
 
 
 def cmd_remove(args) -> int:
-    db = open_db(args)
-    try:
+    with db_session(args) as db:
         ok = db.write_sync(lambda c: channels.delete_channel(c, args.name))
-    finally:
-        db.close()
     print(f"removed {args.name}" if ok else f"error: no channel {args.name}", file=sys.stdout if ok else sys.stderr)
     return 0 if ok else 1
 
@@ -123,11 +114,8 @@ def cmd_validate(args) -> int:
 
 
 def cmd_campaigns_list(args) -> int:
-    db = open_db(args)
-    try:
+    with db_session(args) as db:
         rows = db.read_sync(channels.list_campaigns)
-    finally:
-        db.close()
     _out(args, [{**r, "target": r.get("url") or r.get("path") or r.get("forward_to") or "(default maildir)"}
                 for r in rows], ["name", "kind", "target"])
     return 0
@@ -140,11 +128,8 @@ def cmd_campaigns_add(args) -> int:
     except (ConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    db = open_db(args)
-    try:
+    with db_session(args) as db:
         db.write_sync(lambda c: channels.save_campaign(c, camp))
-    finally:
-        db.close()
     print(f"campaign {camp.name} saved")
     return 0
 
@@ -163,16 +148,13 @@ def cmd_campaigns_remove(args) -> int:
 
 
 def cmd_quarantine(args) -> int:
-    db = open_db(args)
-    try:
+    with db_session(args) as db:
         if args.action == "list":
             _out(args, db.read_sync(lambda c: store.quarantine(c, channel=args.channel)),
                  ["id", "channel", "uid", "message_id", "tries", "last_error"])
             return 0
         fn = store.retry_quarantined if args.action == "retry" else store.drop_quarantined
         ok = db.write_sync(lambda c: fn(c, args.id))
-    finally:
-        db.close()
     print(f"{args.action} {args.id}: {'done' if ok else 'not in quarantine (or not retryable)'}")
     return 0 if ok else 1
 
