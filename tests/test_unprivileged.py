@@ -28,6 +28,7 @@ from tests.peers.relaybox_proc import REPO, write_config
 UNIT = os.path.join(REPO, "systemd", "relaybox.service")
 NOBODY = 65534
 STATE_MOUNT = "/srv"      # exists, empty, in Debian; bound over only inside the test's mount namespace
+SRC_MOUNT = "/mnt"        # likewise: the checkout is bound here inside the namespace
 CAP_NET_BIND_SERVICE = 1 << 10
 
 
@@ -95,9 +96,15 @@ def test_runs_confined_like_the_unit_on_a_privileged_port():
         notify.bind(os.path.join(state, "notify"))
         os.chmod(os.path.join(state, "notify"), 0o666)
         notify.settimeout(20)
+        # the checkout may itself be under /tmp or a home (a CI clone): it is bound at /mnt (as an install
+        # in /opt would be) and every path into it is seen from there
+        def seen(path: str) -> str:
+            return SRC_MOUNT + path[len(REPO):] if path.startswith(REPO + "/") else path
+
+        purelib = sysconfig.get_paths()["purelib"]
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PROTECT_HOME": " ".join(hidden),
-               "NOTIFY_SOCKET": f"{STATE_MOUNT}/notify",
-               "PYTHONPATH": f"{REPO}:{sysconfig.get_paths()['purelib']}", "PYTHONDONTWRITEBYTECODE": "1"}
+               "NOTIFY_SOCKET": f"{STATE_MOUNT}/notify", "REPO_BIND": f"{REPO}:{SRC_MOUNT}",
+               "PYTHONPATH": f"{SRC_MOUNT}:{seen(purelib)}", "PYTHONDONTWRITEBYTECODE": "1"}
         log_path = os.path.join(state, "run.log")
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
@@ -105,7 +112,7 @@ def test_runs_confined_like_the_unit_on_a_privileged_port():
                  "sh", os.path.join(REPO, "tests", "peers", "protect_system.sh"), state, STATE_MOUNT, "--",
                  setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--no-new-privs",
                  f"--bounding-set=-all,+{cap}", f"--inh-caps=-all,+{cap}", f"--ambient-caps=-all,+{cap}",
-                 python, os.path.join(REPO, "tests", "peers", "seccomp_exec.py"), UNIT, "--",
+                 python, seen(os.path.join(REPO, "tests", "peers", "seccomp_exec.py")), seen(UNIT), "--",
                  python, "-m", "relaybox.cli", "run", "--config", f"{STATE_MOUNT}/relaybox.toml"],
                 cwd=state, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:

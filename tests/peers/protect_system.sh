@@ -10,8 +10,12 @@ state=$1 mountpoint=$2
 [ "$3" = "--" ] || { echo "usage: $0 STATE_DIR MOUNTPOINT -- COMMAND..." >&2; exit 2; }
 shift 3
 mount --bind "$state" "$mountpoint"
+# REPO_BIND=SRC:DST makes a source tree under /tmp or a home directory (a CI clone) visible at DST, the way
+# a real install lives in /opt, before /tmp and the homes are hidden
+if [ -n "${REPO_BIND-}" ]; then mount --bind "${REPO_BIND%%:*}" "${REPO_BIND#*:}"; fi
 awk '{print $5}' /proc/self/mountinfo | sort -u | while read -r mp; do
   case "$mp" in /proc|/proc/*|/sys|/sys/*|/dev|/dev/*|"$mountpoint") continue;; esac
+  # the bound source tree stays read-only like everything else
   mount -o remount,bind,ro "$mp" 2>/dev/null || true
 done
 mount -t tmpfs -o mode=1777 tmpfs /tmp
