@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-import importlib
 import inspect
 
 from aiohttp import web
 
 from admin_api.common import Param, Route, bad_request, not_found, ok, relaybox
 from admin_api.queries import redact_transcript
-from relay.routes import Router
+from relay.routes import Router, smtp_test
 
 
 def present(r) -> dict:
@@ -48,27 +47,9 @@ async def resolve(request: web.Request) -> web.Response:
     return ok({"from": addr, "route": r.name if r else None, "direct_mx": r is None})
 
 
-def _tester():
-    """The delivery engine's SMTP test: ``smtp_test(route, helo, timeout) -> (ok, summary, transcript)``.
-
-    It lives beside ``relaybox routes test`` today (relaybox/commands/routes.py); a copy in ``relay.routes``
-    is preferred when it exists (the admin API should not reach up into the CLI layer)."""
-    for modname in ("relay.routes", "relay.routetest", "relaybox.commands.routes"):
-        try:
-            mod = importlib.import_module(modname)
-        except ImportError:
-            continue
-        fn = getattr(mod, "smtp_test", None)
-        if fn is not None:
-            return fn
-    return None
-
-
 async def test_route(request: web.Request) -> web.Response:
     route = _get(request)
-    fn = _tester()
-    if fn is None:
-        raise not_found("route tests are not available in this build")
+    fn = smtp_test
     rc = relaybox(request).settings.relay
     helo = rc.delivery.helo_name or rc.smtp.hostname
     timeout = min(float(rc.delivery.connect_timeout), 30.0)
