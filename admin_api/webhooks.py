@@ -25,6 +25,7 @@ import aiohttp
 
 from admin_api.config import WebhookConfig
 from admin_api.metrics import WEBHOOK_DELIVERIES
+from relay.tasks import cancel_and_wait
 from relay.db import Database
 
 log = logging.getLogger("admin_api.webhooks")
@@ -125,13 +126,8 @@ class Dispatcher:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         if self._session is not None:
             await self._session.close()
             self._session = None

@@ -20,6 +20,7 @@ import time
 from typing import Iterable
 
 from relay.db import Database
+from relay.tasks import cancel_and_wait
 
 log = logging.getLogger("relay.policy")
 
@@ -142,13 +143,8 @@ class Policy:
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _loop(self) -> None:
         while True:

@@ -6,51 +6,15 @@ the running process picks the change up within seconds). The admin API offers th
 
 from __future__ import annotations
 
-import contextlib
 import getpass
-import json
 import sys
 
 from relay import policy
-
-
-def open_db(args):
-    from relay.db import Database
-    from relaybox.settings import load
-
-    path = getattr(args, "db", None)
-    if not path:
-        path = load(args.config).relay.storage.path
-    return Database(path).open()
-
-
-@contextlib.contextmanager
-def db_session(args):
-    """The database for one CLI command, closed (WAL checkpointed) however the command ends."""
-    db = open_db(args)
-    try:
-        yield db
-    finally:
-        db.close()
-
-
-def _out(args, rows, cols) -> None:
-    if getattr(args, "json", False):
-        print(json.dumps(rows, indent=None, default=str))
-        return
-    def cell(r, c):
-        v = r.get(c)
-        return "" if v is None else str(v)
-
-    widths = [max(len(c), *(len(cell(r, c)) for r in rows)) if rows else len(c) for c in cols]
-    print("  ".join(c.upper().ljust(w) for c, w in zip(cols, widths)))
-    for r in rows:
-        print("  ".join(cell(r, c).ljust(w) for c, w in zip(cols, widths)))
+from relaybox.commands._common import out, read, removed, write
 
 
 def cmd_list(args) -> int:
-    with db_session(args) as db:
-        _out(args, db.read_sync(policy.allowlist_list), ["cidr", "note", "source"])
+    out(args, read(args, policy.allowlist_list), ["cidr", "note", "source"])
     return 0
 
 
@@ -60,31 +24,19 @@ def cmd_add(args) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    with db_session(args) as db:
-        net = db.write_sync(lambda c: policy.allowlist_add(c, args.cidr, args.note, "cli"))
-    print(f"added {net}")
-    return 0
+    net, rc = write(args, lambda c: policy.allowlist_add(c, args.cidr, args.note, "cli"))
+    if not rc:
+        print(f"added {net}")
+    return rc
 
 
 def cmd_remove(args) -> int:
-    db = open_db(args)
-    try:
-        ok = db.write_sync(lambda c: policy.allowlist_remove(c, args.cidr))
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        db.close()
-    if not ok:
-        print(f"error: {args.cidr} is not on the allowlist", file=sys.stderr)
-        return 1
-    print(f"removed {args.cidr}")
-    return 0
+    ok, rc = write(args, lambda c: policy.allowlist_remove(c, args.cidr))
+    return rc or removed(ok, f"removed {args.cidr}", f"{args.cidr} is not on the allowlist")
 
 
 def cmd_users_list(args) -> int:
-    with db_session(args) as db:
-        _out(args, db.read_sync(policy.user_list), ["username", "note", "source"])
+    out(args, read(args, policy.user_list), ["username", "note", "source"])
     return 0
 
 
@@ -100,24 +52,15 @@ def cmd_users_add(args) -> int:
         print("error: empty password", file=sys.stderr)
         return 2
     hashed = policy.hash_password(pw)
-    db = open_db(args)
-    try:
-        db.write_sync(lambda c: policy.user_set(c, args.username, hashed, args.note, "cli"))
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        db.close()
-    print(f"user {args.username} saved")
-    return 0
+    _, rc = write(args, lambda c: policy.user_set(c, args.username, hashed, args.note, "cli"))
+    if not rc:
+        print(f"user {args.username} saved")
+    return rc
 
 
 def cmd_users_remove(args) -> int:
-    with db_session(args) as db:
-        ok = db.write_sync(lambda c: policy.user_remove(c, args.username))
-    print(f"removed {args.username}" if ok else f"error: no user {args.username}",
-          file=sys.stdout if ok else sys.stderr)
-    return 0 if ok else 1
+    ok, rc = write(args, lambda c: policy.user_remove(c, args.username))
+    return rc or removed(ok, f"removed {args.username}", f"no user {args.username}")
 
 
 def cmd_users_hash(args) -> int:

@@ -15,16 +15,9 @@ import time
 
 from relay import suppression
 from relay.configtypes import parse_duration
+from relaybox.commands._common import read, removed, table as _table, write
 
 _FIELDS = ("address", "action", "status", "replycode", "diagnostic", "reason", "kind")
-
-
-def _open_db(args):
-    from relay.db import Database
-    from relaybox.settings import load
-
-    path = getattr(args, "db", None) or load(args.config).relay.storage.path
-    return Database(path).open()
 
 
 def cmd_parse(args) -> int:
@@ -46,31 +39,14 @@ def cmd_parse(args) -> int:
     return 1 if failed else 0
 
 
-def _table(rows: list[dict], cols: list[str]) -> None:
-    def cell(v) -> str:
-        if isinstance(v, float) and v > 1e9:
-            return time.strftime("%Y-%m-%d %H:%M", time.gmtime(v))
-        return "" if v is None else str(v)
-
-    widths = [max([len(c)] + [len(cell(r.get(c))) for r in rows]) for c in cols]
-    print("  ".join(c.upper().ljust(w) for c, w in zip(cols, widths, strict=True)))
-    for r in rows:
-        print("  ".join(cell(r.get(c)).ljust(w) for c, w in zip(cols, widths, strict=True)))
-
-
 def cmd_bounces_list(args) -> int:
-    db = _open_db(args)
-    try:
-        sql, params = "SELECT * FROM bounces WHERE 1=1", []
-        if args.address:
-            sql += " AND address=?"
-            params.append(args.address.lower())
-        sql += " ORDER BY id DESC LIMIT ?"
-        params.append(args.limit)
-        rows = db.read_sync(lambda c: [{k: r[k] for k in r.keys() if k != "raw"}
-                                       for r in c.execute(sql, params)])
-    finally:
-        db.close()
+    sql, params = "SELECT * FROM bounces WHERE 1=1", []
+    if args.address:
+        sql += " AND address=?"
+        params.append(args.address.lower())
+    sql += " ORDER BY id DESC LIMIT ?"
+    params.append(args.limit)
+    rows = read(args, lambda c: [{k: r[k] for k in r.keys() if k != "raw"} for r in c.execute(sql, params)])
     if args.json:
         print(json.dumps(rows, default=str))
     else:
@@ -80,12 +56,8 @@ def cmd_bounces_list(args) -> int:
 
 
 def cmd_list(args) -> int:
-    db = _open_db(args)
-    try:
-        rows = db.read_sync(lambda c: suppression.list_entries(
-            c, include_expired=args.all, search=args.search, limit=args.limit))
-    finally:
-        db.close()
+    rows = read(args, lambda c: suppression.list_entries(
+        c, include_expired=args.all, search=args.search, limit=args.limit))
     if args.json:
         print(json.dumps(rows))
     else:
@@ -100,16 +72,11 @@ def cmd_add(args) -> int:
         print(f'error: --expires: expected a duration like "30d", got {args.expires!r}', file=sys.stderr)
         return 2
     now = time.time()
-    db = _open_db(args)
-    try:
-        entry = db.write_sync(lambda c: suppression.add(
-            c, args.address, args.reason, "manual", "cli", now=now, note=args.note,
-            expires_at=(now + expires) if expires else None))
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        db.close()
+    entry, rc = write(args, lambda c: suppression.add(
+        c, args.address, args.reason, "manual", "cli", now=now, note=args.note,
+        expires_at=(now + expires) if expires else None))
+    if rc:
+        return rc
     until = "never expires" if entry["expires_at"] is None else \
         "until " + time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(entry["expires_at"]))
     print(f"suppressed {entry['address']} ({entry['reason']}, {until})")
@@ -117,24 +84,13 @@ def cmd_add(args) -> int:
 
 
 def cmd_remove(args) -> int:
-    db = _open_db(args)
-    try:
-        ok = db.write_sync(lambda c: suppression.remove(c, args.address))
-    finally:
-        db.close()
-    if not ok:
-        print(f"error: {args.address} is not on the suppression list", file=sys.stderr)
-        return 1
-    print(f"removed {suppression.normalize(args.address)}")
-    return 0
+    ok, _ = write(args, lambda c: suppression.remove(c, args.address))
+    return removed(bool(ok), f"removed {suppression.normalize(args.address)}",
+                   f"{args.address} is not on the suppression list")
 
 
 def cmd_export(args) -> int:
-    db = _open_db(args)
-    try:
-        rows = db.read_sync(lambda c: suppression.export(c))
-    finally:
-        db.close()
+    rows = read(args, suppression.export)
     if args.format == "jsonl":
         for r in rows:
             print(json.dumps(r))

@@ -12,7 +12,7 @@ import sys
 from poller import channels, store
 from poller.config import CampaignConfig, ChannelConfig, FilterConfig
 from relay.configtypes import ConfigError, build
-from relaybox.commands.allowlist import _out, db_session, open_db
+from relaybox.commands._common import db_session, open_db, out as _out, read, removed, write
 
 
 def _db_arg(p) -> None:
@@ -21,8 +21,7 @@ def _db_arg(p) -> None:
 
 
 def cmd_list(args) -> int:
-    with db_session(args) as db:
-        rows = db.read_sync(channels.list_channels)
+    rows = read(args, channels.list_channels)
     if args.json:
         print(json.dumps(rows, default=str))
         return 0
@@ -34,8 +33,7 @@ def cmd_list(args) -> int:
 
 
 def cmd_show(args) -> int:
-    with db_session(args) as db:
-        ch = db.read_sync(lambda c: channels.get_channel(c, args.name))
+    ch = read(args, lambda c: channels.get_channel(c, args.name))
     if ch is None:
         print(f"error: no channel {args.name}", file=sys.stderr)
         return 1
@@ -68,28 +66,19 @@ def cmd_add(args) -> int:
     except (ConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    db = open_db(args)
-    try:
-        db.write_sync(lambda c: channels.save_channel(c, ch))
-    except channels.ChannelError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        db.close()
-    print(f"channel {ch.name} saved")
-    return 0
+    _, rc = write(args, lambda c: channels.save_channel(c, ch), (channels.ChannelError,))
+    if not rc:
+        print(f"channel {ch.name} saved")
+    return rc
 
 
 def cmd_remove(args) -> int:
-    with db_session(args) as db:
-        ok = db.write_sync(lambda c: channels.delete_channel(c, args.name))
-    print(f"removed {args.name}" if ok else f"error: no channel {args.name}", file=sys.stdout if ok else sys.stderr)
-    return 0 if ok else 1
+    ok, _ = write(args, lambda c: channels.delete_channel(c, args.name))
+    return removed(bool(ok), f"removed {args.name}", f"no channel {args.name}")
 
 
 def cmd_validate(args) -> int:
     from poller.runner import PollerService, validate_channel
-    from relay.db import Database  # noqa: F401 - open_db returns one
 
     db = open_db(args)
 
@@ -114,8 +103,7 @@ def cmd_validate(args) -> int:
 
 
 def cmd_campaigns_list(args) -> int:
-    with db_session(args) as db:
-        rows = db.read_sync(channels.list_campaigns)
+    rows = read(args, channels.list_campaigns)
     _out(args, [{**r, "target": r.get("url") or r.get("path") or r.get("forward_to") or "(default maildir)"}
                 for r in rows], ["name", "kind", "target"])
     return 0
@@ -128,23 +116,14 @@ def cmd_campaigns_add(args) -> int:
     except (ConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    with db_session(args) as db:
-        db.write_sync(lambda c: channels.save_campaign(c, camp))
+    write(args, lambda c: channels.save_campaign(c, camp))
     print(f"campaign {camp.name} saved")
     return 0
 
 
 def cmd_campaigns_remove(args) -> int:
-    db = open_db(args)
-    try:
-        ok = db.write_sync(lambda c: channels.delete_campaign(c, args.name))
-    except channels.ChannelError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        db.close()
-    print(f"removed {args.name}" if ok else f"error: no campaign {args.name}", file=sys.stdout if ok else sys.stderr)
-    return 0 if ok else 1
+    ok, rc = write(args, lambda c: channels.delete_campaign(c, args.name), (channels.ChannelError,))
+    return 1 if rc else removed(ok, f"removed {args.name}", f"no campaign {args.name}")
 
 
 def cmd_quarantine(args) -> int:
