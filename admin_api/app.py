@@ -15,8 +15,16 @@ from typing import Any
 from aiohttp import web
 
 from admin_api.auth import Authenticator, load_tokens
-from admin_api.common import (APP_KEY, CONFIG_KEY, TAIL_KEY, TOKEN_NAME, WRITE_METHODS, ApiError, Route,
-                              error_response)
+from admin_api.common import (
+    APP_KEY,
+    CONFIG_KEY,
+    TAIL_KEY,
+    TOKEN_NAME,
+    WRITE_METHODS,
+    ApiError,
+    Route,
+    error_response,
+)
 from admin_api.config import AdminConfig
 from admin_api.event_metrics import EventTail
 from admin_api.metrics import API_REQUESTS

@@ -1,6 +1,6 @@
 """Gauges computed at scrape time from the database and the host, plus the admin side's own counters.
 
-Counters of intake, delivery, bounces and the poller live next to the code they measure (``relay.metrics``
+Counters of intake, delivery, bounces and the poller live next to the code they measure (``relay.intake.metrics``
 and friends); ``/metrics`` serves the whole default registry.
 """
 

@@ -4,9 +4,19 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from admin_api.common import (Param, Route, body_str, conflict, invalid, iso, not_found, ok, read_json,
-                              relaybox)
-from relay import policy
+from admin_api.common import (
+    Param,
+    Route,
+    body_str,
+    conflict,
+    invalid,
+    iso,
+    not_found,
+    ok,
+    read_json,
+    relaybox,
+)
+from relay.intake import policy
 
 ENTRY = {"type": "object", "required": ["cidr"], "properties": {
     "cidr": {"type": "string"}, "note": {"type": "string", "nullable": True},

@@ -1,4 +1,4 @@
-"""Bounces as recorded by ``relay.bounce_handler`` (table ``bounces``): list with filters, show (with the
+"""Bounces as recorded by ``relay.bounces.record`` (table ``bounces``): list with filters, show (with the
 raw report of unparsed ones), each linked to its message when correlated."""
 
 from __future__ import annotations
@@ -7,9 +7,22 @@ import sqlite3
 
 from aiohttp import web
 
-import relay.suppression  # noqa: F401 - the bounce engine; its absence leaves this resource out
-from admin_api.common import (PAGE_PARAMS, Param, Route, bad_request, decode_cursor, encode_cursor, iso,
-                              not_found, ok, page_schema, parse_time, query_int, relaybox)
+import relay.bounces.suppression  # noqa: F401 - the bounce engine; its absence leaves this resource out
+from admin_api.common import (
+    PAGE_PARAMS,
+    Param,
+    Route,
+    bad_request,
+    decode_cursor,
+    encode_cursor,
+    iso,
+    not_found,
+    ok,
+    page_schema,
+    parse_time,
+    query_int,
+    relaybox,
+)
 
 FILTERS = ("address", "category", "kind", "reason", "source", "message_id")
 

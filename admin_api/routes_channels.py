@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from admin_api.common import (Param, Route, conflict, invalid, iso, not_found, ok, read_json, relaybox)
+from admin_api.common import Param, Route, conflict, invalid, iso, not_found, ok, read_json, relaybox
 from poller import channels
 from poller.config import ChannelConfig, FilterConfig
 from relay.configtypes import ConfigError, build

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from admin_api.common import Route, ok, relaybox
-from relay import dkim
+from relay.delivery import dkim
 
 
 def _keys(cfg) -> list[dict]:

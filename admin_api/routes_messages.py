@@ -1,6 +1,6 @@
 """Messages: list (filters, cursor pagination), show, body download, actions, and bulk actions by filter.
 
-Actions call the spool (``relay.queue.Spool``); the HTTP layer only maps outcomes to status codes:
+Actions call the spool (``relay.spool.spool.Spool``); the HTTP layer only maps outcomes to status codes:
 unknown id -> 404, an action that does not apply to the message's current state -> 409.
 """
 
@@ -11,10 +11,28 @@ from typing import Any
 from aiohttp import web
 
 from admin_api import queries
-from admin_api.common import (CONFIG_KEY, PAGE_PARAMS, ApiError, Param, Route, actor, bad_request, conflict,
-                              decode_cursor, encode_cursor, invalid, iso, not_found, ok, page_schema,
-                              parse_time, query_int, read_json, relaybox)
-from relay.queue import QueueError
+from admin_api.common import (
+    CONFIG_KEY,
+    PAGE_PARAMS,
+    ApiError,
+    Param,
+    Route,
+    actor,
+    bad_request,
+    conflict,
+    decode_cursor,
+    encode_cursor,
+    invalid,
+    iso,
+    not_found,
+    ok,
+    page_schema,
+    parse_time,
+    query_int,
+    read_json,
+    relaybox,
+)
+from relay.spool.spool import QueueError
 
 FILTER_PARAMS = [
     Param("status", description="comma-separated statuses or aliases (outbox, sent, active, final); a message"

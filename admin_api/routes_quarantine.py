@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from admin_api.common import (Param, Route, conflict, iso, not_found, ok, query_int, relaybox)
+from admin_api.common import Param, Route, conflict, iso, not_found, ok, query_int, relaybox
 from admin_api.queries import _headers
 from poller import store
 

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from admin_api.common import Param, Route, bad_request, not_found, ok, relaybox
 from admin_api.queries import redact_transcript
-from relay.routes import Router, smtp_test
+from relay.delivery.routes import Router, smtp_test
 
 
 def present(r) -> dict:

@@ -1,4 +1,4 @@
-"""The suppression list (``relay.suppression``): list/search, show, add, remove, export."""
+"""The suppression list (``relay.bounces.suppression``): list/search, show, add, remove, export."""
 
 from __future__ import annotations
 
@@ -8,10 +8,25 @@ import time
 
 from aiohttp import web
 
-from admin_api.common import (PAGE_PARAMS, Param, Route, bad_request, body_str, decode_cursor, encode_cursor,
-                              invalid, iso, not_found, ok, page_schema, query_bool, query_int, read_json,
-                              relaybox)
-from relay import suppression
+from admin_api.common import (
+    PAGE_PARAMS,
+    Param,
+    Route,
+    bad_request,
+    body_str,
+    decode_cursor,
+    encode_cursor,
+    invalid,
+    iso,
+    not_found,
+    ok,
+    page_schema,
+    query_bool,
+    query_int,
+    read_json,
+    relaybox,
+)
+from relay.bounces import suppression
 
 
 def _present(e: dict) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from admin_api.common import Param, Route, body_str, invalid, iso, not_found, ok, read_json, relaybox
-from relay import policy
+from relay.intake import policy
 
 USER = {"type": "object", "required": ["username"], "properties": {
     "username": {"type": "string"}, "note": {"type": "string", "nullable": True},

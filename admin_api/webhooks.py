@@ -26,7 +26,7 @@ import aiohttp
 from admin_api.config import WebhookConfig
 from admin_api.metrics import WEBHOOK_DELIVERIES
 from relay.tasks import cancel_and_wait
-from relay.db import Database
+from store.sqlite import Database
 
 log = logging.getLogger("admin_api.webhooks")
 

@@ -21,10 +21,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from relay.db import Database  # noqa: E402
 from relay.envelope import NewMessage  # noqa: E402
-from relay.queue import Spool  # noqa: E402
+from relay.spool.spool import Spool  # noqa: E402
 from relaybox.commands.backup import backup  # noqa: E402
+from store.sqlite import Database  # noqa: E402
 
 
 def _msg(i: int, size: int) -> NewMessage:

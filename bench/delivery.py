@@ -46,9 +46,9 @@ def prefill(db_path: str, count: int, size: int) -> None:
     """Spool ``count`` messages directly (for --drain: the delivery side alone)."""
     import asyncio
 
-    from relay.db import Database
     from relay.envelope import NewMessage
-    from relay.queue import Spool
+    from relay.spool.spool import Spool
+    from store.sqlite import Database
 
     head = b"From: <sender@src.test>\r\nTo: <rcpt@dst.test>\r\nSubject: drain\r\n\r\n"
     body = head + b"x" * max(0, size - len(head) - 2) + b"\r\n"

@@ -1,9 +1,9 @@
-"""DKIM signing speed: dkimpy (stock, pure-Python RSA) vs relay.dkim (OpenSSL RSA via cryptography).
+"""DKIM signing speed: dkimpy (stock, pure-Python RSA) vs relay.delivery.dkim (OpenSSL RSA via cryptography).
 
     .venv/bin/python bench/dkim.py [--seconds 3] [--size 1024]
 
 Both sign the same ~1 KB message with the same RSA-2048 key, relaxed/relaxed, on one core; prints
-signatures/s for each and the ratio. Target (issue 3): relay.dkim >= 1,000 RSA-2048 signatures/s.
+signatures/s for each and the ratio. Target (issue 3): relay.delivery.dkim >= 1,000 RSA-2048 signatures/s.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import dkim  # noqa: E402
 from cryptography.hazmat.primitives import serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa  # noqa: E402
 
-from relay.dkim import Signer, load_key  # noqa: E402
+from relay.delivery.dkim import Signer, load_key  # noqa: E402
 
 
 def message(size: int) -> bytes:
@@ -74,10 +74,10 @@ def main() -> int:
     stock_rate, n1 = rate(stock, args.seconds)
     print(f"dkimpy stock (pure RSA): {stock_rate:9.1f} signatures/s ({n1} signed)")
     ours_rate, n2 = rate(lambda: signer.sign(msg), args.seconds)
-    print(f"relay.dkim rsa-sha256  : {ours_rate:9.1f} signatures/s ({n2} signed)")
+    print(f"relay.delivery.dkim rsa-sha256  : {ours_rate:9.1f} signatures/s ({n2} signed)")
     ed_rate, n3 = rate(lambda: ed_signer.sign(msg), args.seconds)
-    print(f"relay.dkim ed25519     : {ed_rate:9.1f} signatures/s ({n3} signed)")
-    print(f"ratio relay.dkim / dkimpy (RSA-2048): {ours_rate / stock_rate:.1f}x")
+    print(f"relay.delivery.dkim ed25519     : {ed_rate:9.1f} signatures/s ({n3} signed)")
+    print(f"ratio relay.delivery.dkim / dkimpy (RSA-2048): {ours_rate / stock_rate:.1f}x")
     ok = ours_rate >= 1000
     print(f"target >= 1000 RSA-2048 signatures/s: {'met' if ok else 'NOT met'}")
     return 0 if ok else 1

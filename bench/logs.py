@@ -21,7 +21,7 @@ from relaybox import logs  # noqa: E402
 
 
 def run(n: int, with_extra: bool) -> float:
-    log = logging.getLogger("relay.listener")
+    log = logging.getLogger("relay.intake.listener")
     extra = {"queue_id": "06H0EKKTV7MJ5HH0"} if with_extra else None
     t0 = time.perf_counter()
     for _ in range(n):

@@ -26,8 +26,8 @@ from poller import channels  # noqa: E402
 from poller.config import CampaignConfig, ChannelConfig  # noqa: E402
 from poller.fetcher import run_once  # noqa: E402
 from poller.runner import PollerService  # noqa: E402
-from relay.db import Database  # noqa: E402
 from relaybox.settings import parse  # noqa: E402
+from store.sqlite import Database  # noqa: E402
 from tests.peers.dovecot import Dovecot  # noqa: E402
 
 USER = "bench@org.test"

@@ -25,8 +25,8 @@ from prometheus_client import Counter
 from poller.config import CampaignConfig
 from poller.router import MessageView
 from relay.envelope import NewMessage
-from relay.queue import Spool
-from relay.smtpdata import has_bare_cr_or_lf, normalize_eol
+from relay.intake.data import has_bare_cr_or_lf, normalize_eol
+from relay.spool.spool import Spool
 
 WEBHOOK_DELIVERIES = Counter("relaybox_poller_webhook_deliveries", "Campaign webhook POSTs by result",
                              ["campaign", "result"])

@@ -13,8 +13,8 @@ import sqlite3
 import time
 from typing import Any
 
-from relay.configtypes import build
 from poller.config import CampaignConfig, ChannelConfig, FilterConfig
+from relay.configtypes import build
 
 SECRET_FIELDS = ("password", "oauth2_client_secret", "oauth2_refresh_token")
 _TRIM = ("host", "user", "address", "server_name", "oauth2_token_url", "oauth2_client_id",

@@ -16,7 +16,7 @@ from prometheus_client import Counter, Gauge
 
 from poller import campaigns, channels, oauth2, store
 from poller.config import ChannelConfig, PollerConfig
-from poller.fetcher import run_once, wait_idle, poll_imap
+from poller.fetcher import poll_imap, run_once, wait_idle
 from poller.imap import IMAPSession, MailboxError
 from poller.oauth2 import TokenError, access_token
 from poller.pop3 import POP3Session

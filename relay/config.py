@@ -73,7 +73,7 @@ class RelayConfig:
     bounces: BouncesConfig = field(default_factory=lambda: BouncesConfig())
 
 
-# ---- delivery (owned by the delivery engine: relay/scheduler.py, delivery.py, mx.py, transport.py) ------
+# ---- delivery (owned by the delivery engine: relay/delivery/attempt/scheduler.py, delivery.py, mx.py, transport.py) ------
 @dataclass(frozen=True)
 class DeliveryConfig:
     enabled: bool = True                   # false = accept and queue only (maintenance, intake benchmarks)
@@ -139,7 +139,7 @@ class DKIMConfig:
     enabled: bool = False
     default_domain: str = ""               # sign with this domain's key when the From domain has none
     domains: dict[str, DKIMKeyConfig] = field(default_factory=dict)
-    headers: list[str] = field(default_factory=list)   # empty = the standard set in relay/dkim.py
+    headers: list[str] = field(default_factory=list)   # empty = the standard set in relay/delivery/dkim.py
 
 
 # ---- bounces (owned by relay/bounces/, verp.py, suppression.py, bounce_handler.py) ----------------------

@@ -19,12 +19,12 @@ import signal
 import time
 from typing import Any
 
-from relay.db import Database
-from relay.listener import BounceIntake, Listener
-from relay.policy import Policy, hash_password, seed
-from relay.queue import Spool
+from relay.intake.listener import BounceIntake, Listener
+from relay.intake.policy import Policy, hash_password, seed
+from relay.spool.spool import Spool
 from relaybox import lifecycle, logs
 from relaybox.settings import Settings, load
+from store.sqlite import Database
 
 log = logging.getLogger("relaybox")
 
@@ -81,7 +81,7 @@ class App:
     # ---- start -----------------------------------------------------------------------------------
     async def start(self) -> None:
         rc = self.settings.relay
-        lock_mod = _optional("relay.lock")
+        lock_mod = _optional("store.lock")
         if lock_mod is not None:
             self.lock = lock_mod.acquire(rc.storage.path)
         self.db.open()
@@ -114,8 +114,8 @@ class App:
     def _bounce_intake(self) -> BounceIntake | None:
         """relaybox as the MX of its VERP bounce domain: reports are parsed and recorded, never relayed."""
         bounces = getattr(self.settings.relay, "bounces", None)
-        verp = _optional("relay.verp")
-        handler = _optional("relay.bounce_handler")
+        verp = _optional("relay.bounces.verp")
+        handler = _optional("relay.bounces.record")
         if verp is None or handler is None or bounces is None or not getattr(bounces, "domain", ""):
             return None
         db = self.db
@@ -125,7 +125,7 @@ class App:
             process=lambda raw, rcpt: handler.process(db, bounces, raw, source="smtp", rcpt=rcpt))
 
     async def _start_optional(self) -> None:
-        sched_mod = _optional("relay.scheduler")
+        sched_mod = _optional("relay.delivery.scheduler")
         delivery = getattr(self.settings.relay, "delivery", None)
         enabled = getattr(delivery, "enabled", True)
         if not enabled:
@@ -146,7 +146,7 @@ class App:
             await self.admin.start()
 
     def _bounce_sink(self):
-        handler = _optional("relay.bounce_handler")
+        handler = _optional("relay.bounces.record")
         if handler is None or not hasattr(handler, "make_sink"):
             return None
         return handler.make_sink(self.db, self.settings.relay)

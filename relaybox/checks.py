@@ -8,7 +8,7 @@ from relaybox.settings import Settings
 
 def problems(settings: Settings) -> list[str]:
     out: list[str] = []
-    from relay.delivery import config_problems
+    from relay.delivery.attempt import config_problems
 
     out += config_problems(settings.relay)
     tls = settings.relay.smtp.tls

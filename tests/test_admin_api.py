@@ -10,7 +10,7 @@ import pytest
 
 from admin_api.app import AUTH_KEY
 from relay.envelope import NewMessage
-from relay.queue import RecipientResult
+from relay.spool.spool import RecipientResult
 from tests.admin_support import RO_TOKEN, running, smtp_send
 
 

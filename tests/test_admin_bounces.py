@@ -1,10 +1,10 @@
-"""Bounces and suppressions through the admin API, fed by the real bounce processing (relay.bounce_handler)."""
+"""Bounces and suppressions through the admin API, fed by the real bounce processing (relay.bounces.record)."""
 
 from __future__ import annotations
 
-from relay import bounce_handler
+from relay.bounces import record as bounce_handler
 from relay.envelope import NewMessage
-from relay.queue import RecipientResult
+from relay.spool.spool import RecipientResult
 from tests.admin_support import running
 
 DSN = (

@@ -5,7 +5,7 @@ from __future__ import annotations
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from relay import dkim
+from relay.delivery import dkim
 from tests.admin_support import running
 
 ROUTE_PW = "route-password-Zq81"

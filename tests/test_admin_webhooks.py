@@ -10,7 +10,7 @@ from aiohttp import web
 
 from admin_api.webhooks import verify
 from relay.envelope import NewMessage
-from relay.queue import RecipientResult
+from relay.spool.spool import RecipientResult
 from tests.admin_support import running
 from tests.peers.ports import free_port
 

@@ -3,7 +3,7 @@
 import smtplib
 import sqlite3
 
-from relay import verp
+from relay.bounces import verp
 from relay.config import BouncesConfig
 from tests.peers.relaybox_proc import RelayboxProcess
 

@@ -6,18 +6,25 @@ import json
 
 import dkim as dkimpy
 import pytest
-from prometheus_client import REGISTRY
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from prometheus_client import REGISTRY
 
-from relay import verp
-from relay.config import (BouncesConfig, DeliveryConfig, DKIMConfig, DKIMKeyConfig, RelayConfig, RouteConfig,
-                          SMTPConfig)
-from relay.db import Database
-from relay.dkim import dns_record
+from relay.bounces import verp
+from relay.config import (
+    BouncesConfig,
+    DeliveryConfig,
+    DKIMConfig,
+    DKIMKeyConfig,
+    RelayConfig,
+    RouteConfig,
+    SMTPConfig,
+)
+from relay.delivery.dkim import dns_record
+from relay.delivery.scheduler import Scheduler
 from relay.envelope import NewMessage
-from relay.queue import Spool
-from relay.scheduler import Scheduler
+from relay.spool.spool import Spool
+from store.sqlite import Database
 from tests.peers.dnsmasq import DnsmasqServer
 from tests.peers.sink import Sink
 
@@ -270,7 +277,7 @@ async def test_verp_return_path_per_recipient(env, sink):
 
 
 async def test_suppressed_recipient_fails_without_attempt(env, sink):
-    from relay import suppression
+    from relay.bounces import suppression
 
     spool, clock, make = env
     await spool.db.write(lambda c: suppression.add(c, "Blocked@dst.test", "hard bounce", "hard", "test",

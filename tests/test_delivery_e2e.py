@@ -55,7 +55,7 @@ def keyfile(tmp_path):
     path = tmp_path / "src.test.e2e.key"
     from cryptography.hazmat.primitives import serialization
 
-    from relay.dkim import dns_record
+    from relay.delivery.dkim import dns_record
 
     key = serialization.load_pem_private_key(path.read_bytes(), None)
     return str(path), dns_record(key)

@@ -173,7 +173,7 @@ def test_dockerfile_structure_matches_the_container_config():
 
 def test_dockerignore_keeps_sources_and_drops_local_state():
     files = set(dockerfile.context_files(REPO))
-    for needed in ("pyproject.toml", "relay/db.py", "relay/migrations/m0001_core.py", "relaybox/cli.py",
+    for needed in ("pyproject.toml", "store/sqlite.py", "store/migrations/m0001_core.py", "relaybox/cli.py",
                    "conf/relaybox.container.toml"):
         assert needed in files, needed
     for f in files:
@@ -307,7 +307,7 @@ def test_image_rootfs_from_the_dockerfile_installs_and_runs(tmp_path):
     os.makedirs(workdir, exist_ok=True)
     # the installed copy is used, not this checkout
     where = subprocess.run([os.path.join(rootfs, "opt/relaybox/bin/python"), "-c",
-                            "import relay.db, relaybox.cli; print(relay.db.__file__)"],
+                            "import store.sqlite, relaybox.cli; print(store.sqlite.__file__)"],
                            cwd=workdir, env=env, capture_output=True, text=True, timeout=30)
     assert where.returncode == 0 and where.stdout.startswith(rootfs), where.stderr
     res = subprocess.run([exe, "--help"], cwd=workdir, env=env, capture_output=True, text=True, timeout=30)

@@ -1,4 +1,4 @@
-"""DKIM signatures from relay/dkim.py, checked by independent verifiers against a real DNS server:
+"""DKIM signatures from relay/delivery/dkim.py, checked by independent verifiers against a real DNS server:
 Perl Mail::DKIM (rsa-sha256; custom resolver pointed at dnsmasq on a high port) and opendkim-testmsg
 (rsa-sha256 and ed25519-sha256; in a private network namespace with dnsmasq on its 127.0.0.1:53)."""
 
@@ -15,8 +15,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from relay.config import DKIMConfig, DKIMKeyConfig
-from relay.dkim import (Signer, dns_record, load_key, parse_headers, relaxed_body, relaxed_header,
-                        split_message)
+from relay.delivery.dkim import (
+    Signer,
+    dns_record,
+    load_key,
+    parse_headers,
+    relaxed_body,
+    relaxed_header,
+    split_message,
+)
 from tests.peers.dnsmasq import DnsmasqServer, build_args
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

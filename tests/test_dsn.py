@@ -1,10 +1,10 @@
-"""Outgoing DSNs (relay/dsn.py) are well-formed RFC 3464 reports: checked with the stdlib MIME parser and
+"""Outgoing DSNs (relay/notices/dsn.py) are well-formed RFC 3464 reports: checked with the stdlib MIME parser and
 with relaybox's own inbound bounce parser (relay/bounces, written independently)."""
 
 import email
 
-from relay import dsn
 from relay.bounces.parser import parse
+from relay.notices import dsn
 
 MSG = {"id": "06H0EJTDD1ETHACP", "sender": "alice@src.test", "created_at": 1_800_000_000.0}
 ORIGINAL = (b"From: Alice <alice@src.test>\r\nTo: bob@dst.test\r\nSubject: hi\r\n"

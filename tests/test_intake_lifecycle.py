@@ -11,10 +11,10 @@ import aiosmtplib
 import pytest
 
 from relay.config import SMTPConfig
-from relay.db import Database
-from relay.listener import Listener
-from relay.policy import Policy
-from relay.queue import Spool
+from relay.intake.listener import Listener
+from relay.intake.policy import Policy
+from relay.spool.spool import Spool
+from store.sqlite import Database
 from tests.peers.ports import free_port
 from tests.peers.relaybox_proc import RelayboxProcess
 

@@ -15,11 +15,11 @@ import time
 
 import pytest
 
-from relay import lock
-from relay.db import Database
 from relay.envelope import NewMessage
-from relay.queue import Spool
+from relay.spool.spool import Spool
 from relaybox.cli import main as cli
+from store import lock
+from store.sqlite import Database
 from tests.peers.ports import free_port
 from tests.peers.relaybox_proc import REPO, RelayboxProcess, write_config
 
@@ -27,7 +27,7 @@ ENV = dict(os.environ, PYTHONPATH=REPO)
 
 
 def _try_lock(db: str) -> subprocess.CompletedProcess:
-    code = ("import sys; from relay.lock import acquire, LockError\n"
+    code = ("import sys; from store.lock import acquire, LockError\n"
             "try: acquire(sys.argv[1])\n"
             "except LockError as e: print(e); sys.exit(3)\n"
             "print('locked')")
@@ -53,7 +53,7 @@ def test_second_process_is_refused_naming_the_holder(tmp_path):
 
 def test_a_killed_holder_does_not_leave_a_stale_lock(tmp_path):
     db = str(tmp_path / "relaybox.db")
-    code = ("import sys, time; from relay.lock import acquire; held = acquire(sys.argv[1]); "
+    code = ("import sys, time; from store.lock import acquire; held = acquire(sys.argv[1]); "
             "print('ok', flush=True); time.sleep(60)")
     proc = subprocess.Popen([sys.executable, "-c", code, db], env=ENV, stdout=subprocess.PIPE, text=True)
     try:
@@ -252,7 +252,7 @@ def test_backup_while_relaybox_runs_and_accepts_mail(tmp_path):
 # ---- upgrade path: migrations forward at start, never backward ---------------------------------------------
 def _old_schema_db(path: str, monkeypatch) -> int:
     """A database as an older relaybox wrote it: one that knew only the first migration."""
-    from relay import db as dbmod
+    from store import sqlite as dbmod
 
     every = dbmod.migrations()
     with monkeypatch.context() as m:
@@ -266,7 +266,7 @@ def _old_schema_db(path: str, monkeypatch) -> int:
 
 
 async def test_an_old_backup_restores_and_migrates_at_start(tmp_path, capsys, monkeypatch):
-    from relay.db import migrations
+    from store.sqlite import migrations
 
     old = str(tmp_path / "old.db")
     first = _old_schema_db(old, monkeypatch)

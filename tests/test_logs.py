@@ -40,20 +40,20 @@ def capture():
 
 def test_text_line_carries_time_level_logger_queue_id_and_extras(capture):
     out = capture("text")
-    logging.getLogger("relay.listener").info("accepted %d recipients", 2,
+    logging.getLogger("relay.intake.listener").info("accepted %d recipients", 2,
                                              extra={"queue_id": "Q7XK2", "peer": "10.0.0.5"})
     line = out.getvalue().strip()
-    assert line.endswith("INFO relay.listener [Q7XK2] accepted 2 recipients peer=10.0.0.5")
+    assert line.endswith("INFO relay.intake.listener [Q7XK2] accepted 2 recipients peer=10.0.0.5")
     assert line[:4].isdigit() and line.split(" ")[0].endswith("Z")
 
 
 def test_json_lines_are_objects_with_queue_id(capture):
     out = capture("json")
-    log = logging.getLogger("relay.delivery")
+    log = logging.getLogger("relay.delivery.attempt")
     log.warning("deferred: %s", "451 4.7.1 try later", extra={"queue_id": "Q1", "attempt": 3})
     log.info("no queue id here")
     first, second = [json.loads(x) for x in out.getvalue().splitlines()]
-    assert first["level"] == "warning" and first["logger"] == "relay.delivery"
+    assert first["level"] == "warning" and first["logger"] == "relay.delivery.attempt"
     assert first["msg"] == "deferred: 451 4.7.1 try later"
     assert first["queue_id"] == "Q1" and first["attempt"] == 3
     assert first["ts"].endswith("Z")
@@ -75,7 +75,7 @@ SECRET = "Tr0ub4dor&3-horse"
 @pytest.mark.parametrize("fmt", ["text", "json"])
 def test_secrets_never_reach_the_output(capture, fmt):
     out = capture(fmt)
-    log = logging.getLogger("relay.transport")
+    log = logging.getLogger("relay.delivery.transport")
     plain = base64.b64encode(b"\0app1\0" + SECRET.encode()).decode()
     logs.register_secret("route-pass-5f2a9")
     log.info("login user=app1 password=%s", SECRET)
@@ -121,7 +121,7 @@ def test_secrets_of_the_loaded_config_are_registered(capture, tmp_path):
     })
     assert logs.register_settings_secrets(settings) >= 5
     out = capture("json")
-    logging.getLogger("relay.transport").error(
+    logging.getLogger("relay.delivery.transport").error(
         "smarthost said: bad credentials route-pw-77 / cfg-plain-pass; header X: adm-tok-123456 "
         "ro-tok-654321 hook-key-999 file-tok-111222 file-ro-333444 verp-signing-key-0123456789",
         extra={"queue_id": "Q1"})
@@ -143,9 +143,8 @@ def test_ordinary_words_are_not_masked(capture):
 
 def test_relaybox_run_logs_json_with_the_cli_flag(tmp_path):
     """The real command line: `relaybox run --log-format json` prints JSON lines, nothing else."""
-    from tests.peers.relaybox_proc import RelayboxProcess
-
     from tests.peers.ports import free_port
+    from tests.peers.relaybox_proc import RelayboxProcess
 
     rb = RelayboxProcess(str(tmp_path), {"log": {"format": "text"},
                                          "admin": {"listen": f"127.0.0.1:{free_port()}"}})

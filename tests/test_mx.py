@@ -4,8 +4,8 @@ import random
 
 import pytest
 
+from relay.delivery.mx import MXResolver
 from relay.errors import DNSError
-from relay.mx import MXResolver
 from tests.peers.dnsmasq import DnsmasqServer
 
 ZONE = {

@@ -2,8 +2,8 @@
 
 import pytest
 
-from relay import policy
-from relay.db import Database
+from relay.intake import policy
+from store.sqlite import Database
 
 
 def test_cidr_matching_ipv4_ipv6_and_mapped():

@@ -16,9 +16,9 @@ from poller import channels, store
 from poller.config import CampaignConfig, ChannelConfig, FilterConfig
 from poller.fetcher import run_once
 from poller.runner import PollerService
-from relay.db import Database
-from relay.queue import Spool
+from relay.spool.spool import Spool
 from relaybox.settings import parse
+from store.sqlite import Database
 from tests.peers.dovecot import Dovecot
 from tests.peers.ports import free_port
 

@@ -12,8 +12,8 @@ from poller import channels, oauth2
 from poller.config import CampaignConfig, ChannelConfig
 from poller.fetcher import run_once
 from poller.runner import PollerService
-from relay.db import Database
 from relaybox.settings import parse
+from store.sqlite import Database
 from tests.peers.dovecot import Dovecot
 from tests.peers.oauth2 import TokenServer
 

@@ -5,9 +5,9 @@ import hashlib
 
 import pytest
 
-from relay.db import Database, StorageError
 from relay.envelope import NewMessage, Status
-from relay.queue import QueueError, RecipientResult, Spool
+from relay.spool.spool import QueueError, RecipientResult, Spool
+from store.sqlite import Database, StorageError
 
 
 class Clock:
@@ -169,7 +169,7 @@ async def test_recover_requeues_and_poison_limit(dbpath):
 def test_migrations_are_tracked_and_downgrade_is_refused(dbpath):
     import sqlite3
 
-    from relay.db import SchemaTooNew, migrations
+    from store.sqlite import SchemaTooNew, migrations
 
     db = Database(dbpath).open()
     db.close()

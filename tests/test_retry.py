@@ -1,6 +1,6 @@
 """The retry schedule is a pure function: tested with explicit times and random numbers, no clock."""
 
-from relay.retry import RetryPolicy, backoff, is_expired, named_wait, next_attempt
+from relay.spool.retry import RetryPolicy, backoff, is_expired, named_wait, next_attempt
 
 P = RetryPolicy()
 T0 = 1_000_000.0

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from relay.config import RouteConfig
-from relay.routes import RouteError, Router
+from relay.delivery.routes import RouteError, Router
 from tests.peers.relaybox_proc import write_config
 from tests.peers.sink import Sink
 
@@ -66,7 +66,7 @@ async def test_routes_test_command_reports_success_and_the_servers_exact_reply(t
 
 def test_config_problems_names_bad_keys_and_routes(tmp_path):
     from relay.config import DKIMConfig, DKIMKeyConfig, RelayConfig
-    from relay.delivery import config_problems
+    from relay.delivery.attempt import config_problems
 
     bad = tmp_path / "bad.key"
     bad.write_text("not a key")

@@ -4,8 +4,8 @@ import asyncio
 
 import pytest
 
-from relay.headers import HeaderError, parse_send_at, prepare_message
-from relay.smtpdata import check_and_clean, read_data, unstuff
+from relay.intake.data import check_and_clean, read_data, unstuff
+from relay.intake.headers import HeaderError, parse_send_at, prepare_message
 
 
 async def feed(chunks, limit=1_000_000):

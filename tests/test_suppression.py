@@ -1,4 +1,4 @@
-"""Suppression list and bounce effects on a real SQLite database (relay.db.Database in tmp_path)."""
+"""Suppression list and bounce effects on a real SQLite database (store.sqlite.Database in tmp_path)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ import json
 
 import pytest
 
-from relay import bounce_handler, suppression, verp
-from relay.bounces import parse
+from relay.bounces import parse, suppression, verp
+from relay.bounces import record as bounce_handler
 from relay.config import BouncesConfig
-from relay.db import Database
 from relay.envelope import NewMessage
-from relay.queue import Spool
+from relay.spool.spool import Spool
+from store.sqlite import Database
 
 SECRET = "suppression-test-secret-0123"
 CFG = BouncesConfig(domain="bounce.relay.example", secret=SECRET)
@@ -21,7 +21,7 @@ T0 = 1_800_000_000.0
 
 @pytest.fixture
 def db(tmp_path):
-    d = Database(str(tmp_path / "relay.db")).open()
+    d = Database(str(tmp_path / "store.sqlite")).open()
     yield d
     d.close()
 
@@ -155,7 +155,7 @@ async def test_verp_bounce_marks_delivered_recipient_bounced_and_suppresses(db, 
     assert len(_events(db, rid)) == 1
     # durable: a restart on the same file sees the suppression (30 days) and the bounce rows
     db.close()
-    db2 = Database(str(tmp_path / "relay.db")).open()
+    db2 = Database(str(tmp_path / "store.sqlite")).open()
     try:
         entry = db2.read_sync(lambda c: suppression.get(c, "bob@example.net"))
         assert entry["kind"] == "hard"

@@ -2,8 +2,8 @@
 
 import pytest
 
+from relay.delivery.transport import Candidate, ConnectionPool, TLSPolicy, open_session
 from relay.errors import DeliveryError
-from relay.transport import Candidate, ConnectionPool, TLSPolicy, open_session
 from tests.peers.ports import free_port
 from tests.peers.sink import Sink
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from relay import verp
+from relay.bounces import verp
 from relay.envelope import new_queue_id
 
 SECRET = "0123456789abcdef-test-secret"

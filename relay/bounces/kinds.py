@@ -13,7 +13,7 @@ import email.utils
 import re
 from email.message import Message
 
-from relay.bounces.dsn import address_of, unfold
+from relay.bounces.dsn_fields import address_of, unfold
 from relay.bounces.notice import addresses
 
 _AUTO_SUBJECT = re.compile(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from relay.bounces.dsn import REPLY_RE, STATUS_RE, join_reply, status_of
+from relay.bounces.dsn_fields import REPLY_RE, STATUS_RE, join_reply, status_of
 
 ADDR = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}@(?:[A-Za-z0-9-]{1,63}\.)+[A-Za-z]{2,24}"
 ADDR_RE = re.compile(rf"(?<![A-Za-z0-9.=+_-]){ADDR}(?![A-Za-z0-9-])")
@@ -135,7 +135,7 @@ def describe(segment: str, addr: str) -> dict[str, str]:
     else:
         diag = " ".join(body.split())[:MAX_SEGMENT]
     code = REPLY_RE.match(reply).group(1) if reply and REPLY_RE.match(reply) else ""
-    from relay.bounces.dsn import diag_status_of
+    from relay.bounces.dsn_fields import diag_status_of
     status = status_of(reply) or diag_status_of(body[:MAX_SEGMENT * 2]) or _status_in(body)
     return {"diagnostic": diag[:MAX_SEGMENT], "replycode": code, "status": status}
 

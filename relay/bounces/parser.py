@@ -17,7 +17,8 @@ import logging
 import re
 from dataclasses import asdict, dataclass, field
 
-from relay.bounces import dsn, kinds, message, notice, reasons, sesjson
+from relay.bounces import dsn_fields as dsn
+from relay.bounces import kinds, message, notice, reasons, sesjson
 
 # flufl.bounce logs a traceback for every detector that trips over a malformed message (and an INFO line per
 # detector): hostile input must not be able to flood our logs. Its failures just mean "no address found".

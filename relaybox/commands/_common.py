@@ -10,8 +10,8 @@ from typing import Any, Callable
 
 
 def open_db(args):
-    from relay.db import Database
     from relaybox.settings import load
+    from store.sqlite import Database
 
     path = getattr(args, "db", None) or load(args.config).relay.storage.path
     return Database(path).open()

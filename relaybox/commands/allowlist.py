@@ -9,7 +9,7 @@ from __future__ import annotations
 import getpass
 import sys
 
-from relay import policy
+from relay.intake import policy
 from relaybox.commands._common import out, read, removed, write
 
 

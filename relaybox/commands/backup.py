@@ -20,8 +20,8 @@ import sqlite3
 import sys
 import time
 
-from relay import lock as dblock
-from relay.db import migrations
+from store import lock as dblock
+from store.sqlite import migrations
 
 
 class BackupError(Exception):

@@ -13,9 +13,10 @@ import json
 import sys
 import time
 
-from relay import suppression
+from relay.bounces import suppression
 from relay.configtypes import parse_duration
-from relaybox.commands._common import read, removed, table as _table, write
+from relaybox.commands._common import read, removed, write
+from relaybox.commands._common import table as _table
 
 _FIELDS = ("address", "action", "status", "replycode", "diagnostic", "reason", "kind")
 

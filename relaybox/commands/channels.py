@@ -12,7 +12,8 @@ import sys
 from poller import channels, store
 from poller.config import CampaignConfig, ChannelConfig, FilterConfig
 from relay.configtypes import ConfigError, build
-from relaybox.commands._common import db_session, open_db, out as _out, read, removed, write
+from relaybox.commands._common import db_session, open_db, read, removed, write
+from relaybox.commands._common import out as _out
 
 
 def _db_arg(p) -> None:

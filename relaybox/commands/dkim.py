@@ -18,7 +18,7 @@ def cmd_keygen(args) -> int:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-    from relay.dkim import dns_record
+    from relay.delivery.dkim import dns_record
     from relay.envelope import address_error
 
     domain = args.domain.strip().rstrip(".").lower()

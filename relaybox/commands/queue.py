@@ -84,8 +84,8 @@ class DbBackend:
     """The same operations on the database file, through the spool and the API's own query code."""
 
     def __init__(self, path: str):
-        from relay.db import Database
-        from relay.queue import Spool
+        from relay.spool.spool import Spool
+        from store.sqlite import Database
 
         self.db = Database(path).open()
         self.rb = SimpleNamespace(db=self.db, spool=Spool(self.db))

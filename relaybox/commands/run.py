@@ -50,9 +50,8 @@ def cmd_run(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from relaybox.settings import load
-
     from relaybox.checks import problems
+    from relaybox.settings import load
 
     path = args.file or args.config
     try:

@@ -26,7 +26,7 @@ import aiosmtplib
 from relay.envelope import address_error
 from relay.errors import ConnectError, DeliveryError, EnvelopeError, from_exception, from_reply
 
-log = logging.getLogger("relay.transport")
+log = logging.getLogger("relay.delivery.transport")
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The suppression list: addresses relaybox will not deliver to (the scheduler fails them 'suppressed').
 
-Rules (``apply_bounce`` / ``apply_complaint``, called by ``relay.bounce_handler`` inside its write):
+Rules (``apply_bounce`` / ``apply_complaint``, called by ``relay.bounces.record`` inside its write):
 - a hard bounce (the address itself is unusable) suppresses for ``hard_for`` seconds (default 30 days;
   0 = forever);
 - a complaint (ARF feedback, unsubscribe request) suppresses forever;

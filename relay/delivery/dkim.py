@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from email.utils import getaddresses
 
 from cryptography.hazmat.primitives import hashes, serialization
-from prometheus_client import Counter
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
+from prometheus_client import Counter
 
 # Signed when present (RFC 6376 5.4.1 recommendations); From is also over-signed (one extra "from")
 # so that a From added in transit breaks the signature.

@@ -1,7 +1,7 @@
 """The scheduler's own SQL beside the Spool API, kept small and in one place:
 
 - ``prefetch(conn, ...)``: in one reader round trip per claim round, which claimed addresses are
-  suppressed (``relay.suppression.is_suppressed``) and the bodies of small messages;
+  suppressed (``relay.bounces.suppression.is_suppressed``) and the bodies of small messages;
 - ``release(conn, ids, at, now)``: hand claimed recipients back to the queue without an attempt (a full
   destination backlog, or a shutdown that cancelled them): no status event, since nothing happened to
   them, and the claim's poison accounting is undone once nothing of the message is in flight.
@@ -13,7 +13,7 @@ import logging
 import sqlite3
 from typing import Callable
 
-log = logging.getLogger("relay.scheduler")
+log = logging.getLogger("relay.delivery.scheduler")
 
 
 def prefetch(conn: sqlite3.Connection, addresses: set[str], body_ids: list[str],

@@ -87,8 +87,8 @@ async def smtp_test(route: RouteConfig, helo: str, timeout: float = 30.0) -> tup
     ("535 5.7.8 Authentication credentials invalid"). Credentials never appear in either.
     Used by ``relaybox routes test NAME`` and the admin API.
     """
+    from relay.delivery.transport import Candidate, TLSPolicy, open_session
     from relay.errors import DeliveryError, from_exception
-    from relay.transport import Candidate, TLSPolicy, open_session
 
     transcript: list[dict] = []
     loop = asyncio.get_running_loop()

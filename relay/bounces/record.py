@@ -28,10 +28,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from relay import suppression, verp
-from relay.bounces import Parsed, Recipient, parse
+from relay.bounces import Parsed, Recipient, parse, suppression, verp
 from relay.bounces import reasons as _reasons
-from relay.queue import add_event
+from relay.spool.spool import add_event
 
 log = logging.getLogger("relay.bounces")
 

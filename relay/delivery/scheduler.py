@@ -8,11 +8,11 @@
 
 Each round claims due recipients with a lease (``Spool.claim``) and, per message, checks what needs no
 network first: expired (``delivery.max_lifetime`` since acceptance or send-at -> ``failed``/``expired``),
-suppressed (``relay.suppression``, when present -> ``failed``/``suppressed``), invalid addresses. The rest is
+suppressed (``relay.bounces.suppression``, when present -> ``failed``/``suppressed``), invalid addresses. The rest is
 grouped by destination (``route:<name>`` or ``mx:<domain>``): one SMTP transaction per message and
 destination, under a global connection limit and a per-destination one (``delivery.per_destination``,
 overrides in ``delivery.per_domain``). Results go back through ``Spool.complete`` with the next attempt time
-from ``relay.retry``; bounced/failed recipients trigger one DSN to the envelope sender (``relay.reports``).
+from ``relay.spool.retry``; bounced/failed recipients trigger one DSN to the envelope sender (``relay.notices.reports``).
 
 A slow or dead destination cannot starve the others: claims stop at a bound of recipients in flight, a
 destination holds at most ``10 x`` its connection limit (at least half the in-flight bound) of them; the
@@ -33,17 +33,16 @@ import time
 from collections import Counter
 from typing import Callable
 
-from relay import claimwork
-from relay import delivery_metrics as metrics
 from relay.config import RelayConfig
-from relay.delivery import Delivery, Outcome
+from relay.delivery import claimwork, metrics
+from relay.delivery.attempt import Delivery, Outcome
 from relay.envelope import address_error
 from relay.errors import ConnectError, DeliveryError
-from relay.queue import Claim, RecipientResult, Spool
-from relay.reports import Batch, Reports
-from relay.retry import RetryPolicy, expires_at, next_attempt
+from relay.notices.reports import Batch, Reports
+from relay.spool.retry import RetryPolicy, expires_at, next_attempt
+from relay.spool.spool import Claim, RecipientResult, Spool
 
-log = logging.getLogger("relay.scheduler")
+log = logging.getLogger("relay.delivery.scheduler")
 
 DOWN_FOR = 30.0               # seconds a destination that refused connections is skipped
 BACKLOG_FACTOR = 10           # recipients held per destination = factor x its connection limit
@@ -55,7 +54,7 @@ PREFETCH_BYTES = 32_000_000   # at most this much body data per round
 
 def _load_suppression():
     try:
-        mod = importlib.import_module("relay.suppression")
+        mod = importlib.import_module("relay.bounces.suppression")
     except ImportError:
         return None
     return mod if hasattr(mod, "is_suppressed") else None
@@ -393,6 +392,6 @@ class Scheduler:
             self._in_flight.difference_update(r["id"] for r in rcpts)
 
     async def _release(self, ids: list[int], at: float) -> None:
-        """Back to the queue without an attempt (see relay.claimwork.release)."""
+        """Back to the queue without an attempt (see relay.delivery.claimwork.release)."""
         now = self.clock()
         await self.spool.db.write(lambda conn: claimwork.release(conn, ids, at, now))

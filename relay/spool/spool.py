@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from relay.db import Database
 from relay.envelope import NewMessage, Status, domain_of
+from store.sqlite import Database
 
 
 @dataclass

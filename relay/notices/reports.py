@@ -1,5 +1,5 @@
 """Sending delivery reports from the scheduler: one DSN per message and dispatch round for its bounced or
-failed recipients, and at most one delay notice per message (``relay.dsn`` builds them).
+failed recipients, and at most one delay notice per message (``relay.notices.dsn`` builds them).
 
     reports = Reports(spool, delivery_config, reporting_mta, clock)
     batch = reports.batch(message, parts)       # per dispatched message; parts = transactions (+ checks)
@@ -11,10 +11,10 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
-from relay import dsn
-from relay.queue import RecipientResult, Spool
+from relay.notices import dsn
+from relay.spool.spool import RecipientResult, Spool
 
-log = logging.getLogger("relay.reports")
+log = logging.getLogger("relay.notices.reports")
 
 
 class Batch:

@@ -2,7 +2,7 @@
 
 ``IntakeHandler`` holds the policy decisions (relay access, limits, the bounce domain) and the durable
 enqueue; ``Listener`` binds the sockets and drains on shutdown. The protocol object itself, with its strict
-parsing and fast DATA reader, is ``relay.smtpserver.RelaySMTP``.
+parsing and fast DATA reader, is ``relay.intake.protocol.RelaySMTP``.
 """
 
 from __future__ import annotations
@@ -15,22 +15,22 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 from relay.config import SMTPConfig
-from relay.db import StorageError
 from relay.envelope import NewMessage
-from relay.headers import HeaderError, prepare_message
-from relay.metrics import SMTP_ACCEPTED, SMTP_REJECTED
-from relay.policy import Policy
-from relay.queue import Spool
-from relay.smtpserver import ListenerState, RelaySMTP
+from relay.intake.headers import HeaderError, prepare_message
+from relay.intake.metrics import SMTP_ACCEPTED, SMTP_REJECTED
+from relay.intake.policy import Policy
+from relay.intake.protocol import ListenerState, RelaySMTP
+from relay.spool.spool import Spool
+from store.sqlite import StorageError
 
 __all__ = ["BounceIntake", "IntakeHandler", "Listener", "ListenerState", "RelaySMTP", "split_hostport"]
 
-log = logging.getLogger("relay.listener")
+log = logging.getLogger("relay.intake.listener")
 
 @dataclass
 class BounceIntake:
     """Mail for the VERP bounce domain: ``in_domain(addr)``, ``valid(addr)`` (a signed VERP address) and
-    ``process(raw, rcpt)`` which parses and durably records the report (relay.bounce_handler)."""
+    ``process(raw, rcpt)`` which parses and durably records the report (relay.bounces.record)."""
 
     in_domain: Callable[[str], bool]
     valid: Callable[[str], bool]

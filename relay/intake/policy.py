@@ -19,10 +19,10 @@ import sqlite3
 import time
 from typing import Iterable
 
-from relay.db import Database
 from relay.tasks import cancel_and_wait
+from store.sqlite import Database
 
-log = logging.getLogger("relay.policy")
+log = logging.getLogger("relay.intake.policy")
 
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from email.utils import format_datetime, make_msgid
 from datetime import datetime, timezone
+from email.utils import format_datetime, make_msgid
 
-from relay.dkim import parse_headers, split_message
+from relay.delivery.dkim import parse_headers, split_message
 from relay.envelope import NewMessage, address_error
-
 
 FAILED_SUBJECT = "Undelivered Mail Returned to Sender"
 DELAYED_SUBJECT = "Delayed Mail (still being retried)"

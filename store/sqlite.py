@@ -24,7 +24,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
 
-log = logging.getLogger("relay.db")
+log = logging.getLogger("store.sqlite")
 
 T = TypeVar("T")
 _STOP = object()
@@ -54,11 +54,11 @@ def _connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
 
 
 def migrations() -> list[tuple[int, str, Any]]:
-    """All migrations found in ``relay.migrations`` as (version, name, module), sorted by version.
+    """All migrations found in ``store.migrations`` as (version, name, module), sorted by version.
 
     Each module is named ``mNNNN_description`` and defines ``SQL`` (a script) and/or ``apply(conn)``.
     """
-    import relay.migrations as pkg
+    import store.migrations as pkg
 
     found = []
     for info in pkgutil.iter_modules(pkg.__path__):
@@ -67,7 +67,7 @@ def migrations() -> list[tuple[int, str, Any]]:
         num = info.name[1:].split("_", 1)[0]
         if not num.isdigit():
             continue
-        mod = importlib.import_module(f"relay.migrations.{info.name}")
+        mod = importlib.import_module(f"store.migrations.{info.name}")
         found.append((int(num), info.name, mod))
     found.sort(key=lambda t: t[0])
     versions = [v for v, _, _ in found]

@@ -2,8 +2,8 @@
 
 Raw-argument MAIL/RCPT parsing (aiosmtpd turns ``<a@x.com;b@y.com>`` into ``a@x.com``), enhanced status
 codes on our replies, session limits, a 421 on idle timeout and while draining, and the fast strict DATA
-reader of ``relay.smtpdata``. Policy decisions and the spool commit are the handler's
-(``relay.listener.IntakeHandler``); this module only speaks the protocol.
+reader of ``relay.intake.data``. Policy decisions and the spool commit are the handler's
+(``relay.intake.listener.IntakeHandler``); this module only speaks the protocol.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, Session
 
 from relay.config import SMTPConfig
 from relay.envelope import address_error
-from relay.metrics import SMTP_REJECTED, SMTP_SESSIONS
-from relay.smtpdata import check_and_clean, read_data
+from relay.intake.data import check_and_clean, read_data
+from relay.intake.metrics import SMTP_REJECTED, SMTP_SESSIONS
 
-log = logging.getLogger("relay.listener")
+log = logging.getLogger("relay.intake.listener")
 
 DATA_READ_LIMIT = 512 * 1024
 _PATH_RE = re.compile(r"^\s*<([^<>]*)>(.*)$", re.S)

@@ -20,16 +20,16 @@ import socket
 import time
 from dataclasses import dataclass, field
 
-from relay import verp
+from relay.bounces import verp
 from relay.config import RelayConfig, RouteConfig
-from relay.dkim import DKIMError, Signer
+from relay.delivery.dkim import DKIMError, Signer
+from relay.delivery.mx import MXResolver
+from relay.delivery.routes import Router
+from relay.delivery.transport import Candidate, ConnectionPool, Session, TLSPolicy, Transaction, open_session
 from relay.envelope import domain_of
 from relay.errors import ConnectError, DeliveryError, DNSError, from_exception, split_enhanced
-from relay.mx import MXResolver
-from relay.routes import Router
-from relay.transport import Candidate, ConnectionPool, Session, TLSPolicy, Transaction, open_session
 
-log = logging.getLogger("relay.delivery")
+log = logging.getLogger("relay.delivery.attempt")
 
 MAX_ADDRESSES_PER_HOST = 2
 
@@ -37,7 +37,7 @@ MAX_ADDRESSES_PER_HOST = 2
 def config_problems(config: RelayConfig) -> list[str]:
     """What would stop the delivery engine from starting (for ``check-config`` and start-up): DKIM keys that
     cannot be loaded, inconsistent routes. Empty when fine."""
-    from relay.routes import RouteError
+    from relay.delivery.routes import RouteError
 
     problems = []
     try:

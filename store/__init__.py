@@ -1,0 +1,71 @@
+"""The store: the only package that knows SQL. Connections, the group-commit writer, migrations of every
+schema, and one typed async interface per aggregate, returning frozen dataclasses.
+
+    store = Store(path).open()           # migrations run, writer thread started
+    qid = await store.messages.enqueue(NewMessage(...))   # durable on return
+    store.close()
+
+Aggregates (attributes of ``Store``):
+
+- ``messages``  messages, bodies, recipients, events, attempts: enqueue, claim, complete, admin moves
+                (``store.messages``; recipient statuses change only through ``store.states.transition``)
+- ``history``   the read side of the spool for admins (lists, one message, summaries)
+- ``bounces``   bounce records and the suppression list
+- ``access``    allowlist and SMTP AUTH users
+- ``inbound``   channels, filters, campaigns, checkpoints, inbound messages, quarantine
+- ``outbox``    event webhooks (endpoint cursors over ``events``, deliveries)
+- ``kv``        small named values
+- ``stats``     figures for /metrics and /readyz
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from store.access import AccessStore
+from store.bounces import BounceStore
+from store.history import History
+from store.inbound import InboundStore
+from store.kv import KeyValue
+from store.messages import MessageStore
+from store.outbox import WebhookOutbox
+from store.sqlite import Database, SchemaTooNew, StorageError
+from store.stats import Stats
+
+__all__ = ["Store", "StorageError", "SchemaTooNew"]
+
+
+class Store:
+    """Every aggregate over one database. ``open()`` before use, ``close()`` at the end."""
+
+    def __init__(self, path: str, *, clock: Callable[[], float] = time.time, readers: int = 4,
+                 poison_limit: int = 3):
+        self.path = str(path)
+        self.db = Database(self.path, readers=readers)
+        self.messages = MessageStore(self.db, clock, poison_limit=poison_limit)
+        self.history = History(self.db, clock)
+        self.bounces = BounceStore(self.db, clock)
+        self.access = AccessStore(self.db, clock)
+        self.inbound = InboundStore(self.db, clock)
+        self.outbox = WebhookOutbox(self.db, clock)
+        self.kv = KeyValue(self.db, clock)
+        self.stats = Stats(self.db, clock)
+
+    def open(self) -> "Store":
+        self.db.open()
+        return self
+
+    def close(self) -> None:
+        self.db.close()
+
+    @property
+    def last_error(self) -> str | None:
+        """The last commit failure (None once a commit succeeded again)."""
+        return self.db.last_error
+
+    async def check_writable(self) -> bool:
+        return await self.db.check_writable()
+
+    def size_bytes(self) -> int:
+        return self.db.size_bytes()
