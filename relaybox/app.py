@@ -24,7 +24,7 @@ from relay.intake.policy import Policy, hash_password, seed
 from relay.spool.spool import Spool
 from relaybox import lifecycle, logs
 from relaybox.settings import Settings, load
-from store.sqlite import Database
+from store import Store
 
 log = logging.getLogger("relaybox")
 
@@ -65,7 +65,8 @@ class App:
     def __init__(self, settings: Settings):
         self.settings = settings
         rc = settings.relay
-        self.db = Database(rc.storage.path)
+        self.store = Store(rc.storage.path, poison_limit=rc.storage.poison_limit)
+        self.db = self.store.db   # transitional: every caller moves to self.store.<aggregate>
         self.spool = Spool(self.db, poison_limit=rc.storage.poison_limit)
         self.policy = Policy(self.db)
         self.disk = DiskMonitor(rc.storage.path, rc.storage.min_free)
@@ -84,7 +85,7 @@ class App:
         lock_mod = _optional("store.lock")
         if lock_mod is not None:
             self.lock = lock_mod.acquire(rc.storage.path)
-        self.db.open()
+        self.store.open()
         stats = await self.spool.recover()
         if stats.get("requeued") or stats.get("poisoned"):
             log.warning("crash recovery: %d leases returned to the queue, %d poison items failed",
@@ -183,7 +184,7 @@ class App:
                 except Exception:  # noqa: BLE001 - keep shutting the rest down
                     log.exception("error while stopping %s", type(comp).__name__)
         await self.policy.stop()
-        self.db.close()
+        self.store.close()
         if self.lock is not None:
             self.lock.release()
         log.info("relaybox stopped")
