@@ -25,10 +25,10 @@ def cmd_list(args) -> int:
     except ConfigError as exc:
         print("\n".join(f"config error: {p}" for p in exc.problems), file=sys.stderr)
         return 2
-    if not relay.delivery.routes:
+    if not relay.routes:
         print("no routes: all mail goes directly to the recipients' MX hosts")
         return 0
-    for r in relay.delivery.routes:
+    for r in relay.routes:
         match = ", ".join([*r.from_addresses, *(f"@{d}" for d in r.from_domains)]) or "-"
         flag = " (default)" if r.default else ""
         user = f" user={r.username}" if r.username else ""
@@ -43,12 +43,12 @@ def cmd_test(args) -> int:
     except ConfigError as exc:
         print("\n".join(f"config error: {p}" for p in exc.problems), file=sys.stderr)
         return 2
-    route = next((r for r in relay.delivery.routes if r.name == args.name), None)
+    route = next((r for r in relay.routes if r.name == args.name), None)
     if route is None:
-        names = ", ".join(r.name for r in relay.delivery.routes) or "none configured"
+        names = ", ".join(r.name for r in relay.routes) or "none configured"
         print(f"error: no route named {args.name!r} (routes: {names})", file=sys.stderr)
         return 2
-    helo = relay.delivery.attempt.helo_name or relay.smtp.hostname
+    helo = relay.delivery.helo_name or relay.smtp.hostname
     from relay.delivery.routes import smtp_test
 
     ok, summary, transcript = asyncio.run(smtp_test(route, helo, args.timeout))
