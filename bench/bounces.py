@@ -1,6 +1,7 @@
-"""Bounce parser accuracy on the shared corpus, against flufl.bounce alone measured in the same run.
+"""Bounce parser accuracy on the bounce corpus (tests/data/bounces), against flufl.bounce alone measured in
+the same run.
 
-    .venv/bin/python bench/bounces.py [--corpus ../shared/corpus/bounces] [--misses] [--cli]
+    .venv/bin/python bench/bounces.py [--corpus tests/data/bounces] [--misses] [--cli]
 
 Figures (over the expected recipients of the bounce samples): recipients found, status exact (any of
 ``accept_status``), reason right (any of ``accept_reason``), hard/soft right (any of ``accept_kind``, where
@@ -146,7 +147,7 @@ def figures(t: dict) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--corpus", default=os.path.join(ROOT, "..", "shared", "corpus", "bounces"))
+    ap.add_argument("--corpus", default=os.path.join(ROOT, "tests", "data", "bounces"))
     ap.add_argument("--misses", action="store_true", help="list every miss of our parser")
     ap.add_argument("--cli", action="store_true", help="measure the output of `relaybox bounces parse`")
     args = ap.parse_args()

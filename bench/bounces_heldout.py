@@ -49,7 +49,8 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--emails", required=True)
     ap.add_argument("--expect", required=True)
-    ap.add_argument("--corpus", default=os.path.join(ROOT, "..", "shared", "corpus", "bounces"))
+    ap.add_argument("--corpus", default=os.path.join(ROOT, "tests", "data", "bounces"),
+                    help="our corpus (its samples are skipped unless --include-known)")
     ap.add_argument("--misses", action="store_true")
     ap.add_argument("--include-known", action="store_true", help="also samples that are in our corpus")
     args = ap.parse_args()

@@ -1,5 +1,5 @@
 """Bounce parser: standards (RFC 3464/6533 DSN, RFC 5965 ARF, RFC 3834), non-standard notices, hostile
-input, a few real corpus samples, and the corpus accuracy floor (../shared/corpus/bounces)."""
+input, a few real corpus samples, and the corpus accuracy floor (tests/data/bounces, BSD-2-Clause)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from relay.bounces import parse
 from relay.bounces.reasons import classify, kind
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CORPUS = os.path.join(ROOT, "..", "shared", "corpus", "bounces")
+CORPUS = os.path.join(ROOT, "tests", "data", "bounces")
 
 
 def dsn(status="5.1.1", action="failed", diag="smtp; 550 5.1.1 <bob@example.net>: Recipient address "
