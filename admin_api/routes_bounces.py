@@ -1,13 +1,10 @@
-"""Bounces as recorded by ``relay.bounces.record`` (table ``bounces``): list with filters, show (with the
+"""Bounces as recorded by ``relay.bounces.record`` (``store.bounces``): list with filters, show (with the
 raw report of unparsed ones), each linked to its message when correlated."""
 
 from __future__ import annotations
 
-import sqlite3
-
 from aiohttp import web
 
-import relay.bounces.suppression  # noqa: F401 - the bounce engine; its absence leaves this resource out
 from admin_api.common import (
     PAGE_PARAMS,
     Param,
@@ -23,37 +20,18 @@ from admin_api.common import (
     query_int,
     relaybox,
 )
+from store.bounces import Bounce
 
 FILTERS = ("address", "category", "kind", "reason", "source", "message_id")
 
 
-def _present(r: dict, *, full: bool = False) -> dict:
-    out = {k: v for k, v in r.items() if k != "raw"}
-    out["at"] = iso(out["at"])
-    out["message"] = f"/api/v1/messages/{r['message_id']}" if r.get("message_id") else None
+def _present(b: Bounce, *, full: bool = False) -> dict:
+    out = {k: v for k, v in b.as_dict().items() if k != "raw"}
+    out["at"] = iso(b.at)
+    out["message"] = f"/api/v1/messages/{b.message_id}" if b.message_id else None
     if full:
-        raw = r.get("raw")
-        out["raw"] = bytes(raw).decode("utf-8", "replace") if raw else None
+        out["raw"] = b.raw.decode("utf-8", "replace") if b.raw else None
     return out
-
-
-def query(conn: sqlite3.Connection, flt: dict, since: float | None, until: float | None, before: int | None,
-          limit: int) -> list[dict]:
-    sql, args = "SELECT * FROM bounces WHERE 1=1", []
-    for k, v in flt.items():
-        sql += f" AND {k} = ?"
-        args.append(v.lower() if k == "address" else v)
-    if since is not None:
-        sql += " AND at >= ?"
-        args.append(since)
-    if until is not None:
-        sql += " AND at < ?"
-        args.append(until)
-    if before is not None:
-        sql += " AND id < ?"
-        args.append(before)
-    sql += " ORDER BY id DESC LIMIT ?"
-    return [dict(r) for r in conn.execute(sql, (*args, limit))]
 
 
 async def list_bounces(request: web.Request) -> web.Response:
@@ -64,9 +42,9 @@ async def list_bounces(request: web.Request) -> web.Response:
     cur = decode_cursor(request.query.get("cursor"))
     if cur is not None and not (isinstance(cur, dict) and isinstance(cur.get("before"), int)):
         raise bad_request("cursor: not a cursor returned by this API")
-    rows = await relaybox(request).db.read(
-        lambda c: query(c, flt, since, until, cur["before"] if cur else None, limit + 1))
-    nxt = encode_cursor({"before": rows[limit - 1]["id"]}) if len(rows) > limit else None
+    rows = await relaybox(request).store.bounces.list(flt, since=since, until=until,
+                                                      before=cur["before"] if cur else None, limit=limit + 1)
+    nxt = encode_cursor({"before": rows[limit - 1].id}) if len(rows) > limit else None
     return ok({"items": [_present(r) for r in rows[:limit]], "next_cursor": nxt})
 
 
@@ -74,11 +52,10 @@ async def show_bounce(request: web.Request) -> web.Response:
     raw_id = request.match_info["id"]
     if not raw_id.isdigit() or len(raw_id) > 18:
         raise not_found(f"no bounce {raw_id[:40]}")
-    row = await relaybox(request).db.read(
-        lambda c: c.execute("SELECT * FROM bounces WHERE id=?", (int(raw_id),)).fetchone())
+    row = await relaybox(request).store.bounces.get(int(raw_id))
     if row is None:
         raise not_found(f"no bounce {raw_id}")
-    return ok(_present(dict(row), full=True))
+    return ok(_present(row, full=True))
 
 
 BOUNCE = {"type": "object", "properties": {

@@ -1,4 +1,4 @@
-"""The suppression list (``relay.bounces.suppression``): list/search, show, add, remove, export."""
+"""The suppression list (``store.bounces``): list/search, show, add, remove, export."""
 
 from __future__ import annotations
 
@@ -26,11 +26,12 @@ from admin_api.common import (
     read_json,
     relaybox,
 )
-from relay.bounces import suppression
+from store import suppressions
+from store.suppressions import Suppression
 
 
-def _present(e: dict) -> dict:
-    return {**e, "created_at": iso(e["created_at"]), "expires_at": iso(e["expires_at"])}
+def _present(e: Suppression) -> dict:
+    return {**e.as_dict(), "created_at": iso(e.created_at), "expires_at": iso(e.expires_at)}
 
 
 async def list_suppressions(request: web.Request) -> web.Response:
@@ -42,15 +43,15 @@ async def list_suppressions(request: web.Request) -> web.Response:
     offset = cur["offset"] if cur else 0
     search = request.query.get("search") or None
     expired = bool(query_bool(request, "include_expired"))
-    rows = await relaybox(request).db.read(lambda c: suppression.list_entries(
-        c, include_expired=expired, search=search, limit=limit + 1, offset=offset))
+    rows = await relaybox(request).store.bounces.suppressions(include_expired=expired, search=search,
+                                                             limit=limit + 1, offset=offset)
     nxt = encode_cursor({"offset": offset + limit}) if len(rows) > limit else None
     return ok({"items": [_present(r) for r in rows[:limit]], "next_cursor": nxt})
 
 
 async def show_suppression(request: web.Request) -> web.Response:
     addr = request.match_info["address"]
-    e = await relaybox(request).db.read(lambda c: suppression.get(c, addr))
+    e = await relaybox(request).store.bounces.suppression(addr)
     if e is None:
         raise not_found(f"{addr} is not suppressed")
     return ok(_present(e))
@@ -67,8 +68,8 @@ async def add_suppression(request: web.Request) -> web.Response:
         raise invalid("days: expected a number of days (0 < days <= 36500); leave it out for 'forever'")
     expires = time.time() + days * 86400 if days is not None else None
     try:
-        entry = await relaybox(request).db.write(lambda c: suppression.add(
-            c, address, reason, "manual", "api", expires_at=expires, note=note))
+        entry = await relaybox(request).store.bounces.suppress(address, reason, "manual", "api",
+                                                               expires_at=expires, note=note)
     except ValueError as exc:
         raise invalid(f"address: {exc}") from None
     return ok(_present(entry), status=201)
@@ -76,20 +77,20 @@ async def add_suppression(request: web.Request) -> web.Response:
 
 async def remove_suppression(request: web.Request) -> web.Response:
     addr = request.match_info["address"]
-    if not await relaybox(request).db.write(lambda c: suppression.remove(c, addr)):
+    if not await relaybox(request).store.bounces.unsuppress(addr):
         raise not_found(f"{addr} is not on the suppression list")
-    return ok({"removed": suppression.normalize(addr)})
+    return ok({"removed": suppressions.normalize(addr)})
 
 
 async def export(request: web.Request) -> web.Response:
-    rows = [_present(r) for r in await relaybox(request).db.read(suppression.export)]
+    rows = [_present(r) for r in await relaybox(request).store.bounces.export_suppressions()]
     return ok({"items": rows, "next_cursor": None})
 
 
 async def export_csv(request: web.Request) -> web.Response:
-    rows = [_present(r) for r in await relaybox(request).db.read(suppression.export)]
+    rows = [_present(r) for r in await relaybox(request).store.bounces.export_suppressions()]
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(suppression.COLUMNS))
+    w = csv.DictWriter(buf, fieldnames=list(suppressions.COLUMNS))
     w.writeheader()
     w.writerows(rows)
     return web.Response(text=buf.getvalue(), content_type="text/csv",

@@ -142,7 +142,7 @@ class DKIMConfig:
     headers: list[str] = field(default_factory=list)   # empty = the standard set in relay/delivery/dkim.py
 
 
-# ---- bounces (owned by relay/bounces/, verp.py, suppression.py, bounce_handler.py) ----------------------
+# ---- bounces (owned by relay/bounces/: parser, record.py, verp.py; rows in store/bounces.py) ----------------------
 @dataclass(frozen=True)
 class BouncesConfig:
     domain: str = ""                       # VERP return-path domain; empty = VERP off (sender kept)

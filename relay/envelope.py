@@ -1,66 +1,14 @@
-"""The vocabulary of the spool: statuses, queue ids, envelope address validation, NewMessage."""
+"""Envelope vocabulary for the relay: address validation here; statuses, queue ids and NewMessage are the
+store's (``store.states``, ``store.records``) and re-exported for the relay's modules."""
 
 from __future__ import annotations
 
-import os
-import random
 import re
-import time
-from dataclasses import dataclass, field
 
+from store.records import NewMessage, domain_of, new_queue_id
+from store.states import Status, message_status
 
-class Status:
-    """Per-recipient status. A message's status is derived from its recipients."""
-
-    SCHEDULED = "scheduled"   # send-at in the future
-    QUEUED = "queued"         # due now
-    SENDING = "sending"       # leased by a delivery worker
-    DELIVERED = "delivered"   # 2xx from the next hop
-    DEFERRED = "deferred"     # 4xx / network / DNS trouble; retried later
-    BOUNCED = "bounced"       # 5xx at delivery or an asynchronous bounce (may follow delivered)
-    FAILED = "failed"         # gave up: expired, suppressed, null MX, invalid, poison
-    CANCELLED = "cancelled"   # by an admin, only before sending
-
-    ALL = ("scheduled", "queued", "sending", "delivered", "deferred", "bounced", "failed", "cancelled")
-    FINAL = frozenset({"delivered", "bounced", "failed", "cancelled"})
-    ACTIVE = frozenset({"scheduled", "queued", "sending", "deferred"})
-    DUE = ("queued", "deferred", "scheduled")   # statuses a scheduler may claim once next_attempt_at passed
-
-
-def message_status(statuses: list[str]) -> str:
-    """Derive a message's status from its recipients' (the 'least final' one wins)."""
-    order = ("sending", "queued", "deferred", "scheduled", "failed", "bounced", "delivered", "cancelled")
-    present = set(statuses)
-    for s in order:
-        if s in present:
-            return s
-    return "unknown"
-
-
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-_rng = random.Random(os.urandom(16))
-
-
-_last_ms = 0
-_seq = 0
-
-
-def new_queue_id(now: float | None = None) -> str:
-    """16 chars of Crockford base32: 48-bit milliseconds + 32 bits (random start, then a counter within
-    the same millisecond, so ids are unique in-process and sort by creation time)."""
-    global _last_ms, _seq
-    ms = int((time.time() if now is None else now) * 1000) & ((1 << 48) - 1)
-    if ms == _last_ms:
-        _seq = (_seq + 1) & 0xFFFFFFFF
-    else:
-        _last_ms = ms
-        _seq = _rng.getrandbits(31)
-    n = (ms << 32) | _seq
-    out = []
-    for _ in range(16):
-        out.append(_CROCKFORD[n & 31])
-        n >>= 5
-    return "".join(reversed(out))
+__all__ = ["NewMessage", "Status", "address_error", "domain_of", "message_status", "new_queue_id"]
 
 
 # RFC 5321 limits
@@ -115,25 +63,3 @@ def address_error(addr: str) -> str | None:
             return "more than one address (use one RCPT TO per recipient)"
         return "invalid domain"
     return None
-
-
-def domain_of(addr: str) -> str:
-    return addr.rpartition("@")[2].lower()
-
-
-@dataclass
-class NewMessage:
-    """A message accepted at intake, ready to be spooled. ``body`` is the exact bytes to deliver (CRLF)."""
-
-    sender: str                       # envelope sender; '' for <>
-    recipients: list[str]
-    body: bytes
-    client_ip: str = ""
-    client_helo: str = ""
-    auth_user: str | None = None
-    send_at: float | None = None      # scheduled: recipients wait until then
-    held: bool = False
-    from_header: str | None = None
-    subject: str | None = None
-    message_id_header: str | None = None
-    queue_id: str = field(default_factory=new_queue_id)

@@ -11,31 +11,25 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import importlib
 import logging
 import os
 import shutil
 import signal
 import time
-from typing import Any
 
+from admin_api.server import AdminServer
+from poller.runner import PollerService
+from relay.bounces import record as bounce_record
+from relay.bounces import verp
+from relay.delivery.scheduler import Scheduler
 from relay.intake.listener import BounceIntake, Listener
-from relay.intake.policy import Policy, hash_password, seed
+from relay.intake.policy import Policy, hash_password
 from relay.spool.spool import Spool
 from relaybox import lifecycle, logs
 from relaybox.settings import Settings, load
-from store import Store
+from store import Store, lock
 
 log = logging.getLogger("relaybox")
-
-
-def _optional(modname: str) -> Any:
-    try:
-        return importlib.import_module(modname)
-    except ImportError as exc:
-        if exc.name and modname.startswith(exc.name):
-            return None
-        raise
 
 
 class DiskMonitor:
@@ -67,14 +61,14 @@ class App:
         rc = settings.relay
         self.store = Store(rc.storage.path, poison_limit=rc.storage.poison_limit)
         self.db = self.store.db   # transitional: every caller moves to self.store.<aggregate>
-        self.spool = Spool(self.db, poison_limit=rc.storage.poison_limit)
-        self.policy = Policy(self.db)
+        self.spool = Spool(self.store)
+        self.policy = Policy(self.store.access)
         self.disk = DiskMonitor(rc.storage.path, rc.storage.min_free)
         self.listener: Listener | None = None
-        self.scheduler: Any = None
-        self.poller: Any = None
-        self.admin: Any = None
-        self.lock: Any = None
+        self.scheduler: Scheduler | None = None
+        self.poller: PollerService | None = None
+        self.admin: AdminServer | None = None
+        self.lock: lock.DatabaseLock | None = None
         self.stopping = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self.started_at = time.time()
@@ -82,9 +76,7 @@ class App:
     # ---- start -----------------------------------------------------------------------------------
     async def start(self) -> None:
         rc = self.settings.relay
-        lock_mod = _optional("store.lock")
-        if lock_mod is not None:
-            self.lock = lock_mod.acquire(rc.storage.path)
+        self.lock = lock.acquire(rc.storage.path)
         self.store.open()
         stats = await self.spool.recover()
         if stats.get("requeued") or stats.get("poisoned"):
@@ -95,7 +87,7 @@ class App:
         self.listener = Listener(rc.smtp, self.spool, self.policy, disk_ok=self.disk.ok,
                                  bounces=self._bounce_intake())
         await self.listener.start()
-        await self._start_optional()
+        await self._start_services()
         self._tasks.append(asyncio.get_running_loop().create_task(self._retention_loop()))
         log.info("relaybox started (pid %d, database %s)", os.getpid(), rc.storage.path)
         lifecycle.ready(f"accepting mail on {', '.join(f'{h}:{p}' for h, p in self.listener.bound)}")
@@ -114,50 +106,35 @@ class App:
 
     def _bounce_intake(self) -> BounceIntake | None:
         """relaybox as the MX of its VERP bounce domain: reports are parsed and recorded, never relayed."""
-        bounces = getattr(self.settings.relay, "bounces", None)
-        verp = _optional("relay.bounces.verp")
-        handler = _optional("relay.bounces.record")
-        if verp is None or handler is None or bounces is None or not getattr(bounces, "domain", ""):
+        bounces = self.settings.relay.bounces
+        if not bounces.domain:
             return None
-        db = self.db
+        store = self.store.bounces
         return BounceIntake(
-            in_domain=lambda addr: handler.for_bounce_domain(bounces, addr),
+            in_domain=lambda addr: bounce_record.for_bounce_domain(bounces, addr),
             valid=verp.make_rcpt_hook(bounces),
-            process=lambda raw, rcpt: handler.process(db, bounces, raw, source="smtp", rcpt=rcpt))
+            process=lambda raw, rcpt: bounce_record.process(store, bounces, raw, source="smtp", rcpt=rcpt))
 
-    async def _start_optional(self) -> None:
-        sched_mod = _optional("relay.delivery.scheduler")
-        delivery = getattr(self.settings.relay, "delivery", None)
-        enabled = getattr(delivery, "enabled", True)
-        if not enabled:
+    async def _start_services(self) -> None:
+        """Delivery, the inbound poller and the admin listener, in that order."""
+        if not self.settings.relay.delivery.enabled:
             log.warning("delivery.enabled = false: messages are accepted and queued, not delivered")
-        if enabled and sched_mod is not None and hasattr(sched_mod, "Scheduler"):
-            self.scheduler = sched_mod.Scheduler(self.spool, self.settings.relay)
+        else:
+            self.scheduler = Scheduler(self.spool, self.settings.relay)
             await self.scheduler.start()
-            if hasattr(self.scheduler, "notify"):
-                self.spool.on_enqueue.append(self.scheduler.notify)
-        runner = _optional("poller.runner")
-        if runner is not None and hasattr(runner, "PollerService"):
-            self.poller = runner.PollerService(self.db, self.settings, spool=self.spool,
-                                               bounce_sink=self._bounce_sink())
-            await self.poller.start()
-        server = _optional("admin_api.server")
-        if server is not None and hasattr(server, "AdminServer"):
-            self.admin = server.AdminServer(self)
-            await self.admin.start()
-
-    def _bounce_sink(self):
-        handler = _optional("relay.bounces.record")
-        if handler is None or not hasattr(handler, "make_sink"):
-            return None
-        return handler.make_sink(self.db, self.settings.relay)
+            self.spool.on_enqueue.append(self.scheduler.notify)
+        self.poller = PollerService(self.store, self.settings, spool=self.spool,
+                                    bounce_sink=bounce_record.make_sink(self.store.bounces, self.settings.relay))
+        await self.poller.start()
+        self.admin = AdminServer(self)
+        await self.admin.start()
 
     async def apply_seeds(self) -> None:
         smtp = self.settings.relay.smtp
         users = []
         for u in smtp.users:
             users.append((u.username, u.password_hash or hash_password(u.password)))
-        await self.db.write(lambda conn: seed(conn, smtp.allowlist, users))
+        await self.store.access.seed(smtp.allowlist, users)
 
     # ---- run / stop ------------------------------------------------------------------------------
     async def run(self) -> int:
@@ -213,9 +190,8 @@ class App:
             logs.set_level(new.log.level)
             changed.append("log.level")
         self.settings.log = new.log
-        reloader = getattr(self.scheduler, "reload", None)
-        if reloader is not None:
-            await reloader(new.relay)
+        if self.scheduler is not None:
+            await self.scheduler.reload(new.relay)
             changed.append("routes/dkim")
         log.info("reloaded config: %s", ", ".join(changed) if changed else "nothing changed")
         lifecycle.ready("reloaded")

@@ -42,6 +42,7 @@ class Store:
     def __init__(self, path: str, *, clock: Callable[[], float] = time.time, readers: int = 4,
                  poison_limit: int = 3):
         self.path = str(path)
+        self.clock = clock
         self.db = Database(self.path, readers=readers)
         self.messages = MessageStore(self.db, clock, poison_limit=poison_limit)
         self.history = History(self.db, clock)

@@ -6,9 +6,9 @@ raises ``IllegalTransition``; the store calls it before each UPDATE of ``recipie
 recipients with ``message_status``)::
 
     (new)      -> scheduled | queued
-    scheduled  -> queued (retry now) | sending (due) | cancelled
-    queued     -> queued (retry now) | sending | cancelled
-    deferred   -> queued (retry now) | sending | cancelled
+    scheduled  -> queued (retry now) | sending (due) | cancelled | bounced (report of an earlier chain)
+    queued     -> queued (retry now) | sending | cancelled | bounced (report of an earlier chain)
+    deferred   -> queued (retry now) | sending | cancelled | bounced (report of an earlier chain)
     sending    -> delivered | deferred | bounced | failed | queued (lease returned) | sending (lease expired)
     delivered  -> bounced (asynchronous bounce) | queued (resend)
     bounced    -> bounced (another report) | queued (resend)
@@ -42,9 +42,9 @@ NEW = ""   # the "current" status of a recipient that does not exist yet
 
 ALLOWED: dict[str, frozenset[str]] = {
     NEW: frozenset({Status.SCHEDULED, Status.QUEUED}),
-    Status.SCHEDULED: frozenset({Status.QUEUED, Status.SENDING, Status.CANCELLED}),
-    Status.QUEUED: frozenset({Status.QUEUED, Status.SENDING, Status.CANCELLED}),
-    Status.DEFERRED: frozenset({Status.QUEUED, Status.SENDING, Status.CANCELLED}),
+    Status.SCHEDULED: frozenset({Status.QUEUED, Status.SENDING, Status.CANCELLED, Status.BOUNCED}),
+    Status.QUEUED: frozenset({Status.QUEUED, Status.SENDING, Status.CANCELLED, Status.BOUNCED}),
+    Status.DEFERRED: frozenset({Status.QUEUED, Status.SENDING, Status.CANCELLED, Status.BOUNCED}),
     Status.SENDING: frozenset({Status.DELIVERED, Status.DEFERRED, Status.BOUNCED, Status.FAILED,
                                Status.QUEUED, Status.SENDING}),
     Status.DELIVERED: frozenset({Status.BOUNCED, Status.QUEUED}),

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
+
 from relay.bounces import record as bounce_handler
 from relay.envelope import NewMessage
 from relay.spool.spool import RecipientResult
 from tests.admin_support import running
+
+pytestmark = pytest.mark.component
 
 DSN = (
     "From: MAILER-DAEMON@mx.example.test\r\n"
@@ -43,9 +47,9 @@ async def test_bounces_and_suppressions(tmp_path):
             "app@org.test", ["gone@example.test"], b"Subject: invoice\r\nMessage-ID: <inv-7@org.test>\r\n\r\nx\r\n",
             subject="invoice", message_id_header="<inv-7@org.test>"))
         [claim] = await app.spool.claim("t")
-        await app.spool.complete([RecipientResult(claim.recipients[0]["id"], "delivered", 250, "2.0.0", "ok")])
+        await app.spool.complete([RecipientResult(claim.recipients[0].id, "delivered", 250, "2.0.0", "ok")])
         st, before = await api.call("GET", "/metrics")
-        out = await bounce_handler.process(app.db, app.settings.relay.bounces, DSN, source="channel")
+        out = await bounce_handler.process(app.store.bounces, app.settings.relay.bounces, DSN, source="channel")
         assert out.rows and out.rows[0]["message_id"] == qid
 
         st, body = await api.call("GET", "/api/v1/bounces")

@@ -24,9 +24,10 @@ from relay.delivery.dkim import dns_record
 from relay.delivery.scheduler import Scheduler
 from relay.envelope import NewMessage
 from relay.spool.spool import Spool
-from store.sqlite import Database
-from tests.peers.dnsmasq import DnsmasqServer
+from store import Store
 from tests.peers.sink import Sink
+
+pytestmark = pytest.mark.integration
 
 T0 = 1_800_000_000.0
 ZONE = {
@@ -41,32 +42,12 @@ ZONE = {
 }
 
 
-class Clock:
-    def __init__(self, t):
-        self.t = t
-
-    def __call__(self):
-        return self.t
-
-
-@pytest.fixture(scope="module")
-def dns_server():
-    with DnsmasqServer(ZONE) as server:
-        yield server
-
-
+# dns_server (serving ZONE), sink and clock: tests/conftest.py
 @pytest.fixture
-async def sink():
-    s = await Sink(tls=True).start()
-    yield s
-    await s.stop()
-
-
-@pytest.fixture
-def env(tmp_path, dns_server, sink):
-    clock = Clock(T0)
-    db = Database(str(tmp_path / "spool.db")).open()
-    spool = Spool(db, clock=clock)
+def env(tmp_path, dns_server, sink, clock):
+    clock.t = T0
+    db = Store(str(tmp_path / "spool.db"), clock=clock).open()
+    spool = Spool(db)
 
     def make(**kw):
         delivery = dict(mx_port=sink.port, nameservers=["127.0.0.1"], dns_port=dns_server.port, dns_timeout=2,
@@ -90,12 +71,12 @@ async def enqueue(spool, rcpts, sender="alice@src.test", frm="Alice <alice@src.t
 
 
 async def recipients(spool, qid):
-    return {r["address"]: r for r in await spool.db.read(lambda c: [dict(x) for x in c.execute(
+    return {r["address"]: r for r in await spool.store.db.read(lambda c: [dict(x) for x in c.execute(
         "SELECT * FROM recipients WHERE message_id=? ORDER BY id", (qid,))])}
 
 
 async def attempts(spool, qid):
-    return await spool.db.read(lambda c: [dict(x) for x in c.execute(
+    return await spool.store.db.read(lambda c: [dict(x) for x in c.execute(
         "SELECT * FROM attempts WHERE message_id=? ORDER BY id", (qid,))])
 
 
@@ -277,11 +258,8 @@ async def test_verp_return_path_per_recipient(env, sink):
 
 
 async def test_suppressed_recipient_fails_without_attempt(env, sink):
-    from relay.bounces import suppression
-
     spool, clock, make = env
-    await spool.db.write(lambda c: suppression.add(c, "Blocked@dst.test", "hard bounce", "hard", "test",
-                                                   now=T0 - 10, expires_at=T0 + 86400))
+    await spool.store.bounces.suppress("Blocked@dst.test", "hard bounce", "hard", "test", expires_at=T0 + 86400)
     qid = await enqueue(spool, ["blocked@dst.test", "fine@dst.test"])
     await make(delivery={"dsn": False}).run_burst()
     rs = await recipients(spool, qid)
@@ -355,7 +333,7 @@ async def test_graceful_stop_hands_unfinished_work_back(env, sink):
     await sched.stop(timeout=0.2)                # DATA still waiting: cancelled and released
     r = (await recipients(spool, qid))["wait@dst.test"]
     assert (r["status"], r["attempts"], r["leased_until"]) == ("queued", 0, None)
-    crash = await spool.db.read(lambda c: c.execute("SELECT crash_count FROM messages").fetchone()[0])
+    crash = await spool.store.db.read(lambda c: c.execute("SELECT crash_count FROM messages").fetchone()[0])
     assert crash == 0                            # a clean stop is not a crash (poison accounting)
     sink.faults.data_delay = 0
     await make().run_burst()

@@ -2,11 +2,17 @@
 with relaybox's own inbound bounce parser (relay/bounces, written independently)."""
 
 import email
+from dataclasses import replace
+
+import pytest
 
 from relay.bounces.parser import parse
 from relay.notices import dsn
+from store.records import Message
 
-MSG = {"id": "06H0EJTDD1ETHACP", "sender": "alice@src.test", "created_at": 1_800_000_000.0}
+pytestmark = pytest.mark.unit
+
+MSG = Message(id="06H0EJTDD1ETHACP", sender="alice@src.test", created_at=1_800_000_000.0, size=0, body_sha256="")
 ORIGINAL = (b"From: Alice <alice@src.test>\r\nTo: bob@dst.test\r\nSubject: hi\r\n"
             b"Message-ID: <orig-1@src.test>\r\n\r\nsecret body text\r\n")
 FAILED = [dsn.FailedRecipient("bob@dst.test", "bounced", "5.1.1", 550, "<bob@dst.test>: user unknown",
@@ -43,8 +49,8 @@ def test_our_bounce_parser_understands_our_reports():
 def test_delay_report_and_who_gets_reports():
     raw = dsn.build(MSG, FAILED[:1], ORIGINAL, reporting_mta="relay.test", action="delayed")
     assert b"Action: delayed" in raw and b"Subject: Delayed Mail (still being retried)" in raw
-    assert dsn.new_message({**MSG, "sender": ""}, FAILED, ORIGINAL, reporting_mta="relay.test") is None
-    assert dsn.new_message({**MSG, "sender": "MAILER-DAEMON@x.test"}, FAILED, None,
+    assert dsn.new_message(replace(MSG, sender=""), FAILED, ORIGINAL, reporting_mta="relay.test") is None
+    assert dsn.new_message(replace(MSG, sender="MAILER-DAEMON@x.test"), FAILED, None,
                            reporting_mta="relay.test") is None
     new = dsn.new_message(MSG, FAILED, None, reporting_mta="relay.test")
     assert new.sender == "" and new.recipients == ["alice@src.test"]

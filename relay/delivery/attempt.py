@@ -1,11 +1,12 @@
 """One delivery attempt: the recipients of one message for one destination, in one SMTP transaction.
 
     delivery = Delivery(relay_config)                   # resolver, DKIM keys, routes, connection pool
-    key = delivery.destination_key(message, recipient)  # "route:<name>" or "mx:<domain>" (for grouping)
-    outcome = await delivery.deliver(message, recipients, body)
+    route = delivery.route_for(message)                 # a smarthost RouteConfig, or None for MX
+    key = delivery.destination_key(route, recipient)    # "route:<name>" or "mx:<domain>" (for grouping)
+    outcome = await delivery.deliver(message, recipients, body, route)
     outcome.results   -> {recipient_id: DeliveryError | None}   (None = delivered)
     outcome.replies   -> {recipient_id: (code, enhanced, text)} for delivered ones
-    outcome.attempt   -> the attempts row (host, ip, tls, route, transcript) for Spool.complete
+    outcome.attempt   -> the AttemptLog (host, ip, tls, route, transcript) for Spool.complete
 
 Steps: route (smarthost by From) or MX lookup -> DKIM signature prepended (headers only) -> a pooled or
 new SMTP session -> per-recipient results. A reused connection that turns out to be dead before anything
@@ -19,6 +20,7 @@ import logging
 import socket
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from relay.bounces import verp
 from relay.config import RelayConfig, RouteConfig
@@ -27,6 +29,7 @@ from relay.delivery.mx import MXResolver
 from relay.delivery.routes import Router
 from relay.delivery.transport import Candidate, ConnectionPool, Session, TLSPolicy, Transaction, open_session
 from relay.envelope import domain_of
+from store.records import AttemptLog, Message, Recipient
 from relay.errors import ConnectError, DeliveryError, DNSError, from_exception, split_enhanced
 
 log = logging.getLogger("relay.delivery.attempt")
@@ -55,8 +58,19 @@ def config_problems(config: RelayConfig) -> list[str]:
 class Outcome:
     results: dict[int, DeliveryError | None]
     replies: dict[int, tuple[int, str, str]] = field(default_factory=dict)
-    attempt: dict | None = None
+    attempt: AttemptLog | None = None
     route: str = "mx"
+
+
+_UNSET: Any = object()   # deliver(): "compute the route" (None is a real answer: no route, MX)
+
+
+def _log(message: Message, recipients: list[Recipient], started: float, label: str, result: str,
+         transcript: list[dict[str, Any]], tx: Transaction | None = None) -> AttemptLog:
+    return AttemptLog(message_id=message.id, started_at=started, ended_at=time.time(), result=result,
+                      route=label, host=tx.host if tx else None, ip=tx.ip if tx else None,
+                      tls=tx.tls if tx else None, recipients=tuple(r.id for r in recipients),
+                      transcript=tuple(transcript))
 
 
 class Delivery:
@@ -80,18 +94,15 @@ class Delivery:
         self.verp_keys = verp.load_secrets(self.verp) if self.verp else []
 
     # ---- where ---------------------------------------------------------------------------------------
-    def route_for(self, message: dict) -> RouteConfig | None:
-        """The message's route (None = MX), computed once per claimed message dict."""
-        cached = message.get("_route", self)
-        if cached is self:
-            cached = message["_route"] = self.router.route_for(message)
-        return cached
+    def route_for(self, message: Message) -> RouteConfig | None:
+        """The message's smarthost route, or None when it goes to the recipients' MX hosts."""
+        return self.router.route_for(message)
 
-    def destination_key(self, message: dict, recipient: dict) -> str:
-        route = self.route_for(message)
+    @staticmethod
+    def destination_key(route: RouteConfig | None, recipient: Recipient) -> str:
         if route is not None:
             return f"route:{route.name}"
-        return f"mx:{recipient.get('domain') or domain_of(recipient['address'])}"
+        return f"mx:{recipient.domain or domain_of(recipient.address)}"
 
     def concurrency_for(self, key: str) -> int:
         name = key.split(":", 1)[1]
@@ -132,24 +143,24 @@ class Delivery:
             return body
         return sig + body if sig else body
 
-    async def deliver(self, message: dict, recipients: list[dict], body: bytes) -> Outcome:
+    async def deliver(self, message: Message, recipients: list[Recipient], body: bytes,
+                      route: RouteConfig | None = _UNSET) -> Outcome:
         started = time.time()
-        route = self.route_for(message)
-        key = f"route:{route.name}" if route else f"mx:{recipients[0]['domain']}"
+        if route is _UNSET:
+            route = self.route_for(message)
+        key = self.destination_key(route, recipients[0])
         label = route.name if route else "mx"
-        transcript: list[dict] = []
-        attempt = {"message_id": message["id"], "started_at": started, "route": label, "host": None,
-                   "ip": None, "tls": None, "recipients": [r["id"] for r in recipients]}
+        transcript: list[dict[str, Any]] = []
         try:
-            session = await self._session(key, route, recipients[0]["domain"], transcript)
+            session = await self._session(key, route, recipients[0].domain, transcript)
         except Exception as exc:  # noqa: BLE001 - classify DNS/connection/auth trouble
             err = from_exception(exc, "connect")
             if err.stage == "dns":           # nothing was said on the wire: the transcript names the lookup
                 transcript.append({"at": round(time.time(), 3), "dir": "C",
-                                   "line": f"DNS {label if route else 'MX ' + recipients[0]['domain']}: "
+                                   "line": f"DNS {label if route else 'MX ' + recipients[0].domain}: "
                                            f"{err.code} {err.enhanced} {err.text}"})
-            attempt.update(ended_at=time.time(), result=err.status, transcript=transcript)
-            return Outcome({r["id"]: err for r in recipients}, attempt=attempt, route=label)
+            return Outcome({r.id: err for r in recipients},
+                           attempt=_log(message, recipients, started, label, err.status, transcript), route=label)
         signed = self.sign(body)
         try:
             tx = await self._send(session, message, recipients, signed)
@@ -162,14 +173,15 @@ class Delivery:
             transcript.append({"at": round(time.time(), 3), "dir": "C",
                                "line": "reused connection was closed by the server; reconnecting"})
             try:
-                session = await self._session(key, route, recipients[0]["domain"], transcript, fresh=True)
+                session = await self._session(key, route, recipients[0].domain, transcript, fresh=True)
                 tx = await self._send(session, message, recipients, signed)
             except Exception as exc:  # noqa: BLE001
                 err = from_exception(exc, "connect")
-                attempt.update(ended_at=time.time(), result=err.status, transcript=transcript)
-                return Outcome({r["id"]: err for r in recipients}, attempt=attempt, route=label)
+                return Outcome({r.id: err for r in recipients},
+                               attempt=_log(message, recipients, started, label, err.status, transcript),
+                               route=label)
         await self.pool.give_back(key, session)
-        results = {r["id"]: tx.results.get(r["address"]) for r in recipients}
+        results = {r.id: tx.results.get(r.address) for r in recipients}
         replies = {}
         if tx.reply:
             enh, text = split_enhanced(tx.reply[1])
@@ -180,23 +192,22 @@ class Delivery:
         if tx.reused:
             pre.append({"at": round(tx.started_at, 3), "dir": "C",
                         "line": f"reusing connection to {tx.host} [{tx.ip}] (greeting and EHLO below)"})
-        attempt.update(ended_at=time.time(), host=tx.host, ip=tx.ip, tls=tx.tls,
-                       result=statuses.pop() if len(statuses) == 1 else "mixed",
-                       transcript=pre + tx.transcript)
-        return Outcome(results, replies, attempt, label)
+        result = statuses.pop() if len(statuses) == 1 else "mixed"
+        return Outcome(results, replies, _log(message, recipients, started, label, result, pre + tx.transcript, tx),
+                       label)
 
-    async def _send(self, session: Session, message: dict, recipients: list[dict],
+    async def _send(self, session: Session, message: Message, recipients: list[Recipient],
                     body: bytes) -> Transaction:
         """One transaction, or with VERP (``bounces.domain`` set, sender not <>) one per recipient on the
         same connection, each with its own return path ``<local>+<token>@<domain>``."""
-        sender = message["sender"]
+        sender = message.sender
         if not self.verp or not sender:
-            return await session.send(sender, [r["address"] for r in recipients], body)
+            return await session.send(sender, [r.address for r in recipients], body)
         merged: Transaction | None = None
         for r in recipients:
-            rp = verp.encode(message["id"], r["id"], secret=self.verp_keys[0], domain=self.verp.domain,
+            rp = verp.encode(message.id, r.id, secret=self.verp_keys[0], domain=self.verp.domain,
                              local=self.verp.local)
-            tx = await session.send(rp, [r["address"]], body)
+            tx = await session.send(rp, [r.address], body)
             if merged is None:
                 merged = tx
             else:
@@ -205,8 +216,8 @@ class Delivery:
                 merged.reply = merged.reply or tx.reply
                 merged.ended_at = tx.ended_at
             if not session.is_open:
-                rest = [x["address"] for x in recipients if x["address"] not in merged.results]
-                err = tx.results[r["address"]] or ConnectError(421, "4.4.2", "connection closed", True)
+                rest = [x.address for x in recipients if x.address not in merged.results]
+                err = tx.results[r.address] or ConnectError(421, "4.4.2", "connection closed", True)
                 for a in rest:
                     merged.results[a] = err
                 break

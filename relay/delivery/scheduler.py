@@ -8,7 +8,8 @@
 
 Each round claims due recipients with a lease (``Spool.claim``) and, per message, checks what needs no
 network first: expired (``delivery.max_lifetime`` since acceptance or send-at -> ``failed``/``expired``),
-suppressed (``relay.bounces.suppression``, when present -> ``failed``/``suppressed``), invalid addresses. The rest is
+suppressed (the suppression list, read with the claim round -> ``failed``/``suppressed``), invalid
+addresses. The rest is
 grouped by destination (``route:<name>`` or ``mx:<domain>``): one SMTP transaction per message and
 destination, under a global connection limit and a per-destination one (``delivery.per_destination``,
 overrides in ``delivery.per_domain``). Results go back through ``Spool.complete`` with the next attempt time
@@ -24,7 +25,6 @@ recipients are deferred at once instead of waiting for timeouts.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import os
 import random
@@ -33,14 +33,14 @@ import time
 from collections import Counter
 from typing import Callable
 
-from relay.config import RelayConfig
-from relay.delivery import claimwork, metrics
+from relay.config import RelayConfig, RouteConfig
+from relay.delivery import metrics
 from relay.delivery.attempt import Delivery, Outcome
 from relay.envelope import address_error
 from relay.errors import ConnectError, DeliveryError
 from relay.notices.reports import Batch, Reports
 from relay.spool.retry import RetryPolicy, expires_at, next_attempt
-from relay.spool.spool import Claim, RecipientResult, Spool
+from relay.spool.spool import AttemptLog, Claim, Message, Recipient, RecipientResult, Spool
 
 log = logging.getLogger("relay.delivery.scheduler")
 
@@ -50,14 +50,6 @@ SATURATED_RECHECK = 0.25      # seconds: how long claims pause while a destinati
 CLAIM_GATHER = 0.02           # seconds between claim rounds while work trickles in
 PREFETCH_MAX_BODY = 256_000   # bodies up to this size are read with the claim round, not one by one
 PREFETCH_BYTES = 32_000_000   # at most this much body data per round
-
-
-def _load_suppression():
-    try:
-        mod = importlib.import_module("relay.bounces.suppression")
-    except ImportError:
-        return None
-    return mod if hasattr(mod, "is_suppressed") else None
 
 
 class Scheduler:
@@ -86,7 +78,6 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._stopping = False
         self._loop_task: asyncio.Task | None = None
-        self.suppression = _load_suppression()
         self.stats: Counter[str] = Counter()
 
     def _apply(self, config: RelayConfig) -> None:
@@ -199,47 +190,45 @@ class Scheduler:
 
     async def _prefetch(self, claims: list[Claim], now: float) -> tuple[set[str], dict[str, bytes]]:
         """One reader round trip per round: suppressed addresses and the bodies of small messages."""
-        check = getattr(self.suppression, "is_suppressed", None)
-        addrs = {r["address"] for c in claims for r in c.recipients}
+        addrs = {r.address for c in claims for r in c.recipients}
         small, budget = [], PREFETCH_BYTES
         for c in claims:
-            size = int(c.message.get("size") or 0)
-            if size <= PREFETCH_MAX_BODY and size <= budget and c.message["id"] not in self._bodies:
-                small.append(c.message["id"])
+            size = c.message.size
+            if size <= PREFETCH_MAX_BODY and size <= budget and c.message.id not in self._bodies:
+                small.append(c.message.id)
                 budget -= size
-
-        return await self.spool.db.read(
-            lambda conn: claimwork.prefetch(conn, addrs, small, check, now))
+        return await self.spool.prefetch(addrs, small, now)
 
     def _dispatch(self, claim: Claim, now: float, suppressed: set[str], bodies: dict[str, bytes]) -> int:
         """Start the work for one claimed message; returns how many recipients were taken on."""
         msg = claim.message
-        rcpts = [r for r in claim.recipients if r["id"] not in self._in_flight]
+        rcpts = [r for r in claim.recipients if r.id not in self._in_flight]
         if not rcpts:
             return 0
-        self._in_flight.update(r["id"] for r in rcpts)
-        if msg["id"] in bodies and msg["id"] not in self._bodies:
+        self._in_flight.update(r.id for r in rcpts)
+        if msg.id in bodies and msg.id not in self._bodies:
             fut = asyncio.get_running_loop().create_future()
-            fut.set_result(bodies[msg["id"]])
-            self._bodies[msg["id"]] = fut
-        final: list[tuple[dict, RecipientResult]] = []
-        deadline = expires_at(max(msg["created_at"], msg.get("send_at") or 0), self.policy)
+            fut.set_result(bodies[msg.id])
+            self._bodies[msg.id] = fut
+        final: list[tuple[Recipient, RecipientResult]] = []
+        deadline = expires_at(max(msg.created_at, msg.send_at or 0), self.policy)
         live = []
         for r in rcpts:
             if now >= deadline:
                 final.append((r, self._expired(r, None)))
-            elif r["address"].lower() in suppressed:
-                final.append((r, RecipientResult(r["id"], "failed", None, "5.7.1",
+            elif r.address.lower() in suppressed:
+                final.append((r, RecipientResult(r.id, "failed", None, "5.7.1",
                                                  "recipient is on the suppression list",
                                                  reason="suppressed")))
-            elif why := address_error(r["address"]):     # never to DNS or the wire (CR/LF, lists)
-                final.append((r, RecipientResult(r["id"], "failed", 553, "5.1.3", f"invalid address: {why}",
+            elif why := address_error(r.address):     # never to DNS or the wire (CR/LF, lists)
+                final.append((r, RecipientResult(r.id, "failed", 553, "5.1.3", f"invalid address: {why}",
                                                  reason="invalid")))
             else:
                 live.append(r)
-        groups: dict[str, list[dict]] = {}
+        route = self.delivery.route_for(msg) if live else None
+        groups: dict[str, list[Recipient]] = {}
         for r in live:
-            groups.setdefault(self.delivery.destination_key(msg, r), []).append(r)
+            groups.setdefault(self.delivery.destination_key(route, r), []).append(r)
         busy = {k for k in groups if self._backlog[k] >= self._backlog_cap(k)}
         report = self.reports.batch(msg, len(groups) - len(busy) + (1 if final else 0))
         if final:
@@ -253,8 +242,8 @@ class Scheduler:
                 self._spawn(self._requeue(group, now))
                 continue
             self._backlog[key] += 1
-            self._msg_refs[msg["id"]] += 1
-            self._spawn(self._transaction(msg, group, key, report))
+            self._msg_refs[msg.id] += 1
+            self._spawn(self._transaction(msg, group, key, route, report))
         return len(rcpts) - sum(len(groups[k]) for k in busy)
 
     def _backlog_cap(self, key: str) -> int:
@@ -267,26 +256,27 @@ class Scheduler:
         task.add_done_callback(self._tasks.discard)
 
     # ---- a transaction ---------------------------------------------------------------------------
-    async def _transaction(self, msg: dict, rcpts: list[dict], key: str, report: Batch) -> None:
-        ids = [r["id"] for r in rcpts]
+    async def _transaction(self, msg: Message, rcpts: list[Recipient], key: str, route: RouteConfig | None,
+                           report: Batch) -> None:
+        ids = [r.id for r in rcpts]
         try:
             down = self._down.get(key)
             if down and down[0] > time.monotonic():
                 self.stats["skipped_down"] += len(rcpts)
-                outcome = Outcome({r["id"]: down[1] for r in rcpts}, route=key)
+                outcome = Outcome({r.id: down[1] for r in rcpts}, route=key)
             else:
                 sem = self._dest_sems.setdefault(key, asyncio.Semaphore(self.delivery.concurrency_for(key)))
                 async with self._global, sem:
                     metrics.TRANSACTIONS_ACTIVE.inc()
                     try:
-                        body = await self._body(msg["id"])
+                        body = await self._body(msg.id)
                         if body is None:
                             err = DeliveryError(554, "5.3.0", "message body is no longer retained", False,
                                                 status="failed", reason="body-missing")
-                            outcome = Outcome({r["id"]: err for r in rcpts}, route=key)
+                            outcome = Outcome({r.id: err for r in rcpts}, route=key)
                         else:
                             started = time.monotonic()
-                            outcome = await self.delivery.deliver(msg, rcpts, body)
+                            outcome = await self.delivery.deliver(msg, rcpts, body, route)
                             metrics.TRANSACTION_SECONDS.labels(key.split(":", 1)[0]).observe(
                                 time.monotonic() - started)
                     finally:
@@ -298,13 +288,13 @@ class Scheduler:
             self._unfinished.update(ids)     # stop(): handed back to the queue after the cancellation
             raise
         except Exception as exc:  # noqa: BLE001 - a bug dead-letters nothing: defer and go on
-            log.exception("delivery of %s failed unexpectedly", msg["id"])
+            log.exception("delivery of %s failed unexpectedly", msg.id)
             err = DeliveryError(451, "4.3.0", f"internal error: {type(exc).__name__}", True)
             try:
-                await self._record(msg, [(r, self._result(msg, r, Outcome({r["id"]: err}))) for r in rcpts],
+                await self._record(msg, [(r, self._result(msg, r, Outcome({r.id: err}))) for r in rcpts],
                                    None, report)
             except Exception:  # noqa: BLE001 - storage down: the lease expires and recovery requeues
-                log.exception("could not record the failure of %s", msg["id"])
+                log.exception("could not record the failure of %s", msg.id)
         finally:
             self._backlog[key] -= 1
             if key in self._saturated and self._backlog[key] <= self._backlog_cap(key) // 2:
@@ -314,17 +304,17 @@ class Scheduler:
                 self._wake.set()
             self._in_flight.difference_update(ids)
             metrics.IN_FLIGHT.set(len(self._in_flight))
-            self._msg_refs[msg["id"]] -= 1
-            if self._msg_refs[msg["id"]] <= 0:
-                del self._msg_refs[msg["id"]]
-                self._bodies.pop(msg["id"], None)
+            self._msg_refs[msg.id] -= 1
+            if self._msg_refs[msg.id] <= 0:
+                del self._msg_refs[msg.id]
+                self._bodies.pop(msg.id, None)
 
     def _note_down(self, key: str, outcome: Outcome) -> None:
         errs = list(outcome.results.values())
-        if outcome.attempt and outcome.attempt.get("host") is None and errs and all(
+        if outcome.attempt and outcome.attempt.host is None and errs and all(
                 isinstance(e, ConnectError) and e.stage in ("connect", "greeting") for e in errs):
             self._down[key] = (time.monotonic() + DOWN_FOR, errs[0])
-        elif key in self._down and outcome.attempt and outcome.attempt.get("host"):
+        elif key in self._down and outcome.attempt and outcome.attempt.host:
             self._down.pop(key, None)
         now = time.monotonic()
         for k in [k for k, (until, _) in self._down.items() if until <= now]:
@@ -345,34 +335,34 @@ class Scheduler:
         return await fut
 
     # ---- results ---------------------------------------------------------------------------------
-    def _expired(self, r: dict, err: DeliveryError | None) -> RecipientResult:
+    def _expired(self, r: Recipient, err: DeliveryError | None) -> RecipientResult:
         days = self.policy.max_lifetime / 86400
         last = f"; last error: {err.code} {err.enhanced} {err.text}" if err else (
-            f"; last error: {r.get('last_code')} {r.get('last_enhanced')} {r.get('last_text')}"
-            if r.get("last_code") else "")
-        return RecipientResult(r["id"], "failed", err.code if err else r.get("last_code"), "4.4.7",
+            f"; last error: {r.last_code} {r.last_enhanced} {r.last_text}"
+            if r.last_code else "")
+        return RecipientResult(r.id, "failed", err.code if err else r.last_code, "4.4.7",
                                f"delivery time expired after {days:g} days{last}", reason="expired")
 
-    def _result(self, msg: dict, r: dict, outcome: Outcome) -> RecipientResult:
-        err = outcome.results.get(r["id"])
+    def _result(self, msg: Message, r: Recipient, outcome: Outcome) -> RecipientResult:
+        err = outcome.results.get(r.id)
         route = outcome.route
         if err is None:
-            code, enh, text = outcome.replies.get(r["id"], (250, "2.0.0", "OK"))
-            return RecipientResult(r["id"], "delivered", code, enh, text, route=route)
+            code, enh, text = outcome.replies.get(r.id, (250, "2.0.0", "OK"))
+            return RecipientResult(r.id, "delivered", code, enh, text, route=route)
         if err.temporary:
             now = self.clock()
-            start = max(msg["created_at"], msg.get("send_at") or 0)
-            decision = next_attempt(now, start, int(r.get("attempts") or 0) + 1, err.text, self.policy,
+            start = max(msg.created_at, msg.send_at or 0)
+            decision = next_attempt(now, start, r.attempts + 1, err.text, self.policy,
                                     self.rng())
             if decision.expired:
                 return self._expired(r, err)
-            return RecipientResult(r["id"], "deferred", err.code, err.enhanced, err.text,
+            return RecipientResult(r.id, "deferred", err.code, err.enhanced, err.text,
                                    next_attempt_at=decision.next_attempt_at, route=route)
         status = err.status if err.status in ("bounced", "failed") else "bounced"
-        return RecipientResult(r["id"], status, err.code, err.enhanced, err.text, reason=err.reason,
+        return RecipientResult(r.id, status, err.code, err.enhanced, err.text, reason=err.reason,
                                route=route)
 
-    async def _record(self, msg: dict, pairs: list[tuple[dict, RecipientResult]], attempt: dict | None,
+    async def _record(self, msg: Message, pairs: list[tuple[Recipient, RecipientResult]], attempt: AttemptLog | None,
                       batch: Batch) -> None:
         results = [res for _, res in pairs]
         try:
@@ -382,16 +372,15 @@ class Scheduler:
                 self._in_flight.difference_update(res.recipient_id for res in results)
         for res in results:
             self.stats[res.status] += 1
-        await self.reports.record(batch, pairs, (attempt or {}).get("host"))
+        await self.reports.record(batch, pairs, attempt.host if attempt else None)
         self.stats["dsn"] = self.reports.sent
 
-    async def _requeue(self, rcpts: list[dict], at: float) -> None:
+    async def _requeue(self, rcpts: list[Recipient], at: float) -> None:
         try:
-            await self._release([r["id"] for r in rcpts], at)
+            await self._release([r.id for r in rcpts], at)
         finally:
-            self._in_flight.difference_update(r["id"] for r in rcpts)
+            self._in_flight.difference_update(r.id for r in rcpts)
 
     async def _release(self, ids: list[int], at: float) -> None:
-        """Back to the queue without an attempt (see relay.delivery.claimwork.release)."""
-        now = self.clock()
-        await self.spool.db.write(lambda conn: claimwork.release(conn, ids, at, now))
+        """Back to the queue without an attempt (``store.messages.MessageStore.release``)."""
+        await self.spool.release_claims(ids, at)

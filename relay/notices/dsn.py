@@ -17,6 +17,7 @@ from email.utils import format_datetime, make_msgid
 
 from relay.delivery.dkim import parse_headers, split_message
 from relay.envelope import NewMessage, address_error
+from store.records import Message
 
 FAILED_SUBJECT = "Undelivered Mail Returned to Sender"
 DELAYED_SUBJECT = "Delayed Mail (still being retried)"
@@ -33,8 +34,8 @@ class FailedRecipient:
     reason: str | None = None   # expired, nullmx, suppressed, invalid, poison
 
 
-def should_notify(message: dict) -> bool:
-    sender = message.get("sender") or ""
+def should_notify(message: Message) -> bool:
+    sender = message.sender or ""
     if not sender or address_error(sender):
         return False
     return not sender.lower().startswith(("mailer-daemon@", "postmaster@"))
@@ -55,19 +56,19 @@ def _reply(r: FailedRecipient) -> str:
     return _clean(" ".join(str(x) for x in (r.code, r.enhanced, r.text) if x))
 
 
-def build(message: dict, recipients: list[FailedRecipient], original: bytes | None, *,
+def build(message: Message, recipients: list[FailedRecipient], original: bytes | None, *,
           reporting_mta: str, now: float | None = None, action: str = "failed") -> bytes:
     """The report as bytes (CRLF), addressed to the message's envelope sender. ``action`` is "failed"
     (bounced/failed recipients) or "delayed" (a delay notice: still being retried)."""
     delayed = action == "delayed"
     now = time.time() if now is None else now
     date = format_datetime(datetime.fromtimestamp(now, timezone.utc))
-    arrival = format_datetime(datetime.fromtimestamp(float(message.get("created_at") or now), timezone.utc))
-    boundary = f"=_relaybox_{message['id']}_{int(now)}"
+    arrival = format_datetime(datetime.fromtimestamp(float(message.created_at or now), timezone.utc))
+    boundary = f"=_relaybox_{message.id}_{int(now)}"
     daemon = f"MAILER-DAEMON@{reporting_mta}"
     lines = [
         f"From: Mail Delivery System <{daemon}>",
-        f"To: <{message['sender']}>",
+        f"To: <{message.sender}>",
         f"Subject: {DELAYED_SUBJECT if delayed else FAILED_SUBJECT}",
         f"Date: {date}",
         f"Message-ID: {make_msgid('dsn', reporting_mta)}",
@@ -85,14 +86,14 @@ def build(message: dict, recipients: list[FailedRecipient], original: bytes | No
         "",
         ("Your message has not been delivered yet to the recipients below; the mail system will keep"
          " trying." if delayed else "Your message could not be delivered to one or more recipients."),
-        f"Queue id: {message['id']}",
+        f"Queue id: {message.id}",
         "",
     ]
     for r in recipients:
         why = _reply(r) if r.code else _clean(r.text or r.reason)
         lines.append(f"<{r.address}>: {why}")
     lines += ["", f"--{boundary}", "Content-Type: message/delivery-status", "",
-              f"Reporting-MTA: dns; {reporting_mta}", f"X-Relaybox-Queue-ID: {message['id']}",
+              f"Reporting-MTA: dns; {reporting_mta}", f"X-Relaybox-Queue-ID: {message.id}",
               f"Arrival-Date: {arrival}", ""]
     for r in recipients:
         lines += [f"Final-Recipient: rfc822; {r.address}", f"Action: {action}", f"Status: {_status_code(r)}"]
@@ -110,17 +111,17 @@ def build(message: dict, recipients: list[FailedRecipient], original: bytes | No
         for _, raw in parse_headers(block):
             lines.extend(raw.decode("utf-8", "replace").replace("\r\n", "\n").split("\n"))
     else:
-        lines.append(f"X-Relaybox-Note: body of {message['id']} no longer retained")
+        lines.append(f"X-Relaybox-Note: body of {message.id} no longer retained")
     lines += ["", f"--{boundary}--", ""]
     return "\r\n".join(lines).encode("utf-8")
 
 
-def new_message(message: dict, recipients: list[FailedRecipient], original: bytes | None, *,
+def new_message(message: Message, recipients: list[FailedRecipient], original: bytes | None, *,
                 reporting_mta: str, now: float | None = None, action: str = "failed") -> NewMessage | None:
     """The DSN ready for ``Spool.enqueue``, or None when no report must be sent."""
     if not recipients or not should_notify(message):
         return None
     body = build(message, recipients, original, reporting_mta=reporting_mta, now=now, action=action)
-    return NewMessage(sender="", recipients=[message["sender"]], body=body,
+    return NewMessage(sender="", recipients=[message.sender], body=body,
                       from_header=f"Mail Delivery System <MAILER-DAEMON@{reporting_mta}>",
                       subject=DELAYED_SUBJECT if action == "delayed" else FAILED_SUBJECT)

@@ -13,10 +13,10 @@ import json
 import sys
 import time
 
-from relay.bounces import suppression
 from relay.configtypes import parse_duration
-from relaybox.commands._common import read, removed, write
+from relaybox.commands._common import attempt, removed, run
 from relaybox.commands._common import table as _table
+from store import suppressions
 
 _FIELDS = ("address", "action", "status", "replycode", "diagnostic", "reason", "kind")
 
@@ -41,13 +41,9 @@ def cmd_parse(args) -> int:
 
 
 def cmd_bounces_list(args) -> int:
-    sql, params = "SELECT * FROM bounces WHERE 1=1", []
-    if args.address:
-        sql += " AND address=?"
-        params.append(args.address.lower())
-    sql += " ORDER BY id DESC LIMIT ?"
-    params.append(args.limit)
-    rows = read(args, lambda c: [{k: r[k] for k in r.keys() if k != "raw"} for r in c.execute(sql, params)])
+    flt = {"address": args.address} if args.address else {}
+    found = run(args, lambda s: s.bounces.list(flt, limit=args.limit))
+    rows = [{k: v for k, v in b.as_dict().items() if k != "raw"} for b in found]
     if args.json:
         print(json.dumps(rows, default=str))
     else:
@@ -57,8 +53,9 @@ def cmd_bounces_list(args) -> int:
 
 
 def cmd_list(args) -> int:
-    rows = read(args, lambda c: suppression.list_entries(
-        c, include_expired=args.all, search=args.search, limit=args.limit))
+    found = run(args, lambda s: s.bounces.suppressions(include_expired=args.all, search=args.search,
+                                                       limit=args.limit))
+    rows = [e.as_dict() for e in found]
     if args.json:
         print(json.dumps(rows))
     else:
@@ -73,30 +70,29 @@ def cmd_add(args) -> int:
         print(f'error: --expires: expected a duration like "30d", got {args.expires!r}', file=sys.stderr)
         return 2
     now = time.time()
-    entry, rc = write(args, lambda c: suppression.add(
-        c, args.address, args.reason, "manual", "cli", now=now, note=args.note,
-        expires_at=(now + expires) if expires else None))
-    if rc:
-        return rc
-    until = "never expires" if entry["expires_at"] is None else \
-        "until " + time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(entry["expires_at"]))
-    print(f"suppressed {entry['address']} ({entry['reason']}, {until})")
+    entry, rc = attempt(args, lambda s: s.bounces.suppress(
+        args.address, args.reason, "manual", "cli", note=args.note, expires_at=(now + expires) if expires else None))
+    if rc or entry is None:
+        return rc or 2
+    until = "never expires" if entry.expires_at is None else \
+        "until " + time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(entry.expires_at))
+    print(f"suppressed {entry.address} ({entry.reason}, {until})")
     return 0
 
 
 def cmd_remove(args) -> int:
-    ok, _ = write(args, lambda c: suppression.remove(c, args.address))
-    return removed(bool(ok), f"removed {suppression.normalize(args.address)}",
+    ok = run(args, lambda s: s.bounces.unsuppress(args.address))
+    return removed(ok, f"removed {suppressions.normalize(args.address)}",
                    f"{args.address} is not on the suppression list")
 
 
 def cmd_export(args) -> int:
-    rows = read(args, suppression.export)
+    rows = [e.as_dict() for e in run(args, lambda s: s.bounces.export_suppressions())]
     if args.format == "jsonl":
         for r in rows:
             print(json.dumps(r))
         return 0
-    w = csv.DictWriter(sys.stdout, fieldnames=list(suppression.COLUMNS), lineterminator="\n")
+    w = csv.DictWriter(sys.stdout, fieldnames=list(suppressions.COLUMNS), lineterminator="\n")
     w.writeheader()
     w.writerows(rows)
     return 0
