@@ -23,6 +23,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 from prometheus_client import Counter
 
+from relay import rfc5322
+
 # Signed when present (RFC 6376 5.4.1 recommendations); From is also over-signed (one extra "from")
 # so that a From added in transit breaks the signature.
 STANDARD_HEADERS = (
@@ -35,7 +37,6 @@ STANDARD_HEADERS = (
 _WSP_RUN = re.compile(rb"[ \t]+")
 _TRAILING_WSP = re.compile(rb"[ \t]+\r\n")
 _FOLD = re.compile(rb"\r?\n(?=[ \t])")
-_FIELD_START = re.compile(rb"^[^ \t\r\n]", re.M)
 
 
 class DKIMError(Exception):
@@ -84,27 +85,15 @@ def dns_record(key) -> str:
 
 # ---- canonicalisation (RFC 6376 3.4.2 and 3.4.4) -----------------------------------------------------
 def split_message(message: bytes) -> tuple[bytes, bytes]:
-    """Header block (with its final line break) and body."""
-    i = message.find(b"\r\n\r\n")
-    if i >= 0:
-        return message[:i + 2], message[i + 4:]
-    j = message.find(b"\n\n")
-    if j >= 0:
-        return message[:j + 1], message[j + 2:]
-    return message, b""
+    """Header block (with its final line break) and body (``relay.rfc5322.split`` without the empty line)."""
+    head, _, body = rfc5322.split(message)
+    return head, body
 
 
 def parse_headers(block: bytes) -> list[tuple[bytes, bytes]]:
-    """[(name, raw field including continuation lines, without the final CRLF)], in order."""
-    starts = [m.start() for m in _FIELD_START.finditer(block)]
-    out = []
-    for k, s in enumerate(starts):
-        e = starts[k + 1] if k + 1 < len(starts) else len(block)
-        raw = block[s:e].rstrip(b"\r\n")
-        name, sep, _ = raw.partition(b":")
-        if sep:
-            out.append((name.strip(), raw))
-    return out
+    """[(name, raw field including continuation lines, without the final line break)], in order."""
+    return [(raw.partition(b":")[0].strip(), raw.rstrip(b"\r\n"))
+            for name, raw in rfc5322.fields(block) if name]
 
 
 def relaxed_header(raw: bytes) -> bytes:

@@ -12,11 +12,11 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from relay import rfc5322
 from relay.envelope import new_queue_id
 
 SEND_AT_HEADER = "x-relaybox-send-at"
 ID_HEADER = "X-Relaybox-ID"
-_FIELD_RE = re.compile(rb"^([\x21-\x39\x3b-\x7e]+)[ \t]*:")
 
 
 class HeaderError(ValueError):
@@ -31,32 +31,6 @@ class Prepared:
     from_header: str | None
     subject: str | None
     message_id: str | None
-
-
-def split_message(content: bytes) -> tuple[bytes, bytes]:
-    """(header block including its final CRLF, rest starting at the blank line or b'')."""
-    if content.startswith(b"\r\n"):
-        return b"", content
-    if not _FIELD_RE.match(content[:1000]):
-        return b"", b"\r\n" + content   # no header block at all: everything is body
-    idx = content.find(b"\r\n\r\n")
-    if idx < 0:
-        return content, b""
-    return content[: idx + 2], content[idx + 2:]
-
-
-def parse_headers(block: bytes) -> list[tuple[str, bytes]]:
-    """[(lower-case name, raw field bytes incl. continuation lines and final CRLF)]."""
-    fields: list[tuple[str, bytes]] = []
-    for line in block.split(b"\r\n")[:-1] if block.endswith(b"\r\n") else block.split(b"\r\n"):
-        if line[:1] in (b" ", b"\t") and fields:
-            name, raw = fields[-1]
-            fields[-1] = (name, raw + line + b"\r\n")
-            continue
-        m = _FIELD_RE.match(line)
-        name = m.group(1).decode("ascii").lower() if m else ""
-        fields.append((name, line + b"\r\n"))
-    return fields
 
 
 def field_value(raw: bytes) -> str:
@@ -100,8 +74,9 @@ def prepare_message(content: bytes, *, hostname: str, helo: str, client_ip: str,
                     rcpts: list[str], queue_id: str | None = None, now: float | None = None) -> Prepared:
     now = time.time() if now is None else now
     qid = queue_id or new_queue_id(now)
-    block, rest = split_message(content)
-    fields = parse_headers(block)
+    block, sep, rest = rfc5322.split(content)
+    rest = sep + rest if (block or sep) else b"\r\n" + rest   # no header block: all of it is body
+    fields = rfc5322.fields(block)
     seen = {name for name, _ in fields}
     first = {}
     for name, raw in fields:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import format_datetime, make_msgid
 
-from relay.delivery.dkim import parse_headers, split_message
+from relay import rfc5322
 from relay.envelope import NewMessage, address_error
 from store.records import Message
 
@@ -107,9 +107,10 @@ def build(message: Message, recipients: list[FailedRecipient], original: bytes |
         lines.append("")
     lines += [f"--{boundary}", "Content-Type: text/rfc822-headers", ""]
     if original:
-        block, _ = split_message(original)
-        for _, raw in parse_headers(block):
-            lines.extend(raw.decode("utf-8", "replace").replace("\r\n", "\n").split("\n"))
+        block, _, _ = rfc5322.split(original)
+        for name, raw in rfc5322.fields(block):
+            if name:
+                lines.extend(raw.decode("utf-8", "replace").replace("\r\n", "\n").rstrip("\n").split("\n"))
     else:
         lines.append(f"X-Relaybox-Note: body of {message.id} no longer retained")
     lines += ["", f"--{boundary}--", ""]
