@@ -6,8 +6,8 @@
 ``split`` finds the first empty line (CRLF CRLF, or LF LF in a message that never got CRLF line ends):
 ``head`` is the header block with the line break of its last field, ``sep`` the empty line itself
 (``b"\\r\\n"``, ``b"\\n"``, or ``b""`` when there is none) and ``body`` what follows. A message whose
-first line is not a header field has no header block: everything is body. Intake (trace headers), DKIM signing,
-outgoing DSNs and the poller's routing all read messages through these two functions.
+first line is not a header field has no header block: everything is body. Intake (trace headers), DKIM
+signing and outgoing DSNs read messages through these two functions.
 """
 
 from __future__ import annotations
