@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 
@@ -113,7 +113,7 @@ async def auth_middleware(request: web.Request, handler) -> web.StreamResponse:
     if token.readonly and request.method in WRITE_METHODS:
         return error_response(403, "forbidden", f"token {token.name!r} is read-only")
     request[TOKEN_NAME] = token.name
-    cfg: AdminConfig = request.app[CONFIG_KEY]
+    cfg = cast(AdminConfig, request.app[CONFIG_KEY])
     if request.content_length is not None and request.content_length > cfg.max_body_size:
         return error_response(413, "too_large", f"request body larger than {cfg.max_body_size} bytes")
     resp = await handler(request)
@@ -171,7 +171,7 @@ def make_app(relaybox: Any, cfg: AdminConfig | None = None) -> web.Application:
     app[APP_KEY] = relaybox
     app[CONFIG_KEY] = cfg
     app[AUTH_KEY] = Authenticator(tokens, cfg)
-    tail = EventTail(relaybox.db)
+    tail = EventTail(relaybox.store.stats)
     app[TAIL_KEY] = tail
 
     async def _start_tail(_app: web.Application) -> None:

@@ -10,11 +10,11 @@ Labels stay bounded: ``route`` is the configured route name, or ``mx`` for direc
 
 from __future__ import annotations
 
-import json
-import sqlite3
 from typing import Any
 
 from prometheus_client import Counter, Histogram
+
+from store.stats import Stats, TailBatch, TailPosition
 
 RESULTS = Counter("relaybox_delivery_results", "Recipient delivery results by route and result",
                   ["route", "result"])
@@ -50,69 +50,42 @@ def _actor(actor: str | None) -> str:
 
 
 class EventTail:
-    def __init__(self, db: Any):
-        self.db = db
-        self.event_id: int | None = None
-        self.attempt_id: int | None = None
-        self.bounce_id: int | None = None
+    """Counters fed from the store's tail of events, attempts and bounces (``store.stats``)."""
+
+    def __init__(self, stats: Stats):
+        self.stats = stats
+        self.position: TailPosition | None = None
 
     async def start(self) -> None:
-        def _top(conn):
-            return (conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0],
-                    conn.execute("SELECT COALESCE(MAX(id), 0) FROM attempts").fetchone()[0])
-
-        self.event_id, self.attempt_id = await self.db.read(_top)
-        self.bounce_id = await self.db.read(_max_bounce)
+        self.position = await self.stats.tail_start()
 
     async def catch_up(self) -> int:
-        if self.event_id is None:
+        if self.position is None:
             await self.start()
         total = 0
         while True:
-            n = await self.db.read(self._step)
-            total += n
-            if n < BATCH:
+            assert self.position is not None
+            batch = await self.stats.tail(self.position, batch=BATCH)
+            self._count(batch)
+            self.position = batch.position
+            total += batch.size
+            if batch.size < BATCH:
                 return total
 
-    def _step(self, conn: sqlite3.Connection) -> int:
-        rows = conn.execute(
-            "SELECT e.id, e.at, e.status, e.actor, e.details, r.route AS rroute, m.created_at AS created"
-            " FROM events e LEFT JOIN recipients r ON r.id = e.recipient_id"
-            " LEFT JOIN messages m ON m.id = e.message_id WHERE e.id > ? ORDER BY e.id LIMIT ?",
-            (self.event_id, BATCH)).fetchall()
-        for e in rows:
-            EVENTS.labels(e["status"], _actor(e["actor"])).inc()
-            if e["status"] in _RESULTS and e["actor"] != "bounce":
-                try:
-                    details = json.loads(e["details"]) if e["details"] else {}
-                except ValueError:
-                    details = {}
-                route = route_label(details.get("route") or e["rroute"])
-                RESULTS.labels(route, e["status"]).inc()
-                if e["status"] == "delivered" and e["created"] is not None:
-                    LATENCY.labels(route).observe(max(0.0, e["at"] - e["created"]))
-        if rows:
-            self.event_id = rows[-1]["id"]
-        att = conn.execute("SELECT id, route, result FROM attempts WHERE id > ? ORDER BY id LIMIT ?",
-                           (self.attempt_id, BATCH)).fetchall()
-        for a in att:
-            result = a["result"] if a["result"] in _RESULTS else "other"
-            ATTEMPTS.labels(route_label(a["route"]), result).inc()
-        if att:
-            self.attempt_id = att[-1]["id"]
-        bounces = self._bounces(conn)
-        return max(len(rows), len(att), bounces)
-
-    def _bounces(self, conn: sqlite3.Connection) -> int:
-        if self.bounce_id is None:      # no bounces table (bounce processing not installed)
-            return 0
-        rows = conn.execute("SELECT id, category, kind, reason FROM bounces WHERE id > ? ORDER BY id LIMIT ?",
-                            (self.bounce_id, BATCH)).fetchall()
-        for b in rows:
-            BOUNCES.labels(_word(b["category"]), _word(b["kind"]), _word(b["reason"])).inc()
-        if rows:
-            self.bounce_id = rows[-1]["id"]
-        return len(rows)
+    @staticmethod
+    def _count(batch: TailBatch) -> None:
+        for e in batch.events:
+            EVENTS.labels(e.status, _actor(e.actor)).inc()
+            if e.status in _RESULTS and e.actor != "bounce":
+                route = route_label(e.details.get("route") or e.recipient_route)
+                RESULTS.labels(route, e.status).inc()
+                if e.status == "delivered" and e.message_created_at is not None:
+                    LATENCY.labels(route).observe(max(0.0, e.at - e.message_created_at))
+        for a in batch.attempts:
+            result = a.result if a.result in _RESULTS else "other"
+            ATTEMPTS.labels(route_label(a.route), result).inc()
+        for b in batch.bounces:
+            BOUNCES.labels(_word(b.category), _word(b.kind), _word(b.reason)).inc()
 
 
 def _word(value: Any) -> str:
@@ -122,9 +95,3 @@ def _word(value: Any) -> str:
         return text
     return "other"
 
-
-def _max_bounce(conn: sqlite3.Connection) -> int | None:
-    try:
-        return conn.execute("SELECT COALESCE(MAX(id), 0) FROM bounces").fetchone()[0]
-    except sqlite3.OperationalError:
-        return None

@@ -17,19 +17,22 @@ from admin_api.common import (
     relaybox,
 )
 from relay.intake import policy
+from store.access import AllowlistEntry, Conflict
 
 ENTRY = {"type": "object", "required": ["cidr"], "properties": {
     "cidr": {"type": "string"}, "note": {"type": "string", "nullable": True},
     "source": {"type": "string"}, "created_at": {"type": "string"}}}
 
 
-def _present(r: dict) -> dict:
-    return {**r, "created_at": iso(r["created_at"])}
+def _present(entry: AllowlistEntry) -> dict:
+    d = entry.as_dict()
+    d["created_at"] = iso(d["created_at"])
+    return d
 
 
 async def list_allowlist(request: web.Request) -> web.Response:
-    rows = await relaybox(request).db.read(policy.allowlist_list)
-    return ok({"items": [_present(r) for r in rows], "next_cursor": None})
+    entries = await relaybox(request).store.access.list_allowlist()
+    return ok({"items": [_present(e) for e in entries], "next_cursor": None})
 
 
 async def add_entry(request: web.Request) -> web.Response:
@@ -41,19 +44,12 @@ async def add_entry(request: web.Request) -> web.Response:
         net = str(policy.parse_cidr(cidr or ""))
     except ValueError as exc:
         raise invalid(f"cidr: {exc}") from None
-
-    def _add(conn):
-        existing = conn.execute("SELECT source FROM allowlist WHERE cidr=?", (net,)).fetchone()
-        if existing is not None:
-            return False
-        policy.allowlist_add(conn, net, note, "api")
-        return True
-
-    if not await rb.db.write(_add):
-        raise conflict(f"{net} is already on the allowlist")
+    try:
+        entry = await rb.store.access.add_allowlist(net, note, "api", exist_ok=False)
+    except Conflict:
+        raise conflict(f"{net} is already on the allowlist") from None
     await rb.policy.refresh()
-    rows = await rb.db.read(policy.allowlist_list)
-    return ok(_present(next(r for r in rows if r["cidr"] == net)), status=201)
+    return ok(_present(entry), status=201)
 
 
 async def remove_entry(request: web.Request) -> web.Response:
@@ -63,7 +59,7 @@ async def remove_entry(request: web.Request) -> web.Response:
         net = str(policy.parse_cidr(raw))
     except ValueError as exc:
         raise invalid(f"cidr: {exc}") from None
-    if not await rb.db.write(lambda c: policy.allowlist_remove(c, net)):
+    if not await rb.store.access.remove_allowlist(net):
         raise not_found(f"{net} is not on the allowlist")
     await rb.policy.refresh()
     return ok({"removed": net})

@@ -20,7 +20,7 @@ async def readyz(request: web.Request) -> web.Response:
     rb = relaybox(request)
     listener = getattr(rb, "listener", None)
     checks = {
-        "database_writable": await rb.db.check_writable(),
+        "database_writable": await rb.store.stats.writable(),
         "listeners_bound": bool(listener is not None and listener.bound),
         "disk_above_floor": bool(rb.disk.ok()),
     }

@@ -6,11 +6,10 @@ unknown id -> 404, an action that does not apply to the message's current state 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 
-from admin_api import queries
 from admin_api.common import (
     CONFIG_KEY,
     PAGE_PARAMS,
@@ -32,7 +31,9 @@ from admin_api.common import (
     read_json,
     relaybox,
 )
+from admin_api.config import AdminConfig
 from relay.spool.spool import QueueError
+from store.history import FILTER_KEYS, MessageDetail, MessageFilter, parse_statuses
 
 FILTER_PARAMS = [
     Param("status", description="comma-separated statuses or aliases (outbox, sent, active, final); a message"
@@ -73,57 +74,56 @@ BULK_RESULT = {"type": "object", "properties": {
     "unchanged": {"type": "integer"}, "errors": {"type": "array"}, "ids": {"type": "array"}}}
 
 
-def filter_from(source: Any, *, from_query: bool) -> queries.MessageFilter:
+def filter_from(source: Any, *, from_query: bool) -> MessageFilter:
     """Build a filter from query parameters or a JSON object; 400/422 on bad values."""
     get = source.get
     err = bad_request if from_query else invalid
-    unknown = [k for k in source.keys() if k not in queries.FILTER_KEYS]
+    unknown = [k for k in source.keys() if k not in FILTER_KEYS]
     if not from_query and unknown:
         raise invalid(f"filter: unknown keys {unknown}")
     if not from_query and any(v is None for v in source.values()):
         raise invalid("filter: null is not a value; leave the key out")
     try:
-        statuses = queries.parse_statuses(get("status"))
+        fields: dict[str, Any] = {"status": parse_statuses(get("status"))}
     except ValueError as exc:
         raise err(str(exc)) from None
-    f = queries.MessageFilter(status=statuses)
     for key in ("sender", "recipient", "domain", "subject", "client_ip", "auth_user"):
         v = get(key)
         if v in (None, ""):
             continue
         if not isinstance(v, str) or len(v) > 500:
             raise err(f"{key}: expected a string up to 500 characters")
-        setattr(f, key, v)
+        fields[key] = v
     for key in ("since", "until"):
         if get(key) not in (None, ""):
             try:
-                setattr(f, key, parse_time(get(key), key))
+                fields[key] = parse_time(get(key), key)
             except ApiError as exc:
                 raise err(exc.message) from None
-    _held_and_ids(f, source, from_query)
-    return f
+    fields.update(_held_and_ids(source, from_query))
+    return MessageFilter(**fields)
 
 
-def _held_and_ids(f: queries.MessageFilter, source: Any, from_query: bool) -> None:
+def _held_and_ids(source: Any, from_query: bool) -> dict[str, Any]:
     held = source.get("held")
     if from_query:
-        f.held = None if held in (None, "") else held.lower() in ("1", "true", "yes")
         if held not in (None, "") and held.lower() not in ("1", "true", "yes", "0", "false", "no"):
             raise bad_request("held: expected true or false")
-        return
+        return {"held": None if held in (None, "") else held.lower() in ("1", "true", "yes")}
+    out: dict[str, Any] = {}
     if held is not None:
         if not isinstance(held, bool):
             raise invalid("held: expected true or false")
-        f.held = held
+        out["held"] = held
     ids = source.get("ids")
     if ids is not None:
         if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids) or len(ids) > 100000:
             raise invalid("ids: expected a list of message ids")
-        f.ids = tuple(ids)
+        out["ids"] = tuple(ids)
+    return out
 
 
 def _present(m: dict) -> dict:
-    m = dict(m)
     for k in ("created_at", "send_at"):
         m[k] = iso(m.get(k))
     return m
@@ -132,7 +132,8 @@ def _present(m: dict) -> dict:
 async def list_messages(request: web.Request) -> web.Response:
     rb = relaybox(request)
     f = filter_from(request.query, from_query=True)
-    limit = query_int(request, "limit", request.app[CONFIG_KEY].page_size, 1, 1000)
+    cfg = cast(AdminConfig, request.app[CONFIG_KEY])
+    limit = query_int(request, "limit", cfg.page_size, 1, 1000)
     order = request.query.get("order", "desc")
     if order not in ("asc", "desc"):
         raise bad_request("order: expected asc or desc")
@@ -141,14 +142,13 @@ async def list_messages(request: web.Request) -> web.Response:
                             or cur.get("order") != order):
         raise bad_request("cursor: not valid for this query (was the order changed?)")
     after = cur["after"] if cur else None
-    items, last = await rb.db.read(lambda c: queries.list_messages(c, f, limit=limit, after=after,
-                                                                   order=order))
-    nxt = encode_cursor({"after": last, "order": order}) if last else None
-    return ok({"items": [_present(m) for m in items], "next_cursor": nxt})
+    page = await rb.store.history.list_messages(f, limit=limit, after=after, order=order)
+    nxt = encode_cursor({"after": page.next_after, "order": order}) if page.next_after else None
+    return ok({"items": [_present(m.as_dict()) for m in page.items], "next_cursor": nxt})
 
 
-async def _show(rb, qid: str) -> dict:
-    m = await rb.db.read(lambda c: queries.show_message(c, qid))
+async def _show(rb: Any, qid: str) -> MessageDetail:
+    m = await rb.store.history.show(qid)
     if m is None:
         raise not_found(f"no message {qid}")
     return m
@@ -156,7 +156,7 @@ async def _show(rb, qid: str) -> dict:
 
 async def show_message(request: web.Request) -> web.Response:
     m = await _show(relaybox(request), request.match_info["id"])
-    out = _present(m)
+    out = _present(m.as_dict())
     for r in out["recipients"]:
         r["next_attempt_at"] = iso(r["next_attempt_at"])
         r["updated_at"] = iso(r["updated_at"])
@@ -219,9 +219,8 @@ async def run_action(rb, action: str, qid: str, who: str, rcpts: list[int] | Non
     return n
 
 
-async def _exists(rb, qid: str) -> bool:
-    return await rb.db.read(lambda c: c.execute("SELECT 1 FROM messages WHERE id=?", (qid,)).fetchone()
-                            is not None)
+async def _exists(rb: Any, qid: str) -> bool:
+    return bool(await rb.store.history.exists(qid))
 
 
 _NOTHING = {
@@ -259,7 +258,7 @@ def _bulk_handler(action: str):
         dry = body.get("dry_run", False)
         if not isinstance(dry, bool):
             raise invalid("dry_run: expected true or false")
-        ids = await rb.db.read(lambda c: queries.matching_ids(c, f, limit))
+        ids = await rb.store.history.matching_ids(f, limit)
         out: dict = {"action": action, "matched": len(ids), "affected": 0, "unchanged": 0, "errors": []}
         if dry:
             out["ids"] = ids
@@ -287,14 +286,12 @@ async def list_events(request: web.Request) -> web.Response:
     after = query_int(request, "after", 0, 0, 2**62)
     limit = query_int(request, "limit", 100, 1, 1000)
     try:
-        st = queries.parse_statuses(request.query.get("status"))
+        st = parse_statuses(request.query.get("status"))
     except ValueError as exc:
         raise bad_request(str(exc)) from None
     mid = request.query.get("message_id") or None
-    items = await rb.db.read(lambda c: queries.list_events(c, after=after, limit=limit, message_id=mid,
-                                                           status=st))
-    for e in items:
-        e["at"] = iso(e["at"])
+    events = await rb.store.history.events(after=after, limit=limit, message_id=mid, status=st)
+    items = [{**e.as_dict(), "at": iso(e.at)} for e in events]
     return ok({"items": items, "next_after": items[-1]["id"] if items else after})
 
 

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from admin_api import queries
 from admin_api.common import Param, Route, bad_request, ok, query_int, relaybox
+from store.history import parse_statuses
 
 
 async def summary(request: web.Request) -> web.Response:
     try:
-        st = queries.parse_statuses(request.query.get("status"))
+        st = parse_statuses(request.query.get("status"))
     except ValueError as exc:
         raise bad_request(str(exc)) from None
     top = query_int(request, "top", 50, 1, 10000)
-    data = await relaybox(request).db.read(lambda c: queries.queue_summary(c, statuses=st, top=top))
-    return ok(data)
+    shape = await relaybox(request).store.history.summary(statuses=st, top=top)
+    return ok(shape.as_dict())
 
 
 ROW = {"type": "object", "properties": {"domain": {"type": "string"}, "total": {"type": "integer"},

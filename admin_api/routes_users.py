@@ -13,8 +13,9 @@ USER = {"type": "object", "required": ["username"], "properties": {
 
 
 async def list_users(request: web.Request) -> web.Response:
-    rows = await relaybox(request).db.read(policy.user_list)
-    return ok({"items": [{**r, "created_at": iso(r["created_at"])} for r in rows], "next_cursor": None})
+    users = await relaybox(request).store.access.list_users()
+    items = [{**u.as_dict(), "created_at": iso(u.created_at)} for u in users]
+    return ok({"items": items, "next_cursor": None})
 
 
 async def set_user(request: web.Request) -> web.Response:
@@ -28,7 +29,7 @@ async def set_user(request: web.Request) -> web.Response:
     if not username or any(c.isspace() or ord(c) < 32 for c in username) or "/" in username:
         raise invalid("username: non-empty, without spaces, control characters or '/'")
     hashed = policy.hash_password(password)
-    await rb.db.write(lambda c: policy.user_set(c, username, hashed, note, "api"))
+    await rb.store.access.set_user(username, hashed, note, "api")
     await rb.policy.refresh()
     return ok({"username": username, "note": note}, status=201)
 
@@ -36,7 +37,7 @@ async def set_user(request: web.Request) -> web.Response:
 async def remove_user(request: web.Request) -> web.Response:
     rb = relaybox(request)
     name = request.match_info["username"]
-    if not await rb.db.write(lambda c: policy.user_remove(c, name)):
+    if not await rb.store.access.remove_user(name):
         raise not_found(f"no SMTP user {name}")
     await rb.policy.refresh()
     return ok({"removed": name})

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from aiohttp import web
 
 from admin_api.common import Param, Route, bad_request, iso, not_found, ok, query_int, relaybox
@@ -24,7 +22,7 @@ def _hook(request: web.Request):
 
 async def list_webhooks(request: web.Request) -> web.Response:
     hooks = _hooks(request)
-    rows = await relaybox(request).db.read(lambda c: endpoint_status(c, hooks))
+    rows = await endpoint_status(relaybox(request).store.outbox, hooks)
     for r in rows:
         r["last_success_at"], r["last_failure_at"] = iso(r["last_success_at"]), iso(r["last_failure_at"])
     return ok({"items": rows, "next_cursor": None})
@@ -37,29 +35,16 @@ async def list_deliveries(request: web.Request) -> web.Response:
         raise bad_request("state: expected pending, delivered or failed")
     after = query_int(request, "after", 0, 0, 2**62)
     limit = query_int(request, "limit", 50, 1, 1000)
-
-    def _q(conn):
-        sql = ("SELECT id, event_id, event_type, message_id, state, attempts, next_attempt_at, created_at,"
-               " last_status, last_error FROM webhook_deliveries WHERE endpoint=? AND id > ?")
-        args: list = [hook.name, after]
-        if state:
-            sql += " AND state=?"
-            args.append(state)
-        return [dict(r) for r in conn.execute(sql + " ORDER BY id LIMIT ?", (*args, limit))]
-
-    rows = await relaybox(request).db.read(_q)
-    for r in rows:
-        r["next_attempt_at"], r["created_at"] = iso(r["next_attempt_at"]), iso(r["created_at"])
+    found = await relaybox(request).store.outbox.deliveries(hook.name, state=state, after=after, limit=limit)
+    rows = [{**d.as_dict(), "next_attempt_at": iso(d.next_attempt_at), "created_at": iso(d.created_at)}
+            for d in found]
     return ok({"items": rows, "next_after": rows[-1]["id"] if rows else after})
 
 
 async def retry_now(request: web.Request) -> web.Response:
     hook = _hook(request)
     rb = relaybox(request)
-    now = time.time()
-    n = await rb.db.write(lambda c: c.execute(
-        "UPDATE webhook_deliveries SET next_attempt_at=? WHERE endpoint=? AND state='pending'",
-        (now, hook.name)).rowcount)
+    n = await rb.store.outbox.retry_now(hook.name)
     admin = getattr(rb, "admin", None)
     if admin is not None and getattr(admin, "webhooks", None) is not None:
         admin.webhooks.wake()

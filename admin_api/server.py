@@ -60,7 +60,7 @@ class AdminServer:
         if hooks:
             from admin_api.webhooks import Dispatcher
 
-            self.webhooks = Dispatcher(self.app.db, hooks)
+            self.webhooks = Dispatcher(self.app.store.outbox, hooks)
             await self.webhooks.start()
         if not self.cfg.enabled:
             return

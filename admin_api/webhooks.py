@@ -1,7 +1,7 @@
 """Event webhooks: the ``events`` table is the durable outbox; each endpoint POSTs signed JSON with retries.
 
-Flow: ``materialize`` reads events after the endpoint's cursor, turns the interesting ones into
-``webhook_deliveries`` rows (payload fixed at that moment) and moves the cursor, in one transaction.
+Flow: the outbox (``store.outbox``) reads events after the endpoint's cursor, turns the interesting ones into
+deliveries (payload fixed at that moment by ``payload``) and moves the cursor, in one transaction.
 ``deliver_due`` POSTs due rows; a 2xx marks them delivered, anything else schedules the next attempt from
 the endpoint's ``retry`` list (default 1, 5, 15, 60 minutes, then hourly) until ``max_age`` (24 h) after the
 event, when the row becomes ``failed``. ``deferred`` is sent once per message, not on every retry.
@@ -17,7 +17,6 @@ import hashlib
 import hmac
 import json
 import logging
-import sqlite3
 import time
 from typing import Any
 
@@ -26,11 +25,9 @@ import aiohttp
 from admin_api.config import WebhookConfig
 from admin_api.metrics import WEBHOOK_DELIVERIES
 from relay.tasks import cancel_and_wait
-from store.sqlite import Database
+from store.outbox import BATCH, EndpointState, OutboxEvent, PendingDelivery, WebhookOutbox
 
 log = logging.getLogger("admin_api.webhooks")
-
-BATCH = 500
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -50,56 +47,17 @@ def verify(secret: str, timestamp: str, body: bytes, signature: str, *, toleranc
     return hmac.compare_digest(sign(secret, timestamp, body), signature)
 
 
-def _payload(conn: sqlite3.Connection, ev: sqlite3.Row) -> dict:
-    m = conn.execute("SELECT id, message_id, sender, subject, from_header FROM messages WHERE id=?",
-                     (ev["message_id"],)).fetchone()
-    rcpt = None
-    if ev["recipient_id"] is not None:
-        r = conn.execute("SELECT address FROM recipients WHERE id=?", (ev["recipient_id"],)).fetchone()
-        rcpt = r["address"] if r else None
-    try:
-        details = json.loads(ev["details"]) if ev["details"] else {}
-    except ValueError:
-        details = {}
-    return {
-        "id": f"evt_{ev['id']}", "type": ev["status"], "timestamp": ev["at"],
-        "message": {"id": ev["message_id"], "message_id": m["message_id"] if m else None,
-                    "sender": m["sender"] if m else None, "from": m["from_header"] if m else None,
-                    "subject": m["subject"] if m else None},
-        "recipient": rcpt, "reason": ev["reason"], "actor": ev["actor"], "details": details,
-    }
-
-
-def materialize(conn: sqlite3.Connection, hook: WebhookConfig, now: float) -> int:
-    """Queue deliveries for new events of one endpoint; returns the endpoint's new cursor."""
-    row = conn.execute("SELECT cursor FROM webhook_endpoints WHERE name=?", (hook.name,)).fetchone()
-    if row is None:   # a new endpoint starts at the present: no replay of history
-        top = conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
-        conn.execute("INSERT INTO webhook_endpoints(name, cursor, created_at) VALUES (?,?,?)",
-                     (hook.name, top, now))
-        return top
-    cursor = row["cursor"]
-    events = conn.execute("SELECT * FROM events WHERE id > ? ORDER BY id LIMIT ?", (cursor, BATCH)).fetchall()
-    if not events:
-        return cursor
-    wanted = set(hook.events)
-    queued = 0  # noqa: SIM113
-    for ev in events:
-        if ev["status"] not in wanted:
-            continue
-        if ev["status"] == "deferred" and conn.execute(
-                "SELECT 1 FROM webhook_deliveries WHERE endpoint=? AND message_id=?"
-                " AND event_type='deferred'",
-                (hook.name, ev["message_id"])).fetchone():
-            continue
-        conn.execute(
-            "INSERT OR IGNORE INTO webhook_deliveries(endpoint, event_id, event_type, message_id, payload,"
-            " state, next_attempt_at, created_at, updated_at) VALUES (?,?,?,?,?,'pending',?,?,?)",
-            (hook.name, ev["id"], ev["status"], ev["message_id"], json.dumps(_payload(conn, ev)), now,
-             ev["at"], now))
-        queued += 1
-    conn.execute("UPDATE webhook_endpoints SET cursor=? WHERE name=?", (events[-1]["id"], hook.name))
-    return events[-1]["id"]
+def payload(item: OutboxEvent) -> str:
+    """The JSON body POSTed for one event (fixed when the event is queued)."""
+    ev, m = item.event, item.message
+    return json.dumps({
+        "id": f"evt_{ev.id}", "type": ev.status, "timestamp": ev.at,
+        "message": {"id": ev.message_id, "message_id": m.message_id if m else None,
+                    "sender": m.sender if m else None, "from": m.from_header if m else None,
+                    "subject": m.subject if m else None},
+        "recipient": item.recipient, "reason": ev.reason, "actor": ev.actor,
+        "details": dict(ev.details or {}),
+    })
 
 
 def next_delay(hook: WebhookConfig, attempts: int) -> float:
@@ -107,9 +65,9 @@ def next_delay(hook: WebhookConfig, attempts: int) -> float:
 
 
 class Dispatcher:
-    def __init__(self, db: Database, hooks: list[WebhookConfig], *, poll_interval: float = 0.5,
+    def __init__(self, outbox: WebhookOutbox, hooks: list[WebhookConfig], *, poll_interval: float = 0.5,
                  batch: int = 50):
-        self.db = db
+        self.outbox = outbox
         self.hooks = {h.name: h for h in hooks}
         self.poll_interval = poll_interval
         self.batch = batch
@@ -118,11 +76,13 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._cursors: dict[str, int] = {}
 
+    async def _materialize(self, hook: WebhookConfig) -> None:
+        self._cursors[hook.name] = await self.outbox.materialize(hook.name, hook.events, payload, batch=BATCH)
+
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(headers={"User-Agent": "relaybox-webhooks/1"})
-        now = time.time()
         for hook in self.hooks.values():
-            self._cursors[hook.name] = await self.db.write(lambda c, h=hook: materialize(c, h, now))
+            await self._materialize(hook)
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
@@ -150,49 +110,35 @@ class Dispatcher:
                 pass
 
     async def run_once(self) -> int:
-        now = time.time()
-        top = await self.db.read(lambda c: c.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0])
+        top = await self.outbox.latest_event_id()
         for hook in self.hooks.values():
             if self._cursors.get(hook.name, -1) < top:   # a write only when there are new events
-                self._cursors[hook.name] = await self.db.write(lambda c, h=hook: materialize(c, h, now))
+                await self._materialize(hook)
         sent = await asyncio.gather(*(self.deliver_due(h) for h in self.hooks.values()))
         return sum(sent)
 
     async def deliver_due(self, hook: WebhookConfig) -> int:
-        now = time.time()
-        rows = await self.db.read(lambda c: [dict(r) for r in c.execute(
-            "SELECT id, event_id, event_type, payload, attempts, created_at FROM webhook_deliveries"
-            " WHERE endpoint=? AND state='pending' AND next_attempt_at <= ? ORDER BY id LIMIT ?",
-            (hook.name, now, self.batch))])
+        rows = await self.outbox.due(hook.name, self.batch, now=time.time())
         done = 0
         for row in rows:
             status, error = await self._post(hook, row)
-            nxt = await self.db.write(lambda c, r=row, s=status, e=error: self._record(c, hook, r, s, e))
+            nxt = await self._record(hook, row, status, error)
             done += 1
             if error is not None:
                 # the endpoint is failing: the rest waits with this one instead of each costing a timeout
-                await self.db.write(lambda c, t=nxt: self._postpone(c, hook, t))
+                failed = await self.outbox.postpone(hook.name, nxt, float(hook.max_age))
+                if failed:
+                    WEBHOOK_DELIVERIES.labels(hook.name, "failed").inc(failed)
                 break
         return done
 
-    def _postpone(self, conn: sqlite3.Connection, hook: WebhookConfig, until: float) -> None:
-        now = time.time()
-        conn.execute("UPDATE webhook_deliveries SET next_attempt_at=?, updated_at=? WHERE endpoint=?"
-                     " AND state='pending' AND next_attempt_at < ?", (until, now, hook.name, until))
-        n = conn.execute("UPDATE webhook_deliveries SET state='failed', last_error=COALESCE(last_error, '')"
-                         " || ' (expired after max_age)', updated_at=? WHERE endpoint=? AND state='pending'"
-                         " AND created_at < ?", (now, hook.name, now - float(hook.max_age))).rowcount
-        if n:
-            conn.execute("UPDATE webhook_endpoints SET failed=failed+? WHERE name=?", (n, hook.name))
-            WEBHOOK_DELIVERIES.labels(hook.name, "failed").inc(n)
-
-    async def _post(self, hook: WebhookConfig, row: dict) -> tuple[int | None, str | None]:
+    async def _post(self, hook: WebhookConfig, row: PendingDelivery) -> tuple[int | None, str | None]:
         assert self._session is not None
-        body = row["payload"].encode()
+        body = row.payload.encode()
         ts = str(int(time.time()))
         headers = {"Content-Type": "application/json", "X-Relaybox-Timestamp": ts,
-                   "X-Relaybox-Signature": sign(hook.secret, ts, body), "X-Relaybox-Event": row["event_type"],
-                   "X-Relaybox-Delivery": str(row["id"]), "Idempotency-Key": f"evt_{row['event_id']}"}
+                   "X-Relaybox-Signature": sign(hook.secret, ts, body), "X-Relaybox-Event": row.event_type,
+                   "X-Relaybox-Delivery": str(row.id), "Idempotency-Key": f"evt_{row.event_id}"}
         try:
             async with self._session.post(hook.url, data=body, headers=headers, allow_redirects=False,
                                           timeout=aiohttp.ClientTimeout(total=float(hook.timeout))) as resp:
@@ -205,49 +151,41 @@ class Dispatcher:
         except aiohttp.ClientError as exc:
             return None, f"{type(exc).__name__}: {exc}"[:300]
 
-    def _record(self, conn: sqlite3.Connection, hook: WebhookConfig, row: dict, status: int | None,
-                error: str | None) -> float:
+    async def _record(self, hook: WebhookConfig, row: PendingDelivery, status: int | None,
+                      error: str | None) -> float:
         """Store one POST's outcome; returns the row's next attempt time (now when delivered)."""
         now = time.time()
-        attempts = row["attempts"] + 1
+        attempts = row.attempts + 1
         if error is None:
-            conn.execute("UPDATE webhook_deliveries SET state='delivered', attempts=?, last_status=?,"
-                         " last_error=NULL, updated_at=? WHERE id=?", (attempts, status, now, row["id"]))
-            conn.execute("UPDATE webhook_endpoints SET last_success_at=?, consecutive_failures=0,"
-                         " delivered=delivered+1 WHERE name=?", (now, hook.name))
+            await self.outbox.delivered(hook.name, row.id, attempts=attempts, status=status)
             WEBHOOK_DELIVERIES.labels(hook.name, "delivered").inc()
             return now
         nxt = now + next_delay(hook, attempts)
-        give_up = nxt - row["created_at"] > float(hook.max_age)
-        conn.execute("UPDATE webhook_deliveries SET state=?, attempts=?, next_attempt_at=?, last_status=?,"
-                     " last_error=?, updated_at=? WHERE id=?",
-                     ("failed" if give_up else "pending", attempts, nxt, status, error, now, row["id"]))
-        conn.execute("UPDATE webhook_endpoints SET last_failure_at=?, last_error=?,"
-                     " consecutive_failures=consecutive_failures+1, failed=failed+? WHERE name=?",
-                     (now, error, 1 if give_up else 0, hook.name))
+        give_up = nxt - row.created_at > float(hook.max_age)
+        await self.outbox.attempt_failed(hook.name, row.id, attempts=attempts, status=status, error=error,
+                                         next_attempt_at=nxt, give_up=give_up)
         WEBHOOK_DELIVERIES.labels(hook.name, "failed" if give_up else "retry").inc()
         if give_up:
-            log.warning("webhook %s: gave up on event %s after %d attempts: %s", hook.name, row["event_id"],
+            log.warning("webhook %s: gave up on event %s after %d attempts: %s", hook.name, row.event_id,
                         attempts, error)
         return nxt
 
 
-def endpoint_status(conn: sqlite3.Connection, hooks: list[WebhookConfig]) -> list[dict[str, Any]]:
+async def endpoint_status(outbox: WebhookOutbox, hooks: list[WebhookConfig]) -> list[dict[str, Any]]:
+    """Each configured endpoint with where it stands (the URL without credentials or query)."""
+    states = {s.name: s for s in await outbox.endpoint_states([h.name for h in hooks])}
     out = []
     for h in hooks:
-        row = conn.execute("SELECT * FROM webhook_endpoints WHERE name=?", (h.name,)).fetchone()
-        counts = {r[0]: r[1] for r in conn.execute(
-            "SELECT state, COUNT(*) FROM webhook_deliveries WHERE endpoint=? GROUP BY state", (h.name,))}
-        d = dict(row) if row else {}
-        failures = d.get("consecutive_failures", 0)
+        st = states.get(h.name) or EndpointState(h.name)
+        failures = st.consecutive_failures
         out.append({
             "name": h.name, "url": redact_url(h.url), "events": list(h.events), "enabled": h.enabled,
-            "state": "unknown" if not d.get("last_success_at") and not failures else
+            "state": "unknown" if not st.last_success_at and not failures else
                      ("failing" if failures else "ok"),
-            "cursor": d.get("cursor"), "last_success_at": d.get("last_success_at"),
-            "last_failure_at": d.get("last_failure_at"), "last_error": d.get("last_error"),
-            "consecutive_failures": failures, "pending": counts.get("pending", 0),
-            "delivered": counts.get("delivered", 0), "failed": counts.get("failed", 0),
+            "cursor": st.cursor, "last_success_at": st.last_success_at,
+            "last_failure_at": st.last_failure_at, "last_error": st.last_error,
+            "consecutive_failures": failures, "pending": st.pending,
+            "delivered": st.delivered, "failed": st.failed,
         })
     return out
 

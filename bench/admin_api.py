@@ -45,7 +45,8 @@ async def main(n: int) -> None:
             print(f"GET /api/v1/messages?limit=50 (newest page): median {ms:.1f} ms")
             ms, _ = await timed(api, "GET", "/api/v1/messages", params={"limit": "50", "domain": "d7.test"})
             print(f"  filtered by recipient domain: median {ms:.1f} ms")
-            ms, _ = await timed(api, "GET", "/api/v1/messages", n=5, params={"limit": "50", "subject": "invoice 1999"})
+            ms, _ = await timed(api, "GET", "/api/v1/messages", n=5,
+                                params={"limit": "50", "subject": "invoice 1999"})
             print(f"  filtered by subject substring (full scan): median {ms:.1f} ms")
             t, cursor, seen = time.perf_counter(), None, 0
             while True:
@@ -61,9 +62,11 @@ async def main(n: int) -> None:
             ms, _ = await timed(api, "GET", "/metrics", n=5)
             print(f"GET /metrics: median {ms:.0f} ms")
             t = time.perf_counter()
-            st, res = await api.call("POST", "/api/v1/bulk/messages/hold", json={"filter": {"domain": "d3.test"}})
+            st, res = await api.call("POST", "/api/v1/bulk/messages/hold",
+                                     json={"filter": {"domain": "d3.test"}})
             dt = time.perf_counter() - t
-            print(f"bulk hold by domain: {res['affected']} messages in {dt:.2f}s ({res['affected'] / dt:.0f}/s)")
+            n = res["affected"]
+            print(f"bulk hold by domain: {n} messages in {dt:.2f}s ({n / dt:.0f}/s)")
 
 
 if __name__ == "__main__":

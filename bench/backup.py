@@ -23,8 +23,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from relay.envelope import NewMessage  # noqa: E402
 from relay.spool.spool import Spool  # noqa: E402
-from relaybox.commands.backup import backup  # noqa: E402
-from store.sqlite import Database  # noqa: E402
+from store import Store  # noqa: E402
+from store.backup import backup  # noqa: E402
 
 
 def _msg(i: int, size: int) -> NewMessage:
@@ -33,8 +33,8 @@ def _msg(i: int, size: int) -> NewMessage:
                       body=head + b"x" * max(0, size - len(head) - 2) + b"\r\n")
 
 
-async def fill(db: Database, n: int, size: int) -> None:
-    spool = Spool(db)
+async def fill(store: Store, n: int, size: int) -> None:
+    spool = Spool(store)
     batch = 500
     for start in range(0, n, batch):
         await asyncio.gather(*(spool.enqueue(_msg(i, size)) for i in range(start, min(n, start + batch))))
@@ -48,14 +48,14 @@ def pct(values: list[float], p: float) -> float:
 class Load:
     """WRITERS coroutines enqueueing in a loop of their own; records each enqueue's latency."""
 
-    def __init__(self, db: Database, writers: int, size: int):
-        self.db, self.writers, self.size = db, writers, size
+    def __init__(self, store: Store, writers: int, size: int):
+        self.store, self.writers, self.size = store, writers, size
         self.lat: list[tuple[float, float]] = []   # (start time, seconds)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
 
     async def _one(self, w: int) -> None:
-        spool = Spool(self.db)
+        spool = Spool(self.store)
         i = 0
         while not self.stop.is_set():
             t0 = time.perf_counter()
@@ -75,17 +75,17 @@ def main() -> int:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="relaybox-bench-") as tmp:
         path = os.path.join(tmp, "relaybox.db")
-        db = Database(path).open()
+        store = Store(path).open()
         t0 = time.perf_counter()
-        asyncio.run(fill(db, args.messages, args.size))
+        asyncio.run(fill(store, args.messages, args.size))
         print(f"spool: {args.messages} messages x {args.size} B in {time.perf_counter() - t0:.1f} s, "
               f"file {os.path.getsize(path) / 1e6:.1f} MB")
         info = backup(path, os.path.join(tmp, "quiet.db"))
-        mb = info["bytes"] / 1e6
-        speed = mb / max(info["seconds"], 1e-6)
-        print(f"backup, no load: {mb:.1f} MB in {info['seconds']:.2f} s ({speed:.0f} MB/s,"
+        mb = info.bytes / 1e6
+        speed = mb / max(info.seconds, 1e-6)
+        print(f"backup, no load: {mb:.1f} MB in {info.seconds:.2f} s ({speed:.0f} MB/s,"
               f" incl. integrity_check and fsync)")
-        load = Load(db, args.writers, args.size)
+        load = Load(store, args.writers, args.size)
         load.thread.start()
         time.sleep(2.0)
         b0 = time.perf_counter()
@@ -94,11 +94,11 @@ def main() -> int:
         time.sleep(1.0)
         load.stop.set()
         load.thread.join(30)
-        db.close()
+        store.close()
         before = [d for t, d in load.lat if t < b0]
         during = [d for t, d in load.lat if b0 <= t < b1]
-        print(f"backup under load ({args.writers} writers): {info['bytes'] / 1e6:.1f} MB "
-              f"in {info['seconds']:.2f} s")
+        print(f"backup under load ({args.writers} writers): {info.bytes / 1e6:.1f} MB "
+              f"in {info.seconds:.2f} s")
         for name, vals in (("enqueue before backup", before), ("enqueue during backup", during)):
             rate = len(vals) / (b1 - b0) if name.endswith("during backup") else len(vals) / 2.0
             print(f"  {name}: n={len(vals)} ({rate:.0f}/s) p50={pct(vals, 0.5):.1f} ms "

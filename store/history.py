@@ -1,14 +1,382 @@
-"""Read side of the spool for admins: message lists with filters and cursors, one message with its recipients, events and attempts, queue summaries (qshape)."""
+"""Read side of the spool for admins: message lists with filters and cursors, one message with its
+recipients, events and attempts, matching ids for bulk actions, the events list, queue summaries (qshape).
+
+A message matches a status filter when any of its recipients has that status (a message with one delivered
+and one deferred recipient is both in the Outbox and in Sent items). Bad filter values raise ValueError.
+Attempt transcripts are returned redacted (no AUTH argument), whatever the delivery engine stored.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import re
+import sqlite3
 import time
-from typing import Callable
+from dataclasses import dataclass, field
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+from typing import Any, Callable, Mapping, Sequence
 
+from store.errors import guarded
+from store.records import Attempt, Event, Message, Recipient, attempt_of, event_of, message_of, recipient_of
 from store.sqlite import Database
+from store.states import Status, message_status
+
+STATUS_ALIASES: dict[str, tuple[str, ...]] = {
+    "outbox": ("scheduled", "queued", "sending", "deferred", "failed"),
+    "sent": ("delivered",),
+    "active": tuple(sorted(Status.ACTIVE)),
+    "final": tuple(sorted(Status.FINAL)),
+}
+FILTER_KEYS = ("status", "sender", "recipient", "domain", "subject", "client_ip", "auth_user", "since",
+               "until", "held", "ids")
+QSHAPE_BUCKETS = (5, 10, 20, 40, 80, 160, 320, 640, 1280)   # minutes, as Postfix qshape
+HEAD_LIMIT = 65536   # bytes of a body parsed for the header list
+_RCPT_VIEW = ("id", "address", "domain", "status", "reason", "attempts", "next_attempt_at", "last_code",
+              "last_enhanced", "last_text", "route", "updated_at")
+
+
+@dataclass(frozen=True)
+class MessageFilter:
+    status: tuple[str, ...] = ()
+    sender: str | None = None        # substring, case-insensitive
+    recipient: str | None = None     # substring of any recipient address, case-insensitive
+    domain: str | None = None        # exact recipient domain
+    subject: str | None = None       # substring, case-insensitive
+    client_ip: str | None = None
+    auth_user: str | None = None
+    since: float | None = None       # created_at >= since
+    until: float | None = None       # created_at < until
+    held: bool | None = None
+    ids: tuple[str, ...] = ()
+
+    def empty(self) -> bool:
+        return not any(getattr(self, k) not in (None, ()) for k in FILTER_KEYS)
+
+
+@dataclass(frozen=True)
+class MessageSummary:
+    """One line of a message list: the envelope, indexed headers and where its recipients stand."""
+
+    message: Message
+    status: str
+    recipients: tuple[str, ...] = ()
+    recipient_status: Mapping[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**_message_view(self.message), "status": self.status, "recipients": list(self.recipients),
+                "recipient_status": dict(self.recipient_status)}
+
+
+@dataclass(frozen=True)
+class MessagePage:
+    items: tuple[MessageSummary, ...]
+    next_after: str | None          # the id to continue after, None on the last page
+
+
+@dataclass(frozen=True)
+class MessageDetail:
+    """One message with everything known about it."""
+
+    message: Message
+    status: str
+    recipients: tuple[Recipient, ...]
+    events: tuple[Event, ...]
+    attempts: tuple[Attempt, ...]
+    body_available: bool
+    headers: tuple[tuple[str, str], ...] | None     # None once the body is no longer retained
+
+    def as_dict(self) -> dict[str, Any]:
+        m = self.message
+        return {**_message_view(m), "status": self.status,
+                "recipients": [{k: getattr(r, k) for k in _RCPT_VIEW} for r in self.recipients],
+                "client_helo": m.client_helo, "body_sha256": m.body_sha256,
+                "events": [e.as_dict() for e in self.events],
+                "attempts": [a.as_dict() for a in self.attempts],
+                "body_available": self.body_available,
+                "headers": None if self.headers is None else [list(h) for h in self.headers]}
+
+
+@dataclass(frozen=True)
+class QshapeRow:
+    domain: str
+    total: int
+    counts: tuple[int, ...]      # one per bucket of ``QueueSummary.buckets``
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"domain": self.domain, "total": self.total, "counts": list(self.counts)}
+
+
+@dataclass(frozen=True)
+class QueueSummary:
+    """Recipient counts per status, and a qshape table: recipient domain x age of the message."""
+
+    counts: Mapping[str, int]
+    held_messages: int
+    statuses: tuple[str, ...]
+    buckets: tuple[str, ...]
+    total: QshapeRow
+    rows: tuple[QshapeRow, ...]
+    domains: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"counts": dict(self.counts), "held_messages": self.held_messages,
+                "statuses": list(self.statuses),
+                "buckets": list(self.buckets), "total": self.total.as_dict(),
+                "rows": [r.as_dict() for r in self.rows], "domains": self.domains}
+
+
+def _message_view(m: Message) -> dict[str, Any]:
+    return {"id": m.id, "created_at": m.created_at, "sender": m.sender, "from": m.from_header,
+            "subject": m.subject, "message_id": m.message_id, "client_ip": m.client_ip,
+            "auth_user": m.auth_user, "size": m.size, "send_at": m.send_at, "held": m.held}
+
+
+def parse_statuses(value: str | Sequence[str] | None) -> tuple[str, ...]:
+    """'deferred,sent' or ['deferred', 'sent'] -> statuses, aliases expanded (outbox, sent, active, final)."""
+    if value is None or value == "":
+        return ()
+    if not isinstance(value, (str, list, tuple)):
+        raise ValueError("status: expected a string or a list of strings")
+    parts = value.split(",") if isinstance(value, str) else list(value)
+    out: list[str] = []
+    for p in parts:
+        if not isinstance(p, str):
+            raise ValueError("status: expected strings")
+        p = p.strip().lower()
+        if p in STATUS_ALIASES:
+            out.extend(STATUS_ALIASES[p])
+        elif p in Status.ALL:
+            out.append(p)
+        else:
+            raise ValueError(f"status: unknown {p!r}; expected one of {', '.join(Status.ALL)}, "
+                             f"{', '.join(STATUS_ALIASES)}")
+    return tuple(dict.fromkeys(out))
+
+
+# ---- presentation helpers shared with other admin views ------------------------------------------------
+_SECRET_LINE = re.compile(r"^(\s*(?:>>>?|<<<?|C:|S:)?\s*)(AUTH\s+\S+)(\s+.*)?$", re.I)
+
+
+def redact_transcript(lines: Sequence[Any]) -> list[Any]:
+    """Transcripts should hold no secrets already; this is the belt to the delivery engine's braces."""
+    out: list[Any] = []
+    for item in lines:
+        if isinstance(item, dict) and isinstance(item.get("line"), str):
+            line = item["line"]
+            if line.upper().lstrip().startswith("AUTH") or item.get("dir") in ("auth",):
+                item = {**item, "line": _SECRET_LINE.sub(r"\1\2 [redacted]", line)}
+            out.append(item)
+        elif isinstance(item, str) and item.upper().lstrip(" >C:").startswith("AUTH"):
+            out.append(_SECRET_LINE.sub(r"\1\2 [redacted]", item))
+        else:
+            out.append(item)
+    return out
+
+
+def header_list(body: bytes | None) -> list[list[str]] | None:
+    """The header fields of a message as [name, value] pairs (at most the first 64 KiB are parsed)."""
+    if body is None:
+        return None
+    end = body.find(b"\r\n\r\n")
+    head = body[: end if end >= 0 else min(len(body), HEAD_LIMIT)][:HEAD_LIMIT]
+    msg = BytesHeaderParser(policy=compat32).parsebytes(head + b"\r\n\r\n")
+    return [[k, str(v)] for k, v in msg.items()]
+
+
+# ---- SQL ----------------------------------------------------------------------------------------------
+def _like(value: str) -> str:
+    """A LIKE pattern matching ``value`` anywhere (with ESCAPE '\\')."""
+    return "%" + value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def _contains(column: str) -> str:
+    return f"lower({column}) LIKE lower(?) ESCAPE '\\'"
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+def _where_status(f: MessageFilter, clauses: list[str], args: list[Any]) -> None:
+    if not f.status:
+        return
+    if set(f.status) <= Status.ACTIVE:
+        # the active queue is small next to the retained history: start from the status index
+        clauses.append("m.id IN (SELECT message_id FROM recipients"
+                       f" WHERE status IN ({_marks(len(f.status))}))")
+    else:
+        clauses.append("EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id"
+                       f" AND r.status IN ({_marks(len(f.status))}))")
+    args += list(f.status)
+
+
+def _where(f: MessageFilter) -> tuple[list[str], list[Any]]:
+    clauses: list[str] = []
+    args: list[Any] = []
+    _where_status(f, clauses, args)
+    rcpt = "EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id AND {})"
+    for value, clause in ((f.sender, _contains("m.sender")),
+                          (f.recipient, rcpt.format(_contains("r.address"))),
+                          (f.subject, _contains("COALESCE(m.subject, '')"))):
+        if value:
+            clauses.append(clause)
+            args.append(_like(value))
+    exact: tuple[tuple[Any, str], ...] = (
+        (f.domain.lower() if f.domain else None, rcpt.format("r.domain = ?")),
+        (f.client_ip or None, "m.client_ip = ?"), (f.auth_user or None, "m.auth_user = ?"),
+        (f.since, "m.created_at >= ?"), (f.until, "m.created_at < ?"),
+        (None if f.held is None else int(f.held), "m.held = ?"))
+    for value, clause in exact:
+        if value is not None:
+            clauses.append(clause)
+            args.append(value)
+    if f.ids:
+        clauses.append(f"m.id IN ({_marks(len(f.ids))})")
+        args += list(f.ids)
+    return clauses, args
+
+
+def _sql_where(clauses: list[str]) -> str:
+    return " WHERE " + " AND ".join(clauses) if clauses else ""
+
+
+def _lenient(convert: Callable[[Any], Any], row: sqlite3.Row, *json_columns: str) -> Any:
+    """A record from a row whose JSON columns may be damaged: they read as empty rather than failing."""
+    try:
+        return convert(row)
+    except ValueError:
+        return convert({**dict(row), **{c: None for c in json_columns}})
+
+
+def _list(conn: sqlite3.Connection, f: MessageFilter, limit: int, after: str | None,
+          order: str) -> MessagePage:
+    clauses, args = _where(f)
+    if after is not None:
+        clauses.append("m.id < ?" if order == "desc" else "m.id > ?")
+        args.append(after)
+    sql = (f"SELECT m.* FROM messages m{_sql_where(clauses)}"
+           f" ORDER BY m.id {'DESC' if order == 'desc' else 'ASC'} LIMIT ?")
+    rows = conn.execute(sql, (*args, limit + 1)).fetchall()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    rcpts: dict[str, list[str]] = {r["id"]: [] for r in rows}
+    states: dict[str, dict[str, int]] = {r["id"]: {} for r in rows}
+    if rows:
+        for r in conn.execute(f"SELECT message_id, address, status FROM recipients"
+                              f" WHERE message_id IN ({_marks(len(rcpts))}) ORDER BY id", tuple(rcpts)):
+            rcpts[r["message_id"]].append(r["address"])
+            counts = states[r["message_id"]]
+            counts[r["status"]] = counts.get(r["status"], 0) + 1
+    items = tuple(MessageSummary(message=message_of(r), status=message_status(list(states[r["id"]])),
+                                 recipients=tuple(rcpts[r["id"]]), recipient_status=states[r["id"]])
+                  for r in rows)
+    return MessagePage(items=items, next_after=rows[-1]["id"] if more and rows else None)
+
+
+def _show(conn: sqlite3.Connection, qid: str) -> MessageDetail | None:
+    row = conn.execute("SELECT * FROM messages WHERE id=?", (qid,)).fetchone()
+    if row is None:
+        return None
+    rcpts = tuple(recipient_of(r) for r in conn.execute(
+        "SELECT * FROM recipients WHERE message_id=? ORDER BY id", (qid,)))
+    events = tuple(_lenient(event_of, e, "details") for e in conn.execute(
+        "SELECT * FROM events WHERE message_id=? ORDER BY id", (qid,)))
+    attempts = []
+    for a in conn.execute("SELECT * FROM attempts WHERE message_id=? ORDER BY id", (qid,)):
+        att: Attempt = _lenient(attempt_of, a, "recipients", "transcript")
+        attempts.append(dataclasses.replace(att, transcript=tuple(redact_transcript(att.transcript))))
+    # the header block is at the start: 4 bytes past the parse limit tell whether it ended within it
+    body = conn.execute("SELECT substr(data, 1, ?) FROM bodies WHERE message_id=?",
+                        (HEAD_LIMIT + 4, qid)).fetchone()
+    headers = header_list(bytes(body[0])) if body else None
+    return MessageDetail(message=message_of(row), status=message_status([r.status for r in rcpts]),
+                         recipients=rcpts, events=events, attempts=tuple(attempts),
+                         body_available=body is not None,
+                         headers=None if headers is None else tuple((k, v) for k, v in headers))
+
+
+def _bucket_labels() -> tuple[str, ...]:
+    labels, lo = [], 0
+    for hi in QSHAPE_BUCKETS:
+        labels.append(f"{lo}-{hi}m")
+        lo = hi
+    labels.append(f"{lo}m+")
+    return tuple(labels)
+
+
+def _summary(conn: sqlite3.Connection, statuses: tuple[str, ...], top: int, now: float) -> QueueSummary:
+    counts = {s: 0 for s in Status.ALL}
+    for r in conn.execute("SELECT status, COUNT(*) AS n FROM recipients GROUP BY status"):
+        counts[r["status"]] = r["n"]
+    held = conn.execute("SELECT COUNT(*) FROM messages WHERE held=1").fetchone()[0]
+    statuses = statuses or tuple(sorted(Status.ACTIVE))
+    width = len(QSHAPE_BUCKETS) + 1
+    per_domain: dict[str, list[int]] = {}
+    total = [0] * width
+    for r in conn.execute(
+            "SELECT r.domain AS domain, m.created_at AS created FROM recipients r JOIN messages m ON"
+            f" m.id = r.message_id WHERE r.status IN ({_marks(len(statuses))})", statuses):
+        age_min = max(0.0, now - r["created"]) / 60
+        idx = next((i for i, hi in enumerate(QSHAPE_BUCKETS) if age_min < hi), len(QSHAPE_BUCKETS))
+        per_domain.setdefault(r["domain"], [0] * width)[idx] += 1
+        total[idx] += 1
+    ranked = sorted(per_domain.items(), key=lambda kv: (-sum(kv[1]), kv[0]))
+    return QueueSummary(counts=counts, held_messages=held, statuses=tuple(statuses), buckets=_bucket_labels(),
+                        total=QshapeRow("TOTAL", sum(total), tuple(total)),
+                        rows=tuple(QshapeRow(d, sum(c), tuple(c)) for d, c in ranked[:top]),
+                        domains=len(per_domain))
+
+
+def _events(conn: sqlite3.Connection, after: int, limit: int, message_id: str | None,
+            status: tuple[str, ...]) -> list[Event]:
+    clauses: list[str] = ["id > ?"]
+    args: list[Any] = [after]
+    if message_id:
+        clauses.append("message_id = ?")
+        args.append(message_id)
+    if status:
+        clauses.append(f"status IN ({_marks(len(status))})")
+        args += list(status)
+    sql = "SELECT * FROM events WHERE " + " AND ".join(clauses) + " ORDER BY id LIMIT ?"
+    return [_lenient(event_of, e, "details") for e in conn.execute(sql, (*args, limit))]
 
 
 class History:
     def __init__(self, db: Database, clock: Callable[[], float] = time.time):
         self.db = db
         self.clock = clock
+
+    async def list_messages(self, f: MessageFilter, *, limit: int = 50, after: str | None = None,
+                            order: str = "desc") -> MessagePage:
+        """One page of messages (newest first by default) and the id to continue after, if any."""
+        if order not in ("asc", "desc"):
+            raise ValueError("order: expected asc or desc")
+        return await self.db.read(guarded(lambda c: _list(c, f, limit, after, order)))
+
+    async def show(self, qid: str) -> MessageDetail | None:
+        return await self.db.read(guarded(lambda c: _show(c, qid)))
+
+    async def exists(self, qid: str) -> bool:
+        return await self.db.read(guarded(
+            lambda c: c.execute("SELECT 1 FROM messages WHERE id=?", (qid,)).fetchone() is not None))
+
+    async def matching_ids(self, f: MessageFilter, limit: int) -> list[str]:
+        """Ids of the messages a filter matches, oldest first, at most ``limit`` (what a bulk action
+        acts on)."""
+        def _q(conn: sqlite3.Connection) -> list[str]:
+            clauses, args = _where(f)
+            sql = f"SELECT m.id FROM messages m{_sql_where(clauses)} ORDER BY m.id LIMIT ?"
+            return [r[0] for r in conn.execute(sql, (*args, limit))]
+        return await self.db.read(guarded(_q))
+
+    async def events(self, *, after: int = 0, limit: int = 100, message_id: str | None = None,
+                     status: tuple[str, ...] = ()) -> list[Event]:
+        """Events in id order after ``after`` (the outbox view), optionally of one message or statuses."""
+        return await self.db.read(guarded(lambda c: _events(c, after, limit, message_id, status)))
+
+    async def summary(self, *, statuses: tuple[str, ...] = (), top: int = 50,
+                      now: float | None = None) -> QueueSummary:
+        """Counts per status, and a qshape table of recipients in ``statuses`` (default: the active ones)."""
+        at = self.clock() if now is None else now
+        return await self.db.read(guarded(lambda c: _summary(c, statuses, top, at)))

@@ -10,8 +10,10 @@ import pytest
 
 from admin_api.app import AUTH_KEY
 from relay.envelope import NewMessage
-from relay.spool.spool import RecipientResult
+from relay.spool.spool import AttemptLog, RecipientResult
 from tests.admin_support import RO_TOKEN, running, smtp_send
+
+pytestmark = pytest.mark.component
 
 
 @pytest.fixture
@@ -32,14 +34,15 @@ async def _deliver(app, qid, status="delivered", code=250, transcript=None):
     results, attempt = [], None
     for c in claims:
         for r in c.recipients:
-            if c.message["id"] == qid:
-                results.append(RecipientResult(r["id"], status, code, "2.0.0", "ok", route="sink"))
+            if c.message.id == qid:
+                results.append(RecipientResult(r.id, status, code, "2.0.0", "ok", route="sink"))
             else:   # hand the others back untouched
-                results.append(RecipientResult(r["id"], "deferred", 451, "4.3.0", "later",
-                                               next_attempt_at=r["next_attempt_at"]))
+                results.append(RecipientResult(r.id, "deferred", 451, "4.3.0", "later",
+                                               next_attempt_at=r.next_attempt_at))
     if transcript:
-        attempt = {"message_id": qid, "route": "sink", "host": "127.0.0.1", "result": status,
-                   "transcript": transcript}
+        now = time.time()
+        attempt = AttemptLog(qid, now, now, status, route="sink", host="127.0.0.1",
+                             transcript=tuple(transcript))
     await app.spool.complete(results, attempt=attempt)
 
 
@@ -323,8 +326,8 @@ async def test_readyz_reports_each_failing_check(tmp_path):
         app.disk.min_free = 0.0
         app.disk._at = 0.0                          # re-read free space now
         assert (await api.call("GET", "/readyz"))[0] == 200
-        app.db.fail_commits = OSError("disk I/O error")  # the storage layer's fault hook: commits fail
+        app.store.db.fail_commits = OSError("disk I/O error")  # the storage layer's fault hook: no commits
         st, body = await api.call("GET", "/readyz")
         assert st == 503 and body["checks"]["database_writable"] is False
-        app.db.fail_commits = None
+        app.store.db.fail_commits = None
         assert (await api.call("GET", "/healthz", token=None))[0] == 200

@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 
+import pytest
 from aiohttp import web
 
 from admin_api.webhooks import verify
@@ -13,6 +14,8 @@ from relay.envelope import NewMessage
 from relay.spool.spool import RecipientResult
 from tests.admin_support import running
 from tests.peers.ports import free_port
+
+pytestmark = pytest.mark.component
 
 SECRET = "whsec-test-0123456789"
 
@@ -77,7 +80,7 @@ async def test_signed_events_retries_and_endpoint_status(tmp_path):
             qid = await app.spool.enqueue(NewMessage("a@org.test", ["ok@x.test", "slow@x.test", "bad@x.test", "gone@x.test"], body,
                                                      subject="hi", message_id_header="<w1@org.test>"))
             claims = await app.spool.claim("t", limit=10)
-            r = {x["address"]: x["id"] for x in claims[0].recipients}
+            r = {x.address: x.id for x in claims[0].recipients}
             later = time.time() + 3600
             await app.spool.complete([
                 RecipientResult(r["ok@x.test"], "delivered", 250, "2.0.0", "queued as X"),
@@ -85,7 +88,8 @@ async def test_signed_events_retries_and_endpoint_status(tmp_path):
                 RecipientResult(r["bad@x.test"], "bounced", 550, "5.1.1", "no such user"),
                 RecipientResult(r["gone@x.test"], "failed", None, "4.4.7", "expired", reason="expired")])
             await app.spool.claim("t", limit=10)          # the deferred one again: a second deferral
-            await app.spool.defer([r["slow@x.test"]], later, 451, "4.7.1", "greylisted again")
+            await app.spool.complete([RecipientResult(r["slow@x.test"], "deferred", 451, "4.7.1",
+                                                      "greylisted again", next_attempt_at=later)])
             await app.spool.cancel(qid)                   # slow@ -> cancelled
 
             async def all_in():

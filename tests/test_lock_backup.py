@@ -18,10 +18,11 @@ import pytest
 from relay.envelope import NewMessage
 from relay.spool.spool import Spool
 from relaybox.cli import main as cli
-from store import lock
-from store.sqlite import Database
+from store import Store, lock
 from tests.peers.ports import free_port
 from tests.peers.relaybox_proc import REPO, RelayboxProcess, write_config
+
+pytestmark = pytest.mark.integration
 
 ENV = dict(os.environ, PYTHONPATH=REPO)
 
@@ -97,12 +98,12 @@ def _msg(i: int) -> NewMessage:
 
 
 async def _spool_with(path: str, n: int) -> list[str]:
-    db = Database(path).open()
+    store = Store(path).open()
     try:
-        spool = Spool(db)
+        spool = Spool(store)
         return [await spool.enqueue(_msg(i)) for i in range(n)]
     finally:
-        db.close()
+        store.close()
 
 
 def _snapshot(path: str) -> dict:
@@ -139,7 +140,7 @@ async def test_backup_and_restore_roundtrip(tmp_path, capsys):
     assert len(saved) == 1 and saved[0] in out
     assert sorted(_snapshot(saved[0])["messages"]) == sorted(first + later)
     # the restored database opens normally (migrations, spool)
-    d = Database(db).open()
+    d = Store(db).open()
     try:
         assert (await Spool(d).body(first[0])).startswith(b"Subject: m")
     finally:
@@ -275,7 +276,7 @@ async def test_an_old_backup_restores_and_migrates_at_start(tmp_path, capsys, mo
     db = str(tmp_path / "relaybox.db")
     assert cli(["restore", old, "--db", db]) == 0
     assert f"schema version {first}" in capsys.readouterr().out
-    d = Database(db).open()                        # what `relaybox run` does first after the lock
+    d = Store(db).open()                           # what `relaybox run` does first after the lock
     try:
         qid = await Spool(d).enqueue(_msg(1))
     finally:
@@ -290,8 +291,7 @@ async def test_an_old_backup_restores_and_migrates_at_start(tmp_path, capsys, mo
 
 def test_relaybox_refuses_to_run_on_a_newer_database(tmp_path):
     rb = RelayboxProcess(str(tmp_path), {"admin": {"listen": f"127.0.0.1:{free_port()}"}})
-    d = Database(rb.db_path).open()
-    d.close()
+    Store(rb.db_path).open().close()
     conn = sqlite3.connect(rb.db_path)
     conn.execute("PRAGMA user_version=999")
     conn.commit()

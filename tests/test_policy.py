@@ -3,7 +3,10 @@
 import pytest
 
 from relay.intake import policy
-from store.sqlite import Database
+from store import Store
+from store.access import Conflict
+
+pytestmark = pytest.mark.component
 
 
 def test_cidr_matching_ipv4_ipv6_and_mapped():
@@ -34,13 +37,42 @@ def test_bad_cidr_is_a_clear_error():
         policy.parse_cidr("10.0.0.300/8")
 
 
-def test_config_seed_follows_config_but_keeps_api_entries(tmp_path):
-    db = Database(str(tmp_path / "p.db")).open()
-    db.write_sync(lambda c: policy.seed(c, ["127.0.0.1/32", "10.0.0.0/8"], []))
-    db.write_sync(lambda c: policy.allowlist_add(c, "192.0.2.0/24", "app servers", "api"))
-    db.write_sync(lambda c: policy.seed(c, ["127.0.0.1/32"], [("u", policy.hash_password("x"))]))
-    rows = {r["cidr"]: r["source"] for r in db.read_sync(policy.allowlist_list)}
-    assert rows == {"127.0.0.1/32": "config", "192.0.2.0/24": "api"}
-    users = db.read_sync(policy.user_list)
-    assert [u["username"] for u in users] == ["u"] and "password_hash" not in users[0]
-    db.close()
+async def test_config_seed_follows_config_but_keeps_api_entries(tmp_path):
+    store = Store(str(tmp_path / "p.db")).open()
+    try:
+        access = store.access
+        await access.seed(["127.0.0.1/32", "10.0.0.0/8"], [])
+        await access.add_allowlist("192.0.2.0/24", "app servers", "api")
+        await access.seed(["127.0.0.1/32"], [("u", policy.hash_password("x"))])
+        rows = {e.cidr: e.source for e in await access.list_allowlist()}
+        assert rows == {"127.0.0.1/32": "config", "192.0.2.0/24": "api"}
+        users = await access.list_users()
+        assert [u.username for u in users] == ["u"] and "password_hash" not in users[0].as_dict()
+    finally:
+        store.close()
+
+
+async def test_access_store_adds_removes_and_feeds_the_policy(tmp_path):
+    store = Store(str(tmp_path / "p.db")).open()
+    try:
+        access = store.access
+        entry = await access.add_allowlist("10.1.2.3/8", None, "cli")
+        assert (entry.cidr, entry.note, entry.source) == ("10.0.0.0/8", None, "cli")
+        again = await access.add_allowlist("10.0.0.0/8", "apps", "api")     # upsert: note only
+        assert (again.note, again.source, again.created_at) == ("apps", "cli", entry.created_at)
+        with pytest.raises(Conflict):
+            await access.add_allowlist("10.0.0.0/8", exist_ok=False)
+        with pytest.raises(ValueError, match="not an IP network"):
+            await access.add_allowlist("10.0.0.300/8")
+        await access.set_user("app", policy.hash_password("pw one"), "billing")
+        with pytest.raises(ValueError):
+            await access.set_user("a b", "x")
+        p = policy.Policy(access)
+        await p.refresh()
+        assert p.ip_allowed("10.9.9.9") and p.check_login("app", "pw one")
+        assert await access.remove_allowlist("10.0.0.0/8") and not await access.remove_allowlist("10.0.0.0/8")
+        assert await access.remove_user("app") and not await access.remove_user("app")
+        await p.refresh()
+        assert not p.ip_allowed("10.9.9.9") and not p.check_login("app", "pw one")
+    finally:
+        store.close()

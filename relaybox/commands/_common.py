@@ -1,45 +1,72 @@
-"""Helpers shared by the CLI commands that work on the database directly (offline, or beside a running
-relaybox: SQLite WAL allows it). Not a command module: it has no ``register``."""
+"""Helpers shared by the CLI commands that work on the store directly (offline, or beside a running
+relaybox: SQLite WAL allows it). Not a command module: it has no ``register``.
+
+A command opens one ``Store`` for its run and calls its typed async interface::
+
+    with store_session(args) as store:
+        entries = asyncio.run(store.access.list_allowlist())
+
+or, for a single call, ``run(args, lambda store: store.access.list_allowlist())``.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import sys
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator, TypeVar
+
+if TYPE_CHECKING:
+    from store import Store
+
+T = TypeVar("T")
 
 
-def open_db(args):
+def db_path(args: Any) -> str:
+    """``--db``, else ``storage.path`` of the config file."""
     from relaybox.settings import load
-    from store.sqlite import Database
 
-    path = getattr(args, "db", None) or load(args.config).relay.storage.path
-    return Database(path).open()
+    return str(getattr(args, "db", None) or load(args.config).relay.storage.path)
+
+
+def open_store(args: Any) -> "Store":
+    from store import Store
+
+    return Store(db_path(args)).open()
 
 
 @contextlib.contextmanager
-def db_session(args):
-    """The database for one CLI command, closed (WAL checkpointed) however the command ends."""
-    db = open_db(args)
+def store_session(args: Any) -> Iterator["Store"]:
+    """The store for one CLI command, closed (WAL checkpointed) however the command ends."""
+    store = open_store(args)
     try:
-        yield db
+        yield store
     finally:
-        db.close()
+        store.close()
 
 
-def read(args, fn: Callable[[Any], Any]) -> Any:
-    with db_session(args) as db:
-        return db.read_sync(fn)
+def run(args: Any, call: Callable[["Store"], Awaitable[T]]) -> T:
+    """One store call in a store session: ``run(args, lambda s: s.access.list_users())``."""
+    with store_session(args) as store:
+        return asyncio.run(_awaited(call(store)))
 
 
-def write(args, fn: Callable[[Any], Any], errors: tuple[type[Exception], ...] = (ValueError,)) -> tuple[Any, int]:
-    """Run ``fn`` in a write transaction. A known error is printed as ``error: ...``: (None, 2)."""
-    with db_session(args) as db:
-        try:
-            return db.write_sync(fn), 0
-        except errors as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return None, 2
+def attempt(args: Any, call: Callable[["Store"], Awaitable[T]],
+            errors: tuple[type[Exception], ...] = (ValueError,)) -> tuple[T | None, int]:
+    """``run`` for a change. A known error is printed as ``error: ...``: (None, 2); else (result, 0)."""
+    from store import StorageError
+
+    caught: tuple[type[Exception], ...] = (*errors, StorageError)
+    try:
+        return run(args, call), 0
+    except caught as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None, 2
+
+
+async def _awaited(aw: Awaitable[T]) -> T:
+    return await aw
 
 
 def removed(ok: bool, done: str, missing: str) -> int:
@@ -57,9 +84,9 @@ def table(rows: list[dict], cols: list[str]) -> None:
         return "" if v is None else str(v)
 
     widths = [max([len(c)] + [len(cell(r, c)) for r in rows]) for c in cols]
-    print("  ".join(c.upper().ljust(w) for c, w in zip(cols, widths)))
+    print("  ".join(c.upper().ljust(w) for c, w in zip(cols, widths, strict=True)))
     for r in rows:
-        print("  ".join(cell(r, c).ljust(w) for c, w in zip(cols, widths)))
+        print("  ".join(cell(r, c).ljust(w) for c, w in zip(cols, widths, strict=True)))
 
 
 def out(args, rows: list[dict], cols: list[str]) -> None:

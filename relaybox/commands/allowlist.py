@@ -1,7 +1,7 @@
 """``relaybox allowlist list|add|remove`` and ``relaybox users list|add|remove|hash``.
 
-These work on the database file directly (offline or beside a running relaybox: SQLite WAL allows it, and
-the running process picks the change up within seconds). The admin API offers the same operations.
+These work on the store directly (offline or beside a running relaybox: SQLite WAL allows it, and the
+running process picks the change up within seconds). The admin API offers the same operations.
 """
 
 from __future__ import annotations
@@ -10,11 +10,12 @@ import getpass
 import sys
 
 from relay.intake import policy
-from relaybox.commands._common import out, read, removed, write
+from relaybox.commands._common import attempt, out, removed, run
 
 
 def cmd_list(args) -> int:
-    out(args, read(args, policy.allowlist_list), ["cidr", "note", "source"])
+    entries = run(args, lambda store: store.access.list_allowlist())
+    out(args, [e.as_dict() for e in entries], ["cidr", "note", "source"])
     return 0
 
 
@@ -24,19 +25,20 @@ def cmd_add(args) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    net, rc = write(args, lambda c: policy.allowlist_add(c, args.cidr, args.note, "cli"))
-    if not rc:
-        print(f"added {net}")
+    entry, rc = attempt(args, lambda store: store.access.add_allowlist(args.cidr, args.note, "cli"))
+    if entry is not None:
+        print(f"added {entry.cidr}")
     return rc
 
 
 def cmd_remove(args) -> int:
-    ok, rc = write(args, lambda c: policy.allowlist_remove(c, args.cidr))
-    return rc or removed(ok, f"removed {args.cidr}", f"{args.cidr} is not on the allowlist")
+    ok, rc = attempt(args, lambda store: store.access.remove_allowlist(args.cidr))
+    return rc or removed(bool(ok), f"removed {args.cidr}", f"{args.cidr} is not on the allowlist")
 
 
 def cmd_users_list(args) -> int:
-    out(args, read(args, policy.user_list), ["username", "note", "source"])
+    users = run(args, lambda store: store.access.list_users())
+    out(args, [u.as_dict() for u in users], ["username", "note", "source"])
     return 0
 
 
@@ -52,15 +54,15 @@ def cmd_users_add(args) -> int:
         print("error: empty password", file=sys.stderr)
         return 2
     hashed = policy.hash_password(pw)
-    _, rc = write(args, lambda c: policy.user_set(c, args.username, hashed, args.note, "cli"))
+    _, rc = attempt(args, lambda store: store.access.set_user(args.username, hashed, args.note, "cli"))
     if not rc:
         print(f"user {args.username} saved")
     return rc
 
 
 def cmd_users_remove(args) -> int:
-    ok, rc = write(args, lambda c: policy.user_remove(c, args.username))
-    return rc or removed(ok, f"removed {args.username}", f"no user {args.username}")
+    ok, rc = attempt(args, lambda store: store.access.remove_user(args.username))
+    return rc or removed(bool(ok), f"removed {args.username}", f"no user {args.username}")
 
 
 def cmd_users_hash(args) -> int:

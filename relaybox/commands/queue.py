@@ -2,7 +2,7 @@
 
 Talks to the running instance's admin API (``--api URL``, else ``admin.listen`` of the config) with a token
 (``--token``, ``$RELAYBOX_API_TOKEN``, else the first full-access token of the config). When no instance
-answers, or with ``--offline``, it works on the database file directly (SQLite WAL makes that safe). The
+answers, or with ``--offline``, it works on the store directly (SQLite WAL makes that safe). The
 actions accept queue ids or, without ids, filters (``--domain example.com --status deferred``): the bulk
 form of the same API. Human tables by default, ``--json`` for scripts.
 """
@@ -81,17 +81,17 @@ class ApiBackend:
 
 
 class DbBackend:
-    """The same operations on the database file, through the spool and the API's own query code."""
+    """The same operations on the store, through the spool and the store's read side (``store.history``)."""
 
     def __init__(self, path: str):
         from relay.spool.spool import Spool
-        from store.sqlite import Database
+        from store import Store
 
-        self.db = Database(path).open()
-        self.rb = SimpleNamespace(db=self.db, spool=Spool(self.db))
+        self.store = Store(path).open()
+        self.rb = SimpleNamespace(store=self.store, spool=Spool(self.store))
 
     def close(self) -> None:
-        self.db.close()
+        self.store.close()
 
     def _filter(self, flt: dict):
         from admin_api.common import ApiError
@@ -103,19 +103,15 @@ class DbBackend:
             raise CliError(exc.message, 2) from None
 
     def list(self, filters: dict, limit: int, cursor: str | None) -> dict:
-        from admin_api import queries
-
         f = self._filter(filters)
-        items, last = self.db.read_sync(lambda c: queries.list_messages(c, f, limit=limit, after=cursor))
-        return {"items": [_iso_fields(m) for m in items], "next_cursor": last}
+        page = asyncio.run(self.store.history.list_messages(f, limit=limit, after=cursor))
+        return {"items": [_iso_fields(m.as_dict()) for m in page.items], "next_cursor": page.next_after}
 
     def show(self, qid: str) -> dict:
-        from admin_api import queries
-
-        m = self.db.read_sync(lambda c: queries.show_message(c, qid))
+        m = asyncio.run(self.store.history.show(qid))
         if m is None:
             raise CliError(f"no message {qid}")
-        return _iso_fields(m)
+        return _iso_fields(m.as_dict())
 
     def _run(self, coro):
         from admin_api.common import ApiError
@@ -132,14 +128,13 @@ class DbBackend:
         return {"id": qid, "action": action, "affected": n}
 
     def bulk(self, action: str, flt: dict, every: bool, dry_run: bool) -> dict:
-        from admin_api import queries
         from admin_api.common import ApiError
         from admin_api.routes_messages import run_action
 
         f = self._filter(flt)
         if f.empty() and not every:
             raise CliError("no ids and no filter: pass --all to act on every message", 2)
-        ids = self.db.read_sync(lambda c: queries.matching_ids(c, f, 100000))
+        ids = asyncio.run(self.store.history.matching_ids(f, 100000))
         out: dict = {"action": action, "matched": len(ids), "affected": 0, "unchanged": 0, "errors": []}
         if dry_run:
             out["ids"] = ids
@@ -161,13 +156,13 @@ class DbBackend:
         return out
 
     def summary(self, status: str | None, top: int) -> dict:
-        from admin_api import queries
+        from store.history import parse_statuses
 
         try:
-            st = queries.parse_statuses(status)
+            st = parse_statuses(status)
         except ValueError as exc:
             raise CliError(str(exc), 2) from None
-        return self.db.read_sync(lambda c: queries.queue_summary(c, statuses=st, top=top))
+        return asyncio.run(self.store.history.summary(statuses=st, top=top)).as_dict()
 
 
 def _iso_fields(m: dict) -> dict:
