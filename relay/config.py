@@ -73,7 +73,7 @@ class RelayConfig:
     bounces: BouncesConfig = field(default_factory=lambda: BouncesConfig())
 
 
-# ---- delivery (owned by the delivery engine: relay/delivery/attempt/scheduler.py, delivery.py, mx.py, transport.py) ------
+# ---- delivery (owned by the delivery engine: relay/delivery/) -----------------------------------------
 @dataclass(frozen=True)
 class DeliveryConfig:
     enabled: bool = True                   # false = accept and queue only (maintenance, intake benchmarks)
@@ -142,7 +142,7 @@ class DKIMConfig:
     headers: list[str] = field(default_factory=list)   # empty = the standard set in relay/delivery/dkim.py
 
 
-# ---- bounces (owned by relay/bounces/: parser, record.py, verp.py; rows in store/bounces.py) ----------------------
+# ---- bounces (owned by relay/bounces/: parser, record.py, verp.py; rows in store/bounces.py) ---------
 @dataclass(frozen=True)
 class BouncesConfig:
     domain: str = ""                       # VERP return-path domain; empty = VERP off (sender kept)

@@ -12,7 +12,7 @@ import dataclasses
 import re
 import types
 import typing
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 
 class ConfigError(ValueError):
@@ -92,46 +92,51 @@ def _convert(tp: Any, value: Any, key: str, problems: list[str]) -> Any:
             return None
         inner = [a for a in args if a is not type(None)]
         return _convert(inner[0], value, key, problems)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            problems.append(f"{key}: expected a table, got {value!r}")
-            return None
-        return _build(tp, value, key, problems)
-    if origin is list:
-        if not isinstance(value, list):
-            problems.append(f"{key}: expected a list, got {value!r}")
-            return []
-        return [_convert(args[0], v, f"{key}[{i}]", problems) for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            problems.append(f"{key}: expected a table, got {value!r}")
-            return {}
-        return {str(k): _convert(args[1], v, f"{key}.{k}", problems) for k, v in value.items()}
+    if dataclasses.is_dataclass(tp) or origin in (list, dict):
+        return _convert_container(tp, origin, args, value, key, problems)
     try:
-        if tp is Size:
-            return Size(parse_size(value))
-        if tp is Duration:
-            return Duration(parse_duration(value))
-        if tp is bool:
-            if not isinstance(value, bool):
-                raise ValueError
-            return value
-        if tp is int:
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError
-            return value
-        if tp is float:
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError
-            return float(value)
-        if tp is str:
-            if not isinstance(value, str):
-                raise ValueError
-            return value
+        return _convert_scalar(tp, value)
     except ValueError:
         problems.append(f"{key}: expected {_describe(tp)}, got {value!r}")
         return None
-    return value
+
+
+def _convert_container(tp: Any, origin: Any, args: tuple[Any, ...], value: Any, key: str,
+                       problems: list[str]) -> Any:
+    """A nested section (dataclass), a list or a table of values."""
+    want, empty = (list, []) if origin is list else (dict, None if dataclasses.is_dataclass(tp) else {})
+    if not isinstance(value, want):
+        problems.append(f"{key}: expected {'a list' if want is list else 'a table'}, got {value!r}")
+        return empty
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key, problems)
+    if origin is list:
+        return [_convert(args[0], v, f"{key}[{i}]", problems) for i, v in enumerate(value)]
+    return {str(k): _convert(args[1], v, f"{key}.{k}", problems) for k, v in value.items()}
+
+
+# scalar type -> (accepts the TOML value?, conversion); bool is an int in Python, so it is refused explicitly
+_SCALARS: dict[Any, tuple[Callable[[Any], bool], Callable[[Any], Any]]] = {
+    bool: (lambda v: isinstance(v, bool), lambda v: v),
+    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), lambda v: v),
+    float: (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), float),
+    str: (lambda v: isinstance(v, str), lambda v: v),
+}
+
+
+def _convert_scalar(tp: Any, value: Any) -> Any:
+    """Raises ValueError when ``value`` is not of (or convertible to) ``tp``."""
+    if tp is Size:
+        return Size(parse_size(value))
+    if tp is Duration:
+        return Duration(parse_duration(value))
+    check = _SCALARS.get(tp)
+    if check is None:
+        return value
+    accepts, conv = check
+    if not accepts(value):
+        raise ValueError
+    return conv(value)
 
 
 def _build(cls: Any, data: dict, prefix: str, problems: list[str]) -> Any:

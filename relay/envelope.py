@@ -20,7 +20,8 @@ _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\u0080-\U0010ffff]"
 _DOT_ATOM = rf"{_ATEXT}+(?:\.{_ATEXT}+)*"
 _QUOTED = r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e\u0080-\U0010ffff]|\\[\x20-\x7e])*"'
 _LOCAL_RE = re.compile(rf"^(?:{_DOT_ATOM}|{_QUOTED})$")
-_LABEL = r"(?:[A-Za-z0-9\u0080-\U0010ffff](?:[A-Za-z0-9\-\u0080-\U0010ffff]{0,61}[A-Za-z0-9\u0080-\U0010ffff])?)"
+_LDH = r"A-Za-z0-9\u0080-\U0010ffff"      # letters, digits (and UTF-8 for internationalised names)
+_LABEL = rf"(?:[{_LDH}](?:[{_LDH}\-]{{0,61}}[{_LDH}])?)"
 _DOMAIN_RE = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*$")
 _ADDR_LITERAL_RE = re.compile(r"^\[(?:\d{1,3}(?:\.\d{1,3}){3}|IPv6:[0-9A-Fa-f:.]+)\]$")
 
@@ -40,26 +41,32 @@ def address_error(addr: str) -> str | None:
     if "@" not in addr:
         return "missing domain"
     local, _, domain = addr.rpartition("@")
+    return _local_error(local) or _domain_error(domain)
+
+
+def _local_error(local: str) -> str | None:
     if not local:
         return "missing local part"
-    if not domain:
-        return "missing domain"
     if len(local.encode("utf-8")) > MAX_LOCAL:
         return "local part longer than 64 octets"
+    if _LOCAL_RE.match(local):
+        return None
+    if any(c in local for c in ",;"):
+        return "more than one address (use one RCPT TO per recipient)"
+    if " " in local:
+        return "spaces in local part"
+    return "invalid local part"
+
+
+def _domain_error(domain: str) -> str | None:
+    if not domain:
+        return "missing domain"
     if len(domain.encode("utf-8")) > MAX_DOMAIN:
         return "domain longer than 255 octets"
-    if not _LOCAL_RE.match(local):
-        if any(c in local for c in ",;"):
-            return "more than one address (use one RCPT TO per recipient)"
-        if " " in local:
-            return "spaces in local part"
-        return "invalid local part"
     if domain.startswith("["):
-        if not _ADDR_LITERAL_RE.match(domain):
-            return "invalid address literal"
+        return None if _ADDR_LITERAL_RE.match(domain) else "invalid address literal"
+    if _DOMAIN_RE.match(domain):
         return None
-    if not _DOMAIN_RE.match(domain):
-        if any(c in domain for c in ",;"):
-            return "more than one address (use one RCPT TO per recipient)"
-        return "invalid domain"
-    return None
+    if any(c in domain for c in ",;"):
+        return "more than one address (use one RCPT TO per recipient)"
+    return "invalid domain"

@@ -13,6 +13,7 @@ suppression rules (``store.suppressions``). Uncorrelated reports are recorded bu
 
 from __future__ import annotations
 
+import builtins
 import sqlite3
 import time
 from dataclasses import dataclass, field, replace
@@ -29,6 +30,7 @@ COLUMNS = ("id", "at", "message_id", "recipient_id", "address", "category", "act
            "status", "replycode", "diagnostic", "remote_mta", "source", "correlation", "effect", "raw_ref",
            "unparsed", "raw")
 FILTERS = frozenset({"address", "category", "kind", "reason", "source", "message_id"})
+DEFAULT_RULES = Rules()
 
 
 @dataclass(frozen=True)
@@ -235,7 +237,7 @@ class BounceStore:
 
     # ---- bounces ------------------------------------------------------------------------------------
     async def record(self, report: Report, *, source: str, target: tuple[str, int] | None = None,
-                     rules: Rules = Rules(), raw: bytes | None = None, raw_ref: str | None = None,
+                     rules: Rules = DEFAULT_RULES, raw: bytes | None = None, raw_ref: str | None = None,
                      now: float | None = None) -> Recorded:
         """Record one report and apply its effects atomically. ``target`` = (queue id, recipient id) named
         by a verified VERP token, or the recipient the delivery engine saw rejected (source ``delivery``)."""
@@ -243,10 +245,11 @@ class BounceStore:
         return await self.db.write(lambda conn: record_sync(conn, report, source=source, now=t, target=target,
                                                             rules=rules, raw=raw, raw_ref=raw_ref))
 
-    async def list(self, filters: Mapping[str, str], *, since: float | None = None, until: float | None = None,
-                   before: int | None = None, limit: int = 50) -> list[Bounce]:
+    async def list(self, filters: Mapping[str, str], *, since: float | None = None,
+                   until: float | None = None,
+                   before: int | None = None, limit: int = 50) -> builtins.list[Bounce]:
         """Newest first; ``filters`` keys among FILTERS (exact match; address compared lower-cased)."""
-        sql, args = "SELECT * FROM bounces WHERE 1=1", []
+        sql, args = "SELECT * FROM bounces WHERE 1=1", list[Any]()
         for k, v in filters.items():
             if k not in FILTERS:
                 raise ValueError(f"not a bounce filter: {k}")
@@ -259,7 +262,7 @@ class BounceStore:
         sql += " ORDER BY id DESC LIMIT ?"
         args.append(limit)
 
-        def _do(conn: Conn) -> list[Bounce]:
+        def _do(conn: Conn) -> builtins.list[Bounce]:
             return [_bounce(r) for r in conn.execute(sql, args)]
 
         return await self.db.read(_do)
@@ -280,8 +283,9 @@ class BounceStore:
         now = self.clock()
         return await self.db.read(lambda conn: supp.is_suppressed(conn, address, now))
 
-    async def suppressions(self, *, include_expired: bool = False, search: str | None = None, limit: int = 100,
-                           offset: int = 0) -> list[Suppression]:
+    async def suppressions(self, *, include_expired: bool = False, search: str | None = None,
+                           limit: int = 100,
+                           offset: int = 0) -> builtins.list[Suppression]:
         now = self.clock()
         return await self.db.read(lambda conn: supp.list_entries(
             conn, now=now, include_expired=include_expired, search=search, limit=limit, offset=offset))
@@ -296,7 +300,7 @@ class BounceStore:
     async def unsuppress(self, address: str) -> bool:
         return await self.db.write(lambda conn: supp.remove(conn, address))
 
-    async def export_suppressions(self) -> list[Suppression]:
+    async def export_suppressions(self) -> builtins.list[Suppression]:
         now = self.clock()
         return await self.db.read(lambda conn: supp.export(conn, now=now))
 

@@ -62,10 +62,10 @@ class DatabaseLock:
     def __enter__(self) -> "DatabaseLock":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.release()
 
-    def __del__(self):  # pragma: no cover - safety net; callers release explicitly
+    def __del__(self) -> None:  # pragma: no cover - safety net; callers release explicitly
         if self.fd is not None:
             try:
                 os.close(self.fd)

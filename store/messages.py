@@ -23,8 +23,17 @@ import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from store import suppressions as _supp
-from store.records import (AttemptLog, Claim, Message, NewMessage, Recipient, RecipientResult, domain_of,
-                           message_of, recipient_of)
+from store.records import (
+    AttemptLog,
+    Claim,
+    Message,
+    NewMessage,
+    Recipient,
+    RecipientResult,
+    domain_of,
+    message_of,
+    recipient_of,
+)
 from store.sqlite import Database
 from store.states import NEW, Status, can_transition, transition
 
@@ -41,7 +50,8 @@ class QueueError(Exception):
 def add_event(conn: Conn, at: float, message_id: str, recipient_id: int | None, status: str, actor: str,
               reason: str | None = None, details: Mapping[str, Any] | None = None) -> None:
     conn.execute(
-        "INSERT INTO events(at, message_id, recipient_id, status, actor, reason, details) VALUES (?,?,?,?,?,?,?)",
+        "INSERT INTO events(at, message_id, recipient_id, status, actor, reason, details)"
+        " VALUES (?,?,?,?,?,?,?)",
         (at, message_id, recipient_id, status, actor, reason, json.dumps(dict(details)) if details else None),
     )
 
@@ -70,8 +80,8 @@ def insert_message(conn: Conn, msg: NewMessage, now: float, actor: str) -> str:
     status = transition(NEW, Status.SCHEDULED if scheduled else Status.QUEUED)
     due = msg.send_at if scheduled and msg.send_at is not None else now
     conn.execute(
-        "INSERT INTO messages(id, created_at, sender, from_header, subject, message_id, client_ip, client_helo,"
-        " auth_user, size, body_sha256, send_at, held) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        "INSERT INTO messages(id, created_at, sender, from_header, subject, message_id, client_ip,"
+        " client_helo, auth_user, size, body_sha256, send_at, held) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
         (qid, now, msg.sender, msg.from_header, msg.subject, msg.message_id_header, msg.client_ip,
          msg.client_helo, msg.auth_user, len(msg.body), hashlib.sha256(msg.body).hexdigest(),
          msg.send_at, 1 if msg.held else 0),
@@ -195,7 +205,8 @@ class MessageStore:
                        (now + lease, owner))
             mid = r["message_id"]
             if mid not in messages:
-                messages[mid] = message_of(conn.execute("SELECT * FROM messages WHERE id=?", (mid,)).fetchone())
+                messages[mid] = message_of(conn.execute("SELECT * FROM messages WHERE id=?",
+                                                        (mid,)).fetchone())
                 recipients[mid] = []
             recipients[mid].append(recipient_of(r, status=Status.SENDING, leased_until=now + lease,
                                                 lease_owner=owner))
@@ -340,7 +351,8 @@ class MessageStore:
 
         return await self.db.write(_do)
 
-    async def cancel(self, message_id: str, recipient_ids: list[int] | None = None, actor: str = "admin") -> int:
+    async def cancel(self, message_id: str, recipient_ids: list[int] | None = None,
+                     actor: str = "admin") -> int:
         """Cancel recipients that are not being sent and not final. Returns how many."""
         return await self._move(message_id, recipient_ids, (Status.SCHEDULED, Status.QUEUED, Status.DEFERRED),
                                 Status.CANCELLED, actor, "cancelled")
@@ -350,16 +362,19 @@ class MessageStore:
                                 Status.QUEUED, actor, "retry-now", "next_attempt_at=?, leased_until=NULL",
                                 (_NOW,))
 
-    async def resend(self, message_id: str, recipient_ids: list[int] | None = None, actor: str = "admin") -> int:
+    async def resend(self, message_id: str, recipient_ids: list[int] | None = None,
+                     actor: str = "admin") -> int:
         """Final recipients get a new attempt chain (the body must still be retained)."""
         def _check(conn: Conn) -> bool:
-            return conn.execute("SELECT 1 FROM bodies WHERE message_id=?", (message_id,)).fetchone() is not None
+            return conn.execute("SELECT 1 FROM bodies WHERE message_id=?",
+                                (message_id,)).fetchone() is not None
 
         if not await self.db.read(_check):
             if not await self.exists(message_id):
                 raise QueueError(f"no such message: {message_id}")
             raise QueueError(f"body of {message_id} is no longer retained; cannot resend")
-        return await self._move(message_id, recipient_ids, tuple(Status.FINAL), Status.QUEUED, actor, "resend",
+        return await self._move(message_id, recipient_ids, tuple(Status.FINAL), Status.QUEUED, actor,
+                                "resend",
                                 "attempts=0, next_attempt_at=?, leased_until=NULL", (_NOW,))
 
     async def set_held(self, message_id: str, held: bool, actor: str = "admin") -> bool:

@@ -90,9 +90,10 @@ def migrate(conn: sqlite3.Connection) -> int:
         raise SchemaTooNew(
             f"database schema version {current} is newer than this relaybox ({latest}); refusing to downgrade"
         )
-    fresh_table = conn.execute("SELECT 1 FROM sqlite_master WHERE name='schema_migrations'").fetchone() is None
-    conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
-                  " applied_at REAL NOT NULL)")
+    fresh_table = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE name='schema_migrations'").fetchone() is None
+    conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY,"
+                 " name TEXT NOT NULL, applied_at REAL NOT NULL)")
     if fresh_table and current:
         # a database from before per-migration tracking: everything up to user_version was applied
         conn.executemany("INSERT OR IGNORE INTO schema_migrations(version, name, applied_at) VALUES (?,?,?)",
@@ -117,7 +118,7 @@ def migrate(conn: sqlite3.Connection) -> int:
             conn.execute("ROLLBACK")
             raise
         current = max(version, current)
-    return current
+    return int(current)
 
 
 def _split_sql(script: str) -> list[str]:
@@ -136,7 +137,8 @@ def _split_sql(script: str) -> list[str]:
 class _Job:
     __slots__ = ("fn", "future", "loop")
 
-    def __init__(self, fn, future, loop):
+    def __init__(self, fn: Callable[[sqlite3.Connection], Any], future: Any,
+                 loop: asyncio.AbstractEventLoop | None):
         self.fn = fn
         self.future = future
         self.loop = loop
@@ -147,7 +149,7 @@ class Database:
 
     def __init__(self, path: str, *, readers: int = 4):
         self.path = str(path)
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._wconn: sqlite3.Connection | None = None
         self._readers = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="db-read")
@@ -194,7 +196,7 @@ class Database:
         if self._writer is None:
             raise StorageError("database is closed")
         loop = asyncio.get_running_loop()
-        fut = loop.create_future()
+        fut: asyncio.Future[T] = loop.create_future()
         self._queue.put(_Job(fn, fut, loop))
         return await fut
 
@@ -281,12 +283,12 @@ class Database:
     @staticmethod
     def _resolve(job: _Job, ok: bool, value: Any) -> None:
         if job.loop is None:
-            done, box = job.future  # type: ignore[misc]
+            done, box = job.future
             box["result" if ok else "error"] = value
             done.set()
             return
 
-        def _set(fut=job.future):
+        def _set(fut: asyncio.Future[Any] = job.future) -> None:
             if fut.done():
                 return
             if ok:
@@ -322,7 +324,8 @@ class Database:
         """Readiness probe: a tiny durable write round-trip."""
         try:
             await asyncio.wait_for(
-                self.write(lambda c: c.execute("UPDATE kv SET value=? WHERE key='ping'", (str(time.time()),))),
+                self.write(lambda c: c.execute("UPDATE kv SET value=? WHERE key='ping'",
+                                               (str(time.time()),))),
                 timeout=5,
             )
             return True

@@ -61,12 +61,14 @@ def get(conn: Conn, address: str, now: float) -> Suppression | None:
 
 
 def is_suppressed(conn: Conn, address: str, now: float) -> bool:
-    return conn.execute("SELECT 1 FROM suppressions WHERE address=? AND (expires_at IS NULL OR expires_at > ?)",
+    return conn.execute("SELECT 1 FROM suppressions WHERE address=?"
+                        " AND (expires_at IS NULL OR expires_at > ?)",
                         (normalize(address), now)).fetchone() is not None
 
 
 def add(conn: Conn, address: str, reason: str, kind: str, source: str, *, now: float,
-        expires_at: float | None = None, note: str | None = None, bounce_id: int | None = None) -> Suppression:
+        expires_at: float | None = None, note: str | None = None,
+        bounce_id: int | None = None) -> Suppression:
     """Insert or strengthen an entry; returns the resulting entry. ``expires_at=None`` means never."""
     addr = normalize(address)
     if "@" not in addr or len(addr) > 320:
@@ -95,7 +97,7 @@ def remove(conn: Conn, address: str) -> bool:
 def list_entries(conn: Conn, *, now: float, include_expired: bool = False, search: str | None = None,
                  limit: int = 100, offset: int = 0) -> list[Suppression]:
     """Entries, newest first; ``search`` is a case-insensitive substring of the address or reason."""
-    sql, args = "SELECT * FROM suppressions WHERE 1=1", []
+    sql, args = "SELECT * FROM suppressions WHERE 1=1", list[Any]()
     if not include_expired:
         sql += " AND (expires_at IS NULL OR expires_at > ?)"
         args.append(now)
@@ -117,13 +119,14 @@ def export(conn: Conn, *, now: float) -> list[Suppression]:
 
 def purge_expired(conn: Conn, *, now: float, limit: int = 1000) -> int:
     return int(conn.execute("DELETE FROM suppressions WHERE address IN (SELECT address FROM suppressions"
-                            " WHERE expires_at IS NOT NULL AND expires_at <= ? LIMIT ?)", (now, limit)).rowcount)
+                            " WHERE expires_at IS NOT NULL AND expires_at <= ? LIMIT ?)",
+                            (now, limit)).rowcount)
 
 
 def soft_count(conn: Conn, address: str, since: float) -> int:
     """Soft bounces of ``address`` recorded since ``since`` (delay notices do not count)."""
-    return int(conn.execute("SELECT COUNT(*) FROM bounces WHERE address=? AND category='bounce' AND kind='soft'"
-                            " AND COALESCE(action,'') != 'delayed' AND at >= ?",
+    return int(conn.execute("SELECT COUNT(*) FROM bounces WHERE address=? AND category='bounce'"
+                            " AND kind='soft' AND COALESCE(action,'') != 'delayed' AND at >= ?",
                             (normalize(address), since)).fetchone()[0])
 
 

@@ -42,8 +42,9 @@ def rules_of(cfg: Any) -> Rules:
 
 
 def report_of(parsed: Parsed) -> Report:
-    return Report(parsed.category, tuple(ReportLine(r.address, r.action, r.status, r.replycode, r.diagnostic,
-                                                    r.remote_mta, r.reason, r.kind) for r in parsed.recipients),
+    lines = tuple(ReportLine(r.address, r.action, r.status, r.replycode, r.diagnostic, r.remote_mta, r.reason,
+                             r.kind) for r in parsed.recipients)
+    return Report(parsed.category, lines,
                   parsed.problem, parsed.relaybox_id, parsed.original_message_id, parsed.feedback_type)
 
 
@@ -76,7 +77,7 @@ def _verp_candidates(raw: bytes, rcpt: str | None) -> list[str]:
 
 def resolve_target(cfg: Any, raw: bytes, rcpt: str | None) -> verp.VerpTarget | None:
     """The recipient named by a valid VERP address among ``rcpt`` and the delivery headers."""
-    keys = verp.load_secrets(cfg) if cfg is not None and getattr(cfg, "domain", "") else []
+    keys = verp.load_secrets(cfg) if cfg is not None and cfg.domain else []
     if not keys:
         return None
     for addr in _verp_candidates(raw, rcpt):

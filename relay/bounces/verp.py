@@ -160,7 +160,8 @@ def load_secrets(cfg) -> list[bytes]:
         with open(cfg.secret_file, "rb") as fh:
             lines = [line.strip() for line in fh.read().splitlines() if line.strip()]
     except OSError as exc:
-        raise ValueError(f"bounces.secret_file: cannot read {cfg.secret_file}: {exc.strerror or exc}") from exc
+        why = exc.strerror or exc
+        raise ValueError(f"bounces.secret_file: cannot read {cfg.secret_file}: {why}") from exc
     if not lines:
         raise ValueError(f"bounces.secret_file: {cfg.secret_file} is empty")
     return [_key(line) for line in lines]

@@ -29,8 +29,8 @@ from relay.delivery.mx import MXResolver
 from relay.delivery.routes import Router
 from relay.delivery.transport import Candidate, ConnectionPool, Session, TLSPolicy, Transaction, open_session
 from relay.envelope import domain_of
-from store.records import AttemptLog, Message, Recipient
 from relay.errors import ConnectError, DeliveryError, DNSError, from_exception, split_enhanced
+from store.records import AttemptLog, Message, Recipient
 
 log = logging.getLogger("relay.delivery.attempt")
 
@@ -89,8 +89,7 @@ class Delivery:
         self.router = Router(config.routes)
         self.resolver = resolver or MXResolver.from_config(d)
         self.signer = signer if signer is not None else Signer.from_config(config.dkim)
-        bounces = getattr(config, "bounces", None)
-        self.verp = bounces if bounces is not None and getattr(bounces, "domain", "") else None
+        self.verp = config.bounces if config.bounces.domain else None
         self.verp_keys = verp.load_secrets(self.verp) if self.verp else []
 
     # ---- where ---------------------------------------------------------------------------------------
@@ -108,7 +107,7 @@ class Delivery:
         name = key.split(":", 1)[1]
         return self.config.delivery.per_domain.get(name, self.config.delivery.per_destination)
 
-    async def candidates(self, domain: str, transcript: list[dict]) -> list[Candidate]:
+    async def candidates(self, domain: str, transcript: list[dict[str, Any]]) -> list[Candidate]:
         """MX hosts of ``domain`` as connectable candidates. Raises DNSError."""
         port = self.config.delivery.mx_port
         hosts = await self.resolver.lookup(domain)
@@ -160,7 +159,8 @@ class Delivery:
                                    "line": f"DNS {label if route else 'MX ' + recipients[0].domain}: "
                                            f"{err.code} {err.enhanced} {err.text}"})
             return Outcome({r.id: err for r in recipients},
-                           attempt=_log(message, recipients, started, label, err.status, transcript), route=label)
+                           attempt=_log(message, recipients, started, label, err.status,
+                                        transcript), route=label)
         signed = self.sign(body)
         try:
             tx = await self._send(session, message, recipients, signed)
@@ -193,7 +193,8 @@ class Delivery:
             pre.append({"at": round(tx.started_at, 3), "dir": "C",
                         "line": f"reusing connection to {tx.host} [{tx.ip}] (greeting and EHLO below)"})
         result = statuses.pop() if len(statuses) == 1 else "mixed"
-        return Outcome(results, replies, _log(message, recipients, started, label, result, pre + tx.transcript, tx),
+        return Outcome(results, replies, _log(message, recipients, started, label, result,
+                                              pre + tx.transcript, tx),
                        label)
 
     async def _send(self, session: Session, message: Message, recipients: list[Recipient],
@@ -224,7 +225,8 @@ class Delivery:
         assert merged is not None
         return merged
 
-    async def _session(self, key: str, route: RouteConfig | None, domain: str, transcript: list[dict],
+    async def _session(self, key: str, route: RouteConfig | None, domain: str, transcript: list[dict[str,
+                                                                                                     Any]],
                        fresh: bool = False) -> Session:
         if not fresh:
             session = self.pool.take(key)
@@ -253,7 +255,7 @@ class Delivery:
                            stage="dns") from exc
         ips: list[str] = []
         for info in infos:
-            ip = info[4][0]
+            ip = str(info[4][0])
             if ip not in ips:
                 ips.append(ip)
         if not ips:

@@ -18,12 +18,14 @@ import re
 import time
 from dataclasses import dataclass
 from email.utils import getaddresses
+from typing import Any
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 from prometheus_client import Counter
 
 from relay import rfc5322
+from relay.config import DKIMConfig
 
 # Signed when present (RFC 6376 5.4.1 recommendations); From is also over-signed (one extra "from")
 # so that a From added in transit breaks the signature.
@@ -54,9 +56,11 @@ class SigningKey:
     key: object             # cryptography private key
 
     def sign_digest_input(self, data: bytes) -> bytes:
-        if self.algorithm == "rsa-sha256":
-            return self.key.sign(data, padding.PKCS1v15(), hashes.SHA256())  # type: ignore[attr-defined]
-        return self.key.sign(hashlib.sha256(data).digest())  # type: ignore[attr-defined]
+        if isinstance(self.key, rsa.RSAPrivateKey):
+            return self.key.sign(data, padding.PKCS1v15(), hashes.SHA256())
+        if isinstance(self.key, ed25519.Ed25519PrivateKey):
+            return self.key.sign(hashlib.sha256(data).digest())
+        raise DKIMError(f"dkim key for {self.domain}: unsupported key type")
 
 
 def load_key(domain: str, selector: str, pem: bytes) -> SigningKey:
@@ -73,7 +77,7 @@ def load_key(domain: str, selector: str, pem: bytes) -> SigningKey:
     raise DKIMError(f"dkim key for {domain}: only RSA and Ed25519 keys are supported")
 
 
-def dns_record(key) -> str:
+def dns_record(key: Any) -> str:
     """The TXT record value (``v=DKIM1; k=...; p=...``) for a private or public key."""
     pub = key.public_key() if hasattr(key, "public_key") else key
     if isinstance(pub, ed25519.Ed25519PublicKey):
@@ -146,7 +150,7 @@ class Signer:
         self._wanted = frozenset(self.headers)
 
     @classmethod
-    def from_config(cls, cfg) -> "Signer | None":
+    def from_config(cls, cfg: DKIMConfig) -> "Signer | None":
         """Build from a ``relay.config.DKIMConfig``; None when DKIM is disabled or has no keys."""
         if not cfg.enabled or not cfg.domains:
             return None

@@ -18,6 +18,7 @@ import ipaddress
 import random
 import time
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import dns.asyncresolver
 import dns.exception
@@ -25,6 +26,7 @@ import dns.name
 import dns.rdatatype
 import dns.resolver
 
+from relay.config import DeliveryConfig
 from relay.errors import DNSError
 
 MAX_HOSTS = 5
@@ -43,7 +45,7 @@ class MXHost:
 class MXResolver:
     def __init__(self, nameservers: list[str] | None = None, port: int = 53, timeout: float = 10.0,
                  max_hosts: int = MAX_HOSTS, rng: random.Random | None = None,
-                 clock=time.monotonic):
+                 clock: Callable[[], float] = time.monotonic):
         if nameservers:
             self.resolver = dns.asyncresolver.Resolver(configure=False)
             self.resolver.nameservers = list(nameservers)
@@ -55,14 +57,14 @@ class MXResolver:
         self.max_hosts = max_hosts
         self.rng = rng or random.Random()
         self.clock = clock
-        self._cache: dict[tuple[str, str], tuple[float, list]] = {}
+        self._cache: dict[tuple[str, str], tuple[float, list[Any]]] = {}
 
     @classmethod
-    def from_config(cls, cfg) -> "MXResolver":
+    def from_config(cls, cfg: DeliveryConfig) -> "MXResolver":
         """From a ``relay.config.DeliveryConfig``."""
         return cls(cfg.nameservers or None, cfg.dns_port, cfg.dns_timeout)
 
-    async def _query(self, name: str, rdtype: str) -> list:
+    async def _query(self, name: str, rdtype: str) -> list[Any]:
         """Records of one type; [] for NoAnswer; raises DNSError for NXDOMAIN and trouble."""
         key = (name.lower(), rdtype)
         hit = self._cache.get(key)

@@ -18,8 +18,10 @@ from __future__ import annotations
 import asyncio
 import re
 from email.utils import getaddresses
+from typing import Any, Mapping
 
 from relay.config import RouteConfig
+from store.records import Message
 
 
 class RouteError(ValueError):
@@ -29,7 +31,7 @@ class RouteError(ValueError):
 _SIMPLE_FROM = re.compile(r'^\s*(?:[^<>",;@]*<)?\s*([^\s<>",;@()]+@[^\s<>",;@()]+)\s*>?\s*$')
 
 
-def from_address(message: dict) -> str:
+def from_address(message: Message | Mapping[str, Any]) -> str:
     """The From header's (first) address, lower-cased; else the envelope sender."""
     header = str(message.get("from_header") or "")
     if header:
@@ -53,8 +55,8 @@ class Router:
             raise RouteError(f"routes: more than one default route: {', '.join(defaults)}")
         self.routes = list(routes)
         self.by_name = {r.name: r for r in routes}
-        self._by_address = {}
-        self._by_domain = {}
+        self._by_address: dict[str, RouteConfig] = {}
+        self._by_domain: dict[str, RouteConfig] = {}
         for r in routes:
             for a in r.from_addresses:
                 self._by_address.setdefault(a.strip().lower(), r)
@@ -62,7 +64,7 @@ class Router:
                 self._by_domain.setdefault(d.strip().lstrip("@").rstrip(".").lower(), r)
         self.default = next((r for r in routes if r.default), None)
 
-    def route_for(self, message: dict) -> RouteConfig | None:
+    def route_for(self, message: Message | Mapping[str, Any]) -> RouteConfig | None:
         """The route for this message, or None for direct MX delivery."""
         if not self._by_address and not self._by_domain:
             return self.default
@@ -80,7 +82,8 @@ class Router:
         return self.by_name.get(name)
 
 
-async def smtp_test(route: RouteConfig, helo: str, timeout: float = 30.0) -> tuple[bool, str, list[dict]]:
+async def smtp_test(route: RouteConfig, helo: str,
+                    timeout: float = 30.0) -> tuple[bool, str, list[dict[str, Any]]]:
     """The admins' "SMTP test": connect, EHLO, STARTTLS/implicit TLS and AUTH as the route says, QUIT.
 
     Returns (ok, summary, transcript); the summary is "OK: ..." or the server's exact reply
@@ -90,13 +93,13 @@ async def smtp_test(route: RouteConfig, helo: str, timeout: float = 30.0) -> tup
     from relay.delivery.transport import Candidate, TLSPolicy, open_session
     from relay.errors import DeliveryError, from_exception
 
-    transcript: list[dict] = []
+    transcript: list[dict[str, Any]] = []
     loop = asyncio.get_running_loop()
     try:
         infos = await loop.getaddrinfo(route.host, route.port)
     except OSError as exc:
         return False, f"cannot resolve {route.host}: {exc}", transcript
-    ips = list(dict.fromkeys(i[4][0] for i in infos))
+    ips = list(dict.fromkeys(str(i[4][0]) for i in infos))
     cands = [Candidate(route.host, ip, route.port) for ip in ips[:2]]
     try:
         session = await open_session(cands, helo=helo, tls=TLSPolicy(route.tls, route.tls_verify),

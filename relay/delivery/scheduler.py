@@ -13,7 +13,8 @@ addresses. The rest is
 grouped by destination (``route:<name>`` or ``mx:<domain>``): one SMTP transaction per message and
 destination, under a global connection limit and a per-destination one (``delivery.per_destination``,
 overrides in ``delivery.per_domain``). Results go back through ``Spool.complete`` with the next attempt time
-from ``relay.spool.retry``; bounced/failed recipients trigger one DSN to the envelope sender (``relay.notices.reports``).
+from ``relay.spool.retry``; bounced/failed recipients trigger one DSN to the envelope sender
+(``relay.notices.reports``).
 
 A slow or dead destination cannot starve the others: claims stop at a bound of recipients in flight, a
 destination holds at most ``10 x`` its connection limit (at least half the in-flight bound) of them; the
@@ -31,7 +32,7 @@ import random
 import socket
 import time
 from collections import Counter
-from typing import Callable
+from typing import Any, Callable, Coroutine
 
 from relay.config import RelayConfig, RouteConfig
 from relay.delivery import metrics
@@ -72,12 +73,12 @@ class Scheduler:
         self._saturated: set[str] = set()
         self._saturated_at = 0.0
         self._full = False
-        self._tasks: set[asyncio.Task] = set()
-        self._bodies: dict[str, asyncio.Future] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._bodies: dict[str, asyncio.Future[bytes | None]] = {}
         self._msg_refs: Counter[str] = Counter()
         self._wake = asyncio.Event()
         self._stopping = False
-        self._loop_task: asyncio.Task | None = None
+        self._loop_task: asyncio.Task[None] | None = None
         self.stats: Counter[str] = Counter()
 
     def _apply(self, config: RelayConfig) -> None:
@@ -250,7 +251,7 @@ class Scheduler:
         """Transactions one destination may hold (running or waiting for a connection slot)."""
         return max(self.delivery.concurrency_for(key) * BACKLOG_FACTOR, self.max_in_flight // 2)
 
-    def _spawn(self, coro) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -311,9 +312,10 @@ class Scheduler:
 
     def _note_down(self, key: str, outcome: Outcome) -> None:
         errs = list(outcome.results.values())
-        if outcome.attempt and outcome.attempt.host is None and errs and all(
+        first = errs[0] if errs else None
+        if outcome.attempt and outcome.attempt.host is None and first is not None and all(
                 isinstance(e, ConnectError) and e.stage in ("connect", "greeting") for e in errs):
-            self._down[key] = (time.monotonic() + DOWN_FOR, errs[0])
+            self._down[key] = (time.monotonic() + DOWN_FOR, first)
         elif key in self._down and outcome.attempt and outcome.attempt.host:
             self._down.pop(key, None)
         now = time.monotonic()
@@ -362,7 +364,8 @@ class Scheduler:
         return RecipientResult(r.id, status, err.code, err.enhanced, err.text, reason=err.reason,
                                route=route)
 
-    async def _record(self, msg: Message, pairs: list[tuple[Recipient, RecipientResult]], attempt: AttemptLog | None,
+    async def _record(self, msg: Message, pairs: list[tuple[Recipient, RecipientResult]],
+                      attempt: AttemptLog | None,
                       batch: Batch) -> None:
         results = [res for _, res in pairs]
         try:

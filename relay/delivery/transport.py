@@ -20,6 +20,7 @@ import socket
 import ssl
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import aiosmtplib
 
@@ -45,7 +46,7 @@ class TLSPolicy:
 @dataclass
 class Transaction:
     results: dict[str, DeliveryError | None]
-    transcript: list[dict]
+    transcript: list[dict[str, Any]]
     host: str
     ip: str
     tls: bool
@@ -66,7 +67,7 @@ def _ctx(verify: bool) -> ssl.SSLContext:
 class Session:
     """An open, greeted (and maybe TLS-secured and authenticated) SMTP connection to one host."""
 
-    def __init__(self, smtp: aiosmtplib.SMTP, candidate: Candidate, tls: bool, opening: list[dict],
+    def __init__(self, smtp: aiosmtplib.SMTP, candidate: Candidate, tls: bool, opening: list[dict[str, Any]],
                  command_timeout: float):
         self.smtp = smtp
         self.candidate = candidate
@@ -112,7 +113,7 @@ class Session:
         return opts
 
     async def _exchange(self, log_: "_Log", sender: str, valid: list[str], body: bytes, opts: list[str],
-                        results: dict, final: list) -> None:
+                        results: dict[str, DeliveryError | None], final: list[tuple[int, str]]) -> None:
         enc = "utf-8" if "SMTPUTF8" in opts else "ascii"
         stage = "mail"
         try:
@@ -178,7 +179,7 @@ class Session:
 class _Log:
     """Transcript lines: ``{"at", "dir": "S"|"C", "line"}``; multi-line replies become one line each."""
 
-    def __init__(self, lines: list[dict], mirror: list[dict] | None = None):
+    def __init__(self, lines: list[dict[str, Any]], mirror: list[dict[str, Any]] | None = None):
         self.lines = lines
         self.mirror = mirror
 
@@ -195,7 +196,7 @@ class _Log:
             self.note("S", f"{code}{'-' if i < len(lines) - 1 else ' '}{part}")
 
 
-def _validate(sender: str, recipients: list[str], results: dict) -> list[str]:
+def _validate(sender: str, recipients: list[str], results: dict[str, DeliveryError | None]) -> list[str]:
     """Re-validate the envelope (no CR/LF or lists can reach the wire); returns the sendable recipients."""
     bad_sender = address_error(sender) if sender else None
     valid = []
@@ -208,7 +209,8 @@ def _validate(sender: str, recipients: list[str], results: dict) -> list[str]:
     return valid
 
 
-def _fail_pending(results: dict, valid: list[str], err: DeliveryError, stage: str) -> None:
+def _fail_pending(results: dict[str, DeliveryError | None], valid: list[str], err: DeliveryError,
+                  stage: str) -> None:
     for rcpt in valid:
         if rcpt not in results or (stage == "data" and results[rcpt] is None):
             results[rcpt] = err
@@ -216,7 +218,8 @@ def _fail_pending(results: dict, valid: list[str], err: DeliveryError, stage: st
 
 async def open_session(candidates: list[Candidate], *, helo: str, tls: TLSPolicy = TLSPolicy(),
                        username: str = "", password: str = "", connect_timeout: float = 30.0,
-                       command_timeout: float = 120.0, transcript: list[dict] | None = None) -> Session:
+                       command_timeout: float = 120.0, transcript: list[dict[str,
+                                                                             Any]] | None = None) -> Session:
     """Connect to the first candidate that greets and completes EHLO (and STARTTLS/AUTH as required).
 
     Raises a DeliveryError (the last host's) when none works; ``transcript`` collects what happened."""
@@ -248,7 +251,8 @@ class _RetryPlain(Exception):
 
 
 async def _open_one(cand: Candidate, helo: str, tls: TLSPolicy, use_starttls: bool, username: str,
-                    password: str, connect_timeout: float, command_timeout: float, tr: list[dict]) -> Session:
+                    password: str, connect_timeout: float, command_timeout: float,
+                    tr: list[dict[str, Any]]) -> Session:
     log_ = _Log([], tr)
     implicit = tls.mode == "implicit"
     stage = ["connect"]

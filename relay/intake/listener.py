@@ -73,7 +73,7 @@ class IntakeHandler:
             return "452 4.5.3 Error: too many recipients"
         ip = session.peer[0] if session.peer else ""
         if self.bounces is not None and self.bounces.in_domain(address):
-            # our bounce domain: anyone may send reports to valid VERP addresses; they are parsed, never relayed
+            # our bounce domain: anyone may send reports to valid VERP addresses; parsed, never relayed
             if not self.bounces.valid(address):
                 SMTP_REJECTED.labels("bad_verp").inc()
                 return "550 5.1.1 No such bounce address"
@@ -139,8 +139,8 @@ def make_tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
 class Listener:
     """Binds the configured addresses in the running loop and tracks sessions for a graceful drain."""
 
-    def __init__(self, cfg: SMTPConfig, spool: Spool, policy: Policy, *, disk_ok: Callable[[], bool] | None = None,
-                 bounces: BounceIntake | None = None):
+    def __init__(self, cfg: SMTPConfig, spool: Spool, policy: Policy, *,
+                 disk_ok: Callable[[], bool] | None = None, bounces: BounceIntake | None = None):
         self.cfg = cfg
         self.state = ListenerState()
         if disk_ok is not None:

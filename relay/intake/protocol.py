@@ -56,7 +56,8 @@ class _CachedIntrospection:
     def getmembers(self, obj, predicate=None):
         names = self._members.get(type(obj))
         if names is None:
-            names = self._members[type(obj)] = [n for n, _ in inspect.getmembers(obj) if n.startswith("auth_")]
+            names = self._members[type(obj)] = [n for n,
+                                                _ in inspect.getmembers(obj) if n.startswith("auth_")]
         return [(n, getattr(obj, n)) for n in names]       # aiosmtpd only keeps the auth_* members
 
     def dir(self, obj):
@@ -104,7 +105,8 @@ class RelaySMTP(SMTP):
         # on an implicit-TLS listener the whole session is encrypted: AUTH needs no STARTTLS first
         super().__init__(handler, data_size_limit=cfg.max_message_size, enable_SMTPUTF8=True,
                          decode_data=False, hostname=cfg.hostname, ident="relaybox",
-                         timeout=cfg.idle_timeout, auth_require_tls=cfg.require_tls_for_auth and not implicit_tls,
+                         timeout=cfg.idle_timeout,
+                         auth_require_tls=cfg.require_tls_for_auth and not implicit_tls,
                          auth_required=False, authenticator=self._check_credentials,
                          auth_exclude_mechanism=["CRAM-MD5"], **kw)
 
@@ -178,7 +180,8 @@ class RelaySMTP(SMTP):
         ok = handler.policy.check_login(user, auth_data.password.decode("utf-8", "replace"))
         if not ok:
             SMTP_REJECTED.labels("auth_failed").inc()
-            log.info("authentication failed: client=%s user=%s", session.peer[0] if session.peer else "?", user)
+            log.info("authentication failed: client=%s user=%s", session.peer[0] if session.peer else "?",
+                     user)
         return AuthResult(success=ok, handled=False, auth_data=user if ok else None)
 
     # ---- strict command parsing ------------------------------------------------------------------

@@ -39,7 +39,8 @@ class Reports:
     def batch(self, message: Message, parts: int) -> Batch:
         return Batch(message, parts)
 
-    async def record(self, batch: Batch, pairs: list[tuple[Recipient, RecipientResult]], host: str | None) -> None:
+    async def record(self, batch: Batch, pairs: list[tuple[Recipient, RecipientResult]],
+                     host: str | None) -> None:
         """One part of the round is recorded: collect failures; send the DSN when the round is complete."""
         msg = batch.message
         batch.parts -= 1

@@ -85,13 +85,15 @@ class Spool:
         return await self.messages.mark_delay_notice(message_id)
 
     # ---- admin operations --------------------------------------------------------------------------
-    async def cancel(self, message_id: str, recipient_ids: list[int] | None = None, actor: str = "admin") -> int:
+    async def cancel(self, message_id: str, recipient_ids: list[int] | None = None,
+                     actor: str = "admin") -> int:
         return await self.messages.cancel(message_id, recipient_ids, actor)
 
     async def retry_now(self, message_id: str, actor: str = "admin") -> int:
         return await self.messages.retry_now(message_id, actor)
 
-    async def resend(self, message_id: str, recipient_ids: list[int] | None = None, actor: str = "admin") -> int:
+    async def resend(self, message_id: str, recipient_ids: list[int] | None = None,
+                     actor: str = "admin") -> int:
         return await self.messages.resend(message_id, recipient_ids, actor)
 
     async def hold(self, message_id: str, actor: str = "admin") -> bool:
