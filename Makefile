@@ -1,11 +1,12 @@
 # The two commands of the README:
 #   make run   - set up a venv, install relaybox, run it on the sample config (SQLite under ./var)
-#   make test  - install the real peers (Debian packages) and the test deps, run the whole suite
+#   make test  - install the real peers (Debian packages) and the test deps, lint (ruff, mypy), run the suite
+#   make lint  - ruff and mypy only (configured in pyproject.toml)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: run test peers venv bench clean
+.PHONY: run test lint peers venv bench clean
 
 $(BIN)/relaybox: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +23,11 @@ run: venv
 peers:
 	bash .ci/install-peers.sh
 
-test: venv peers
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: venv peers lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 bench: venv peers

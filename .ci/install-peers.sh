@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs the real protocol peers the tests start themselves (Dovecot, dnsmasq, Postfix tools, swaks,
-# DKIM verifiers). Idempotent and quiet when everything is present. Never leaves system services running.
+# DKIM verifiers). Idempotent and quiet when everything is present. Package scripts are kept from starting
+# system services (policy-rc.d, only while we install); nothing is ever stopped here: a Dovecot or Postfix
+# already running on this machine is not ours, and the tests start their own peers on free high ports.
 set -euo pipefail
 need=()
 command -v dovecot >/dev/null || need+=(dovecot-imapd dovecot-pop3d)
@@ -16,14 +18,14 @@ command -v systemd-analyze >/dev/null || need+=(systemd)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   # keep package scripts from starting system services (Dovecot on 143/993, Postfix on 25)
+  # (ours only while we install: a policy-rc.d left behind would stop later upgrades restarting services)
   if [ ! -e /usr/sbin/policy-rc.d ]; then
     printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
     $SUDO chmod +x /usr/sbin/policy-rc.d
+    trap '$SUDO rm -f /usr/sbin/policy-rc.d' EXIT
   fi
   echo "postfix postfix/main_mailer_type select No configuration" | $SUDO debconf-set-selections
   $SUDO apt-get update -q >/dev/null
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${need[@]}" >/dev/null
 fi
-# a system Dovecot/Postfix started anyway must not hold ports the tests do not use, but be sure
-pkill -x dovecot 2>/dev/null || true
 exit 0

@@ -11,6 +11,8 @@ from tests.admin_support import running
 from tests.peers.dovecot import Dovecot
 from tests.peers.ports import free_port
 
+pytestmark = pytest.mark.integration
+
 USER, PASSWORD = "support@org.test", "imap-secret-Qw31"
 
 

@@ -14,6 +14,8 @@ import pytest
 from tests.peers.ports import free_port
 from tests.peers.relaybox_proc import REPO, RelayboxProcess
 
+pytestmark = pytest.mark.integration
+
 TOKEN = "ops:cli-test-token-0123456789"
 
 

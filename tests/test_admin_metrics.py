@@ -12,12 +12,15 @@ import sqlite3
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.admin_support import running, smtp_send
 from tests.peers.sink import Sink
+
+pytestmark = pytest.mark.component
 
 ROOT = Path(__file__).resolve().parent.parent
 

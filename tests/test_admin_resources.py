@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from relay.delivery import dkim
 from tests.admin_support import running
+
+pytestmark = pytest.mark.component
 
 ROUTE_PW = "route-password-Zq81"
 HOOK_SECRET = "hook-secret-Xy71"

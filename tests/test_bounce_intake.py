@@ -3,9 +3,13 @@
 import smtplib
 import sqlite3
 
+import pytest
+
 from relay.bounces import verp
 from relay.config import BouncesConfig
 from tests.peers.relaybox_proc import RelayboxProcess
+
+pytestmark = pytest.mark.integration
 
 SECRET = "a-long-verp-secret-for-tests"
 

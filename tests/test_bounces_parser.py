@@ -13,6 +13,8 @@ import pytest
 from relay.bounces import parse
 from relay.bounces.reasons import classify, kind
 
+pytestmark = pytest.mark.unit
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CORPUS = os.path.join(ROOT, "tests", "data", "bounces")
 

@@ -9,6 +9,8 @@ import pytest
 from relay.configtypes import ConfigError, parse_duration, parse_size
 from relaybox.settings import load, parse
 
+pytestmark = pytest.mark.integration
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

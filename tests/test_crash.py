@@ -14,7 +14,11 @@ import sqlite3
 import threading
 import time
 
+import pytest
+
 from tests.peers.relaybox_proc import RelayboxProcess
+
+pytestmark = pytest.mark.integration
 
 CLIENTS = 4
 KILL_AFTER = (300, 900, 1500)     # cumulative acknowledged messages at which the process is killed

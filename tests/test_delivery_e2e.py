@@ -17,6 +17,8 @@ from tests.peers.dnsmasq import DnsmasqServer
 from tests.peers.postfix_sink import PostfixSink
 from tests.peers.relaybox_proc import RelayboxProcess
 
+pytestmark = pytest.mark.integration
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -21,6 +21,8 @@ import pytest
 from tests import dockerfile
 from tests.peers.ports import free_port
 
+pytestmark = pytest.mark.integration
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UNIT = os.path.join(REPO, "systemd", "relaybox.service")
 DOCKERFILE = os.path.join(REPO, "Dockerfile")

@@ -26,6 +26,8 @@ from relay.delivery.dkim import (
 )
 from tests.peers.dnsmasq import DnsmasqServer, build_args
 
+pytestmark = pytest.mark.integration
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 MSG = (b"Received: from x by y; Mon, 23 Nov 2026 07:00:00 +0000\r\n"

@@ -13,6 +13,8 @@ import pytest
 
 from relaybox.cli import build_parser
 
+pytestmark = pytest.mark.unit
+
 DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "operations.md")
 # commands other issues are building; the guide is written to their agreed names
 PENDING = {"bounces"}

@@ -5,8 +5,11 @@ import socket
 import ssl
 
 import aiosmtplib
+import pytest
 
 from relay.errors import DeliveryError, EnvelopeError, from_exception, from_reply, split_enhanced
+
+pytestmark = pytest.mark.unit
 
 
 def test_2xx_and_3xx_are_success():

@@ -16,6 +16,8 @@ import pytest
 from tests.peers.certs import make_cert
 from tests.peers.relaybox_proc import RelayboxProcess
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="module")
 def relay(tmp_path_factory):

@@ -18,6 +18,8 @@ from store.sqlite import Database
 from tests.peers.ports import free_port
 from tests.peers.relaybox_proc import RelayboxProcess
 
+pytestmark = pytest.mark.integration
+
 
 async def test_failed_commit_answers_451_and_nothing_is_stored(tmp_path):
     db = Database(str(tmp_path / "s.db")).open()

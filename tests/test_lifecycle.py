@@ -5,7 +5,11 @@ from __future__ import annotations
 import os
 import socket
 
+import pytest
+
 from relaybox import lifecycle
+
+pytestmark = pytest.mark.integration
 
 
 def _receiver(address: str) -> socket.socket:

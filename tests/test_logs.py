@@ -14,6 +14,8 @@ import pytest
 
 from relaybox import logs
 
+pytestmark = pytest.mark.integration
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

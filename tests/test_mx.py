@@ -6,8 +6,10 @@ import pytest
 
 from relay.delivery.mx import MXResolver
 from relay.errors import DNSError
-from tests.peers.dnsmasq import DnsmasqServer
 
+pytestmark = pytest.mark.integration
+
+# served by the dns_server fixture of tests/conftest.py
 ZONE = {
     "multi.test": {"MX": [(20, "backup.multi.test"), (10, "a.multi.test"), (10, "b.multi.test"),
                           (10, "c.multi.test"), (30, "d.multi.test"), (40, "e.multi.test"),
@@ -20,12 +22,6 @@ ZONE = {
     "noaddr.test": {"TXT": ["just text"]},
     "broken.test": "SERVFAIL",
 }
-
-
-@pytest.fixture(scope="module")
-def dns_server():
-    with DnsmasqServer(ZONE) as server:
-        yield server
 
 
 def resolver(server, seed=1, timeout=2.0):

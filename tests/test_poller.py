@@ -22,6 +22,8 @@ from store.sqlite import Database
 from tests.peers.dovecot import Dovecot
 from tests.peers.ports import free_port
 
+pytestmark = pytest.mark.integration
+
 _users = itertools.count(1)
 
 

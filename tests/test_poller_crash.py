@@ -8,11 +8,14 @@ import json
 import threading
 import time
 
+import pytest
 from aiohttp import web
 
 from tests.peers.dovecot import Dovecot
 from tests.peers.ports import free_port
 from tests.peers.relaybox_proc import RelayboxProcess
+
+pytestmark = pytest.mark.integration
 
 USER = "desk@org.test"
 

@@ -17,6 +17,8 @@ from store.sqlite import Database
 from tests.peers.dovecot import Dovecot
 from tests.peers.oauth2 import TokenServer
 
+pytestmark = pytest.mark.integration
+
 USER = "shared@org.test"
 
 

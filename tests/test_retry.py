@@ -1,6 +1,10 @@
 """The retry schedule is a pure function: tested with explicit times and random numbers, no clock."""
 
+import pytest
+
 from relay.spool.retry import RetryPolicy, backoff, is_expired, named_wait, next_attempt
+
+pytestmark = pytest.mark.unit
 
 P = RetryPolicy()
 T0 = 1_000_000.0

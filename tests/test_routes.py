@@ -11,6 +11,8 @@ from relay.delivery.routes import RouteError, Router
 from tests.peers.relaybox_proc import write_config
 from tests.peers.sink import Sink
 
+pytestmark = pytest.mark.integration
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -7,6 +7,8 @@ import pytest
 from relay.intake.data import check_and_clean, read_data, unstuff
 from relay.intake.headers import HeaderError, parse_send_at, prepare_message
 
+pytestmark = pytest.mark.unit
+
 
 async def feed(chunks, limit=1_000_000):
     reader = asyncio.StreamReader()

@@ -7,14 +7,9 @@ from relay.errors import DeliveryError
 from tests.peers.ports import free_port
 from tests.peers.sink import Sink
 
+pytestmark = pytest.mark.component
+
 BODY = b"From: a@src.test\r\nTo: b@dst.test\r\nSubject: t\r\n\r\nhello\r\n.leading dot\r\n"
-
-
-@pytest.fixture
-async def sink():
-    s = await Sink(tls=True).start()
-    yield s
-    await s.stop()
 
 
 def cand(s):

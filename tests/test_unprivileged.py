@@ -25,6 +25,8 @@ import pytest
 from tests.peers.ports import free_port
 from tests.peers.relaybox_proc import REPO, write_config
 
+pytestmark = pytest.mark.integration
+
 UNIT = os.path.join(REPO, "systemd", "relaybox.service")
 NOBODY = 65534
 STATE_MOUNT = "/srv"      # exists, empty, in Debian; bound over only inside the test's mount namespace

@@ -7,6 +7,8 @@ import pytest
 from relay.bounces import verp
 from relay.envelope import new_queue_id
 
+pytestmark = pytest.mark.unit
+
 SECRET = "0123456789abcdef-test-secret"
 
 
