@@ -48,13 +48,13 @@ def prefill(db_path: str, count: int, size: int) -> None:
 
     from relay.envelope import NewMessage
     from relay.spool.spool import Spool
-    from store.sqlite import Database
+    from store import Store
 
     head = b"From: <sender@src.test>\r\nTo: <rcpt@dst.test>\r\nSubject: drain\r\n\r\n"
     body = head + b"x" * max(0, size - len(head) - 2) + b"\r\n"
 
     async def fill():
-        db = Database(db_path).open()
+        db = Store(db_path).open()
         spool = Spool(db)
         for i in range(0, count, 500):
             await asyncio.gather(*[spool.enqueue(NewMessage("sender@src.test", ["rcpt@dst.test"], body,

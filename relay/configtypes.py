@@ -104,14 +104,17 @@ def _convert(tp: Any, value: Any, key: str, problems: list[str]) -> Any:
 def _convert_container(tp: Any, origin: Any, args: tuple[Any, ...], value: Any, key: str,
                        problems: list[str]) -> Any:
     """A nested section (dataclass), a list or a table of values."""
-    want, empty = (list, []) if origin is list else (dict, None if dataclasses.is_dataclass(tp) else {})
-    if not isinstance(value, want):
-        problems.append(f"{key}: expected {'a list' if want is list else 'a table'}, got {value!r}")
+    empty: Any = [] if origin is list else (None if dataclasses.is_dataclass(tp) else {})
+    if origin is list:
+        if not isinstance(value, list):
+            problems.append(f"{key}: expected a list, got {value!r}")
+            return empty
+        return [_convert(args[0], v, f"{key}[{i}]", problems) for i, v in enumerate(value)]
+    if not isinstance(value, dict):
+        problems.append(f"{key}: expected a table, got {value!r}")
         return empty
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key, problems)
-    if origin is list:
-        return [_convert(args[0], v, f"{key}[{i}]", problems) for i, v in enumerate(value)]
     return {str(k): _convert(args[1], v, f"{key}.{k}", problems) for k, v in value.items()}
 
 

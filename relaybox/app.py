@@ -123,8 +123,8 @@ class App:
             self.scheduler = Scheduler(self.spool, self.settings.relay)
             await self.scheduler.start()
             self.spool.on_enqueue.append(self.scheduler.notify)
-        self.poller = PollerService(self.store, self.settings, spool=self.spool,
-                                    bounce_sink=bounce_record.make_sink(self.store.bounces, self.settings.relay))
+        sink = bounce_record.make_sink(self.store.bounces, self.settings.relay)
+        self.poller = PollerService(self.store, self.settings, spool=self.spool, bounce_sink=sink)
         await self.poller.start()
         self.admin = AdminServer(self)
         await self.admin.start()
@@ -198,11 +198,7 @@ class App:
 
 
 def run(settings: Settings) -> int:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency; tolerate its absence on odd platforms
-        uvloop = None
-    app_ = App(settings)
-    if uvloop is not None:
-        return uvloop.run(app_.run())
-    return asyncio.run(app_.run())
+    """The process's event loop is uvloop's (a declared dependency)."""
+    import uvloop
+
+    return uvloop.run(App(settings).run())

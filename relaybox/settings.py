@@ -70,7 +70,8 @@ def parse(data: dict, path: str | None = None) -> Settings:
         value = data.get(name)
         if value is None:
             origin = typing.get_origin(tp)
-            extra[name] = [] if origin is list else (tp() if dataclasses.is_dataclass(tp) else None)
+            section = isinstance(tp, type) and dataclasses.is_dataclass(tp)
+            extra[name] = [] if origin is list else (tp() if section else None)
         else:
             extra[name] = _convert(tp, value, name, problems)
     if problems:

@@ -14,7 +14,7 @@ from relay.config import SMTPConfig
 from relay.intake.listener import Listener
 from relay.intake.policy import Policy
 from relay.spool.spool import Spool
-from store.sqlite import Database
+from store import Store
 from tests.peers.ports import free_port
 from tests.peers.relaybox_proc import RelayboxProcess
 
@@ -22,24 +22,24 @@ pytestmark = pytest.mark.integration
 
 
 async def test_failed_commit_answers_451_and_nothing_is_stored(tmp_path):
-    db = Database(str(tmp_path / "s.db")).open()
+    db = Store(str(tmp_path / "s.db")).open()
     policy = Policy()
     policy.set_snapshot(["127.0.0.1/32"], {})
     port = free_port()
     listener = Listener(SMTPConfig(listen=[f"127.0.0.1:{port}"]), Spool(db), policy)
     await listener.start()
     try:
-        db.fail_commits = OSError("No space left on device")
+        db.db.fail_commits = OSError("No space left on device")
         client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False)
         await client.connect()
         with pytest.raises(aiosmtplib.SMTPDataError) as exc:
             await client.sendmail("app@org.test", ["a@x.test"], b"Subject: x\r\n\r\nbody\r\n")
         assert exc.value.code == 451 and exc.value.message.startswith("4.3.0")
-        db.fail_commits = None
+        db.db.fail_commits = None
         _, reply = await client.sendmail("app@org.test", ["a@x.test"], b"Subject: y\r\n\r\nbody\r\n")
         assert reply.startswith("2.0.0 Ok: queued as")
         await client.quit()
-        assert await db.read(lambda c: [r[0] for r in c.execute("SELECT subject FROM messages")]) == ["y"]
+        assert await db.db.read(lambda c: [r[0] for r in c.execute("SELECT subject FROM messages")]) == ["y"]
     finally:
         await listener.drain(1)
         db.close()

@@ -65,7 +65,7 @@ def decode_text(part: Message) -> str:
         data = part.get_payload(decode=True)
     except Exception:  # noqa: BLE001 - broken transfer encoding
         data = None
-    if data is None:
+    if not isinstance(data, bytes):
         payload = part.get_payload()
         return payload[:MAX_TEXT] if isinstance(payload, str) else ""
     data = data[: MAX_TEXT * 4]
@@ -96,8 +96,9 @@ def _payload_text(part: Message) -> str:
             if isinstance(sub, Message):
                 chunks.append("".join(f"{k}: {v}\n" for k, v in sub.raw_items()))
                 if isinstance(sub.get_payload(), str):
-                    data = sub.get_payload(decode=True) or b""
-                    chunks.append(data[:MAX_TEXT].decode("utf-8", errors="replace"))
+                    data = sub.get_payload(decode=True)
+                    if isinstance(data, bytes):
+                        chunks.append(data[:MAX_TEXT].decode("utf-8", errors="replace"))
                 chunks.append("\n")
         return _utf8("".join(chunks)[:MAX_TEXT])
     return ""
@@ -171,7 +172,7 @@ def _visit(out: Pieces, part: Message, top: bool, html: list[str]) -> list[Messa
 
 def pieces(msg: Message) -> Pieces:
     out = Pieces(headers=msg, content_type=msg.get_content_type(),
-                 report_type=(msg.get_param("report-type") or "").lower() if msg.is_multipart() else "")
+                 report_type=str(msg.get_param("report-type") or "").lower() if msg.is_multipart() else "")
     html: list[str] = []
     queue: list[Message] = [msg]
     seen = 0

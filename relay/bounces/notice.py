@@ -134,7 +134,8 @@ def describe(segment: str, addr: str) -> dict[str, str]:
         diag = reply
     else:
         diag = " ".join(body.split())[:MAX_SEGMENT]
-    code = REPLY_RE.match(reply).group(1) if reply and REPLY_RE.match(reply) else ""
+    m = REPLY_RE.match(reply) if reply else None
+    code = m.group(1) if m else ""
     from relay.bounces.dsn_fields import diag_status_of
     status = status_of(reply) or diag_status_of(body[:MAX_SEGMENT * 2]) or _status_in(body)
     return {"diagnostic": diag[:MAX_SEGMENT], "replycode": code, "status": status}

@@ -246,7 +246,7 @@ def _labelled(text: str, exclude: set[str]) -> list[tuple[str, int]]:
     """'recipient: a@b', 'target address: a@b', 'failed address: a@b' style lines."""
     rx = re.compile(r"(?:recipient|address|adresse|destinat\w*|empf\w*)[^:\n]{0,30}:\s*<?("
                     + notice.ADDR + ")", re.I)
-    out = []
+    out: list[tuple[str, int]] = []
     for m in rx.finditer(text):
         addr = m.group(1).lower()
         if addr not in exclude and addr not in dict(out):

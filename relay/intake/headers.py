@@ -47,16 +47,17 @@ def parse_send_at(value: str) -> float:
         return dt.timestamp()
     except ValueError:
         pass
+    parsed: datetime | None
     try:
-        dt = email.utils.parsedate_to_datetime(v)
+        parsed = email.utils.parsedate_to_datetime(v)
     except (TypeError, ValueError, IndexError):
-        dt = None
-    if dt is None:
+        parsed = None
+    if parsed is None:
         raise HeaderError(f"X-Relaybox-Send-At: cannot parse {value!r}; use RFC 3339 like"
                           f" 2026-01-31T09:00:00Z or an RFC 5322 date")
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return dt.timestamp()
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed.timestamp()
 
 
 _date_cache: tuple[int, str] = (0, "")
@@ -78,7 +79,7 @@ def prepare_message(content: bytes, *, hostname: str, helo: str, client_ip: str,
     rest = sep + rest if (block or sep) else b"\r\n" + rest   # no header block: all of it is body
     fields = rfc5322.fields(block)
     seen = {name for name, _ in fields}
-    first = {}
+    first: dict[str, bytes] = {}
     for name, raw in fields:
         first.setdefault(name, raw)
     send_at = None

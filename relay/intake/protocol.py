@@ -8,17 +8,16 @@ reader of ``relay.intake.data``. Policy decisions and the spool commit are the h
 
 from __future__ import annotations
 
-import inspect
 import logging
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import aiosmtpd.smtp as _aiosmtpd_smtp
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, Session
 
 from relay.config import SMTPConfig
 from relay.envelope import address_error
+from relay.intake import aiosmtpd_seam
 from relay.intake.data import check_and_clean, read_data
 from relay.intake.metrics import SMTP_REJECTED, SMTP_SESSIONS
 
@@ -26,61 +25,6 @@ log = logging.getLogger("relay.intake.listener")
 
 DATA_READ_LIMIT = 512 * 1024
 _PATH_RE = re.compile(r"^\s*<([^<>]*)>(.*)$", re.S)
-
-_sanitized_log = _aiosmtpd_smtp.sanitized_log
-
-
-def _quiet_sanitized_log(func, msg, *args, **kwargs):
-    """aiosmtpd sanitizes the arguments of every per-command debug/info line before the logger decides to
-    drop it (~7 us a command); skip that work when the level is disabled."""
-    level = logging.DEBUG if getattr(func, "__name__", "") == "debug" else logging.INFO
-    if _aiosmtpd_smtp.log.isEnabledFor(level):
-        _sanitized_log(func, msg, *args, **kwargs)
-
-
-_aiosmtpd_smtp.sanitized_log = _quiet_sanitized_log
-
-
-class _CachedIntrospection:
-    """aiosmtpd's SMTP.__init__ introspects the protocol object and the handler on every connection
-    (``inspect.getmembers`` over all attributes, ``dir()`` twice, ``inspect.signature``): ~0.3 ms per
-    connection, the biggest per-connection cost for clients that connect per message. The *names* it
-    looks for (``auth_*``, ``handle_*``, ``smtp_*``) are class attributes, so we cache them per type and
-    still bind every method to the new instance. Used only inside aiosmtpd.smtp's namespace."""
-
-    def __init__(self):
-        self._members: dict[type, list[str]] = {}
-        self._dirs: dict[type, list[str]] = {}
-        self._sigs: dict[Any, Any] = {}
-
-    def getmembers(self, obj, predicate=None):
-        names = self._members.get(type(obj))
-        if names is None:
-            names = self._members[type(obj)] = [n for n,
-                                                _ in inspect.getmembers(obj) if n.startswith("auth_")]
-        return [(n, getattr(obj, n)) for n in names]       # aiosmtpd only keeps the auth_* members
-
-    def dir(self, obj):
-        names = self._dirs.get(type(obj))
-        if names is None:
-            names = self._dirs[type(obj)] = [n for n in dir(obj) if n.startswith(("handle_", "smtp_"))]
-        return names
-
-    def signature(self, fn):
-        key = getattr(fn, "__func__", fn)
-        sig = self._sigs.get(key)
-        if sig is None:
-            sig = self._sigs[key] = inspect.signature(fn)
-        return sig
-
-    def __getattr__(self, name):
-        return getattr(inspect, name)
-
-
-_introspection = _CachedIntrospection()
-_aiosmtpd_smtp.inspect = _introspection          # type: ignore[attr-defined]
-_aiosmtpd_smtp.dir = _introspection.dir           # type: ignore[attr-defined] - shadows the builtin there only
-
 
 @dataclass
 class ListenerState:
@@ -98,6 +42,7 @@ class RelaySMTP(SMTP):
 
     def __init__(self, handler: Any, cfg: SMTPConfig, state: ListenerState, *,
                  implicit_tls: bool = False, **kw: Any):
+        aiosmtpd_seam.install()
         self.cfg = cfg
         self.state = state
         self._counted_ip: str | None = None

@@ -30,7 +30,8 @@ def cmd_keygen(args) -> int:
         if args.bits < 1024:
             print("error: --bits must be >= 1024 (2048 recommended)", file=sys.stderr)
             return 2
-        key = rsa.generate_private_key(public_exponent=65537, key_size=args.bits)
+        key: rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey = rsa.generate_private_key(
+            public_exponent=65537, key_size=args.bits)
     else:
         key = ed25519.Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
