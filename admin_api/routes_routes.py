@@ -1,9 +1,7 @@
 """Smarthost routes (from the config; passwords never shown), which route a From address takes, and the
-"SMTP test" action (connect, EHLO, STARTTLS, AUTH) when the delivery engine offers it."""
+"SMTP test" action (connect, EHLO, STARTTLS, AUTH: ``relay.delivery.routes.smtp_test``)."""
 
 from __future__ import annotations
-
-import inspect
 
 from aiohttp import web
 
@@ -49,15 +47,11 @@ async def resolve(request: web.Request) -> web.Response:
 
 async def test_route(request: web.Request) -> web.Response:
     route = _get(request)
-    fn = smtp_test
     rc = relaybox(request).settings.relay
     helo = rc.delivery.helo_name or rc.smtp.hostname
     timeout = min(float(rc.delivery.connect_timeout), 30.0)
-    result = fn(route, helo, timeout)
-    if inspect.isawaitable(result):
-        result = await result
-    success, summary, transcript = result
-    transcript = redact_transcript(list(transcript or []))
+    success, summary, lines = await smtp_test(route, helo, timeout)
+    transcript = redact_transcript(list(lines))
     out = {"route": route.name, "ok": bool(success), "result": summary, "transcript": transcript}
     if route.password and route.password in str(out):   # never echo the route's password
         out["transcript"], out["result"] = [], "output withheld: it contained the route's password"
