@@ -12,8 +12,8 @@ from __future__ import annotations
 import sys
 
 from relaybox.commands._common import db_path
-from store.backup import backup, restore
 from store import StorageError
+from store.backup import backup, restore
 
 
 def cmd_backup(args) -> int:
