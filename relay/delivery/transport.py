@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import ssl
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +25,7 @@ import aiosmtplib
 
 from relay.envelope import address_error
 from relay.errors import ConnectError, DeliveryError, EnvelopeError, from_exception, from_reply
+from relay.tls import client_context
 
 log = logging.getLogger("relay.delivery.transport")
 
@@ -54,14 +54,6 @@ class Transaction:
     ended_at: float
     reused: bool = False
     reply: tuple[int, str] | None = None     # the final (DATA) reply when accepted: (code, text)
-
-
-def _ctx(verify: bool) -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    if not verify:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
 
 
 class Session:
@@ -265,7 +257,7 @@ async def _open_one(cand: Candidate, helo: str, tls: TLSPolicy, use_starttls: bo
             sock = await _tcp_connect(cand, connect_timeout)
             smtp = aiosmtplib.SMTP(hostname=cand.host, sock=sock, local_hostname=helo,
                                    timeout=command_timeout, use_tls=True, start_tls=False,
-                                   validate_certs=tls.verify, tls_context=_ctx(tls.verify))
+                                   validate_certs=tls.verify, tls_context=client_context(tls.verify))
         await _greet(smtp, log_, helo, connect_timeout, stage)
         secured = implicit or await _starttls(smtp, log_, cand, helo, tls, use_starttls, stage)
         if username:
@@ -322,7 +314,7 @@ async def _starttls(smtp: aiosmtplib.SMTP, log_: _Log, cand: Candidate, helo: st
     log_.note("C", "STARTTLS")
     try:
         resp = await smtp.starttls(server_hostname=cand.host, validate_certs=tls.verify,
-                                   tls_context=_ctx(tls.verify))
+                                   tls_context=client_context(tls.verify))
     except Exception as exc:  # noqa: BLE001
         err = from_exception(exc, "starttls")
         if err.enhanced in ("4.4.1", "4.3.0"):     # the peer dropped the handshake: still a TLS failure

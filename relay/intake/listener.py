@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
@@ -21,6 +20,7 @@ from relay.intake.metrics import SMTP_ACCEPTED, SMTP_REJECTED
 from relay.intake.policy import Policy
 from relay.intake.protocol import ListenerState, RelaySMTP
 from relay.spool.spool import Spool
+from relay.tls import server_context
 from store.sqlite import StorageError
 
 __all__ = ["BounceIntake", "IntakeHandler", "Listener", "ListenerState", "RelaySMTP", "split_hostport"]
@@ -129,13 +129,6 @@ class IntakeHandler:
         return f"250 2.0.0 Ok: queued as {qid}"
 
 
-def make_tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(cert_file, key_file)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    return ctx
-
-
 class Listener:
     """Binds the configured addresses in the running loop and tracks sessions for a graceful drain."""
 
@@ -146,7 +139,7 @@ class Listener:
         if disk_ok is not None:
             self.state.disk_ok = disk_ok
         self.handler = IntakeHandler(cfg, spool, policy, self.state, bounces)
-        self.tls_context = (make_tls_context(cfg.tls.cert_file, cfg.tls.key_file)
+        self.tls_context = (server_context(cfg.tls.cert_file, cfg.tls.key_file)
                             if cfg.tls.cert_file else None)
         self.servers: list[asyncio.base_events.Server] = []
         self.bound: list[tuple[str, int]] = []
