@@ -6,8 +6,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from admin_api.common import Param, Route, bad_request, not_found, ok, relaybox
-from admin_api.queries import redact_transcript
 from relay.delivery.routes import Router, smtp_test
+from store.history import redact_transcript
 
 
 def present(r) -> dict:
