@@ -50,7 +50,7 @@ async def test_bounces_and_suppressions(tmp_path):
         await app.spool.complete([RecipientResult(claim.recipients[0].id, "delivered", 250, "2.0.0", "ok")])
         st, before = await api.call("GET", "/metrics")
         out = await bounce_handler.process(app.store.bounces, app.settings.relay.bounces, DSN, source="channel")
-        assert out.rows and out.rows[0]["message_id"] == qid
+        assert out.effects and out.effects[0].message_id == qid
 
         st, body = await api.call("GET", "/api/v1/bounces")
         assert st == 200 and len(body["items"]) == 1
