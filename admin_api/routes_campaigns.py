@@ -1,4 +1,5 @@
-"""Campaigns (``poller.channels``): where routed inbound mail goes (maildir, webhook, smtp forward)."""
+"""Campaigns (``store.inbound``, seen through ``poller.channels``): where routed inbound mail goes (maildir,
+webhook, smtp forward)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from admin_api.common import Param, Route, conflict, invalid, not_found, ok, rea
 from poller import channels
 from poller.config import CampaignConfig
 from relay.configtypes import ConfigError, build
+from store.inbound import CampaignInUse, InboundStore
 
 MASK = "***"
 
@@ -21,16 +23,19 @@ def _build(data: dict, name: str) -> CampaignConfig:
         raise invalid("; ".join(exc.problems)) from None
 
 
+def _inbound(request: web.Request) -> InboundStore:
+    return relaybox(request).store.inbound
+
+
 async def _view(request: web.Request, name: str) -> dict:
-    rows = await relaybox(request).db.read(channels.list_campaigns)
-    for r in rows:
-        if r["name"] == name:
-            return r
-    raise not_found(f"no campaign {name}")
+    rec = await _inbound(request).campaign(name)
+    if rec is None:
+        raise not_found(f"no campaign {name}")
+    return channels.campaign_view(rec)
 
 
 async def list_campaigns(request: web.Request) -> web.Response:
-    return ok({"items": await relaybox(request).db.read(channels.list_campaigns), "next_cursor": None})
+    return ok({"items": await channels.list_campaigns(_inbound(request)), "next_cursor": None})
 
 
 async def show_campaign(request: web.Request) -> web.Response:
@@ -43,10 +48,10 @@ async def create_campaign(request: web.Request) -> web.Response:
     if not isinstance(name, str) or not name.strip() or len(name) > 200:
         raise invalid("name: required")
     c = _build(body, name)
-    db = relaybox(request).db
-    if await db.read(lambda conn: channels.get_campaign(conn, name.strip())) is not None:
+    inbound = _inbound(request)
+    if await inbound.campaign(name.strip()) is not None:
         raise conflict(f"campaign {name.strip()} exists; PUT /api/v1/campaigns/{name.strip()} changes it")
-    await db.write(lambda conn: channels.save_campaign(conn, c))
+    await channels.save_campaign(inbound, c)
     return ok(await _view(request, name.strip()), status=201)
 
 
@@ -55,22 +60,21 @@ async def update_campaign(request: web.Request) -> web.Response:
     body = await read_json(request)
     if "name" in body and body["name"] != name:
         raise invalid("name: cannot be changed")
-    db = relaybox(request).db
-    old = await db.read(lambda conn: channels.get_campaign(conn, name))
+    inbound = _inbound(request)
+    old = await channels.get_campaign(inbound, name)
     if old is None:
         raise not_found(f"no campaign {name}")
     data = dataclasses.asdict(old)
     data.update({k: v for k, v in body.items() if not (k == "secret" and v in (None, MASK))})
-    c = _build(data, name)
-    await db.write(lambda conn: channels.save_campaign(conn, c))
+    await channels.save_campaign(inbound, _build(data, name))
     return ok(await _view(request, name))
 
 
 async def delete_campaign(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     try:
-        removed = await relaybox(request).db.write(lambda conn: channels.delete_campaign(conn, name))
-    except channels.ChannelError as exc:
+        removed = await _inbound(request).delete_campaign(name)
+    except CampaignInUse as exc:
         raise conflict(str(exc)) from None
     if not removed:
         raise not_found(f"no campaign {name}")

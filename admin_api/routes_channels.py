@@ -17,6 +17,7 @@ from admin_api.common import Param, Route, conflict, invalid, iso, not_found, ok
 from poller import channels
 from poller.config import ChannelConfig, FilterConfig
 from relay.configtypes import ConfigError, build
+from store.inbound import InboundStore
 
 MASK = "***"
 log = logging.getLogger("admin_api.channels")
@@ -45,12 +46,15 @@ def _present(row: dict, status: dict[str, dict]) -> dict:
     return out
 
 
+def _inbound(request: web.Request) -> InboundStore:
+    return relaybox(request).store.inbound
+
+
 async def _one(request: web.Request, name: str) -> dict:
-    rows = await relaybox(request).db.read(channels.list_channels)
-    for r in rows:
-        if r["name"] == name:
-            return _present(r, _status(request))
-    raise not_found(f"no channel {name}")
+    rec = await _inbound(request).channel(name)
+    if rec is None:
+        raise not_found(f"no channel {name}")
+    return _present(channels.channel_view(rec), _status(request))
 
 
 def _build(data: dict, name: str) -> ChannelConfig:
@@ -62,13 +66,13 @@ def _build(data: dict, name: str) -> ChannelConfig:
 
 async def _save(request: web.Request, ch: ChannelConfig) -> None:
     try:
-        await relaybox(request).db.write(lambda c: channels.save_channel(c, ch))
+        await channels.save_channel(_inbound(request), ch)
     except (channels.ChannelError, ValueError) as exc:
         raise invalid(str(exc)) from None
 
 
 async def list_channels(request: web.Request) -> web.Response:
-    rows = await relaybox(request).db.read(channels.list_channels)
+    rows = await channels.list_channels(_inbound(request))
     status = _status(request)
     return ok({"items": [_present(r, status) for r in rows], "next_cursor": None})
 
@@ -83,15 +87,14 @@ async def create_channel(request: web.Request) -> web.Response:
     if not isinstance(name, str) or not name.strip():
         raise invalid("name: required")
     ch = _build(body, name)
-    exists = await relaybox(request).db.read(lambda c: channels.get_channel(c, ch.name.strip()))
-    if exists is not None:
+    if await _inbound(request).channel(ch.name.strip()) is not None:
         raise conflict(f"channel {ch.name.strip()} exists; PUT /api/v1/channels/{ch.name.strip()} changes it")
     await _save(request, ch)
     return ok(await _one(request, ch.name.strip()), status=201)
 
 
 async def _stored(request: web.Request, name: str) -> ChannelConfig:
-    ch = await relaybox(request).db.read(lambda c: channels.get_channel(c, name))
+    ch = await channels.get_channel(_inbound(request), name)
     if ch is None:
         raise not_found(f"no channel {name}")
     return ch
@@ -121,7 +124,7 @@ async def update_channel(request: web.Request) -> web.Response:
 
 async def delete_channel(request: web.Request) -> web.Response:
     name = request.match_info["name"]
-    if not await relaybox(request).db.write(lambda c: channels.delete_channel(c, name)):
+    if not await _inbound(request).delete_channel(name):
         raise not_found(f"no channel {name}")
     return ok({"removed": name})
 

@@ -1,24 +1,32 @@
-"""Quarantine of the inbound poller (``poller.store``): messages that could not be parsed or delivered to
+"""Quarantine of the inbound poller (``store.inbound``): messages that could not be parsed or delivered to
 their campaign. Inspect, download, retry, drop."""
 
 from __future__ import annotations
 
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+
 from aiohttp import web
 
 from admin_api.common import Param, Route, conflict, iso, not_found, ok, query_int, relaybox
-from admin_api.queries import _headers
-from poller import store
+from store.inbound import InboundStore, QuarantineItem
 
 
-def _row(conn, inbound_id: int) -> dict | None:
-    r = conn.execute("SELECT id, channel, folder, uid, message_id, size, status, tries, last_error,"
-                     " created_at, updated_at, raw IS NOT NULL AS has_raw FROM inbound WHERE id=?",
-                     (inbound_id,)).fetchone()
-    return dict(r) if r else None
+def _inbound(request: web.Request) -> InboundStore:
+    return relaybox(request).store.inbound
 
 
-def _present(r: dict) -> dict:
-    return {**r, "created_at": iso(r["created_at"]), "updated_at": iso(r["updated_at"])}
+def _present(q: QuarantineItem) -> dict:
+    return {**q.as_dict(), "created_at": iso(q.created_at), "updated_at": iso(q.updated_at)}
+
+
+def _headers(raw: bytes | None) -> list[list[str]] | None:
+    """The header fields of a stored message, as [name, value] pairs (None: no content stored)."""
+    if raw is None:
+        return None
+    end = raw.find(b"\r\n\r\n")
+    head = raw[:end if end >= 0 else 65536][:65536]
+    return [[k, str(v)] for k, v in BytesHeaderParser(policy=compat32).parsebytes(head + b"\r\n\r\n").items()]
 
 
 def _id(request: web.Request) -> int:
@@ -28,50 +36,47 @@ def _id(request: web.Request) -> int:
     return int(raw)
 
 
-async def _quarantined(request: web.Request) -> dict:
+async def _quarantined(request: web.Request) -> QuarantineItem:
     iid = _id(request)
-    r = await relaybox(request).db.read(lambda c: _row(c, iid))
-    if r is None or r["status"] != "quarantined":
+    q = await _inbound(request).quarantined(iid)
+    if q is None:
         raise not_found(f"no quarantined message {iid}")
-    return r
+    return q
 
 
 async def list_quarantine(request: web.Request) -> web.Response:
     limit = query_int(request, "limit", 100, 1, 1000)
     channel = request.query.get("channel") or None
-    rows = await relaybox(request).db.read(lambda c: store.quarantine(c, limit=limit, channel=channel))
-    return ok({"items": [_present(r) for r in rows], "next_cursor": None})
+    items = await _inbound(request).quarantine(limit=limit, channel=channel)
+    return ok({"items": [_present(q) for q in items], "next_cursor": None})
 
 
 async def show(request: web.Request) -> web.Response:
-    r = await _quarantined(request)
-    raw = await relaybox(request).db.read(lambda c: store.raw_of(c, r["id"]))
-    out = _present(r)
-    out["has_raw"] = bool(out["has_raw"])
-    out["headers"] = _headers(raw)
-    return ok(out)
+    q = await _quarantined(request)
+    raw = await _inbound(request).raw(q.id)
+    return ok({**_present(q), "status": "quarantined", "headers": _headers(raw)})
 
 
 async def raw(request: web.Request) -> web.Response:
-    r = await _quarantined(request)
-    data = await relaybox(request).db.read(lambda c: store.raw_of(c, r["id"]))
+    q = await _quarantined(request)
+    data = await _inbound(request).raw(q.id)
     if data is None:
-        raise not_found(f"message {r['id']} was quarantined before it was fetched: no content stored")
+        raise not_found(f"message {q.id} was quarantined before it was fetched: no content stored")
     return web.Response(body=data, content_type="message/rfc822",
-                        headers={"Content-Disposition": f'attachment; filename="inbound-{r["id"]}.eml"'})
+                        headers={"Content-Disposition": f'attachment; filename="inbound-{q.id}.eml"'})
 
 
 async def retry(request: web.Request) -> web.Response:
-    r = await _quarantined(request)
-    if not await relaybox(request).db.write(lambda c: store.retry_quarantined(c, r["id"])):
-        raise conflict(f"message {r['id']} has no stored content to retry (too large, or never fetched)")
-    return ok({"id": r["id"], "status": "received"})
+    q = await _quarantined(request)
+    if not await _inbound(request).retry_quarantined(q.id):
+        raise conflict(f"message {q.id} has no stored content to retry (too large, or never fetched)")
+    return ok({"id": q.id, "status": "received"})
 
 
 async def drop(request: web.Request) -> web.Response:
-    r = await _quarantined(request)
-    await relaybox(request).db.write(lambda c: store.drop_quarantined(c, r["id"]))
-    return ok({"id": r["id"], "removed": True})
+    q = await _quarantined(request)
+    await _inbound(request).drop_quarantined(q.id)
+    return ok({"id": q.id, "removed": True})
 
 
 ID = Param("id", where="path", required=True, description="inbound message id")

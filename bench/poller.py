@@ -27,7 +27,7 @@ from poller.config import CampaignConfig, ChannelConfig  # noqa: E402
 from poller.fetcher import run_once  # noqa: E402
 from poller.runner import PollerService  # noqa: E402
 from relaybox.settings import parse  # noqa: E402
-from store.sqlite import Database  # noqa: E402
+from store import Store  # noqa: E402
 from tests.peers.dovecot import Dovecot  # noqa: E402
 
 USER = "bench@org.test"
@@ -69,30 +69,31 @@ def imaplib_ceiling(dc: Dovecot, batch: int) -> tuple[int, float]:
 
 
 async def full_sync(dc: Dovecot, workdir: str, batch: int) -> tuple[int, float]:
-    db = Database(os.path.join(workdir, "bench.db")).open()
+    st = Store(os.path.join(workdir, "bench.db")).open()
     settings = parse({"poller": {"maildir_root": os.path.join(workdir, "maildir"), "enabled": False,
                                  "fetch_batch": batch}})
-    svc = PollerService(db, settings)
-    ch = ChannelConfig(name="bench", host="127.0.0.1", port=dc.imap_port, tls="none", user=USER, password="pw",
+    svc = PollerService(st, settings)
+    ch = ChannelConfig(name="bench", host="127.0.0.1", port=dc.imap_port, tls="none", user=USER,
+                       password="pw",
                        default_campaign="inbox", after="seen")
-    await db.write(lambda c: channels.seed(c, [CampaignConfig("inbox")], [ch]))
+    await channels.seed(st.inbound, [CampaignConfig("inbox")], [ch])
     await svc.start()
     t0 = time.perf_counter()
-    res = await run_once(db, ch, svc.pcfg, svc.deliver, svc.connect, time.time())
+    res = await run_once(st.inbound, ch, svc.pcfg, svc.deliver, svc.connect, time.time())
     dt = time.perf_counter() - t0
     await svc.stop()
-    db.close()
+    st.close()
     return res.delivered, dt
 
 
 async def idle_latency(dc: Dovecot, workdir: str, samples: int) -> list[float]:
-    db = Database(os.path.join(workdir, "idle.db")).open()
+    st = Store(os.path.join(workdir, "idle.db")).open()
     root = os.path.join(workdir, "idle-maildir")
     settings = parse({"poller": {"maildir_root": root}})
-    svc = PollerService(db, settings)
+    svc = PollerService(st, settings)
     ch = ChannelConfig(name="idle", host="127.0.0.1", port=dc.imap_port, tls="none", user="idle@org.test",
                        password="pw", default_campaign="live", poll_interval=60)
-    await db.write(lambda c: channels.seed(c, [CampaignConfig("live")], [ch]))
+    await channels.seed(st.inbound, [CampaignConfig("live")], [ch])
     await svc.start()
     await asyncio.sleep(1.5)
     out = []
@@ -109,7 +110,7 @@ async def idle_latency(dc: Dovecot, workdir: str, samples: int) -> list[float]:
         out.append(time.perf_counter() - t0)
         await asyncio.sleep(0.1)
     await svc.stop()
-    db.close()
+    st.close()
     return out
 
 
@@ -127,7 +128,8 @@ def main() -> None:
         n, dt_ref = imaplib_ceiling(dc, args.batch)
         print(f"imaplib UID FETCH only (ceiling): {n / dt_ref:8.0f} msgs/s  ({dt_ref:.1f} s)")
         delivered, dt = asyncio.run(full_sync(dc, workdir, args.batch))
-        print(f"relaybox first full sync:         {delivered / dt:8.0f} msgs/s  ({dt:.1f} s, {delivered} delivered"
+        print(f"relaybox first full sync:         {delivered / dt:8.0f} msgs/s  ({dt:.1f} s, {delivered}"
+              " delivered"
               f" to maildir, marked \\Seen)  ratio {dt_ref / dt:.2f} of the ceiling")
         lat = asyncio.run(idle_latency(dc, workdir, args.idle_samples))
         lat.sort()

@@ -1,6 +1,7 @@
 """Campaign targets: where a routed inbound message goes. Each delivery carries the inbound id as its
 idempotency key, so a redelivery after a crash is recognisable (maildir: same file name; webhook:
-``Idempotency-Key``; smtp: the queue insert commits together with the inbound status).
+``Idempotency-Key``; smtp: the relay queue id is reserved on the inbound message before the enqueue, see
+``PollerService._forward``).
 
 A target raises ``TargetError`` on failure (retried with backoff, then quarantine); it returns a short
 result string recorded on the inbound row (file name, HTTP status, queue id).
@@ -26,15 +27,15 @@ from poller.config import CampaignConfig
 from poller.router import MessageView
 from relay.envelope import NewMessage
 from relay.intake.data import has_bare_cr_or_lf, normalize_eol
-from relay.spool.spool import Spool
 
 WEBHOOK_DELIVERIES = Counter("relaybox_poller_webhook_deliveries", "Campaign webhook POSTs by result",
                              ["campaign", "result"])
 
 
 _HOST = socket.gethostname()
+_libc: ctypes.CDLL | None
 try:
-    _libc: ctypes.CDLL | None = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
     _libc.syncfs.argtypes = [ctypes.c_int]
 except (OSError, AttributeError):
     _libc = None
@@ -72,7 +73,8 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
     return f"sha256={mac}"
 
 
-async def deliver_webhook(c: CampaignConfig, doc: dict, inbound_id: int, session: aiohttp.ClientSession) -> str:
+async def deliver_webhook(c: CampaignConfig, doc: dict, inbound_id: int,
+                          session: aiohttp.ClientSession) -> str:
     body = json.dumps(doc).encode()
     ts = str(int(time.time()))
     headers = {"Content-Type": "application/json", "Idempotency-Key": f"relaybox-inbound-{inbound_id}",
@@ -136,18 +138,18 @@ def publish_maildir(items: list[Staged]) -> None:
     """Make staged messages durable and visible, for a whole batch at once: one syncfs() per file system
     (instead of one fsync per message: 7 ms each here), then the renames into new/, then one fsync per
     new/ directory. Only after this returns may their acceptance be committed."""
-    todo = [s for s in items if s.tmp is not None]
+    todo = [(s, s.tmp) for s in items if s.tmp is not None]
     if not todo:
         return
     synced: set[int] = set()
-    for s in todo:
-        dev = os.stat(s.tmp).st_dev
+    for _, tmp in todo:
+        dev = os.stat(tmp).st_dev
         if dev not in synced:
-            _syncfs_or_fsync(s.tmp, [t.tmp for t in todo if os.stat(t.tmp).st_dev == dev])
+            _syncfs_or_fsync(tmp, [t for _, t in todo if os.stat(t).st_dev == dev])
             synced.add(dev)
-    for s in todo:
-        os.rename(s.tmp, os.path.join(s.newdir, s.name))
-    fsync_dirs({s.newdir for s in todo})
+    for s, tmp in todo:
+        os.rename(tmp, os.path.join(s.newdir, s.name))
+    fsync_dirs({s.newdir for s, _ in todo})
 
 
 def _syncfs_or_fsync(probe: str, paths: list[str]) -> None:
@@ -187,7 +189,3 @@ def smtp_forward_message(c: CampaignConfig, raw: bytes, channel_address: str) ->
     return NewMessage(sender=c.sender or channel_address or "", recipients=[c.forward_to], body=raw,
                       client_ip="", client_helo="poller", auth_user=None)
 
-
-def enqueue_in(conn, spool: Spool, msg: NewMessage) -> str:
-    """The spool insert, run inside the caller's write transaction (atomic with the inbound status)."""
-    return spool._enqueue(conn, msg, time.time(), "poller")

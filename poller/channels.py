@@ -1,20 +1,19 @@
-"""Channels and campaigns in the database: validation on save, seeds from the config, redacted views.
+"""Channels and campaigns as the poller sees them (``ChannelConfig`` / ``CampaignConfig``) over the store's
+records (``store.inbound``): validation on save, seeds from the config, redacted views.
 
-Functions take a sqlite3 connection (run them inside ``db.write`` / ``db.read``). A channel's settings
-are stored as JSON of ``ChannelConfig`` (secrets included, the database is the secret store); every
-function meant for display returns them with secrets replaced by ``"***"``.
+A channel's settings are stored as the fields of its ``ChannelConfig`` (secrets included, the database is
+the secret store); every function meant for display returns them with secrets replaced by ``"***"``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import sqlite3
-import time
-from typing import Any
+import re
+from typing import Any, Sequence
 
 from poller.config import CampaignConfig, ChannelConfig, FilterConfig
 from relay.configtypes import build
+from store.inbound import Campaign, Channel, Filter, InboundStore
 
 SECRET_FIELDS = ("password", "oauth2_client_secret", "oauth2_refresh_token")
 _TRIM = ("host", "user", "address", "server_name", "oauth2_token_url", "oauth2_client_id",
@@ -33,39 +32,56 @@ def normalize(ch: ChannelConfig) -> ChannelConfig:
 
 def check(ch: ChannelConfig, campaigns: set[str]) -> None:
     """Static checks (the server-side ones, e.g. the storage folder exists, are in validate)."""
-    if ch.protocol not in ("imap", "pop3"):
-        raise ChannelError(f"channel {ch.name}: protocol must be imap or pop3")
-    if ch.tls not in ("implicit", "starttls", "none"):
-        raise ChannelError(f"channel {ch.name}: tls must be implicit, starttls or none")
-    if ch.auth not in ("password", "oauth2"):
-        raise ChannelError(f"channel {ch.name}: auth must be password or oauth2")
+    problem = _connection_problem(ch) or _action_problem(ch) or _routing_problem(ch, campaigns)
+    if problem:
+        raise ChannelError(f"channel {ch.name}: {problem}")
+
+
+_CHOICES = (("protocol", ("imap", "pop3"), "protocol must be imap or pop3"),
+            ("tls", ("implicit", "starttls", "none"), "tls must be implicit, starttls or none"),
+            ("auth", ("password", "oauth2"), "auth must be password or oauth2"))
+
+
+def _connection_problem(ch: ChannelConfig) -> str | None:
+    for name, allowed, problem in _CHOICES:
+        if getattr(ch, name) not in allowed:
+            return problem
     if ch.auth == "oauth2" and not (ch.oauth2_token_url and ch.oauth2_client_id):
-        raise ChannelError(f"channel {ch.name}: oauth2 needs oauth2_token_url and oauth2_client_id")
+        return "oauth2 needs oauth2_token_url and oauth2_client_id"
+    return None
+
+
+def _action_problem(ch: ChannelConfig) -> str | None:
     if ch.after not in ("seen", "move", "delete"):
-        raise ChannelError(f"channel {ch.name}: after must be seen, move or delete")
-    if ch.after == "move":
-        if not ch.storage_folder:
-            raise ChannelError(f"channel {ch.name}: after = move needs storage_folder")
-        if ch.storage_folder == ch.folder:
-            raise ChannelError(f"channel {ch.name}: storage_folder must differ from the source folder")
-        if ch.protocol == "pop3":
-            raise ChannelError(f"channel {ch.name}: POP3 has no folders; use after = delete or seen")
+        return "after must be seen, move or delete"
+    if ch.after != "move":
+        return None
+    if not ch.storage_folder:
+        return "after = move needs storage_folder"
+    if ch.storage_folder == ch.folder:
+        return "storage_folder must differ from the source folder"
+    if ch.protocol == "pop3":
+        return "POP3 has no folders; use after = delete or seen"
+    return None
+
+
+def _routing_problem(ch: ChannelConfig, campaigns: set[str]) -> str | None:
     if ch.purpose not in ("campaigns", "bounces"):
-        raise ChannelError(f"channel {ch.name}: purpose must be campaigns or bounces")
+        return "purpose must be campaigns or bounces"
     if ch.enabled and ch.purpose == "campaigns":
         if not ch.default_campaign:
-            raise ChannelError(f"channel {ch.name}: activation needs a default campaign")
+            return "activation needs a default campaign"
         if ch.default_campaign not in campaigns:
-            raise ChannelError(f"channel {ch.name}: unknown default campaign {ch.default_campaign!r}")
+            return f"unknown default campaign {ch.default_campaign!r}"
     for f in ch.filters:
         if f.campaign not in campaigns:
-            raise ChannelError(f"channel {ch.name}: filter targets unknown campaign {f.campaign!r}")
+            return f"filter targets unknown campaign {f.campaign!r}"
         if f.op == "regex":
-            import re
             try:
                 re.compile(f.value)
             except re.error as exc:
-                raise ChannelError(f"channel {ch.name}: bad regex {f.value!r}: {exc}") from None
+                return f"bad regex {f.value!r}: {exc}"
+    return None
 
 
 def default_port(ch: ChannelConfig) -> int:
@@ -76,85 +92,33 @@ def default_port(ch: ChannelConfig) -> int:
     return 995 if ch.tls == "implicit" else 110
 
 
-# ---- campaigns -----------------------------------------------------------------------------------
-def save_campaign(conn: sqlite3.Connection, c: CampaignConfig) -> None:
-    settings = {k: v for k, v in dataclasses.asdict(c).items() if k != "name"}
-    conn.execute("INSERT INTO campaigns(name, kind, settings, created_at) VALUES (?,?,?,?) ON CONFLICT(name)"
-                 " DO UPDATE SET kind=excluded.kind, settings=excluded.settings",
-                 (c.name.strip(), c.kind, json.dumps(settings), time.time()))
+# ---- records of the store <-> settings ---------------------------------------------------------------
+_NOT_SETTINGS = ("name", "enabled", "filters", "filters_ids")
 
 
-def get_campaign(conn: sqlite3.Connection, name: str) -> CampaignConfig | None:
-    row = conn.execute("SELECT name, kind, settings FROM campaigns WHERE name=?", (name,)).fetchone()
-    if row is None:
-        return None
-    data = json.loads(row["settings"])
-    data["name"], data["kind"] = row["name"], row["kind"]
-    return build(CampaignConfig, data, f"campaigns.{name}")
+def record_of(ch: ChannelConfig) -> Channel:
+    settings = {k: v for k, v in dataclasses.asdict(ch).items() if k not in _NOT_SETTINGS}
+    return Channel(name=ch.name, settings=settings, enabled=ch.enabled,
+                   filters=tuple(Filter(f.field, f.op, f.value, f.campaign) for f in ch.filters))
 
 
-def list_campaigns(conn: sqlite3.Connection) -> list[dict]:
-    out = []
-    for row in conn.execute("SELECT name, kind, settings FROM campaigns ORDER BY name"):
-        data = json.loads(row["settings"])
-        if data.get("secret"):
-            data["secret"] = "***"
-        out.append({"name": row["name"], "kind": row["kind"], **data})
-    return out
+def config_of(rec: Channel) -> ChannelConfig:
+    data = {k: v for k, v in rec.settings.items() if k not in _NOT_SETTINGS}
+    data.update(name=rec.name, enabled=rec.enabled, filters=[
+        {"field": f.field, "op": f.op, "value": f.value, "campaign": f.campaign} for f in rec.filters])
+    return build(ChannelConfig, data, f"channels.{rec.name}")
 
 
-def delete_campaign(conn: sqlite3.Connection, name: str) -> bool:
-    used = conn.execute("SELECT COUNT(*) FROM filters WHERE campaign=?", (name,)).fetchone()[0]
-    for row in conn.execute("SELECT name, settings FROM channels"):
-        if json.loads(row["settings"]).get("default_campaign") == name:
-            used += 1
-    if used:
-        raise ChannelError(f"campaign {name} is still used by channels or filters")
-    return conn.execute("DELETE FROM campaigns WHERE name=?", (name,)).rowcount > 0
+def campaign_record(c: CampaignConfig) -> Campaign:
+    settings = {k: v for k, v in dataclasses.asdict(c).items() if k not in ("name", "kind")}
+    return Campaign(name=c.name.strip(), kind=c.kind, settings=settings)
 
 
-# ---- channels ------------------------------------------------------------------------------------
-def save_channel(conn: sqlite3.Connection, ch: ChannelConfig) -> ChannelConfig:
-    ch = normalize(ch)
-    campaigns = {r[0] for r in conn.execute("SELECT name FROM campaigns")}
-    check(ch, campaigns)
-    settings = dataclasses.asdict(ch)
-    filters = settings.pop("filters")
-    old = conn.execute("SELECT settings FROM channels WHERE name=?", (ch.name,)).fetchone()
-    if old is not None and json.loads(old[0]).get("oauth2_refresh_token") != ch.oauth2_refresh_token:
-        # an admin gave a new refresh token (re-consent): it replaces the one rotated since
-        conn.execute("UPDATE channels SET oauth_refresh=NULL WHERE name=?", (ch.name,))
-    conn.execute("INSERT INTO channels(name, settings, enabled, created_at) VALUES (?,?,?,?) ON CONFLICT(name)"
-                 " DO UPDATE SET settings=excluded.settings, enabled=excluded.enabled",
-                 (ch.name, json.dumps(settings), int(ch.enabled), time.time()))
-    conn.execute("DELETE FROM filters WHERE channel=?", (ch.name,))
-    for pos, f in enumerate(filters):
-        conn.execute("INSERT INTO filters(channel, position, field, op, value, campaign) VALUES (?,?,?,?,?,?)",
-                     (ch.name, pos, f["field"], f["op"], f["value"], f["campaign"]))
-    return ch
+def campaign_config(rec: Campaign) -> CampaignConfig:
+    return build(CampaignConfig, rec.as_dict(), f"campaigns.{rec.name}")
 
 
-def get_channel(conn: sqlite3.Connection, name: str) -> ChannelConfig | None:
-    row = conn.execute("SELECT settings FROM channels WHERE name=?", (name,)).fetchone()
-    if row is None:
-        return None
-    data = json.loads(row["settings"])
-    data["filters"] = [
-        {"field": f["field"], "op": f["op"], "value": f["value"], "campaign": f["campaign"]}
-        for f in conn.execute("SELECT * FROM filters WHERE channel=? ORDER BY position", (name,))]
-    data.pop("filters_ids", None)
-    return build(ChannelConfig, data, f"channels.{name}")
-
-
-def filter_ids(conn: sqlite3.Connection, name: str) -> list[int]:
-    return [r[0] for r in conn.execute("SELECT id FROM filters WHERE channel=? ORDER BY position", (name,))]
-
-
-def channel_names(conn: sqlite3.Connection, enabled_only: bool = False) -> list[str]:
-    q = "SELECT name FROM channels" + (" WHERE enabled=1" if enabled_only else "") + " ORDER BY name"
-    return [r[0] for r in conn.execute(q)]
-
-
+# ---- views ---------------------------------------------------------------------------------------
 def redacted(ch: ChannelConfig) -> dict[str, Any]:
     d = dataclasses.asdict(ch)
     for k in SECRET_FIELDS:
@@ -163,27 +127,56 @@ def redacted(ch: ChannelConfig) -> dict[str, Any]:
     return d
 
 
-def list_channels(conn: sqlite3.Connection) -> list[dict]:
-    out = []
-    for name in channel_names(conn):
-        ch = get_channel(conn, name)
-        row = conn.execute("SELECT last_poll_at, last_success_at, last_error, fetched, routed, quarantined"
-                           " FROM channels WHERE name=?", (name,)).fetchone()
-        out.append({**redacted(ch), **dict(row)})
-    return out
+def channel_view(rec: Channel) -> dict[str, Any]:
+    """Settings (secrets as ``***``), filters, poll status and counters."""
+    return {**redacted(config_of(rec)), **rec.status()}
 
 
-def delete_channel(conn: sqlite3.Connection, name: str) -> bool:
-    conn.execute("DELETE FROM checkpoints WHERE channel=?", (name,))
-    return conn.execute("DELETE FROM channels WHERE name=?", (name,)).rowcount > 0
+def campaign_view(rec: Campaign) -> dict[str, Any]:
+    data = rec.as_dict()
+    if data.get("secret"):
+        data["secret"] = "***"
+    return data
 
 
-def seed(conn: sqlite3.Connection, campaigns: list[CampaignConfig], channels: list[ChannelConfig]) -> None:
-    """Config seeds: campaigns first (channels refer to them), then channels. Existing rows are updated."""
-    for c in campaigns:
-        save_campaign(conn, c)
-    for ch in channels:
-        save_channel(conn, ch)
+# ---- channels and campaigns in the store -----------------------------------------------------------------
+async def save_channel(inbound: InboundStore, ch: ChannelConfig) -> ChannelConfig:
+    """Normalize, check against the stored campaigns (in the saving transaction) and save; raises
+    ``ChannelError``."""
+    ch = normalize(ch)
+    await inbound.save_channel(record_of(ch), lambda _rec, names: check(ch, set(names)))
+    return ch
+
+
+async def get_channel(inbound: InboundStore, name: str) -> ChannelConfig | None:
+    rec = await inbound.channel(name)
+    return None if rec is None else config_of(rec)
+
+
+async def list_channels(inbound: InboundStore) -> list[dict[str, Any]]:
+    return [channel_view(rec) for rec in await inbound.channels()]
+
+
+async def save_campaign(inbound: InboundStore, c: CampaignConfig) -> None:
+    await inbound.save_campaign(campaign_record(c))
+
+
+async def get_campaign(inbound: InboundStore, name: str) -> CampaignConfig | None:
+    rec = await inbound.campaign(name)
+    return None if rec is None else campaign_config(rec)
+
+
+async def list_campaigns(inbound: InboundStore) -> list[dict[str, Any]]:
+    return [campaign_view(rec) for rec in await inbound.campaigns()]
+
+
+async def seed(inbound: InboundStore, campaigns: Sequence[CampaignConfig],
+               channels: Sequence[ChannelConfig]) -> None:
+    """Config seeds, in one transaction: campaigns first (channels refer to them), then channels. Existing
+    ones are updated; one channel that does not pass ``check`` saves nothing (``ChannelError``)."""
+    configs = {ch.name: ch for ch in (normalize(c) for c in channels)}
+    await inbound.seed([campaign_record(c) for c in campaigns], [record_of(ch) for ch in configs.values()],
+                       lambda rec, names: check(configs[rec.name], set(names)))
 
 
 def filter_from_dict(d: dict) -> FilterConfig:

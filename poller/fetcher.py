@@ -1,8 +1,9 @@
 """One poll of one channel: fetch what is new, store it durably, deliver it, then act on the mailbox.
 
 IMAP: the checkpoint is (channel, folder, UIDVALIDITY, last UID). New mail is ``UID FETCH last+1:*
-(RFC822.SIZE)`` (too large: quarantined unfetched), fetched in batches cut by count and bytes with ``BODY.PEEK[]`` (never setting \\Seen, never relying on it: mail a person already read in
-another client is still fetched), stored together with the checkpoint move in one transaction, and only
+(RFC822.SIZE)`` (too large: quarantined unfetched), fetched in batches cut by count and bytes with
+``BODY.PEEK[]`` (never setting \\Seen, never relying on it: mail a person already read in another client
+is still fetched), stored together with the checkpoint move in one transaction, and only
 then handed to the campaign; \\Seen/move/delete happens after the campaign accepted. A UIDVALIDITY change
 restarts from UID 0 and drops messages already stored under an older UIDVALIDITY of the folder (same
 Message-ID and content hash); that check runs on every fetch, so a crash in the middle of a resync cannot
@@ -12,6 +13,9 @@ accepted.
 Crash windows: killed after the store but before delivery -> delivered on restart (same idempotency key);
 after delivery but before the status update -> delivered again with the same key (the target dedupes); after
 delivery but before the mailbox action -> the action is done on restart. Nothing fetched is lost.
+
+The campaign step (``Deliver``) answers with an ``Accepted`` (or None): the acceptance to record, the
+Maildir file to publish before recording it, and whether to record it at once or with its batch.
 """
 
 from __future__ import annotations
@@ -21,17 +25,29 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
-from poller import campaigns, store
+from poller import campaigns
 from poller.config import ChannelConfig, PollerConfig
 from poller.imap import IMAPSession, MailboxError, uid_set
 from poller.pop3 import POP3Session
 from poller.router import MessageView, addressed_to
+from store.inbound import DELIVERED, NOT_ADDRESSED, RECEIVED, Delivery, Fetched, InboundMessage, InboundStore
 
 log = logging.getLogger("poller")
 
-# deliver(channel, inbound id, raw) -> a function that records the acceptance (run in the batch's write
-# transaction), or None when the campaign did not accept (already recorded as a failure)
-Deliver = Callable[[ChannelConfig, int, bytes], Awaitable[Callable[[Any], None] | None]]
+
+@dataclass(frozen=True)
+class Accepted:
+    """A campaign accepted a stored message: the acceptance to record, and how to record it."""
+
+    delivery: Delivery
+    staged: campaigns.Staged | None = None   # a Maildir file: published (synced, renamed) before the commit
+    record_now: bool = False                 # commit at once, not with the batch (webhook: a crash re-POSTs
+                                             # the one message in flight, not a whole batch)
+
+
+# deliver(channel, inbound id, raw) -> Accepted, or None when the campaign did not accept (the failure is
+# already recorded)
+Deliver = Callable[[ChannelConfig, int, bytes], Awaitable[Accepted | None]]
 
 
 @dataclass
@@ -42,7 +58,7 @@ class PollResult:
     errors: list[str] = field(default_factory=list)
 
 
-FETCH_BYTES = 16_000_000      # a UID FETCH asks for at most this much (and at most poller.fetch_batch messages)
+FETCH_BYTES = 16_000_000      # a UID FETCH asks for at most this much (and at most poller.fetch_batch msgs)
 
 
 def batches(sizes: dict[int, int], count: int, max_bytes: int) -> list[list[int]]:
@@ -61,11 +77,35 @@ def batches(sizes: dict[int, int], count: int, max_bytes: int) -> list[list[int]
     return out
 
 
+def message_id_of(raw: bytes) -> str | None:
+    """The Message-ID header (unfolded), read without parsing the message."""
+    head = raw[:65536].split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
+    lines = head.replace(b"\r\n", b"\n").split(b"\n")
+    for i, line in enumerate(lines):
+        if line[:11].lower() == b"message-id:":
+            value = line[11:]
+            for cont in lines[i + 1:]:
+                if cont[:1] not in (b" ", b"\t"):
+                    break
+                value += cont
+            return value.strip().decode("utf-8", "replace") or None
+    return None
+
+
+def fetched(uid: str, raw: bytes | None, skip: str | None = None) -> Fetched:
+    return Fetched(uid, raw, skip, message_id_of(raw) if raw else None)
+
+
+def _too_large(size: int, pcfg: PollerConfig) -> str:
+    return (f"message of {size} bytes is larger than poller.max_message_size ({pcfg.max_message_size});"
+            " not fetched")
+
+
 def skip_reason(ch: ChannelConfig, raw: bytes, pcfg: PollerConfig) -> str | None:
     if ch.recipient_only and ch.address:
         try:
             if not addressed_to(MessageView(raw), ch.address):
-                return "not-addressed"
+                return NOT_ADDRESSED
         except Exception:  # noqa: BLE001 - unparsable: let the delivery step quarantine it with the reason
             return None
     return None
@@ -89,44 +129,42 @@ async def imap_folders(session: IMAPSession, ch: ChannelConfig) -> list[str]:
     return out
 
 
-async def fetch_imap_folder(db, session: IMAPSession, ch: ChannelConfig, folder: str, pcfg: PollerConfig,
-                            result: PollResult, after_batch: Callable[[], Awaitable[None]] | None = None) -> None:
+async def fetch_imap_folder(inbound: InboundStore, session: IMAPSession, ch: ChannelConfig, folder: str,
+                            pcfg: PollerConfig, result: PollResult,
+                            after_batch: Callable[[], Awaitable[None]] | None = None) -> None:
     """Fetch what is new in ``folder`` batch by batch; each batch is stored (with the checkpoint) and then
     ``after_batch`` delivers it, so a big backlog flows to the campaign while it is still being fetched."""
     uidvalidity = await session.select(folder)
-    cp = await db.read(lambda c: store.checkpoint(c, ch.name, folder))
+    cp = await inbound.checkpoint(ch.name, folder)
     last_uid = 0
     if cp is not None:
-        if cp[0] == uidvalidity:
-            last_uid = cp[1]
+        if cp.uidvalidity == uidvalidity:
+            last_uid = cp.last_uid
         else:
             log.warning("channel %s folder %s: UIDVALIDITY changed %s -> %s; resyncing with dedupe",
-                        ch.name, folder, cp[0], uidvalidity)
+                        ch.name, folder, cp.uidvalidity, uidvalidity)
     sizes = await session.sizes_after(last_uid)
     if not sizes and cp is None:
-        await db.write(lambda c: store.set_checkpoint(c, ch.name, folder, uidvalidity, 0))
+        await inbound.set_checkpoint(ch.name, folder, uidvalidity, 0)
     for batch in batches(sizes, pcfg.fetch_batch, FETCH_BYTES):
         wanted = [u for u in batch if sizes[u] <= pcfg.max_message_size]
         if await session.ensure_selected(folder) != uidvalidity:      # after_batch may have selected another
             raise MailboxError(f"{folder}: UIDVALIDITY changed during the fetch")
         raws = await session.fetch(wanted)
-        items = []
+        items: list[Fetched] = []
         for uid in batch:
             if sizes[uid] > pcfg.max_message_size:
-                items.append((str(uid), None, f"message of {sizes[uid]} bytes is larger than"
-                                              f" poller.max_message_size ({pcfg.max_message_size}); not fetched"))
+                items.append(fetched(str(uid), None, _too_large(sizes[uid], pcfg)))
                 continue
             raw = raws.get(uid)
             if raw is None:
                 continue            # expunged meanwhile
             reason = skip_reason(ch, raw, pcfg)
-            if reason == "not-addressed":
+            if reason == NOT_ADDRESSED:
                 result.skipped += 1
                 continue
-            items.append((str(uid), raw, None))
-        top = batch[-1]
-        await db.write(lambda c, items=items, top=top: store.store_fetched(
-            c, ch.name, folder, uidvalidity, items, top, True))
+            items.append(fetched(str(uid), raw))
+        await inbound.store_fetched(ch.name, folder, uidvalidity, items, last_uid=batch[-1], dedupe=True)
         result.fetched += len(items)
         if after_batch is not None:
             await after_batch()
@@ -143,123 +181,133 @@ async def imap_actions(session: IMAPSession, ch: ChannelConfig, folder: str, uid
         await session.mark_seen(uid_set(uids))
 
 
-async def process_pending(db, ch: ChannelConfig, deliver: Deliver, act: Callable[[list[dict]], Awaitable[list]],
+Act = Callable[[list[InboundMessage]], Awaitable[list[InboundMessage]]]
+
+
+async def process_pending(inbound: InboundStore, ch: ChannelConfig, deliver: Deliver, act: Act,
                           result: PollResult, now: float, flush: Callable[[], Awaitable[None]],
                           parallel: int = 1) -> None:
-    """Deliver stored rows to their campaign, then act on the mailbox, in batches: up to ``parallel``
-    deliveries run at once; each batch's campaign results commit in one transaction (after ``flush`` made
-    the targets durable, e.g. Maildir directory fsync), and its mailbox actions go out as one command per
+    """Deliver stored messages to their campaign, then act on the mailbox, in batches: up to ``parallel``
+    deliveries run at once; each batch's acceptances commit in one transaction (after ``flush`` made the
+    targets durable, e.g. Maildir directory fsync), and its mailbox actions go out as one command per
     folder. Slow targets (webhooks) record each acceptance at once, so a crash repeats only what was in
     flight."""
     seen: set[int] = set()
     sem = asyncio.Semaphore(max(1, parallel))
+
+    async def one(row: InboundMessage) -> Accepted | None:
+        async with sem:               # at most `parallel` message bodies in memory
+            raw = await inbound.raw(row.id)
+            if raw is None:
+                return None
+            accepted = await deliver(ch, row.id, raw)
+            if accepted is not None and accepted.record_now:
+                await inbound.mark_delivered([accepted.delivery])
+            return accepted
+
     while True:
-        rows = [r for r in await db.read(lambda c: store.pending(c, ch.name, now, limit=100)) if r["id"] not in seen]
+        rows = [r for r in await inbound.pending(ch.name, now, limit=100) if r.id not in seen]
         if not rows:
             return
-        seen.update(r["id"] for r in rows)
-
-        async def one(row: dict):
-            async with sem:           # at most `parallel` message bodies in memory
-                raw = await db.read(lambda c: store.raw_of(c, row["id"]))
-                if raw is None:
-                    return None
-                commit = await deliver(ch, row["id"], raw)
-                if commit is not None and getattr(commit, "immediate", False):
-                    await db.write(commit)
-                    return "recorded"
-                return commit
-
-        delivering = [r for r in rows if r["status"] == "received"]
+        seen.update(r.id for r in rows)
+        delivering = [r for r in rows if r.status == RECEIVED]
         outcomes = await asyncio.gather(*(one(r) for r in delivering))
-        commits = [c for c in outcomes if c is not None and c != "recorded"]
-        result.delivered += sum(1 for c in outcomes if c is not None)
-        to_act = [r for r in rows if r["status"] == "delivered"]
-        to_act += [r for r, c in zip(delivering, outcomes, strict=True) if c is not None]
-        if commits:
-            staged = [fn.staged for fn in commits if getattr(fn, "staged", None) is not None]
-            try:
-                if staged:                  # Maildir files: synced and renamed into new/ before the commit
-                    await asyncio.to_thread(campaigns.publish_maildir, staged)
-                await flush()
-            except OSError as exc:
-                result.errors.append(f"maildir: {exc}")
-                commits = []                # not accepted: delivered again next time (same file names)
-            if commits:
-                await db.write(lambda c, commits=commits: [fn(c) for fn in commits])
+        batch = [a for a in outcomes if a is not None and not a.record_now]
+        committed = await _record(inbound, batch, flush, result) if batch else True
+        accepted = [r for r, a in zip(delivering, outcomes, strict=True)
+                    if a is not None and (committed or a.record_now)]
+        result.delivered += len(accepted)
+        to_act = [r for r in rows if r.status == DELIVERED] + accepted
         if to_act:
             try:
                 done = await act(to_act)
             except MailboxError as exc:
                 result.errors.append(f"mailbox action: {exc}")
                 done = []
-            if done:
-                await db.write(lambda c, done=done: [store.mark_done(c, r["id"]) for r in done])
+            await inbound.mark_done([r.id for r in done])
+
+
+async def _record(inbound: InboundStore, batch: list[Accepted], flush: Callable[[], Awaitable[None]],
+                  result: PollResult) -> bool:
+    """Make a batch's targets durable (Maildir files synced and renamed into new/), then commit its
+    acceptances together. False when the targets could not be made durable: nothing recorded, the
+    messages are delivered again next time (under the same file names)."""
+    staged = [a.staged for a in batch if a.staged is not None]
+    try:
+        if staged:
+            await asyncio.to_thread(campaigns.publish_maildir, staged)
+        await flush()
+    except OSError as exc:
+        result.errors.append(f"maildir: {exc}")
+        return False
+    await inbound.mark_delivered([a.delivery for a in batch])
+    return True
 
 
 async def _no_flush() -> None:
     return None
 
 
-async def poll_imap(db, session: IMAPSession, ch: ChannelConfig, pcfg: PollerConfig, deliver: Deliver,
-                    now: float, flush: Callable[[], Awaitable[None]] = _no_flush) -> PollResult:
+async def poll_imap(inbound: InboundStore, session: IMAPSession, ch: ChannelConfig, pcfg: PollerConfig,
+                    deliver: Deliver, now: float,
+                    flush: Callable[[], Awaitable[None]] = _no_flush) -> PollResult:
     result = PollResult()
 
-    async def act(rows: list[dict]) -> list[dict]:
-        done: list[dict] = []
-        by_folder: dict[str, list[dict]] = {}
+    async def act(rows: list[InboundMessage]) -> list[InboundMessage]:
+        done: list[InboundMessage] = []
+        by_folder: dict[str, list[InboundMessage]] = {}
         for row in rows:
-            by_folder.setdefault(row["folder"], []).append(row)
+            by_folder.setdefault(row.folder, []).append(row)
         for folder, items in by_folder.items():
-            cp = await db.read(lambda c, f=folder: store.checkpoint(c, ch.name, f))
-            current = [r for r in items if cp is not None and cp[0] == r["uidvalidity"]]
+            cp = await inbound.checkpoint(ch.name, folder)
+            current = [r for r in items if cp is not None and cp.uidvalidity == r.uidvalidity]
             if current:
-                await imap_actions(session, ch, folder, [int(r["uid"]) for r in current])
-            done += items         # rows of an old UIDVALIDITY: the server renumbered them, nothing to do
+                await imap_actions(session, ch, folder, [int(r.uid) for r in current])
+            done += items         # messages of an old UIDVALIDITY: the server renumbered them, nothing to do
         return done
 
     async def deliver_stored() -> None:
-        await process_pending(db, ch, deliver, act, result, now, flush, pcfg.parallel_deliveries)
+        await process_pending(inbound, ch, deliver, act, result, now, flush, pcfg.parallel_deliveries)
 
     for folder in await imap_folders(session, ch):
-        await fetch_imap_folder(db, session, ch, folder, pcfg, result, deliver_stored)
-    await deliver_stored()             # retries that are due, and rows left by a crash
+        await fetch_imap_folder(inbound, session, ch, folder, pcfg, result, deliver_stored)
+    await deliver_stored()             # retries that are due, and messages left by a crash
     return result
 
 
-async def poll_pop3(db, session: POP3Session, ch: ChannelConfig, pcfg: PollerConfig, deliver: Deliver,
-                    now: float, flush: Callable[[], Awaitable[None]] = _no_flush) -> PollResult:
+async def poll_pop3(inbound: InboundStore, session: POP3Session, ch: ChannelConfig, pcfg: PollerConfig,
+                    deliver: Deliver, now: float,
+                    flush: Callable[[], Awaitable[None]] = _no_flush) -> PollResult:
     """UIDL tells what is new; messages are RETRieved and stored ``fetch_batch`` at a time (one commit),
     each batch delivered before the next is fetched; DELE only after acceptance (committed at QUIT)."""
     result = PollResult()
     listing = await session.uidl()
-    known = await db.read(lambda c: store.seen_uidls(c, ch.name))
+    known = await inbound.seen_uidls(ch.name)
     sizes = await session.sizes() if any(u not in known for u in listing) else {}
 
-    async def act(rows: list[dict]) -> list[dict]:
+    async def act(rows: list[InboundMessage]) -> list[InboundMessage]:
         for row in rows:
-            if ch.after == "delete" and row["uid"] in listing:
-                await session.dele(listing[row["uid"]])
+            if ch.after == "delete" and row.uid in listing:
+                await session.dele(listing[row.uid])
         return rows
 
-    async def store_and_deliver(items: list) -> None:
-        await db.write(lambda c: store.store_fetched(c, ch.name, "POP3", 0, items, None, False))
-        await process_pending(db, ch, deliver, act, result, now, flush, pcfg.parallel_deliveries)
+    async def store_and_deliver(items: list[Fetched]) -> None:
+        await inbound.store_fetched(ch.name, "POP3", 0, items)
+        await process_pending(inbound, ch, deliver, act, result, now, flush, pcfg.parallel_deliveries)
 
-    items: list[tuple[str, bytes | None, str | None]] = []
+    items: list[Fetched] = []
     for uidl, num in listing.items():
         if uidl in known:
             continue
         if sizes.get(num, 0) > pcfg.max_message_size:
-            items.append((uidl, None, f"message of {sizes[num]} bytes is larger than poller.max_message_size"
-                                      f" ({pcfg.max_message_size}); not fetched"))
+            items.append(fetched(uidl, None, _too_large(sizes[num], pcfg)))
             continue
         raw = await session.retr(num)
-        if skip_reason(ch, raw, pcfg) == "not-addressed":
+        if skip_reason(ch, raw, pcfg) == NOT_ADDRESSED:
             result.skipped += 1
-            items.append((uidl, None, "not-addressed"))
+            items.append(fetched(uidl, None, NOT_ADDRESSED))
         else:
-            items.append((uidl, raw, None))
+            items.append(fetched(uidl, raw))
             result.fetched += 1
         if len(items) >= pcfg.fetch_batch:
             await store_and_deliver(items)
@@ -268,14 +316,15 @@ async def poll_pop3(db, session: POP3Session, ch: ChannelConfig, pcfg: PollerCon
     return result
 
 
-async def run_once(db, ch: ChannelConfig, pcfg: PollerConfig, deliver: Deliver, connect, now: float,
+async def run_once(inbound: InboundStore, ch: ChannelConfig, pcfg: PollerConfig, deliver: Deliver,
+                   connect: Callable[[ChannelConfig], Awaitable[Any]], now: float,
                    flush: Callable[[], Awaitable[None]] = _no_flush) -> PollResult:
     """Connect, poll, disconnect (POP3 commits DELE only at QUIT)."""
     session = await connect(ch)
     try:
         if ch.protocol == "pop3":
-            return await poll_pop3(db, session, ch, pcfg, deliver, now, flush)
-        return await poll_imap(db, session, ch, pcfg, deliver, now, flush)
+            return await poll_pop3(inbound, session, ch, pcfg, deliver, now, flush)
+        return await poll_imap(inbound, session, ch, pcfg, deliver, now, flush)
     finally:
         await session.logout()
 

@@ -12,6 +12,7 @@ import base64
 import json
 import re
 import ssl
+from typing import Any
 
 import aioimaplib
 from aioimaplib.aioimaplib import Command
@@ -35,12 +36,13 @@ def tls_context(verify: bool, ca_file: str = "") -> ssl.SSLContext:
     return ctx
 
 
-def _text(resp) -> str:
-    lines = [ln.decode("utf-8", "replace") if isinstance(ln, (bytes, bytearray)) else str(ln) for ln in resp.lines]
-    return " ".join(x for x in lines if x).strip() or resp.result
+def _text(resp: Any) -> str:
+    lines = [ln.decode("utf-8", "replace") if isinstance(ln, (bytes, bytearray)) else str(ln)
+             for ln in resp.lines]
+    return " ".join(x for x in lines if x).strip() or str(resp.result)
 
 
-def _ok(resp, what: str):
+def _ok(resp: Any, what: str) -> Any:
     if resp.result != "OK":
         raise MailboxError(f"{what}: {resp.result} {_text(resp)}")
     return resp
@@ -58,14 +60,22 @@ class MailServer:
 
 
 class IMAPSession(MailServer):
-    def __init__(self, host: str, port: int, **kw):
+    def __init__(self, host: str, port: int, **kw: Any):
         super().__init__(host, port, **kw)
         self.client: aioimaplib.IMAP4 | None = None
+        self.selected: tuple[str, int] | None = None     # (folder, UIDVALIDITY)
         self.lost = asyncio.Event()
         self.in_idle = False
 
+    @property
+    def _c(self) -> Any:
+        """The connected aioimaplib client."""
+        if self.client is None:
+            raise MailboxError(f"{self.host}: not connected")
+        return self.client
+
     async def connect(self) -> None:
-        def lost(_exc=None):
+        def lost(_exc: Exception | None = None) -> None:
             self.lost.set()
 
         try:
@@ -74,15 +84,18 @@ class IMAPSession(MailServer):
                                                ssl_context=self.ctx)
             else:
                 self.client = aioimaplib.IMAP4(self.host, self.port, timeout=self.timeout, conn_lost_cb=lost)
-            await self.client.wait_hello_from_server()
+            await self._c.wait_hello_from_server()
             if self.tls == "starttls":
                 await self._starttls()
-            await self._w(self.client.protocol.capability())
+            await self._w(self._c.protocol.capability())
         except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
-            raise MailboxError(f"cannot connect to {self.host}:{self.port}: {exc or type(exc).__name__}") from exc
+            raise MailboxError(f"cannot connect to {self.host}:{self.port}:"
+                               f" {exc or type(exc).__name__}") from exc
 
     async def _starttls(self) -> None:
-        proto = self.client.protocol
+        proto = self._c.protocol
+        if self.ctx is None:
+            raise MailboxError("STARTTLS without a TLS context")
         await self._w(proto.capability())
         if "STARTTLS" not in proto.capabilities:
             raise MailboxError(f"{self.host} does not offer STARTTLS")
@@ -92,7 +105,7 @@ class IMAPSession(MailServer):
         transport = await loop.start_tls(proto.transport, proto, self.ctx, server_hostname=self.server_name)
         proto.transport = transport
 
-    async def _w(self, coro, timeout: float | None = None):
+    async def _w(self, coro: Any, timeout: float | None = None) -> Any:
         """Await an aioimaplib call with a deadline. Not wait_for(): on timeout it waits for the cancelled
         call to finish, and a call stuck on a dead server may never do so (seen in IDLE)."""
         limit = timeout or self.timeout
@@ -109,18 +122,18 @@ class IMAPSession(MailServer):
 
     @property
     def capabilities(self) -> set[str]:
-        return set(self.client.protocol.capabilities) if self.client else set()
+        return set(self.client.protocol.capabilities) if self.client is not None else set()
 
     async def login(self, user: str, password: str) -> None:
-        resp = await self._w(self.client.login(user, password))
+        resp = await self._w(self._c.login(user, password))
         _ok(resp, "login failed")
-        await self._w(self.client.protocol.capability())
+        await self._w(self._c.protocol.capability())
 
     async def xoauth2(self, user: str, token: str) -> None:
         """AUTHENTICATE XOAUTH2 with an initial response. A refusal comes as a continuation carrying a JSON
         error, which the client must answer with an empty line before the tagged NO (aioimaplib's own
         ``xoauth2`` does not, and waits for ever)."""
-        proto = self.client.protocol
+        proto = self._c.protocol
         blob = base64.b64encode(f"user={user}\x01auth=Bearer {token}\x01\x01".encode()).decode()
         cmd = _SaslCommand("AUTHENTICATE", proto.new_tag(), "XOAUTH2", blob, loop=proto.loop)
         cmd.transport = proto.transport
@@ -137,7 +150,7 @@ class IMAPSession(MailServer):
         """Select ``folder`` (always a real SELECT: that is how a UIDVALIDITY change is seen); returns its
         UIDVALIDITY."""
         self.selected = None
-        resp = _ok(await self._w(self.client.select(_quote(folder))), f"cannot select {folder}")
+        resp = _ok(await self._w(self._c.select(_quote(folder))), f"cannot select {folder}")
         for line in resp.lines:
             m = _UIDVALIDITY.search(bytes(line)) if isinstance(line, (bytes, bytearray)) else None
             if m:
@@ -153,8 +166,8 @@ class IMAPSession(MailServer):
         return await self.select(folder)
 
     async def folders(self) -> list[tuple[str, set[str]]]:
-        resp = _ok(await self._w(self.client.list('""', "*")), "LIST")
-        out = []
+        resp = _ok(await self._w(self._c.list('""', "*")), "LIST")
+        out: list[tuple[str, set[str]]] = []
         for line in resp.lines:
             if not isinstance(line, (bytes, bytearray)):
                 continue
@@ -169,7 +182,7 @@ class IMAPSession(MailServer):
         return out
 
     async def uids_after(self, last_uid: int) -> list[int]:
-        resp = _ok(await self._w(self.client.uid_search(f"UID {last_uid + 1}:*", charset=None)), "UID SEARCH")
+        resp = _ok(await self._w(self._c.uid_search(f"UID {last_uid + 1}:*", charset=None)), "UID SEARCH")
         uids = []
         for line in resp.lines:
             if not isinstance(line, (bytes, bytearray)):
@@ -191,7 +204,8 @@ class IMAPSession(MailServer):
         out: dict[int, int] = {}
         for i in range(0, len(uids), SIZE_CHUNK):
             chunk = uid_set(uids[i:i + SIZE_CHUNK])
-            resp = _ok(await self._w(self.client.uid("fetch", chunk, "(UID RFC822.SIZE)")), "UID FETCH RFC822.SIZE")
+            resp = _ok(await self._w(self._c.uid("fetch", chunk, "(UID RFC822.SIZE)")),
+                       "UID FETCH RFC822.SIZE")
             for line in resp.lines:
                 if not isinstance(line, (bytes, bytearray)) or b"FETCH" not in line:
                     continue
@@ -204,7 +218,7 @@ class IMAPSession(MailServer):
         """UID FETCH BODY.PEEK[] (never sets \\Seen) for a batch; returns {uid: raw}."""
         if not uids:
             return {}
-        resp = _ok(await self._w(self.client.uid("fetch", uid_set(uids), "(UID BODY.PEEK[])"),
+        resp = _ok(await self._w(self._c.uid("fetch", uid_set(uids), "(UID BODY.PEEK[])"),
                                  timeout=self.timeout * 4), "UID FETCH")
         out: dict[int, bytes] = {}
         current = None
@@ -220,33 +234,34 @@ class IMAPSession(MailServer):
         return out
 
     async def mark_seen(self, uids: str) -> None:
-        _ok(await self._w(self.client.uid("store", str(uids), "+FLAGS.SILENT (\\Seen)")), "STORE \\Seen")
+        _ok(await self._w(self._c.uid("store", str(uids), "+FLAGS.SILENT (\\Seen)")), "STORE \\Seen")
 
     async def move(self, uid: str, folder: str) -> None:
         if "MOVE" in self.capabilities:
-            _ok(await self._w(self.client.uid("move", str(uid), _quote(folder))), f"MOVE to {folder}")
+            _ok(await self._w(self._c.uid("move", str(uid), _quote(folder))), f"MOVE to {folder}")
             return
-        _ok(await self._w(self.client.uid("copy", str(uid), _quote(folder))), f"COPY to {folder}")
+        _ok(await self._w(self._c.uid("copy", str(uid), _quote(folder))), f"COPY to {folder}")
         await self.delete(uid)
 
     async def delete(self, uid: str) -> None:
-        _ok(await self._w(self.client.uid("store", str(uid), "+FLAGS.SILENT (\\Deleted)")), "STORE \\Deleted")
+        _ok(await self._w(self._c.uid("store", str(uid), "+FLAGS.SILENT (\\Deleted)")),
+            "STORE \\Deleted")
         if "UIDPLUS" in self.capabilities:
-            _ok(await self._w(self.client.uid("expunge", str(uid))), "UID EXPUNGE")
+            _ok(await self._w(self._c.uid("expunge", str(uid))), "UID EXPUNGE")
         else:
-            _ok(await self._w(self.client.expunge()), "EXPUNGE")
+            _ok(await self._w(self._c.expunge()), "EXPUNGE")
 
     async def idle(self, timeout: float) -> bool:
         """Wait for the server to announce a change (True) or for ``timeout`` (False)."""
         self.in_idle = True
-        idle_task = await self._w(self.client.idle_start(timeout=timeout))
+        idle_task = await self._w(self._c.idle_start(timeout=timeout))
         try:
-            push = await self._w(self.client.wait_server_push(timeout=timeout), timeout + 5)
+            push = await self._w(self._c.wait_server_push(timeout=timeout), timeout + 5)
         except (MailboxError, asyncio.TimeoutError):
             push = [b"stop_wait_server_push"]
         changed = any(isinstance(p, bytes) and (b"EXISTS" in p or b"RECENT" in p) for p in (push or []))
         try:
-            self.client.idle_done()
+            self._c.idle_done()
             done, _ = await asyncio.wait({idle_task}, timeout=10)
             if not done:
                 raise MailboxError("IDLE did not end cleanly")
@@ -291,7 +306,7 @@ class _SaslCommand(Command):
             self.transport.write(b"\r\n")
 
 
-def _sasl_error(lines) -> str:
+def _sasl_error(lines: Any) -> str:
     """The JSON of an XOAUTH2 error continuation (``{"status":"401",...}``), decoded for the admin."""
     for ln in lines:
         ln = bytes(ln)
@@ -306,18 +321,13 @@ def _sasl_error(lines) -> str:
 
 def uid_set(uids: list[int]) -> str:
     """[1,2,3,7,9,10] -> "1:3,7,9:10" (one short command for a whole batch)."""
-    out, start, prev = [], None, None
+    ranges: list[list[int]] = []
     for u in sorted(uids):
-        if start is None:
-            start = prev = u
-        elif u == prev + 1:
-            prev = u
+        if ranges and u == ranges[-1][1] + 1:
+            ranges[-1][1] = u
         else:
-            out.append(f"{start}:{prev}" if prev != start else str(start))
-            start = prev = u
-    if start is not None:
-        out.append(f"{start}:{prev}" if prev != start else str(start))
-    return ",".join(out)
+            ranges.append([u, u])
+    return ",".join(f"{a}:{b}" if b != a else str(a) for a, b in ranges)
 
 
 def _quote(folder: str) -> str:

@@ -10,14 +10,17 @@ import time
 
 import aiohttp
 
+from poller.config import ChannelConfig
+from store.inbound import InboundStore
+
 _cache: dict[tuple[str, str, str], tuple[str, float]] = {}
 
 
-def _key(ch) -> tuple[str, str, str]:
+def _key(ch: ChannelConfig) -> tuple[str, str, str]:
     return (ch.name, ch.oauth2_token_url, ch.oauth2_client_id)
 
 
-def forget(ch) -> None:
+def forget(ch: ChannelConfig) -> None:
     """Drop the cached access token (the mail server refused it: revoked, or expired early)."""
     _cache.pop(_key(ch), None)
 
@@ -26,13 +29,12 @@ class TokenError(Exception):
     pass
 
 
-async def access_token(db, http: aiohttp.ClientSession, ch) -> str:
+async def access_token(inbound: InboundStore, http: aiohttp.ClientSession, ch: ChannelConfig) -> str:
+    """An access token for the channel (a ``ChannelConfig``): cached, or from the token endpoint."""
     cached = _cache.get(_key(ch))
     if cached and cached[1] > time.time() + 60:
         return cached[0]
-    stored = await db.read(lambda c: c.execute("SELECT oauth_refresh FROM channels WHERE name=?",
-                                               (ch.name,)).fetchone())
-    refresh = (stored[0] if stored and stored[0] else "") or ch.oauth2_refresh_token
+    refresh = await inbound.oauth_refresh(ch.name) or ch.oauth2_refresh_token
     form = {"client_id": ch.oauth2_client_id}
     if ch.oauth2_client_secret:
         form["client_secret"] = ch.oauth2_client_secret
@@ -50,10 +52,9 @@ async def access_token(db, http: aiohttp.ClientSession, ch) -> str:
     if resp.status != 200 or "access_token" not in body:
         err = body.get("error_description") or body.get("error") or f"HTTP {resp.status}"
         raise TokenError(f"token endpoint refused: {err}")
-    token = body["access_token"]
+    token = str(body["access_token"])
     _cache[_key(ch)] = (token, time.time() + float(body.get("expires_in", 3600)))
     new_refresh = body.get("refresh_token")
     if new_refresh and new_refresh != refresh:
-        await db.write(lambda c: c.execute("UPDATE channels SET oauth_refresh=? WHERE name=?",
-                                           (new_refresh, ch.name)))
+        await inbound.set_oauth_refresh(ch.name, new_refresh)
     return token

@@ -19,20 +19,29 @@ class POP3Session(MailServer):
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
+    @property
+    def _out(self) -> asyncio.StreamWriter:
+        if self.writer is None:
+            raise MailboxError(f"{self.host}: not connected")
+        return self.writer
+
     async def connect(self) -> None:
         try:
             self.reader, self.writer = await asyncio.wait_for(asyncio.open_connection(
                 self.host, self.port, ssl=self.ctx if self.tls == "implicit" else None,
                 server_hostname=self.server_name if self.tls == "implicit" else None), self.timeout)
             await self._reply("greeting")
-            if self.tls == "starttls":
+            if self.tls == "starttls" and self.ctx is not None:
                 await self.command("STLS")
-                await asyncio.wait_for(self.writer.start_tls(self.ctx, server_hostname=self.server_name),
+                await asyncio.wait_for(self._out.start_tls(self.ctx, server_hostname=self.server_name),
                                        self.timeout)
         except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
-            raise MailboxError(f"cannot connect to {self.host}:{self.port}: {exc or type(exc).__name__}") from exc
+            raise MailboxError(f"cannot connect to {self.host}:{self.port}:"
+                               f" {exc or type(exc).__name__}") from exc
 
     async def _line(self) -> bytes:
+        if self.reader is None:
+            raise MailboxError(f"{self.host}: not connected")
         line = await asyncio.wait_for(self.reader.readline(), self.timeout)
         if not line:
             raise MailboxError(f"{self.host}: connection closed by the server")
@@ -45,12 +54,12 @@ class POP3Session(MailServer):
         return line
 
     async def command(self, cmd: str, shown: str | None = None) -> str:
-        self.writer.write(cmd.encode() + b"\r\n")
-        await self.writer.drain()
+        self._out.write(cmd.encode() + b"\r\n")
+        await self._out.drain()
         return await self._reply(shown or cmd.split(" ", 1)[0])
 
     async def _multiline(self) -> list[bytes]:
-        lines = []
+        lines: list[bytes] = []
         while True:
             line = await self._line()
             if line == b".":
@@ -65,12 +74,12 @@ class POP3Session(MailServer):
         """AUTH XOAUTH2 with an initial response (RFC 5034). A refusal is a ``+`` challenge holding a JSON
         error, answered with an empty line, then ``-ERR`` with the server's text."""
         blob = base64.b64encode(f"user={user}\x01auth=Bearer {token}\x01\x01".encode()).decode()
-        self.writer.write(f"AUTH XOAUTH2 {blob}\r\n".encode())
-        await self.writer.drain()
+        self._out.write(f"AUTH XOAUTH2 {blob}\r\n".encode())
+        await self._out.drain()
         line = (await self._line()).decode("utf-8", "replace")
         if line.startswith("+ ") or line == "+":
-            self.writer.write(b"\r\n")
-            await self.writer.drain()
+            self._out.write(b"\r\n")
+            await self._out.drain()
             line = (await self._line()).decode("utf-8", "replace")
         if not line.startswith("+OK"):
             raise MailboxError(f"XOAUTH2 failed: {line}")

@@ -75,7 +75,8 @@ class MessageView:
     def _bodies(self) -> None:
         if self._text is not None:
             return
-        text, html = [], []
+        text: list[str] = []
+        html: list[str] = []
         for part in self.msg.walk():
             if part.is_multipart() or part.get_content_disposition() == "attachment":
                 continue
@@ -105,7 +106,8 @@ class MessageView:
             if part.is_multipart():
                 continue
             if part.get_content_disposition() in ("attachment", "inline") and part.get_filename():
-                out.append((part.get_filename(), part.get_content_type(), part.get_payload(decode=True) or b""))
+                out.append((part.get_filename(), part.get_content_type(),
+                            part.get_payload(decode=True) or b""))
         return out
 
     def field(self, name: str) -> str:
@@ -159,4 +161,5 @@ def route(filters: list[FilterConfig], default_campaign: str, view: MessageView)
 def addressed_to(view: MessageView, address: str) -> bool:
     """recipient_only: does To/Cc/Bcc/Delivered-To/X-Original-To name the channel's address?"""
     want = address.strip().casefold()
-    return any(a.casefold() == want for a in view.addresses("To", "Cc", "Bcc", "Delivered-To", "X-Original-To"))
+    return any(a.casefold() == want
+               for a in view.addresses("To", "Cc", "Bcc", "Delivered-To", "X-Original-To"))

@@ -6,6 +6,7 @@ errors, records them on the channel and backs off (5 s doubling to ``poller.erro
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import ssl
 import time
@@ -14,26 +15,33 @@ from typing import Any, Awaitable, Callable
 import aiohttp
 from prometheus_client import Counter, Gauge
 
-from poller import campaigns, channels, oauth2, store
-from poller.config import ChannelConfig, PollerConfig
-from poller.fetcher import poll_imap, run_once, wait_idle
+from poller import campaigns, channels, oauth2
+from poller.config import CampaignConfig, ChannelConfig, PollerConfig
+from poller.fetcher import Accepted, PollResult, poll_imap, run_once, wait_idle
 from poller.imap import IMAPSession, MailboxError
 from poller.oauth2 import TokenError, access_token
 from poller.pop3 import POP3Session
 from poller.router import MessageView, ParseError, route
+from relay.spool.spool import Spool
+from store import StorageError, Store
+from store.inbound import Delivery
 
 log = logging.getLogger("poller")
 
-FETCHED = Counter("relaybox_poller_fetched_messages", "Messages fetched and stored, by channel", ["channel"])
-ROUTED = Counter("relaybox_poller_routed_messages", "Messages accepted by a campaign", ["channel", "campaign"])
+FETCHED = Counter("relaybox_poller_fetched_messages", "Messages fetched and stored, by channel",
+                  ["channel"])
+ROUTED = Counter("relaybox_poller_routed_messages", "Messages accepted by a campaign",
+                 ["channel", "campaign"])
 QUARANTINED = Counter("relaybox_poller_quarantined_messages", "Messages put in quarantine", ["channel"])
 LAST_SUCCESS = Gauge("relaybox_poller_last_success_timestamp_seconds", "Last successful poll", ["channel"])
 CHANNEL_UP = Gauge("relaybox_poller_channel_up", "1 when the last poll of the channel succeeded", ["channel"])
 
 
 class PollerService:
-    def __init__(self, db, settings: Any, spool=None, bounce_sink: Callable[..., Awaitable[Any]] | None = None):
-        self.db = db
+    def __init__(self, store: Store, settings: Any, spool: Spool | None = None,
+                 bounce_sink: Callable[..., Awaitable[Any]] | None = None):
+        self.store = store
+        self.inbound = store.inbound
         self.settings = settings
         self.pcfg: PollerConfig = _section(settings, "poller", PollerConfig())
         self.spool = spool
@@ -42,14 +50,14 @@ class PollerService:
         self.state: dict[str, dict] = {}
         self.http: aiohttp.ClientSession | None = None
         self._watch: asyncio.Task | None = None
-        self._campaigns: dict[str, tuple[Any, float]] = {}
+        self._campaigns: dict[str, tuple[CampaignConfig | None, float]] = {}
 
     # ---- lifecycle ---------------------------------------------------------------------------------
     async def start(self) -> None:
         seeds_c = _section(self.settings, "campaigns", [])
         seeds_ch = _section(self.settings, "channels", [])
         if seeds_c or seeds_ch:
-            await self.db.write(lambda c: channels.seed(c, seeds_c, seeds_ch))
+            await channels.seed(self.inbound, seeds_c, seeds_ch)
         self.http = aiohttp.ClientSession()
         if self.pcfg.enabled:
             await self.sync_tasks()
@@ -60,7 +68,7 @@ class PollerService:
             self._watch.cancel()
         for t in self.tasks.values():
             t.cancel()
-        await asyncio.gather(*self.tasks.values(), *( [self._watch] if self._watch else []),
+        await asyncio.gather(*self.tasks.values(), *([self._watch] if self._watch else []),
                              return_exceptions=True)
         self.tasks.clear()
         if self.http:
@@ -75,7 +83,7 @@ class PollerService:
                 log.exception("poller: cannot refresh the channel list")
 
     async def sync_tasks(self) -> None:
-        wanted = set(await self.db.read(lambda c: channels.channel_names(c, enabled_only=True)))
+        wanted = set(await self.inbound.channel_names(enabled_only=True))
         for name in list(self.tasks):
             if name not in wanted:
                 self.tasks.pop(name).cancel()
@@ -88,14 +96,14 @@ class PollerService:
         backoff = 5.0
         st = self.state.setdefault(name, {"up": False, "idle": False, "last_error": None})
         while True:
-            ch = await self.db.read(lambda c: channels.get_channel(c, name))
+            ch = await channels.get_channel(self.inbound, name)
             if ch is None:
                 return
             try:
                 if ch.protocol == "imap" and ch.idle:
                     await self._imap_persistent(ch, st)
                 else:
-                    res = await run_once(self.db, ch, self.pcfg, self.deliver, self.connect, time.time())
+                    res = await run_once(self.inbound, ch, self.pcfg, self.deliver, self.connect, time.time())
                     await self._success(ch, st, res)
                     await asyncio.sleep(ch.poll_interval)
                 backoff = 5.0
@@ -106,26 +114,27 @@ class PollerService:
                 st.update(up=False, last_error=msg)
                 CHANNEL_UP.labels(name).set(0)
                 log.warning("channel %s: %s (retry in %.0f s)", name, msg, backoff)
-                await self.db.write(lambda c, msg=msg: store.record_poll(c, name, msg))
+                await self.inbound.record_poll(name, msg)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.pcfg.error_backoff_cap)
 
     async def _imap_persistent(self, ch: ChannelConfig, st: dict) -> None:
-        """One logged-in session: poll, then IDLE (if offered) until the server pushes or the interval ends."""
+        """One logged-in session: poll, then IDLE (if offered) until the server pushes or the interval
+        ends."""
         session = await self.connect(ch)
         try:
             while True:
-                res = await poll_imap(self.db, session, ch, self.pcfg, self.deliver, time.time())
+                res = await poll_imap(self.inbound, session, ch, self.pcfg, self.deliver, time.time())
                 await self._success(ch, st, res)
-                fresh = await self.db.read(lambda c: channels.get_channel(c, ch.name))
+                fresh = await channels.get_channel(self.inbound, ch.name)
                 if fresh != ch:
                     return                       # settings changed: reconnect with the new ones
                 if res.fetched or res.delivered:
                     # more may have come meanwhile, announced in FETCH/STORE replies we do not watch: look
                     # again before IDLE (a quiet poll ends in IDLE, which reports anything newer)
                     continue
-                wait = min(self.pcfg.idle_timeout, ch.poll_interval)
-                retry_at = await self.db.read(lambda c: store.next_retry_at(c, ch.name))
+                wait: float = min(self.pcfg.idle_timeout, ch.poll_interval)
+                retry_at = await self.inbound.next_retry_at(ch.name)
                 if retry_at is not None:            # a failed campaign delivery is due again before that
                     wait = max(0.2, min(wait, retry_at - time.time()))
                 if "IDLE" in session.capabilities and not ch.sync_all_folders:
@@ -139,23 +148,25 @@ class PollerService:
         finally:
             await session.logout()
 
-    async def _success(self, ch: ChannelConfig, st: dict, res) -> None:
+    async def _success(self, ch: ChannelConfig, st: dict, res: PollResult) -> None:
         now = time.time()
         st.update(up=True, last_error="; ".join(res.errors) or None, last_poll=now)
         CHANNEL_UP.labels(ch.name).set(1)
         LAST_SUCCESS.labels(ch.name).set(now)
         if res.fetched:
             FETCHED.labels(ch.name).inc(res.fetched)
-        await self.db.write(lambda c: store.record_poll(c, ch.name, "; ".join(res.errors) or None))
+        await self.inbound.record_poll(ch.name, "; ".join(res.errors) or None)
 
-    async def connect(self, ch: ChannelConfig):
+    async def connect(self, ch: ChannelConfig) -> Any:
         cls = POP3Session if ch.protocol == "pop3" else IMAPSession
         session = cls(ch.host, channels.default_port(ch), tls=ch.tls, server_name=ch.server_name,
                       verify=ch.verify, ca_file=ch.ca_file, timeout=self.pcfg.timeout)
         await session.connect()
         try:
             if ch.auth == "oauth2":
-                token = await access_token(self.db, self.http, ch)
+                if self.http is None:
+                    raise TokenError("the poller is not started (no HTTP client for the token endpoint)")
+                token = await access_token(self.inbound, self.http, ch)
                 try:
                     await session.xoauth2(ch.user, token)
                 except MailboxError:
@@ -169,15 +180,16 @@ class PollerService:
         return session
 
     # ---- delivery to the campaign -------------------------------------------------------------------
-    async def deliver(self, ch: ChannelConfig, inbound_id: int, raw: bytes):
-        """Hand one stored message to its campaign. Returns the function that records the acceptance (the
-        caller commits a batch of them together), or None after recording the failure."""
+    async def deliver(self, ch: ChannelConfig, inbound_id: int, raw: bytes) -> Accepted | None:
+        """Hand one stored message to its campaign. Returns the acceptance for the caller to record (a batch
+        of them commits together), or None after recording the failure. A storage failure is the channel's,
+        not the message's: it propagates (the channel backs off) instead of counting a try."""
         try:
             if ch.purpose == "bounces":
                 if self.bounce_sink is None:
                     raise campaigns.TargetError("no bounce processor configured")
                 await self.bounce_sink(raw, raw_ref=f"inbound:{inbound_id}")
-                return lambda c: store.mark_delivered(c, inbound_id, "bounces", None, "parsed")
+                return Accepted(Delivery(inbound_id, "bounces", "parsed"))
             try:
                 view = MessageView(raw)
             except ParseError as exc:
@@ -187,68 +199,69 @@ class PollerService:
             camp = await self._campaign(r.campaign)
             if camp is None:
                 raise campaigns.TargetError(f"campaign {r.campaign!r} does not exist")
-            commit = await self._to_campaign(ch, camp, inbound_id, raw, view, r.filter_index)
+            accepted = await self._to_campaign(ch, camp, inbound_id, raw, view, r.filter_index)
             ROUTED.labels(ch.name, camp.name).inc()
-            return commit
+            return accepted
         except campaigns.TargetError as exc:
             await self._quarantine(ch, inbound_id, str(exc))
             return None
+        except StorageError:
+            raise
         except Exception as exc:  # noqa: BLE001 - a bug on one message must not block the channel
             log.exception("channel %s: delivering inbound %d failed", ch.name, inbound_id)
             await self._quarantine(ch, inbound_id, f"{type(exc).__name__}: {exc}")
             return None
 
-    async def _campaign(self, name: str):
+    async def _campaign(self, name: str) -> CampaignConfig | None:
         """The campaign's settings, read at most once a second (not once per message of a backlog)."""
         hit = self._campaigns.get(name)
         now = time.monotonic()
         if hit is not None and hit[1] > now:
             return hit[0]
-        camp = await self.db.read(lambda c: channels.get_campaign(c, name))
+        camp = await channels.get_campaign(self.inbound, name)
         self._campaigns[name] = (camp, now + 1.0)
         return camp
 
-    async def _to_campaign(self, ch, camp, inbound_id, raw, view, filter_index):
+    async def _to_campaign(self, ch: ChannelConfig, camp: CampaignConfig, inbound_id: int, raw: bytes,
+                           view: MessageView, filter_index: int | None) -> Accepted:
         if camp.kind == "maildir":
             staged = await asyncio.to_thread(campaigns.stage_maildir, camp, raw, inbound_id,
                                              self.pcfg.maildir_root)
-
-            def published(c):
-                store.mark_delivered(c, inbound_id, camp.name, filter_index, staged.name)
-
-            published.staged = staged   # type: ignore[attr-defined] - process_pending publishes the batch first
-            return published
+            # published (synced, renamed into new/) with its batch, before the batch's acceptances commit
+            return Accepted(Delivery(inbound_id, camp.name, staged.name, filter_index), staged=staged)
         if camp.kind == "webhook":
+            if self.http is None:
+                raise campaigns.TargetError("the poller is not started (no HTTP client)")
             doc = campaigns.document(view, inbound_id=inbound_id, channel=ch.name, campaign=camp.name,
                                      filter_index=filter_index, attachments=camp.attachments)
             result = await campaigns.deliver_webhook(camp, doc, inbound_id, self.http)
+            return Accepted(Delivery(inbound_id, camp.name, result, filter_index), record_now=True)
+        return Accepted(Delivery(inbound_id, camp.name, await self._forward(ch, camp, inbound_id, raw),
+                                 filter_index))
 
-            def accepted(c):
-                store.mark_delivered(c, inbound_id, camp.name, filter_index, result)
-
-            accepted.immediate = True   # type: ignore[attr-defined] - commit now: a crash re-POSTs one, not a batch
-            return accepted
+    async def _forward(self, ch: ChannelConfig, camp: CampaignConfig, inbound_id: int, raw: bytes) -> str:
+        """SMTP campaign: into the relay's queue (durable on return). The queue id is reserved on the
+        inbound message first and the enqueue is keyed by it, so a redelivery after a crash between the
+        enqueue and the recording of the acceptance finds the message queued instead of queueing a copy."""
         if self.spool is None:
             raise campaigns.TargetError("smtp campaign needs the relay queue")
         msg = campaigns.smtp_forward_message(camp, raw, ch.address)
-
-        def _atomic(c):           # the queue insert and the inbound status commit together
-            qid = campaigns.enqueue_in(c, self.spool, msg)
-            store.mark_delivered(c, inbound_id, camp.name, filter_index, f"queued as {qid}")
-
-        return _atomic
+        qid = await self.inbound.reserve_forward(inbound_id, msg.queue_id)
+        qid, _created = await self.spool.enqueue_once(dataclasses.replace(msg, queue_id=qid), actor="poller")
+        return f"queued as {qid}"
 
     async def _quarantine(self, ch: ChannelConfig, inbound_id: int, error: str, final: bool = False) -> None:
-        max_tries = 1 if final else self.pcfg.max_tries
-        went = await self.db.write(lambda c: store.mark_failed(c, inbound_id, error, max_tries,
-                                                               self.pcfg.retry_first, self.pcfg.retry_cap))
+        went = await self.inbound.mark_failed(inbound_id, error,
+                                              max_tries=1 if final else self.pcfg.max_tries,
+                                              retry_first=self.pcfg.retry_first,
+                                              retry_cap=self.pcfg.retry_cap)
         if went:
             QUARANTINED.labels(ch.name).inc()
             log.warning("channel %s: inbound %d quarantined: %s", ch.name, inbound_id, error)
 
     # ---- admin ---------------------------------------------------------------------------------------
     async def validate(self, name: str) -> tuple[bool, str]:
-        ch = await self.db.read(lambda c: channels.get_channel(c, name))
+        ch = await channels.get_channel(self.inbound, name)
         if ch is None:
             return False, f"no such channel: {name}"
         return await validate_channel(ch, self, self.pcfg.timeout)
@@ -286,7 +299,7 @@ async def validate_channel(ch: ChannelConfig, service: PollerService, timeout: f
         return False, f"no answer from {ch.host} within {timeout:.0f} s"
     except (MailboxError, TokenError) as exc:
         return False, str(exc)
-    except (OSError, UnicodeError, ValueError, ssl.SSLError) as exc:   # e.g. a host name that is not valid IDNA
+    except (OSError, UnicodeError, ValueError, ssl.SSLError) as exc:   # e.g. a host name that is not IDNA
         return False, f"cannot connect to {ch.host!r}: {exc}"
 
 

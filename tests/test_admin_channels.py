@@ -1,4 +1,5 @@
-"""Channels, campaigns, filters and quarantine through the admin API, with the real poller and a real Dovecot."""
+"""Channels, campaigns, filters and quarantine through the admin API, with the real poller and a real
+Dovecot."""
 
 from __future__ import annotations
 
@@ -102,7 +103,8 @@ async def test_channels_campaigns_filters_and_validate(tmp_path, dovecot):
 async def test_quarantine_inspect_retry_drop(tmp_path, dovecot):
     user, pw = "poison@org.test", "imap-secret-Pp77"
     dovecot.add_user(user, pw)
-    dovecot.append(user, pw, b"From: a@example.test\r\nSubject: cannot deliver\r\nMessage-ID: <q1@example.test>"
+    dovecot.append(user, pw, b"From: a@example.test\r\nSubject: cannot deliver\r\n"
+                             b"Message-ID: <q1@example.test>"
                              b"\r\n\r\nbody\r\n")
     extra = {
         "poller": {"max_tries": 1},

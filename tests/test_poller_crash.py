@@ -50,6 +50,10 @@ class SlowReceiver(threading.Thread):
         loop.run_forever()
 
 
+def ticket(i: int) -> bytes:
+    return f"Subject: ticket {i}\r\nMessage-ID: <t{i}@c.test>\r\n\r\nbody {i}\r\n".encode()
+
+
 def wait_for(cond, timeout, what):
     deadline = time.monotonic() + timeout
     while not cond():
@@ -64,7 +68,7 @@ def test_kill_9_mid_fetch_and_webhook(tmp_path):
     rec.ready.wait(5)
     try:
         for i in range(40):
-            dc.append(USER, "pw", f"Subject: ticket {i}\r\nMessage-ID: <t{i}@c.test>\r\n\r\nbody {i}\r\n".encode())
+            dc.append(USER, "pw", ticket(i))
         relay = RelayboxProcess(str(tmp_path), {
             "delivery": {"enabled": False},
             "poller": {"fetch_batch": 5, "retry_first": 0.5, "parallel_deliveries": 4},
@@ -78,7 +82,7 @@ def test_kill_9_mid_fetch_and_webhook(tmp_path):
         relay.kill()                                   # mid-stream: some fetched, some posted
         first_kill = len(rec.by_key)
         for i in range(40, 50):                        # arrives while relaybox is down
-            dc.append(USER, "pw", f"Subject: ticket {i}\r\nMessage-ID: <t{i}@c.test>\r\n\r\nbody {i}\r\n".encode())
+            dc.append(USER, "pw", ticket(i))
         relay.start()
         wait_for(lambda: len(rec.by_key) >= first_kill + 10, 30, "no progress after restart")
         relay.kill()

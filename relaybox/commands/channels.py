@@ -6,14 +6,20 @@ picks channel changes up within seconds). Secrets are stored, never printed.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import sys
+from typing import Awaitable, Callable, TypeVar
 
-from poller import channels, store
+from poller import channels
 from poller.config import CampaignConfig, ChannelConfig, FilterConfig
 from relay.configtypes import ConfigError, build
-from relaybox.commands._common import db_session, open_db, read, removed, write
 from relaybox.commands._common import out as _out
+from relaybox.commands._common import removed
+from store import StorageError, Store
+from store.inbound import CampaignInUse, InboundStore
+
+T = TypeVar("T")
 
 
 def _db_arg(p) -> None:
@@ -21,20 +27,51 @@ def _db_arg(p) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
+def _open(args) -> Store:
+    from relaybox.settings import load
+
+    return Store(str(getattr(args, "db", None) or load(args.config).relay.storage.path)).open()
+
+
+def _run(args, job: Callable[[InboundStore], Awaitable[T]]) -> T:
+    """One async job on the inbound store, in a store opened for it and closed however the job ends."""
+    store = _open(args)
+    try:
+        return asyncio.run(_awaited(job(store.inbound)))
+    finally:
+        store.close()
+
+
+def _change(args, job: Callable[[InboundStore], Awaitable[T]],
+            errors: tuple[type[Exception], ...] = ()) -> tuple[T | None, int]:
+    """``_run`` for a change: a refusal (``errors``, a conflict, a storage failure) is printed as
+    ``error: ...`` and gives (None, 2)."""
+    caught: tuple[type[Exception], ...] = (*errors, ValueError, StorageError)
+    try:
+        return _run(args, job), 0
+    except caught as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None, 2
+
+
+async def _awaited(aw: Awaitable[T]) -> T:
+    return await aw
+
+
 def cmd_list(args) -> int:
-    rows = read(args, channels.list_channels)
+    rows = _run(args, channels.list_channels)
     if args.json:
         print(json.dumps(rows, default=str))
         return 0
     _out(args, [{**r, "server": f"{r['protocol']}://{r['host']}:{r['port'] or 'default'}",
                  "error": (r.get("last_error") or "")[:60]} for r in rows],
-         ["name", "server", "user", "folder", "default_campaign", "enabled", "fetched", "routed", "quarantined",
-          "error"])
+         ["name", "server", "user", "folder", "default_campaign", "enabled", "fetched", "routed",
+          "quarantined", "error"])
     return 0
 
 
 def cmd_show(args) -> int:
-    ch = read(args, lambda c: channels.get_channel(c, args.name))
+    ch = _run(args, lambda inbound: channels.get_channel(inbound, args.name))
     if ch is None:
         print(f"error: no channel {args.name}", file=sys.stderr)
         return 1
@@ -61,34 +98,33 @@ def cmd_add(args) -> int:
     try:
         ch = build(ChannelConfig, data, "channel")
         ch = channels.normalize(ch)
-        filters = [_parse_filter(f) for f in args.filter or []]
-        import dataclasses
-        ch = dataclasses.replace(ch, filters=filters)
+        ch = dataclasses.replace(ch, filters=[_parse_filter(f) for f in args.filter or []])
     except (ConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    _, rc = write(args, lambda c: channels.save_channel(c, ch), (channels.ChannelError,))
+    _, rc = _change(args, lambda inbound: channels.save_channel(inbound, ch), (channels.ChannelError,))
     if not rc:
         print(f"channel {ch.name} saved")
     return rc
 
 
 def cmd_remove(args) -> int:
-    ok, _ = write(args, lambda c: channels.delete_channel(c, args.name))
-    return removed(bool(ok), f"removed {args.name}", f"no channel {args.name}")
+    ok, rc = _change(args, lambda inbound: inbound.delete_channel(args.name))
+    return rc or removed(bool(ok), f"removed {args.name}", f"no channel {args.name}")
 
 
 def cmd_validate(args) -> int:
     from poller.runner import PollerService, validate_channel
 
-    db = open_db(args)
+    store = _open(args)
 
-    async def run():
-        ch = await db.read(lambda c: channels.get_channel(c, args.name))
+    async def run() -> tuple[bool, str]:
+        import aiohttp
+
+        ch = await channels.get_channel(store.inbound, args.name)
         if ch is None:
             return False, f"no such channel: {args.name}"
-        svc = PollerService(db, None)
-        import aiohttp
+        svc = PollerService(store, None)
         svc.http = aiohttp.ClientSession()
         try:
             return await validate_channel(ch, svc, svc.pcfg.timeout)
@@ -98,13 +134,13 @@ def cmd_validate(args) -> int:
     try:
         ok, text = asyncio.run(run())
     finally:
-        db.close()
+        store.close()
     print(text)
     return 0 if ok else 1
 
 
 def cmd_campaigns_list(args) -> int:
-    rows = read(args, channels.list_campaigns)
+    rows = _run(args, channels.list_campaigns)
     _out(args, [{**r, "target": r.get("url") or r.get("path") or r.get("forward_to") or "(default maildir)"}
                 for r in rows], ["name", "kind", "target"])
     return 0
@@ -117,24 +153,35 @@ def cmd_campaigns_add(args) -> int:
     except (ConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    write(args, lambda c: channels.save_campaign(c, camp))
-    print(f"campaign {camp.name} saved")
-    return 0
+    _, rc = _change(args, lambda inbound: channels.save_campaign(inbound, camp))
+    if not rc:
+        print(f"campaign {camp.name} saved")
+    return rc
 
 
 def cmd_campaigns_remove(args) -> int:
-    ok, rc = write(args, lambda c: channels.delete_campaign(c, args.name), (channels.ChannelError,))
-    return 1 if rc else removed(ok, f"removed {args.name}", f"no campaign {args.name}")
+    ok, rc = _change(args, lambda inbound: inbound.delete_campaign(args.name), (CampaignInUse,))
+    return 1 if rc else removed(bool(ok), f"removed {args.name}", f"no campaign {args.name}")
 
 
 def cmd_quarantine(args) -> int:
-    with db_session(args) as db:
-        if args.action == "list":
-            _out(args, db.read_sync(lambda c: store.quarantine(c, channel=args.channel)),
-                 ["id", "channel", "uid", "message_id", "tries", "last_error"])
-            return 0
-        fn = store.retry_quarantined if args.action == "retry" else store.drop_quarantined
-        ok = db.write_sync(lambda c: fn(c, args.id))
+    if args.action == "list":
+        items = _run(args, lambda inbound: inbound.quarantine(channel=args.channel))
+        _out(args, [q.as_dict() for q in items],
+             ["id", "channel", "uid", "message_id", "tries", "last_error"])
+        return 0
+    if args.id is None:
+        print(f"error: quarantine {args.action} needs the id of a quarantined message", file=sys.stderr)
+        return 2
+
+    async def act(inbound: InboundStore) -> bool:
+        if args.action == "retry":
+            return await inbound.retry_quarantined(args.id)
+        return await inbound.drop_quarantined(args.id)
+
+    ok, rc = _change(args, act)
+    if rc:
+        return rc
     print(f"{args.action} {args.id}: {'done' if ok else 'not in quarantine (or not retryable)'}")
     return 0 if ok else 1
 
