@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, cast
+from typing import Any
 
 from aiohttp import web
 
@@ -107,7 +107,7 @@ async def auth_middleware(request: web.Request, handler) -> web.StreamResponse:
     if token.readonly and request.method in WRITE_METHODS:
         return error_response(403, "forbidden", f"token {token.name!r} is read-only")
     request[TOKEN_NAME] = token.name
-    cfg = cast(AdminConfig, request.app[CONFIG_KEY])
+    cfg = request.app[CONFIG_KEY]
     if request.content_length is not None and request.content_length > cfg.max_body_size:
         return error_response(413, "too_large", f"request body larger than {cfg.max_body_size} bytes")
     resp = await handler(request)

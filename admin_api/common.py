@@ -17,11 +17,13 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
+from admin_api.config import AdminConfig
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 APP_KEY = web.AppKey("relaybox", object)
-CONFIG_KEY = web.AppKey("admin_config", object)
+CONFIG_KEY = web.AppKey("admin_config", AdminConfig)
 TAIL_KEY = web.AppKey("event_tail", object)
 TOKEN_NAME: Any = web.RequestKey("token_name", str) if hasattr(web, "RequestKey") else "token_name"
 

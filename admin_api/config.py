@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 from relay.configtypes import Duration, Size
 
+EVENT_TYPES = ("delivered", "deferred", "bounced", "failed", "complained", "cancelled")
+
 
 @dataclass(frozen=True)
 class AdminConfig:
@@ -51,7 +53,5 @@ class WebhookConfig:
         if not self.retry:
             raise ValueError(f"webhooks.{self.name}.retry: at least one delay")
 
-
-EVENT_TYPES = ("delivered", "deferred", "bounced", "failed", "complained", "cancelled")
 
 SECTIONS = {"admin": AdminConfig, "webhooks": list[WebhookConfig]}

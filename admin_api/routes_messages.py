@@ -6,7 +6,7 @@ unknown id -> 404, an action that does not apply to the message's current state 
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 from aiohttp import web
 
@@ -31,7 +31,6 @@ from admin_api.common import (
     read_json,
     relaybox,
 )
-from admin_api.config import AdminConfig
 from relay.spool.spool import QueueError
 from store.history import FILTER_KEYS, MessageDetail, MessageFilter, parse_statuses
 
@@ -132,7 +131,7 @@ def _present(m: dict) -> dict:
 async def list_messages(request: web.Request) -> web.Response:
     rb = relaybox(request)
     f = filter_from(request.query, from_query=True)
-    cfg = cast(AdminConfig, request.app[CONFIG_KEY])
+    cfg = request.app[CONFIG_KEY]
     limit = query_int(request, "limit", cfg.page_size, 1, 1000)
     order = request.query.get("order", "desc")
     if order not in ("asc", "desc"):

@@ -2,7 +2,8 @@
 
 ``setup_logging(level, fmt)`` installs one handler on the root logger:
 
-- ``text`` (default): ``2026-11-23T07:20:01.234Z INFO relay.intake.listener [Q7XK2] accepted ... peer=10.0.0.5``
+- ``text`` (default):
+  ``2026-11-23T07:20:01.234Z INFO relay.intake.listener [Q7XK2] accepted ... peer=10.0.0.5``
 - ``json``: one object per line: ``{"ts": ..., "level": ..., "logger": ..., "msg": ..., "queue_id": ...}``
 
 The queue id comes from ``log.info("...", extra={"queue_id": qid})``; other ``extra`` fields are kept too

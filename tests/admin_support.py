@@ -19,7 +19,8 @@ RO_TOKEN = "grafana:read-only-token-0123456789"
 def settings(tmp_path, **extra: Any):
     smtp_port, admin_port = free_port(), free_port()
     data = {
-        "smtp": {"listen": [f"127.0.0.1:{smtp_port}"], "hostname": "relay.test", "allowlist": ["127.0.0.1/32"]},
+        "smtp": {"listen": [f"127.0.0.1:{smtp_port}"], "hostname": "relay.test",
+                 "allowlist": ["127.0.0.1/32"]},
         "storage": {"path": str(tmp_path / "relaybox.db"), "min_free": 0.0},
         "admin": {"listen": f"127.0.0.1:{admin_port}", "tokens": [TOKEN], "readonly_tokens": [RO_TOKEN],
                   "max_body_size": 20000},

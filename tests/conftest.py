@@ -14,6 +14,7 @@ Fixtures here (a module may define its own of the same name; pytest then uses th
 - ``clock``: a settable clock, ``clock()`` -> ``clock.t`` (1_000_000.0 unless a test sets it);
 - ``store``: a ``store.Store`` opened on a fresh file under ``tmp_path`` with the ``clock`` above, closed
   afterwards (restart tests open ``Store(store.path, clock=clock)`` again on the same file);
+- ``open_store``: a reopenable ``Store`` factory, parametrized over ``STORE_BACKENDS`` (contract tests);
 - ``sink``: an in-process aiosmtpd receiver offering STARTTLS (``tests/peers/sink.py``), stopped afterwards;
 - ``dns_server``: dnsmasq on 127.0.0.1:<free port> serving the requesting module's ``ZONE`` dict, one per
   module (``tests/peers/dnsmasq.py``).
@@ -64,6 +65,31 @@ def store(tmp_path, clock):
     s = Store(str(tmp_path / "relay.db"), clock=clock).open()
     yield s
     s.close()
+
+
+# Backends of the store: every test taking ``open_store`` runs once per entry (the store contract).
+STORE_BACKENDS = ["sqlite"]
+
+
+@pytest.fixture(params=STORE_BACKENDS)
+def open_store(request, tmp_path, clock):
+    """``open_store()`` -> a ``store.Store`` on this test's database of the parametrized backend; calling it
+    again (after ``close()``) reopens the same database, so restarts are part of the contract."""
+    from store import Store
+
+    opened = []
+
+    def _open():
+        if request.param == "sqlite":
+            s = Store(str(tmp_path / "contract.db"), clock=clock).open()
+        else:  # pragma: no cover - a backend listed without a factory
+            raise AssertionError(request.param)
+        opened.append(s)
+        return s
+
+    yield _open
+    for s in opened:
+        s.close()
 
 
 @pytest.fixture

@@ -23,7 +23,8 @@ async def live(tmp_path):
 
 
 def _msg(sender="app@org.test", rcpts=("a@example.test",), subject="hello", **kw) -> NewMessage:
-    body = (f"From: {sender}\r\nSubject: {subject}\r\nMessage-ID: <{subject}@org.test>\r\n\r\nbody\r\n").encode()
+    body = (f"From: {sender}\r\nSubject: {subject}\r\nMessage-ID: <{subject}@org.test>\r\n"
+            "\r\nbody\r\n").encode()
     return NewMessage(sender=sender, recipients=list(rcpts), body=body, subject=subject, from_header=sender,
                       client_ip="127.0.0.1", **kw)
 
@@ -53,7 +54,8 @@ async def test_auth_tokens_and_health(live):
     assert st == 401 and body["error"]["code"] == "unauthorized"
     st, body = await api.call("GET", "/api/v1/messages", token="full-access-token-0123456789x")
     assert st == 401
-    st, _ = await api.call("GET", "/api/v1/messages", headers={"Authorization": "Basic Zm9vOmJhcg=="}, token=None)
+    st, _ = await api.call("GET", "/api/v1/messages", headers={"Authorization": "Basic Zm9vOmJhcg=="},
+                           token=None)
     assert st == 401
     ro = RO_TOKEN.split(":", 1)[1]
     assert (await api.call("GET", "/api/v1/messages", token=ro))[0] == 200
@@ -91,7 +93,8 @@ async def test_bad_input_gives_exact_codes(live):
     assert st == 404 and body["error"]["code"] == "not_found"
     st, body = await api.call("PUT", "/api/v1/messages")
     assert st == 405 and body["error"]["code"] == "method_not_allowed"
-    for q in ({"limit": "abc"}, {"limit": "0"}, {"status": "bogus"}, {"cursor": "!!!"}, {"since": "yesterday"},
+    for q in ({"limit": "abc"}, {"limit": "0"}, {"status": "bogus"}, {"cursor": "!!!"},
+              {"since": "yesterday"},
               {"order": "sideways"}, {"held": "maybe"}):
         st, body = await api.call("GET", "/api/v1/messages", params=q)
         assert st == 400, (q, body)
@@ -213,7 +216,8 @@ async def test_bulk_actions_by_filter(live):
     assert st == 422          # an empty filter must be explicit
     st, body = await api.call("POST", "/api/v1/bulk/messages/hold",
                               json={"filter": {"domain": "slow.test"}, "dry_run": True})
-    assert st == 200 and body["matched"] == 5 and sorted(body["ids"]) == sorted(mine) and body["affected"] == 0
+    assert st == 200 and body["matched"] == 5 and body["affected"] == 0
+    assert sorted(body["ids"]) == sorted(mine)
     st, body = await api.call("POST", "/api/v1/bulk/messages/hold", json={"filter": {"domain": "slow.test"}})
     assert (body["matched"], body["affected"]) == (5, 5)
     st, body = await api.call("GET", "/api/v1/messages", params={"held": "true"})
@@ -261,11 +265,13 @@ async def test_smtp_users_never_show_hashes(live, caplog):
     caplog.set_level("INFO", logger="admin_api.audit")
     st, body = await api.call("POST", "/api/v1/smtp-users", json={"username": "app1", "password": "short"})
     assert st == 422
-    st, body = await api.call("POST", "/api/v1/smtp-users", json={"username": "app1", "password": "long-secret-1",
+    st, body = await api.call("POST", "/api/v1/smtp-users", json={"username": "app1",
+                                                                  "password": "long-secret-1",
                                                                   "note": "billing"})
     assert st == 201 and "password" not in body
     st, body = await api.call("GET", "/api/v1/smtp-users")
-    assert body["items"][0]["username"] == "app1" and "scrypt" not in str(body) and "long-secret" not in str(body)
+    assert body["items"][0]["username"] == "app1"
+    assert "scrypt" not in str(body) and "long-secret" not in str(body)
     assert app.policy.check_login("app1", "long-secret-1")
     assert (await api.call("DELETE", "/api/v1/smtp-users/app1"))[0] == 200
     assert (await api.call("DELETE", "/api/v1/smtp-users/app1"))[0] == 404
@@ -304,7 +310,8 @@ async def test_openapi_lists_every_served_route(live):
 async def test_token_file_rotation_without_restart(tmp_path):
     tokens = tmp_path / "tokens"
     tokens.write_text("# admins\nops:first-secret-0123456789\nviewer:viewer-secret-0123456789 ro\n")
-    async with running(tmp_path, admin={"tokens": [], "readonly_tokens": [], "token_file": str(tokens)}) as (app, api):
+    async with running(tmp_path, admin={"tokens": [], "readonly_tokens": [],
+                                        "token_file": str(tokens)}) as (app, api):
         app.admin.runner.app[AUTH_KEY].recheck = 0.0
         assert (await api.call("GET", "/api/v1/messages", token="first-secret-0123456789"))[0] == 200
         st, _ = await api.call("POST", "/api/v1/allowlist", json={"cidr": "10.1.0.0/16"},
@@ -322,7 +329,8 @@ async def test_readyz_reports_each_failing_check(tmp_path):
     async with running(tmp_path, storage={"min_free": 0.9999}) as (app, api):
         st, body = await api.call("GET", "/readyz")
         assert st == 503 and not body["ready"]
-        assert body["checks"] == {"database_writable": True, "listeners_bound": True, "disk_above_floor": False}
+        assert body["checks"] == {"database_writable": True, "listeners_bound": True,
+                                  "disk_above_floor": False}
         app.disk.min_free = 0.0
         app.disk._at = 0.0                          # re-read free space now
         assert (await api.call("GET", "/readyz"))[0] == 200

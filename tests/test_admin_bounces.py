@@ -1,4 +1,5 @@
-"""Bounces and suppressions through the admin API, fed by the real bounce processing (relay.bounces.record)."""
+"""Bounces and suppressions through the admin API, fed by the real bounce processing
+(relay.bounces.record)."""
 
 from __future__ import annotations
 
@@ -44,18 +45,20 @@ DSN = (
 async def test_bounces_and_suppressions(tmp_path):
     async with running(tmp_path) as (app, api):
         qid = await app.spool.enqueue(NewMessage(
-            "app@org.test", ["gone@example.test"], b"Subject: invoice\r\nMessage-ID: <inv-7@org.test>\r\n\r\nx\r\n",
+            "app@org.test", ["gone@example.test"], b"Subject: invoice\r\nMessage-ID: <inv-7@org.test>\r\n\r\nx\r\n",  # noqa: E501 - one SMTP payload per line
             subject="invoice", message_id_header="<inv-7@org.test>"))
         [claim] = await app.spool.claim("t")
         await app.spool.complete([RecipientResult(claim.recipients[0].id, "delivered", 250, "2.0.0", "ok")])
         st, before = await api.call("GET", "/metrics")
-        out = await bounce_handler.process(app.store.bounces, app.settings.relay.bounces, DSN, source="channel")
+        out = await bounce_handler.process(app.store.bounces, app.settings.relay.bounces, DSN,
+                                           source="channel")
         assert out.effects and out.effects[0].message_id == qid
 
         st, body = await api.call("GET", "/api/v1/bounces")
         assert st == 200 and len(body["items"]) == 1
         b = body["items"][0]
-        assert (b["address"], b["reason"], b["kind"], b["status"]) == ("gone@example.test", "userunknown", "hard",
+        assert (b["address"], b["reason"], b["kind"], b["status"]) == ("gone@example.test", "userunknown",
+                                                                       "hard",
                                                                         "5.1.1")
         assert b["message"] == f"/api/v1/messages/{qid}" and "raw" not in b
         st, one = await api.call("GET", f"/api/v1/bounces/{b['id']}")
@@ -63,7 +66,8 @@ async def test_bounces_and_suppressions(tmp_path):
         assert (await api.call("GET", "/api/v1/bounces/999999"))[0] == 404
         assert (await api.call("GET", "/api/v1/bounces/abc"))[0] == 404
         assert (await api.call("GET", "/api/v1/bounces", params={"kind": "soft"}))[1]["items"] == []
-        assert len((await api.call("GET", "/api/v1/bounces", params={"address": "GONE@example.test"}))[1]["items"]) == 1
+        assert len((await api.call("GET", "/api/v1/bounces",
+                                   params={"address": "GONE@example.test"}))[1]["items"]) == 1
         st, m = await api.call("GET", f"/api/v1/messages/{qid}")
         assert m["status"] == "bounced" and m["events"][-1]["actor"] == "bounce"
 
@@ -99,7 +103,8 @@ async def test_bounces_and_suppressions(tmp_path):
 
         st, after = await api.call("GET", "/metrics")
         text = after.decode()
-        assert 'relaybox_suppressions{kind="manual"} 2.0' in text and 'relaybox_suppressions{kind="hard"} 1.0' in text
+        assert 'relaybox_suppressions{kind="manual"} 2.0' in text
+        assert 'relaybox_suppressions{kind="hard"} 1.0' in text
         line = 'relaybox_bounces_total{category="bounce",kind="hard",reason="userunknown"}'
         count = lambda t: float(next((x.split()[-1] for x in t.splitlines() if x.startswith(line)), 0))  # noqa: E731
         assert count(text) - count(before.decode()) == 1

@@ -26,7 +26,8 @@ def relay(tmp_path_factory):
     p = RelayboxProcess(str(d), {
         "admin": {"listen": f"127.0.0.1:{admin_port}", "tokens": [TOKEN]},
         # deliveries go to a closed port: recipients end up deferred, the queue stays inspectable
-        "[[routes]]": [{"name": "nowhere", "host": "127.0.0.1", "port": dead, "tls": "none", "default": True}],
+        "[[routes]]": [{"name": "nowhere", "host": "127.0.0.1", "port": dead, "tls": "none",
+                        "default": True}],
         "delivery": {"connect_timeout": "1s"},
     }).start()
     p.admin_port = admin_port
@@ -102,7 +103,8 @@ def test_falls_back_to_the_database_when_nothing_answers(relay, tmp_path):
     cfg.write_text(f'[storage]\npath = "{relay.db_path}"\n[admin]\nlisten = "127.0.0.1:{free_port()}"\n'
                    f'tokens = ["{TOKEN}"]\n')
     env = dict(os.environ, PYTHONPATH=REPO)
-    r = subprocess.run([sys.executable, "-m", "relaybox.cli", "--config", str(cfg), "queue", "summary", "--json"],
+    r = subprocess.run([sys.executable, "-m", "relaybox.cli", "--config", str(cfg), "queue", "summary",
+                        "--json"],
                        capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode == 0, r.stderr
     assert "working on the database" in r.stderr

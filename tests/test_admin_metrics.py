@@ -54,8 +54,10 @@ async def test_metrics_after_real_traffic(tmp_path):
                 code, _ = await asyncio.to_thread(smtp_send, app.smtp_port, "app@org.test", [f"ok{i}@x.test"],
                                                   subject=f"m{i}")
                 assert code == 250
-            assert (await asyncio.to_thread(smtp_send, app.smtp_port, "app@org.test", ["nobody@x.test"]))[0] == 250
-            assert (await asyncio.to_thread(smtp_send, app.smtp_port, "app@org.test", ["later@x.test"]))[0] == 250
+            assert (await asyncio.to_thread(smtp_send, app.smtp_port, "app@org.test",
+                                            ["nobody@x.test"]))[0] == 250
+            assert (await asyncio.to_thread(smtp_send, app.smtp_port, "app@org.test",
+                                            ["later@x.test"]))[0] == 250
             code, _ = await asyncio.to_thread(smtp_send, app.smtp_port, "app@org.test", ["r@x.test"],
                                               source="127.0.0.2")
             assert code == 550
@@ -66,7 +68,8 @@ async def test_metrics_after_real_traffic(tmp_path):
                 with sqlite3.connect(db) as c:
                     busy = c.execute("SELECT COUNT(*) FROM recipients WHERE status IN ('queued','sending')"
                                      ).fetchone()[0]
-                    counts = dict(c.execute("SELECT status, COUNT(*) FROM recipients GROUP BY status").fetchall())
+                    counts = dict(c.execute("SELECT status, COUNT(*) FROM recipients GROUP BY status")
+                                  .fetchall())
                 return busy == 0 and counts.get("deferred") == 1 and counts.get("bounced") == 1, counts
             deadline = time.monotonic() + 15
             while not settled()[0] and time.monotonic() < deadline:
@@ -74,7 +77,8 @@ async def test_metrics_after_real_traffic(tmp_path):
             ok, counts = settled()
             assert ok, counts
             with sqlite3.connect(db) as c:
-                delivered_db = c.execute("SELECT COUNT(*) FROM recipients WHERE status='delivered'").fetchone()[0]
+                delivered_db = c.execute("SELECT COUNT(*) FROM recipients WHERE status='delivered'"
+                                         ).fetchone()[0]
                 attempts_db = c.execute("SELECT COUNT(*) FROM attempts").fetchone()[0]
             assert delivered_db >= 5     # 5 messages (+ the DSN of the bounce, to the sender, via the sink)
 
@@ -88,7 +92,8 @@ async def test_metrics_after_real_traffic(tmp_path):
             assert delta("relaybox_smtp_accepted_messages_total") == 7
             assert delta("relaybox_smtp_rejected_total") >= 1
             for status in ("delivered", "deferred", "bounced", "queued", "sending"):
-                assert value(after, "relaybox_queue_recipients", status=status) == counts.get(status, 0), status
+                assert value(after, "relaybox_queue_recipients", status=status) == counts.get(status,
+                                                                                              0), status
             assert value(after, "relaybox_queue_oldest_age_seconds") > 0          # the deferred one waits
             assert delta("relaybox_delivery_results_total", route="sink", result="delivered") == delivered_db
             assert delta("relaybox_delivery_results_total", route="sink", result="bounced") == 1

@@ -59,7 +59,8 @@ async def test_routes_dkim_and_no_secrets_anywhere(tmp_path):
         for path, ops in doc["paths"].items():
             if "get" not in ops or "{" in path:
                 continue
-            st, body = await api.call("GET", path, params={"from": "a@org.test"} if "resolve" in path else None)
+            st, body = await api.call("GET", path,
+                                      params={"from": "a@org.test"} if "resolve" in path else None)
             text = body.decode() if isinstance(body, bytes) else str(body)
             for s in secrets:
                 assert s not in text, (path, s)
@@ -73,7 +74,8 @@ async def test_route_smtp_test_action(tmp_path):
     from tests.peers.sink import Sink
 
     sink = await Sink(users={"relay@org.test": ROUTE_PW}, auth_require_tls=False).start()
-    routes = [{"name": "good", "host": "127.0.0.1", "port": sink.port, "tls": "none", "username": "relay@org.test",
+    routes = [{"name": "good", "host": "127.0.0.1", "port": sink.port, "tls": "none",
+               "username": "relay@org.test",
                "password": ROUTE_PW},
               {"name": "badpw", "host": "127.0.0.1", "port": sink.port, "tls": "none",
                "username": "relay@org.test", "password": "wrong-" + ROUTE_PW},

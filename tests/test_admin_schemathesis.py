@@ -27,7 +27,8 @@ def relay(tmp_path):
 
 
 def test_schemathesis_finds_no_mismatch(relay):
-    cmd = [sys.executable, "-c", "import sys; from schemathesis.cli import schemathesis; sys.exit(schemathesis())",
+    cmd = [sys.executable, "-c",
+           "import sys; from schemathesis.cli import schemathesis; sys.exit(schemathesis())",
            "run",
            f"http://127.0.0.1:{relay.admin_port}/api/v1/openapi.json",
            "-H", f"Authorization: Bearer {TOKEN.split(':', 1)[1]}",

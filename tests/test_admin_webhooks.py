@@ -1,4 +1,5 @@
-"""Event webhooks against a real HTTP receiver: signatures, once-per-message deferred, retries, give-up, status."""
+"""Event webhooks against a real HTTP receiver: signatures, once-per-message deferred, retries, give-up,
+status."""
 
 from __future__ import annotations
 
@@ -77,14 +78,16 @@ async def test_signed_events_retries_and_endpoint_status(tmp_path):
         async with running(tmp_path, webhooks=hooks) as (app, api):
             app.admin.webhooks.poll_interval = 0.1
             body = b"From: a@org.test\r\nSubject: hi\r\nMessage-ID: <w1@org.test>\r\n\r\nx\r\n"
-            qid = await app.spool.enqueue(NewMessage("a@org.test", ["ok@x.test", "slow@x.test", "bad@x.test", "gone@x.test"], body,
+            qid = await app.spool.enqueue(NewMessage("a@org.test", ["ok@x.test", "slow@x.test",
+                                                                    "bad@x.test", "gone@x.test"], body,
                                                      subject="hi", message_id_header="<w1@org.test>"))
             claims = await app.spool.claim("t", limit=10)
             r = {x.address: x.id for x in claims[0].recipients}
             later = time.time() + 3600
             await app.spool.complete([
                 RecipientResult(r["ok@x.test"], "delivered", 250, "2.0.0", "queued as X"),
-                RecipientResult(r["slow@x.test"], "deferred", 451, "4.7.1", "greylisted", next_attempt_at=time.time()),
+                RecipientResult(r["slow@x.test"], "deferred", 451, "4.7.1", "greylisted",
+                                next_attempt_at=time.time()),
                 RecipientResult(r["bad@x.test"], "bounced", 550, "5.1.1", "no such user"),
                 RecipientResult(r["gone@x.test"], "failed", None, "4.4.7", "expired", reason="expired")])
             await app.spool.claim("t", limit=10)          # the deferred one again: a second deferral
@@ -97,7 +100,8 @@ async def test_signed_events_retries_and_endpoint_status(tmp_path):
             assert await _wait(all_in), rx.events
             await asyncio.sleep(0.5)                      # nothing more arrives (one deferred per message)
             kinds = sorted((e["type"], e["recipient"]) for e in rx.events)
-            assert kinds == [("bounced", "bad@x.test"), ("cancelled", "slow@x.test"), ("deferred", "slow@x.test"),
+            assert kinds == [("bounced", "bad@x.test"), ("cancelled", "slow@x.test"), ("deferred",
+                                                                                       "slow@x.test"),
                              ("delivered", "ok@x.test"), ("failed", "gone@x.test")]
             assert rx.bad_signatures == 0 and rx.calls == 5 + 2          # two 503s were retried
             assert next(e for e in rx.events if e["type"] == "failed")["reason"] == "expired"

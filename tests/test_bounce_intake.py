@@ -1,4 +1,5 @@
-"""relaybox as the MX of its VERP bounce domain: reports from anyone are parsed and recorded, never relayed."""
+"""relaybox as the MX of its VERP bounce domain: reports from anyone are parsed and recorded, never
+relayed."""
 
 import smtplib
 import sqlite3
@@ -17,11 +18,11 @@ SECRET = "a-long-verp-secret-for-tests"
 def dsn_for(original_rcpt: str, verp_addr: str) -> bytes:
     return (
         f"From: MAILER-DAEMON@mx.example.test\r\nTo: {verp_addr}\r\nSubject: Undelivered Mail\r\n"
-        "MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"B\"\r\n\r\n"
+        "MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"B\"\r\n\r\n"  # noqa: E501 - one SMTP payload per line
         "--B\r\nContent-Type: text/plain\r\n\r\nI'm sorry, the address does not exist.\r\n"
         "--B\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.test\r\n\r\n"
         f"Final-Recipient: rfc822; {original_rcpt}\r\nAction: failed\r\nStatus: 5.1.1\r\n"
-        "Diagnostic-Code: smtp; 550 5.1.1 <" + original_rcpt + ">: Recipient address rejected: User unknown\r\n"
+        "Diagnostic-Code: smtp; 550 5.1.1 <" + original_rcpt + ">: Recipient address rejected: User unknown\r\n"  # noqa: E501 - one SMTP payload per line
         "--B--\r\n").encode()
 
 
@@ -35,7 +36,8 @@ def test_verp_bounce_over_smtp_marks_recipient_and_suppresses(tmp_path):
         s.sendmail("app@org.test", ["gone@example.test", "ok@example.test"], b"Subject: hello\r\n\r\nx\r\n")
         s.quit()
         with sqlite3.connect(relay.db_path) as c:
-            qid, rid = c.execute("SELECT message_id, id FROM recipients WHERE address='gone@example.test'").fetchone()
+            qid, rid = c.execute("SELECT message_id, id FROM recipients WHERE address='gone@example.test'"
+                                 ).fetchone()
         addr = verp.return_path(BouncesConfig(domain="bounce.relay.test", secret=SECRET), qid, rid)
 
         # the remote MTA is not allow-listed: reports to valid VERP addresses are accepted anyway
@@ -53,9 +55,11 @@ def test_verp_bounce_over_smtp_marks_recipient_and_suppresses(tmp_path):
         b.quit()
 
         with sqlite3.connect(relay.db_path) as c:
-            status = dict(c.execute("SELECT address, status FROM recipients WHERE message_id=?", (qid,)).fetchall())
+            status = dict(c.execute("SELECT address, status FROM recipients WHERE message_id=?",
+                                    (qid,)).fetchall())
             assert status == {"gone@example.test": "bounced", "ok@example.test": "queued"}
-            assert c.execute("SELECT COUNT(*) FROM suppressions WHERE address='gone@example.test'").fetchone()[0] == 1
+            assert c.execute("SELECT COUNT(*) FROM suppressions WHERE address='gone@example.test'"
+                             ).fetchone()[0] == 1
             # the report itself was not queued for relaying
             assert c.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 1
     finally:

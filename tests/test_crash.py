@@ -7,7 +7,6 @@ SIGKILLs the process at several points under load, restarts it on the same datab
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 import smtplib
 import sqlite3
@@ -83,7 +82,8 @@ def test_kill_9_under_load_loses_no_acknowledged_message(tmp_path):
     try:
         for kill_at in KILL_AFTER + (TOTAL,):
             stop = threading.Event()
-            threads = [threading.Thread(target=client_loop, args=(relay.smtp_port, load, stop, i * 7919 + kills))
+            threads = [threading.Thread(target=client_loop, args=(relay.smtp_port, load, stop,
+                                                                  i * 7919 + kills))
                        for i in range(CLIENTS)]
             for t in threads:
                 t.start()

@@ -259,7 +259,8 @@ async def test_verp_return_path_per_recipient(env, sink):
 
 async def test_suppressed_recipient_fails_without_attempt(env, sink):
     spool, clock, make = env
-    await spool.store.bounces.suppress("Blocked@dst.test", "hard bounce", "hard", "test", expires_at=T0 + 86400)
+    await spool.store.bounces.suppress("Blocked@dst.test", "hard bounce", "hard", "test",
+                                       expires_at=T0 + 86400)
     qid = await enqueue(spool, ["blocked@dst.test", "fine@dst.test"])
     await make(delivery={"dsn": False}).run_burst()
     rs = await recipients(spool, qid)

@@ -1,4 +1,5 @@
-"""Outgoing DSNs (relay/notices/dsn.py) are well-formed RFC 3464 reports: checked with the stdlib MIME parser and
+"""Outgoing DSNs (relay/notices/dsn.py) are well-formed RFC 3464 reports: checked with the stdlib MIME
+parser and
 with relaybox's own inbound bounce parser (relay/bounces, written independently)."""
 
 import email
@@ -12,7 +13,8 @@ from store.records import Message
 
 pytestmark = pytest.mark.unit
 
-MSG = Message(id="06H0EJTDD1ETHACP", sender="alice@src.test", created_at=1_800_000_000.0, size=0, body_sha256="")
+MSG = Message(id="06H0EJTDD1ETHACP", sender="alice@src.test", created_at=1_800_000_000.0, size=0,
+              body_sha256="")
 ORIGINAL = (b"From: Alice <alice@src.test>\r\nTo: bob@dst.test\r\nSubject: hi\r\n"
             b"Message-ID: <orig-1@src.test>\r\n\r\nsecret body text\r\n")
 FAILED = [dsn.FailedRecipient("bob@dst.test", "bounced", "5.1.1", 550, "<bob@dst.test>: user unknown",

@@ -73,7 +73,7 @@ def test_ehlo_extensions_and_auth_only_after_starttls(relay):
 
 def test_accepts_and_stores_before_250(relay):
     s = client(relay)
-    body = b"From: app@org.test\r\nDate: Mon, 23 Nov 2026 07:00:00 +0000\r\nSubject: hello\r\nMessage-ID: <m1@org.test>\r\n\r\nline one\r\n..dot\r\n"
+    body = b"From: app@org.test\r\nDate: Mon, 23 Nov 2026 07:00:00 +0000\r\nSubject: hello\r\nMessage-ID: <m1@org.test>\r\n\r\nline one\r\n..dot\r\n"  # noqa: E501 - one SMTP payload per line
     s.mail("app@org.test")
     s.rcpt("a@example.test")
     s.rcpt("b@example.test")
@@ -142,9 +142,9 @@ def test_line_too_long(relay):
 
 
 @pytest.mark.parametrize("payload", [
-    b"Subject: s\r\n\r\nTesting\n.\r\nMAIL FROM:<evil@x.test>\r\nRCPT TO:<v@y.test>\r\nDATA\r\nsmuggled\r\n.\r\n",
-    b"Subject: s\r\n\r\nTesting\r\n.\nMAIL FROM:<evil@x.test>\r\nRCPT TO:<v@y.test>\r\nDATA\r\nsmuggled\r\n.\r\n",
-    b"Subject: s\r\n\r\nTesting\r.\r\nMAIL FROM:<evil@x.test>\r\nRCPT TO:<v@y.test>\r\nDATA\r\nsmuggled\r\n.\r\n",
+    b"Subject: s\r\n\r\nTesting\n.\r\nMAIL FROM:<evil@x.test>\r\nRCPT TO:<v@y.test>\r\nDATA\r\nsmuggled\r\n.\r\n",  # noqa: E501 - one SMTP payload per line
+    b"Subject: s\r\n\r\nTesting\r\n.\nMAIL FROM:<evil@x.test>\r\nRCPT TO:<v@y.test>\r\nDATA\r\nsmuggled\r\n.\r\n",  # noqa: E501 - one SMTP payload per line
+    b"Subject: s\r\n\r\nTesting\r.\r\nMAIL FROM:<evil@x.test>\r\nRCPT TO:<v@y.test>\r\nDATA\r\nsmuggled\r\n.\r\n",  # noqa: E501 - one SMTP payload per line
 ])
 def test_smuggling_never_makes_two_messages(relay, payload):
     s = client(relay)
@@ -198,7 +198,8 @@ def test_auth_after_starttls_lets_unlisted_client_relay(relay):
     code, reply = send_raw(s, b"Subject: authed\r\n\r\nx\r\n.\r\n")
     assert code == 250
     with sqlite3.connect(relay.db_path) as c:
-        assert c.execute("SELECT auth_user FROM messages WHERE id=?", (qid_of(reply),)).fetchone()[0] == "app1"
+        assert c.execute("SELECT auth_user FROM messages WHERE id=?",
+                         (qid_of(reply),)).fetchone()[0] == "app1"
     s.quit()
     assert "s3cret-pw" not in relay.log()
 

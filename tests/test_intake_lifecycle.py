@@ -1,6 +1,5 @@
 """Storage failure answers 451 and stores nothing; SIGTERM finishes sessions in DATA and exits 0."""
 
-import asyncio
 import signal
 import smtplib
 import socket

@@ -1,6 +1,7 @@
 """The inbound aggregate of the store (``store.inbound``): channels, filters, campaigns, checkpoints,
 inbound messages and the quarantine, exercised through the typed interface only (no SQL), for every backend
-in ``BACKENDS``. ``open_store()`` reopens the same database, so restarts are part of the contract."""
+in ``tests/conftest.py: STORE_BACKENDS``. ``open_store()`` reopens the same database, so restarts are part
+of the contract."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import dataclasses
 
 import pytest
 
-from store import Store
 from store.inbound import (
     Campaign,
     CampaignInUse,
@@ -22,39 +22,6 @@ from store.inbound import (
 )
 
 pytestmark = pytest.mark.component
-
-BACKENDS = ["sqlite"]
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture(params=BACKENDS)
-def open_store(request, tmp_path, clock):
-    opened: list[Store] = []
-
-    def _open() -> Store:
-        if request.param == "sqlite":
-            s = Store(str(tmp_path / "inbound.db"), clock=clock).open()
-        else:  # pragma: no cover - a backend listed without a factory
-            raise AssertionError(request.param)
-        opened.append(s)
-        return s
-
-    yield _open
-    for s in opened:
-        s.close()
-
 
 def box(name: str = "box", *, enabled: bool = True, filters=(), **settings) -> Channel:
     return Channel(name=name, settings={"host": "imap.test", "default_campaign": "desk", **settings},

@@ -25,7 +25,8 @@ def msg(n=0, rcpts=("a@x.test", "b@y.test"), **kw):
 
 async def statuses(db, qid):
     rows = await db.db.read(lambda c: c.execute(
-        "SELECT address, status, reason, attempts FROM recipients WHERE message_id=? ORDER BY id", (qid,)).fetchall())
+        "SELECT address, status, reason, attempts FROM recipients WHERE message_id=? ORDER BY id",
+        (qid,)).fetchall())
     return [(r["address"], r["status"], r["reason"]) for r in rows]
 
 
@@ -76,7 +77,8 @@ async def test_claim_complete_defer_fail_cycle(dbpath, clock):
         RecipientResult(a, Status.DELIVERED, 250, "2.0.0", "ok"),
         RecipientResult(b, Status.DEFERRED, 451, "4.7.1", "greylisted", next_attempt_at=clock.t + 300),
         RecipientResult(c, Status.BOUNCED, 550, "5.1.1", "no such user"),
-    ], attempt=AttemptLog(qid, clock.t, clock.t, "mixed", host="mx.x.test", transcript=({"dir": "S", "line": "220 hi"},)))
+    ], attempt=AttemptLog(qid, clock.t, clock.t, "mixed", host="mx.x.test", transcript=({"dir": "S",
+                                                                                         "line": "220 hi"},)))
     assert await statuses(db, qid) == [("a@x.test", "delivered", None), ("b@y.test", "deferred", None),
                                        ("c@z.test", "bounced", None)]
     assert await spool.claim("w1") == []          # not due yet

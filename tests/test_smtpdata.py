@@ -61,8 +61,8 @@ def test_prepare_adds_trace_and_missing_ids():
                         client_ip="10.0.0.1", tls=True, auth=True, rcpts=["a@x.test"], now=1_700_000_000)
     head, _, body = p.body.partition(b"\r\n\r\n")
     assert body == b"body\r\n"
-    assert head.startswith(b"Received: from app.test ([10.0.0.1])\r\n\tby relay.test (relaybox) with ESMTPSA id "
-                           + p.queue_id.encode())
+    assert head.startswith(b"Received: from app.test ([10.0.0.1])\r\n"
+                           b"\tby relay.test (relaybox) with ESMTPSA id " + p.queue_id.encode())
     assert f"X-Relaybox-ID: {p.queue_id}".encode() in head
     assert p.message_id == f"<{p.queue_id}@relay.test>" and b"Date: Tue, 14 Nov 2023 22:13:20 GMT" in head
     assert p.subject == "hi"

@@ -1,8 +1,8 @@
 """The store's contract: what every backend must do, exercised through the typed interface only.
 
-No SQL and no backend detail here: the same tests run against each backend in ``BACKENDS`` (SQLite today;
-the PostgreSQL backend adds itself to the list and must pass unchanged). ``open_store(path)`` reopens the
-same database, so restarts are part of the contract.
+No SQL and no backend detail here: the same tests run against each backend in ``STORE_BACKENDS`` of
+``tests/conftest.py`` (SQLite today; the PostgreSQL backend adds itself there and must pass unchanged).
+``open_store()`` reopens the same database, so restarts are part of the contract.
 """
 
 from __future__ import annotations
@@ -21,28 +21,9 @@ from store.suppressions import Rules
 
 pytestmark = pytest.mark.component
 
-BACKENDS = ["sqlite"]
-
-
-@pytest.fixture(params=BACKENDS)
-def open_store(request, tmp_path, clock):
-    opened: list[Store] = []
-
-    def _open() -> Store:
-        if request.param == "sqlite":
-            s = Store(str(tmp_path / "contract.db"), clock=clock).open()
-        else:  # pragma: no cover - a backend listed without a factory
-            raise AssertionError(request.param)
-        opened.append(s)
-        return s
-
-    yield _open
-    for s in opened:
-        s.close()
-
-
 def new(n: int = 0, rcpts=("a@x.test", "b@y.test"), **kw) -> NewMessage:
-    return NewMessage(sender="app@org.test", recipients=list(rcpts), body=f"Subject: {n}\r\n\r\nbody\r\n".encode(),
+    return NewMessage(sender="app@org.test", recipients=list(rcpts),
+                      body=f"Subject: {n}\r\n\r\nbody\r\n".encode(),
                       subject=str(n), message_id_header=f"<m{n}@org.test>", **kw)
 
 
@@ -241,7 +222,8 @@ async def test_bounce_report_correlates_marks_and_suppresses(open_store, clock):
     assert out.correlation == "message-id" and [e.effect for e in out.effects] == ["bounced+suppressed"]
     assert await statuses(s, qid) == [("a@x.test", "bounced"), ("b@y.test", "delivered")]
     entry = await s.bounces.suppression("A@X.test")
-    assert entry is not None and entry.kind == "hard" and entry.expires_at == pytest.approx(clock.t + 30 * 86400)
+    assert entry is not None and entry.kind == "hard"
+    assert entry.expires_at == pytest.approx(clock.t + 30 * 86400)
     # the same report again: recorded, but no second transition
     again = await s.bounces.record(report, source="channel")
     assert [e.effect for e in again.effects] == ["suppressed"]

@@ -22,17 +22,11 @@ DAY = 86400.0
 T0 = 1_800_000_000.0
 
 
-class Clock:
-    def __init__(self, t: float = T0):
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
 @pytest.fixture
-def clock():
-    return Clock()
+def clock(clock):
+    """The conftest clock, started at T0."""
+    clock.t = T0
+    return clock
 
 
 @pytest.fixture
@@ -88,7 +82,8 @@ Subject: hi{headers}
 
 
 def _recipient(db, rid):
-    return db.db.read_sync(lambda c: dict(c.execute("SELECT * FROM recipients WHERE id=?", (rid,)).fetchone()))
+    return db.db.read_sync(lambda c: dict(c.execute("SELECT * FROM recipients WHERE id=?",
+                                                    (rid,)).fetchone()))
 
 
 def _events(db, rid):
@@ -140,8 +135,10 @@ async def test_soft_bounces_suppress_only_after_the_limit_within_the_window(db):
 
     async def bounce_at(t):
         return await db.bounces.record(
-            bounce_handler.report_of(parse(_dsn("carol@example.com", status="5.2.2", diag="552 5.2.2 mailbox full"))),
-            source="smtp", target=(target.queue_id, target.recipient_id), now=t, rules=bounce_handler.rules_of(CFG))
+            bounce_handler.report_of(parse(_dsn("carol@example.com", status="5.2.2",
+                                                diag="552 5.2.2 mailbox full"))),
+            source="smtp", target=(target.queue_id,
+                                   target.recipient_id), now=t, rules=bounce_handler.rules_of(CFG))
 
     await bounce_at(T0 - 8 * DAY)             # outside the 7-day window: does not count
     for i in range(4):
@@ -201,7 +198,8 @@ async def test_forged_verp_token_has_no_effect(db):
     assert _events(db, rid) == []
     assert not _suppressed(db, "bob@example.net")
     # a report naming our queue id but an address that is not its recipient changes nothing either
-    out = await bounce_handler.process(db.bounces, CFG, _dsn("victim@example.org", headers=f"\nX-Relaybox-ID: {qid}"),
+    out = await bounce_handler.process(db.bounces, CFG, _dsn("victim@example.org",
+                                                             headers=f"\nX-Relaybox-ID: {qid}"),
                                        source="channel")
     assert out.effects[0].effect == "uncorrelated"
     assert not _suppressed(db, "victim@example.org")
@@ -224,7 +222,8 @@ async def test_delayed_report_changes_nothing(db):
     qid, ids = await _enqueue(db)
     rid = ids["bob@example.net"]
     raw = _dsn("bob@example.net", status="4.4.1", action="delayed", diag="421 4.4.1 connection timed out")
-    out = await bounce_handler.process(db.bounces, CFG, raw, source="smtp", rcpt=verp.return_path(CFG, qid, rid))
+    out = await bounce_handler.process(db.bounces, CFG, raw, source="smtp", rcpt=verp.return_path(CFG, qid,
+                                                                                                  rid))
     assert out.effects[0].effect == "delayed"
     assert _recipient(db, rid)["status"] == "delivered"
 

@@ -70,8 +70,9 @@ def cmd_add(args) -> int:
         print(f'error: --expires: expected a duration like "30d", got {args.expires!r}', file=sys.stderr)
         return 2
     now = time.time()
+    until_at = (now + expires) if expires else None
     entry, rc = attempt(args, lambda s: s.bounces.suppress(
-        args.address, args.reason, "manual", "cli", note=args.note, expires_at=(now + expires) if expires else None))
+        args.address, args.reason, "manual", "cli", note=args.note, expires_at=until_at))
     if rc or entry is None:
         return rc or 2
     until = "never expires" if entry.expires_at is None else \

@@ -5,7 +5,6 @@ picks channel changes up within seconds). Secrets are stored, never printed.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import sys
@@ -14,9 +13,9 @@ from typing import Awaitable, Callable, TypeVar
 from poller import channels
 from poller.config import CampaignConfig, ChannelConfig, FilterConfig
 from relay.configtypes import ConfigError, build
+from relaybox.commands._common import attempt, removed, run
 from relaybox.commands._common import out as _out
-from relaybox.commands._common import removed
-from store import StorageError, Store
+from store import Store
 from store.inbound import CampaignInUse, InboundStore
 
 T = TypeVar("T")
@@ -27,35 +26,16 @@ def _db_arg(p) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
-def _open(args) -> Store:
-    from relaybox.settings import load
-
-    return Store(str(getattr(args, "db", None) or load(args.config).relay.storage.path)).open()
-
-
 def _run(args, job: Callable[[InboundStore], Awaitable[T]]) -> T:
-    """One async job on the inbound store, in a store opened for it and closed however the job ends."""
-    store = _open(args)
-    try:
-        return asyncio.run(_awaited(job(store.inbound)))
-    finally:
-        store.close()
+    """One async job on the inbound store, in a store session of its own (``_common.run``)."""
+    return run(args, lambda store: job(store.inbound))
 
 
 def _change(args, job: Callable[[InboundStore], Awaitable[T]],
             errors: tuple[type[Exception], ...] = ()) -> tuple[T | None, int]:
-    """``_run`` for a change: a refusal (``errors``, a conflict, a storage failure) is printed as
+    """``_run`` for a change: a refusal (``errors``, a bad value, a storage failure) is printed as
     ``error: ...`` and gives (None, 2)."""
-    caught: tuple[type[Exception], ...] = (*errors, ValueError, StorageError)
-    try:
-        return _run(args, job), 0
-    except caught as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return None, 2
-
-
-async def _awaited(aw: Awaitable[T]) -> T:
-    return await aw
+    return attempt(args, lambda store: job(store.inbound), (*errors, ValueError))
 
 
 def cmd_list(args) -> int:
@@ -116,9 +96,7 @@ def cmd_remove(args) -> int:
 def cmd_validate(args) -> int:
     from poller.runner import PollerService, validate_channel
 
-    store = _open(args)
-
-    async def run() -> tuple[bool, str]:
+    async def check(store: Store) -> tuple[bool, str]:
         import aiohttp
 
         ch = await channels.get_channel(store.inbound, args.name)
@@ -131,10 +109,7 @@ def cmd_validate(args) -> int:
         finally:
             await svc.http.close()
 
-    try:
-        ok, text = asyncio.run(run())
-    finally:
-        store.close()
+    ok, text = run(args, check)
     print(text)
     return 0 if ok else 1
 

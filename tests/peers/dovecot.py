@@ -143,7 +143,8 @@ class Dovecot:
         pidfile = os.path.join(self.base, "run", "master.pid")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if os.path.exists(pidfile) and self._port_open(self.imap_port) and self._port_open(self.pop3_port):
+            ports_open = self._port_open(self.imap_port) and self._port_open(self.pop3_port)
+            if os.path.exists(pidfile) and ports_open:
                 break
             time.sleep(0.02)
         else:

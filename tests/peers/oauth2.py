@@ -55,7 +55,8 @@ class TokenServer(threading.Thread):
         self.grants.append(grant)
         # exact comparison on purpose: a stray space in a client id is an "invalid_client" at real providers
         if form.get("client_id") != self.client_id or form.get("client_secret") != self.client_secret:
-            return self._error(401, "invalid_client", f"AADSTS700016: unknown client {form.get('client_id')!r}")
+            return self._error(401, "invalid_client",
+                               f"AADSTS700016: unknown client {form.get('client_id')!r}")
         body: dict = {"token_type": "Bearer", "expires_in": 3600}
         if grant == "refresh_token":
             if not self.refresh_token or form.get("refresh_token") != self.refresh_token:

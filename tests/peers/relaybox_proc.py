@@ -67,7 +67,8 @@ class RelayboxProcess:
     def start(self, timeout: float = 15.0) -> "RelayboxProcess":
         env = dict(os.environ, PYTHONPATH=REPO)
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "relaybox.cli", "run", "--config", self.config_path],
+        self.proc = subprocess.Popen([sys.executable, "-m", "relaybox.cli", "run", "--config",
+                                      self.config_path],
                                      cwd=self.workdir, stdout=self._log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
