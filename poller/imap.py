@@ -17,6 +17,8 @@ from typing import Any
 import aioimaplib
 from aioimaplib.aioimaplib import Command
 
+from relay.tls import client_context
+
 _UIDVALIDITY = re.compile(rb"\[UIDVALIDITY (\d+)\]")
 _FETCH_UID = re.compile(rb"\bUID (\d+)")
 _FETCH_SIZE = re.compile(rb"\bRFC822\.SIZE (\d+)")
@@ -26,14 +28,6 @@ _LIST_RE = re.compile(rb'^\((?P<flags>[^)]*)\) (?:"[^"]*"|NIL) (?P<name>.+)$')
 
 class MailboxError(Exception):
     """The server refused something or could not be reached; ``str()`` is the reason for admins."""
-
-
-def tls_context(verify: bool, ca_file: str = "") -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=ca_file or None)
-    if not verify:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
 
 
 def _text(resp: Any) -> str:
@@ -55,7 +49,7 @@ class MailServer:
                  ca_file: str = "", timeout: float = 60.0):
         self.host, self.port, self.tls = host, port, tls
         self.server_name = server_name or host
-        self.ctx = tls_context(verify, ca_file) if tls != "none" else None
+        self.ctx = client_context(verify, ca_file) if tls != "none" else None
         self.timeout = timeout
 
 

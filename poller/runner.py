@@ -22,6 +22,7 @@ from poller.imap import IMAPSession, MailboxError
 from poller.oauth2 import TokenError, access_token
 from poller.pop3 import POP3Session
 from poller.router import MessageView, ParseError, route
+from relay.spool.retry import RetryPolicy, backoff
 from relay.spool.spool import Spool
 from store import StorageError, Store
 from store.inbound import Delivery
@@ -93,7 +94,8 @@ class PollerService:
 
     # ---- per channel ---------------------------------------------------------------------------------
     async def _channel_loop(self, name: str) -> None:
-        backoff = 5.0
+        failures = 0
+        errors = RetryPolicy(first=5.0, cap=float(self.pcfg.error_backoff_cap), jitter=0.0)
         st = self.state.setdefault(name, {"up": False, "idle": False, "last_error": None})
         while True:
             ch = await channels.get_channel(self.inbound, name)
@@ -106,17 +108,18 @@ class PollerService:
                     res = await run_once(self.inbound, ch, self.pcfg, self.deliver, self.connect, time.time())
                     await self._success(ch, st, res)
                     await asyncio.sleep(ch.poll_interval)
-                backoff = 5.0
+                failures = 0
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - one channel's trouble stays in that channel
                 msg = str(exc) or type(exc).__name__
+                failures += 1
+                delay = backoff(failures, errors)
                 st.update(up=False, last_error=msg)
                 CHANNEL_UP.labels(name).set(0)
-                log.warning("channel %s: %s (retry in %.0f s)", name, msg, backoff)
+                log.warning("channel %s: %s (retry in %.0f s)", name, msg, delay)
                 await self.inbound.record_poll(name, msg)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self.pcfg.error_backoff_cap)
+                await asyncio.sleep(delay)
 
     async def _imap_persistent(self, ch: ChannelConfig, st: dict) -> None:
         """One logged-in session: poll, then IDLE (if offered) until the server pushes or the interval
