@@ -26,7 +26,7 @@ def split(message: bytes) -> tuple[bytes, bytes, bytes]:
     if not _FIELD_RE.match(message[:1000]):
         return b"", b"", message
     i = message.find(b"\r\n\r\n")
-    j = message.find(b"\n\n")
+    j = message.find(b"\n\n", 0, i if i >= 0 else len(message))   # an LF-only block ending first
     if i >= 0 and (j < 0 or i < j):
         return message[:i + 2], b"\r\n", message[i + 4:]
     if j >= 0:

@@ -76,7 +76,10 @@ def prepare_message(content: bytes, *, hostname: str, helo: str, client_ip: str,
     now = time.time() if now is None else now
     qid = queue_id or new_queue_id(now)
     block, sep, rest = rfc5322.split(content)
-    rest = sep + rest if (block or sep) else b"\r\n" + rest   # no header block: all of it is body
+    if not block and not sep:
+        sep = b"\r\n"              # no header block: all of it is body, after our fields and an empty line
+    elif not sep and not rest:
+        sep = b"\r\n"              # header-only message: keep the required empty line
     fields = rfc5322.fields(block)
     seen = {name for name, _ in fields}
     first: dict[str, bytes] = {}
@@ -106,9 +109,7 @@ def prepare_message(content: bytes, *, hostname: str, helo: str, client_ip: str,
         append.append(f"Message-ID: {msgid}\r\n".encode())
     if "date" not in seen:
         append.append(f"Date: {date}\r\n".encode())
-    body = b"".join(prepend) + b"".join(kept) + b"".join(append) + rest
-    if not rest and block:
-        body += b"\r\n"   # header-only message: keep the required empty line
+    body = b"".join([*prepend, *kept, *append, sep, rest])
     return Prepared(
         body=body, queue_id=qid, send_at=send_at,
         from_header=field_value(first["from"]) if "from" in seen else None,
