@@ -8,7 +8,7 @@ then handed to the campaign; \\Seen/move/delete happens after the campaign accep
 restarts from UID 0 and drops messages already stored under an older UIDVALIDITY of the folder (same
 Message-ID and content hash); that check runs on every fetch, so a crash in the middle of a resync cannot
 let the rest of it through as new. POP3: messages are tracked by UIDL and deleted only after the campaign
-accepted.
+accepted (and DELEted again at the next session when the one that accepted it was cut before QUIT).
 
 Crash windows: killed after the store but before delivery -> delivered on restart (same idempotency key);
 after delivery but before the status update -> delivered again with the same key (the target dedupes); after
@@ -279,10 +279,18 @@ async def poll_pop3(inbound: InboundStore, session: POP3Session, ch: ChannelConf
                     deliver: Deliver, now: float,
                     flush: Callable[[], Awaitable[None]] = _no_flush) -> PollResult:
     """UIDL tells what is new; messages are RETRieved and stored ``fetch_batch`` at a time (one commit),
-    each batch delivered before the next is fetched; DELE only after acceptance (committed at QUIT)."""
+    each batch delivered before the next is fetched. ``after = delete``: each message is DELEted as soon as
+    its acceptance is durable; the server commits DELEs only at QUIT, so a message accepted in a session
+    cut before QUIT is still listed at the next session, which DELEtes it first (idempotent: the server
+    lists only what it still holds)."""
     result = PollResult()
     listing = await session.uidl()
     known = await inbound.seen_uidls(ch.name)
+    if ch.after == "delete":
+        finished = await inbound.finished_uidls(ch.name)
+        for uidl, num in listing.items():
+            if uidl in finished:
+                await session.dele(num)
     sizes = await session.sizes() if any(u not in known for u in listing) else {}
 
     async def act(rows: list[InboundMessage]) -> list[InboundMessage]:

@@ -201,6 +201,13 @@ class InboundStore(ChannelStore):
         return await self._read(lambda conn: {r[0] for r in conn.execute(
             "SELECT uid FROM inbound WHERE channel=? AND folder='POP3'", (channel,))})
 
+    async def finished_uidls(self, channel: str) -> set[str]:
+        """The POP3 UIDLs of the channel whose campaign accepted them and whose mailbox action was sent
+        (``done``): one still listed by the server was DELEted in a session cut before QUIT (the server
+        rolled the DELE back) and is to be DELEted again."""
+        return await self._read(lambda conn: {r[0] for r in conn.execute(
+            "SELECT uid FROM inbound WHERE channel=? AND folder='POP3' AND status='done'", (channel,))})
+
     # ---- reading messages ------------------------------------------------------------------------
     async def pending(self, channel: str, now: float, limit: int = 200) -> list[InboundMessage]:
         """Messages to (re)deliver now, and delivered ones whose mailbox action is still due; oldest first."""
