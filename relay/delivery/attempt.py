@@ -60,6 +60,9 @@ class Outcome:
     replies: dict[int, tuple[int, str, str]] = field(default_factory=dict)
     attempt: AttemptLog | None = None
     route: str = "mx"
+    # the open connection that carried the transaction: handed back with ``Delivery.finished`` once the
+    # results are durable, so it never starts another transaction before this one is recorded
+    session: Session | None = None
 
 
 _UNSET: Any = object()   # deliver(): "compute the route" (None is a real answer: no route, MX)
@@ -180,7 +183,6 @@ class Delivery:
                 return Outcome({r.id: err for r in recipients},
                                attempt=_log(message, recipients, started, label, err.status, transcript),
                                route=label)
-        await self.pool.give_back(key, session)
         results = {r.id: tx.results.get(r.address) for r in recipients}
         replies = {}
         if tx.reply:
@@ -195,7 +197,19 @@ class Delivery:
         result = statuses.pop() if len(statuses) == 1 else "mixed"
         return Outcome(results, replies, _log(message, recipients, started, label, result,
                                               pre + tx.transcript, tx),
-                       label)
+                       label, session)
+
+    async def finished(self, key: str, outcome: Outcome, *, recorded: bool) -> None:
+        """The transaction's results are durable (``recorded``): its connection may carry the next one.
+        Otherwise (the commit failed, shutdown) the connection is closed: never reused with a result
+        pending."""
+        session, outcome.session = outcome.session, None
+        if session is None:
+            return
+        if recorded:
+            await self.pool.give_back(key, session)
+        else:
+            session.smtp.close()
 
     async def _send(self, session: Session, message: Message, recipients: list[Recipient],
                     body: bytes) -> Transaction:

@@ -42,6 +42,7 @@ from relay.errors import ConnectError, DeliveryError
 from relay.notices.reports import Batch, Reports
 from relay.spool.retry import RetryPolicy, expires_at, next_attempt
 from relay.spool.spool import AttemptLog, Claim, Message, Recipient, RecipientResult, Spool
+from store import StorageError
 
 log = logging.getLogger("relay.delivery.scheduler")
 
@@ -51,6 +52,7 @@ SATURATED_RECHECK = 0.25      # seconds: how long claims pause while a destinati
 CLAIM_GATHER = 0.02           # seconds between claim rounds while work trickles in
 PREFETCH_MAX_BODY = 256_000   # bodies up to this size are read with the claim round, not one by one
 PREFETCH_BYTES = 32_000_000   # at most this much body data per round
+RECORD_RETRIES = (0.5, 1.0, 2.0, 4.0, 8.0)   # seconds between tries to record a transaction's results
 
 
 class Scheduler:
@@ -265,26 +267,9 @@ class Scheduler:
             if down and down[0] > time.monotonic():
                 self.stats["skipped_down"] += len(rcpts)
                 outcome = Outcome({r.id: down[1] for r in rcpts}, route=key)
+                await self._record(msg, [(r, self._result(msg, r, outcome)) for r in rcpts], None, report)
             else:
-                sem = self._dest_sems.setdefault(key, asyncio.Semaphore(self.delivery.concurrency_for(key)))
-                async with self._global, sem:
-                    metrics.TRANSACTIONS_ACTIVE.inc()
-                    try:
-                        body = await self._body(msg.id)
-                        if body is None:
-                            err = DeliveryError(554, "5.3.0", "message body is no longer retained", False,
-                                                status="failed", reason="body-missing")
-                            outcome = Outcome({r.id: err for r in rcpts}, route=key)
-                        else:
-                            started = time.monotonic()
-                            outcome = await self.delivery.deliver(msg, rcpts, body, route)
-                            metrics.TRANSACTION_SECONDS.labels(key.split(":", 1)[0]).observe(
-                                time.monotonic() - started)
-                    finally:
-                        metrics.TRANSACTIONS_ACTIVE.dec()
-                self._note_down(key, outcome)
-            await self._record(msg, [(r, self._result(msg, r, outcome)) for r in rcpts], outcome.attempt,
-                               report)
+                await self._deliver_and_record(msg, rcpts, key, route, report)
         except asyncio.CancelledError:
             self._unfinished.update(ids)     # stop(): handed back to the queue after the cancellation
             raise
@@ -309,6 +294,57 @@ class Scheduler:
             if self._msg_refs[msg.id] <= 0:
                 del self._msg_refs[msg.id]
                 self._bodies.pop(msg.id, None)
+
+    async def _deliver_and_record(self, msg: Message, rcpts: list[Recipient], key: str,
+                                  route: RouteConfig | None, report: Batch) -> None:
+        """One SMTP transaction and its durable result, inside the destination's connection slot. The
+        connection goes back to the pool only after the result is committed, so a connection never starts
+        a transaction while the previous one is unrecorded: a kill -9 duplicates at most one message per
+        open connection (the one whose 250 arrived but whose result was not yet on disk)."""
+        sem = self._dest_sems.setdefault(key, asyncio.Semaphore(self.delivery.concurrency_for(key)))
+        async with self._global, sem:
+            outcome = await self._attempt(msg, rcpts, key, route)
+            self._note_down(key, outcome)
+            recorded = False
+            try:
+                pairs = [(r, self._result(msg, r, outcome)) for r in rcpts]
+                recorded = await self._record_durably(msg, pairs, outcome.attempt, report)
+            finally:
+                await self.delivery.finished(key, outcome, recorded=recorded)
+
+    async def _record_durably(self, msg: Message, pairs: list[tuple[Recipient, RecipientResult]],
+                              attempt: AttemptLog | None, report: Batch) -> bool:
+        """Record the results of a transaction that happened, retrying while the store refuses (a full
+        disk, a busy database): a result written late is better than a delivery repeated. After
+        RECORD_RETRIES the recipients stay leased; the lease returns them and they are sent again."""
+        for delay in (*RECORD_RETRIES, None):
+            try:
+                await self._record(msg, pairs, attempt, report)
+                return True
+            except StorageError as exc:
+                if delay is None:
+                    log.error("results of %s could not be recorded (%s); its lease will return it",
+                              msg.id, exc)
+                    return False
+                log.warning("results of %s not recorded yet (%s); retrying in %.1f s", msg.id, exc, delay)
+                await asyncio.sleep(delay)
+        return False
+
+    async def _attempt(self, msg: Message, rcpts: list[Recipient], key: str,
+                       route: RouteConfig | None) -> Outcome:
+        metrics.TRANSACTIONS_ACTIVE.inc()
+        try:
+            body = await self._body(msg.id)
+            if body is None:
+                err = DeliveryError(554, "5.3.0", "message body is no longer retained", False,
+                                    status="failed", reason="body-missing")
+                return Outcome({r.id: err for r in rcpts}, route=key)
+            started = time.monotonic()
+            outcome = await self.delivery.deliver(msg, rcpts, body, route)
+            metrics.TRANSACTION_SECONDS.labels(key.split(":", 1)[0]).observe(time.monotonic() - started)
+            return outcome
+        finally:
+            metrics.TRANSACTIONS_ACTIVE.dec()
 
     def _note_down(self, key: str, outcome: Outcome) -> None:
         errs = list(outcome.results.values())
