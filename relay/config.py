@@ -1,4 +1,5 @@
-"""Typed settings of the outbound relay, in the order mail flows: intake -> storage -> delivery -> bounces.
+"""Typed settings of the outbound relay, in the order mail flows: intake -> storage -> delivery -> bounces
+-> tracking.
 
 Every field states its default; ``conf/relaybox.toml`` documents the same keys in the same order.
 Values are validated in ``__post_init__`` where a range matters, naming the key.
@@ -9,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from relay.configtypes import Duration, Size
+from relay.envelope import helo_error
 
 
 @dataclass(frozen=True)
@@ -33,11 +35,22 @@ class SMTPConfig:
     max_recipients: int = 1000                  # per transaction; more -> 452 4.5.3
     max_line_length: int = 998                  # octets without CRLF (RFC 5322); longer -> 500 5.5.2
     bare_lf: str = "normalize"                  # "normalize" (bare CR/LF -> CRLF) | "reject" (550 5.6.11)
+    nul: str = "reject"                         # NUL octets in DATA: "reject" (550 5.6.0) | "strip"
+    reject_unauth_pipelining: bool = True       # data sent before our 354 -> 554 5.5.0 and disconnect
     max_sessions: int = 500                     # concurrent sessions; more -> 421 4.3.2
-    max_sessions_per_ip: int = 100              # per client address; more -> 421 4.3.2
+    max_sessions_per_ip: int = 20               # per client address; more -> 421 4.3.2
+    max_connection_rate_per_ip: int = 120       # sessions a minute per address (0 = off; allowlist exempt)
     idle_timeout: Duration = Duration(60)       # seconds without a command -> 421 4.4.2
     allowlist: list[str] = field(default_factory=lambda: ["127.0.0.1/32", "::1/128"])  # seeds the DB
     require_tls_for_auth: bool = True           # AUTH only after STARTTLS (never turn off in production)
+    auth_workers: int = 2                       # threads verifying password hashes (off the event loop)
+    auth_queue: int = 32                        # verifications waiting for a thread; more -> 454 4.7.0
+    auth_failure_delay: Duration = Duration(1)  # first failed AUTH answered after this, doubling per failure
+    auth_failure_delay_cap: Duration = Duration(30)   # of the client address or user, up to this
+    auth_failure_window: Duration = Duration(900)     # failures counted over this long
+    auth_lockout_after: int = 10                # failures of one address or user in the window -> locked out
+    auth_lockout: Duration = Duration(900)      # for this long (AUTH answered 454 4.7.0, nothing checked)
+    auth_max_failures_per_session: int = 3      # then 421 4.7.0 and disconnect (smtpd_hard_error_limit)
     users: list[SMTPUser] = field(default_factory=list)                      # seeds SMTP AUTH users
     tls: TLSConfig = field(default_factory=TLSConfig)
 
@@ -48,6 +61,16 @@ class SMTPConfig:
             raise ValueError("smtp.max_recipients: must be >= 1")
         if self.max_line_length < 78:
             raise ValueError("smtp.max_line_length: must be >= 78")
+        if self.nul not in ("reject", "strip"):
+            raise ValueError(f'smtp.nul: expected "reject" or "strip", got {self.nul!r}')
+        for name in ("max_sessions", "max_sessions_per_ip", "auth_workers", "auth_queue",
+                     "auth_lockout_after", "auth_max_failures_per_session"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"smtp.{name}: must be >= 1")
+        if self.max_connection_rate_per_ip < 0:
+            raise ValueError("smtp.max_connection_rate_per_ip: must be >= 0 (0 = off)")
+        if helo_error(self.hostname):
+            raise ValueError(f"smtp.hostname: {self.hostname!r} is not a domain name")
 
 
 @dataclass(frozen=True)
@@ -71,6 +94,7 @@ class RelayConfig:
     routes: list[RouteConfig] = field(default_factory=list)
     dkim: DKIMConfig = field(default_factory=lambda: DKIMConfig())
     bounces: BouncesConfig = field(default_factory=lambda: BouncesConfig())
+    tracking: TrackingConfig = field(default_factory=lambda: TrackingConfig())
 
 
 # ---- delivery (owned by the delivery engine: relay/delivery/) -----------------------------------------
@@ -163,3 +187,42 @@ class BouncesConfig:
             raise ValueError("bounces.local: 1 to 26 characters")
         if self.soft_limit < 1:
             raise ValueError("bounces.soft_limit: must be >= 1")
+
+
+# ---- tracking (owned by relay/tracking/: tokens, HTML insertion, the listener; rows in store/tracking.py) -
+@dataclass(frozen=True)
+class TrackingConfig:
+    enabled: bool = False                  # off: no message is changed (X-Relaybox-Track is still stripped)
+    listen: str = "127.0.0.1:8026"         # host:port of the tracking listener (never the admin API's)
+    base_url: str = ""                     # public URL of that listener in the mail, e.g. https://t.example.com
+    secret: str = field(default="", repr=False)   # HMAC key of tracking tokens (>= 16 chars); or
+    secret_file: str = ""                  # a file holding it (first line signs, every line verifies)
+    routes: list[str] = field(default_factory=list)           # route names tracked ("mx" = direct MX)
+    sender_domains: list[str] = field(default_factory=list)   # From domains tracked (with subdomains)
+    clicks: bool = False                   # also rewrite http(s) links of tracked HTML to signed redirects
+    machine_window: Duration = Duration(10)   # an open this soon after delivery counts as a machine's
+    machine_networks: list[str] = field(default_factory=lambda: ["17.0.0.0/8"])   # image proxies (Apple)
+    trusted_proxies: list[str] = field(default_factory=list)  # reverse proxies whose X-Forwarded-For counts
+    rate: float = 5.0                      # requests per second per client address, sustained
+    burst: int = 30                        # and in a burst; beyond: the same GIF, nothing recorded
+
+    def __post_init__(self):
+        import ipaddress
+
+        if self.enabled and not self.base_url.startswith(("http://", "https://")):
+            raise ValueError("tracking.base_url: an http(s) URL is required when tracking.enabled is set")
+        if self.enabled and not (self.secret or self.secret_file):
+            raise ValueError("tracking.secret: required (or tracking.secret_file) when tracking is enabled")
+        if self.secret and len(self.secret) < 16:
+            raise ValueError("tracking.secret: must be at least 16 characters")
+        host, _, port = self.listen.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"tracking.listen: expected host:port, got {self.listen!r}")
+        for key in ("machine_networks", "trusted_proxies"):
+            for net in getattr(self, key):
+                try:
+                    ipaddress.ip_network(net, strict=False)
+                except ValueError:
+                    raise ValueError(f"tracking.{key}: not a network: {net!r}") from None
+        if self.rate <= 0 or self.burst < 1:
+            raise ValueError("tracking.rate and tracking.burst: must be positive")

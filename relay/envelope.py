@@ -3,12 +3,14 @@ store's (``store.states``, ``store.records``) and re-exported for the relay's mo
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 from store.records import NewMessage, domain_of, new_queue_id
 from store.states import Status, message_status
 
-__all__ = ["NewMessage", "Status", "address_error", "domain_of", "message_status", "new_queue_id"]
+__all__ = ["NewMessage", "Status", "address_error", "address_literal_error", "domain_of", "helo_error",
+           "message_status", "new_queue_id", "utf8_error"]
 
 
 # RFC 5321 limits
@@ -23,7 +25,54 @@ _LOCAL_RE = re.compile(rf"^(?:{_DOT_ATOM}|{_QUOTED})$")
 _LDH = r"A-Za-z0-9\u0080-\U0010ffff"      # letters, digits (and UTF-8 for internationalised names)
 _LABEL = rf"(?:[{_LDH}](?:[{_LDH}\-]{{0,61}}[{_LDH}])?)"
 _DOMAIN_RE = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*$")
-_ADDR_LITERAL_RE = re.compile(r"^\[(?:\d{1,3}(?:\.\d{1,3}){3}|IPv6:[0-9A-Fa-f:.]+)\]$")
+# an EHLO/HELO name: ASCII LDH labels (underscore tolerated, as real clients send it), optional final dot
+_HELO_LABEL = r"(?:[A-Za-z0-9_](?:[A-Za-z0-9_\-]{0,61}[A-Za-z0-9_])?)"
+_HELO_RE = re.compile(rf"^{_HELO_LABEL}(?:\.{_HELO_LABEL})*\.?$")
+
+
+def utf8_error(text: str) -> str | None:
+    """Why ``text`` (decoded by aiosmtpd with surrogateescape) is not valid UTF-8, or None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "invalid UTF-8"
+    return None
+
+
+def address_literal_error(literal: str) -> str | None:
+    """RFC 5321 4.1.3: ``[IPv4]`` or ``[IPv6:addr]`` with a real address in it; general literals refused."""
+    if len(literal) < 3 or literal[0] != "[" or literal[-1] != "]":
+        return "invalid address literal"
+    inner = literal[1:-1]
+    if "%" in inner:
+        return "invalid address literal"   # no IPv6 zone ids
+    try:
+        if inner[:5].upper() == "IPV6:":
+            ipaddress.IPv6Address(inner[5:])
+        else:
+            if not inner.replace(".", "").isascii() or not inner.replace(".", "").isdigit():
+                return "invalid address literal"
+            ipaddress.IPv4Address(inner)
+    except ValueError:
+        return "invalid address literal"
+    return None
+
+
+def helo_error(name: str) -> str | None:
+    """Why an EHLO/HELO argument is not a domain or an address literal (RFC 5321 4.1.1.1), or None.
+
+    What passes is safe in a header (ASCII letters, digits, ``-``, ``_``, ``.``, or a checked literal):
+    no CR, LF, NUL, space, parenthesis or ``;`` can reach the Received field through it.
+    """
+    if not name:
+        return "missing name"
+    if len(name) > MAX_DOMAIN:
+        return "name longer than 255 octets"
+    if name.startswith("["):
+        return address_literal_error(name)
+    if name.isascii() and _HELO_RE.match(name):
+        return None
+    return "not a domain name or address literal"
 
 
 def address_error(addr: str) -> str | None:
@@ -36,6 +85,8 @@ def address_error(addr: str) -> str | None:
         return "empty address"
     if any(ord(c) < 32 or ord(c) == 127 for c in addr):
         return "control characters (CR/LF) in address"
+    if utf8_error(addr):
+        return "invalid UTF-8 in address"
     if len(addr.encode("utf-8")) > MAX_PATH - 2:
         return "address too long"
     if "@" not in addr:
@@ -64,7 +115,7 @@ def _domain_error(domain: str) -> str | None:
     if len(domain.encode("utf-8")) > MAX_DOMAIN:
         return "domain longer than 255 octets"
     if domain.startswith("["):
-        return None if _ADDR_LITERAL_RE.match(domain) else "invalid address literal"
+        return address_literal_error(domain)
     if _DOMAIN_RE.match(domain):
         return None
     if any(c in domain for c in ",;"):

@@ -27,7 +27,7 @@ _LONG_LINE = None  # compiled lazily per limit
 class DataResult:
     content: bytes | None      # un-stuffed message, CRLF line ends; None when rejected
     size: int                  # octets received (before un-stuffing)
-    error: str | None = None   # "too_big" | "line_too_long" | "bare_lf" | "eof"
+    error: str | None = None   # "too_big" | "line_too_long" | "bare_lf" | "nul" | "eof"
 
 
 async def read_data(reader: asyncio.StreamReader, size_limit: int) -> DataResult:
@@ -87,8 +87,13 @@ def longest_line(body: bytes) -> int:
     return max(map(len, body.splitlines()), default=0)
 
 
-def check_and_clean(raw: bytes, *, bare_lf: str, max_line: int) -> tuple[bytes | None, str | None]:
-    """Un-stuff, then enforce line ends and line length in one split. Returns (content, error).
+def check_and_clean(raw: bytes, *, bare_lf: str, max_line: int,
+                    nul: str = "reject") -> tuple[bytes | None, str | None]:
+    """Un-stuff, then enforce NUL, line ends and line length in one split. Returns (content, error).
+
+    NUL (``nul = "reject"`` -> error "nul"; ``"strip"`` removes them, after un-stuffing so that
+    ``CRLF NUL . CRLF`` becomes an ordinary one-dot line, dot-stuffed again on relay): a next hop that
+    drops NULs before framing must never see a terminator we did not see.
 
     ``bytes.splitlines`` breaks at CRLF, CR and LF. With k CRLFs, a bare LFs and b bare CRs there are
     k+a+b breaks while LF counts k+a and CR counts k+b: the body is clean iff all three numbers agree
@@ -96,6 +101,10 @@ def check_and_clean(raw: bytes, *, bare_lf: str, max_line: int) -> tuple[bytes |
     split are the cheapest C passes for this (~3x faster than counting the two-byte CRLF).
     """
     body = unstuff(raw)
+    if b"\0" in body:
+        if nul == "reject":
+            return None, "nul"
+        body = body.replace(b"\0", b"")
     lines = body.splitlines()
     if not (body.count(b"\n") == body.count(b"\r") == len(lines)):
         if bare_lf == "reject":

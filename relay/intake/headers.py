@@ -7,13 +7,14 @@ signing later sees exactly what the client sent plus our prepended headers.
 from __future__ import annotations
 
 import email.utils
+import ipaddress
 import re
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from relay import rfc5322
-from relay.envelope import new_queue_id
+from relay.envelope import address_error, helo_error, new_queue_id
 
 SEND_AT_HEADER = "x-relaybox-send-at"
 ID_HEADER = "X-Relaybox-ID"
@@ -71,6 +72,26 @@ def _rfc5322_date(now: float) -> str:
     return _date_cache[1]
 
 
+_FOR_SAFE = re.compile(r"^[\x21-\x7e\u0080-\U0010ffff]+$")
+
+
+def trace_parts(helo: str, client_ip: str, rcpts: list[str]) -> tuple[str, str, str | None]:
+    """The client-supplied parts of our Received field, each validated again here (whatever the caller
+    checked): a name that is not a domain or address literal becomes ``unknown``, an IP that does not parse
+    becomes ``unknown``, and the ``for`` address is only shown when it is one valid address with no
+    space, control, parenthesis, ``;`` or angle bracket in it. Nothing else of the client's reaches it."""
+    name = helo if helo and helo_error(helo) is None else "unknown"
+    try:
+        ip = str(ipaddress.ip_address(client_ip))
+    except ValueError:
+        ip = "unknown"
+    rcpt = rcpts[0] if len(rcpts) == 1 else None
+    if rcpt is not None and (address_error(rcpt) or not _FOR_SAFE.match(rcpt)
+                             or any(c in rcpt for c in "<>();")):
+        rcpt = None
+    return name, ip, rcpt
+
+
 def prepare_message(content: bytes, *, hostname: str, helo: str, client_ip: str, tls: bool, auth: bool,
                     rcpts: list[str], queue_id: str | None = None, now: float | None = None) -> Prepared:
     now = time.time() if now is None else now
@@ -96,9 +117,10 @@ def prepare_message(content: bytes, *, hostname: str, helo: str, client_ip: str,
         kept.append(raw)
     date = _rfc5322_date(now)
     proto = "ESMTP" + ("S" if tls else "") + ("A" if auth else "")
-    for_clause = f"\r\n\tfor <{rcpts[0]}>" if len(rcpts) == 1 else ""
+    name, ip, rcpt = trace_parts(helo, client_ip, rcpts)
+    for_clause = f"\r\n\tfor <{rcpt}>" if rcpt else ""
     prepend = [
-        f"Received: from {helo or 'unknown'} ([{client_ip}])\r\n\tby {hostname} (relaybox) with {proto}"
+        f"Received: from {name} ([{ip}])\r\n\tby {hostname} (relaybox) with {proto}"
         f" id {qid}{for_clause};\r\n\t{date}\r\n".encode("utf-8", "replace"),
         f"{ID_HEADER}: {qid}\r\n".encode(),
     ]

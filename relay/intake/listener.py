@@ -136,6 +136,7 @@ class Listener:
                  disk_ok: Callable[[], bool] | None = None, bounces: BounceIntake | None = None):
         self.cfg = cfg
         self.state = ListenerState()
+        self.state.auth(cfg)          # the AUTH thread pool and failure throttle, shared by all sessions
         if disk_ok is not None:
             self.state.disk_ok = disk_ok
         self.handler = IntakeHandler(cfg, spool, policy, self.state, bounces)
@@ -172,6 +173,8 @@ class Listener:
             await asyncio.sleep(0.05)
         for srv in self.servers:
             srv.close()
+        if self.state.hasher is not None:
+            self.state.hasher.close()
 
 
 def split_hostport(addr: str) -> tuple[str, int]:

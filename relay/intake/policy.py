@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import hmac
 import ipaddress
 import logging
 import os
-from typing import Iterable
+from typing import Any, Awaitable, Callable, Iterable
 
 from relay.tasks import cancel_and_wait
 from store.access import AccessStore, parse_cidr
@@ -44,6 +45,22 @@ def verify_password(password: str, stored: str) -> bool:
         return hmac.compare_digest(got, base64.b64decode(dk))
     except (ValueError, TypeError):
         return False
+
+
+@functools.lru_cache(maxsize=1)
+def _dummy_hash() -> str:
+    """A hash with the parameters of real ones, made once: an unknown user costs the same one scrypt run."""
+    return hash_password(base64.b64encode(os.urandom(12)).decode())
+
+
+def _verify_or_dummy(password: str, stored: str | None) -> bool:
+    if stored is None:
+        verify_password(password, _dummy_hash())
+        return False
+    return verify_password(password, stored)
+
+
+Runner = Callable[..., Awaitable[Any]]
 
 
 class Policy:
@@ -95,16 +112,27 @@ class Policy:
             addr = addr.ipv4_mapped
         return any(addr.version == n.version and addr in n for n in self.networks)
 
+    def _token(self, username: str, password: str, stored: str) -> bytes:
+        return hmac.new(self._key, f"{username}\0{password}\0{stored}".encode("utf-8", "surrogatepass"),
+                        "sha256").digest()
+
     def check_login(self, username: str, password: str) -> bool:
+        """Synchronous check (CLI, tests). The SMTP intake uses ``verify_login`` (off the event loop)."""
         stored = self.users.get(username)
-        if stored is None:
-            # spend comparable time so unknown users are not distinguishable by timing
-            verify_password(password, hash_password("x", salt=b"0" * 16))
-            return False
-        token = hmac.new(self._key, f"{username}\0{password}\0{stored}".encode(), "sha256").digest()
-        if token in self._verified:
+        if stored is not None and self._token(username, password, stored) in self._verified:
             return True
-        if verify_password(password, stored):
-            self._verified.add(token)
+        ok = _verify_or_dummy(password, stored)     # one scrypt run, known user or not
+        if ok and stored is not None:
+            self._verified.add(self._token(username, password, stored))
+        return ok
+
+    async def verify_login(self, username: str, password: str, run: Runner) -> bool:
+        """``check_login`` with the hash computed by ``run(fn, *args)`` (the intake's bounded thread pool).
+        A verification already made in this process (same user, password and hash) is answered at once."""
+        stored = self.users.get(username)
+        if stored is not None and self._token(username, password, stored) in self._verified:
             return True
-        return False
+        ok = bool(await run(_verify_or_dummy, password, stored))
+        if ok and stored is not None:
+            self._verified.add(self._token(username, password, stored))
+        return ok

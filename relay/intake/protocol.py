@@ -8,16 +8,22 @@ reader of ``relay.intake.data``. Policy decisions and the spool commit are the h
 
 from __future__ import annotations
 
+import asyncio
+import binascii
 import logging
 import re
+import time
+from base64 import b64decode
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, Session
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Session, syntax
 
 from relay.config import SMTPConfig
-from relay.envelope import address_error
+from relay.envelope import address_error, helo_error, utf8_error
 from relay.intake import aiosmtpd_seam
+from relay.intake.auth import AUTH_ATTEMPTS, AuthThrottle, Busy, Hasher
 from relay.intake.data import check_and_clean, read_data
 from relay.intake.metrics import SMTP_REJECTED, SMTP_SESSIONS
 
@@ -35,6 +41,31 @@ class ListenerState:
     in_data: int = 0
     draining: bool = False
     disk_ok: Callable[[], bool] = lambda: True
+    hasher: Hasher | None = None              # made from the config by the first session if not given
+    throttle: AuthThrottle | None = None
+    connects: dict[str, deque[float]] = field(default_factory=dict)   # recent session starts per address
+
+    def auth(self, cfg: SMTPConfig) -> tuple[Hasher, AuthThrottle]:
+        if self.hasher is None:
+            self.hasher = Hasher(cfg.auth_workers, cfg.auth_queue)
+        if self.throttle is None:
+            self.throttle = AuthThrottle.from_config(cfg)
+        return self.hasher, self.throttle
+
+    def rate_exceeded(self, ip: str, limit: int, now: float) -> bool:
+        """One more session start from ``ip``; True when it makes more than ``limit`` in 60 s."""
+        q = self.connects.get(ip)
+        if q is None:
+            if len(self.connects) > 100_000:       # bounded: forget addresses with no recent start
+                for k in [k for k, v in self.connects.items() if not v or v[-1] < now - 60]:
+                    del self.connects[k]
+            q = self.connects[ip] = deque()
+        while q and q[0] < now - 60:
+            q.popleft()
+        if len(q) >= limit:
+            return True
+        q.append(now)
+        return False
 
 
 class RelaySMTP(SMTP):
@@ -47,12 +78,13 @@ class RelaySMTP(SMTP):
         self.state = state
         self._counted_ip: str | None = None
         self._implicit_tls = implicit_tls
+        self._auth_failures = 0
         # on an implicit-TLS listener the whole session is encrypted: AUTH needs no STARTTLS first
         super().__init__(handler, data_size_limit=cfg.max_message_size, enable_SMTPUTF8=True,
                          decode_data=False, hostname=cfg.hostname, ident="relaybox",
                          timeout=cfg.idle_timeout,
                          auth_require_tls=cfg.require_tls_for_auth and not implicit_tls,
-                         auth_required=False, authenticator=self._check_credentials,
+                         auth_required=False, authenticator=None,
                          auth_exclude_mechanism=["CRAM-MD5"], **kw)
 
     # ---- session accounting / limits ----------------------------------------------------------------
@@ -70,6 +102,11 @@ class RelaySMTP(SMTP):
         if st.per_ip.get(ip, 0) >= self.cfg.max_sessions_per_ip:
             SMTP_REJECTED.labels("too_many_sessions").inc()
             await self._refuse("421 4.3.2 Too many connections from your address")
+            return
+        rate = self.cfg.max_connection_rate_per_ip
+        if rate and not self._exempt(ip) and st.rate_exceeded(ip, rate, time.monotonic()):
+            SMTP_REJECTED.labels("connection_rate").inc()
+            await self._refuse("421 4.7.0 Too many connections from your address, slow down")
             return
         if self._implicit_tls and self.session is not None and self.transport is not None:
             self.session.ssl = self.transport.get_extra_info("ssl_object")   # Received: ... with ESMTPS
@@ -98,6 +135,14 @@ class RelaySMTP(SMTP):
     def connection_lost(self, error) -> None:
         super().connection_lost(error)
 
+    def _exempt(self, ip: str) -> bool:
+        policy = getattr(self.event_handler, "policy", None)
+        return bool(policy is not None and policy.ip_allowed(ip))
+
+    def _close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
     async def _refuse(self, line: str) -> None:
         try:
             await self.push(line)
@@ -116,18 +161,104 @@ class RelaySMTP(SMTP):
     def _create_session(self) -> Session:
         return Session(self.loop)
 
-    # ---- AUTH ------------------------------------------------------------------------------------
-    def _check_credentials(self, server, session, envelope, mechanism, auth_data) -> AuthResult:
-        handler = self.event_handler
-        if not isinstance(auth_data, LoginPassword):
-            return AuthResult(success=False, handled=False)
-        user = auth_data.login.decode("utf-8", "replace")
-        ok = handler.policy.check_login(user, auth_data.password.decode("utf-8", "replace"))
-        if not ok:
-            SMTP_REJECTED.labels("auth_failed").inc()
-            log.info("authentication failed: client=%s user=%s", session.peer[0] if session.peer else "?",
-                     user)
-        return AuthResult(success=ok, handled=False, auth_data=user if ok else None)
+    # ---- HELO / EHLO: a domain or an address literal, nothing else (it reaches Received) ------------
+    async def _helo_refused(self, verb: str, name: str | None) -> bool:
+        err = helo_error(name or "")
+        if err is None:
+            return False
+        SMTP_REJECTED.labels("bad_helo").inc()
+        await self.push(f"501 5.5.2 Syntax: {verb} hostname ({err}; a domain name or an address literal)")
+        return True
+
+    @syntax("HELO hostname")
+    async def smtp_HELO(self, hostname: str) -> None:
+        if not await self._helo_refused("HELO", hostname):
+            await super().smtp_HELO(hostname)
+
+    @syntax("EHLO hostname")
+    async def smtp_EHLO(self, hostname: str) -> None:
+        if not await self._helo_refused("EHLO", hostname):
+            await super().smtp_EHLO(hostname)
+
+    # ---- AUTH: hashes off the loop, throttled per address and user, disconnect after N failures ------
+    @syntax("AUTH <mechanism>")
+    async def smtp_AUTH(self, arg: str) -> None:
+        _, throttle = self.state.auth(self.cfg)
+        ip = self._peer_ip()
+        if self.session is not None and not self.session.authenticated and throttle.locked(ip):
+            AUTH_ATTEMPTS.labels("locked").inc()
+            SMTP_REJECTED.labels("auth_locked").inc()
+            self._auth_failures += 1
+            await self.push("454 4.7.0 Too many failed authentications, try again later")
+        else:
+            await super().smtp_AUTH(arg)
+        if self._auth_failures >= self.cfg.auth_max_failures_per_session:
+            SMTP_REJECTED.labels("auth_disconnect").inc()
+            await self.push("421 4.7.0 Too many failed authentications, closing connection")
+            self._close()
+
+    def _peer_ip(self) -> str:
+        peer = self.session.peer if self.session else None
+        return str(peer[0]) if peer else ""
+
+    async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
+        blob = await self._auth_blob(args, "")
+        if blob is None:
+            return AuthResult(success=False, handled=True)
+        parts = blob.split(b"\0")
+        if len(parts) != 3:
+            await self.push("501 5.5.2 Can't split auth value")
+            return AuthResult(success=False, handled=True)
+        return await self._verify(parts[1], parts[2])
+
+    async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
+        login = await self._auth_blob(args, self.AuthLoginUsernameChallenge)
+        if login is None:
+            return AuthResult(success=False, handled=True)
+        password = await self.challenge_auth(self.AuthLoginPasswordChallenge)
+        if password is MISSING or not isinstance(password, bytes):
+            return AuthResult(success=False, handled=True)
+        return await self._verify(login, password)
+
+    async def _auth_blob(self, args: list[str], challenge: str) -> bytes | None:
+        """The client's base64 response (initial response or after a 334), or None after replying 501."""
+        if len(args) == 1:
+            got = await self.challenge_auth(challenge)
+            return got if isinstance(got, bytes) else None
+        try:
+            return b64decode(args[1].encode("ascii", "replace"), validate=True)
+        except (binascii.Error, ValueError):
+            await self.push("501 5.5.2 Can't decode base64")
+            return None
+
+    async def _verify(self, login: bytes, password: bytes) -> AuthResult:
+        hasher, throttle = self.state.auth(self.cfg)
+        ip = self._peer_ip()
+        user = login.decode("utf-8", "replace")
+        if throttle.locked(ip, user):
+            AUTH_ATTEMPTS.labels("locked").inc()
+            SMTP_REJECTED.labels("auth_locked").inc()
+            self._auth_failures += 1
+            return AuthResult(success=False, handled=False,
+                              message="454 4.7.0 Too many failed authentications, try again later")
+        try:
+            ok = await self.event_handler.policy.verify_login(user, password.decode("utf-8", "replace"),
+                                                              hasher.run)
+        except Busy:
+            AUTH_ATTEMPTS.labels("busy").inc()
+            return AuthResult(success=False, handled=False,
+                              message="454 4.7.0 Temporary authentication failure, try again later")
+        if ok:
+            AUTH_ATTEMPTS.labels("ok").inc()
+            throttle.succeeded(ip, user)
+            return AuthResult(success=True, handled=False, auth_data=user)
+        AUTH_ATTEMPTS.labels("failed").inc()
+        SMTP_REJECTED.labels("auth_failed").inc()
+        self._auth_failures += 1
+        delay = throttle.failed(ip, user)
+        log.info("authentication failed: client=%s user=%r delay=%.1fs", ip, user, delay)
+        await asyncio.sleep(delay)
+        return AuthResult(success=False, handled=False)
 
     # ---- strict command parsing ------------------------------------------------------------------
     # MAIL and RCPT are parsed here from the raw argument: aiosmtpd's parser silently turns
@@ -139,6 +270,10 @@ class RelaySMTP(SMTP):
         if await self.check_auth_needed(verb):
             return None
         syntax = f"501 5.5.4 Syntax: {verb} {keyword}<address> [SP <parameters>]"
+        if arg and utf8_error(arg):
+            SMTP_REJECTED.labels("bad_utf8").inc()
+            await self.push(f"501 5.5.2 Syntax error: invalid UTF-8 in {verb} {keyword.rstrip(':')}")
+            return None
         path = self._raw_path(arg or "", keyword)
         if path is None:
             await self.push(syntax)
@@ -241,6 +376,14 @@ class RelaySMTP(SMTP):
         if arg:
             await self.push("501 5.5.4 Syntax: DATA")
             return
+        if self.cfg.reject_unauth_pipelining and self._reader._buffer:  # type: ignore[attr-defined]
+            # the body (or anything) came before our 354: PIPELINING is not offered; reading on would take
+            # the client's data for commands or its commands for data
+            SMTP_REJECTED.labels("pipelining").inc()
+            log.info("improper pipelining before 354: client=%s", self._peer_ip())
+            await self.push("554 5.5.0 Error: SMTP protocol synchronization (data sent before 354)")
+            self._close()
+            return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         self.state.in_data += 1
         # aiosmtpd sizes the reader's limit for command lines (1001 bytes), and asyncio pauses the socket
@@ -257,7 +400,12 @@ class RelaySMTP(SMTP):
                 await self.push("552 5.3.4 Message size exceeds fixed maximum message size")
                 return
             content, err = check_and_clean(result.content or b"", bare_lf=self.cfg.bare_lf,
-                                           max_line=self.cfg.max_line_length)
+                                           max_line=self.cfg.max_line_length, nul=self.cfg.nul)
+            if err == "nul":
+                SMTP_REJECTED.labels("nul").inc()
+                self._set_post_data_state()
+                await self.push("550 5.6.0 Message contains NUL characters")
+                return
             if err == "bare_lf":
                 SMTP_REJECTED.labels("bare_lf").inc()
                 self._set_post_data_state()
