@@ -16,6 +16,7 @@ Aggregates (attributes of ``Store``):
 - ``outbox``    event webhooks (endpoint cursors over ``events``, deliveries)
 - ``kv``        small named values
 - ``stats``     figures for /metrics and /readyz
+- ``tracking``  opens and clicks recorded by the tracking listener
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from store.messages import MessageStore
 from store.outbox import WebhookOutbox
 from store.sqlite import Database, SchemaTooNew, StorageError
 from store.stats import Stats
+from store.tracking import TrackingStore
 
 __all__ = ["Store", "StorageError", "SchemaTooNew"]
 
@@ -52,6 +54,7 @@ class Store:
         self.outbox = WebhookOutbox(self.db, clock)
         self.kv = KeyValue(self.db, clock)
         self.stats = Stats(self.db, clock)
+        self.tracking = TrackingStore(self.db, clock)
 
     def open(self) -> "Store":
         self.db.open()

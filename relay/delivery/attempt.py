@@ -20,7 +20,7 @@ import logging
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from relay.bounces import verp
 from relay.config import RelayConfig, RouteConfig
@@ -30,6 +30,7 @@ from relay.delivery.routes import Router
 from relay.delivery.transport import Candidate, ConnectionPool, Session, TLSPolicy, Transaction, open_session
 from relay.envelope import domain_of
 from relay.errors import ConnectError, DeliveryError, DNSError, from_exception, split_enhanced
+from relay.tracking.prepare import Tracker
 from store.records import AttemptLog, Message, Recipient
 
 log = logging.getLogger("relay.delivery.attempt")
@@ -50,6 +51,10 @@ def config_problems(config: RelayConfig) -> list[str]:
     try:
         Router(config.routes)
     except RouteError as exc:
+        problems.append(str(exc))
+    try:
+        Tracker(config.tracking)
+    except ValueError as exc:
         problems.append(str(exc))
     return problems
 
@@ -94,6 +99,7 @@ class Delivery:
         self.signer = signer if signer is not None else Signer.from_config(config.dkim)
         self.verp = config.bounces if config.bounces.domain else None
         self.verp_keys = verp.load_secrets(self.verp) if self.verp else []
+        self.tracker = Tracker(config.tracking)      # X-Relaybox-Track stripped; tracked HTML per recipient
 
     # ---- where ---------------------------------------------------------------------------------------
     def route_for(self, message: Message) -> RouteConfig | None:
@@ -164,9 +170,11 @@ class Delivery:
             return Outcome({r.id: err for r in recipients},
                            attempt=_log(message, recipients, started, label, err.status,
                                         transcript), route=label)
-        signed = self.sign(body)
+        prepared = self.tracker.prepare(message, body, route)    # before DKIM: the pixel is signed too
+        personalize = prepared.personalize
+        signed = self.sign(prepared.body) if personalize is None else prepared.body
         try:
-            tx = await self._send(session, message, recipients, signed)
+            tx = await self._send(session, message, recipients, signed, personalize)
         except asyncio.CancelledError:      # shutdown mid-transaction: drop the connection, not the mail
             session.smtp.close()
             raise
@@ -177,7 +185,7 @@ class Delivery:
                                "line": "reused connection was closed by the server; reconnecting"})
             try:
                 session = await self._session(key, route, recipients[0].domain, transcript, fresh=True)
-                tx = await self._send(session, message, recipients, signed)
+                tx = await self._send(session, message, recipients, signed, personalize)
             except Exception as exc:  # noqa: BLE001
                 err = from_exception(exc, "connect")
                 return Outcome({r.id: err for r in recipients},
@@ -212,17 +220,19 @@ class Delivery:
             session.smtp.close()
 
     async def _send(self, session: Session, message: Message, recipients: list[Recipient],
-                    body: bytes) -> Transaction:
+                    body: bytes, personalize: Callable[[Recipient], bytes] | None = None) -> Transaction:
         """One transaction, or with VERP (``bounces.domain`` set, sender not <>) one per recipient on the
-        same connection, each with its own return path ``<local>+<token>@<domain>``."""
+        same connection, each with its own return path ``<local>+<token>@<domain>``; also one per recipient
+        for tracked mail (``personalize``: that recipient's body, signed here)."""
         sender = message.sender
-        if not self.verp or not sender:
+        if (not self.verp or not sender) and personalize is None:
             return await session.send(sender, [r.address for r in recipients], body)
         merged: Transaction | None = None
         for r in recipients:
-            rp = verp.encode(message.id, r.id, secret=self.verp_keys[0], domain=self.verp.domain,
-                             local=self.verp.local)
-            tx = await session.send(rp, [r.address], body)
+            rp = sender if not self.verp or not sender else verp.encode(
+                message.id, r.id, secret=self.verp_keys[0], domain=self.verp.domain, local=self.verp.local)
+            data = body if personalize is None else self.sign(personalize(r))
+            tx = await session.send(rp, [r.address], data)
             if merged is None:
                 merged = tx
             else:
