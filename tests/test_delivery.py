@@ -218,7 +218,7 @@ async def test_smarthost_route_by_from_with_auth_and_dkim(env, sink, tmp_path):
     await hub.stop()
 
 
-async def test_dead_destination_defers_fast_and_connections_are_reused(env, sink):
+async def test_dead_destination_is_parked_and_probed_once_per_interval(env, sink):
     spool, clock, make = env
     for i in range(6):
         await enqueue(spool, [f"r{i}@dst.test"])
@@ -226,21 +226,36 @@ async def test_dead_destination_defers_fast_and_connections_are_reused(env, sink
     assert len(sink.messages) == 6 and sink.connections == 2      # 4 + 2 messages on two connections
     await sink.stop()
     qids = [await enqueue(spool, [f"d{i}@dst.test"]) for i in range(5)]
-    sched = make()
+    sched = make(delivery={"per_destination": 1})
     await sched.run_burst()
-    for q in qids:
-        r = next(iter((await recipients(spool, q)).values()))
-        assert r["status"] == "deferred" and r["last_enhanced"] == "4.4.1"
-    # while the destination is "down", its recipients are deferred at once, without connecting
-    for q in qids:
-        await spool.retry_now(q)
-    await sched.run_burst()
-    assert sched.stats["skipped_down"] == 5
-    assert [len(await attempts(spool, q)) for q in qids] == [1] * 5
+    # the first transaction finds nobody: the destination is parked; the others wait without an attempt
+    tried = [q for q in qids if await attempts(spool, q)]
+    assert len(tried) == 1
+    r = next(iter((await recipients(spool, tried[0])).values()))
+    assert r["status"] == "deferred" and r["last_enhanced"] == "4.4.1"
     assert REGISTRY.get_sample_value("relaybox_delivery_destinations_down") == 1
+    [down] = sched.destinations.status()
+    assert down.key == "mx:dst.test" and down.failures == 1 and down.next_probe == pytest.approx(T0 + 30)
+    waiting = [q for q in qids if q not in tried]
+    for q in waiting:           # handed back until the probe: no result, no event, no attempt
+        r = next(iter((await recipients(spool, q)).values()))
+        assert (r["status"], r["attempts"], r["next_attempt_at"]) == ("queued", 0, pytest.approx(T0 + 30))
+    events_before = await spool.store.db.read(lambda c: c.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+    for q in qids:
+        await spool.retry_now(q)          # an admin's "retry now" does not hammer a dead destination
+    await sched.run_burst()
+    assert sum([len(await attempts(spool, q)) for q in qids]) == 1
+    events_after = await spool.store.db.read(lambda c: c.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+    assert events_after == events_before + 5      # the five "retry-now" events, nothing per claim
+    # at the probe time exactly one transaction goes; it fails: parked again for a longer interval
+    clock.t = T0 + 31
+    await sched.run_burst()
+    assert sum([len(await attempts(spool, q)) for q in qids]) == 2
+    [down] = sched.destinations.status()
+    assert down.failures == 2 and down.next_probe == pytest.approx(T0 + 31 + 60)
     assert REGISTRY.get_sample_value("relaybox_delivery_in_flight_recipients") == 0
     assert REGISTRY.get_sample_value("relaybox_delivery_transactions_active") == 0
-    assert REGISTRY.get_sample_value("relaybox_delivery_transaction_seconds_count", {"kind": "mx"}) >= 7
+    assert REGISTRY.get_sample_value("relaybox_delivery_transaction_seconds_count", {"kind": "mx"}) >= 4
 
 
 async def test_verp_return_path_per_recipient(env, sink):

@@ -7,7 +7,9 @@ IN_FLIGHT = Gauge("relaybox_delivery_in_flight_recipients",
                   "Recipients claimed by the scheduler, not yet recorded")
 TRANSACTIONS_ACTIVE = Gauge("relaybox_delivery_transactions_active", "SMTP delivery transactions in progress")
 DESTINATIONS_DOWN = Gauge("relaybox_delivery_destinations_down",
-                          "Destinations skipped for a while after all their hosts refused connections")
+                          "Destinations parked because none of their hosts could be reached")
+PARKED = Counter("relaybox_delivery_parked_recipients",
+                 "Claimed recipients handed back until their parked destination's next probe")
 TRANSACTION_SECONDS = Histogram("relaybox_delivery_transaction_seconds",
                                 "Duration of one delivery attempt, connect (or reuse) to final reply",
                                 ["kind"], buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))

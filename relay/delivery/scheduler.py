@@ -37,6 +37,7 @@ from typing import Any, Callable, Coroutine
 from relay.config import RelayConfig, RouteConfig
 from relay.delivery import metrics
 from relay.delivery.attempt import Delivery, Outcome
+from relay.delivery.destinations import Destinations
 from relay.envelope import address_error
 from relay.errors import ConnectError, DeliveryError
 from relay.notices.reports import Batch, Reports
@@ -46,7 +47,6 @@ from store import StorageError
 
 log = logging.getLogger("relay.delivery.scheduler")
 
-DOWN_FOR = 30.0               # seconds a destination that refused connections is skipped
 BACKLOG_FACTOR = 10           # recipients held per destination = factor x its connection limit
 SATURATED_RECHECK = 0.25      # seconds: how long claims pause while a destination is at its backlog cap
 CLAIM_GATHER = 0.02           # seconds between claim rounds while work trickles in
@@ -69,7 +69,7 @@ class Scheduler:
         self.reports = Reports(spool, config.delivery, self.delivery.helo, clock, self.notify)
         self._dest_sems: dict[str, asyncio.Semaphore] = {}
         self._backlog: Counter[str] = Counter()
-        self._down: dict[str, tuple[float, DeliveryError]] = {}
+        self.destinations = Destinations(float(config.delivery.retry_cap), clock)
         self._in_flight: set[int] = set()
         self._unfinished: set[int] = set()
         self._saturated: set[str] = set()
@@ -213,6 +213,32 @@ class Scheduler:
             fut = asyncio.get_running_loop().create_future()
             fut.set_result(bodies[msg.id])
             self._bodies[msg.id] = fut
+        final, live = self._precheck(msg, rcpts, now, suppressed)
+        route = self.delivery.route_for(msg) if live else None
+        groups: dict[str, list[Recipient]] = {}
+        for r in live:
+            groups.setdefault(self.delivery.destination_key(route, r), []).append(r)
+        busy = {k for k in groups if self._backlog[k] >= self._backlog_cap(k)}
+        report = self.reports.batch(msg, len(groups) - len(busy) + (1 if final else 0))
+        if final:
+            self._spawn(self._record(msg, final, None, report))
+        parked, probes = self._hold_parked(groups, busy, now, report)
+        for key, group in groups.items():
+            if key in busy:
+                self.stats["requeued_backlog"] += len(group)
+                metrics.REQUEUED.inc(len(group))
+                self._saturated.add(key)
+                self._saturated_at = time.monotonic()
+                self._spawn(self._requeue(group, now))
+                continue
+            self._backlog[key] += 1
+            self._msg_refs[msg.id] += 1
+            self._spawn(self._transaction(msg, group, key, route, report, key in probes))
+        return len(rcpts) - parked - sum(len(groups[k]) for k in busy)
+
+    def _precheck(self, msg: Message, rcpts: list[Recipient], now: float,
+                  suppressed: set[str]) -> tuple[list[tuple[Recipient, RecipientResult]], list[Recipient]]:
+        """What needs no network: expired, suppressed, invalid recipients end here; the rest go on."""
         final: list[tuple[Recipient, RecipientResult]] = []
         deadline = expires_at(max(msg.created_at, msg.send_at or 0), self.policy)
         live = []
@@ -228,26 +254,27 @@ class Scheduler:
                                                  reason="invalid")))
             else:
                 live.append(r)
-        route = self.delivery.route_for(msg) if live else None
-        groups: dict[str, list[Recipient]] = {}
-        for r in live:
-            groups.setdefault(self.delivery.destination_key(route, r), []).append(r)
-        busy = {k for k in groups if self._backlog[k] >= self._backlog_cap(k)}
-        report = self.reports.batch(msg, len(groups) - len(busy) + (1 if final else 0))
-        if final:
-            self._spawn(self._record(msg, final, None, report))
-        for key, group in groups.items():
-            if key in busy:
-                self.stats["requeued_backlog"] += len(group)
-                metrics.REQUEUED.inc(len(group))
-                self._saturated.add(key)
-                self._saturated_at = time.monotonic()
-                self._spawn(self._requeue(group, now))
-                continue
-            self._backlog[key] += 1
-            self._msg_refs[msg.id] += 1
-            self._spawn(self._transaction(msg, group, key, route, report))
-        return len(rcpts) - sum(len(groups[k]) for k in busy)
+        return final, live
+
+    def _hold_parked(self, groups: dict[str, list[Recipient]], busy: set[str], now: float,
+                     report: Batch) -> tuple[int, set[str]]:
+        """Groups for parked destinations go back until the next probe (removed from ``groups``); returns
+        how many recipients that was and which groups are probes."""
+        parked = 0
+        probes: set[str] = set()
+        for key, group in list(groups.items()):
+            verdict = "busy" if key in busy else self.destinations.admit(key, now)
+            if verdict == "probe":
+                probes.add(key)
+            if verdict == "wait":
+                self.destinations.handed_back(key, len(group))
+                self.stats["parked"] += len(group)
+                metrics.PARKED.inc(len(group))
+                self._spawn(self._requeue(group, self.destinations.next_probe(key, now)))
+                del groups[key]
+                report.parts -= 1
+                parked += len(group)
+        return parked, probes
 
     def _backlog_cap(self, key: str) -> int:
         """Transactions one destination may hold (running or waiting for a connection slot)."""
@@ -260,21 +287,17 @@ class Scheduler:
 
     # ---- a transaction ---------------------------------------------------------------------------
     async def _transaction(self, msg: Message, rcpts: list[Recipient], key: str, route: RouteConfig | None,
-                           report: Batch) -> None:
+                           report: Batch, probe: bool = False) -> None:
         ids = [r.id for r in rcpts]
         try:
-            down = self._down.get(key)
-            if down and down[0] > time.monotonic():
-                self.stats["skipped_down"] += len(rcpts)
-                outcome = Outcome({r.id: down[1] for r in rcpts}, route=key)
-                await self._record(msg, [(r, self._result(msg, r, outcome)) for r in rcpts], None, report)
-            else:
-                await self._deliver_and_record(msg, rcpts, key, route, report)
+            await self._deliver_and_record(msg, rcpts, key, route, report, probe)
         except asyncio.CancelledError:
             self._unfinished.update(ids)     # stop(): handed back to the queue after the cancellation
+            self.destinations.release_probe(key)
             raise
         except Exception as exc:  # noqa: BLE001 - a bug dead-letters nothing: defer and go on
             log.exception("delivery of %s failed unexpectedly", msg.id)
+            self.destinations.release_probe(key)
             err = DeliveryError(451, "4.3.0", f"internal error: {type(exc).__name__}", True)
             try:
                 await self._record(msg, [(r, self._result(msg, r, Outcome({r.id: err}))) for r in rcpts],
@@ -296,13 +319,16 @@ class Scheduler:
                 self._bodies.pop(msg.id, None)
 
     async def _deliver_and_record(self, msg: Message, rcpts: list[Recipient], key: str,
-                                  route: RouteConfig | None, report: Batch) -> None:
+                                  route: RouteConfig | None, report: Batch, probe: bool) -> None:
         """One SMTP transaction and its durable result, inside the destination's connection slot. The
         connection goes back to the pool only after the result is committed, so a connection never starts
         a transaction while the previous one is unrecorded: a kill -9 duplicates at most one message per
         open connection (the one whose 250 arrived but whose result was not yet on disk)."""
         sem = self._dest_sems.setdefault(key, asyncio.Semaphore(self.delivery.concurrency_for(key)))
         async with self._global, sem:
+            if not probe and self.destinations.holds(key):     # parked while this group waited for a slot
+                await self._park(rcpts, key, report)
+                return
             outcome = await self._attempt(msg, rcpts, key, route)
             self._note_down(key, outcome)
             recorded = False
@@ -311,6 +337,14 @@ class Scheduler:
                 recorded = await self._record_durably(msg, pairs, outcome.attempt, report)
             finally:
                 await self.delivery.finished(key, outcome, recorded=recorded)
+
+    async def _park(self, rcpts: list[Recipient], key: str, report: Batch) -> None:
+        now = self.clock()
+        self.destinations.handed_back(key, len(rcpts))
+        self.stats["parked"] += len(rcpts)
+        metrics.PARKED.inc(len(rcpts))
+        await self.reports.record(report, [], None)      # this part of the round ends without results
+        await self.spool.release_claims([r.id for r in rcpts], self.destinations.next_probe(key, now))
 
     async def _record_durably(self, msg: Message, pairs: list[tuple[Recipient, RecipientResult]],
                               attempt: AttemptLog | None, report: Batch) -> bool:
@@ -347,17 +381,24 @@ class Scheduler:
             metrics.TRANSACTIONS_ACTIVE.dec()
 
     def _note_down(self, key: str, outcome: Outcome) -> None:
+        """The transaction's verdict on its destination: unreachable (no server answered: every address
+        refused or never greeted) parks it; any server reached unparks it."""
         errs = list(outcome.results.values())
         first = errs[0] if errs else None
+        now = self.clock()
         if outcome.attempt and outcome.attempt.host is None and first is not None and all(
                 isinstance(e, ConnectError) and e.stage in ("connect", "greeting") for e in errs):
-            self._down[key] = (time.monotonic() + DOWN_FOR, first)
-        elif key in self._down and outcome.attempt and outcome.attempt.host:
-            self._down.pop(key, None)
-        now = time.monotonic()
-        for k in [k for k, (until, _) in self._down.items() if until <= now]:
-            del self._down[k]
-        metrics.DESTINATIONS_DOWN.set(len(self._down))
+            self.destinations.after(key, first, now)
+            log.warning("destination %s unreachable (%s %s %s): parked until %s", key, first.code,
+                        first.enhanced, first.text, time.strftime("%H:%M:%S", time.gmtime(
+                            self.destinations.next_probe(key, now))))
+        elif outcome.attempt and outcome.attempt.host:
+            if self.destinations.after(key, None, now):
+                log.info("destination %s reachable again: unparked", key)
+                self._wake.set()
+        else:
+            self.destinations.release_probe(key)
+        metrics.DESTINATIONS_DOWN.set(len(self.destinations))
 
     async def _body(self, message_id: str) -> bytes | None:
         fut = self._bodies.get(message_id)
