@@ -7,9 +7,9 @@ import dataclasses
 
 from aiohttp import web
 
-from admin_api.common import Param, Route, conflict, invalid, not_found, ok, read_json, relaybox
+from admin_api.common import Param, Route, bad_request, conflict, invalid, not_found, ok, read_json, relaybox
 from poller import channels
-from poller.config import CampaignConfig
+from poller.config import CampaignConfig, identifier_problem
 from relay.configtypes import ConfigError, build
 from store.inbound import CampaignInUse, InboundStore
 
@@ -45,8 +45,11 @@ async def show_campaign(request: web.Request) -> web.Response:
 async def create_campaign(request: web.Request) -> web.Response:
     body = await read_json(request)
     name = body.get("name")
-    if not isinstance(name, str) or not name.strip() or len(name) > 200:
+    if not isinstance(name, str) or not name.strip():
         raise invalid("name: required")
+    problem = identifier_problem("campaign name", name.strip())
+    if problem:                   # a campaign name becomes a Maildir directory: never a path
+        raise bad_request(problem)
     c = _build(body, name)
     inbound = _inbound(request)
     if await inbound.campaign(name.strip()) is not None:
@@ -83,17 +86,20 @@ async def delete_campaign(request: web.Request) -> web.Response:
 
 NAME = Param("name", where="path", required=True)
 CAMPAIGN = {"type": "object", "required": ["name"], "properties": {
-    "name": {"type": "string"}, "kind": {"type": "string", "enum": ["maildir", "webhook", "smtp"]},
+    "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"},
+    "kind": {"type": "string", "enum": ["maildir", "webhook", "smtp"]},
     "path": {"type": "string"}, "url": {"type": "string"},
     "secret": {"type": "string", "description": "write-only; answers show ***"},
-    "forward_to": {"type": "string"}, "sender": {"type": "string"}}}
+    "forward_to": {"type": "string"}, "sender": {"type": "string"},
+    "timeout": {"type": "string", "description": 'webhook: per request, e.g. "15s"'},
+    "attachments": {"type": "string", "enum": ["base64", "none"]}}}
 
 ROUTES = [
     Route("GET", "/api/v1/campaigns", list_campaigns, "Campaigns (targets of routed inbound mail)",
           "campaigns",
           response={"type": "object", "properties": {"items": {"type": "array", "items": CAMPAIGN}}}),
     Route("POST", "/api/v1/campaigns", create_campaign, "Create a campaign", "campaigns", body=CAMPAIGN,
-          response=CAMPAIGN, status=201, errors=(409, 422)),
+          response=CAMPAIGN, status=201, errors=(400, 409, 422)),
     Route("GET", "/api/v1/campaigns/{name}", show_campaign, "One campaign", "campaigns", [NAME],
           response=CAMPAIGN, errors=(404,)),
     Route("PUT", "/api/v1/campaigns/{name}", update_campaign, "Change a campaign (*** keeps the secret)",

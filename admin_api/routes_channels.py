@@ -15,7 +15,8 @@ from aiohttp import web
 
 from admin_api.common import Param, Route, conflict, invalid, iso, not_found, ok, read_json, relaybox
 from poller import channels
-from poller.config import ChannelConfig, FilterConfig
+from poller.config import ChannelConfig, FilterConfig, PollerConfig
+from poller.validate import Validation, check_connection, save_validated
 from relay.configtypes import ConfigError, build
 from store.inbound import InboundStore
 
@@ -26,23 +27,29 @@ READ_ONLY = ("state", "status", "last_poll_at", "last_success_at", "last_error",
              "quarantined")
 
 
+def _poller(request: web.Request) -> Any:
+    return getattr(relaybox(request), "poller", None)
+
+
 def _status(request: web.Request) -> dict[str, dict]:
-    poller = getattr(relaybox(request), "poller", None)
+    poller = _poller(request)
     if poller is None:
         return {}
     return {s["name"]: s for s in poller.status()}
 
 
 def _present(row: dict, status: dict[str, dict]) -> dict:
+    """A channel view for the API: the state (active | inactive | failing, from enabled and the last error)
+    and the running poller's view; ``up`` is never true for a disabled channel or with a last error."""
     out = dict(row)
     for k in ("last_poll_at", "last_success_at"):
         if k in out:
             out[k] = iso(out[k])
     st = status.get(out["name"], {})
-    out["state"] = ("inactive" if not out.get("enabled") else "up" if st.get("up") else
-                    "failing" if out.get("last_error") else "starting")
-    out["status"] = {"running": bool(st.get("running", False)), "up": st.get("up"),
-                     "idling": st.get("idle")}
+    out["state"] = channels.state_of(bool(out.get("enabled")), out.get("last_error"))
+    live = out["state"] == "active"
+    out["status"] = {"running": bool(st.get("running", False)) and bool(out.get("enabled")),
+                     "up": live and bool(st.get("up")), "idling": live and bool(st.get("idle"))}
     return out
 
 
@@ -64,15 +71,35 @@ def _build(data: dict, name: str) -> ChannelConfig:
         raise invalid("; ".join(exc.problems)) from None
 
 
-async def _save(request: web.Request, ch: ChannelConfig) -> None:
+def _timeout(request: web.Request) -> float:
+    poller = _poller(request)
+    return float(poller.pcfg.timeout if poller is not None else PollerConfig().timeout)
+
+
+async def _save(request: web.Request, ch: ChannelConfig, *, validate: bool = True) -> Validation | None:
+    """Save a channel: validated against its server first (an active channel only when the connection
+    succeeds: 422 "Connection failed: ..." otherwise); ``validate=False`` for changes that do not touch
+    the connection (filters, disabling)."""
     try:
-        await channels.save_channel(_inbound(request), ch)
+        if not validate:
+            await channels.save_channel(_inbound(request), ch)
+            return None
+        poller = _poller(request)
+        return await save_validated(_inbound(request), ch, _timeout(request),
+                                    poller.http if poller is not None else None)
     except (channels.ChannelError, ValueError) as exc:
         raise invalid(str(exc)) from None
 
 
+def _with(view: dict, v: Validation | None) -> dict:
+    return view if v is None else {**view, "validation": v.as_dict()}
+
+
 async def list_channels(request: web.Request) -> web.Response:
-    rows = await channels.list_channels(_inbound(request))
+    search = {k: request.query.get(k) for k in ("name", "address", "campaign", "state", "q")}
+    if search["state"] is not None and search["state"] not in channels.STATES:
+        raise invalid(f"state: expected one of {', '.join(channels.STATES)}")
+    rows = await channels.list_channels(_inbound(request), **search)
     status = _status(request)
     return ok({"items": [_present(r, status) for r in rows], "next_cursor": None})
 
@@ -89,8 +116,8 @@ async def create_channel(request: web.Request) -> web.Response:
     ch = _build(body, name)
     if await _inbound(request).channel(ch.name.strip()) is not None:
         raise conflict(f"channel {ch.name.strip()} exists; PUT /api/v1/channels/{ch.name.strip()} changes it")
-    await _save(request, ch)
-    return ok(await _one(request, ch.name.strip()), status=201)
+    v = await _save(request, ch)
+    return ok(_with(await _one(request, ch.name.strip()), v), status=201)
 
 
 async def _stored(request: web.Request, name: str) -> ChannelConfig:
@@ -118,8 +145,10 @@ async def update_channel(request: web.Request) -> web.Response:
     if "name" in body and body["name"] != name:
         raise invalid("name: cannot be changed (create a new channel)")
     old = await _stored(request, name)
-    await _save(request, _build(_merge(old, body), name))
-    return ok(await _one(request, name))
+    new = _build(_merge(old, body), name)
+    again = not _same_connection(old, new) or (new.enabled and not old.enabled)
+    v = await _save(request, new, validate=again)
+    return ok(_with(await _one(request, name), v))
 
 
 async def delete_channel(request: web.Request) -> web.Response:
@@ -129,12 +158,18 @@ async def delete_channel(request: web.Request) -> web.Response:
     return ok({"removed": name})
 
 
+def _same_connection(a: ChannelConfig, b: ChannelConfig) -> bool:
+    """Only filters, routing or the enabled flag differ (nothing a validation would look at)."""
+    keep = ("filters", "enabled", "default_campaign", "poll_interval", "purpose", "recipient_only")
+    return dataclasses.replace(a, **{k: getattr(b, k) for k in keep}) == b
+
+
 def _toggle(enabled: bool):
     async def handler(request: web.Request) -> web.Response:
         name = request.match_info["name"]
         old = await _stored(request, name)
-        await _save(request, dataclasses.replace(old, enabled=enabled))
-        return ok(await _one(request, name))
+        v = await _save(request, dataclasses.replace(old, enabled=enabled), validate=enabled)
+        return ok(_with(await _one(request, name), v))
     return handler
 
 
@@ -154,22 +189,24 @@ async def put_filters(request: web.Request) -> web.Response:
     except ConfigError as exc:
         raise invalid("; ".join(exc.problems)) from None
     old = await _stored(request, name)
-    await _save(request, dataclasses.replace(old, filters=filters))
+    await _save(request, dataclasses.replace(old, filters=filters), validate=False)
     return ok({"items": [dataclasses.asdict(f) for f in filters], "next_cursor": None})
 
 
 async def validate(request: web.Request) -> web.Response:
+    """Validate the stored channel now ("Connection succeeded" / "Connection failed: <server's words>");
+    the answer is also kept as the channel's last error (cleared on success)."""
     name = request.match_info["name"]
-    await _stored(request, name)
-    poller = getattr(relaybox(request), "poller", None)
-    if poller is None:
-        raise conflict("the inbound poller is not running in this instance")
+    ch = await _stored(request, name)
+    poller = _poller(request)
     try:
-        success, text = await poller.validate(name)
+        v = await check_connection(ch, _inbound(request), _timeout(request),
+                                   poller.http if poller is not None else None)
     except Exception as exc:  # noqa: BLE001 - a settings combination the poller did not foresee: say so
         log.exception("channel %s: validation failed unexpectedly", name)
-        success, text = False, f"validation failed: {type(exc).__name__}: {exc}"[:500]
-    return ok({"name": name, "ok": bool(success), "result": text})
+        v = Validation(False, f"Connection failed: {type(exc).__name__}: {exc}"[:500])
+    await _inbound(request).record_validation(name, None if v.ok else v.text)
+    return ok({"name": name, **v.as_dict()})
 
 
 NAME = Param("name", where="path", required=True)
@@ -177,22 +214,66 @@ FILTER = {"type": "object", "required": ["field", "value", "campaign"], "propert
     "field": {"type": "string", "description": "sender | subject | body | to | header:NAME"},
     "op": {"type": "string", "enum": ["contains", "equals", "regex"]},
     "value": {"type": "string"}, "campaign": {"type": "string"}}}
+_ENUMS = {"protocol": ["imap", "pop3"], "tls": ["implicit", "starttls", "none"],
+          "auth": ["password", "oauth2"],
+          "after": ["seen", "move", "delete"], "purpose": ["campaigns", "bounces"]}
+_DESCRIPTIONS = {
+    "name": "identifier: letter or digit, then letters, digits, _ . - (at most 64)",
+    "short_name": "identifier of the channel's stored mail (default: name), kept when the mailbox moves",
+    "port": "0 = the protocol's default for the TLS mode",
+    "server_name": "SNI and the name the certificate must carry (default: host)",
+    "poll_interval": 'seconds or a duration like "60s"',
+    "first_sync": "what a folder's first sync takes: all (default) | unseen | since:YYYY-MM-DD (IMAP only)",
+    "sync_all_folders": "every folder except storage, trash, sent, drafts and junk",
+    "recipient_only": "only messages whose To/Cc/Bcc/Delivered-To name the address",
+    "storage_folder": "target of after = move: must exist on the server and differ from folder",
+    "enabled": "an active channel is saved only when its validation succeeds",
+}
+
+
+def _schema(f: dataclasses.Field) -> dict[str, Any]:
+    if f.name == "filters":
+        return {"type": "array", "items": FILTER}
+    tp = {"bool": "boolean", "int": "integer", "Duration": "string"}.get(str(f.type), "string")
+    out: dict[str, Any] = {"type": tp}
+    if f.name in _ENUMS:
+        out["enum"] = _ENUMS[f.name]
+    if f.name in channels.SECRET_FIELDS:
+        out["description"] = "write-only; answers show ***"
+    elif f.name in _DESCRIPTIONS:
+        out["description"] = _DESCRIPTIONS[f.name]
+    return out
+
+
+# every field of ChannelConfig, as the API takes it
 CHANNEL: dict[str, Any] = {"type": "object", "required": ["name", "host", "user"], "properties": {
-    "name": {"type": "string"}, "host": {"type": "string"}, "user": {"type": "string"},
-    "address": {"type": "string"}, "protocol": {"type": "string", "enum": ["imap", "pop3"]},
-    "port": {"type": "integer"}, "tls": {"type": "string", "enum": ["implicit", "starttls", "none"]},
-    "auth": {"type": "string", "enum": ["password", "oauth2"]},
-    "password": {"type": "string", "description": "write-only; answers show ***"},
-    "folder": {"type": "string"}, "after": {"type": "string", "enum": ["seen", "move", "delete"]},
-    "storage_folder": {"type": "string"}, "default_campaign": {"type": "string"},
-    "enabled": {"type": "boolean"}, "filters": {"type": "array", "items": FILTER}}}
-VIEW = {"type": "object", "properties": {"name": {"type": "string"}, "state": {"type": "string"},
-                                         "last_error": {"type": "string", "nullable": True}}}
+    f.name: _schema(f) for f in dataclasses.fields(ChannelConfig)}}
+VALIDATION = {"type": "object", "properties": {
+    "ok": {"type": "boolean"}, "result": {"type": "string", "description":
+                                          "Connection succeeded | Connection failed: <the server's words>"},
+    "detail": {"type": "string"}}}
+VIEW = {"type": "object", "properties": {
+    **CHANNEL["properties"],
+    "state": {"type": "string", "enum": ["active", "inactive", "failing"]},
+    "last_error": {"type": "string", "nullable": True},
+    "last_poll_at": {"type": "string", "nullable": True},
+    "last_success_at": {"type": "string", "nullable": True},
+    "fetched": {"type": "integer"}, "routed": {"type": "integer"}, "quarantined": {"type": "integer"},
+    "status": {"type": "object", "properties": {"running": {"type": "boolean"}, "up": {"type": "boolean"},
+                                                "idling": {"type": "boolean"}}},
+    "validation": VALIDATION}}
+SEARCH = [Param("name", description="substring of the name or short name"),
+          Param("address", description="substring of the address or user"),
+          Param("campaign", description="the default campaign or one a filter names"),
+          Param("state", enum=["active", "inactive", "failing"]),
+          Param("q", description="substring of name, short name, address, user or host")]
 
 ROUTES = [
-    Route("GET", "/api/v1/channels", list_channels, "Inbound channels with status and counters", "channels",
+    Route("GET", "/api/v1/channels", list_channels, "Inbound channels with state, counters; search",
+          "channels", SEARCH,
           response={"type": "object", "properties": {"items": {"type": "array", "items": VIEW}}}),
-    Route("POST", "/api/v1/channels", create_channel, "Create a channel (validated on save)", "channels",
+    Route("POST", "/api/v1/channels", create_channel,
+          "Create a channel (validated on save; an active one only if the connection succeeds)", "channels",
           body=CHANNEL, response=VIEW, status=201, errors=(409, 422)),
     Route("GET", "/api/v1/channels/{name}", show_channel, "One channel (secrets shown as ***)", "channels",
           [NAME], response=VIEW, errors=(404,)),
@@ -206,8 +287,8 @@ ROUTES = [
     Route("POST", "/api/v1/channels/{name}/disable", _toggle(False), "Deactivate", "channels", [NAME],
           response=VIEW, errors=(404, 422)),
     Route("POST", "/api/v1/channels/{name}/validate", validate,
-          "Connect, log in and select (server's own error)", "channels", [NAME], response={"type": "object"},
-          errors=(404, 409)),
+          "Connect, log in and select: Connection succeeded / Connection failed: <the server's words>",
+          "channels", [NAME], response=VALIDATION, errors=(404,)),
     Route("GET", "/api/v1/channels/{name}/filters", get_filters, "Ordered filters of a channel", "channels",
           [NAME], response={"type": "object"}, errors=(404,)),
     Route("PUT", "/api/v1/channels/{name}/filters", put_filters, "Replace the ordered filters", "channels",

@@ -11,14 +11,15 @@ import dataclasses
 import re
 from typing import Any, Sequence
 
-from poller.config import CampaignConfig, ChannelConfig, FilterConfig
+from poller.config import FIRST_SYNC, CampaignConfig, ChannelConfig, FilterConfig, identifier_problem
 from relay.configtypes import build
 from store.inbound import Campaign, Channel, Filter, InboundStore
 
 SECRET_FIELDS = ("password", "oauth2_client_secret", "oauth2_refresh_token")
 _TRIM = ("host", "user", "address", "server_name", "oauth2_token_url", "oauth2_client_id",
          "oauth2_client_secret", "oauth2_refresh_token", "oauth2_scope", "folder", "storage_folder",
-         "default_campaign", "name")
+         "default_campaign", "name", "short_name", "first_sync")
+STATES = ("active", "inactive", "failing")
 
 
 class ChannelError(ValueError):
@@ -43,6 +44,14 @@ _CHOICES = (("protocol", ("imap", "pop3"), "protocol must be imap or pop3"),
 
 
 def _connection_problem(ch: ChannelConfig) -> str | None:
+    problem = identifier_problem("name", ch.name) or (
+        identifier_problem("short_name", ch.short_name) if ch.short_name else None)
+    if problem:
+        return problem
+    if not FIRST_SYNC.fullmatch(ch.first_sync):
+        return "first_sync must be all, unseen or since:YYYY-MM-DD"
+    if ch.protocol == "pop3" and ch.first_sync != "all":
+        return "first_sync: POP3 has no flags or dates to choose by; use all"
     for name, allowed, problem in _CHOICES:
         if getattr(ch, name) not in allowed:
             return problem
@@ -127,9 +136,33 @@ def redacted(ch: ChannelConfig) -> dict[str, Any]:
     return d
 
 
+def state_of(enabled: bool, last_error: str | None) -> str:
+    """``inactive`` (disabled), ``failing`` (enabled, the last poll or validation failed) or ``active``."""
+    return "inactive" if not enabled else "failing" if last_error else "active"
+
+
 def channel_view(rec: Channel) -> dict[str, Any]:
-    """Settings (secrets as ``***``), filters, poll status and counters."""
-    return {**redacted(config_of(rec)), **rec.status()}
+    """Settings (secrets as ``***``), filters, poll status and counters, and the state."""
+    view = {**redacted(config_of(rec)), **rec.status()}
+    view["short_name"] = view.get("short_name") or rec.name
+    view["state"] = state_of(rec.enabled, rec.last_error)
+    return view
+
+
+def matches(view: dict[str, Any], *, name: str | None = None, address: str | None = None,
+            campaign: str | None = None, state: str | None = None, q: str | None = None) -> bool:
+    """Search of channel views: ``name`` and ``address`` are case-insensitive substrings (of the name or
+    short name; of the address or user), ``campaign`` the default campaign or one a filter names,
+    ``state`` one of STATES, ``q`` a substring of any of name, short name, address, user and host."""
+    def has(needle: str | None, *keys: str) -> bool:
+        return needle is None or any(needle.casefold() in str(view.get(k) or "").casefold() for k in keys)
+
+    if campaign is not None and campaign != view.get("default_campaign") and \
+            campaign not in {f["campaign"] for f in view.get("filters", ())}:
+        return False
+    return (has(name, "name", "short_name") and has(address, "address", "user")
+            and (state is None or view.get("state") == state)
+            and has(q, "name", "short_name", "address", "user", "host"))
 
 
 def campaign_view(rec: Campaign) -> dict[str, Any]:
@@ -153,8 +186,9 @@ async def get_channel(inbound: InboundStore, name: str) -> ChannelConfig | None:
     return None if rec is None else config_of(rec)
 
 
-async def list_channels(inbound: InboundStore) -> list[dict[str, Any]]:
-    return [channel_view(rec) for rec in await inbound.channels()]
+async def list_channels(inbound: InboundStore, **search: str | None) -> list[dict[str, Any]]:
+    """Channel views by name, those that match ``search`` (see ``matches``)."""
+    return [v for v in (channel_view(rec) for rec in await inbound.channels()) if matches(v, **search)]
 
 
 async def save_campaign(inbound: InboundStore, c: CampaignConfig) -> None:

@@ -3,9 +3,22 @@ seeds (channels and campaigns live in the database; the config file seeds them a
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
-from relay.configtypes import Duration
+from relay.configtypes import Duration, Size
+
+# channel, short and campaign names: identifiers (a campaign name becomes a Maildir directory, a channel
+# name a metrics label): a letter or digit, then letters, digits, "_", "." or "-", at most 64
+IDENTIFIER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+FIRST_SYNC = re.compile(r"all|unseen|since:\d{4}-\d{2}-\d{2}")
+
+
+def identifier_problem(what: str, name: str) -> str | None:
+    if IDENTIFIER.fullmatch(name):
+        return None
+    return (f"{what} {name!r} is not an identifier (a letter or digit, then letters, digits, '_', '.' or"
+            " '-', at most 64)")
 
 
 @dataclass(frozen=True)
@@ -16,7 +29,7 @@ class PollerConfig:
     retry_cap: Duration = Duration(1800)  # ... up to this
     fetch_batch: int = 50                 # messages per UID FETCH round-trip (and at most 16 MB)
     parallel_deliveries: int = 8          # campaign deliveries in flight per channel
-    max_message_size: int = 50_000_000    # larger messages are quarantined without being fetched whole
+    max_message_size: Size = Size(50_000_000)   # larger messages are quarantined without being fetched
     timeout: Duration = Duration(60)      # connect / login / command timeout (validation answers within it)
     idle_timeout: Duration = Duration(300)    # re-issue IDLE this often (RFC 2177 asks for < 29 min)
     error_backoff_cap: Duration = Duration(300)   # server errors: retry after 5 s, doubling up to this
@@ -42,6 +55,8 @@ class ChannelConfig:
     name: str
     host: str
     user: str
+    short_name: str = ""                  # identity of the channel's stored mail (default: name); kept when
+                                          # host/user change (the mailbox moved to another server)
     address: str = ""                     # the mailbox address (recipient_only matches it)
     protocol: str = "imap"                # imap | pop3
     port: int = 0                         # 0 = the protocol's default for the TLS mode
@@ -59,6 +74,8 @@ class ChannelConfig:
     folder: str = "INBOX"
     sync_all_folders: bool = False        # every folder except storage, trash and sent
     recipient_only: bool = False          # only messages whose To/Cc/Bcc/Delivered-To name `address`
+    first_sync: str = "all"               # what a folder's first sync takes: all | unseen (IMAP) |
+                                          # since:YYYY-MM-DD (IMAP, by internal date); later syncs: all new
     poll_interval: Duration = Duration(60)
     idle: bool = True                     # IMAP IDLE when the server offers it
     after: str = "seen"                   # seen | move | delete (POP3: delete, or seen = leave on server)
@@ -82,6 +99,9 @@ class CampaignConfig:
     sender: str = ""                      # smtp: envelope sender (default: the channel address)
 
     def __post_init__(self):
+        problem = identifier_problem("campaign name", self.name.strip())
+        if problem:
+            raise ValueError(problem)
         if self.kind not in ("maildir", "webhook", "smtp"):
             raise ValueError(f"campaign {self.name}: kind must be maildir|webhook|smtp, got {self.kind!r}")
         if self.kind == "webhook" and not self.url:

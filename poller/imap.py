@@ -74,8 +74,8 @@ class IMAPSession(MailServer):
 
         try:
             if self.tls == "implicit":
-                self.client = aioimaplib.IMAP4(self.host, self.port, timeout=self.timeout, conn_lost_cb=lost,
-                                               ssl_context=self.ctx)
+                self.client = _IMAP4(self.host, self.port, timeout=self.timeout, conn_lost_cb=lost,
+                                     ssl_context=self.ctx, server_hostname=self.server_name)
             else:
                 self.client = aioimaplib.IMAP4(self.host, self.port, timeout=self.timeout, conn_lost_cb=lost)
             await self._c.wait_hello_from_server()
@@ -285,6 +285,25 @@ class IMAPSession(MailServer):
                 self.client.protocol.transport.close()
             except Exception:  # noqa: BLE001
                 pass
+            for task in list(getattr(self.client, "tasks", ())):    # an interrupted IDLE's own tasks
+                task.cancel()
+
+
+class _IMAP4(aioimaplib.IMAP4):
+    """aioimaplib's client with implicit TLS to ``server_hostname`` (SNI and the certificate's name), which
+    aioimaplib itself always takes from the host it connects to."""
+
+    def __init__(self, host: str, port: int, *, server_hostname: str, **kw: Any):
+        self._server_hostname = server_hostname
+        super().__init__(host, port, **kw)
+
+    def create_client(self, host: str, port: int, loop: Any, conn_lost_cb: Any = None,
+                      ssl_context: ssl.SSLContext | None = None) -> None:
+        local_loop = loop if loop is not None else asyncio.get_running_loop()
+        self.protocol = aioimaplib.IMAP4ClientProtocol(local_loop, conn_lost_cb)
+        self._client_task = local_loop.create_task(local_loop.create_connection(
+            lambda: self.protocol, host, port, ssl=ssl_context,
+            server_hostname=self._server_hostname if ssl_context is not None else None))
 
 
 class _SaslCommand(Command):

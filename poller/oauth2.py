@@ -7,11 +7,20 @@ used next time. Tokens are cached until shortly before they expire. Secrets neve
 from __future__ import annotations
 
 import time
+from typing import Protocol
 
 import aiohttp
 
 from poller.config import ChannelConfig
-from store.inbound import InboundStore
+
+
+class RefreshTokens(Protocol):
+    """Where the refresh token rotated by the token endpoint lives (``store.inbound``, or a validation's
+    capture of it for a channel not saved yet)."""
+
+    async def oauth_refresh(self, name: str) -> str | None: ...
+
+    async def set_oauth_refresh(self, name: str, token: str) -> None: ...
 
 _cache: dict[tuple[str, str, str], tuple[str, float]] = {}
 
@@ -29,7 +38,7 @@ class TokenError(Exception):
     pass
 
 
-async def access_token(inbound: InboundStore, http: aiohttp.ClientSession, ch: ChannelConfig) -> str:
+async def access_token(inbound: RefreshTokens, http: aiohttp.ClientSession, ch: ChannelConfig) -> str:
     """An access token for the channel (a ``ChannelConfig``): cached, or from the token endpoint."""
     cached = _cache.get(_key(ch))
     if cached and cached[1] > time.time() + 60:

@@ -8,22 +8,21 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import ssl
 import time
 from typing import Any, Awaitable, Callable
 
 import aiohttp
 from prometheus_client import Counter, Gauge
 
-from poller import campaigns, channels, oauth2
+from poller import campaigns, channels
 from poller.config import CampaignConfig, ChannelConfig, PollerConfig
 from poller.fetcher import Accepted, PollResult, poll_imap, run_once, wait_idle
-from poller.imap import IMAPSession, MailboxError
-from poller.oauth2 import TokenError, access_token
-from poller.pop3 import POP3Session
+from poller.imap import MailboxError
 from poller.router import MessageView, ParseError, route
+from poller.validate import Validation, check_connection, open_session
 from relay.spool.retry import RetryPolicy, backoff
 from relay.spool.spool import Spool
+from relay.tasks import cancel_and_wait
 from store import StorageError, Store
 from store.inbound import Delivery
 
@@ -86,17 +85,18 @@ class PollerService:
     async def sync_tasks(self) -> None:
         wanted = set(await self.inbound.channel_names(enabled_only=True))
         for name in list(self.tasks):
-            if name not in wanted:
-                self.tasks.pop(name).cancel()
+            if name not in wanted:            # disabled or removed: its session ends (IDLE included)
+                await cancel_and_wait(self.tasks.pop(name))
+                self.state.pop(name, None)
+                CHANNEL_UP.labels(name).set(0)
         loop = asyncio.get_running_loop()
         for name in wanted - set(self.tasks):
             self.tasks[name] = loop.create_task(self._channel_loop(name), name=f"channel:{name}")
 
     # ---- per channel ---------------------------------------------------------------------------------
     async def _channel_loop(self, name: str) -> None:
-        failures = 0
         errors = RetryPolicy(first=5.0, cap=float(self.pcfg.error_backoff_cap), jitter=0.0)
-        st = self.state.setdefault(name, {"up": False, "idle": False, "last_error": None})
+        st = self.state.setdefault(name, {"up": False, "idle": False, "last_error": None, "failures": 0})
         while True:
             ch = await channels.get_channel(self.inbound, name)
             if ch is None:
@@ -108,12 +108,11 @@ class PollerService:
                     res = await run_once(self.inbound, ch, self.pcfg, self.deliver, self.connect, time.time())
                     await self._success(ch, st, res)
                     await asyncio.sleep(ch.poll_interval)
-                failures = 0
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - one channel's trouble stays in that channel
                 msg = str(exc) or type(exc).__name__
-                failures += 1
+                st["failures"] = failures = st.get("failures", 0) + 1   # reset by every successful poll
                 delay = backoff(failures, errors)
                 st.update(up=False, last_error=msg)
                 CHANNEL_UP.labels(name).set(0)
@@ -153,34 +152,18 @@ class PollerService:
 
     async def _success(self, ch: ChannelConfig, st: dict, res: PollResult) -> None:
         now = time.time()
-        st.update(up=True, last_error="; ".join(res.errors) or None, last_poll=now)
-        CHANNEL_UP.labels(ch.name).set(1)
+        error = "; ".join(res.errors) or None
+        # a successful poll ends an outage: the next error backs off from 5 s again (the IDLE loop polls
+        # many times in one session, so the reset happens here, not when the session ends)
+        st.update(up=error is None, last_error=error, last_poll=now, failures=0)
+        CHANNEL_UP.labels(ch.name).set(1 if error is None else 0)
         LAST_SUCCESS.labels(ch.name).set(now)
         if res.fetched:
             FETCHED.labels(ch.name).inc(res.fetched)
-        await self.inbound.record_poll(ch.name, "; ".join(res.errors) or None)
+        await self.inbound.record_poll(ch.name, error)
 
     async def connect(self, ch: ChannelConfig) -> Any:
-        cls = POP3Session if ch.protocol == "pop3" else IMAPSession
-        session = cls(ch.host, channels.default_port(ch), tls=ch.tls, server_name=ch.server_name,
-                      verify=ch.verify, ca_file=ch.ca_file, timeout=self.pcfg.timeout)
-        await session.connect()
-        try:
-            if ch.auth == "oauth2":
-                if self.http is None:
-                    raise TokenError("the poller is not started (no HTTP client for the token endpoint)")
-                token = await access_token(self.inbound, self.http, ch)
-                try:
-                    await session.xoauth2(ch.user, token)
-                except MailboxError:
-                    oauth2.forget(ch)        # the next attempt asks the token endpoint for a fresh one
-                    raise
-            else:
-                await session.login(ch.user, ch.password)
-        except BaseException:
-            await session.logout()
-            raise
-        return session
+        return await open_session(ch, self.inbound, self.http, self.pcfg.timeout)
 
     # ---- delivery to the campaign -------------------------------------------------------------------
     async def deliver(self, ch: ChannelConfig, inbound_id: int, raw: bytes) -> Accepted | None:
@@ -261,49 +244,28 @@ class PollerService:
         if went:
             QUARANTINED.labels(ch.name).inc()
             log.warning("channel %s: inbound %d quarantined: %s", ch.name, inbound_id, error)
+        else:
+            log.warning("channel %s: inbound %d not delivered (tried again later): %s", ch.name, inbound_id,
+                        error)
 
     # ---- admin ---------------------------------------------------------------------------------------
-    async def validate(self, name: str) -> tuple[bool, str]:
+    async def validate(self, name: str) -> Validation:
         ch = await channels.get_channel(self.inbound, name)
         if ch is None:
-            return False, f"no such channel: {name}"
-        return await validate_channel(ch, self, self.pcfg.timeout)
+            return Validation(False, f"no such channel: {name}")
+        return await check_connection(ch, self.inbound, self.pcfg.timeout, self.http)
 
     def status(self) -> list[dict]:
+        """Per channel the poller has run: ``up`` only while its task runs and its last poll succeeded
+        without an error (a disabled channel is never up)."""
         out = []
         for name, st in sorted(self.state.items()):
-            out.append({"name": name, "running": name in self.tasks, "up": st.get("up", False),
-                        "idle": st.get("idle", False), "last_poll": st.get("last_poll"),
+            running = name in self.tasks
+            out.append({"name": name, "running": running,
+                        "up": running and bool(st.get("up")) and not st.get("last_error"),
+                        "idle": running and bool(st.get("idle")), "last_poll": st.get("last_poll"),
                         "last_error": st.get("last_error")})
         return out
-
-
-async def validate_channel(ch: ChannelConfig, service: PollerService, timeout: float) -> tuple[bool, str]:
-    """Connect, authenticate, select (and check the storage folder) within ``timeout``; the server's own
-    text on failure."""
-    async def _do() -> str:
-        session = await service.connect(ch)
-        try:
-            if ch.protocol == "pop3":
-                n = len(await session.uidl())
-                return f"ok: logged in to {ch.host}, {n} messages"
-            await session.select(ch.folder)
-            if ch.after == "move":
-                names = [n for n, _ in await session.folders()]
-                if ch.storage_folder not in names:
-                    raise MailboxError(f"storage folder {ch.storage_folder!r} does not exist on the server")
-            return f"ok: logged in to {ch.host} and selected {ch.folder}"
-        finally:
-            await session.logout()
-
-    try:
-        return True, await asyncio.wait_for(_do(), timeout)
-    except asyncio.TimeoutError:
-        return False, f"no answer from {ch.host} within {timeout:.0f} s"
-    except (MailboxError, TokenError) as exc:
-        return False, str(exc)
-    except (OSError, UnicodeError, ValueError, ssl.SSLError) as exc:   # e.g. a host name that is not IDNA
-        return False, f"cannot connect to {ch.host!r}: {exc}"
 
 
 def _section(settings: Any, name: str, default: Any) -> Any:

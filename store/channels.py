@@ -199,6 +199,12 @@ class ChannelStore:
                              (now, error[:1000], name))
         await self._write(_record)
 
+    async def record_validation(self, name: str, error: str | None) -> None:
+        """A validation of the channel's settings (on save) succeeded (``error`` None: the last error is
+        cleared) or failed with ``error`` (shown as the channel's last error until a poll succeeds)."""
+        await self._write(lambda conn: conn.execute(
+            "UPDATE channels SET last_error=? WHERE name=?", (error[:1000] if error else None, name)))
+
     # ---- OAuth2 ----------------------------------------------------------------------------------
     async def oauth_refresh(self, name: str) -> str | None:
         """The refresh token the token endpoint rotated to (None: use the configured one)."""

@@ -111,20 +111,23 @@ async def test_move_to_storage_folder_and_validation(dovecot, mailbox, env):
     svc = service(st, tmp)
     await svc.start()
     try:
-        assert await svc.validate("ch") == (True, "ok: logged in to 127.0.0.1 and selected INBOX")
+        v = await svc.validate("ch")
+        assert (v.ok, v.text, v.detail) == (True, "Connection succeeded",
+                                            "logged in to 127.0.0.1 and selected INBOX")
         res = await run_once(st.inbound, ch, svc.pcfg, svc.deliver, svc.connect, time.time())
         assert res.delivered == 1
         assert dovecot.uids(mailbox, "pw") == [] and len(dovecot.uids(mailbox, "pw", folder="Processed")) == 1
 
         missing = channel(dovecot, mailbox, name="ch2", after="move", storage_folder="Nope")
         await channels.save_channel(st.inbound, missing)
-        ok, text = await svc.validate("ch2")
-        assert not ok and text == "storage folder 'Nope' does not exist on the server"
+        v = await svc.validate("ch2")
+        assert not v.ok and v.text == "Connection failed: storage folder 'Nope' does not exist on the server"
         bad = channel(dovecot, mailbox, name="ch3", password="wrong")
         await channels.save_channel(st.inbound, bad)
         dovecot.clear_penalty()
-        ok, text = await svc.validate("ch3")
-        assert not ok and "[AUTHENTICATIONFAILED] Authentication failed." in text
+        v = await svc.validate("ch3")
+        assert not v.ok and v.text.startswith("Connection failed: ")
+        assert "[AUTHENTICATIONFAILED] Authentication failed." in v.text
         with pytest.raises(channels.ChannelError, match="storage_folder must differ"):
             await channels.save_channel(
                 st.inbound, channel(dovecot, mailbox, name="x", after="move", storage_folder="INBOX"))
@@ -421,6 +424,6 @@ def test_cli_channels_add_list_validate(dovecot, mailbox, tmp_path):
     first = json.loads(listed.stdout)[0]
     assert first["user"] == mailbox and "pw" not in first["password"]
     ok = cli("channels", "validate", "desk")
-    assert (ok.returncode, ok.stdout.strip()) == (0, "ok: logged in to 127.0.0.1 and selected INBOX")
+    assert (ok.returncode, ok.stdout.strip()) == (0, "Connection succeeded")
     bad = cli("channels", "add", "x", "--host", "h", "--user", "u", "--default-campaign", "nope")
     assert bad.returncode == 2 and "unknown default campaign 'nope'" in bad.stderr
