@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from relay.configtypes import Duration, Size
 
-EVENT_TYPES = ("delivered", "deferred", "bounced", "failed", "complained", "cancelled")
+EVENT_TYPES = ("delivered", "deferred", "bounced", "failed", "complained", "cancelled", "opened", "clicked")
 
 
 @dataclass(frozen=True)

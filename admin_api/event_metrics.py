@@ -27,10 +27,14 @@ BOUNCES = Counter("relaybox_bounces", "Bounce and complaint reports recorded, by
                   ["category", "kind", "reason"])
 EVENTS = Counter("relaybox_message_events", "Recipient status transitions by new status and actor kind",
                  ["status", "actor"])
+OPENS = Counter("relaybox_tracking_opens", "Opened flags set per recipient ('opened' events): kind human for"
+                " 'opened', machine for 'opened (machine)'", ["kind"])
+CLICKS = Counter("relaybox_tracking_clicks", "First clicks of a link per recipient ('clicked' events)",
+                 ["kind"])
 
 BATCH = 5000
 _RESULTS = ("delivered", "deferred", "bounced", "failed")
-_ACTORS = ("smtp", "delivery", "admin", "bounce", "system", "dsn", "cli", "scheduler")
+_ACTORS = ("smtp", "delivery", "admin", "bounce", "system", "dsn", "cli", "scheduler", "tracking")
 
 
 def route_label(route: Any) -> str:
@@ -76,6 +80,9 @@ class EventTail:
     def _count(batch: TailBatch) -> None:
         for e in batch.events:
             EVENTS.labels(e.status, _actor(e.actor)).inc()
+            if e.status in ("opened", "clicked"):
+                counter = OPENS if e.status == "opened" else CLICKS
+                counter.labels("machine" if (e.details or {}).get("machine") else "human").inc()
             if e.status in _RESULTS and e.actor != "bounce":
                 route = route_label(e.details.get("route") or e.recipient_route)
                 RESULTS.labels(route, e.status).inc()

@@ -122,6 +122,10 @@ def _held_and_ids(source: Any, from_query: bool) -> dict[str, Any]:
     return out
 
 
+def _times(d: dict) -> dict:
+    return {k: iso(v) if k.endswith("_at") else v for k, v in d.items()}
+
+
 def _present(m: dict) -> dict:
     for k in ("created_at", "send_at"):
         m[k] = iso(m.get(k))
@@ -143,7 +147,10 @@ async def list_messages(request: web.Request) -> web.Response:
     after = cur["after"] if cur else None
     page = await rb.store.history.list_messages(f, limit=limit, after=after, order=order)
     nxt = encode_cursor({"after": page.next_after, "order": order}) if page.next_after else None
-    return ok({"items": [_present(m.as_dict()) for m in page.items], "next_cursor": nxt})
+    opened = await rb.store.tracking.flags([m.message.id for m in page.items])   # docs/tracking.md
+    items = [{**_present(m.as_dict()), "opened": opened.get(m.message.id, {"opened": 0, "opened_machine": 0})}
+             for m in page.items]
+    return ok({"items": items, "next_cursor": nxt})
 
 
 async def _show(rb: Any, qid: str) -> MessageDetail:
@@ -154,11 +161,16 @@ async def _show(rb: Any, qid: str) -> MessageDetail:
 
 
 async def show_message(request: web.Request) -> web.Response:
-    m = await _show(relaybox(request), request.match_info["id"])
+    rb = relaybox(request)
+    m = await _show(rb, request.match_info["id"])
     out = _present(m.as_dict())
+    opens, clicks = await rb.store.tracking.opens(m.message.id), await rb.store.tracking.clicks(m.message.id)
     for r in out["recipients"]:
         r["next_attempt_at"] = iso(r["next_attempt_at"])
         r["updated_at"] = iso(r["updated_at"])
+        o = opens.get(r["id"])              # "opened" | "opened (machine)" | None: docs/tracking.md
+        r["opened"], r["opens"] = (o.flag, _times(o.as_dict())) if o else (None, None)
+        r["clicks"] = [_times(c.as_dict()) for c in clicks if c.recipient_id == r["id"]]
     for e in out["events"]:
         e["at"] = iso(e["at"])
     for a in out["attempts"]:

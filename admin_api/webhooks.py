@@ -5,6 +5,9 @@ deliveries (payload fixed at that moment by ``payload``) and moves the cursor, i
 ``deliver_due`` POSTs due rows; a 2xx marks them delivered, anything else schedules the next attempt from
 the endpoint's ``retry`` list (default 1, 5, 15, 60 minutes, then hourly) until ``max_age`` (24 h) after the
 event, when the row becomes ``failed``. ``deferred`` is sent once per message, not on every retry.
+``opened`` (tracking, docs/tracking.md) comes at a recipient's first open and again at its first human one
+after machine opens: ``reason`` is "opened" or "opened (machine)", ``details.machine`` the same as a bool;
+``clicked`` at the first click of each link (``details.url``).
 
 Signature (see docs/webhooks.md): ``X-Relaybox-Timestamp: <unix seconds>`` and
 ``X-Relaybox-Signature: sha256=<hex HMAC-SHA256(secret, "<timestamp>." + body)>``.

@@ -25,6 +25,7 @@ from relay.delivery.scheduler import Scheduler
 from relay.intake.listener import BounceIntake, Listener
 from relay.intake.policy import Policy, hash_password
 from relay.spool.spool import Spool
+from relay.tracking.listener import TrackingListener
 from relaybox import lifecycle, logs
 from relaybox.settings import Settings, load
 from store import Store, lock
@@ -68,6 +69,7 @@ class App:
         self.scheduler: Scheduler | None = None
         self.poller: PollerService | None = None
         self.admin: AdminServer | None = None
+        self.tracking: TrackingListener | None = None
         self.lock: lock.DatabaseLock | None = None
         self.stopping = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
@@ -116,7 +118,7 @@ class App:
             process=lambda raw, rcpt: bounce_record.process(store, bounces, raw, source="smtp", rcpt=rcpt))
 
     async def _start_services(self) -> None:
-        """Delivery, the inbound poller and the admin listener, in that order."""
+        """Delivery, the inbound poller, the admin listener and the tracking listener, in that order."""
         if not self.settings.relay.delivery.enabled:
             log.warning("delivery.enabled = false: messages are accepted and queued, not delivered")
         else:
@@ -128,6 +130,9 @@ class App:
         await self.poller.start()
         self.admin = AdminServer(self)
         await self.admin.start()
+        if self.settings.relay.tracking.enabled:    # its own socket and public URL, never the admin API's
+            self.tracking = TrackingListener(self.settings.relay.tracking, self.store.tracking)
+            await self.tracking.start()
 
     async def apply_seeds(self) -> None:
         smtp = self.settings.relay.smtp
@@ -154,7 +159,7 @@ class App:
             task.cancel()
         if self.listener is not None:
             await self.listener.drain(timeout)
-        for comp in (self.admin, self.poller, self.scheduler):
+        for comp in (self.tracking, self.admin, self.poller, self.scheduler):
             if comp is not None:
                 try:
                     await comp.stop()
