@@ -188,7 +188,7 @@ class RelaySMTP(SMTP):
         if self.session is not None and not self.session.authenticated and throttle.locked(ip):
             AUTH_ATTEMPTS.labels("locked").inc()
             SMTP_REJECTED.labels("auth_locked").inc()
-            self._auth_failures += 1
+            self._auth_failures = self.cfg.auth_max_failures_per_session      # and disconnect at once
             await self.push("454 4.7.0 Too many failed authentications, try again later")
         else:
             await super().smtp_AUTH(arg)
