@@ -258,11 +258,15 @@ class MessageStore:
 
         await self.db.write(_do)
 
-    async def release(self, ids: list[int], at: float) -> int:
-        """Hand claimed recipients back to the queue without an attempt (a full destination backlog, or a
-        shutdown that cancelled them): no status event, since nothing happened to them, and the poison
-        accounting is undone once nothing of the message is in flight. Returns the messages touched."""
+    async def release(self, ids: list[int], at: float,
+                      why: tuple[int | None, str | None, str] | None = None) -> int:
+        """Hand claimed recipients back to the queue without an attempt (a full destination backlog, a
+        parked destination, a shutdown that cancelled them): no status event, since nothing happened to
+        them, and the poison accounting is undone once nothing of the message is in flight. ``why`` (code,
+        enhanced, text) is kept as the recipient's last reply: what an admin reads while it waits.
+        Returns the messages touched."""
         now = self.clock()
+        extra, values = ("", ()) if why is None else (", last_code=?, last_enhanced=?, last_text=?", why)
 
         def _do(conn: Conn) -> int:
             mids = set()
@@ -272,7 +276,7 @@ class MessageStore:
                 if row is None:
                     continue
                 set_status(conn, rid, Status.SENDING, Status.QUEUED, now,
-                           "next_attempt_at=?, leased_until=NULL, lease_owner=NULL", (at,))
+                           "next_attempt_at=?, leased_until=NULL, lease_owner=NULL" + extra, (at, *values))
                 mids.add(row["message_id"])
             _reset_crash_count(conn, mids)
             return len(mids)

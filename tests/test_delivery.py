@@ -240,6 +240,7 @@ async def test_dead_destination_is_parked_and_probed_once_per_interval(env, sink
     for q in waiting:           # handed back until the probe: no result, no event, no attempt
         r = next(iter((await recipients(spool, q)).values()))
         assert (r["status"], r["attempts"], r["next_attempt_at"]) == ("queued", 0, pytest.approx(T0 + 30))
+        assert r["last_text"].startswith("waiting: mx:dst.test unreachable since") and r["last_code"] == 421
     events_before = await spool.store.db.read(lambda c: c.execute("SELECT COUNT(*) FROM events").fetchone()[0])
     for q in qids:
         await spool.retry_now(q)          # an admin's "retry now" does not hammer a dead destination

@@ -108,6 +108,15 @@ class Destinations:
         p.probing = False
         return False
 
+    def why(self, key: str) -> tuple[int | None, str | None, str] | None:
+        """The reply recorded on a recipient handed back while ``key`` is parked."""
+        p = self._parked.get(key)
+        if p is None:
+            return None
+        e = p.last_error
+        since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(p.since))
+        return e.code, e.enhanced, f"waiting: {key} unreachable since {since} ({e.text})"
+
     def release_probe(self, key: str) -> None:
         """A probe that ended without a verdict (cancelled, internal error): the next one may go."""
         p = self._parked.get(key)

@@ -270,7 +270,8 @@ class Scheduler:
                 self.destinations.handed_back(key, len(group))
                 self.stats["parked"] += len(group)
                 metrics.PARKED.inc(len(group))
-                self._spawn(self._requeue(group, self.destinations.next_probe(key, now)))
+                self._spawn(self._requeue(group, self.destinations.next_probe(key, now),
+                                          self.destinations.why(key)))
                 del groups[key]
                 report.parts -= 1
                 parked += len(group)
@@ -344,7 +345,8 @@ class Scheduler:
         self.stats["parked"] += len(rcpts)
         metrics.PARKED.inc(len(rcpts))
         await self.reports.record(report, [], None)      # this part of the round ends without results
-        await self.spool.release_claims([r.id for r in rcpts], self.destinations.next_probe(key, now))
+        await self.spool.release_claims([r.id for r in rcpts], self.destinations.next_probe(key, now),
+                                        self.destinations.why(key))
 
     async def _record_durably(self, msg: Message, pairs: list[tuple[Recipient, RecipientResult]],
                               attempt: AttemptLog | None, report: Batch) -> bool:
@@ -455,9 +457,10 @@ class Scheduler:
         await self.reports.record(batch, pairs, attempt.host if attempt else None)
         self.stats["dsn"] = self.reports.sent
 
-    async def _requeue(self, rcpts: list[Recipient], at: float) -> None:
+    async def _requeue(self, rcpts: list[Recipient], at: float,
+                       why: tuple[int | None, str | None, str] | None = None) -> None:
         try:
-            await self._release([r.id for r in rcpts], at)
+            await self.spool.release_claims([r.id for r in rcpts], at, why)
         finally:
             self._in_flight.difference_update(r.id for r in rcpts)
 

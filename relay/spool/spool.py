@@ -74,8 +74,9 @@ class Spool:
         await self.complete([RecipientResult(r, "failed", code, enhanced, text, reason=reason)
                              for r in recipient_ids], actor=actor)
 
-    async def release_claims(self, ids: list[int], at: float) -> int:
-        return await self.messages.release(ids, at)
+    async def release_claims(self, ids: list[int], at: float,
+                             why: tuple[int | None, str | None, str] | None = None) -> int:
+        return await self.messages.release(ids, at, why)
 
     async def mark_bounced(self, recipient_id: int, code: int | None, enhanced: str | None, text: str | None,
                            reason: str | None, actor: str = "bounce") -> bool:

@@ -261,6 +261,12 @@ def print_summary(s: dict) -> None:
     rows = [[s["total"]["domain"], s["total"]["total"], *s["total"]["counts"]]]
     rows += [[r["domain"], r["total"], *r["counts"]] for r in s["rows"]]
     print(table(rows, ["DOMAIN", "TOTAL", *s["buckets"]]))
+    down = s.get("destinations_down") or []
+    if down:
+        print(f"\n{len(down)} destination(s) parked (unreachable; recipients wait for the next probe):")
+        print(table([[d["destination"], d["down_since"], d["failures"], d["next_probe"],
+                      d["recipients_waiting"], d["last_error"][:60]] for d in down],
+                    ["DESTINATION", "DOWN SINCE", "FAILURES", "NEXT PROBE", "WAITING", "LAST ERROR"]))
 
 
 # ---- commands ----------------------------------------------------------------------------------------
