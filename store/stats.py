@@ -87,12 +87,15 @@ def _details(text: str | None) -> Mapping[str, Any]:
 
 def _queue_stats(conn: sqlite3.Connection, now: float) -> QueueStats:
     counts = {s: 0 for s in Status.ALL}
-    for r in conn.execute("SELECT status, COUNT(*) FROM recipients GROUP BY status"):
+    for r in conn.execute("SELECT status, n FROM queue_counts"):      # kept by triggers: no scan
         counts[r[0]] = r[1]
-    held = conn.execute("SELECT COUNT(*) FROM messages WHERE held=1").fetchone()[0]
-    # driven by the (status, next_attempt_at) index: cost follows the active queue, not the retained history
-    oldest = conn.execute("SELECT MIN(m.created_at) FROM recipients r JOIN messages m ON m.id = r.message_id"
-                          " WHERE r.status IN ('queued','deferred','sending')").fetchone()[0]
+    held = conn.execute("SELECT COUNT(*) FROM messages WHERE held = 1").fetchone()[0]   # partial index
+    # queue ids sort by creation time: the smallest waiting one is one probe of a partial index
+    row = conn.execute("SELECT message_id FROM recipients INDEXED BY recipients_waiting_msg"
+                       " WHERE status IN ('queued', 'deferred', 'sending')"
+                       " ORDER BY message_id LIMIT 1").fetchone()
+    found = conn.execute("SELECT created_at FROM messages WHERE id=?", (row[0],)).fetchone() if row else None
+    oldest = found[0] if found else None
     pending = {r[0]: r[1] for r in conn.execute(
         "SELECT endpoint, COUNT(*) FROM webhook_deliveries WHERE state='pending' GROUP BY endpoint")}
     suppressed = {k: 0 for k in SUPPRESSION_KINDS}

@@ -209,6 +209,39 @@ async def test_illegal_transition_rolls_back_only_that_write(open_store, monkeyp
     assert len(await s.messages.claim("w")) == 1
 
 
+async def test_queue_counters_follow_every_write_and_oldest_is_the_first_waiting(open_store, clock):
+    s = open_store()
+    ids = [await s.messages.enqueue(new(20 + i, rcpts=("a@x.test", "b@y.test"))) for i in range(4)]
+    clock.t += 10
+    later = await s.messages.enqueue(new(30, rcpts=("c@z.test",), send_at=clock.t + 3600))   # scheduled
+    claims = await s.messages.claim("w", limit=3)
+    first = claims[0].recipients[0].id
+    await s.messages.complete([RecipientResult(first, "delivered", 250)])
+    await s.messages.cancel(ids[3])
+    clock.t += 40 * 86400
+    await s.messages.complete([RecipientResult(r.id, "bounced", 550) for c in claims for r in c.recipients
+                               if r.id != first])
+    await s.messages.set_held(ids[2], True)
+    await s.messages.prune(body_days=1, meta_days=30)         # ids[3] (all cancelled) goes, cascading
+    expected: dict[str, int] = {}
+    for qid in [*ids, later]:
+        for r in await s.messages.recipients(qid):
+            expected[r.status] = expected.get(r.status, 0) + 1
+    stats = await s.stats.queue_stats()
+    assert {k: v for k, v in stats.counts.items() if v} == expected
+    assert stats.held_messages == 1
+    waiting = []
+    for q in ids:
+        if any(r.status in ("queued", "deferred", "sending") for r in await s.messages.recipients(q)):
+            waiting.append(q)
+    waiting.sort()
+    created = (await s.messages.get(waiting[0])).created_at
+    assert stats.oldest_age == pytest.approx(clock.t - created)
+    s.close()
+    s2 = open_store()                                            # the counters are stored, not rebuilt
+    assert (await s2.stats.queue_stats()).counts == stats.counts
+
+
 # ---- bounces and suppressions ----------------------------------------------------------------------------
 async def test_bounce_report_correlates_marks_and_suppresses(open_store, clock):
     s = open_store()
