@@ -89,6 +89,12 @@ async def _errors_as_json(request: web.Request, handler) -> web.StreamResponse:
         return error_response(exc.status, _CODES.get(exc.status, "error"), msg, headers)
     except asyncio.CancelledError:
         raise
+    except (UnicodeError, RecursionError) as exc:
+        # malformed input that got past the parsers (bytes that are not UTF-8, absurd nesting): the
+        # client's fault, never a 500; logged in one line so a flood cannot fill the log with tracebacks
+        log.warning("admin API: malformed input on %s %s: %s", request.method, request.raw_path[:200],
+                    type(exc).__name__)
+        return error_response(400, "bad_request", "malformed request (invalid encoding or nesting)")
     except Exception:  # noqa: BLE001 - a bug, not bad input: log it, answer a plain 500
         log.exception("admin API: unhandled error on %s %s", request.method, request.path)
         return error_response(500, "internal", "internal error (see the relaybox log)")

@@ -103,7 +103,9 @@ class Authenticator:
         scheme, _, value = header.strip().partition(" ")
         if scheme.lower() != "bearer" or not value.strip():
             return None
-        presented = value.strip().encode()
+        # aiohttp decodes header bytes as UTF-8 with surrogateescape: take the bytes back as they were sent
+        # (invalid UTF-8 then simply matches no token: 401, never an encoding error)
+        presented = value.strip().encode("utf-8", "surrogateescape")
         found = None
         for tok in self.tokens:          # no early exit: constant work whichever token matches
             if hmac.compare_digest(presented, tok.secret):

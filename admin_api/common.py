@@ -109,11 +109,41 @@ async def read_json(request: web.Request, *, required: bool = True) -> dict:
         return {}
     try:
         data = json.loads(raw)
+    except RecursionError:
+        raise ApiError(400, "bad_json", f"body nested deeper than {MAX_JSON_DEPTH} levels") from None
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, "bad_json", f"body is not valid JSON: {exc}") from None
+        raise ApiError(400, "bad_json", f"body is not valid JSON: {str(exc)[:200]}") from None
     if not isinstance(data, dict):
         raise ApiError(400, "bad_json", "body must be a JSON object")
+    problem = json_problem(data)
+    if problem:
+        raise ApiError(400, "bad_json", problem)
     return data
+
+
+MAX_JSON_DEPTH = 32
+
+
+def json_problem(data: Any, max_depth: int = MAX_JSON_DEPTH) -> str | None:
+    """What makes a parsed body unsafe to hand on, or None: nesting beyond ``max_depth`` (no handler or
+    serializer may recurse on it) or a string (value or key) that is not valid Unicode (``"\\ud800"``:
+    a lone surrogate the database driver and every encoder would choke on). Iterative: never recurses."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, str):
+            try:
+                node.encode("utf-8")
+            except UnicodeEncodeError:
+                return "body holds a string that is not valid Unicode (a lone surrogate escape)"
+            continue
+        if not isinstance(node, (dict, list)):
+            continue
+        if depth > max_depth:
+            return f"body nested deeper than {max_depth} levels"
+        items = [*node.keys(), *node.values()] if isinstance(node, dict) else node
+        stack.extend((v, depth + 1) for v in items)
+    return None
 
 
 def body_str(body: dict, key: str, *, required: bool = True, max_len: int = 1000) -> str | None:

@@ -8,6 +8,7 @@ comments allowed); a line ending in `` ro`` makes that token read-only.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 
 from relay.configtypes import Duration, Size
@@ -19,6 +20,9 @@ EVENT_TYPES = ("delivered", "deferred", "bounced", "failed", "complained", "canc
 class AdminConfig:
     enabled: bool = True
     listen: str = "127.0.0.1:8025"          # host:port of the HTTP API, /metrics, /healthz, /readyz
+    tls_cert_file: str = ""                 # PEM certificate (chain); with tls_key_file the API is HTTPS only
+    tls_key_file: str = ""                  # PEM private key
+    allow_insecure_listen: bool = False     # plain HTTP on a non-loopback address (tokens in clear): explicit
     tokens: list[str] = field(default_factory=list, repr=False)           # full access ("name:secret")
     readonly_tokens: list[str] = field(default_factory=list, repr=False)  # GET only (dashboards, scrapers)
     token_file: str = ""                    # more tokens, one per line; "name:secret ro" = read-only
@@ -28,6 +32,31 @@ class AdminConfig:
     def __post_init__(self):
         if not 1 <= self.page_size <= 1000:
             raise ValueError("admin.page_size: expected 1..1000")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("admin.tls_cert_file: tls_cert_file and tls_key_file go together")
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert_file and self.tls_key_file)
+
+    def listen_problem(self) -> str | None:
+        """Why the API must not listen as configured (bearer tokens in clear off this host), or None."""
+        if not self.enabled or self.tls or self.allow_insecure_listen or is_loopback(self.listen):
+            return None
+        return (f"admin.listen = {self.listen!r} is not a loopback address and the admin API has no TLS: set"
+                " admin.tls_cert_file and admin.tls_key_file, or admin.allow_insecure_listen = true if"
+                " the network in between is trusted (tokens travel in clear)")
+
+
+def is_loopback(listen: str) -> bool:
+    """Whether ``host:port`` names only this host: 127.0.0.0/8, ::1 or localhost (never 0.0.0.0 / ::)."""
+    host = listen.rpartition(":")[0].strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)

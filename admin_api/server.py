@@ -11,6 +11,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from admin_api.app import make_app
 from admin_api.config import AdminConfig
+from relay.tls import server_context
 
 log = logging.getLogger("admin_api")
 
@@ -64,11 +65,17 @@ class AdminServer:
             await self.webhooks.start()
         if not self.cfg.enabled:
             return
+        problem = self.cfg.listen_problem()
+        if problem is not None:
+            # `relaybox run` refuses such a config before starting (relaybox.checks); this guards the rest
+            log.error("admin API not started: %s", problem)
+            return
         host, port = split_listen(self.cfg.listen)
+        ssl_ctx = server_context(self.cfg.tls_cert_file, self.cfg.tls_key_file) if self.cfg.tls else None
         self.runner = web.AppRunner(make_app(self.app, self.cfg), access_log=None, handle_signals=False,
                                     logger=http_log)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, host, port, reuse_address=True)
+        site = web.TCPSite(self.runner, host, port, reuse_address=True, ssl_context=ssl_ctx)
         try:
             await site.start()
         except OSError as exc:
@@ -79,7 +86,8 @@ class AdminServer:
             return
         for s in getattr(site._server, "sockets", None) or []:  # noqa: SLF001 - the bound address
             self.bound.append(tuple(s.getsockname()[:2]))
-        log.info("admin API listening on %s", ", ".join(f"{h}:{p}" for h, p in self.bound) or self.cfg.listen)
+        where = ", ".join(f"{h}:{p}" for h, p in self.bound) or self.cfg.listen
+        log.info("admin API listening on %s (%s)", where, "HTTPS" if ssl_ctx else "plain HTTP")
 
     async def stop(self) -> None:
         if self.webhooks is not None:

@@ -23,7 +23,26 @@ def problems(settings: Settings) -> list[str]:
                 out.append(f"smtp.tls.{key}: cannot read {path}: {exc.strerror}")
     if settings.relay.smtp.implicit_tls_listen and not tls.cert_file:
         out.append("smtp.implicit_tls_listen: needs smtp.tls.cert_file and key_file")
+    out += _admin(settings)
     out += _poller(settings)
+    return out
+
+
+def _admin(settings: Settings) -> list[str]:
+    from admin_api.config import AdminConfig
+
+    cfg = settings.section("admin") or AdminConfig()
+    out = []
+    problem = cfg.listen_problem()
+    if problem:
+        out.append(problem)
+    for key in ("tls_cert_file", "tls_key_file"):
+        path = getattr(cfg, key)
+        if path:
+            try:
+                open(path, "rb").close()
+            except OSError as exc:
+                out.append(f"admin.{key}: cannot read {path}: {exc.strerror}")
     return out
 
 

@@ -35,6 +35,9 @@ SUBSTITUTIONS = [
      "# In the container: all interfaces of the container, published on the host's loopback only; "
      "the image's\n"
      '# HEALTHCHECK asks http://127.0.0.1:8025/healthz.\nlisten = "0.0.0.0:8025"'),
+    ("allow_insecure_listen = false",
+     "# plain HTTP on the container's interfaces: publish the port on the host's loopback only, or set the\n"
+     "# tls_* keys above and make this false\nallow_insecure_listen = true"),
     ('token_file = ""',
      'token_file = ""\n# e.g. token_file = "/etc/relaybox/secrets/admin-tokens" (a read-only mount)'),
 ]
