@@ -68,8 +68,8 @@ async def test_authorization_header_of_invalid_utf8_is_401(tmp_path):
         port = int(api.base.rsplit(":", 1)[1])
         for header in (b"Bearer \xff\xfe\xfd", b"\xff\xfe", b"Bearer " + SECRET.encode() + b"\xff",
                        b"Bearer \xc3(", b"Basic \x80"):
-            st = await raw_http(port, b"GET /api/v1/queue/summary HTTP/1.1\r\nHost: x\r\nAuthorization: " + header +
-                                b"\r\nConnection: close\r\n\r\n")
+            st = await raw_http(port, b"GET /api/v1/queue/summary HTTP/1.1\r\nHost: x\r\nAuthorization: "
+                                + header + b"\r\nConnection: close\r\n\r\n")
             assert st == 401, header
         st = await raw_http(port, b"GET /api/v1/queue/summary HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
                             SECRET.encode() + b"\r\nConnection: close\r\n\r\n")
