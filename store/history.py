@@ -307,20 +307,22 @@ def _bucket_labels() -> tuple[str, ...]:
 
 def _summary(conn: sqlite3.Connection, statuses: tuple[str, ...], top: int, now: float) -> QueueSummary:
     counts = {s: 0 for s in Status.ALL}
-    for r in conn.execute("SELECT status, COUNT(*) AS n FROM recipients GROUP BY status"):
+    for r in conn.execute("SELECT status, n FROM queue_counts"):      # kept by triggers (m0009)
         counts[r["status"]] = r["n"]
-    held = conn.execute("SELECT COUNT(*) FROM messages WHERE held=1").fetchone()[0]
+    held = conn.execute("SELECT COUNT(*) FROM messages WHERE held = 1").fetchone()[0]
     statuses = statuses or tuple(sorted(Status.ACTIVE))
     width = len(QSHAPE_BUCKETS) + 1
     per_domain: dict[str, list[int]] = {}
     total = [0] * width
+    # the age bucket is computed and counted by the database: one row per (domain, bucket) comes back
+    bucket = "CASE " + " ".join(f"WHEN ? - m.created_at < {hi * 60} THEN {i}"
+                                for i, hi in enumerate(QSHAPE_BUCKETS)) + f" ELSE {len(QSHAPE_BUCKETS)} END"
     for r in conn.execute(
-            "SELECT r.domain AS domain, m.created_at AS created FROM recipients r JOIN messages m ON"
-            f" m.id = r.message_id WHERE r.status IN ({_marks(len(statuses))})", statuses):
-        age_min = max(0.0, now - r["created"]) / 60
-        idx = next((i for i, hi in enumerate(QSHAPE_BUCKETS) if age_min < hi), len(QSHAPE_BUCKETS))
-        per_domain.setdefault(r["domain"], [0] * width)[idx] += 1
-        total[idx] += 1
+            f"SELECT r.domain AS domain, {bucket} AS idx, COUNT(*) AS n FROM recipients r JOIN messages m"
+            f" ON m.id = r.message_id WHERE r.status IN ({_marks(len(statuses))}) GROUP BY r.domain, idx",
+            (*([now] * len(QSHAPE_BUCKETS)), *statuses)):
+        per_domain.setdefault(r["domain"], [0] * width)[r["idx"]] += r["n"]
+        total[r["idx"]] += r["n"]
     ranked = sorted(per_domain.items(), key=lambda kv: (-sum(kv[1]), kv[0]))
     return QueueSummary(counts=counts, held_messages=held, statuses=tuple(statuses), buckets=_bucket_labels(),
                         total=QshapeRow("TOTAL", sum(total), tuple(total)),
