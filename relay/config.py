@@ -142,6 +142,7 @@ class RouteConfig:
     tls_verify: bool = True
     username: str = ""
     password: str = ""                     # never logged, never in transcripts
+    allow_plaintext_auth: bool = False     # AUTH without TLS (tls = "none", or opportunistic without it)
     from_addresses: list[str] = field(default_factory=list)   # exact From addresses using this route
     from_domains: list[str] = field(default_factory=list)     # From domains using this route
     default: bool = False                  # used when no route matches (else: direct MX)

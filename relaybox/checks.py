@@ -23,6 +23,10 @@ def problems(settings: Settings) -> list[str]:
                 out.append(f"smtp.tls.{key}: cannot read {path}: {exc.strerror}")
     if settings.relay.smtp.implicit_tls_listen and not tls.cert_file:
         out.append("smtp.implicit_tls_listen: needs smtp.tls.cert_file and key_file")
+    for route in settings.relay.routes:
+        if route.username and route.tls == "none" and not route.allow_plaintext_auth:
+            out.append(f'routes.{route.name}: tls = "none" with a username: AUTH would send the password in'
+                       " clear and is refused; use starttls/implicit or set allow_plaintext_auth = true")
     out += _admin(settings)
     out += _poller(settings)
     return out

@@ -75,10 +75,11 @@ async def test_route_smtp_test_action(tmp_path):
 
     sink = await Sink(users={"relay@org.test": ROUTE_PW}, auth_require_tls=False).start()
     routes = [{"name": "good", "host": "127.0.0.1", "port": sink.port, "tls": "none",
-               "username": "relay@org.test",
+               "allow_plaintext_auth": True, "username": "relay@org.test",
                "password": ROUTE_PW},
               {"name": "badpw", "host": "127.0.0.1", "port": sink.port, "tls": "none",
-               "username": "relay@org.test", "password": "wrong-" + ROUTE_PW},
+               "allow_plaintext_auth": True, "username": "relay@org.test",
+               "password": "wrong-" + ROUTE_PW},
               {"name": "closed", "host": "127.0.0.1", "port": free_port(), "tls": "none"}]
     try:
         async with running(tmp_path, routes=routes, delivery={"connect_timeout": "2s"}) as (app, api):

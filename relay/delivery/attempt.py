@@ -260,7 +260,7 @@ class Delivery:
         if route is not None:
             ips = await self._route_addresses(route)
             cands = [Candidate(route.host, ip, route.port) for ip in ips[:MAX_ADDRESSES_PER_HOST]]
-            tls = TLSPolicy(route.tls, route.tls_verify)
+            tls = TLSPolicy(route.tls, route.tls_verify, route.allow_plaintext_auth)
             return await open_session(cands, helo=self.helo, tls=tls, username=route.username,
                                       password=route.password, connect_timeout=d.connect_timeout,
                                       command_timeout=d.command_timeout, transcript=transcript)

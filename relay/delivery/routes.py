@@ -102,7 +102,8 @@ async def smtp_test(route: RouteConfig, helo: str,
     ips = list(dict.fromkeys(str(i[4][0]) for i in infos))
     cands = [Candidate(route.host, ip, route.port) for ip in ips[:2]]
     try:
-        session = await open_session(cands, helo=helo, tls=TLSPolicy(route.tls, route.tls_verify),
+        policy = TLSPolicy(route.tls, route.tls_verify, route.allow_plaintext_auth)
+        session = await open_session(cands, helo=helo, tls=policy,
                                      username=route.username, password=route.password,
                                      connect_timeout=timeout, command_timeout=timeout, transcript=transcript)
     except DeliveryError as exc:

@@ -41,6 +41,7 @@ class Candidate:
 class TLSPolicy:
     mode: str = "opportunistic"    # opportunistic | none | starttls | implicit
     verify: bool = False
+    allow_plaintext_auth: bool = False   # AUTH on a connection without TLS (a route's explicit choice)
 
 
 @dataclass
@@ -262,7 +263,7 @@ async def _open_one(cand: Candidate, helo: str, tls: TLSPolicy, use_starttls: bo
         secured = implicit or await _starttls(smtp, log_, cand, helo, tls, use_starttls, stage)
         if username:
             stage[0] = "auth"
-            await _auth(smtp, log_, username, password, secured or tls.mode == "none")
+            await _auth(smtp, log_, username, password, secured or tls.allow_plaintext_auth)
     except (DeliveryError, _RetryPlain):
         smtp.close()
         raise
@@ -332,7 +333,8 @@ async def _starttls(smtp: aiosmtplib.SMTP, log_: _Log, cand: Candidate, helo: st
 
 async def _auth(smtp: aiosmtplib.SMTP, log_: _Log, username: str, password: str, allowed: bool) -> None:
     if not allowed:
-        raise DeliveryError(530, "5.7.0", "refusing to send credentials without TLS", False, stage="auth")
+        raise DeliveryError(530, "5.7.0", "refusing to send credentials without TLS (set"
+                            " allow_plaintext_auth = true on the route to allow it)", False, stage="auth")
     log_.note("C", "AUTH **** (credentials not logged)")
     try:
         resp = await smtp.login(username, password)
