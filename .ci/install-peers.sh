@@ -15,6 +15,8 @@ command -v ip >/dev/null || [ -x /usr/sbin/ip ] || need+=(iproute2)      # opend
 perl -MNet::DNS::Resolver -e1 2>/dev/null || need+=(libnet-dns-perl)   # Mail::DKIM custom resolver
 command -v openssl >/dev/null || need+=(openssl)
 command -v systemd-analyze >/dev/null || need+=(systemd)
+command -v chromium >/dev/null || need+=(chromium)                       # tracking e2e: headless browser
+command -v chromedriver >/dev/null || need+=(chromium-driver)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   # keep package scripts from starting system services (Dovecot on 143/993, Postfix on 25)
