@@ -16,7 +16,7 @@ from aiohttp import web
 from admin_api.common import Param, Route, conflict, invalid, iso, not_found, ok, read_json, relaybox
 from poller import channels
 from poller.config import ChannelConfig, FilterConfig, PollerConfig
-from poller.validate import Validation, check_connection, save_validated
+from poller.validate import Validation, save_validated, validate_stored
 from relay.configtypes import ConfigError, build
 from store.inbound import InboundStore
 
@@ -197,15 +197,14 @@ async def validate(request: web.Request) -> web.Response:
     """Validate the stored channel now ("Connection succeeded" / "Connection failed: <server's words>");
     the answer is also kept as the channel's last error (cleared on success)."""
     name = request.match_info["name"]
-    ch = await _stored(request, name)
+    await _stored(request, name)
     poller = _poller(request)
     try:
-        v = await check_connection(ch, _inbound(request), _timeout(request),
-                                   poller.http if poller is not None else None)
+        v = await validate_stored(_inbound(request), name, _timeout(request),
+                                  poller.http if poller is not None else None)
     except Exception as exc:  # noqa: BLE001 - a settings combination the poller did not foresee: say so
         log.exception("channel %s: validation failed unexpectedly", name)
         v = Validation(False, f"Connection failed: {type(exc).__name__}: {exc}"[:500])
-    await _inbound(request).record_validation(name, None if v.ok else v.text)
     return ok({"name": name, **v.as_dict()})
 
 

@@ -143,9 +143,13 @@ async def fetch_imap_folder(inbound: InboundStore, session: IMAPSession, ch: Cha
         else:
             log.warning("channel %s folder %s: UIDVALIDITY changed %s -> %s; resyncing with dedupe",
                         ch.name, folder, cp.uidvalidity, uidvalidity)
-    sizes = await session.sizes_after(last_uid)
-    if not sizes and cp is None:
-        await inbound.set_checkpoint(ch.name, folder, uidvalidity, 0)
+    horizon: int | None = None            # a first sync by policy: the checkpoint moves here at its end
+    if cp is None and ch.first_sync != "all":
+        sizes, horizon = await _first_sync(session, ch)
+    else:
+        sizes = await session.sizes_after(last_uid)
+        if not sizes and cp is None:
+            await inbound.set_checkpoint(ch.name, folder, uidvalidity, 0)
     for batch in batches(sizes, pcfg.fetch_batch, FETCH_BYTES):
         wanted = [u for u in batch if sizes[u] <= pcfg.max_message_size]
         if await session.ensure_selected(folder) != uidvalidity:      # after_batch may have selected another
@@ -164,16 +168,37 @@ async def fetch_imap_folder(inbound: InboundStore, session: IMAPSession, ch: Cha
                 result.skipped += 1
                 continue
             items.append(fetched(str(uid), raw))
-        await inbound.store_fetched(ch.name, folder, uidvalidity, items, last_uid=batch[-1], dedupe=True)
+        await inbound.store_fetched(ch.name, folder, uidvalidity, items,
+                                    last_uid=batch[-1] if horizon is None else None, dedupe=True)
         result.fetched += len(items)
         if after_batch is not None:
             await after_batch()
+    if horizon is not None:
+        await inbound.set_checkpoint(ch.name, folder, uidvalidity, horizon)
+
+
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+async def _first_sync(session: IMAPSession, ch: ChannelConfig) -> tuple[dict[int, int], int]:
+    """The first sync of a folder under ``first_sync = unseen | since:DATE``: the sizes of the messages it
+    takes, and the highest UID of the folder now (the checkpoint, set once they are all stored: a first
+    sync cut before is redone from the start, and what it had stored is not stored twice)."""
+    everything = await session.uids_after(0)
+    if ch.first_sync == "unseen":
+        wanted = await session.search("UNSEEN")
+    else:
+        year, month, day = (int(x) for x in ch.first_sync.split(":", 1)[1].split("-"))
+        wanted = await session.search(f"SINCE {day}-{_MONTHS[month - 1]}-{year}")
+    horizon = max(everything, default=0)
+    return await session.sizes_of([u for u in wanted if u <= horizon]), horizon
 
 
 async def imap_actions(session: IMAPSession, ch: ChannelConfig, folder: str, uids: list[int]) -> None:
     """\\Seen / move / delete for many UIDs of one folder in one command."""
     await session.ensure_selected(folder)
     if ch.after == "move":
+        await session.mark_seen(uid_set(uids))       # processed mail reads as read where it is moved to
         await session.move(uid_set(uids), ch.storage_folder)
     elif ch.after == "delete":
         await session.delete(uid_set(uids))
@@ -259,8 +284,8 @@ async def poll_imap(inbound: InboundStore, session: IMAPSession, ch: ChannelConf
         for row in rows:
             by_folder.setdefault(row.folder, []).append(row)
         for folder, items in by_folder.items():
-            cp = await inbound.checkpoint(ch.name, folder)
-            current = [r for r in items if cp is not None and cp.uidvalidity == r.uidvalidity]
+            uidvalidity = await session.ensure_selected(folder)      # what the server numbers by now
+            current = [r for r in items if r.uidvalidity == uidvalidity]
             if current:
                 await imap_actions(session, ch, folder, [int(r.uid) for r in current])
             done += items         # messages of an old UIDVALIDITY: the server renumbered them, nothing to do

@@ -176,7 +176,12 @@ class IMAPSession(MailServer):
         return out
 
     async def uids_after(self, last_uid: int) -> list[int]:
-        resp = _ok(await self._w(self._c.uid_search(f"UID {last_uid + 1}:*", charset=None)), "UID SEARCH")
+        # "n:*" always includes the highest UID even when it is <= last_uid
+        return [u for u in await self.search(f"UID {last_uid + 1}:*") if u > last_uid]
+
+    async def search(self, criteria: str) -> list[int]:
+        """UID SEARCH ``criteria`` (e.g. ``UNSEEN``, ``SINCE 1-Jan-2025``): the UIDs, ascending."""
+        resp = _ok(await self._w(self._c.uid_search(criteria, charset=None)), "UID SEARCH")
         uids = []
         for line in resp.lines:
             if not isinstance(line, (bytes, bytearray)):
@@ -186,15 +191,16 @@ class IMAPSession(MailServer):
                 words = words[1:]
             if words and all(w.isdigit() for w in words):
                 uids += [int(w) for w in words]
-        # "n:*" always includes the highest UID even when it is <= last_uid
-        return sorted(u for u in uids if u > last_uid)
+        return sorted(uids)
 
     async def sizes_after(self, last_uid: int) -> dict[int, int]:
         """{uid: RFC822.SIZE} of the messages above ``last_uid`` (the sizes let oversized messages be
-        quarantined unfetched and batches be cut by bytes). Asked SIZE_CHUNK UIDs at a time: aioimaplib
-        recurses once per response line it receives in one read, and a few thousand lines overflow the
-        stack."""
-        uids = await self.uids_after(last_uid)
+        quarantined unfetched and batches be cut by bytes)."""
+        return await self.sizes_of(await self.uids_after(last_uid))
+
+    async def sizes_of(self, uids: list[int]) -> dict[int, int]:
+        """{uid: RFC822.SIZE} of ``uids`` (ascending). Asked SIZE_CHUNK UIDs at a time: aioimaplib recurses
+        once per response line it receives in one read, and a few thousand lines overflow the stack."""
         out: dict[int, int] = {}
         for i in range(0, len(uids), SIZE_CHUNK):
             chunk = uid_set(uids[i:i + SIZE_CHUNK])
@@ -249,10 +255,21 @@ class IMAPSession(MailServer):
         """Wait for the server to announce a change (True) or for ``timeout`` (False)."""
         self.in_idle = True
         idle_task = await self._w(self._c.idle_start(timeout=timeout))
+        waiting = asyncio.ensure_future(self._c.wait_server_push(timeout=timeout))
+        lost = asyncio.ensure_future(self.lost.wait())
+        try:                     # a connection lost while idling ends the wait at once, not at the timeout
+            await asyncio.wait({waiting, lost}, timeout=timeout + 5, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            lost.cancel()
+            if not waiting.done():
+                waiting.cancel()
+        if self.lost.is_set():
+            raise MailboxError(f"{self.host}: connection lost during IDLE")
         try:
-            push = await self._w(self._c.wait_server_push(timeout=timeout), timeout + 5)
+            push = waiting.result() if waiting.done() and not waiting.cancelled() else None
         except (MailboxError, asyncio.TimeoutError):
-            push = [b"stop_wait_server_push"]
+            push = None
+        push = push or [b"stop_wait_server_push"]
         changed = any(isinstance(p, bytes) and (b"EXISTS" in p or b"RECENT" in p) for p in (push or []))
         try:
             self._c.idle_done()

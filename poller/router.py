@@ -78,7 +78,8 @@ class MessageView:
         text: list[str] = []
         html: list[str] = []
         for part in self.msg.walk():
-            if part.is_multipart() or part.get_content_disposition() == "attachment":
+            if part.is_multipart() or part.get_content_disposition() == "attachment" or \
+                    (part.get_content_disposition() is None and part.get_filename()):
                 continue
             ctype = part.get_content_type()
             if ctype not in ("text/plain", "text/html"):
@@ -105,7 +106,9 @@ class MessageView:
         for part in self.msg.walk():
             if part.is_multipart():
                 continue
-            if part.get_content_disposition() in ("attachment", "inline") and part.get_filename():
+            # a file name makes an attachment: from Content-Disposition, or the Content-Type "name" of
+            # a part sent without Content-Disposition (older clients and scanners)
+            if part.get_content_disposition() in ("attachment", "inline", None) and part.get_filename():
                 out.append((part.get_filename(), part.get_content_type(),
                             part.get_payload(decode=True) or b""))
         return out

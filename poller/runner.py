@@ -19,7 +19,7 @@ from poller.config import CampaignConfig, ChannelConfig, PollerConfig
 from poller.fetcher import Accepted, PollResult, poll_imap, run_once, wait_idle
 from poller.imap import MailboxError
 from poller.router import MessageView, ParseError, route
-from poller.validate import Validation, check_connection, open_session
+from poller.validate import Validation, open_session, validate_stored
 from relay.spool.retry import RetryPolicy, backoff
 from relay.spool.spool import Spool
 from relay.tasks import cancel_and_wait
@@ -250,10 +250,7 @@ class PollerService:
 
     # ---- admin ---------------------------------------------------------------------------------------
     async def validate(self, name: str) -> Validation:
-        ch = await channels.get_channel(self.inbound, name)
-        if ch is None:
-            return Validation(False, f"no such channel: {name}")
-        return await check_connection(ch, self.inbound, self.pcfg.timeout, self.http)
+        return await validate_stored(self.inbound, name, self.pcfg.timeout, self.http)
 
     def status(self) -> list[dict]:
         """Per channel the poller has run: ``up`` only while its task runs and its last poll succeeded

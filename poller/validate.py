@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 
 from poller import oauth2
-from poller.channels import ChannelError, check, default_port, normalize, save_channel
+from poller.channels import ChannelError, check, config_of, default_port, normalize, save_channel
 from poller.config import ChannelConfig
 from poller.imap import IMAPSession, MailboxError
 from poller.oauth2 import RefreshTokens, TokenError, access_token
@@ -144,4 +144,18 @@ async def save_validated(inbound: InboundStore, ch: ChannelConfig, timeout: floa
     if v.rotated_refresh:
         await inbound.set_oauth_refresh(ch.name, v.rotated_refresh)
     await inbound.record_validation(ch.name, None if v.ok else v.text)
+    return v
+
+
+async def validate_stored(inbound: InboundStore, name: str, timeout: float,
+                          http: aiohttp.ClientSession | None = None) -> Validation:
+    """Validate a saved channel: the answer is kept as its last error (cleared on success), and a refresh
+    token the token endpoint rotated to meanwhile is stored (the old one may be dead already)."""
+    rec = await inbound.channel(name)
+    if rec is None:
+        return Validation(False, f"no such channel: {name}")
+    v = await check_connection(config_of(rec), inbound, timeout, http)
+    if v.rotated_refresh:
+        await inbound.set_oauth_refresh(name, v.rotated_refresh)
+    await inbound.record_validation(name, None if v.ok else v.text)
     return v

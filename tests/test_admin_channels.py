@@ -145,3 +145,56 @@ async def test_quarantine_inspect_retry_drop(tmp_path, dovecot):
         assert (await api.call("GET", f"/api/v1/quarantine/{q['id']}"))[0] == 404
         assert (await api.call("POST", "/api/v1/quarantine/999999/retry"))[0] == 404
         assert (await api.call("GET", "/api/v1/quarantine/x1"))[0] == 404
+
+
+async def test_save_validates_state_search_and_identifiers(tmp_path, dovecot):
+    async with running(tmp_path) as (app, api):
+        assert (await api.call("POST", "/api/v1/campaigns", json={"name": "desk"}))[0] == 201
+        st, body = await api.call("POST", "/api/v1/campaigns", json={"name": "../../etc", "kind": "maildir"})
+        assert st == 400 and "not an identifier" in body["error"]["message"]
+        assert (await api.call("GET", "/api/v1/campaigns/..%2F..%2Fetc"))[0] == 404
+
+        dovecot.clear_penalty()
+        st, body = await api.call("POST", "/api/v1/channels", json=channel(dovecot, password="wrong",
+                                                                           enabled=True))
+        assert st == 422, body
+        assert body["error"]["message"].startswith("Connection failed: login failed: NO")
+        assert "saved only as inactive" in body["error"]["message"]
+        assert (await api.call("GET", "/api/v1/channels/support"))[0] == 404        # not saved
+
+        st, body = await api.call("POST", "/api/v1/channels", json=channel(dovecot, password="wrong",
+                                                                           sync_all_folders=True))
+        assert st == 201 and body["validation"]["ok"] is False
+        assert body["validation"]["result"].startswith("Connection failed: ")
+        assert body["state"] == "inactive" and body["status"]["up"] is False
+        assert body["last_error"] == body["validation"]["result"] and body["sync_all_folders"] is True
+        st, body = await api.call("POST", "/api/v1/channels/support/enable")
+        assert st == 422 and body["error"]["message"].startswith("Connection failed: "), body
+        st, body = await api.call("PUT", "/api/v1/channels/support", json={"password": PASSWORD})
+        assert st == 200 and body["validation"]["result"] == "Connection succeeded"
+        assert body["last_error"] is None and body["state"] == "inactive"
+        st, body = await api.call("POST", "/api/v1/channels/support/enable")
+        assert st == 200 and body["state"] == "active" and body["validation"]["ok"]
+
+        st, body = await api.call("POST", "/api/v1/channels", json=channel(
+            dovecot, name="sales", short_name="s1", address="sales@org.test", default_campaign="desk"))
+        assert st == 201 and body["short_name"] == "s1"
+        names = {}
+        for query in ("state=active", "state=inactive", "name=S1", "address=sales@", "campaign=desk",
+                      "q=127.0.0.1", "campaign=nope"):
+            st, body = await api.call("GET", f"/api/v1/channels?{query}")
+            assert st == 200
+            names[query] = [c["name"] for c in body["items"]]
+        assert names == {"state=active": ["support"], "state=inactive": ["sales"], "name=S1": ["sales"],
+                         "address=sales@": ["sales"], "campaign=desk": ["sales", "support"],
+                         "q=127.0.0.1": ["sales", "support"], "campaign=nope": []}
+        assert (await api.call("GET", "/api/v1/channels?state=up"))[0] == 400
+
+        st, doc = await api.call("GET", "/api/v1/openapi.json")
+        props = doc["paths"]["/api/v1/channels"]["post"]["requestBody"]["content"]["application/json"][
+            "schema"]["properties"]
+        for f in ("sync_all_folders", "recipient_only", "short_name", "first_sync", "server_name", "verify",
+                  "oauth2_client_secret", "idle", "purpose"):
+            assert f in props, f
+        st, v = await api.call("POST", "/api/v1/channels/sales/validate")
+        assert st == 200 and v["ok"] and v["result"] == "Connection succeeded"

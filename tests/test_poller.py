@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import itertools
 import json
+import logging
 import time
 
 import pytest
@@ -349,7 +350,8 @@ class Receiver:
         return port
 
 
-async def test_webhook_retries_signed_idempotent_and_idle_is_fast(dovecot, mailbox, env):
+async def test_webhook_retries_signed_idempotent_and_idle_is_fast(dovecot, mailbox, env, caplog):
+    caplog.set_level(logging.WARNING, logger="poller")
     st, tmp = env
     rec = Receiver("hook-secret", fail_first=2)
     port = await rec.start()
@@ -374,6 +376,8 @@ async def test_webhook_retries_signed_idempotent_and_idle_is_fast(dovecot, mailb
         assert doc["subject"] == "printer on fire" and doc["from"] == "carol@cust.test"
         assert doc["channel"] == "ch" and doc["campaign"] == "helpdesk" and "see attachment" in doc["text"]
         assert rec.bad_signatures == 0 and rec.calls == 3
+        failed = [r.getMessage() for r in caplog.records if "not delivered" in r.getMessage()]
+        assert len(failed) == 2 and all("answered 503: busy" in m for m in failed), failed   # the reply
     finally:
         await svc.stop()
         await rec.runner.cleanup()

@@ -84,10 +84,12 @@ async def test_xoauth2_refresh_rotation_imap_and_client_credentials_pop3(peers, 
         # attempt fetches a fresh token instead of reusing the cached one
         ts.revoke_all()
         dc.clear_penalty()
-        ok, text = await svc.validate("o365")
-        assert not ok and "[AUTHENTICATIONFAILED] Authentication failed." in text, text
+        v = await svc.validate("o365")
+        assert not v.ok and "[AUTHENTICATIONFAILED] Authentication failed." in v.text, v
         dc.clear_penalty()
-        assert await svc.validate("o365") == (True, "ok: logged in to 127.0.0.1 and selected INBOX")
+        v = await svc.validate("o365")
+        assert (v.ok, v.text) == (True, "Connection succeeded")
+        assert await st.inbound.oauth_refresh("o365") == ts.refresh_token     # a rotation while validating
 
         # POP3 + STLS with the client-credentials grant (no refresh token configured)
         dc.append(USER, "password-not-used", msg("third"))
@@ -100,8 +102,9 @@ async def test_xoauth2_refresh_rotation_imap_and_client_credentials_pop3(peers, 
         bad = ChannelConfig(**{**imap.__dict__, "name": "bad", "oauth2_client_secret": "nope",
                                "oauth2_refresh_token": ""})
         await channels.save_channel(st.inbound, bad)
-        ok, text = await svc.validate("bad")
-        assert not ok and text == "token endpoint refused: AADSTS700016: unknown client 'cid-123'"
+        v = await svc.validate("bad")
+        assert not v.ok and v.text == "Connection failed: token endpoint refused: AADSTS700016: unknown client" \
+                                      " 'cid-123'"
 
         listed = json.dumps(await channels.list_channels(st.inbound))
         for secret in ("s3cret", "rt-initial", ts.refresh_token):

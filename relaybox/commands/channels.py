@@ -14,7 +14,7 @@ from typing import Awaitable, Callable, TypeVar
 
 from poller import channels
 from poller.config import CampaignConfig, ChannelConfig, FilterConfig, PollerConfig
-from poller.validate import Validation, check_connection, save_validated
+from poller.validate import Validation, save_validated, validate_stored
 from relay.configtypes import ConfigError, build
 from relaybox.commands._common import attempt, removed, run
 from relaybox.commands._common import out as _out
@@ -132,10 +132,7 @@ def cmd_validate(args) -> int:
     timeout = float(_pcfg(args).timeout)
 
     async def check(store: Store) -> Validation:
-        ch = await channels.get_channel(store.inbound, args.name)
-        if ch is None:
-            return Validation(False, f"no such channel: {args.name}")
-        return await check_connection(ch, store.inbound, timeout)
+        return await validate_stored(store.inbound, args.name, timeout)
 
     v = run(args, check)
     _print_validation(args, v)

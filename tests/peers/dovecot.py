@@ -220,10 +220,13 @@ class Dovecot:
         m.login(user, password)
         return m
 
-    def append(self, user: str, password: str, raw: bytes, folder: str = "INBOX", flags: str = "") -> None:
+    def append(self, user: str, password: str, raw: bytes, folder: str = "INBOX", flags: str = "",
+               date: float | None = None) -> None:
+        """APPEND (``date``: the internal date, a Unix time; default now)."""
         m = self.imap(user, password)
         try:
-            typ, data = m.append(folder, flags or None, None, raw)
+            when = imaplib.Time2Internaldate(date) if date else None
+            typ, data = m.append(folder, flags or None, when, raw)
             if typ != "OK":
                 raise RuntimeError(f"APPEND failed: {data}")
         finally:
