@@ -42,10 +42,11 @@ class Store:
     """Every aggregate over one database. ``open()`` before use, ``close()`` at the end."""
 
     def __init__(self, path: str, *, clock: Callable[[], float] = time.time, readers: int = 4,
-                 poison_limit: int = 3):
+                 poison_limit: int = 3, key_file: str | None = None):
         self.path = str(path)
         self.clock = clock
-        self.db = Database(self.path, readers=readers)
+        # key_file: the secrets' key (store/secrets.py); default <path>.key, created 0600 at first open
+        self.db = Database(self.path, readers=readers, key_file=key_file)
         self.messages = MessageStore(self.db, clock, poison_limit=poison_limit)
         self.history = History(self.db, clock)
         self.bounces = BounceStore(self.db, clock)

@@ -5,8 +5,8 @@ the message flow, so callers use one object: ``store.inbound``.
 To the store a channel's and a campaign's settings are JSON documents owned by the poller (its
 ``ChannelConfig`` / ``CampaignConfig``). The store reads two keys of a channel's settings:
 ``default_campaign`` (a campaign still named there cannot be deleted) and ``oauth2_refresh_token`` (when an
-admin gives a new one, the token rotated since is dropped). Secrets are stored as given (the database is
-the secret store); redacting them for display is the caller's business.
+admin gives a new one, the token rotated since is dropped). Secret fields are encrypted at rest
+(store/secrets.py) and handed back in clear; redacting them for display is the caller's business.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 from store.errors import Conflict, guarded
+from store.secrets import CAMPAIGN_SECRET_FIELDS, CHANNEL_SECRET_FIELDS, SecretBox
 from store.sqlite import Database
 
 __all__ = ["Campaign", "CampaignInUse", "Channel", "ChannelCheck", "ChannelStore", "Filter"]
@@ -87,16 +88,21 @@ def _frozen(data: Mapping[str, Any]) -> Mapping[str, Any]:
     return types.MappingProxyType(dict(data))
 
 
-def _channel_of(row: sqlite3.Row, filters: Sequence[Filter]) -> Channel:
-    settings = json.loads(row["settings"])
+def _box(db: Database) -> SecretBox:
+    assert db.secrets is not None, "Database.open() sets the secret box"
+    return db.secrets
+
+
+def _channel_of(row: sqlite3.Row, filters: Sequence[Filter], box: SecretBox) -> Channel:
+    settings = box.open(json.loads(row["settings"]), CHANNEL_SECRET_FIELDS)   # secrets at rest: store/secrets
     return Channel(name=row["name"], settings=_frozen(settings), enabled=bool(row["enabled"]),
                    filters=tuple(filters), created_at=row["created_at"], last_poll_at=row["last_poll_at"],
                    last_success_at=row["last_success_at"], last_error=row["last_error"],
                    fetched=row["fetched"], routed=row["routed"], quarantined=row["quarantined"])
 
 
-def _campaign_of(row: sqlite3.Row) -> Campaign:
-    settings = json.loads(row["settings"])
+def _campaign_of(row: sqlite3.Row, box: SecretBox) -> Campaign:
+    settings = box.open(json.loads(row["settings"]), CAMPAIGN_SECRET_FIELDS)
     settings.pop("name", None)
     settings.pop("kind", None)
     return Campaign(name=row["name"], kind=row["kind"], settings=_frozen(settings),
@@ -136,7 +142,7 @@ class ChannelStore:
     async def channel(self, name: str) -> Channel | None:
         def _get(conn: sqlite3.Connection) -> Channel | None:
             row = conn.execute("SELECT * FROM channels WHERE name=?", (name,)).fetchone()
-            return None if row is None else _channel_of(row, _filters(conn, name))
+            return None if row is None else _channel_of(row, _filters(conn, name), _box(self.db))
         return await self._read(_get)
 
     async def channels(self, *, enabled_only: bool = False) -> list[Channel]:
@@ -147,7 +153,7 @@ class ChannelStore:
                                   " ORDER BY channel, position"):
                 by_channel.setdefault(r["channel"], []).append(_filter_of(r))
             where = " WHERE enabled=1" if enabled_only else ""
-            return [_channel_of(row, by_channel.get(row["name"], ()))
+            return [_channel_of(row, by_channel.get(row["name"], ()), _box(self.db))
                     for row in conn.execute(f"SELECT * FROM channels{where} ORDER BY name")]
         return await self._read(_list)
 
@@ -165,13 +171,16 @@ class ChannelStore:
         if check is not None:
             check(ch, _campaign_names(conn))
         old = conn.execute("SELECT settings FROM channels WHERE name=?", (ch.name,)).fetchone()
-        if old is not None and (json.loads(old[0]).get("oauth2_refresh_token")
+        box = _box(self.db)
+        old_settings = box.open(json.loads(old[0]), CHANNEL_SECRET_FIELDS) if old is not None else {}
+        if old is not None and (old_settings.get("oauth2_refresh_token")
                                 != ch.settings.get("oauth2_refresh_token")):
             # an admin gave a new refresh token (re-consent): it replaces the one rotated since
             conn.execute("UPDATE channels SET oauth_refresh=NULL WHERE name=?", (ch.name,))
         conn.execute("INSERT INTO channels(name, settings, enabled, created_at) VALUES (?,?,?,?)"
                      " ON CONFLICT(name) DO UPDATE SET settings=excluded.settings, enabled=excluded.enabled",
-                     (ch.name, json.dumps(dict(ch.settings)), int(ch.enabled), self.clock()))
+                     (ch.name, json.dumps(box.seal(ch.settings, CHANNEL_SECRET_FIELDS)), int(ch.enabled),
+                      self.clock()))
         conn.execute("DELETE FROM filters WHERE channel=?", (ch.name,))
         conn.executemany("INSERT INTO filters(channel, position, field, op, value, campaign)"
                          " VALUES (?,?,?,?,?,?)",
@@ -210,20 +219,21 @@ class ChannelStore:
         """The refresh token the token endpoint rotated to (None: use the configured one)."""
         row = await self._read(lambda conn: conn.execute(
             "SELECT oauth_refresh FROM channels WHERE name=?", (name,)).fetchone())
-        return row[0] if row is not None and row[0] else None
+        return _box(self.db).decrypt(row[0], "oauth_refresh") if row is not None and row[0] else None
 
     async def set_oauth_refresh(self, name: str, token: str) -> None:
+        sealed = _box(self.db).encrypt(token, "oauth_refresh")
         await self._write(lambda conn: conn.execute(
-            "UPDATE channels SET oauth_refresh=? WHERE name=?", (token, name)))
+            "UPDATE channels SET oauth_refresh=? WHERE name=?", (sealed, name)))
 
     # ---- campaigns -------------------------------------------------------------------------------
     async def campaign(self, name: str) -> Campaign | None:
         row = await self._read(lambda conn: conn.execute(
             "SELECT * FROM campaigns WHERE name=?", (name,)).fetchone())
-        return None if row is None else _campaign_of(row)
+        return None if row is None else _campaign_of(row, _box(self.db))
 
     async def campaigns(self) -> list[Campaign]:
-        return await self._read(lambda conn: [_campaign_of(r) for r in conn.execute(
+        return await self._read(lambda conn: [_campaign_of(r, _box(self.db)) for r in conn.execute(
             "SELECT * FROM campaigns ORDER BY name")])
 
     async def campaign_names(self) -> frozenset[str]:
@@ -237,7 +247,8 @@ class ChannelStore:
         settings = {**c.settings, "kind": c.kind}
         conn.execute("INSERT INTO campaigns(name, kind, settings, created_at) VALUES (?,?,?,?)"
                      " ON CONFLICT(name) DO UPDATE SET kind=excluded.kind, settings=excluded.settings",
-                     (c.name, c.kind, json.dumps(settings), self.clock()))
+                     (c.name, c.kind, json.dumps(_box(self.db).seal(settings, CAMPAIGN_SECRET_FIELDS)),
+                      self.clock()))
 
     async def delete_campaign(self, name: str) -> bool:
         """Remove an unused campaign; False: no such campaign. Raises ``CampaignInUse``."""

@@ -22,7 +22,10 @@ import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
+
+if TYPE_CHECKING:
+    from store.secrets import SecretBox
 
 log = logging.getLogger("store.sqlite")
 
@@ -51,6 +54,22 @@ def _connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
     if readonly:
         conn.execute("PRAGMA query_only=ON")
     return conn
+
+
+def _private_files(path: str) -> None:
+    """The database and its -wal/-shm files are 0600 (SQLite gives the -wal/-shm files the database
+    file's mode, so creating that one 0600 first is enough for new files; existing ones are fixed);
+    a directory we create is 0700. An existing directory is left as it is (it may be shared)."""
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, mode=0o700, exist_ok=True)
+    if not os.path.exists(path):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        try:
+            if os.stat(path + suffix).st_mode & 0o077:
+                os.chmod(path + suffix, 0o600)
+        except FileNotFoundError:
+            pass
 
 
 def migrations() -> list[tuple[int, str, Any]]:
@@ -147,8 +166,10 @@ class _Job:
 class Database:
     """One SQLite file: a writer thread with group commit plus reader threads."""
 
-    def __init__(self, path: str, *, readers: int = 4):
+    def __init__(self, path: str, *, readers: int = 4, key_file: str | None = None):
         self.path = str(path)
+        self.key_file = key_file or (self.path + ".key")
+        self.secrets: SecretBox | None = None      # set by open(): encryption of secret settings
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._wconn: sqlite3.Connection | None = None
@@ -164,10 +185,15 @@ class Database:
 
     # ---- lifecycle -------------------------------------------------------------------------------
     def open(self) -> "Database":
-        d = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(d, exist_ok=True)
+        _private_files(self.path)
         self._wconn = _connect(self.path)
         migrate(self._wconn)
+        _private_files(self.path)                 # -wal / -shm exist now
+        from store.secrets import CHECK_KEY, SecretBox
+
+        marker = self._wconn.execute("SELECT 1 FROM kv WHERE key=?", (CHECK_KEY,)).fetchone()
+        self.secrets = SecretBox.from_key_file(self.key_file, create=marker is None)
+        self.secrets.check(self._wconn)
         self._writer = threading.Thread(target=self._run_writer, name="db-writer", daemon=True)
         self._writer.start()
         return self
