@@ -8,6 +8,8 @@ tokens, campaign webhook secrets) are encrypted before they reach the database f
   the field name is bound in as associated data (a ciphertext moved to another field does not decrypt).
 - A value without the prefix (written before encryption existed) is read as it is, and encrypted on its
   next save.
+- At the first open with encryption, secrets written in clear before it are encrypted in place
+  (``reseal``, with ``secure_delete`` so the old pages are zeroed, then a WAL checkpoint).
 - The key is checked at open against a marker in ``kv`` (``secrets.check``): a replaced or missing key file
   is a clear ``SecretKeyError`` at start, never garbage or a traceback on the first poll.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import os
 import sqlite3
 from typing import Any, Iterable, Mapping
@@ -135,3 +138,28 @@ class SecretBox:
         if not ok:
             raise SecretKeyError(f"the secret key file {self.path} is not the key this database was written"
                                  " with: restore the original key file (secrets cannot be read without it)")
+
+    def reseal(self, conn: sqlite3.Connection) -> int:
+        """Encrypt the secrets still stored in clear (a database from before encryption); how many rows."""
+        changed = 0
+        conn.execute("PRAGMA secure_delete=ON")             # the clear pages are zeroed, not just freed
+        try:
+            for table, fields in (("channels", CHANNEL_SECRET_FIELDS), ("campaigns", CAMPAIGN_SECRET_FIELDS)):
+                for name, text in conn.execute(f"SELECT name, settings FROM {table}").fetchall():
+                    settings = json.loads(text)
+                    sealed = self.seal(settings, fields)
+                    if sealed != settings:
+                        conn.execute(f"UPDATE {table} SET settings=? WHERE name=?",
+                                     (json.dumps(sealed), name))
+                        changed += 1
+            for name, token in conn.execute("SELECT name, oauth_refresh FROM channels WHERE oauth_refresh"
+                                            " IS NOT NULL").fetchall():
+                if token and not token.startswith(PREFIX):
+                    conn.execute("UPDATE channels SET oauth_refresh=? WHERE name=?",
+                                 (self.encrypt(token, "oauth_refresh"), name))
+                    changed += 1
+            if changed:
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            conn.execute("PRAGMA secure_delete=OFF")
+        return changed

@@ -194,6 +194,8 @@ class Database:
         marker = self._wconn.execute("SELECT 1 FROM kv WHERE key=?", (CHECK_KEY,)).fetchone()
         self.secrets = SecretBox.from_key_file(self.key_file, create=marker is None)
         self.secrets.check(self._wconn)
+        if marker is None:                        # first open with encryption: secrets stored in clear
+            self.secrets.reseal(self._wconn)
         self._writer = threading.Thread(target=self._run_writer, name="db-writer", daemon=True)
         self._writer.start()
         return self

@@ -115,3 +115,28 @@ def test_secret_box_binds_the_field_and_reads_old_plaintext(tmp_path):
     sealed = box.seal({"password": "p", "host": "h", "secret": ""}, ["password", "secret"])
     assert sealed["host"] == "h" and sealed["secret"] == "" and sealed["password"].startswith("rbx1:")
     assert box.open(sealed, ["password", "secret"])["password"] == "p"
+
+
+async def test_secrets_stored_in_clear_before_encryption_are_encrypted_at_open(tmp_path):
+    import json
+    import sqlite3
+
+    path = str(tmp_path / "old.db")
+    Store(path).open().close()
+    with sqlite3.connect(path) as c:                # a database written before encryption existed
+        c.execute("DELETE FROM kv WHERE key='secrets.check'")
+        c.execute("INSERT INTO campaigns(name, kind, settings, created_at) VALUES ('hook', 'webhook', ?, 0)",
+                  (json.dumps({"kind": "webhook", "url": "https://h.test", "secret": WEBHOOK_SECRET}),))
+        c.execute("INSERT INTO channels(name, settings, enabled, created_at, oauth_refresh)"
+                  " VALUES ('box', ?, 1, 0, ?)", (json.dumps({"host": "imap.test", **SECRETS}), ROTATED))
+    c.close()
+    assert SECRETS["password"].encode() in raw_bytes(path)
+    st = Store(path).open()
+    try:
+        assert_no_secret(raw_bytes(path))
+        assert (await st.inbound.channel("box")).settings["password"] == SECRETS["password"]
+        assert await st.inbound.oauth_refresh("box") == ROTATED
+        assert (await st.inbound.campaign("hook")).settings["secret"] == WEBHOOK_SECRET
+    finally:
+        st.close()
+    assert_no_secret(raw_bytes(path))

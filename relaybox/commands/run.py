@@ -43,7 +43,7 @@ def cmd_run(args) -> int:
     try:
         return run(settings)
     except Exception as exc:  # noqa: BLE001 - turn start-up failures into one clear line
-        if type(exc).__name__ in ("LockError", "SchemaTooNew"):
+        if type(exc).__name__ in ("LockError", "SchemaTooNew", "SecretKeyError"):
             print(f"relaybox: {exc}", file=sys.stderr)
             return 1
         raise
