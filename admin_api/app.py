@@ -30,9 +30,11 @@ from admin_api import (
     routes_webhooks,
 )
 from admin_api.auth import Authenticator, load_tokens
+from admin_api.bulk import BulkJobs
 from admin_api.common import (
     APP_KEY,
     CONFIG_KEY,
+    JOBS_KEY,
     TAIL_KEY,
     TOKEN_NAME,
     WRITE_METHODS,
@@ -178,6 +180,12 @@ def make_app(relaybox: Any, cfg: AdminConfig | None = None) -> web.Application:
         await tail.start()
 
     app.on_startup.append(_start_tail)
+    jobs = app[JOBS_KEY] = BulkJobs()
+
+    async def _stop_jobs(_app: web.Application) -> None:
+        await jobs.stop()
+
+    app.on_cleanup.append(_stop_jobs)
     routes = collect_routes()
     app[ROUTES_KEY] = routes
     for r in routes:

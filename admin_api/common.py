@@ -17,6 +17,7 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
+from admin_api.bulk import BulkJobs
 from admin_api.config import AdminConfig
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -25,6 +26,7 @@ WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 APP_KEY = web.AppKey("relaybox", object)
 CONFIG_KEY = web.AppKey("admin_config", AdminConfig)
 TAIL_KEY = web.AppKey("event_tail", object)
+JOBS_KEY = web.AppKey("bulk_jobs", BulkJobs)
 TOKEN_NAME: Any = web.RequestKey("token_name", str) if hasattr(web, "RequestKey") else "token_name"
 
 

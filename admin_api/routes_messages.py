@@ -6,12 +6,15 @@ unknown id -> 404, an action that does not apply to the message's current state 
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from aiohttp import web
 
+from admin_api.bulk import WAIT
 from admin_api.common import (
     CONFIG_KEY,
+    JOBS_KEY,
     PAGE_PARAMS,
     ApiError,
     Param,
@@ -65,12 +68,15 @@ RCPTS_BODY = {"type": "object", "properties": {
 BULK_BODY = {"type": "object", "properties": {
     "filter": FILTER_SCHEMA,
     "all": {"type": "boolean", "description": "required to act with an empty filter"},
-    "dry_run": {"type": "boolean"}, "limit": {"type": "integer", "minimum": 1, "maximum": 100000}}}
+    "dry_run": {"type": "boolean"},
+    "limit": {"type": "integer", "minimum": 1, "description": "act on at most this many (default: all)"}}}
 ACTION_RESULT = {"type": "object", "properties": {"id": {"type": "string"}, "action": {"type": "string"},
                                                   "affected": {"type": "integer"}}}
 BULK_RESULT = {"type": "object", "properties": {
     "action": {"type": "string"}, "matched": {"type": "integer"}, "affected": {"type": "integer"},
-    "unchanged": {"type": "integer"}, "errors": {"type": "array"}, "ids": {"type": "array"}}}
+    "unchanged": {"type": "integer"}, "errors": {"type": "array"}, "ids": {"type": "array"},
+    "job": {"type": "string"}, "state": {"type": "string"}, "done": {"type": "integer"},
+    "status_url": {"type": "string"}}}
 
 
 def filter_from(source: Any, *, from_query: bool) -> MessageFilter:
@@ -263,33 +269,43 @@ def _bulk_handler(action: str):
             raise invalid("all: expected true or false")
         if f.empty() and not every:
             raise invalid("an empty filter matches every message: pass \"all\": true to mean it")
-        limit = body.get("limit", 10000)
-        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 100000:
-            raise invalid("limit: expected an integer 1..100000")
+        limit = body.get("limit")
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+            raise invalid("limit: expected a positive integer (leave it out for every matching message)")
         dry = body.get("dry_run", False)
         if not isinstance(dry, bool):
             raise invalid("dry_run: expected true or false")
-        ids = await rb.store.history.matching_ids(f, limit)
-        out: dict = {"action": action, "matched": len(ids), "affected": 0, "unchanged": 0, "errors": []}
         if dry:
-            out["ids"] = ids
-            return ok(out)
+            matched = await rb.store.history.count_matching(f)
+            ids = await rb.store.history.matching_ids(f, min(limit or matched, 1000))
+            return ok({"action": action, "matched": min(matched, limit) if limit else matched, "affected": 0,
+                       "unchanged": 0, "errors": [], "ids": ids, "ids_complete": len(ids) == matched})
         who = actor(request)
-        for qid in ids:
+
+        async def act(qid: str) -> str:
             try:
                 n = await run_action(rb, action, qid, who)
             except ApiError as exc:
                 if exc.status == 409 and exc.message.startswith(qid + ": no "):
-                    out["unchanged"] += 1
-                elif len(out["errors"]) < 100:
-                    out["errors"].append({"id": qid, "code": exc.code, "message": exc.message})
-                continue
-            if n:
-                out["affected"] += 1
-            else:
-                out["unchanged"] += 1
-        return ok(out)
+                    return "unchanged"
+                return f"error:{exc.code}:{exc.message}"
+            return "affected" if n else "unchanged"
+
+        jobs = request.app[JOBS_KEY]
+        job, task = await jobs.start(rb.store.history, action, f, limit, act)
+        try:       # small jobs answer at once; large ones run on and are followed at /api/v1/jobs/{id}
+            await asyncio.wait_for(asyncio.shield(task), WAIT)
+        except asyncio.TimeoutError:
+            return ok(job.as_dict(), status=202)
+        return ok(job.as_dict())
     return handler
+
+
+async def show_job(request: web.Request) -> web.Response:
+    job = request.app[JOBS_KEY].get(request.match_info["id"])
+    if job is None:
+        raise not_found(f"no job {request.match_info['id'][:40]} (jobs are kept in memory until a restart)")
+    return ok(job.as_dict())
 
 
 async def list_events(request: web.Request) -> web.Response:
@@ -318,6 +334,8 @@ ROUTES = [
           response=page_schema(MESSAGE_SCHEMA)),
     *[Route("POST", f"/api/v1/bulk/messages/{a}", _bulk_handler(a), f"Bulk: {_SUMMARIES[a]}, by filter",
             "messages", body=BULK_BODY, response=BULK_RESULT, errors=(422,)) for a in (*ACTIONS, "delete")],
+    Route("GET", "/api/v1/jobs/{id}", show_job, "Progress of a bulk action", "messages",
+          [Param("id", where="path", required=True)], response=BULK_RESULT, errors=(404,)),
     Route("GET", "/api/v1/messages/{id}", show_message, "Show a message: recipients, events, attempts",
           "messages", [ID], response=MESSAGE_SCHEMA, errors=(404,)),
     Route("GET", "/api/v1/messages/{id}/body", message_body, "Download the message (while retained)",

@@ -363,13 +363,24 @@ class History:
         return await self.db.read(guarded(
             lambda c: c.execute("SELECT 1 FROM messages WHERE id=?", (qid,)).fetchone() is not None))
 
-    async def matching_ids(self, f: MessageFilter, limit: int) -> list[str]:
-        """Ids of the messages a filter matches, oldest first, at most ``limit`` (what a bulk action
-        acts on)."""
+    async def matching_ids(self, f: MessageFilter, limit: int, after: str | None = None) -> list[str]:
+        """Ids of the messages a filter matches, oldest first, at most ``limit``, after the id ``after``
+        (what a bulk action acts on, page by page)."""
         def _q(conn: sqlite3.Connection) -> list[str]:
             clauses, args = _where(f)
+            if after is not None:
+                clauses.append("m.id > ?")
+                args.append(after)
             sql = f"SELECT m.id FROM messages m{_sql_where(clauses)} ORDER BY m.id LIMIT ?"
             return [r[0] for r in conn.execute(sql, (*args, limit))]
+        return await self.db.read(guarded(_q))
+
+    async def count_matching(self, f: MessageFilter) -> int:
+        """How many messages a filter matches (a bulk action's dry run: the true number, never capped)."""
+        def _q(conn: sqlite3.Connection) -> int:
+            clauses, args = _where(f)
+            row = conn.execute(f"SELECT COUNT(*) FROM messages m{_sql_where(clauses)}", args).fetchone()
+            return int(row[0])
         return await self.db.read(guarded(_q))
 
     async def events(self, *, after: int = 0, limit: int = 100, message_id: str | None = None,

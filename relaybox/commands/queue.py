@@ -71,9 +71,16 @@ class ApiBackend:
             return self._call("DELETE", f"/api/v1/messages/{q}")
         return self._call("POST", f"/api/v1/messages/{q}/{action}")
 
-    def bulk(self, action: str, flt: dict, every: bool, dry_run: bool) -> dict:
-        return self._call("POST", f"/api/v1/bulk/messages/{action}",
-                          {"filter": flt, "all": every, "dry_run": dry_run})
+    def bulk(self, action: str, flt: dict, every: bool, dry_run: bool, limit: int | None = None,
+             progress=None) -> dict:
+        body = {"filter": flt, "all": every, "dry_run": dry_run, **({"limit": limit} if limit else {})}
+        res = self._call("POST", f"/api/v1/bulk/messages/{action}", body)
+        while res.get("state") == "running":          # a large job: follow it
+            if progress:
+                progress(res)
+            time.sleep(1.0)
+            res = self._call("GET", res["status_url"])
+        return res
 
     def summary(self, status: str | None, top: int) -> dict:
         return self._call("GET", "/api/v1/queue/summary", params={"top": str(top), **({"status": status}
@@ -127,30 +134,49 @@ class DbBackend:
         n = self._run(run_action(self.rb, action, qid, "cli"))
         return {"id": qid, "action": action, "affected": n}
 
-    def bulk(self, action: str, flt: dict, every: bool, dry_run: bool) -> dict:
+    def bulk(self, action: str, flt: dict, every: bool, dry_run: bool, limit: int | None = None,
+             progress=None) -> dict:
+        """Every matching message (or the first ``limit``), in id order, 500 at a time: never capped."""
         from admin_api.common import ApiError
         from admin_api.routes_messages import run_action
 
         f = self._filter(flt)
         if f.empty() and not every:
             raise CliError("no ids and no filter: pass --all to act on every message", 2)
-        ids = asyncio.run(self.store.history.matching_ids(f, 100000))
-        out: dict = {"action": action, "matched": len(ids), "affected": 0, "unchanged": 0, "errors": []}
+        history = self.store.history
+        matched = asyncio.run(history.count_matching(f))
+        matched = min(matched, limit) if limit else matched
+        out: dict = {"action": action, "matched": matched, "done": 0, "affected": 0, "unchanged": 0,
+                     "errors": [], "error_count": 0}
         if dry_run:
-            out["ids"] = ids
+            out["ids"] = asyncio.run(history.matching_ids(f, min(matched, 1000)))
             return out
 
-        async def _all():
-            for qid in ids:
-                try:
-                    n = await run_action(self.rb, action, qid, "cli")
-                except ApiError as exc:
-                    if exc.status == 409 and exc.message.startswith(qid + ": no "):
-                        out["unchanged"] += 1
-                    else:
-                        out["errors"].append({"id": qid, "code": exc.code, "message": exc.message})
-                    continue
-                out["affected" if n else "unchanged"] += 1
+        async def one(qid: str) -> None:
+            try:
+                n = await run_action(self.rb, action, qid, "cli")
+            except ApiError as exc:
+                if exc.status == 409 and exc.message.startswith(qid + ": no "):
+                    out["unchanged"] += 1
+                    return
+                out["error_count"] += 1
+                if len(out["errors"]) < 100:
+                    out["errors"].append({"id": qid, "code": exc.code, "message": exc.message})
+                return
+            out["affected" if n else "unchanged"] += 1
+
+        async def _all() -> None:
+            after = None
+            while out["done"] < matched:
+                ids = await history.matching_ids(f, min(500, matched - out["done"]), after)
+                if not ids:
+                    break
+                for qid in ids:
+                    await one(qid)
+                    out["done"] += 1
+                after = ids[-1]
+                if progress:
+                    progress(out)
 
         asyncio.run(_all())
         return out
@@ -324,6 +350,16 @@ def cmd_summary(args) -> int:
     return _run(args, go)
 
 
+def _progress(action: str):
+    """A progress line on stderr while a bulk action runs (rewritten in place on a terminal)."""
+    tty = sys.stderr.isatty()
+
+    def show(res: dict) -> None:
+        line = f"{action}: {res.get('done', 0):,}/{res['matched']:,} done, {res['affected']:,} affected"
+        print(("\r" + line) if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
+    return show
+
+
 def cmd_action(args) -> int:
     def go(b):
         flt = {k: v for k, v in _filters(args).items() if v is not None}
@@ -347,12 +383,14 @@ def cmd_action(args) -> int:
             return rc
         if not flt and not args.all:
             raise CliError("no queue ids and no filters: pass --all to act on every message", 2)
-        res = b.bulk(args.action, flt, args.all, args.dry_run)
+        res = b.bulk(args.action, flt, args.all, args.dry_run, args.limit,
+                     None if args.json else _progress(args.action))
         if args.json:
             print(json.dumps(res))
         else:
+            errors = res.get("error_count", len(res["errors"]))
             print(f"{args.action}: {res['matched']} matched, {res['affected']} affected, "
-                  f"{res['unchanged']} unchanged, {len(res['errors'])} errors"
+                  f"{res['unchanged']} unchanged, {errors} errors"
                   + (" (dry run)" if args.dry_run else ""))
             for e in res["errors"]:
                 print(f"  {e['id']}: {e['message']}", file=sys.stderr)
@@ -395,4 +433,6 @@ def register(sub) -> None:
         _common(p, filters=True)
         p.add_argument("--all", action="store_true", help="with no ids and no filters: every message")
         p.add_argument("--dry-run", action="store_true", help="only count what the filters match")
+        p.add_argument("--limit", type=int, default=None,
+                       help="act on at most this many matching messages (default: all of them)")
         p.set_defaults(func=cmd_action, action=action)
