@@ -137,6 +137,13 @@ async def test_fetched_batches_checkpoints_and_dedupe(open_store):
     await s.inbound.store_fetched("box", "POP3", 0, [Fetched("uidl-a", mail(9)), Fetched("uidl-b", None,
                                                                                         "not-addressed")])
     assert await s.inbound.seen_uidls("box") == {"uidl-a", "uidl-b"}
+    # POP3 messages whose mailbox action was sent: DELEted again while the server still lists them
+    assert await s.inbound.finished_uidls("box") == set()
+    [pop] = [m for m in await s.inbound.messages("box") if m.uid == "uidl-a"]
+    await s.inbound.mark_delivered([Delivery(pop.id, "desk", "ok")])
+    assert await s.inbound.finished_uidls("box") == set()          # accepted, DELE not sent yet
+    await s.inbound.mark_done([pop.id])
+    assert await s.inbound.finished_uidls("box") == {"uidl-a"}
 
 
 async def test_delivery_retries_backoff_quarantine_retry_and_done(open_store, clock):
