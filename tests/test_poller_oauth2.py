@@ -103,8 +103,8 @@ async def test_xoauth2_refresh_rotation_imap_and_client_credentials_pop3(peers, 
                                "oauth2_refresh_token": ""})
         await channels.save_channel(st.inbound, bad)
         v = await svc.validate("bad")
-        assert not v.ok and v.text == "Connection failed: token endpoint refused: AADSTS700016: unknown client" \
-                                      " 'cid-123'"
+        want = "Connection failed: token endpoint refused: AADSTS700016: unknown client 'cid-123'"
+        assert not v.ok and v.text == want
 
         listed = json.dumps(await channels.list_channels(st.inbound))
         for secret in ("s3cret", "rt-initial", ts.refresh_token):
