@@ -198,11 +198,11 @@ def _marks(n: int) -> str:
     return ",".join("?" * n)
 
 
-def _where_status(f: MessageFilter, clauses: list[str], args: list[Any]) -> None:
+def _where_status(f: MessageFilter, clauses: list[str], args: list[Any], rare: bool) -> None:
     if not f.status:
         return
-    if set(f.status) <= Status.ACTIVE:
-        # the active queue is small next to the retained history: start from the status index
+    if rare:
+        # few recipients have these statuses: start from the status index
         clauses.append("m.id IN (SELECT message_id FROM recipients"
                        f" WHERE status IN ({_marks(len(f.status))}))")
     else:
@@ -211,10 +211,19 @@ def _where_status(f: MessageFilter, clauses: list[str], args: list[Any]) -> None
     args += list(f.status)
 
 
-def _where(f: MessageFilter) -> tuple[list[str], list[Any]]:
+def _rare(conn: sqlite3.Connection, statuses: tuple[str, ...]) -> bool:
+    """Whether recipients with ``statuses`` are a small part of all (the counters say, at no cost): then a
+    status filter starts from the status index; otherwise walking messages in id order and checking each
+    stops after a page."""
+    counts = dict(conn.execute("SELECT status, n FROM queue_counts").fetchall())
+    wanted = sum(counts.get(s, 0) for s in statuses)
+    return bool(wanted * 20 < max(1, sum(counts.values())))
+
+
+def _where(f: MessageFilter, conn: sqlite3.Connection) -> tuple[list[str], list[Any]]:
     clauses: list[str] = []
     args: list[Any] = []
-    _where_status(f, clauses, args)
+    _where_status(f, clauses, args, bool(f.status) and _rare(conn, f.status))
     rcpt = "EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id AND {})"
     for value, clause in ((f.sender, _contains("m.sender")),
                           (f.recipient, rcpt.format(_contains("r.address"))),
@@ -251,7 +260,7 @@ def _lenient(convert: Callable[[Any], Any], row: sqlite3.Row, *json_columns: str
 
 def _list(conn: sqlite3.Connection, f: MessageFilter, limit: int, after: str | None,
           order: str) -> MessagePage:
-    clauses, args = _where(f)
+    clauses, args = _where(f, conn)
     if after is not None:
         clauses.append("m.id < ?" if order == "desc" else "m.id > ?")
         args.append(after)
@@ -367,7 +376,7 @@ class History:
         """Ids of the messages a filter matches, oldest first, at most ``limit``, after the id ``after``
         (what a bulk action acts on, page by page)."""
         def _q(conn: sqlite3.Connection) -> list[str]:
-            clauses, args = _where(f)
+            clauses, args = _where(f, conn)
             if after is not None:
                 clauses.append("m.id > ?")
                 args.append(after)
@@ -378,7 +387,7 @@ class History:
     async def count_matching(self, f: MessageFilter) -> int:
         """How many messages a filter matches (a bulk action's dry run: the true number, never capped)."""
         def _q(conn: sqlite3.Connection) -> int:
-            clauses, args = _where(f)
+            clauses, args = _where(f, conn)
             row = conn.execute(f"SELECT COUNT(*) FROM messages m{_sql_where(clauses)}", args).fetchone()
             return int(row[0])
         return await self.db.read(guarded(_q))
