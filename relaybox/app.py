@@ -17,10 +17,13 @@ import shutil
 import signal
 import time
 
+from prometheus_client import Gauge
+
 from admin_api.server import AdminServer
 from poller.runner import PollerService
 from relay.bounces import record as bounce_record
 from relay.bounces import verp
+from relay.config import TrackingConfig
 from relay.delivery.scheduler import Scheduler
 from relay.intake.listener import BounceIntake, Listener
 from relay.intake.policy import Policy, hash_password
@@ -32,28 +35,61 @@ from store import Store, lock
 
 log = logging.getLogger("relaybox")
 
+STORAGE_BELOW_FLOOR = Gauge("relaybox_storage_below_floor",
+                            "1 while free space is below storage.min_free (intake refuses with 452)")
+
 
 class DiskMonitor:
-    """Free-space check for the spool's filesystem, cached for a second (called at every MAIL FROM)."""
+    """Free space of the spool's filesystem against ``storage.min_free``, read at most every 0.1 s (at every
+    MAIL FROM and by /readyz, /metrics).
 
-    def __init__(self, path: str, min_free: float):
+    The floor holds before the disk is full: it applies to the free space minus a reserve for the mail
+    already being received (three times ``smtp.max_message_size``: body, WAL and checkpoint copies), so the
+    last message accepted above the floor still fits. Only intake refuses below it (452 4.3.1); delivery,
+    which frees space, goes on. Each change of state is one log line and the gauge
+    ``relaybox_storage_below_floor``, not a line per refused session.
+    """
+
+    INTERVAL = 0.1
+
+    def __init__(self, path: str, min_free: float, reserve: int = 0):
         self.dir = os.path.dirname(os.path.abspath(path)) or "."
         self.min_free = min_free
+        self.reserve = reserve
         self._at = 0.0
         self._ok = True
         self.free_ratio = 1.0
+        self.free_bytes = 0
 
     def ok(self) -> bool:
         now = time.monotonic()
-        if now - self._at > 1.0:
+        if now - self._at > self.INTERVAL:
             self._at = now
-            try:
-                usage = shutil.disk_usage(self.dir)
-                self.free_ratio = usage.free / usage.total if usage.total else 0.0
-                self._ok = self.free_ratio >= self.min_free
-            except OSError:
-                self._ok = False
+            self._check()
         return self._ok
+
+    def _check(self) -> None:
+        try:
+            usage = shutil.disk_usage(self.dir)
+        except OSError as exc:
+            self._set(False, f"cannot read free space of {self.dir}: {exc}")
+            return
+        self.free_bytes = usage.free
+        self.free_ratio = usage.free / usage.total if usage.total else 0.0
+        usable = (usage.free - self.reserve) / usage.total if usage.total else 0.0
+        detail = (f"{usage.free / 1e6:.1f} MB free, floor {self.min_free:.0%}"
+                  f" + {self.reserve / 1e6:.0f} MB reserve")
+        self._set(self.min_free <= 0 or usable >= self.min_free, detail)
+
+    def _set(self, ok: bool, detail: str) -> None:
+        if ok != self._ok:
+            if ok:
+                log.info("storage space back above the floor (%s): accepting mail again", detail)
+            else:
+                log.warning("storage space below the floor (%s): new mail gets 452 4.3.1, delivery goes on",
+                            detail)
+        self._ok = ok
+        STORAGE_BELOW_FLOOR.set(0 if ok else 1)
 
 
 class App:
@@ -64,7 +100,7 @@ class App:
         self.db = self.store.db   # transitional: every caller moves to self.store.<aggregate>
         self.spool = Spool(self.store)
         self.policy = Policy(self.store.access)
-        self.disk = DiskMonitor(rc.storage.path, rc.storage.min_free)
+        self.disk = DiskMonitor(rc.storage.path, rc.storage.min_free, 3 * int(rc.smtp.max_message_size))
         self.listener: Listener | None = None
         self.scheduler: Scheduler | None = None
         self.poller: PollerService | None = None
@@ -134,6 +170,27 @@ class App:
             self.tracking = TrackingListener(self.settings.relay.tracking, self.store.tracking)
             await self.tracking.start()
 
+    async def _reload_tracking(self, cfg: TrackingConfig) -> bool:
+        """The listener follows [tracking] on SIGHUP (delivery already signs with the reloaded keys): started
+        when enabled, stopped when disabled, keys and limits reloaded otherwise (listen needs a restart)."""
+        try:
+            if cfg.enabled and self.tracking is None:
+                listener = TrackingListener(cfg, self.store.tracking)
+                await listener.start()
+                self.tracking = listener
+            elif not cfg.enabled and self.tracking is not None:
+                await self.tracking.stop()
+                self.tracking = None
+            elif self.tracking is not None:
+                self.tracking.reload(cfg)         # also when only the secret_file's lines changed
+            else:
+                return False
+        except (OSError, ValueError) as exc:
+            log.error("tracking listener not reloaded: %s", exc)
+            return False
+        self.settings.relay = dataclasses.replace(self.settings.relay, tracking=cfg)
+        return True
+
     async def apply_seeds(self) -> None:
         smtp = self.settings.relay.smtp
         users = []
@@ -198,6 +255,8 @@ class App:
         if self.scheduler is not None:
             await self.scheduler.reload(new.relay)
             changed.append("routes/dkim")
+        if await self._reload_tracking(new.relay.tracking):
+            changed.append("tracking")
         log.info("reloaded config: %s", ", ".join(changed) if changed else "nothing changed")
         lifecycle.ready("reloaded")
 

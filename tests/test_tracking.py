@@ -322,3 +322,26 @@ async def test_app_tracks_html_per_recipient_and_reports_the_open(tmp_path):
             assert (await api.call("GET", "/api/v1/messages"))[0] == 200   # the admin API is elsewhere
     finally:
         await sink.stop()
+
+
+async def test_sighup_follows_a_rotated_secret_and_the_enabled_switch(tmp_path):
+    import dataclasses
+
+    key_file = tmp_path / "tracking.key"
+    key_file.write_text("first-key-0123456789abc\n")
+    port = free_port()
+    tracking = {"enabled": True, "listen": f"127.0.0.1:{port}", "base_url": f"http://127.0.0.1:{port}",
+                "secret_file": str(key_file), "routes": ["mx"]}
+    async with running(tmp_path, tracking=tracking) as (app, api):
+        cfg = app.settings.relay.tracking
+        assert app.tracking.keys == [b"first-key-0123456789abc"]
+        key_file.write_text("second-key-0123456789abc\nfirst-key-0123456789abc\n")   # rotate: prepend
+        assert await app._reload_tracking(cfg)                          # same config, new file content
+        assert app.tracking.keys == [b"second-key-0123456789abc", b"first-key-0123456789abc"]
+        key_file.write_text("")
+        assert not await app._reload_tracking(cfg)                      # an empty file: keep the old keys
+        assert len(app.tracking.keys) == 2
+        assert await app._reload_tracking(dataclasses.replace(cfg, enabled=False))
+        assert app.tracking is None
+        key_file.write_text("second-key-0123456789abc\n")
+        assert await app._reload_tracking(cfg) and app.tracking.bound == [("127.0.0.1", port)]

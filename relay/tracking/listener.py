@@ -110,6 +110,16 @@ class TrackingListener:
         await cancel_and_wait(self._writer)
         self._writer = None
 
+    def reload(self, config: TrackingConfig) -> None:
+        """SIGHUP: keys (a rotated secret_file), machine rules, proxies, limits and window; the socket stays
+        (``listen`` changes with a restart). Raises ValueError (keeping everything) on an unreadable key."""
+        keys = tokens.load_keys(config)
+        self.keys = keys
+        self.machine_nets = machine.networks(config.machine_networks)
+        self.proxies = machine.networks(config.trusted_proxies)
+        self.limiter.rate, self.limiter.burst = config.rate, float(config.burst)
+        self.config = config
+
     # ---- requests -----------------------------------------------------------------------------------
     def client_ip(self, request: web.BaseRequest) -> str:
         peer = request.remote or ""
