@@ -259,6 +259,37 @@ async def test_dead_destination_is_parked_and_probed_once_per_interval(env, sink
     assert REGISTRY.get_sample_value("relaybox_delivery_transaction_seconds_count", {"kind": "mx"}) >= 4
 
 
+async def test_results_that_cannot_be_written_wait_and_land_without_a_repeat(env, sink, monkeypatch):
+    import relay.delivery.scheduler as scheduler_mod
+    from store import StorageError
+
+    monkeypatch.setattr(scheduler_mod, "RECORD_RETRIES", (0.01, 0.01))
+    spool, clock, make = env
+    qid = await enqueue(spool, ["full@dst.test"])
+    sched = make()
+    db = spool.store.db
+    original = sched._record
+    failing = {"on": True}
+
+    async def record_while_full(*a, **kw):
+        if failing["on"]:
+            raise StorageError("commit failed: database or disk is full")
+        return await original(*a, **kw)
+
+    monkeypatch.setattr(sched, "_record", record_while_full)
+    await sched.run_burst(max_seconds=5)
+    assert len(sink.messages) == 1                         # delivered once; its result could not be written
+    assert sched.stats.get("delivered", 0) == 0 and len(sched._unrecorded) == 1
+    r = next(iter((await recipients(spool, qid)).values()))
+    assert r["status"] == "sending"
+    failing["on"] = False                                  # space is back
+    await sched.run_burst(max_seconds=5)
+    r = next(iter((await recipients(spool, qid)).values()))
+    assert r["status"] == "delivered" and r["leased_until"] is None
+    assert len(sink.messages) == 1 and not sched._unrecorded    # written, never sent again
+    assert db.last_error is None
+
+
 async def test_verp_return_path_per_recipient(env, sink):
     spool, clock, make = env
     bounces = BouncesConfig(domain="bounce.test", secret="0123456789abcdef-secret")

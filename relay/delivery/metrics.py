@@ -15,3 +15,5 @@ TRANSACTION_SECONDS = Histogram("relaybox_delivery_transaction_seconds",
                                 ["kind"], buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
 REQUEUED = Counter("relaybox_delivery_requeued_recipients",
                    "Claimed recipients handed back without an attempt (destination backlog full, shutdown)")
+UNRECORDED = Gauge("relaybox_delivery_unrecorded_recipients",
+                   "Results of finished transactions waiting for the store to accept writes again")

@@ -70,6 +70,9 @@ class Scheduler:
         self._dest_sems: dict[str, asyncio.Semaphore] = {}
         self._backlog: Counter[str] = Counter()
         self.destinations = Destinations(float(config.delivery.retry_cap), clock)
+        self._unrecorded: list[tuple[Message, list[tuple[Recipient, RecipientResult]], AttemptLog | None,
+                                     Batch]] = []
+        self._storage_error: str | None = None
         self._in_flight: set[int] = set()
         self._unfinished: set[int] = set()
         self._saturated: set[str] = set()
@@ -129,8 +132,13 @@ class Scheduler:
     async def _run(self) -> None:
         while not self._stopping:
             try:
+                await self._flush_unrecorded()
                 got = await self._round()
-            except Exception:  # noqa: BLE001 - storage trouble: log, wait, go on
+                self._storage_state(None)
+            except StorageError as exc:     # a full disk, a database that went away: one line per change
+                self._storage_state(exc)
+                got = 0
+            except Exception:  # noqa: BLE001 - a bug: log, wait, go on
                 log.exception("scheduler round failed")
                 got = 0
             await self.delivery.pool.prune()
@@ -149,6 +157,11 @@ class Scheduler:
         """Deliver until nothing is due and nothing is in flight (arq's burst mode), then return stats."""
         deadline = time.monotonic() + max_seconds
         while time.monotonic() < deadline:
+            try:
+                await self._flush_unrecorded()
+            except StorageError as exc:
+                self._storage_state(exc)
+                break
             got = await self._round()
             if self._tasks:
                 await asyncio.wait(set(self._tasks), return_when=asyncio.FIRST_COMPLETED,
@@ -352,19 +365,39 @@ class Scheduler:
                               attempt: AttemptLog | None, report: Batch) -> bool:
         """Record the results of a transaction that happened, retrying while the store refuses (a full
         disk, a busy database): a result written late is better than a delivery repeated. After
-        RECORD_RETRIES the recipients stay leased; the lease returns them and they are sent again."""
-        for delay in (*RECORD_RETRIES, None):
+        RECORD_RETRIES the results wait in memory (their recipients stay in flight here) and the scheduler
+        writes them before it claims anything once the store accepts writes again: no lease is left to
+        expire and no delivery is repeated, unless the process dies meanwhile."""
+        for delay in RECORD_RETRIES:
             try:
                 await self._record(msg, pairs, attempt, report)
                 return True
             except StorageError as exc:
-                if delay is None:
-                    log.error("results of %s could not be recorded (%s); its lease will return it",
-                              msg.id, exc)
-                    return False
-                log.warning("results of %s not recorded yet (%s); retrying in %.1f s", msg.id, exc, delay)
+                self._storage_state(exc)
                 await asyncio.sleep(delay)
+        ids = [r.id for r, _ in pairs]
+        self._in_flight.update(ids)            # not claimed again by this scheduler while they wait
+        self._unrecorded.append((msg, pairs, attempt, report))
+        metrics.UNRECORDED.set(sum(len(p) for _, p, _, _ in self._unrecorded))
         return False
+
+    async def _flush_unrecorded(self) -> None:
+        """Write the results that could not be written when they happened (oldest first)."""
+        while self._unrecorded:
+            msg, pairs, attempt, report = self._unrecorded[0]
+            await self._record(msg, pairs, attempt, report)      # raises StorageError while refused
+            self._unrecorded.pop(0)
+            self._in_flight.difference_update(r.id for r, _ in pairs)
+            metrics.UNRECORDED.set(sum(len(p) for _, p, _, _ in self._unrecorded))
+            log.info("results of %s recorded after the store accepted writes again", msg.id)
+
+    def _storage_state(self, exc: StorageError | None) -> None:
+        """One log line when the store starts refusing writes and one when it accepts them again."""
+        if exc is not None and self._storage_error is None:
+            log.error("storage refuses writes (%s): delivery results wait in memory, claims pause", exc)
+        elif exc is None and self._storage_error is not None:
+            log.info("storage accepts writes again: delivery resumes")
+        self._storage_error = None if exc is None else str(exc)
 
     async def _attempt(self, msg: Message, rcpts: list[Recipient], key: str,
                        route: RouteConfig | None) -> Outcome:
