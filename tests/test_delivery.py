@@ -241,12 +241,15 @@ async def test_dead_destination_is_parked_and_probed_once_per_interval(env, sink
         r = next(iter((await recipients(spool, q)).values()))
         assert (r["status"], r["attempts"], r["next_attempt_at"]) == ("queued", 0, pytest.approx(T0 + 30))
         assert r["last_text"].startswith("waiting: mx:dst.test unreachable since") and r["last_code"] == 421
-    events_before = await spool.store.db.read(lambda c: c.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+    def count_events(c):
+        return c.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+
+    events_before = await spool.store.db.read(count_events)
     for q in qids:
         await spool.retry_now(q)          # an admin's "retry now" does not hammer a dead destination
     await sched.run_burst()
     assert sum([len(await attempts(spool, q)) for q in qids]) == 1
-    events_after = await spool.store.db.read(lambda c: c.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+    events_after = await spool.store.db.read(count_events)
     assert events_after == events_before + 5      # the five "retry-now" events, nothing per claim
     # at the probe time exactly one transaction goes; it fails: parked again for a longer interval
     clock.t = T0 + 31
