@@ -91,7 +91,8 @@ CAMPAIGN = {"type": "object", "required": ["name"], "properties": {
     "path": {"type": "string"}, "url": {"type": "string"},
     "secret": {"type": "string", "description": "write-only; answers show ***"},
     "forward_to": {"type": "string"}, "sender": {"type": "string"},
-    "timeout": {"type": "string", "description": 'webhook: per request, e.g. "15s"'},
+    "timeout": {"oneOf": [{"type": "string"}, {"type": "number", "minimum": 0}],
+                "description": 'webhook: per request, e.g. "15s" or a number of seconds'},
     "attachments": {"type": "string", "enum": ["base64", "none"]}}}
 
 ROUTES = [

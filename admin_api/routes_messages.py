@@ -69,7 +69,8 @@ BULK_BODY = {"type": "object", "properties": {
     "filter": FILTER_SCHEMA,
     "all": {"type": "boolean", "description": "required to act with an empty filter"},
     "dry_run": {"type": "boolean"},
-    "limit": {"type": "integer", "minimum": 1, "description": "act on at most this many (default: all)"}}}
+    "limit": {"type": "integer", "minimum": 1, "nullable": True,
+              "description": "act on at most this many (default, or null: all)"}}}
 ACTION_RESULT = {"type": "object", "properties": {"id": {"type": "string"}, "action": {"type": "string"},
                                                   "affected": {"type": "integer"}}}
 BULK_RESULT = {"type": "object", "properties": {
