@@ -17,6 +17,7 @@ command -v openssl >/dev/null || need+=(openssl)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v chromium >/dev/null || need+=(chromium)                       # tracking e2e: headless browser
 command -v chromedriver >/dev/null || need+=(chromium-driver)
+command -v promtool >/dev/null && command -v prometheus >/dev/null || need+=(prometheus)   # alert rule tests, real scrape
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   # keep package scripts from starting system services (Dovecot on 143/993, Postfix on 25)
