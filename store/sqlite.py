@@ -45,8 +45,11 @@ class SchemaTooNew(StorageError):
 
 
 def _connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
+    fresh = not readonly and (not os.path.exists(path) or os.path.getsize(path) == 0)
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
     conn.row_factory = sqlite3.Row
+    if fresh:       # before anything is written (WAL included): free pages can be given back later
+        conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA foreign_keys=ON")
@@ -54,6 +57,16 @@ def _connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
     if readonly:
         conn.execute("PRAGMA query_only=ON")
     return conn
+
+
+def _compact(conn: sqlite3.Connection, pages: int) -> int:
+    before = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+    if int(conn.execute("PRAGMA auto_vacuum").fetchone()[0]) == 2:
+        # executescript steps the pragma to the end (execute() frees one page per call); no transaction is
+        # open here (a raw job runs between batches)
+        conn.executescript(f"PRAGMA incremental_vacuum({int(pages)});")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    return before - int(conn.execute("PRAGMA freelist_count").fetchone()[0])
 
 
 def _private_files(path: str) -> None:
@@ -154,13 +167,14 @@ def _split_sql(script: str) -> list[str]:
 
 
 class _Job:
-    __slots__ = ("fn", "future", "loop")
+    __slots__ = ("fn", "future", "loop", "raw")
 
     def __init__(self, fn: Callable[[sqlite3.Connection], Any], future: Any,
-                 loop: asyncio.AbstractEventLoop | None):
+                 loop: asyncio.AbstractEventLoop | None, raw: bool = False):
         self.fn = fn
         self.future = future
         self.loop = loop
+        self.raw = raw          # run alone, outside a transaction (maintenance: vacuum, checkpoint)
 
 
 class Database:
@@ -248,8 +262,12 @@ class Database:
             first = self._queue.get()
             if first is _STOP:
                 return
+            if first.raw:
+                self._run_raw(conn, first)
+                continue
             batch = [first]
             stop_after = False
+            raw: _Job | None = None
             while len(batch) < MAX_BATCH:
                 try:
                     nxt = self._queue.get_nowait()
@@ -258,10 +276,31 @@ class Database:
                 if nxt is _STOP:
                     stop_after = True
                     break
+                if nxt.raw:
+                    raw = nxt
+                    break
                 batch.append(nxt)
             self._run_batch(conn, batch)
+            if raw is not None:
+                self._run_raw(conn, raw)
             if stop_after:
                 return
+
+    def _run_raw(self, conn: sqlite3.Connection, job: _Job) -> None:
+        try:
+            self._resolve(job, True, job.fn(conn))
+        except Exception as exc:  # noqa: BLE001 - delivered to the waiting coroutine
+            self._resolve(job, False, StorageError(f"maintenance failed: {exc}"))
+
+    async def compact(self, pages: int = 2000) -> int:
+        """Give space back between write batches: up to ``pages`` free pages returned to the filesystem
+        (incremental vacuum, on databases created with it) and the WAL truncated. Returns the pages freed."""
+        if self._writer is None:
+            raise StorageError("database is closed")
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[int] = loop.create_future()
+        self._queue.put(_Job(lambda conn: _compact(conn, pages), fut, loop, raw=True))
+        return await fut
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
         results: list[tuple[_Job, bool, Any]] = []
