@@ -24,10 +24,12 @@ from admin_api import (
     routes_messages,
     routes_quarantine,
     routes_queue,
+    routes_rejections,
     routes_routes,
     routes_suppressions,
     routes_users,
     routes_webhooks,
+    ui,
 )
 from admin_api.auth import Authenticator, load_tokens
 from admin_api.bulk import BulkJobs
@@ -53,7 +55,7 @@ audit = logging.getLogger("admin_api.audit")
 # silently leaving a feature out.
 RESOURCES = (routes_health, routes_messages, routes_queue, routes_allowlist, routes_users, routes_webhooks,
              routes_routes, routes_dkim, routes_bounces, routes_suppressions, routes_channels,
-             routes_campaigns, routes_quarantine, openapi)
+             routes_campaigns, routes_quarantine, routes_rejections, openapi)
 
 ROUTES_KEY = web.AppKey("routes", list)
 AUTH_KEY = web.AppKey("authenticator", Authenticator)
@@ -169,10 +171,14 @@ def make_app(relaybox: Any, cfg: AdminConfig | None = None) -> web.Application:
     tokens = load_tokens(cfg)
     if not tokens:
         log.warning("admin API: no tokens configured; every request except /healthz gets 401")
-    app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=cfg.max_body_size)
+    # the console (admin_api/ui: "/" and "/ui/...") answers first, with its session cookie; the API's
+    # bearer-token auth and JSON errors below never see a console request, nor the console an API one
+    app = web.Application(middlewares=[ui.middleware, error_middleware, auth_middleware],
+                          client_max_size=cfg.max_body_size)
     app[APP_KEY] = relaybox
     app[CONFIG_KEY] = cfg
     app[AUTH_KEY] = Authenticator(tokens, cfg)
+    ui.setup(app, app[AUTH_KEY])
     tail = EventTail(relaybox.store.stats)
     app[TAIL_KEY] = tail
 

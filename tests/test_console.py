@@ -1,0 +1,232 @@
+"""The admin web console (admin_api/ui, docs/console.md) through aiohttp's client against a real relaybox
+App: sign-in and the session cookie, CSRF, read-only sessions, escaping, the security headers, and that
+the console and the API do not open each other."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import aiohttp
+import pytest
+
+from admin_api.app import AUTH_KEY
+from admin_api.ui import session as ui_session
+from store.history import MessageFilter
+from tests.admin_support import RO_TOKEN, TOKEN, running, smtp_send
+
+pytestmark = pytest.mark.component
+
+SECRET, RO_SECRET = TOKEN.split(":", 1)[1], RO_TOKEN.split(":", 1)[1]
+XSS = "<script>alert(1)</script>"
+
+
+def _csrf(html: str) -> str:
+    m = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert m, html[:2000]
+    return m.group(1)
+
+
+class Browser:
+    """A cookie-keeping client (unsafe=True: the admin listener is an IP address)."""
+
+    def __init__(self, base: str):
+        self.base = base
+        self.s = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+
+    async def get(self, path: str, **kw):
+        async with self.s.get(self.base + path, allow_redirects=kw.pop("allow_redirects", True), **kw) as r:
+            return r, await r.text()
+
+    async def post(self, path: str, data: dict, **kw):
+        async with self.s.post(self.base + path, data=data, allow_redirects=kw.pop("allow_redirects", True),
+                               **kw) as r:
+            return r, await r.text()
+
+    async def sign_in(self, secret: str):
+        _, html = await self.get("/ui/login")
+        return await self.post("/ui/login", {"csrf": _csrf(html), "token": secret}, allow_redirects=False)
+
+    async def close(self):
+        await self.s.close()
+
+
+async def _send(app, subject: str, rcpt: str = "ann@dst.test") -> str:
+    code, msg = await asyncio.to_thread(smtp_send, app.smtp_port, "src@src.test", [rcpt], subject)
+    assert code == 250, msg
+    page = await app.store.history.list_messages(MessageFilter(), limit=1)
+    return page.items[0].message.id
+
+
+@pytest.fixture
+async def live(tmp_path):
+    async with running(tmp_path) as (app, api):
+        b = Browser(api.base)
+        try:
+            yield app, api, b
+        finally:
+            await b.close()
+
+
+async def test_root_redirects_and_pages_need_a_session(live):
+    app, api, b = live
+    r, _ = await b.get("/", allow_redirects=False)
+    assert r.status == 302 and r.headers["Location"] == "/ui/"
+    r, html = await b.get("/ui/outbox")
+    assert r.url.path == "/ui/login" and "Sign in" in html
+    # a bearer token does not open the console ...
+    r, _ = await b.get("/ui/outbox", headers={"Authorization": f"Bearer {SECRET}"})
+    assert r.url.path == "/ui/login"
+    # ... and the API's own auth is unchanged
+    st, body = await api.call("GET", "/api/v1/messages", token=None)
+    assert st == 401 and body["error"]["code"] == "unauthorized"
+    r, _ = await b.get("/ui/nowhere")
+    assert r.status == 404 and r.headers["Content-Type"].startswith("text/html")
+
+
+async def test_sign_in_cookie_headers_and_sign_out(live):
+    app, api, b = live
+    r, html = await b.sign_in("not-a-token-at-all")
+    assert r.status == 401 and "not valid" in html
+    r, _ = await b.sign_in(SECRET)
+    assert r.status == 303 and r.headers["Location"] == "/ui/dashboard"
+    cookie = next(v for k, v in r.headers.items() if k == "Set-Cookie" and v.startswith(ui_session.COOKIE))
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/ui" in cookie
+    assert "Secure" not in cookie            # plain HTTP on loopback; under TLS request.secure sets it
+    assert SECRET not in cookie
+    r, html = await b.get("/ui/dashboard")
+    assert r.status == 200 and "Queue (recipients)" in html and SECRET not in html
+    csp = r.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp and "unsafe-inline" not in csp
+    assert "<script>" not in html and r.headers["X-Frame-Options"] == "DENY"
+    assert r.headers["Cache-Control"] == "no-store"
+    # the session cookie does not open the API
+    async with b.s.get(api.base + "/api/v1/messages") as resp:
+        assert resp.status == 401
+    r, panel = await b.get("/ui/dashboard/panel")
+    assert r.status == 200 and "Oldest waiting message" in panel and "<html" not in panel
+    r, _ = await b.post("/ui/logout", {"csrf": _csrf(html)}, allow_redirects=False)
+    assert r.status == 303 and r.headers["Location"] == "/ui/login"
+    r, _ = await b.get("/ui/dashboard")
+    assert r.url.path == "/ui/login"
+
+
+async def test_sign_in_without_its_csrf_token_is_refused(live):
+    app, api, b = live
+    r, html = await b.post("/ui/login", {"token": SECRET}, allow_redirects=False)
+    assert r.status == 403 and "CSRF" in html
+
+
+async def test_hostile_subject_is_escaped_and_actions_need_csrf(live):
+    app, api, b = live
+    qid = await _send(app, XSS)
+    await b.sign_in(SECRET)
+    r, html = await b.get("/ui/outbox")
+    assert qid in html and XSS not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    r, page = await b.get(f"/ui/messages/{qid}")
+    assert r.status == 200 and XSS not in page and "&lt;script&gt;" in page and "ann@dst.test" in page
+    assert 'id="preview"' in page and "hi" in page
+    # no CSRF token: refused, nothing changed
+    r, _ = await b.post(f"/ui/messages/{qid}/hold", {}, allow_redirects=False)
+    assert r.status == 403
+    r, _ = await b.post(f"/ui/messages/{qid}/hold", {"csrf": "forged"}, allow_redirects=False)
+    assert r.status == 403
+    st, m = await api.call("GET", f"/api/v1/messages/{qid}")
+    assert m["held"] is False
+    r, page = await b.post(f"/ui/messages/{qid}/hold", {"csrf": _csrf(page)})
+    assert r.status == 200 and "hold: done" in page and 'id="held"' in page
+    st, m = await api.call("GET", f"/api/v1/messages/{qid}")
+    assert m["held"] is True
+    assert any(e["actor"] == "admin:admin" and e["status"] == "held" for e in m["events"])
+    # an action that does not apply says why (the API's 409 text)
+    r, page = await b.post(f"/ui/messages/{qid}/resend", {"csrf": _csrf(page)})
+    assert "nothing to resend" in page
+    async with b.s.get(f"{api.base}/ui/messages/{qid}/eml") as resp:
+        assert resp.status == 200 and resp.content_type == "message/rfc822"
+        assert b"Subject: " + XSS.encode() in await resp.read()
+
+
+async def test_bulk_cancel_of_ticked_messages_and_filters(live):
+    app, api, b = live
+    a = await _send(app, "first", "ann@dst.test")
+    c = await _send(app, "second", "bob@other.test")
+    await b.sign_in(SECRET)
+    r, html = await b.get("/ui/outbox", params={"recipient": "bob@"})
+    assert c in html and a not in html
+    r, html = await b.get("/ui/outbox", params={"id": a})
+    assert a in html and c not in html
+    r, html = await b.post("/ui/messages/bulk", {"csrf": _csrf(html), "action": "cancel", "id": [a, c],
+                                                 "back": "/ui/outbox"})
+    assert "cancel: 2 changed, 0 unchanged, 0 errors" in html
+    for qid in (a, c):
+        st, m = await api.call("GET", f"/api/v1/messages/{qid}")
+        assert m["recipients"][0]["status"] == "cancelled"
+    r, html = await b.get("/ui/sent")
+    assert a not in html
+
+
+async def test_read_only_session_sees_no_write_controls_and_cannot_write(live):
+    app, api, b = live
+    qid = await _send(app, "ro")
+    await app.store.bounces.suppress("gone@dst.test", "manual", "manual", "api")
+    r, _ = await b.sign_in(RO_SECRET)
+    assert r.status == 303
+    r, html = await b.get("/ui/outbox")
+    assert qid in html and "(read-only)" in html
+    assert 'class="tick"' not in html and "bulk-apply" not in html and 'name="csrf" value' in html
+    r, page = await b.get(f"/ui/messages/{qid}")
+    assert 'id="actions"' not in page and "action-cancel" not in page
+    r, sup = await b.get("/ui/suppressions")
+    assert "gone@dst.test" in sup and "Remove" not in sup
+    csrf = _csrf(page)               # the sign-out form's: a valid token of this session
+    for path, data in ((f"/ui/messages/{qid}/cancel", {}),
+                       ("/ui/messages/bulk", {"action": "hold", "id": qid}),
+                       ("/ui/suppressions/remove", {"address": "gone@dst.test"})):
+        r, text = await b.post(path, {"csrf": csrf, **data}, allow_redirects=False)
+        assert r.status == 403 and "read-only" in text, path
+    st, m = await api.call("GET", f"/api/v1/messages/{qid}")
+    assert m["recipients"][0]["status"] == "queued" and m["held"] is False
+    assert await app.store.bounces.suppression("gone@dst.test") is not None
+
+
+async def test_suppressions_remove_bounces_and_channels_pages(live):
+    app, api, b = live
+    await app.store.bounces.suppress("gone@dst.test", "manual", "manual", "api", note=XSS)
+    await b.sign_in(SECRET)
+    r, html = await b.get("/ui/suppressions", params={"search": "gone"})
+    assert "gone@dst.test" in html and XSS not in html
+    r, html = await b.post("/ui/suppressions/remove", {"csrf": _csrf(html), "address": "gone@dst.test"})
+    assert "removed from the suppression list" in html
+    assert await app.store.bounces.suppression("gone@dst.test") is None
+    for path, title in (("/ui/bounces", "No bounces match."), ("/ui/channels", "No channels match."),
+                        ("/ui/sent", "No messages match.")):
+        r, html = await b.get(path)
+        assert r.status == 200 and title in html, path
+    r, _ = await b.get("/ui/outbox", params={"cursor": "garbage!"})
+    assert r.status == 400
+
+
+async def test_session_expires_and_ends_with_its_token(live, monkeypatch):
+    app, api, b = live
+    await b.sign_in(SECRET)
+    r, _ = await b.get("/ui/dashboard")
+    assert r.url.path == "/ui/dashboard"
+    monkeypatch.setattr(ui_session, "IDLE", -1.0)
+    r, _ = await b.get("/ui/dashboard")
+    assert r.url.path == "/ui/login"
+    monkeypatch.undo()
+    await b.sign_in(SECRET)
+    auth = app.admin.runner.app[AUTH_KEY]
+    auth.tokens = [t for t in auth.tokens if t.secret != SECRET.encode()]
+    r, _ = await b.get("/ui/dashboard")
+    assert r.url.path == "/ui/login"
+
+
+async def test_static_assets_and_unknown_ones(live):
+    app, api, b = live
+    r, css = await b.get("/ui/static/console.css")
+    assert r.status == 200 and r.content_type == "text/css" and "http" not in css.replace("https", "")
+    r, js = await b.get("/ui/static/console.js")
+    assert r.status == 200 and r.content_type == "text/javascript"
+    r, _ = await b.get("/ui/static/..%2fviews.py")
+    assert r.status == 404

@@ -1,0 +1,188 @@
+"""The admin console in a real headless Chromium (Debian chromium + chromium-driver, driven by Selenium)
+against a relaybox subprocess with mail sent to it over SMTP: sign in, the message in the Outbox (its
+hostile subject shown as text), open it, hold and cancel it, bulk-cancel ticked messages, a CSRF-less POST
+refused, sign out, and a read-only session that sees no write controls and whose writes are refused.
+A screenshot of every page is kept under the test's tmp_path (``screens/``)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import smtplib
+import time
+
+import pytest
+
+from tests.peers.relaybox_proc import RelayboxProcess
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+TOKEN = "ops:console-admin-token-0123456789"
+RO_TOKEN = "viewer:console-readonly-token-0123456789"
+XSS = "<script>alert(1)</script>"
+
+
+def chromium(tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    for path in (CHROMIUM, CHROMEDRIVER):        # a missing peer fails (CI installs it), never skips
+        assert os.path.exists(path), f"{path} missing: .ci/install-peers.sh installs chromium chromium-driver"
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1280,900",
+                f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+        opts.add_argument(arg)
+    return webdriver.Chrome(service=Service(CHROMEDRIVER, log_output=str(tmp_path / "chromedriver.log")),
+                            options=opts)
+
+
+def send(port: int, subject: str, rcpt: str) -> None:
+    msg = (f"From: Shop <news@src.test>\r\nTo: {rcpt}\r\nSubject: {subject}\r\n"
+           f"Message-ID: <{int(time.time() * 1e6)}@src.test>\r\n"
+           "X-Relaybox-Send-At: 2099-01-01T00:00:00Z\r\n\r\nHello from the console test.\r\n")
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as s:
+        s.sendmail("news@src.test", [rcpt], msg.encode())
+
+
+class Page:
+    def __init__(self, driver, base: str, shots):
+        from selenium.webdriver.common.by import By
+
+        self.d, self.base, self.shots, self.By = driver, base, shots, By
+
+    def go(self, path: str) -> None:
+        self.d.get(self.base + path)
+
+    def el(self, css: str):
+        return self.d.find_element(self.By.CSS_SELECTOR, css)
+
+    def els(self, css: str):
+        return self.d.find_elements(self.By.CSS_SELECTOR, css)
+
+    def text(self) -> str:
+        return self.el("body").text
+
+    def shot(self, name: str) -> None:
+        self.shots.mkdir(exist_ok=True)
+        self.d.save_screenshot(str(self.shots / f"{name}.png"))
+
+    def sign_in(self, secret: str) -> None:
+        self.go("/")
+        assert self.d.current_url.endswith("/ui/login"), self.d.current_url
+        self.el("#token").send_keys(secret)
+        self.el("#signin").click()
+        self.wait_url("/ui/dashboard")
+
+    def wait_url(self, ending: str) -> None:
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        WebDriverWait(self.d, 10).until(lambda d: d.current_url.endswith(ending))
+
+    def post_status(self, path: str, data: str) -> int:
+        """A POST from the page's own origin (with its session cookie), as a forged form would send it."""
+        return self.d.execute_async_script(
+            "const done = arguments[arguments.length - 1];"
+            "fetch(arguments[0], {method: 'POST', credentials: 'same-origin', redirect: 'manual',"
+            " headers: {'Content-Type': 'application/x-www-form-urlencoded'}, body: arguments[1]})"
+            ".then(r => done(r.status)).catch(e => done(String(e)));", path, data)
+
+    def no_alert(self) -> None:
+        from selenium.common.exceptions import NoAlertPresentException
+
+        with pytest.raises(NoAlertPresentException):
+            _ = self.d.switch_to.alert.text
+
+
+def _qid_of(page: Page, subject: str) -> str:
+    for row in page.els("#messages tbody tr"):
+        if row.find_element(page.By.CSS_SELECTOR, "td.subject").text == subject:
+            return row.find_element(page.By.CSS_SELECTOR, "a.qid").text
+    raise AssertionError(f"{subject!r} not in the outbox: {page.text()}")
+
+
+def test_console_in_headless_chromium(tmp_path):
+    rb = RelayboxProcess(str(tmp_path / "rb"), {
+        "smtp": {"allowlist": ["127.0.0.1/32"]},
+        "admin": {"tokens": [TOKEN], "readonly_tokens": [RO_TOKEN]},
+    }).start()
+    driver = None
+    try:
+        for subject, rcpt in ((XSS, "ann@dst.test"), ("second", "bob@dst.test"), ("third", "cy@dst.test")):
+            send(rb.smtp_port, subject, rcpt)
+        driver = chromium(tmp_path)
+        driver.set_script_timeout(10)
+        p = Page(driver, f"http://127.0.0.1:{rb.admin_port}", tmp_path / "screens")
+        p.go("/ui/outbox")
+        assert driver.current_url.endswith("/ui/login")
+        p.shot("login")
+        p.sign_in(TOKEN.split(":", 1)[1])
+        assert "Queue (recipients)" in p.text() and "ops" in p.el("#who").text
+        p.shot("dashboard")
+
+        p.go("/ui/outbox")
+        p.no_alert()                               # the subject did not run as a script ...
+        qid = _qid_of(p, XSS)                      # ... it is shown as text
+        p.shot("outbox")
+        p.el("#messages a.qid[href$='" + qid + "']").click()
+        assert p.el("#qid").text == qid and p.el("#subject").text == XSS
+        assert "ann@dst.test" in p.el("#recipients").text and "Hello from the console test." in p.el(
+            "#preview").text
+        p.no_alert()
+        p.el("#action-hold").click()
+        assert "hold: done" in p.text() and p.el("#held").text == "held"
+        p.el("#action-cancel").click()
+        assert "cancel: done (1 changed)" in p.text()
+        assert "cancelled" in p.el("#recipients").text
+        p.shot("message")
+
+        # bulk: tick two messages, cancel them (the Apply button asks for confirmation)
+        p.go("/ui/outbox")
+        for subject in ("second", "third"):
+            p.el(f"input.tick[value='{_qid_of(p, subject)}']").click()
+        from selenium.webdriver.support.ui import Select
+
+        Select(p.el("#bulk-action")).select_by_value("cancel")
+        p.el("#bulk-apply").click()
+        driver.switch_to.alert.accept()
+        assert "cancel: 2 changed, 0 unchanged, 0 errors" in p.text()
+
+        # a POST without the CSRF token (or with a wrong one) is refused even with the session cookie
+        assert p.post_status(f"/ui/messages/{qid}/release", "") == 403
+        assert p.post_status(f"/ui/messages/{qid}/release", "csrf=forged") == 403
+        p.go(f"/ui/messages/{qid}")
+        assert p.el("#held").text == "held"
+
+        for path in ("/ui/sent", "/ui/bounces", "/ui/suppressions", "/ui/channels"):
+            p.go(path)
+            assert p.el("h1").text, path
+            p.shot(path.rsplit("/", 1)[1])
+        driver.set_window_size(390, 844)
+        p.go("/ui/outbox")
+        p.shot("outbox-390px")
+        driver.set_window_size(1280, 900)
+
+        p.el("#signout").click()
+        p.wait_url("/ui/login")
+        p.go("/ui/outbox")
+        assert driver.current_url.endswith("/ui/login")
+
+        # read-only: no write controls, and its writes are refused by the server anyway
+        p.sign_in(RO_TOKEN.split(":", 1)[1])
+        assert "(read-only)" in p.el("#who").text
+        p.go("/ui/outbox")
+        assert not p.els("input.tick") and not p.els("#bulk-apply")
+        p.go(f"/ui/messages/{qid}")
+        assert not p.els("#actions") and not p.els("#action-release")
+        p.shot("message-read-only")
+        csrf = p.el("input[name=csrf]").get_attribute("value")
+        assert p.post_status(f"/ui/messages/{qid}/release", f"csrf={csrf}") == 403
+        p.go(f"/ui/messages/{qid}")
+        assert p.el("#held").text == "held"
+    finally:
+        if driver is not None:
+            driver.quit()
+        assert rb.stop() == 0, rb.log()
