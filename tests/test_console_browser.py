@@ -9,10 +9,14 @@ from __future__ import annotations
 import os
 import shutil
 import smtplib
+import socket
+import subprocess
 import time
 
 import pytest
 
+from tests.peers.ports import free_port
+from tests.peers.postfix_sink import PostfixSink
 from tests.peers.relaybox_proc import RelayboxProcess
 
 pytestmark = pytest.mark.integration
@@ -185,4 +189,99 @@ def test_console_in_headless_chromium(tmp_path):
     finally:
         if driver is not None:
             driver.quit()
+        assert rb.stop() == 0, rb.log()
+
+
+class RejectingSink:
+    """Postfix's smtp-sink answering every RCPT with a hard 5xx (``-f RCPT``): a real receiving MTA that
+    bounces."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.proc = None
+
+    def start(self) -> "RejectingSink":
+        sink = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
+        assert os.path.exists(sink), "smtp-sink missing (Debian postfix; see .ci/install-peers.sh)"
+        self.proc = subprocess.Popen([sink, "-u", "nobody", "-f", "RCPT", f"127.0.0.1:{self.port}", "64"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("smtp-sink did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+def _wait_for(pred, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = pred()
+        if got:
+            return got
+        time.sleep(0.2)
+    return None
+
+
+def test_bounced_message_found_by_recipient_transcript_resent_and_delivered(tmp_path):
+    port = free_port()
+    rejecting = RejectingSink(port).start()
+    sink = None
+    rb = RelayboxProcess(str(tmp_path / "rb"), {
+        "smtp": {"allowlist": ["127.0.0.1/32"]},
+        "admin": {"tokens": [TOKEN]},
+        "delivery": {"dsn": False, "poll_interval": "0.2s", "retry_first": "1s"},
+        "[[routes]]": [{"name": "sink", "host": "127.0.0.1", "port": port, "tls": "none", "default": True}],
+    }).start()
+    driver = None
+    try:
+        with smtplib.SMTP("127.0.0.1", rb.smtp_port, timeout=10) as s:
+            s.sendmail("news@src.test", ["gone@dst.test"],
+                       b"From: news@src.test\r\nTo: gone@dst.test\r\nSubject: will bounce\r\n"
+                       b"Message-ID: <bounce-1@src.test>\r\n\r\nBody.\r\n")
+        driver = chromium(tmp_path)
+        p = Page(driver, f"http://127.0.0.1:{rb.admin_port}", tmp_path / "screens")
+        p.sign_in(TOKEN.split(":", 1)[1])
+        # the dashboard refreshes itself (a fetch every 10 s, allowed by the CSP's connect-src 'self')
+        assert _wait_for(lambda: p.el("#dashboard").get_attribute("data-refreshed"), 20), "no refresh"
+
+        def bounced_row():
+            p.go("/ui/outbox?recipient=gone%40dst&status=bounced")
+            return p.els("#messages a.qid")
+        rows = _wait_for(bounced_row, 30)
+        assert rows, rb.log()
+        qid = rows[0].text
+        rows[0].click()
+        p.wait_url(qid)
+        assert "bounced" in p.el("#recipients").text
+        transcript = p.el("details.attempt pre.transcript").text
+        assert "RCPT TO:<gone@dst.test>" in transcript and "5.3.0" in transcript, transcript
+        p.shot("message-bounced")
+
+        rejecting.stop()
+        sink = PostfixSink(port=port).start()          # the destination takes mail again
+        p.el("#action-resend").click()
+        assert "resend: done" in p.text()
+
+        def delivered():
+            p.go(f"/ui/messages/{qid}")
+            return "delivered" in p.el("#recipients").text
+        assert _wait_for(delivered, 30), rb.log()
+        p.go("/ui/sent?recipient=gone%40dst")
+        assert p.els(f"#messages a.qid[href$='{qid}']")
+        p.shot("sent-after-resend")
+        assert _wait_for(lambda: sink.dumps(), 10)
+    finally:
+        if driver is not None:
+            driver.quit()
+        rejecting.stop()
+        if sink is not None:
+            sink.stop()
         assert rb.stop() == 0, rb.log()

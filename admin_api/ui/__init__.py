@@ -48,7 +48,11 @@ def owns(path: str) -> bool:
 
 def setup(app: web.Application, authenticator: Authenticator) -> None:
     """Mount the console on the admin application (called by ``admin_api.app.make_app``)."""
-    env = aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(os.path.join(HERE, "templates")),
+    templates = os.path.join(HERE, "templates")
+    if not os.path.isfile(os.path.join(templates, "base.html")):
+        log.error("console: %s is missing (the install left out admin_api/ui's package data); every /ui"
+                  " page will answer 500", templates)
+    env = aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(templates),
                                autoescape=True)
     views.install_filters(env)
     app[SESSIONS_KEY] = Sessions()

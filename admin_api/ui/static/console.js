@@ -34,6 +34,7 @@
         var doc = new DOMParser().parseFromString(html, "text/html");
         box.replaceChildren.apply(box, Array.prototype.slice.call(doc.body.childNodes));
         localTimes(box);
+        box.setAttribute("data-refreshed", String(Date.now()));
       }).catch(function () { /* keep the last figures; the next tick tries again */ });
     }, every * 1000);
   }
