@@ -51,6 +51,10 @@ class SMTPConfig:
     auth_lockout_after: int = 10                # failures of one address or user in the window -> locked out
     auth_lockout: Duration = Duration(900)      # for this long (AUTH answered 454 4.7.0, nothing checked)
     auth_max_failures_per_session: int = 3      # then 421 4.7.0 and disconnect (smtpd_hard_error_limit)
+    rejection_log: bool = True                  # record refused transactions/recipients (relaybox rejections)
+    rejection_log_keep: Duration = Duration(7 * 86400)   # rows older than this are deleted
+    rejection_log_max_rows: int = 100_000       # at most this many rows (the oldest go first)
+    rejection_log_buffer: int = 10_000          # distinct rejections waiting in memory; more are dropped
     users: list[SMTPUser] = field(default_factory=list)                      # seeds SMTP AUTH users
     tls: TLSConfig = field(default_factory=TLSConfig)
 
@@ -64,7 +68,8 @@ class SMTPConfig:
         if self.nul not in ("reject", "strip"):
             raise ValueError(f'smtp.nul: expected "reject" or "strip", got {self.nul!r}')
         for name in ("max_sessions", "max_sessions_per_ip", "auth_workers", "auth_queue",
-                     "auth_lockout_after", "auth_max_failures_per_session"):
+                     "auth_lockout_after", "auth_max_failures_per_session", "rejection_log_max_rows",
+                     "rejection_log_buffer"):
             if getattr(self, name) < 1:
                 raise ValueError(f"smtp.{name}: must be >= 1")
         if self.max_connection_rate_per_ip < 0:
@@ -127,6 +132,7 @@ class DeliveryConfig:
 
     def __post_init__(self):
         for name in ("concurrency", "per_destination", "messages_per_connection", "claim_batch"):
+    log_results: bool = False              # one info line per delivery result (queue id, relay, code, delay)
             if getattr(self, name) < 1:
                 raise ValueError(f"delivery.{name}: must be >= 1")
         if not 0 <= self.retry_jitter < 1:

@@ -31,6 +31,7 @@ from store.inbound import InboundStore
 from store.kv import KeyValue
 from store.messages import MessageStore
 from store.outbox import WebhookOutbox
+from store.rejections import RejectionStore
 from store.sqlite import Database, SchemaTooNew, StorageError
 from store.stats import Stats
 from store.tracking import TrackingStore
@@ -56,6 +57,7 @@ class Store:
         self.kv = KeyValue(self.db, clock)
         self.stats = Stats(self.db, clock)
         self.tracking = TrackingStore(self.db, clock)
+        self.rejections = RejectionStore(self.db, clock)
 
     def open(self) -> "Store":
         self.db.open()

@@ -3,6 +3,11 @@
     outcome = await store.bounces.record(report, source="smtp", target=(queue_id, recipient_id), rules=...)
     rows = await store.bounces.list(filters, since=..., until=..., before=..., limit=50)
     entry = await store.bounces.suppress("a@example.com", "manual", "manual", "api")
+    await store.bounces.complete_delivery(results, attempt=log, failures=[DeliveryFailure(...)], rules=...)
+
+``complete_delivery`` is the delivery engine's one write for a transaction with failures: the results and
+the attempt (``store.messages.complete``) plus one ``bounces`` row of source ``delivery`` per bounced or
+failed recipient, linked to its attempt, with the suppression rules applied.
 
 ``record`` is one atomic write: correlate the report with a recipient (the VERP target first, then the
 ``X-Relaybox-ID`` of the returned headers, then the original Message-ID, which only counts when the failed
@@ -17,10 +22,11 @@ import builtins
 import sqlite3
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from store import suppressions as supp
-from store.messages import add_event, mark_bounced_sync
+from store.messages import _complete_one, _insert_attempt, _reset_crash_count, add_event, mark_bounced_sync
+from store.records import AttemptLog, RecipientResult
 from store.sqlite import Database
 from store.suppressions import Rules, Suppression
 
@@ -28,7 +34,7 @@ Conn = sqlite3.Connection
 RAW_KEEP = 64 * 1024          # bytes of an unparsed report kept in bounces.raw
 COLUMNS = ("id", "at", "message_id", "recipient_id", "address", "category", "action", "reason", "kind",
            "status", "replycode", "diagnostic", "remote_mta", "source", "correlation", "effect", "raw_ref",
-           "unparsed", "raw")
+           "unparsed", "raw", "attempt_id")
 FILTERS = frozenset({"address", "category", "kind", "reason", "source", "message_id"})
 DEFAULT_RULES = Rules()
 
@@ -82,9 +88,22 @@ class Bounce:
     raw_ref: str | None = None
     unparsed: str | None = None
     raw: bytes | None = None
+    attempt_id: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in COLUMNS}
+
+
+@dataclass(frozen=True)
+class DeliveryFailure:
+    """A recipient the delivery engine ended bounced or failed (a 5xx, an expiry, a local refusal), as a
+    report of source ``delivery``. ``counts``: whether it counts for suppression (a refusal because the
+    address is already suppressed, or is not an address at all, does not)."""
+
+    report: Report
+    queue_id: str
+    recipient_id: int
+    counts: bool = True
 
 
 @dataclass(frozen=True)
@@ -174,17 +193,18 @@ def _correlate(conn: Conn, report: Report, source: str,
 
 # ---- recording ----------------------------------------------------------------------------------------
 def _insert(conn: Conn, now: float, r: ReportLine | None, report: Report, row: Mapping[str, Any] | None,
-            source: str, correlation: str, raw_ref: str | None, raw: bytes | None) -> int:
+            source: str, correlation: str, raw_ref: str | None, raw: bytes | None,
+            attempt_id: int | None = None) -> int:
     keep_raw = raw[:RAW_KEEP] if (raw is not None and report.category == "unknown") else None
     line = r or ReportLine("")
     cur = conn.execute(
         "INSERT INTO bounces(at, message_id, recipient_id, address, category, action, reason, kind, status,"
-        " replycode, diagnostic, remote_mta, source, correlation, effect, raw_ref, unparsed, raw)"
-        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) RETURNING id",
+        " replycode, diagnostic, remote_mta, source, correlation, effect, raw_ref, unparsed, raw, attempt_id)"
+        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) RETURNING id",
         (now, row["message_id"] if row else None, row["id"] if row else None, line.address.lower(),
          report.category, line.action, line.reason, line.kind, line.status, line.replycode,
          line.diagnostic[:2000], line.remote_mta[:255], source, correlation if row else "", "", raw_ref,
-         report.problem or "", keep_raw))
+         report.problem or "", keep_raw, attempt_id))
     return int(cur.fetchone()[0])
 
 
@@ -198,7 +218,7 @@ def _mark(conn: Conn, now: float, row: Mapping[str, Any], r: ReportLine, bounce_
 
 
 def _effect(conn: Conn, now: float, report: Report, r: ReportLine, row: Mapping[str, Any] | None,
-            bounce_id: int, source: str, rules: Rules) -> str:
+            bounce_id: int, source: str, rules: Rules | None) -> str:
     if row is None:
         return "uncorrelated"
     if report.category == "feedback":
@@ -210,16 +230,23 @@ def _effect(conn: Conn, now: float, report: Report, r: ReportLine, row: Mapping[
     if r.action == "delayed":
         return "delayed"
     marked = source != "delivery" and _mark(conn, now, row, r, bounce_id, source)
-    effect = supp.apply_bounce(conn, r.address, r.reason, r.kind, now=now, rules=rules, bounce_id=bounce_id)
+    if rules is None:          # a local refusal that says nothing new about the address
+        return "bounced+recorded" if marked else "recorded"
+    try:
+            effect = supp.apply_bounce(conn, r.address, r.reason, r.kind, now=now, rules=rules,
+                                   bounce_id=bounce_id)
+    except ValueError:         # not an address the suppression list can hold: recorded, nothing more
+        effect = "recorded"
     return f"bounced+{effect}" if marked else effect
 
 
 def record_sync(conn: Conn, report: Report, *, source: str, now: float, target: tuple[str, int] | None,
-                rules: Rules, raw: bytes | None = None, raw_ref: str | None = None) -> Recorded:
+                rules: Rules | None, raw: bytes | None = None, raw_ref: str | None = None,
+                attempt_id: int | None = None) -> Recorded:
     pairs, correlation = _correlate(conn, report, source, target)
     effects = []
     for r, row in pairs:
-        bid = _insert(conn, now, r, report, row, source, correlation, raw_ref, raw)
+        bid = _insert(conn, now, r, report, row, source, correlation, raw_ref, raw, attempt_id)
         if r is None:
             effect = "unparsed" if report.category == "unknown" else "ignored"
         else:
@@ -244,6 +271,36 @@ class BounceStore:
         t = self.clock() if now is None else now
         return await self.db.write(lambda conn: record_sync(conn, report, source=source, now=t, target=target,
                                                             rules=rules, raw=raw, raw_ref=raw_ref))
+
+    async def complete_delivery(self, results: Sequence[RecipientResult], *, attempt: AttemptLog | None,
+                                failures: Sequence[DeliveryFailure], rules: Rules = DEFAULT_RULES,
+                                actor: str = "delivery") -> builtins.list[Recorded]:
+        """``store.messages.complete`` plus the bounce records of its bounced/failed recipients, in one
+        write: the results, the attempt row, one ``bounces`` row per failure (source ``delivery``, linked to
+        the attempt) and the suppression rules. A result that changes nothing (its recipient already ended)
+        records no bounce."""
+        done = builtins.list(results)
+        now = self.clock()
+
+        def _do(conn: Conn) -> builtins.list[Recorded]:
+            changed = {}
+            for res in done:
+                mid = _complete_one(conn, res, actor, now)
+                if mid is not None:
+                    changed[res.recipient_id] = mid
+            attempt_id = None
+            if attempt is not None:
+                _insert_attempt(conn, attempt, [r.recipient_id for r in done])
+                row = conn.execute("SELECT MAX(id) FROM attempts WHERE message_id=?",
+                                   (attempt.message_id,)).fetchone()
+                attempt_id = int(row[0]) if row and row[0] is not None else None
+            _reset_crash_count(conn, set(changed.values()) | ({attempt.message_id} if attempt else set()))
+            return [record_sync(conn, f.report, source="delivery", now=now,
+                                target=(f.queue_id, f.recipient_id), rules=rules if f.counts else None,
+                                attempt_id=attempt_id)
+                    for f in failures if f.recipient_id in changed]
+
+        return await self.db.write(_do)
 
     async def list(self, filters: Mapping[str, str], *, since: float | None = None,
                    until: float | None = None,

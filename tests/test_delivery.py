@@ -91,10 +91,10 @@ async def test_multi_recipient_mixed_outcomes_with_transcript_and_dsn(env, sink)
     rs = await recipients(spool, qid)
     got = {a: (r["status"], r["last_enhanced"], r["reason"]) for a, r in rs.items()}
     assert got == {"ok@dst.test": ("delivered", "2.0.0", None),
-                   "gone@dst.test": ("bounced", "5.1.1", None),
+                   "gone@dst.test": ("bounced", "5.1.1", "userunknown"),
                    "later@dst.test": ("deferred", "4.3.0", None),
                    "x@null.test": ("failed", "5.1.10", "nullmx"),
-                   "y@does-not-exist.test": ("bounced", "5.1.2", None)}
+                   "y@does-not-exist.test": ("bounced", "5.1.2", "hostunknown")}
     assert rs["later@dst.test"]["next_attempt_at"] == pytest.approx(T0 + 300)
     assert rs["ok@dst.test"]["last_code"] == 250 and rs["ok@dst.test"]["route"] == "mx"
     # one SMTP transaction for the three dst.test recipients, with its transcript

@@ -9,6 +9,11 @@ Entry points (all bounces go through ``relay.bounces.parse``):
 - ``report_of(parsed)``: the parser's result as the store's ``Report`` record.
 - ``from_reply(address, code, enhanced, text)``: a Parsed for a synchronous 5xx at delivery (source
   ``delivery``: recorded and counted for suppression; the spool already marked the recipient).
+- ``delivery_failure(queue_id, recipient_id, address, code, enhanced, text, reason, remote_mta)``: the same
+  for every recipient the scheduler ends bounced or failed (a 5xx, an expiry, a suppressed or invalid
+  address), as the ``store.bounces.DeliveryFailure`` that ``store.bounces.complete_delivery`` records in
+  the write of the results. Local refusals keep their own reason (``expired``, ``suppressed``,
+  ``syntaxerror``); a refusal because the address is suppressed or unusable does not count again.
 
 Correlation (in ``store.bounces``): a VERP token (HMAC-verified here) first; else ``X-Relaybox-ID`` of the
 returned headers; else the original Message-ID matched against ``messages.message_id``. Header correlation
@@ -28,7 +33,7 @@ from typing import Any, Awaitable, Callable
 
 from relay.bounces import Parsed, Recipient, parse, verp
 from relay.bounces import reasons as _reasons
-from store.bounces import BounceStore, Recorded, Report, ReportLine
+from store.bounces import BounceStore, DeliveryFailure, Recorded, Report, ReportLine
 from store.suppressions import Rules
 
 log = logging.getLogger("relay.bounces")
@@ -58,6 +63,24 @@ def from_reply(address: str, code: int | None, enhanced: str | None, text: str |
         r.status = _reasons.pseudo_status(r.reason, r.replycode.startswith("4"))
     r.kind = _reasons.kind(r.reason, r.status, r.replycode)
     return Parsed("bounce", [r])
+
+
+# local refusals of the scheduler (RecipientResult.reason) -> (bounce reason, kind, counts for suppression)
+LOCAL_REFUSALS = {"expired": ("expired", "soft", True), "suppressed": ("suppressed", "hard", False),
+                  "invalid": ("syntaxerror", "hard", False)}
+
+
+def delivery_failure(queue_id: str, recipient_id: int, address: str, code: int | None, enhanced: str | None,
+                     text: str | None, reason: str | None = None, remote_mta: str = "") -> DeliveryFailure:
+    """A bounced/failed recipient of the delivery engine as a bounce of source ``delivery``."""
+    r = from_reply(address, code, enhanced, text).recipients[0]
+    counts = True
+    if reason in LOCAL_REFUSALS:
+        r.reason, r.kind, counts = LOCAL_REFUSALS[reason]
+    r.remote_mta = remote_mta or ""
+    report = Report("bounce", (ReportLine(r.address, r.action, r.status, r.replycode, r.diagnostic,
+                                          r.remote_mta, r.reason, r.kind),))
+    return DeliveryFailure(report, queue_id, recipient_id, counts and "@" in r.address)
 
 
 # ---- async entry points -------------------------------------------------------------------------------

@@ -32,8 +32,10 @@ import random
 import socket
 import time
 from collections import Counter
+from dataclasses import replace
 from typing import Any, Callable, Coroutine
 
+from relay.bounces.record import delivery_failure, rules_of
 from relay.config import RelayConfig, RouteConfig
 from relay.delivery import metrics
 from relay.delivery.attempt import Delivery, Outcome
@@ -44,6 +46,7 @@ from relay.notices.reports import Batch, Reports
 from relay.spool.retry import RetryPolicy, expires_at, next_attempt
 from relay.spool.spool import AttemptLog, Claim, Message, Recipient, RecipientResult, Spool
 from store import StorageError
+from store.bounces import DeliveryFailure
 
 log = logging.getLogger("relay.delivery.scheduler")
 
@@ -91,11 +94,13 @@ class Scheduler:
         self.policy = RetryPolicy(d.retry_first, d.retry_cap, d.retry_jitter, d.max_lifetime)
         self._global = asyncio.Semaphore(d.concurrency)
         self.max_in_flight = max(d.claim_batch * 4, d.concurrency * 4)
+        self.rules = rules_of(config.bounces)
 
     async def reload(self, config: RelayConfig) -> None:
         """SIGHUP: new routes, DKIM keys, resolver and retry settings (connection limits need a restart)."""
         self.delivery.reconfigure(config)
         self.config = config
+        self.rules = rules_of(config.bounces)
         self.reports.config = config.delivery
         self.reports.reporting_mta = self.delivery.helo
         self.policy = RetryPolicy(config.delivery.retry_first, config.delivery.retry_cap,
@@ -476,19 +481,58 @@ class Scheduler:
         return RecipientResult(r.id, status, err.code, err.enhanced, err.text, reason=err.reason,
                                route=route)
 
+    def _classified(self, msg: Message, pairs: list[tuple[Recipient, RecipientResult]],
+                    attempt: AttemptLog | None) -> tuple[list[tuple[Recipient, RecipientResult]],
+                                                         list[DeliveryFailure]]:
+        """One classification path for every failure at delivery: each bounced/failed recipient becomes a
+        bounce of source ``delivery`` (reason, hard/soft, status, diagnostic, remote MTA), and a recipient
+        with no reason of its own gets the bounce reason (what the Outbox and the history show)."""
+        out, failures = [], []
+        for r, res in pairs:
+            if res.status in ("bounced", "failed"):
+                f = delivery_failure(msg.id, r.id, r.address, res.code, res.enhanced, res.text, res.reason,
+                                     (attempt.host or "") if attempt else "")
+                failures.append(f)
+                if res.reason is None and f.report.lines[0].reason:
+                    res = replace(res, reason=f.report.lines[0].reason)
+            out.append((r, res))
+        return out, failures
+
     async def _record(self, msg: Message, pairs: list[tuple[Recipient, RecipientResult]],
                       attempt: AttemptLog | None,
                       batch: Batch) -> None:
+        local = pairs               # the DSN tells a remote reply from a local reason by res.reason
+        pairs, failures = self._classified(msg, pairs, attempt)
         results = [res for _, res in pairs]
         try:
-            await self.spool.complete(results, attempt=attempt)
+            if failures:      # results, attempt, bounce rows and suppression: one write
+                await self.spool.store.bounces.complete_delivery(results, attempt=attempt, failures=failures,
+                                                                 rules=self.rules)
+            else:
+                await self.spool.complete(results, attempt=attempt)
         finally:
             if attempt is None:
                 self._in_flight.difference_update(res.recipient_id for res in results)
-        for res in results:
+        for r, res in pairs:
             self.stats[res.status] += 1
-        await self.reports.record(batch, pairs, attempt.host if attempt else None)
+            if self.config.delivery.log_results:
+                self._log_result(msg, r, res, attempt)
+        if failures:
+            self.stats["bounce_records"] += len(failures)
+        await self.reports.record(batch, local, attempt.host if attempt else None)
         self.stats["dsn"] = self.reports.sent
+
+    def _log_result(self, msg: Message, r: Recipient, res: RecipientResult,
+                    attempt: AttemptLog | None) -> None:
+        """One line per delivery result, like Postfix's maillog: queue id, recipient domain, relay host and
+        IP, reply, delay since acceptance, TLS."""
+        relay = f"{attempt.host}[{attempt.ip or ''}]" if attempt and attempt.host else "none"
+        tls = "-" if attempt is None or attempt.tls is None else ("yes" if attempt.tls else "no")
+        delay = max(0.0, self.clock() - max(msg.created_at, msg.send_at or 0))
+        reply = " ".join(str(x) for x in (res.code, res.enhanced, res.text) if x)
+        log.info("result queue_id=%s to_domain=%s relay=%s status=%s reason=%s delay=%.1fs tls=%s reply=%r",
+                 msg.id, r.address.rpartition("@")[2].lower(), relay, res.status, res.reason or "-", delay,
+                 tls, reply[:300], extra={"queue_id": msg.id})
 
     async def _requeue(self, rcpts: list[Recipient], at: float,
                        why: tuple[int | None, str | None, str] | None = None) -> None:

@@ -19,6 +19,7 @@ from relay.intake.headers import HeaderError, prepare_message
 from relay.intake.metrics import SMTP_ACCEPTED, SMTP_REJECTED
 from relay.intake.policy import Policy
 from relay.intake.protocol import ListenerState, RelaySMTP
+from relay.intake.rejections import RejectionLog
 from relay.spool.spool import Spool
 from relay.tls import server_context
 from store.sqlite import StorageError
@@ -140,6 +141,9 @@ class Listener:
         if disk_ok is not None:
             self.state.disk_ok = disk_ok
         self.handler = IntakeHandler(cfg, spool, policy, self.state, bounces)
+        store_rejections = getattr(getattr(spool, "store", None), "rejections", None)
+        if cfg.rejection_log and store_rejections is not None:    # refusals logged, written in batches
+            self.state.rejections = RejectionLog(store_rejections, cfg)
         self.tls_context = (server_context(cfg.tls.cert_file, cfg.tls.key_file)
                             if cfg.tls.cert_file else None)
         self.servers: list[asyncio.base_events.Server] = []
@@ -153,6 +157,8 @@ class Listener:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        if self.state.rejections is not None:
+            await self.state.rejections.start()
         for addr, implicit in [(a, False) for a in self.cfg.listen] + \
                               [(a, True) for a in self.cfg.implicit_tls_listen]:
             host, port = split_hostport(addr)
@@ -175,6 +181,8 @@ class Listener:
             srv.close()
         if self.state.hasher is not None:
             self.state.hasher.close()
+        if self.state.rejections is not None:
+            await self.state.rejections.stop()        # the last refusals are written
 
 
 def split_hostport(addr: str) -> tuple[str, int]:

@@ -44,6 +44,7 @@ class ListenerState:
     hasher: Hasher | None = None              # made from the config by the first session if not given
     throttle: AuthThrottle | None = None
     connects: dict[str, deque[float]] = field(default_factory=dict)   # recent session starts per address
+    rejections: Any = None     # relay.intake.rejections.RejectionLog: refusals noted here, written in batches
 
     def auth(self, cfg: SMTPConfig) -> tuple[Hasher, AuthThrottle]:
         if self.hasher is None:
@@ -79,6 +80,8 @@ class RelaySMTP(SMTP):
         self._counted_ip: str | None = None
         self._implicit_tls = implicit_tls
         self._auth_failures = 0
+        self._cmd: tuple[str, str] | None = None      # the command whose final reply is pending (log)
+        self._auth_login = ""
         # on an implicit-TLS listener the whole session is encrypted: AUTH needs no STARTTLS first
         super().__init__(handler, data_size_limit=cfg.max_message_size, enable_SMTPUTF8=True,
                          decode_data=False, hostname=cfg.hostname, ident="relaybox",
@@ -143,7 +146,32 @@ class RelaySMTP(SMTP):
         if self.transport is not None:
             self.transport.close()
 
+    # ---- the rejection log: every 4xx/5xx final reply to a command, noted without I/O -------------------
+    async def push(self, status: Any) -> None:
+        cmd = self._cmd
+        if cmd is not None and isinstance(status, str) and status[:1] in "245":
+            self._cmd = None
+            if status[:1] != "2" and self.state.rejections is not None:
+                self._note_rejection(cmd, status)
+        await super().push(status)
+
+    def _note_rejection(self, cmd: tuple[str, str], reply: str) -> None:
+        verb, arg = cmd
+        sess, env = self.session, self.envelope
+        user = sess.auth_data if sess is not None and sess.authenticated else ""
+        sender = env.mail_from if env is not None and env.mail_from else ""
+        if verb == "MAIL":
+            sender = arg[5:] if arg[:5].upper() == "FROM:" else arg
+        try:
+            self.state.rejections.note(
+                client_ip=self._peer_ip(), reply=reply, command=verb, sender=sender.strip(),
+                auth_user=self._auth_login if verb == "AUTH" else (user if isinstance(user, str) else ""),
+                recipient=(arg[3:] if arg[:3].upper() == "TO:" else arg).strip() if verb == "RCPT" else "")
+        except Exception:  # noqa: BLE001 - the log never breaks a session
+            log.exception("rejection log: could not note a refusal")
+
     async def _refuse(self, line: str) -> None:
+        self._cmd = ("CONNECT", "")
         try:
             await self.push(line)
         finally:
@@ -183,6 +211,7 @@ class RelaySMTP(SMTP):
     # ---- AUTH: hashes off the loop, throttled per address and user, disconnect after N failures ------
     @syntax("AUTH <mechanism>")
     async def smtp_AUTH(self, arg: str) -> None:
+        self._cmd, self._auth_login = ("AUTH", ""), ""
         _, throttle = self.state.auth(self.cfg)
         ip = self._peer_ip()
         if self.session is not None and not self.session.authenticated and throttle.locked(ip):
@@ -235,6 +264,7 @@ class RelaySMTP(SMTP):
         hasher, throttle = self.state.auth(self.cfg)
         ip = self._peer_ip()
         user = login.decode("utf-8", "replace")
+        self._auth_login = user
         if throttle.locked(ip, user):
             AUTH_ATTEMPTS.labels("locked").inc()
             SMTP_REJECTED.labels("auth_locked").inc()
@@ -289,6 +319,7 @@ class RelaySMTP(SMTP):
         return addr, params
 
     async def smtp_MAIL(self, arg):
+        self._cmd = ("MAIL", arg or "")
         parsed = await self._path_command(arg, "FROM:", "MAIL")
         if parsed is None:
             return
@@ -330,6 +361,7 @@ class RelaySMTP(SMTP):
         await self.push(status)
 
     async def smtp_RCPT(self, arg):
+        self._cmd = ("RCPT", arg or "")
         assert self.envelope is not None
         if self.session is not None and self.session.host_name and not self.envelope.mail_from:
             await self.push("503 5.5.1 Error: need MAIL command")
@@ -365,6 +397,7 @@ class RelaySMTP(SMTP):
 
     # ---- DATA ------------------------------------------------------------------------------------
     async def smtp_DATA(self, arg: str) -> None:
+        self._cmd = ("DATA", "")
         if await self.check_helo_needed():
             return
         if await self.check_auth_needed("DATA"):

@@ -1,0 +1,140 @@
+"""The intake rejection log: refusals at SMTP time noted without I/O, written in batches, folded when they
+flood, searchable through the store, the API and the CLI, pruned by age and row count."""
+
+import asyncio
+import json
+import smtplib
+
+import pytest
+from prometheus_client import REGISTRY
+
+from relay.config import SMTPConfig
+from relay.intake.listener import Listener
+from relay.intake.policy import Policy
+from relay.intake.rejections import RejectionLog, bounded, reason_of
+from relay.spool.spool import Spool
+from store import Store
+from store.rejections import NewRejection
+from tests.peers.ports import free_port
+
+pytestmark = pytest.mark.component
+
+T0 = 1_800_000_000.0
+
+
+def test_fields_are_bounded_and_escaped():
+    assert bounded("a\r\nb\x00c") == "a\\r\\nb\\x00c"
+    assert len(bounded("x" * 5000)) == 256 and bounded("x" * 5000).endswith("...")
+    assert bounded(None) == ""
+
+
+@pytest.mark.parametrize("code,enh,text,cmd,want", [
+    (550, "5.7.1", "Relay access denied", "RCPT", "relay_denied"),
+    (501, "5.1.3", "Bad recipient address syntax: a list", "RCPT", "bad_recipient"),
+    (501, "5.1.7", "Bad sender address syntax", "MAIL", "bad_sender"),
+    (552, "5.3.4", "Message size exceeds fixed maximum message size", "MAIL", "too_big"),
+    (535, "5.7.8", "Authentication credentials invalid", "AUTH", "auth_failed"),
+    (501, "5.5.4", "Syntax: RCPT TO:<address>", "RCPT", "syntax"),
+    (452, "4.3.1", "Insufficient system storage", "MAIL", "storage"),
+    (550, "5.6.0", "Message contains NUL characters", "DATA", "content"),
+])
+def test_reasons(code, enh, text, cmd, want):
+    assert reason_of(code, enh, text, cmd) == want
+
+
+@pytest.fixture
+def db(tmp_path, clock):
+    clock.t = T0
+    s = Store(str(tmp_path / "r.db"), clock=clock).open()
+    yield s
+    s.close()
+
+
+async def test_store_folds_a_flood_filters_and_prunes(db, clock):
+    r = db.rejections
+    flood = [NewRejection(T0 + i, "192.0.2.9", 550, "relay_denied", sender="spam@x.test",
+                          recipient=f"v{i}@y.test", command="RCPT", enhanced="5.7.1",
+                          text="Relay access denied")
+             for i in range(50)]
+    assert await r.add(flood) == 1                          # one row, count 50, first recipient kept
+    [row] = await r.list({})
+    assert (row.count, row.first_at, row.last_at, row.recipient) == (50, T0, T0 + 49, "v0@y.test")
+    await r.add([NewRejection(T0 + 61, "192.0.2.9", 550, "relay_denied", sender="spam@x.test")])
+    await r.add([NewRejection(T0 + 62, "198.51.100.1", 501, "bad_recipient", sender="App@Org.test",
+                              recipient="a@x.test,b@x.test", command="RCPT", enhanced="5.1.3")])
+    assert len(await r.list({})) == 3                       # a new minute is a new row
+    assert [x.reason for x in await r.list({"sender": "app@org"})] == ["bad_recipient"]
+    assert [x.client_ip for x in await r.list({"recipient": ",B@x"})] == ["198.51.100.1"]
+    assert len(await r.list({"client": "192.0.2.9"})) == 2
+    assert len(await r.list({"reason": "relay_denied"}, since=T0 + 60)) == 1
+    assert len(await r.list({"sender": "%"})) == 0           # LIKE wildcards are literal
+    with pytest.raises(ValueError):
+        await r.list({"nope": "x"})
+    assert await r.prune(keep=1e9, max_rows=2) == 1          # the oldest beyond the cap
+    clock.t = T0 + 86400
+    assert await r.prune(keep=3600, max_rows=100) == 2       # then by age
+    assert await r.list({}) == []
+
+
+async def test_buffer_is_bounded_and_never_does_io_in_note(db, clock):
+    logged = RejectionLog(db.rejections, SMTPConfig(rejection_log_buffer=2), clock=clock)
+    dropped = REGISTRY.get_sample_value("relaybox_smtp_rejections_dropped_total") or 0
+    for i in range(100):                                    # one client, one reason: folded in memory
+        logged.note(client_ip="192.0.2.1", reply="550 5.7.1 Relay access denied", command="RCPT",
+                    sender="a@b.test", recipient=f"<x{i}@y.test>")
+    logged.note(client_ip="192.0.2.2", reply="501 5.1.3 Bad recipient", command="RCPT")
+    logged.note(client_ip="192.0.2.3", reply="501 5.1.3 Bad recipient", command="RCPT")   # buffer full
+    assert logged.pending() == 2
+    assert REGISTRY.get_sample_value("relaybox_smtp_rejections_dropped_total") == dropped + 1
+    assert await db.rejections.list({}) == []               # nothing written by note()
+    assert await logged.flush() == 2
+    rows = {r.client_ip: r for r in await db.rejections.list({})}
+    assert rows["192.0.2.1"].count == 100 and rows["192.0.2.1"].recipient == "<x0@y.test>"
+    assert logged.pending() == 0
+
+
+async def test_intake_refusals_are_logged_and_listed(tmp_path, db, clock, capsys):
+    port = free_port()
+    clock.t = T0
+    listener = Listener(SMTPConfig(listen=[f"127.0.0.1:{port}"], max_message_size=1000), Spool(db), Policy())
+    await listener.start()
+    before = REGISTRY.get_sample_value("relaybox_smtp_rejections_logged_total",
+                                       {"reason": "relay_denied"}) or 0
+
+    def session():
+        s = smtplib.SMTP("127.0.0.1", port, timeout=10)
+        s.ehlo("client.test")
+        out = [s.docmd("MAIL FROM:<app@org.test>"),
+               s.docmd("RCPT TO:<a@x.test,b@x.test>"),
+               s.docmd("RCPT TO:<someone@far.test>\x01"),
+               s.docmd("RCPT TO:<someone@far.test>"),
+               s.docmd("RSET"),
+               s.docmd("MAIL FROM:<big@org.test> SIZE=5000")]
+        s.quit()
+        return out
+
+    try:
+        replies = await asyncio.to_thread(session)
+        assert [c for c, _ in replies] == [250, 501, 501, 550, 250, 552]
+        assert listener.state.rejections.pending() >= 3     # buffered, not yet written
+    finally:
+        await listener.drain(timeout=1)                     # flushes the buffer
+    rows = await db.rejections.list({})
+    got = {(r.reason, r.code, r.enhanced, r.command, r.sender, r.recipient, r.client_ip) for r in rows}
+    assert ("relay_denied", 550, "5.7.1", "RCPT", "app@org.test", "<someone@far.test>", "127.0.0.1") in got
+    assert ("too_big", 552, "5.3.4", "MAIL", "<big@org.test> SIZE=5000", "", "127.0.0.1") in got
+    [bad] = [r for r in rows if r.reason == "bad_recipient"]
+    assert bad.recipient == "<a@x.test,b@x.test>" and bad.count == 1
+    [syn] = [r for r in rows if r.reason == "syntax"] or [None]
+    assert syn is None or "\\x01" in syn.recipient
+    assert REGISTRY.get_sample_value("relaybox_smtp_rejections_logged_total",
+                                     {"reason": "relay_denied"}) == before + 1
+
+    # the CLI on the same file
+    from relaybox.cli import main
+    assert await asyncio.to_thread(main, ["rejections", "list", "--json", "--reason", "relay_denied",
+                                          "--db", db.path]) == 0
+    [one] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert one["client_ip"] == "127.0.0.1" and one["text"] == "Relay access denied"
+    assert await asyncio.to_thread(main, ["rejections", "list", "--sender", "big@", "--db", db.path]) == 0
+    assert "too_big" in capsys.readouterr().out
