@@ -156,3 +156,19 @@ def test_delivery_failure_vocabulary():
     e = delivery_failure("Q", 1, "a@b.test", None, "4.4.7", "delivery time expired after 5 days", "expired")
     assert (e.report.lines[0].reason, e.counts) == ("expired", True)
     assert json.dumps(f.report.lines[0].__dict__)
+
+
+async def test_queue_show_prints_attempts_with_transcripts(env, sink, capsys):
+    import asyncio
+
+    from relaybox.cli import main
+
+    spool, clock, make = env
+    sink.faults.rcpt = {"gone@dst.test": "550 5.1.1 <gone@dst.test>: user unknown"}
+    qid = await enqueue(spool, ["gone@dst.test"])
+    await make().run_burst()
+    capsys.readouterr()
+    assert await asyncio.to_thread(main, ["queue", "show", qid, "--offline", "--db", spool.store.path]) == 0
+    out = capsys.readouterr().out
+    assert "attempt 1: " in out and "host=127.0.0.1[127.0.0.1] tls=yes" in out
+    assert "  > RCPT TO:<gone@dst.test>" in out and "  < 550 5.1.1 <gone@dst.test>: user unknown" in out

@@ -280,6 +280,30 @@ def print_show(m: dict) -> None:
                                                                             time.gmtime(e["at"])),
                   e["status"], e["recipient_id"], e["actor"], e.get("reason")] for e in m["events"]],
                 ["AT", "EVENT", "RCPT", "ACTOR", "REASON"]))
+    print_attempts(m.get("attempts") or [])
+
+
+def _when(t) -> str:
+    if t is None or isinstance(t, str):
+        return t or "-"
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def print_attempts(attempts: list) -> None:
+    """Each SMTP transaction with its transcript (commands >, replies <; AUTH redacted by the store)."""
+    for n, a in enumerate(attempts, 1):
+        tls = {True: "yes", False: "no"}.get(a.get("tls"), "-")
+        rcpts = ",".join(str(r) for r in a.get("recipients") or [])
+        print()
+        print(f"attempt {n}: {_when(a.get('started_at'))} route={a.get('route') or '-'} "
+              f"host={a.get('host') or '-'}[{a.get('ip') or ''}] tls={tls} result={a.get('result') or '-'} "
+              f"rcpts={rcpts or '-'}")
+        for line in a.get("transcript") or []:
+            if isinstance(line, dict):
+                arrow = {"c": ">", "s": "<", "out": ">", "in": "<"}.get(str(line.get("dir")).lower(), "?")
+                print(f"  {arrow} {line.get('line', '')}")
+            else:
+                print(f"  {line}")
 
 
 def print_summary(s: dict) -> None:
