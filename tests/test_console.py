@@ -230,3 +230,44 @@ async def test_static_assets_and_unknown_ones(live):
     assert r.status == 200 and r.content_type == "text/javascript"
     r, _ = await b.get("/ui/static/..%2fviews.py")
     assert r.status == 404
+
+
+async def test_bulk_by_search_shows_the_dry_run_count_then_runs(live):
+    app, api, b = live
+    held = [await _send(app, f"news {n}", f"r{n}@bulk.test") for n in range(3)]
+    other = await _send(app, "other", "x@elsewhere.test")
+    await b.sign_in(SECRET)
+    r, html = await b.get("/ui/outbox", params={"recipient": "@bulk.test"})
+    form = {"csrf": _csrf(html), "action": "hold", "kind": "outbox", "scope": "matching",
+            "f_recipient": "@bulk.test", "back": "/ui/outbox?recipient=%40bulk.test"}
+    assert 'name="f_recipient" value="@bulk.test"' in html
+    r, confirm = await b.post("/ui/messages/bulk", form)
+    assert r.status == 200 and re.search(r'id="matched">3<', confirm) and "Hold 3 messages" in confirm
+    for qid in held + [other]:                        # the dry run changed nothing
+        assert (await api.call("GET", f"/api/v1/messages/{qid}"))[1]["held"] is False
+    r, html = await b.post("/ui/messages/bulk", {**form, "confirm": "1"})
+    assert r.url.path == "/ui/outbox" and "hold: 3 changed, 0 unchanged, 0 errors" in html
+    for qid in held:
+        assert (await api.call("GET", f"/api/v1/messages/{qid}"))[1]["held"] is True
+    assert (await api.call("GET", f"/api/v1/messages/{other}"))[1]["held"] is False
+
+
+async def test_a_searched_queue_id_is_not_a_ticked_one_and_slow_jobs_get_a_page(live, monkeypatch):
+    from admin_api.ui import views
+
+    app, api, b = live
+    a = await _send(app, "a")
+    c = await _send(app, "c")
+    await b.sign_in(SECRET)
+    r, html = await b.get("/ui/outbox", params={"id": a})
+    assert f'name="f_id" value="{a}"' in html
+    monkeypatch.setattr(views, "WAIT", 0.0)           # every job "takes longer": its progress page
+    r, page = await b.post("/ui/messages/bulk", {"csrf": _csrf(html), "action": "hold", "kind": "outbox",
+                                                 "scope": "ticked", "id": c, "f_id": a})
+    assert r.url.path.startswith("/ui/jobs/") and 'id="job-state"' in page
+    r, panel = await b.get(r.url.path + "/panel")
+    assert "done" in panel and "1 changed" in panel
+    assert (await api.call("GET", f"/api/v1/messages/{c}"))[1]["held"] is True
+    assert (await api.call("GET", f"/api/v1/messages/{a}"))[1]["held"] is False
+    r, _ = await b.get("/ui/jobs/nope")
+    assert r.status == 404

@@ -273,31 +273,67 @@ async def _act(request: web.Request, action: str, qid: str) -> str:
     return "affected" if n else "unchanged"
 
 
+KINDS = {"outbox": OUTBOX, "sent": SENT}
+
+
 @writes
 async def bulk(request: web.Request) -> web.StreamResponse:
+    """Ticked messages (``scope=ticked``), or every message the list's search matches (``scope=matching``:
+    first a page with the dry-run count, then the job on ``confirm``), as the API's bulk action."""
     form = await request.post()
     s: Session = request[SESSION]
     action = str(form.get("action", ""))
-    ids = tuple(str(v)[:100] for v in form.getall("id", []))[:1000]
+    kind = str(form.get("kind", "outbox"))
     to = str(form.get("back", "/ui/outbox"))
-    if action not in BULK_ACTIONS:
+    if action not in BULK_ACTIONS or kind not in KINDS:
         s.flash("error", "Pick an action.")
         raise back(to)
-    if not ids:
-        s.flash("error", "Tick at least one message.")
-        raise back(to)
-    app = rb(request)
-    job, task = await request.app[JOBS_KEY].start(app.store.history, action, MessageFilter(ids=ids), None,
+    if form.get("scope") == "matching":
+        # the list's search travels as f_<key> (a plain "id" would mix with the tick boxes)
+        f, shown = _message_filter({k[2:]: v for k, v in form.items() if k.startswith("f_")}, KINDS[kind])
+        if form.get("confirm") != "1":
+            matched = await rb(request).store.history.count_matching(f)
+            return render(request, "bulk_confirm.html", {
+                "page": kind, "action": action, "kind": kind, "matched": matched, "back": to,
+                "shown": {k: v for k, v in shown.items() if v}})
+    else:
+        ids = tuple(str(v)[:100] for v in form.getall("id", []))[:1000]
+        if not ids:
+            s.flash("error", "Tick at least one message.")
+            raise back(to)
+        f = MessageFilter(ids=ids)
+    return await _run_bulk(request, s, action, f, to)
+
+
+async def _run_bulk(request: web.Request, s: Session, action: str, f: MessageFilter,
+                    to: str) -> web.StreamResponse:
+    job, task = await request.app[JOBS_KEY].start(rb(request).store.history, action, f, None,
                                                   lambda qid: _act(request, action, qid))
     try:
         await asyncio.wait_for(asyncio.shield(task), WAIT)
     except asyncio.TimeoutError:
-        s.flash("info", f"{action}: job {job.id} is still running ({job.done} of {job.matched} done).")
-        raise back(to) from None
+        raise web.HTTPSeeOther(f"/ui/jobs/{job.id}") from None
     text = f"{action}: {job.affected} changed, {job.unchanged} unchanged, {job.error_count} errors"
     s.flash("error" if job.error_count else "ok", text + "".join(f"; {e['id']}: {e['message']}"
                                                               for e in job.errors[:3]))
     raise back(to)
+
+
+def _job(request: web.Request) -> dict[str, Any]:
+    job = request.app[JOBS_KEY].get(param(request, "id"))
+    if job is None:
+        raise ApiError(404, "not_found", "no such job (jobs are kept in memory until a restart)")
+    return {"page": "outbox", "job": job.as_dict()}
+
+
+@signed_in
+async def job_page(request: web.Request) -> web.StreamResponse:
+    return render(request, "job.html", _job(request))
+
+
+@signed_in
+async def job_panel(request: web.Request) -> web.StreamResponse:
+    return render(request, "_job.html", _job(request), fragment=True)
 
 
 @signed_in
@@ -414,6 +450,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/ui/dashboard", dashboard), ("GET", "/ui/dashboard/panel", dashboard_panel),
     ("GET", "/ui/outbox", _list_page("outbox", OUTBOX)), ("GET", "/ui/sent", _list_page("sent", SENT)),
     ("POST", "/ui/messages/bulk", bulk),
+    ("GET", "/ui/jobs/{id}", job_page), ("GET", "/ui/jobs/{id}/panel", job_panel),
     ("GET", "/ui/messages/{id}", message), ("GET", "/ui/messages/{id}/eml", message_eml),
     ("POST", "/ui/messages/{id}/{action}", message_action),
     ("GET", "/ui/bounces", bounces),

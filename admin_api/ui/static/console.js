@@ -40,7 +40,6 @@
   }
   document.addEventListener("DOMContentLoaded", function () {
     wire(document);
-    var box = document.getElementById("dashboard");
-    if (box) { refresh(box); }
+    document.querySelectorAll("[data-refresh]").forEach(refresh);
   });
 })();
