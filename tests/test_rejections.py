@@ -138,3 +138,38 @@ async def test_intake_refusals_are_logged_and_listed(tmp_path, db, clock, capsys
     assert one["client_ip"] == "127.0.0.1" and one["text"] == "Relay access denied"
     assert await asyncio.to_thread(main, ["rejections", "list", "--sender", "big@", "--db", db.path]) == 0
     assert "too_big" in capsys.readouterr().out
+
+
+async def test_api_lists_what_the_running_intake_refused(tmp_path):
+    from tests.admin_support import running, smtp_send
+
+    async with running(tmp_path) as (app, api):
+        code, _ = await asyncio.to_thread(smtp_send, app.smtp_port, "app@org.test", ["far@away.test"],
+                                          source="127.0.0.2")
+        assert code == 550
+
+        def address_list():
+            with smtplib.SMTP("127.0.0.1", app.smtp_port, timeout=10) as s:
+                s.ehlo("client.test")
+                s.docmd("MAIL FROM:<app@org.test>")
+                return s.docmd("RCPT TO:<a@x.test,b@x.test>")[0]
+
+        assert await asyncio.to_thread(address_list) == 501
+        for _ in range(50):                                   # written about a second later
+            st, body = await api.call("GET", "/api/v1/rejections")
+            if len(body["items"]) >= 2:
+                break
+            await asyncio.sleep(0.1)
+        assert st == 200 and len(body["items"]) == 2
+        st, body = await api.call("GET", "/api/v1/rejections", params={"client": "127.0.0.2"})
+        [r] = body["items"]
+        assert (r["reason"], r["code"], r["enhanced"], r["sender"], r["recipient"], r["count"]) == \
+            ("relay_denied", 550, "5.7.1", "app@org.test", "<far@away.test>", 1)
+        assert r["last_at"].endswith("Z") or "T" in r["last_at"]
+        st, body = await api.call("GET", "/api/v1/rejections", params={"recipient": ",b@x", "limit": "1"})
+        assert [x["reason"] for x in body["items"]] == ["bad_recipient"] and body["next_cursor"] is None
+        st, body = await api.call("GET", "/api/v1/rejections", params={"sender": "APP@", "limit": "1"})
+        assert len(body["items"]) == 1 and body["next_cursor"]
+        st, more = await api.call("GET", "/api/v1/rejections", params={"sender": "app@", "limit": "1",
+                                                                       "cursor": body["next_cursor"]})
+        assert len(more["items"]) == 1 and more["items"][0]["id"] < body["items"][0]["id"]
