@@ -17,6 +17,9 @@ command -v openssl >/dev/null || need+=(openssl)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v chromium >/dev/null || need+=(chromium)                       # tracking e2e: headless browser
 command -v chromedriver >/dev/null || need+=(chromium-driver)
+# PostgreSQL, the store's second backend: tests/peers/postgres.py runs initdb + pg_ctl itself; the package's
+# own cluster is not started (policy-rc.d below)
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
 command -v promtool >/dev/null && command -v prometheus >/dev/null || need+=(prometheus)   # alert rule tests, real scrape
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

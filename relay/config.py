@@ -81,6 +81,7 @@ class SMTPConfig:
 @dataclass(frozen=True)
 class StorageConfig:
     path: str = "var/relaybox.db"      # the SQLite database (WAL files beside it)
+    url: str = ""                      # "postgresql://user@host/db": PostgreSQL instead (docs/storage.md)
     min_free: float = 0.05             # free-disk floor (fraction); below -> 452 4.3.1 at MAIL FROM
     body_days: float = 30.0            # keep bodies of final messages this long (resend works)
     meta_days: float = 90.0            # keep metadata, events, transcripts this long
@@ -89,6 +90,8 @@ class StorageConfig:
     def __post_init__(self):
         if not 0 <= self.min_free < 1:
             raise ValueError("storage.min_free: expected a fraction between 0 and 1")
+        if self.url and not self.url.startswith(("postgresql://", "postgres://")):
+            raise ValueError(f'storage.url: expected "postgresql://...", got {self.url.split(":", 1)[0]!r}')
 
 
 @dataclass(frozen=True)
@@ -129,10 +132,10 @@ class DeliveryConfig:
     dsn: bool = True                       # RFC 3464 report to the envelope sender on bounced/failed
     delay_notice: bool = False             # one "delayed" DSN per message, once it is this late:
     delay_notice_after: Duration = Duration(4 * 3600)
+    log_results: bool = False              # one info line per delivery result (queue id, relay, code, delay)
 
     def __post_init__(self):
         for name in ("concurrency", "per_destination", "messages_per_connection", "claim_batch"):
-    log_results: bool = False              # one info line per delivery result (queue id, relay, code, delay)
             if getattr(self, name) < 1:
                 raise ValueError(f"delivery.{name}: must be >= 1")
         if not 0 <= self.retry_jitter < 1:

@@ -2,6 +2,7 @@
 schema, and one typed async interface per aggregate, returning frozen dataclasses.
 
     store = Store(path).open()           # migrations run, writer thread started
+    store = Store("postgresql://user@host/db").open()   # the PostgreSQL backend (store/postgres.py)
     qid = await store.messages.enqueue(NewMessage(...))   # durable on return
     store.close()
 
@@ -22,7 +23,7 @@ Aggregates (attributes of ``Store``):
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Callable, cast
 
 from store.access import AccessStore
 from store.bounces import BounceStore
@@ -31,6 +32,7 @@ from store.inbound import InboundStore
 from store.kv import KeyValue
 from store.messages import MessageStore
 from store.outbox import WebhookOutbox
+from store.postgres import PgDatabase, is_url
 from store.rejections import RejectionStore
 from store.sqlite import Database, SchemaTooNew, StorageError
 from store.stats import Stats
@@ -42,12 +44,17 @@ __all__ = ["Store", "StorageError", "SchemaTooNew"]
 class Store:
     """Every aggregate over one database. ``open()`` before use, ``close()`` at the end."""
 
-    def __init__(self, path: str, *, clock: Callable[[], float] = time.time, readers: int = 4,
+    def __init__(self, path_or_url: str, *, clock: Callable[[], float] = time.time, readers: int = 4,
                  poison_limit: int = 3, key_file: str | None = None):
-        self.path = str(path)
+        self.path = str(path_or_url)
         self.clock = clock
         # key_file: the secrets' key (store/secrets.py); default <path>.key, created 0600 at first open
-        self.db = Database(self.path, readers=readers, key_file=key_file)
+        # (PostgreSQL: store.postgres.DEFAULT_KEY_FILE; every node of one database needs the same key)
+        if is_url(self.path):
+            # "postgresql://...": the same interface as Database; the aggregates' conn is its PgConnection
+            self.db = cast(Database, PgDatabase(self.path, readers=readers, key_file=key_file))
+        else:
+            self.db = Database(self.path, readers=readers, key_file=key_file)
         self.messages = MessageStore(self.db, clock, poison_limit=poison_limit)
         self.history = History(self.db, clock)
         self.bounces = BounceStore(self.db, clock)

@@ -11,6 +11,8 @@ import functools
 import sqlite3
 from typing import Callable, TypeVar
 
+import psycopg
+
 from store.sqlite import StorageError
 
 __all__ = ["Conflict", "StorageError", "guarded"]
@@ -29,9 +31,9 @@ def guarded(fn: Callable[[sqlite3.Connection], T]) -> Callable[[sqlite3.Connecti
     def run(conn: sqlite3.Connection) -> T:
         try:
             return fn(conn)
-        except sqlite3.IntegrityError as exc:
+        except (sqlite3.IntegrityError, psycopg.IntegrityError) as exc:
             raise Conflict(str(exc)) from None
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, psycopg.Error) as exc:
             raise StorageError(f"{type(exc).__name__}: {exc}") from None
 
     return run

@@ -23,6 +23,7 @@ import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from store import suppressions as _supp
+from store.postgres import dialect
 from store.records import (
     AttemptLog,
     Claim,
@@ -193,7 +194,9 @@ class MessageStore:
             "SELECT r.* FROM recipients r JOIN messages m ON m.id = r.message_id"
             " WHERE ((r.status IN ('queued','deferred','scheduled') AND r.next_attempt_at <= ?)"
             "        OR (r.status = 'sending' AND r.leased_until < ?)) AND m.held = 0"
-            " ORDER BY r.next_attempt_at LIMIT ?",
+            " ORDER BY r.next_attempt_at LIMIT ?"
+            # PostgreSQL: several nodes claim at once; each takes rows no other claim holds
+            + (" FOR UPDATE OF r SKIP LOCKED" if dialect(conn) == "postgresql" else ""),
             (now, now, limit),
         ).fetchall()
         if not rows:

@@ -26,6 +26,7 @@ from typing import Any, Iterable, Mapping
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from store.postgres import dialect
 from store.sqlite import StorageError
 
 __all__ = ["CAMPAIGN_SECRET_FIELDS", "CHANNEL_SECRET_FIELDS", "SecretBox", "SecretKeyError",
@@ -142,7 +143,9 @@ class SecretBox:
     def reseal(self, conn: sqlite3.Connection) -> int:
         """Encrypt the secrets still stored in clear (a database from before encryption); how many rows."""
         changed = 0
-        conn.execute("PRAGMA secure_delete=ON")             # the clear pages are zeroed, not just freed
+        sqlite = dialect(conn) == "sqlite"                 # PostgreSQL: no such PRAGMAs (see docs/storage.md)
+        if sqlite:
+            conn.execute("PRAGMA secure_delete=ON")         # the clear pages are zeroed, not just freed
         try:
             for table, fields in (("channels", CHANNEL_SECRET_FIELDS), ("campaigns", CAMPAIGN_SECRET_FIELDS)):
                 for name, text in conn.execute(f"SELECT name, settings FROM {table}").fetchall():
@@ -158,8 +161,9 @@ class SecretBox:
                     conn.execute("UPDATE channels SET oauth_refresh=? WHERE name=?",
                                  (self.encrypt(token, "oauth_refresh"), name))
                     changed += 1
-            if changed:
+            if changed and sqlite:
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
-            conn.execute("PRAGMA secure_delete=OFF")
+            if sqlite:
+                conn.execute("PRAGMA secure_delete=OFF")
         return changed

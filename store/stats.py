@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from store.errors import guarded
+from store.postgres import dialect
 from store.sqlite import Database
 from store.states import Status
 
@@ -91,7 +92,8 @@ def _queue_stats(conn: sqlite3.Connection, now: float) -> QueueStats:
         counts[r[0]] = r[1]
     held = conn.execute("SELECT COUNT(*) FROM messages WHERE held = 1").fetchone()[0]   # partial index
     # queue ids sort by creation time: the smallest waiting one is one probe of a partial index
-    row = conn.execute("SELECT message_id FROM recipients INDEXED BY recipients_waiting_msg"
+    hint = "" if dialect(conn) == "postgresql" else " INDEXED BY recipients_waiting_msg"
+    row = conn.execute("SELECT message_id FROM recipients" + hint +
                        " WHERE status IN ('queued', 'deferred', 'sending')"
                        " ORDER BY message_id LIMIT 1").fetchone()
     found = conn.execute("SELECT created_at FROM messages WHERE id=?", (row[0],)).fetchone() if row else None

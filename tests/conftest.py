@@ -68,7 +68,16 @@ def store(tmp_path, clock):
 
 
 # Backends of the store: every test taking ``open_store`` runs once per entry (the store contract).
-STORE_BACKENDS = ["sqlite"]
+STORE_BACKENDS = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One private PostgreSQL for the session (tests/peers/postgres.py); a missing one fails, not skips."""
+    from tests.peers.postgres import PostgresServer
+
+    with PostgresServer() as server:
+        yield server
 
 
 @pytest.fixture(params=STORE_BACKENDS)
@@ -78,10 +87,15 @@ def open_store(request, tmp_path, clock):
     from store import Store
 
     opened = []
+    databases: list[str] = []
 
     def _open():
         if request.param == "sqlite":
             s = Store(str(tmp_path / "contract.db"), clock=clock).open()
+        elif request.param == "postgresql":
+            if not databases:            # one fresh database per test, dropped afterwards
+                databases.append(request.getfixturevalue("postgres_server").create_database())
+            s = Store(databases[0], clock=clock, key_file=str(tmp_path / "contract.key")).open()
         else:  # pragma: no cover - a backend listed without a factory
             raise AssertionError(request.param)
         opened.append(s)
@@ -90,6 +104,8 @@ def open_store(request, tmp_path, clock):
     yield _open
     for s in opened:
         s.close()
+    for url in databases:
+        request.getfixturevalue("postgres_server").drop_database(url)
 
 
 @pytest.fixture

@@ -29,3 +29,27 @@ CREATE INDEX rejections_last ON rejections(last_at);
 CREATE INDEX rejections_flood ON rejections(client_ip, reason, sender, last_at);
 CREATE INDEX rejections_sender ON rejections(sender);
 """
+
+# PostgreSQL: the same schema (DOUBLE PRECISION times, BIGINT identities)
+PG_SQL = """
+ALTER TABLE bounces ADD COLUMN attempt_id BIGINT;
+
+CREATE TABLE rejections (
+    id          BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    first_at    DOUBLE PRECISION NOT NULL,
+    last_at     DOUBLE PRECISION NOT NULL,
+    count       BIGINT NOT NULL DEFAULT 1,
+    client_ip   TEXT NOT NULL DEFAULT '',
+    auth_user   TEXT NOT NULL DEFAULT '',
+    sender      TEXT NOT NULL DEFAULT '',      -- MAIL FROM as given ('' before MAIL or for <>)
+    recipient   TEXT NOT NULL DEFAULT '',      -- the RCPT argument as typed (bounded, escaped)
+    command     TEXT NOT NULL DEFAULT '',      -- CONNECT | AUTH | MAIL | RCPT | DATA
+    code        BIGINT NOT NULL,
+    enhanced    TEXT NOT NULL DEFAULT '',
+    reason      TEXT NOT NULL,                 -- relay_denied, bad_recipient, syntax, too_big, auth_failed...
+    text        TEXT NOT NULL DEFAULT ''       -- the reply we sent
+);
+CREATE INDEX rejections_last ON rejections(last_at);
+CREATE INDEX rejections_flood ON rejections(client_ip, reason, sender, last_at);
+CREATE INDEX rejections_sender ON rejections(sender);
+"""
