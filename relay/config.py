@@ -132,7 +132,7 @@ class DeliveryConfig:
     dsn: bool = True                       # RFC 3464 report to the envelope sender on bounced/failed
     delay_notice: bool = False             # one "delayed" DSN per message, once it is this late:
     delay_notice_after: Duration = Duration(4 * 3600)
-    log_results: bool = False              # one info line per delivery result (queue id, relay, code, delay)
+    log_results: str = "failures"          # info line per result: "all" | "failures" (not delivered) | "none"
 
     def __post_init__(self):
         for name in ("concurrency", "per_destination", "messages_per_connection", "claim_batch"):
@@ -140,6 +140,9 @@ class DeliveryConfig:
                 raise ValueError(f"delivery.{name}: must be >= 1")
         if not 0 <= self.retry_jitter < 1:
             raise ValueError("delivery.retry_jitter: expected a fraction between 0 and 1")
+        if self.log_results not in ("all", "failures", "none"):
+            raise ValueError(f'delivery.log_results: expected "all", "failures" or "none", '
+                             f"got {self.log_results!r}")
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,7 @@ async def test_user_unknown_at_delivery_is_a_hard_bounce_that_suppresses(env, si
                         "550 5.1.1 <gone@dst.test>: Recipient address rejected: User unknown"}
     qid = await enqueue(spool, ["ok@dst.test", "gone@dst.test"])
     caplog.set_level(logging.INFO, logger="relay.delivery.scheduler")
-    await make(delivery={"log_results": True}).run_burst()
+    await make(delivery={"log_results": "all"}).run_burst()
     rs = {r["address"]: r for r in await rows(spool, "SELECT * FROM recipients WHERE message_id=?", qid)}
     assert (rs["gone@dst.test"]["status"], rs["gone@dst.test"]["reason"]) == ("bounced", "userunknown")
     assert rs["ok@dst.test"]["status"] == "delivered"
@@ -172,3 +172,18 @@ async def test_queue_show_prints_attempts_with_transcripts(env, sink, capsys):
     out = capsys.readouterr().out
     assert "attempt 1: " in out and "host=127.0.0.1[127.0.0.1] tls=yes" in out
     assert "  > RCPT TO:<gone@dst.test>" in out and "  < 550 5.1.1 <gone@dst.test>: user unknown" in out
+
+
+async def test_by_default_only_results_that_are_not_deliveries_are_logged(env, sink, caplog):
+    spool, clock, make = env
+    sink.faults.rcpt = {"later@dst.test": "451 4.3.0 try later"}
+    qid = await enqueue(spool, ["ok@dst.test", "later@dst.test"])
+    caplog.set_level(logging.INFO, logger="relay.delivery.scheduler")
+    await make().run_burst()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("result ")]
+    assert len(lines) == 1 and f"queue_id={qid}" in lines[0] and "status=deferred" in lines[0]
+    assert "4.3.0 try later" in lines[0]
+    caplog.clear()
+    clock.t += 3600
+    await make(delivery={"log_results": "none"}).run_burst()
+    assert not [r for r in caplog.records if r.getMessage().startswith("result ")]

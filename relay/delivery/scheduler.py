@@ -515,7 +515,8 @@ class Scheduler:
                 self._in_flight.difference_update(res.recipient_id for res in results)
         for r, res in pairs:
             self.stats[res.status] += 1
-            if self.config.delivery.log_results:
+            mode = self.config.delivery.log_results
+            if mode == "all" or (mode == "failures" and res.status != "delivered"):
                 self._log_result(msg, r, res, attempt)
         if failures:
             self.stats["bounce_records"] += len(failures)
