@@ -3,6 +3,7 @@ flood, searchable through the store, the API and the CLI, pruned by age and row 
 
 import asyncio
 import json
+import logging
 import smtplib
 
 import pytest
@@ -173,3 +174,66 @@ async def test_api_lists_what_the_running_intake_refused(tmp_path):
         st, more = await api.call("GET", "/api/v1/rejections", params={"sender": "app@", "limit": "1",
                                                                        "cursor": body["next_cursor"]})
         assert len(more["items"]) == 1 and more["items"][0]["id"] < body["items"][0]["id"]
+
+
+async def test_rejections_and_delivery_bounces_on_every_backend(open_store, clock):
+    """The same SQL on SQLite and PostgreSQL: folding, substring search, pruning, and the one write of a
+    delivery result with its bounce record (store.bounces.complete_delivery)."""
+    from relay.bounces.record import delivery_failure
+    from relay.envelope import NewMessage as Msg
+    from store.records import AttemptLog, RecipientResult
+
+    clock.t = T0
+    s = open_store()
+    await s.rejections.add([NewRejection(T0 + i, "192.0.2.1", 550, "relay_denied", sender="a_b@x.test",
+                                         recipient="<c@d.test>") for i in range(3)])
+    await s.rejections.add([NewRejection(T0 + 1, "192.0.2.1", 550, "relay_denied", sender="a_b@x.test")])
+    [row] = await s.rejections.list({"sender": "A_B@"})
+    assert (row.count, row.last_at) == (4, T0 + 2)
+    assert await s.rejections.list({"sender": "a%b"}) == []
+    assert await s.rejections.prune(keep=10, max_rows=0) == 1
+
+    qid = await s.messages.enqueue(Msg(sender="app@src.test", recipients=["gone@dst.test"], body=b"x\r\n"))
+    [claim] = await s.messages.claim("t", limit=10, lease=60)
+    rid = claim.recipients[0].id
+    f = delivery_failure(qid, rid, "gone@dst.test", 550, "5.1.1", "user unknown", None, "mx.dst.test")
+    att = AttemptLog(qid, T0, T0 + 1, "bounced", host="mx.dst.test", ip="192.0.2.9", tls=True,
+                     recipients=(rid,),
+                     transcript=({"at": T0, "dir": "S", "line": "550 5.1.1 user unknown"},))
+    [rec] = await s.bounces.complete_delivery([RecipientResult(rid, "bounced", 550, "5.1.1", "user unknown",
+                                                               reason="userunknown")],
+                                              attempt=att, failures=[f])
+    assert rec.effects[0].effect == "suppressed"
+    [b] = await s.bounces.list({"source": "delivery"})
+    assert b.attempt_id is not None and (b.reason, b.kind, b.remote_mta) == ("userunknown", "hard",
+                                                                             "mx.dst.test")
+    assert await s.bounces.is_suppressed("gone@dst.test")
+
+
+async def test_a_store_that_refuses_writes_costs_one_log_line_and_never_an_exception(caplog):
+    from store import StorageError
+
+    class Refusing:
+        clock = staticmethod(lambda: T0)
+        ok = False
+
+        async def add(self, items):
+            if not self.ok:
+                raise StorageError("commit failed: database or disk is full")
+            return len(items)
+
+        async def prune(self, **kw):
+            return 0
+
+    caplog.set_level(logging.INFO, logger="relay.intake.rejections")
+    store = Refusing()
+    logged = RejectionLog(store, SMTPConfig())
+    for _ in range(3):
+        logged.note(client_ip="192.0.2.1", reply="550 5.7.1 Relay access denied", command="RCPT")
+        await logged._once()
+    warnings = [r for r in caplog.records if "could not write" in r.getMessage()]
+    assert len(warnings) == 1 and logged.pending() == 0
+    store.ok = True
+    logged.note(client_ip="192.0.2.1", reply="550 5.7.1 Relay access denied", command="RCPT")
+    await logged._once()
+    assert any("writing again" in r.getMessage() for r in caplog.records)

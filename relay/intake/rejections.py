@@ -80,6 +80,7 @@ class RejectionLog:
         self._buf: dict[tuple[str, str, str, int], dict[str, Any]] = {}
         self._task: asyncio.Task[None] | None = None
         self._last_prune = 0.0
+        self._failing = False
 
     # ---- the hooks' side: no I/O --------------------------------------------------------------------
     def note(self, *, client_ip: str, reply: str, command: str = "", auth_user: str = "", sender: str = "",
@@ -89,7 +90,6 @@ class RejectionLog:
             return
         code, enhanced, text = int(m.group(1)), m.group(2) or "", m.group(3)
         reason = reason_of(code, enhanced, text, command)
-        LOGGED.labels(reason).inc()
         now = self.clock()
         sender = bounded(sender)
         key = (client_ip, reason, sender, int(now // 60))
@@ -97,10 +97,12 @@ class RejectionLog:
         if entry is not None:
             entry["count"] += 1
             entry["last_at"] = now
+            LOGGED.labels(reason).inc()
             return
         if len(self._buf) >= self.max_entries:
             DROPPED.inc()
             return
+        LOGGED.labels(reason).inc()
         self._buf[key] = {"at": now, "last_at": now, "count": 1, "client_ip": client_ip, "code": code,
                           "reason": reason, "auth_user": bounded(auth_user), "sender": sender,
                           "recipient": bounded(recipient), "command": command, "enhanced": enhanced,
@@ -125,8 +127,14 @@ class RejectionLog:
             if now - self._last_prune >= PRUNE_INTERVAL:
                 self._last_prune = now
                 await self.store.prune(keep=self.keep, max_rows=self.max_rows)
+            if self._failing:
+                self._failing = False
+                log.info("rejection log: writing again")
         except Exception as exc:  # noqa: BLE001 - never let the log take intake down
-            log.warning("rejection log: could not write (%s: %s)", type(exc).__name__, exc)
+            if not self._failing:           # one line per change, not one a second
+                log.warning("rejection log: could not write, refusals are dropped (%s: %s)",
+                            type(exc).__name__, exc)
+            self._failing = True
 
     async def _run(self) -> None:
         while True:
