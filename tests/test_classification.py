@@ -4,6 +4,7 @@ the attempt it came from) in the write of the results, suppression by the config
 line per delivery result. In-process: a real SQLite spool, an aiosmtpd sink reached through a default
 route (no DNS), a settable clock."""
 
+import asyncio
 import json
 import logging
 
@@ -51,7 +52,7 @@ async def rows(spool, sql, *args):
     return await spool.store.db.read(lambda c: [dict(x) for x in c.execute(sql, args)])
 
 
-async def test_user_unknown_at_delivery_is_a_hard_bounce_that_suppresses(env, sink, caplog):
+async def test_user_unknown_at_delivery_is_a_hard_bounce_that_suppresses(env, sink, caplog, capsys):
     spool, clock, make = env
     sink.faults.rcpt = {"gone@dst.test":
                         "550 5.1.1 <gone@dst.test>: Recipient address rejected: User unknown"}
@@ -61,7 +62,11 @@ async def test_user_unknown_at_delivery_is_a_hard_bounce_that_suppresses(env, si
     rs = {r["address"]: r for r in await rows(spool, "SELECT * FROM recipients WHERE message_id=?", qid)}
     assert (rs["gone@dst.test"]["status"], rs["gone@dst.test"]["reason"]) == ("bounced", "userunknown")
     assert rs["ok@dst.test"]["status"] == "delivered"
-    [b] = await spool.store.bounces.list({"source": "delivery"})       # what `bounces list` shows
+    [b] = await spool.store.bounces.list({"source": "delivery"})
+    from relaybox.cli import main
+    assert await asyncio.to_thread(main, ["bounces", "list", "--json", "--db", spool.store.path]) == 0
+    [listed] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (listed["id"], listed["source"], listed["reason"]) == (b.id, "delivery", "userunknown")
     [attempt] = await rows(spool, "SELECT * FROM attempts WHERE message_id=?", qid)
     assert (b.address, b.category, b.reason, b.kind, b.status, b.replycode) == \
         ("gone@dst.test", "bounce", "userunknown", "hard", "5.1.1", "550")
@@ -159,8 +164,6 @@ def test_delivery_failure_vocabulary():
 
 
 async def test_queue_show_prints_attempts_with_transcripts(env, sink, capsys):
-    import asyncio
-
     from relaybox.cli import main
 
     spool, clock, make = env

@@ -237,3 +237,25 @@ async def test_a_store_that_refuses_writes_costs_one_log_line_and_never_an_excep
     logged.note(client_ip="192.0.2.1", reply="550 5.7.1 Relay access denied", command="RCPT")
     await logged._once()
     assert any("writing again" in r.getMessage() for r in caplog.records)
+
+
+async def test_auth_failures_are_logged_with_the_login_tried(db, clock):
+    import base64
+
+    port = free_port()
+    cfg = SMTPConfig(listen=[f"127.0.0.1:{port}"], require_tls_for_auth=False, auth_failure_delay=0)
+    listener = Listener(cfg, Spool(db), Policy())
+    await listener.start()
+
+    def session():
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as s:
+            s.ehlo("client.test")
+            blob = base64.b64encode(b"\0mallory\0guess").decode()
+            return s.docmd("AUTH", f"PLAIN {blob}")[0]
+
+    try:
+        assert await asyncio.to_thread(session) == 535
+    finally:
+        await listener.drain(timeout=1)
+    [r] = await db.rejections.list({"reason": "auth_failed"})
+    assert (r.command, r.auth_user, r.code, r.client_ip) == ("AUTH", "mallory", 535, "127.0.0.1")
