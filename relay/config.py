@@ -93,6 +93,15 @@ class StorageConfig:
         if self.url and not self.url.startswith(("postgresql://", "postgres://")):
             raise ValueError(f'storage.url: expected "postgresql://...", got {self.url.split(":", 1)[0]!r}')
 
+    def location(self) -> str:
+        """What ``store.Store`` opens: the PostgreSQL URL when set, else the SQLite file."""
+        return self.url or self.path
+
+    def key_file(self) -> str:
+        """The secrets' key file: beside the SQLite file (also with PostgreSQL: every node of one database
+        needs a copy of the same key)."""
+        return self.path + ".key"
+
 
 @dataclass(frozen=True)
 class RelayConfig:

@@ -96,7 +96,8 @@ class App:
     def __init__(self, settings: Settings):
         self.settings = settings
         rc = settings.relay
-        self.store = Store(rc.storage.path, poison_limit=rc.storage.poison_limit)
+        self.store = Store(rc.storage.location(), poison_limit=rc.storage.poison_limit,
+                           key_file=rc.storage.key_file())
         self.db = self.store.db   # transitional: every caller moves to self.store.<aggregate>
         self.spool = Spool(self.store)
         self.policy = Policy(self.store.access)
@@ -114,7 +115,8 @@ class App:
     # ---- start -----------------------------------------------------------------------------------
     async def start(self) -> None:
         rc = self.settings.relay
-        self.lock = lock.acquire(rc.storage.path)
+        if not rc.storage.url:       # one process per SQLite file; PostgreSQL serves many nodes
+            self.lock = lock.acquire(rc.storage.path)
         self.store.open()
         stats = await self.spool.recover()
         if stats.get("requeued") or stats.get("poisoned"):
@@ -132,11 +134,16 @@ class App:
 
     async def _retention_loop(self, every: float = 3600.0) -> None:
         """Prune finished messages in small batches: bodies after storage.body_days, metadata after
-        storage.meta_days. Small batches keep each write transaction short (intake never waits long)."""
+        storage.meta_days, then give the space back 2,000 pages at a time. Small batches keep each write
+        transaction short (intake never waits long)."""
         st = self.settings.relay.storage
         while True:
             try:
-                while await self.spool.prune(st.body_days, st.meta_days, batch=500):
+                pruned = 0
+                while n := await self.spool.prune(st.body_days, st.meta_days, batch=500):
+                    pruned += n
+                    await asyncio.sleep(0.2)
+                while pruned and await self.store.compact(2000):   # give the space back, a bit at a time
                     await asyncio.sleep(0.2)
             except Exception:  # noqa: BLE001 - retention must never take the relay down
                 log.exception("retention pass failed; will retry")

@@ -83,3 +83,7 @@ class Store:
 
     def size_bytes(self) -> int:
         return self.db.size_bytes()
+
+    async def compact(self, pages: int = 2000) -> int:
+        """Give space back after retention (free pages to the filesystem, WAL truncated)."""
+        return await self.db.compact(pages)

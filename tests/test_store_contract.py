@@ -181,6 +181,23 @@ async def test_prune_removes_finished_messages_in_batches(open_store, clock):
     assert await s.messages.prune(body_days=7, meta_days=30) == 0
 
 
+async def test_space_is_given_back_after_retention(open_store, clock):
+    s = open_store()
+    big = b"Subject: big\r\n\r\n" + b"x" * 200_000 + b"\r\n"
+    ids = [await s.messages.enqueue(NewMessage("app@org.test", ["a@x.test"], big)) for _ in range(40)]
+    for c in await s.messages.claim("w", limit=100):
+        await s.messages.complete([RecipientResult(r.id, "delivered", 250) for r in c.recipients])
+    full = s.size_bytes()
+    clock.t += 100 * 86400
+    while await s.messages.prune(body_days=1, meta_days=30):
+        pass
+    freed = 0
+    while n := await s.compact(2000):
+        freed += n
+    assert all([await s.messages.get(q) is None for q in ids])
+    assert freed > 0 and s.size_bytes() < full / 2, (full, s.size_bytes())
+
+
 async def test_enqueue_once_is_idempotent_by_queue_id(open_store):
     s = open_store()
     m = new(11)

@@ -24,16 +24,20 @@ T = TypeVar("T")
 
 
 def db_path(args: Any) -> str:
-    """``--db``, else ``storage.path`` of the config file."""
+    """``--db`` (a SQLite file or a PostgreSQL URL), else the store of the config file."""
     from relaybox.settings import load
 
-    return str(getattr(args, "db", None) or load(args.config).relay.storage.path)
+    return str(getattr(args, "db", None) or load(args.config).relay.storage.location())
 
 
 def open_store(args: Any) -> "Store":
+    from relaybox.settings import load
     from store import Store
 
-    return Store(db_path(args)).open()
+    if getattr(args, "db", None):
+        return Store(args.db).open()
+    storage = load(args.config).relay.storage
+    return Store(storage.location(), key_file=storage.key_file()).open()
 
 
 @contextlib.contextmanager

@@ -90,11 +90,11 @@ class ApiBackend:
 class DbBackend:
     """The same operations on the store, through the spool and the store's read side (``store.history``)."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, key_file: str | None = None):
         from relay.spool.spool import Spool
         from store import Store
 
-        self.store = Store(path).open()
+        self.store = Store(path, key_file=key_file).open()
         self.rb = SimpleNamespace(store=self.store, spool=Spool(self.store))
 
     def close(self) -> None:
@@ -201,9 +201,11 @@ def _iso_fields(m: dict) -> dict:
     return m
 
 
-def _config_api(args) -> tuple[str | None, str | None, str | None]:
-    """(api base URL, token, db path) from the arguments, the environment and the config file."""
+def _config_api(args) -> tuple[str | None, str | None, str | None, str | None]:
+    """(api base URL, token, store location, key file) from the arguments, the environment and the
+    config file."""
     api, token, db = args.api, args.token or os.environ.get("RELAYBOX_API_TOKEN"), args.db
+    key_file = None
     try:
         from relaybox.settings import load
 
@@ -211,7 +213,8 @@ def _config_api(args) -> tuple[str | None, str | None, str | None]:
     except Exception:  # noqa: BLE001 - no usable config: only explicit arguments count
         settings = None
     if settings is not None:
-        db = db or settings.relay.storage.path
+        if not db:
+            db, key_file = settings.relay.storage.location(), settings.relay.storage.key_file()
         admin = settings.section("admin")
         if admin is not None and admin.enabled:
             api = api or f"http://{admin.listen}"
@@ -223,11 +226,11 @@ def _config_api(args) -> tuple[str | None, str | None, str | None]:
                 except ValueError:
                     full = []
                 token = full[0].secret.decode() if full else None
-    return api, token, db
+    return api, token, db, key_file
 
 
 def backend(args):
-    api, token, db = _config_api(args)
+    api, token, db, key_file = _config_api(args)
     if not args.offline and api and token:
         b = ApiBackend(api, token)
         try:
@@ -241,7 +244,7 @@ def backend(args):
             print(f"note: relaybox not reachable at {api}; working on the database", file=sys.stderr)
     if not db:
         raise CliError("no database: pass --db or a config file", 2)
-    return DbBackend(db)
+    return DbBackend(db, key_file)
 
 
 # ---- output ------------------------------------------------------------------------------------------
