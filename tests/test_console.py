@@ -271,3 +271,49 @@ async def test_a_searched_queue_id_is_not_a_ticked_one_and_slow_jobs_get_a_page(
     assert (await api.call("GET", f"/api/v1/messages/{a}"))[1]["held"] is False
     r, _ = await b.get("/ui/jobs/nope")
     assert r.status == 404
+
+
+async def test_channel_validate_enable_disable_show_the_servers_words(live, tmp_path):
+    from tests.peers.ports import free_port
+
+    app, api, b = live
+    st, _ = await api.call("POST", "/api/v1/campaigns", json={"name": "desk", "kind": "maildir",
+                                                              "path": str(tmp_path / "desk")})
+    assert st == 201
+    st, body = await api.call("POST", "/api/v1/channels", json={
+        "name": "support", "host": "127.0.0.1", "port": free_port(), "tls": "none", "user": "u",
+        "password": "channel-pass-Zz9", "default_campaign": "desk", "enabled": False})
+    assert st == 201, body
+    await b.sign_in(SECRET)
+    r, html = await b.get("/ui/channels", params={"q": "supp"})
+    assert "support" in html and "inactive" in html and "channel-pass-Zz9" not in html
+    assert 'id="validate-support"' in html and 'id="enable-support"' in html
+    r, html = await b.post("/ui/channels/support/validate", {"csrf": _csrf(html)})
+    assert r.url.path == "/ui/channels" and "support: Connection failed:" in html
+    r, html = await b.post("/ui/channels/support/enable", {"csrf": _csrf(html)})
+    assert "Connection failed:" in html            # an active channel is saved only when it connects
+    assert (await api.call("GET", "/api/v1/channels/support"))[1]["enabled"] is False
+    r, html = await b.post("/ui/channels/nope/validate", {"csrf": _csrf(html)})
+    assert r.status == 404
+    r, html = await b.get("/ui/channels", params={"state": "active"})
+    assert "No channels match." in html
+
+
+async def test_cross_origin_post_is_refused_and_failed_sign_in_is_slow(live, monkeypatch):
+    from admin_api.ui import views
+
+    app, api, b = live
+    qid = await _send(app, "origin")
+    await b.sign_in(SECRET)
+    r, page = await b.get(f"/ui/messages/{qid}")
+    r, text = await b.post(f"/ui/messages/{qid}/hold", {"csrf": _csrf(page)},
+                           headers={"Origin": "http://evil.test"}, allow_redirects=False)
+    assert r.status == 403
+    assert (await api.call("GET", f"/api/v1/messages/{qid}"))[1]["held"] is False
+    r, _ = await b.post(f"/ui/messages/{qid}/hold", {"csrf": _csrf(page)}, headers={"Origin": api.base},
+                        allow_redirects=False)
+    assert r.status == 303
+    monkeypatch.setattr(views, "FAILED_SIGN_IN_DELAY", 0.3)
+    t0 = asyncio.get_running_loop().time()
+    r, _ = await b.sign_in("wrong-token-0123456789")
+    assert r.status == 401 and asyncio.get_running_loop().time() - t0 >= 0.3

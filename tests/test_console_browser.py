@@ -84,7 +84,7 @@ class Page:
     def wait_url(self, ending: str) -> None:
         from selenium.webdriver.support.ui import WebDriverWait
 
-        WebDriverWait(self.d, 10).until(lambda d: d.current_url.endswith(ending))
+        WebDriverWait(self.d, 20).until(lambda d: d.current_url.endswith(ending))
 
     def post_status(self, path: str, data: str) -> int:
         """A POST from the page's own origin (with its session cookie), as a forged form would send it."""

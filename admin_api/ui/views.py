@@ -6,6 +6,7 @@ and suppressions through ``store.bounces``, channels through ``poller.channels``
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import functools
 import logging
@@ -25,6 +26,7 @@ from admin_api.routes_messages import ACTIONS, filter_from, run_action
 from admin_api.ui.preview import text_preview
 from admin_api.ui.session import COOKIE, IDLE, LOGIN_COOKIE, Session, Sessions
 from poller import channels
+from poller.validate import Validation, validate_stored
 from store.history import MessageFilter, redact_transcript
 
 log = logging.getLogger("admin_api.ui")
@@ -41,6 +43,7 @@ OUTBOX = ("scheduled", "queued", "sending", "deferred", "failed", "bounced")
 SENT = ("delivered",)
 BULK_ACTIONS = (*ACTIONS, "delete")
 PAGE = 50
+FAILED_SIGN_IN_DELAY = 1.0
 NAV = (("dashboard", "Dashboard"), ("outbox", "Outbox"), ("sent", "Sent"), ("bounces", "Bounces"),
        ("suppressions", "Suppressions"), ("channels", "Channels"))
 
@@ -128,7 +131,7 @@ def writes(fn: Handler) -> Handler:
             raise ApiError(403, "forbidden", "not signed in (or the session expired)")
         request[SESSION] = s
         form = await request.post()
-        if not s.csrf_ok(form.get("csrf")):
+        if not same_origin(request) or not s.csrf_ok(form.get("csrf")):
             raise ApiError(403, "forbidden", "missing or wrong CSRF token: reload the page and try again")
         if s.readonly:
             raise ApiError(403, "forbidden", f"token {s.name!r} is read-only")
@@ -140,6 +143,13 @@ def writes(fn: Handler) -> Handler:
         _audit(request, s, resp.status)
         return resp
     return wrapper
+
+
+def same_origin(request: web.Request) -> bool:
+    """A POST that names its origin must come from this listener's own pages (SameSite=Strict and the
+    CSRF token already stop cross-site forms; this is the third lock)."""
+    origin = request.headers.get("Origin")
+    return origin is None or origin == f"{request.scheme}://{request.host}"
 
 
 def _audit(request: web.Request, s: Session, status: int) -> None:
@@ -178,12 +188,14 @@ async def login_form(request: web.Request, error: str = "", status: int = 200) -
 async def login(request: web.Request) -> web.StreamResponse:
     form = await request.post()
     pre, presented = request.cookies.get(LOGIN_COOKIE, ""), form.get("csrf")
-    if not pre or not isinstance(presented, str) or not secrets.compare_digest(pre, presented):
+    if not same_origin(request) or not pre or not isinstance(presented, str) \
+            or not secrets.compare_digest(pre, presented):
         raise ApiError(403, "forbidden", "missing or wrong CSRF token: reload the sign-in page")
     token = form.get("token")
     tok = request.app[AUTHN_KEY].check(f"Bearer {token}") if isinstance(token, str) and token else None
     if tok is None:
         log.warning("console: failed sign-in from %s", request.remote)
+        await asyncio.sleep(FAILED_SIGN_IN_DELAY)     # guessing tokens through the form stays slow
         return await login_form(request, "That token is not valid.", 401)
     s = request.app[SESSIONS_KEY].open(tok)
     audit.info("admin:%s signed in to the console%s", s.name, " (read-only)" if s.readonly else "")
@@ -429,6 +441,36 @@ async def channel_list(request: web.Request) -> web.StreamResponse:
                                              "q": q, "state": state, "states": channels.STATES})
 
 
+@writes
+async def channel_action(request: web.Request) -> web.StreamResponse:
+    """Enable (validated against the server first, like the API's), disable or validate a channel; the
+    server's own words are shown ("Connection succeeded" / "Connection failed: ...")."""
+    name, action = param(request, "name"), param(request, "action")
+    s: Session = request[SESSION]
+    if action not in ("enable", "disable", "validate"):
+        raise ApiError(404, "not_found", f"no action {action}")
+    v: Validation | None
+    try:
+        if action == "validate":
+            await routes_channels._stored(request, name)
+            poller = routes_channels._poller(request)
+            v = await validate_stored(rb(request).store.inbound, name, routes_channels._timeout(request),
+                                      poller.http if poller is not None else None)
+        else:
+            old = await routes_channels._stored(request, name)
+            v = await routes_channels._save(request, dataclasses.replace(old, enabled=action == "enable"),
+                                            validate=action == "enable")
+    except ApiError as exc:
+        if exc.status == 404:
+            raise
+        s.flash("error", f"{name}: {exc.message}")
+    else:
+        s.flash("ok" if v is None or v.ok else "error",
+                f"{name}: {action}d" if v is None else f"{name}: {v.text}" + (f" ({v.detail})" if v.detail
+                                                                               else ""))
+    raise back("/ui/channels")
+
+
 # ---- static --------------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=None)
 def _static_bytes(name: str) -> bytes:
@@ -455,6 +497,6 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", "/ui/messages/{id}/{action}", message_action),
     ("GET", "/ui/bounces", bounces),
     ("GET", "/ui/suppressions", suppressions), ("POST", "/ui/suppressions/remove", remove_suppression),
-    ("GET", "/ui/channels", channel_list),
+    ("GET", "/ui/channels", channel_list), ("POST", "/ui/channels/{name}/{action}", channel_action),
     ("GET", "/ui/static/{name}", static),
 ]
