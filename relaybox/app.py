@@ -13,6 +13,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+import secrets
 import shutil
 import signal
 import time
@@ -171,6 +172,7 @@ class App:
         sink = bounce_record.make_sink(self.store.bounces, self.settings.relay)
         self.poller = PollerService(self.store, self.settings, spool=self.spool, bounce_sink=sink)
         await self.poller.start()
+        self._first_run_token()
         self.admin = AdminServer(self)
         await self.admin.start()
         if self.settings.relay.tracking.enabled:    # its own socket and public URL, never the admin API's
@@ -197,6 +199,23 @@ class App:
             return False
         self.settings.relay = dataclasses.replace(self.settings.relay, tracking=cfg)
         return True
+
+    def _first_run_token(self) -> None:
+        """A first run must be usable: with no admin token configured at all, one is generated into
+        ``admin.token`` beside the database (0600, reused at later starts) and the admin section points its
+        ``token_file`` there. The log names the file, never the secret."""
+        admin = self.settings.section("admin")
+        if admin is None or not admin.enabled or admin.tokens or admin.readonly_tokens or admin.token_file:
+            return
+        path = os.path.join(os.path.dirname(os.path.abspath(self.settings.relay.storage.path)), "admin.token")
+        if not os.path.exists(path):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write("# generated at the first start: an admin token (name:secret); keep it private\n"
+                         f"admin:{secrets.token_urlsafe(32)}\n")
+            log.warning("no admin token configured: generated one in %s (sign in to the console with it)",
+                        path)
+        self.settings.extra["admin"] = dataclasses.replace(admin, token_file=path)
 
     async def apply_seeds(self) -> None:
         smtp = self.settings.relay.smtp
