@@ -141,7 +141,7 @@ class DeliveryConfig:
     dsn: bool = True                       # RFC 3464 report to the envelope sender on bounced/failed
     delay_notice: bool = False             # one "delayed" DSN per message, once it is this late:
     delay_notice_after: Duration = Duration(4 * 3600)
-    log_results: str = "failures"          # info line per result: "all" | "failures" (not delivered) | "none"
+    log_results: str = "all"               # info line per result: "all" | "failures" (not delivered) | "none"
 
     def __post_init__(self):
         for name in ("concurrency", "per_destination", "messages_per_connection", "claim_batch"):
