@@ -265,8 +265,13 @@ async def test_a_searched_queue_id_is_not_a_ticked_one_and_slow_jobs_get_a_page(
     r, page = await b.post("/ui/messages/bulk", {"csrf": _csrf(html), "action": "hold", "kind": "outbox",
                                                  "scope": "ticked", "id": c, "f_id": a})
     assert r.url.path.startswith("/ui/jobs/") and 'id="job-state"' in page
-    r, panel = await b.get(r.url.path + "/panel")
-    assert "done" in panel and "1 changed" in panel
+    job_path = r.url.path
+    for _ in range(100):                              # the page refreshes its panel until the job ends
+        r, panel = await b.get(job_path + "/panel")
+        if 'id="job-state">running<' not in panel:
+            break
+        await asyncio.sleep(0.05)
+    assert 'id="job-state">done<' in panel and "1 changed" in panel
     assert (await api.call("GET", f"/api/v1/messages/{c}"))[1]["held"] is True
     assert (await api.call("GET", f"/api/v1/messages/{a}"))[1]["held"] is False
     r, _ = await b.get("/ui/jobs/nope")
@@ -317,3 +322,55 @@ async def test_cross_origin_post_is_refused_and_failed_sign_in_is_slow(live, mon
     t0 = asyncio.get_running_loop().time()
     r, _ = await b.sign_in("wrong-token-0123456789")
     assert r.status == 401 and asyncio.get_running_loop().time() - t0 >= 0.3
+
+
+async def test_channel_add_with_the_servers_refusal_then_edit_and_delete(live, tmp_path):
+    from tests.peers.ports import free_port
+
+    app, api, b = live
+    assert (await api.call("POST", "/api/v1/campaigns", json={"name": "desk", "kind": "maildir",
+                                                              "path": str(tmp_path / "desk")}))[0] == 201
+    await b.sign_in(SECRET)
+    r, html = await b.get("/ui/channels/new")
+    assert r.status == 200 and 'name="oauth2_client_secret"' in html and 'name="filters"' not in html
+    dead = free_port()
+    form = {"csrf": _csrf(html), "name": "support", "host": "127.0.0.1", "port": str(dead), "tls": "none",
+            "user": "u", "password": "channel-pass-Zz9", "default_campaign": "desk", "enabled": "true",
+            "protocol": "imap", "auth": "password", "after": "seen", "purpose": "campaigns",
+            "poll_interval": "60", "folder": "INBOX", "first_sync": "all", "subject": XSS}
+    r, html = await b.post("/ui/channels/new", form)
+    assert r.status == 422 and "Connection failed:" in html and 'value="127.0.0.1"' in html
+    assert "channel-pass-Zz9" not in html                 # a secret is never drawn back into the form
+    assert (await api.call("GET", "/api/v1/channels/support"))[0] == 404      # not saved
+    r, html = await b.post("/ui/channels/new", {**form, "enabled": "", "short_name": XSS})
+    assert r.status == 422 and XSS not in html and "&lt;script&gt;" in html   # the API's refusal, escaped
+    r, html = await b.post("/ui/channels/new", {k: v for k, v in form.items() if k != "enabled"})
+    assert r.url.path == "/ui/channels" and "support: saved" in html, html[-3000:]
+    st, ch = await api.call("GET", "/api/v1/channels/support")
+    assert st == 200 and ch["enabled"] is False and ch["port"] == dead
+    r, html = await b.get("/ui/channels/support/edit")
+    assert 'value="u"' in html and "channel-pass-Zz9" not in html and 'placeholder="unchanged"' in html
+    edit = {**{k: v for k, v in form.items() if k not in ("enabled", "password")}, "csrf": _csrf(html),
+            "user": "someone", "password": ""}
+    r, html = await b.post("/ui/channels/support/edit", edit)
+    assert "support: saved" in html
+    st, ch = await api.call("GET", "/api/v1/channels/support")
+    assert ch["user"] == "someone"
+    stored = await app.store.inbound.channel("support")
+    assert stored is not None                              # the empty password field kept the secret
+    from poller import channels as pch
+    assert (await pch.get_channel(app.store.inbound, "support")).password == "channel-pass-Zz9"
+    r, html = await b.post("/ui/channels/support/delete", {"csrf": _csrf(html)})
+    assert "support: deleted" in html
+    assert (await api.call("GET", "/api/v1/channels/support"))[0] == 404
+
+
+async def test_read_only_session_has_no_channel_form(live):
+    app, api, b = live
+    await b.sign_in(RO_SECRET)
+    r, html = await b.get("/ui/channels")
+    assert "new-channel" not in html
+    r, html = await b.get("/ui/channels/new")
+    assert r.status == 403
+    r, html = await b.post("/ui/channels/new", {"csrf": "x", "name": "x"})
+    assert r.status == 403

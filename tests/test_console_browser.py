@@ -160,10 +160,10 @@ def test_console_in_headless_chromium(tmp_path):
         p.go(f"/ui/messages/{qid}")
         assert p.el("#held").text == "held"
 
-        for path in ("/ui/sent", "/ui/bounces", "/ui/suppressions", "/ui/channels"):
+        for path in ("/ui/sent", "/ui/bounces", "/ui/suppressions", "/ui/channels", "/ui/channels/new"):
             p.go(path)
             assert p.el("h1").text, path
-            p.shot(path.rsplit("/", 1)[1])
+            p.shot(path[4:].replace("/", "-"))
         driver.set_window_size(390, 844)
         p.go("/ui/outbox")
         p.shot("outbox-390px")
@@ -285,3 +285,56 @@ def test_bounced_message_found_by_recipient_transcript_resent_and_delivered(tmp_
         if sink is not None:
             sink.stop()
         assert rb.stop() == 0, rb.log()
+
+
+def test_channel_added_against_dovecot_wrong_password_then_fixed(tmp_path):
+    import json
+    import urllib.request
+
+    from selenium.webdriver.support.ui import Select
+
+    from tests.peers.dovecot import Dovecot
+
+    user, password = "support@org.test", "imap-secret-Qw31"
+    dovecot = Dovecot({user: password}).start()
+    rb = RelayboxProcess(str(tmp_path / "rb"), {"admin": {"tokens": [TOKEN]}}).start()
+    driver = None
+    try:
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{rb.admin_port}/api/v1/campaigns", method="POST",
+            data=json.dumps({"name": "desk", "kind": "maildir", "path": str(tmp_path / "desk")}).encode(),
+            headers={"Authorization": f"Bearer {TOKEN.split(':', 1)[1]}", "Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            assert resp.status == 201
+        driver = chromium(tmp_path)
+        p = Page(driver, f"http://127.0.0.1:{rb.admin_port}", tmp_path / "screens")
+        p.sign_in(TOKEN.split(":", 1)[1])
+        p.go("/ui/channels")
+        p.el("#new-channel").click()
+        p.wait_url("/ui/channels/new")
+        for name, value in (("name", "support"), ("host", "127.0.0.1"), ("user", user),
+                            ("password", "wrong-password"), ("default_campaign", "desk")):
+            p.el(f"#f-{name}").send_keys(value)
+        port = p.el("#f-port")
+        port.clear()
+        port.send_keys(str(dovecot.imap_port))
+        Select(p.el("#f-tls")).select_by_value("starttls")
+        p.el("#f-verify").click()                      # the peer's certificate is self-signed
+        assert p.el("#f-enabled").is_selected()
+        p.el("#channel-save").click()
+        error = p.el("#form-error").text
+        assert error.startswith("Connection failed:"), error
+        p.shot("channel-wrong-password")
+        assert p.el("#f-host").get_attribute("value") == "127.0.0.1"     # what was typed stays
+        assert p.el("#f-password").get_attribute("value") == ""          # but never a secret
+        p.el("#f-password").send_keys(password)
+        p.el("#channel-save").click()
+        p.wait_url("/ui/channels")
+        assert "support: saved; Connection succeeded" in p.text(), p.text()
+        assert "active" in p.el("#channels").text
+        p.shot("channels-after-save")
+    finally:
+        if driver is not None:
+            driver.quit()
+        assert rb.stop() == 0, rb.log()
+        dovecot.stop()

@@ -23,6 +23,7 @@ from admin_api.auth import Authenticator
 from admin_api.bulk import WAIT
 from admin_api.common import APP_KEY, JOBS_KEY, ApiError, decode_cursor, encode_cursor
 from admin_api.routes_messages import ACTIONS, filter_from, run_action
+from admin_api.ui import channel_form
 from admin_api.ui.preview import text_preview
 from admin_api.ui.session import COOKIE, IDLE, LOGIN_COOKIE, Session, Sessions
 from poller import channels
@@ -447,8 +448,13 @@ async def channel_action(request: web.Request) -> web.StreamResponse:
     server's own words are shown ("Connection succeeded" / "Connection failed: ...")."""
     name, action = param(request, "name"), param(request, "action")
     s: Session = request[SESSION]
-    if action not in ("enable", "disable", "validate"):
+    if action not in ("enable", "disable", "validate", "delete"):
         raise ApiError(404, "not_found", f"no action {action}")
+    if action == "delete":
+        if not await rb(request).store.inbound.delete_channel(name):
+            raise ApiError(404, "not_found", f"no channel {name}")
+        s.flash("ok", f"{name}: deleted")
+        raise back("/ui/channels")
     v: Validation | None
     try:
         if action == "validate":
@@ -468,6 +474,44 @@ async def channel_action(request: web.Request) -> web.StreamResponse:
         s.flash("ok" if v is None or v.ok else "error",
                 f"{name}: {action}d" if v is None else f"{name}: {v.text}" + (f" ({v.detail})" if v.detail
                                                                                else ""))
+    raise back("/ui/channels")
+
+
+async def _channel_values(request: web.Request, name: str) -> dict[str, Any]:
+    ch = await routes_channels._stored(request, name)
+    return {f.name: getattr(ch, f.name) for f in channel_form.FIELDS}
+
+
+@signed_in
+async def channel_form_page(request: web.Request) -> web.StreamResponse:
+    name = param(request, "name")
+    if request[SESSION].readonly:
+        raise ApiError(403, "forbidden", f"token {request[SESSION].name!r} is read-only")
+    values = await _channel_values(request, name) if name else {}
+    return render(request, "channel_form.html", {"page": "channels", "name": name, "error": "",
+                                                 "fields": channel_form.form_fields(values, bool(name))})
+
+
+@writes
+async def channel_save(request: web.Request) -> web.StreamResponse:
+    name = param(request, "name")
+    s: Session = request[SESSION]
+    form = await request.post()
+    body: dict[str, Any] = {k: v for k, v in form.items() if isinstance(v, str)}   # redrawn on an error
+    try:
+        body = channel_form.body_from(form, bool(name))
+        if name:
+            v = await channel_form.update(request, name, body)
+        else:
+            name, v = await channel_form.create(request, body)
+    except ApiError as exc:
+        if exc.status == 404:
+            raise
+        return render(request, "channel_form.html", {
+            "page": "channels", "name": param(request, "name"), "error": exc.message,
+            "fields": channel_form.form_fields(body, bool(param(request, "name")))}, status=exc.status)
+    s.flash("ok" if v is None or v.ok else "error",
+            f"{name}: saved" + ("" if v is None else f"; {v.text}" + (f" ({v.detail})" if v.detail else "")))
     raise back("/ui/channels")
 
 
@@ -497,6 +541,10 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", "/ui/messages/{id}/{action}", message_action),
     ("GET", "/ui/bounces", bounces),
     ("GET", "/ui/suppressions", suppressions), ("POST", "/ui/suppressions/remove", remove_suppression),
-    ("GET", "/ui/channels", channel_list), ("POST", "/ui/channels/{name}/{action}", channel_action),
+    ("GET", "/ui/channels", channel_list),
+    ("GET", "/ui/channels/new", channel_form_page), ("POST", "/ui/channels/new", channel_save),
+    ("GET", "/ui/channels/{name}/edit", channel_form_page),
+    ("POST", "/ui/channels/{name}/edit", channel_save),
+    ("POST", "/ui/channels/{name}/{action}", channel_action),
     ("GET", "/ui/static/{name}", static),
 ]
