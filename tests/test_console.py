@@ -195,6 +195,9 @@ async def test_suppressions_remove_bounces_and_channels_pages(live):
     await b.sign_in(SECRET)
     r, html = await b.get("/ui/suppressions", params={"search": "gone"})
     assert "gone@dst.test" in html and XSS not in html
+    async with b.s.get(api.base + "/ui/suppressions.csv") as resp:
+        assert resp.status == 200 and resp.content_type == "text/csv"
+        assert "gone@dst.test" in await resp.text()
     r, html = await b.post("/ui/suppressions/remove", {"csrf": _csrf(html), "address": "gone@dst.test"})
     assert "removed from the suppression list" in html
     assert await app.store.bounces.suppression("gone@dst.test") is None
