@@ -314,6 +314,17 @@ def _bucket_labels() -> tuple[str, ...]:
     return tuple(labels)
 
 
+_CROCKFORD = {c: i for i, c in enumerate("0123456789ABCDEFGHJKMNPQRSTVWXYZ")}
+
+
+def _slot_time(slot: str) -> float:
+    """The creation time a queue-id slot (its first 7 characters: milliseconds >> 13) stands for."""
+    n = 0
+    for c in slot:
+        n = n * 32 + _CROCKFORD.get(c.upper(), 0)
+    return (n << 13) / 1000.0
+
+
 def _summary(conn: sqlite3.Connection, statuses: tuple[str, ...], top: int, now: float) -> QueueSummary:
     counts = {s: 0 for s in Status.ALL}
     for r in conn.execute("SELECT status, n FROM queue_counts"):      # kept by triggers (m0009)
@@ -323,15 +334,13 @@ def _summary(conn: sqlite3.Connection, statuses: tuple[str, ...], top: int, now:
     width = len(QSHAPE_BUCKETS) + 1
     per_domain: dict[str, list[int]] = {}
     total = [0] * width
-    # the age bucket is computed and counted by the database: one row per (domain, bucket) comes back
-    bucket = "CASE " + " ".join(f"WHEN ? - m.created_at < {hi * 60} THEN {i}"
-                                for i, hi in enumerate(QSHAPE_BUCKETS)) + f" ELSE {len(QSHAPE_BUCKETS)} END"
-    for r in conn.execute(
-            f"SELECT r.domain AS domain, {bucket} AS idx, COUNT(*) AS n FROM recipients r JOIN messages m"
-            f" ON m.id = r.message_id WHERE r.status IN ({_marks(len(statuses))}) GROUP BY r.domain, idx",
-            (*([now] * len(QSHAPE_BUCKETS)), *statuses)):
-        per_domain.setdefault(r["domain"], [0] * width)[r["idx"]] += r["n"]
-        total[r["idx"]] += r["n"]
+    # kept by triggers (m0011): one row per domain, status and 8-second creation slot of the queue id
+    for r in conn.execute(f"SELECT domain, slot, n FROM queue_shape WHERE status IN ({_marks(len(statuses))})"
+                          " AND n > 0", statuses):
+        age_min = max(0.0, now - _slot_time(r["slot"])) / 60
+        idx = next((i for i, hi in enumerate(QSHAPE_BUCKETS) if age_min < hi), len(QSHAPE_BUCKETS))
+        per_domain.setdefault(r["domain"], [0] * width)[idx] += r["n"]
+        total[idx] += r["n"]
     ranked = sorted(per_domain.items(), key=lambda kv: (-sum(kv[1]), kv[0]))
     return QueueSummary(counts=counts, held_messages=held, statuses=tuple(statuses), buckets=_bucket_labels(),
                         total=QshapeRow("TOTAL", sum(total), tuple(total)),

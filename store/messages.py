@@ -430,6 +430,7 @@ class MessageStore:
             ids = [r[0] for r in conn.execute(
                 f"SELECT id FROM messages m WHERE created_at < ? AND {final} LIMIT ?",
                 (now - meta_days * 86400, batch))]
+            conn.execute("DELETE FROM queue_shape WHERE n = 0")       # slots the queue has left
             for mid in ids:
                 conn.execute("DELETE FROM events WHERE message_id=?", (mid,))
                 conn.execute("DELETE FROM attempts WHERE message_id=?", (mid,))

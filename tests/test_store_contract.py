@@ -254,6 +254,15 @@ async def test_queue_counters_follow_every_write_and_oldest_is_the_first_waiting
     waiting.sort()
     created = (await s.messages.get(waiting[0])).created_at
     assert stats.oldest_age == pytest.approx(clock.t - created)
+    shape = await s.history.summary(top=50)                     # the qshape counters (m0011)
+    active = {k: v for k, v in expected.items() if k in ("scheduled", "queued", "deferred", "sending")}
+    assert shape.total.total == sum(active.values())
+    by_domain: dict[str, int] = {}
+    for qid in [*ids, later]:
+        for r in await s.messages.recipients(qid):
+            if r.status in active:
+                by_domain[r.domain] = by_domain.get(r.domain, 0) + 1
+    assert {row.domain: row.total for row in shape.rows} == by_domain
     s.close()
     s2 = open_store()                                            # the counters are stored, not rebuilt
     assert (await s2.stats.queue_stats()).counts == stats.counts
