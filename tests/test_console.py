@@ -377,3 +377,12 @@ async def test_read_only_session_has_no_channel_form(live):
     assert r.status == 403
     r, html = await b.post("/ui/channels/new", {"csrf": "x", "name": "x"})
     assert r.status == 403
+
+
+def test_back_stays_on_the_console():
+    from admin_api.ui.views import back
+
+    assert back("/ui/outbox?recipient=a%40b").location == "/ui/outbox?recipient=a%40b"
+    for bad in ("https://evil.test/", "//evil.test/ui/", "/ui/\\\\evil.test", "/ui/x\r\nSet-Cookie: a=b",
+                "/api/v1/messages"):
+        assert back(bad).location == "/ui/dashboard", bad

@@ -162,7 +162,9 @@ def actor(request: web.Request) -> str:
 
 
 def back(to: str) -> web.HTTPSeeOther:
-    return web.HTTPSeeOther(to if to.startswith("/ui/") and not to.startswith("//") else "/ui/dashboard")
+    """A redirect to a console page only (a posted ``back`` is never a way off the console)."""
+    safe = to.startswith("/ui/") and "\\" not in to and all(" " < c < "\x7f" for c in to) and len(to) < 2000
+    return web.HTTPSeeOther(to if safe else "/ui/dashboard")
 
 
 # ---- sign-in -------------------------------------------------------------------------------------------
