@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence, TypeVar
 import psycopg
 from psycopg.adapt import Dumper, Loader
 
-from store.sqlite import MAX_BATCH, SchemaTooNew, StorageError, migrations
+from store.sqlite import MAX_BATCH, Database, SchemaTooNew, StorageError, migrations
 
 if TYPE_CHECKING:
     from store.secrets import SecretBox
@@ -429,24 +429,8 @@ class PgDatabase:
 
     @staticmethod
     def _resolve(job: _Job, ok: bool, value: Any) -> None:
-        if job.loop is None:
-            done, box = job.future
-            box["result" if ok else "error"] = value
-            done.set()
-            return
-
-        def _set(fut: asyncio.Future[Any] = job.future) -> None:
-            if fut.done():
-                return
-            if ok:
-                fut.set_result(value)
-            else:
-                fut.set_exception(value)
-
-        try:
-            job.loop.call_soon_threadsafe(_set)
-        except RuntimeError:
-            pass
+        """Hand a job's outcome to its waiter: the SQLite engine's code, shared."""
+        Database._resolve(job, ok, value)  # type: ignore[arg-type]   # same slots: fn, future, loop
 
     # ---- reads -----------------------------------------------------------------------------------
     def _reader(self) -> PgConnection:

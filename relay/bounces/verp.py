@@ -21,6 +21,8 @@ import hmac
 from dataclasses import dataclass
 from typing import Iterable
 
+from relay import varint
+
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
 _VALUES = {c: i for i, c in enumerate(_ALPHABET)}
 _VALUES.update({"i": 1, "l": 1, "o": 0})
@@ -65,27 +67,6 @@ def _qid_bytes(queue_id: str) -> bytes:
     return raw
 
 
-def _varint(n: int) -> bytes:
-    if n < 0:
-        raise ValueError("recipient id must be >= 0")
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _read_varint(data: bytes) -> tuple[int, int] | None:
-    n = shift = 0
-    for i, byte in enumerate(data[:9]):
-        n |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            return n, i + 1
-    return None
-
-
 def _key(secret: bytes | str) -> bytes:
     key = secret.encode() if isinstance(secret, str) else bytes(secret)
     if len(key) < 16:
@@ -98,7 +79,7 @@ def _mac(key: bytes, body: bytes) -> bytes:
 
 
 def token(queue_id: str, recipient_id: int, secret: bytes | str) -> str:
-    body = _qid_bytes(queue_id) + _varint(recipient_id)
+    body = _qid_bytes(queue_id) + varint.encode(recipient_id)
     return _b32encode(body + _mac(_key(secret), body))
 
 
@@ -120,7 +101,7 @@ def parse_token(tok: str, secrets: bytes | str | Iterable[bytes | str]) -> VerpT
     if data is None or len(data) < QID_BYTES + 1 + MAC_BYTES:
         return None
     body, mac = data[:-MAC_BYTES], data[-MAC_BYTES:]
-    rid = _read_varint(body[QID_BYTES:])
+    rid = varint.decode(body[QID_BYTES:])
     if rid is None or QID_BYTES + rid[1] != len(body):
         return None
     if isinstance(secrets, (bytes, str)):

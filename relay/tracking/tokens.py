@@ -24,6 +24,8 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Protocol
 
+from relay import varint
+
 VERSION = b"\x01"
 OPEN = b"o"
 CLICK = b"c"
@@ -53,27 +55,6 @@ def _unb64(text: str) -> bytes | None:
         return None
 
 
-def _varint(n: int) -> bytes:
-    if n < 0:
-        raise ValueError("recipient id must be >= 0")
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _read_varint(data: bytes) -> tuple[int, int] | None:
-    n = shift = 0
-    for i, byte in enumerate(data[:9]):
-        n |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            return n, i + 1
-    return None
-
-
 def _mac(key: bytes, body: bytes) -> bytes:
     return hmac.new(key, _CONTEXT + body, hashlib.sha256).digest()[:MAC_BYTES]
 
@@ -82,7 +63,7 @@ def _body(kind: bytes, queue_id: str, recipient_id: int, url: str = "") -> bytes
     qid = queue_id.encode("ascii")
     if not _QID.match(qid):
         raise ValueError(f"queue id must be 16 upper-case base32 characters: {queue_id!r}")
-    return VERSION + kind + qid + _varint(recipient_id) + url.encode("utf-8")
+    return VERSION + kind + qid + varint.encode(recipient_id) + url.encode("utf-8")
 
 
 def open_token(queue_id: str, recipient_id: int, key: bytes) -> str:
@@ -106,7 +87,7 @@ def _parse(tok: str, kind: bytes, keys: Iterable[bytes]) -> Target | None:
     if not ok:
         return None
     qid = body[2:18]
-    rid = _read_varint(body[18:])
+    rid = varint.decode(body[18:])
     if not _QID.match(qid) or rid is None:
         return None
     rest = body[18 + rid[1]:]
