@@ -78,8 +78,21 @@ class Page:
         self.go("/")
         assert self.d.current_url.endswith("/ui/login"), self.d.current_url
         self.el("#token").send_keys(secret)
-        self.el("#signin").click()
+        self.submit("#signin")
         self.wait_url("/ui/dashboard")
+
+    def submit(self, css_or_element, accept_confirm: bool = False) -> None:
+        """Click something that loads a page and wait until the old page is gone (a click does not always
+        wait for the navigation it starts)."""
+        from selenium.webdriver.support import expected_conditions as EC
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        old = self.el("html")
+        (self.el(css_or_element) if isinstance(css_or_element, str) else css_or_element).click()
+        if accept_confirm:
+            WebDriverWait(self.d, 10).until(EC.alert_is_present())
+            self.d.switch_to.alert.accept()
+        WebDriverWait(self.d, 20).until(EC.staleness_of(old))
 
     def wait_url(self, ending: str) -> None:
         from selenium.webdriver.support.ui import WebDriverWait
@@ -131,14 +144,14 @@ def test_console_in_headless_chromium(tmp_path):
         p.no_alert()                               # the subject did not run as a script ...
         qid = _qid_of(p, XSS)                      # ... it is shown as text
         p.shot("outbox")
-        p.el("#messages a.qid[href$='" + qid + "']").click()
+        p.submit("#messages a.qid[href$='" + qid + "']")
         assert p.el("#qid").text == qid and p.el("#subject").text == XSS
         assert "ann@dst.test" in p.el("#recipients").text and "Hello from the console test." in p.el(
             "#preview").text
         p.no_alert()
-        p.el("#action-hold").click()
+        p.submit("#action-hold")
         assert "hold: done" in p.text() and p.el("#held").text == "held"
-        p.el("#action-cancel").click()
+        p.submit("#action-cancel")
         assert "cancel: done (1 changed)" in p.text()
         assert "cancelled" in p.el("#recipients").text
         p.shot("message")
@@ -150,8 +163,7 @@ def test_console_in_headless_chromium(tmp_path):
         from selenium.webdriver.support.ui import Select
 
         Select(p.el("#bulk-action")).select_by_value("cancel")
-        p.el("#bulk-apply").click()
-        driver.switch_to.alert.accept()
+        p.submit("#bulk-apply", accept_confirm=True)
         assert "cancel: 2 changed, 0 unchanged, 0 errors" in p.text()
 
         # a POST without the CSRF token (or with a wrong one) is refused even with the session cookie
@@ -169,7 +181,7 @@ def test_console_in_headless_chromium(tmp_path):
         p.shot("outbox-390px")
         driver.set_window_size(1280, 900)
 
-        p.el("#signout").click()
+        p.submit("#signout")
         p.wait_url("/ui/login")
         p.go("/ui/outbox")
         assert driver.current_url.endswith("/ui/login")
@@ -258,7 +270,7 @@ def test_bounced_message_found_by_recipient_transcript_resent_and_delivered(tmp_
         rows = _wait_for(bounced_row, 30)
         assert rows, rb.log()
         qid = rows[0].text
-        rows[0].click()
+        p.submit(rows[0])
         p.wait_url(qid)
         assert "bounced" in p.el("#recipients").text
         transcript = p.el("details.attempt pre.transcript").text
@@ -267,7 +279,7 @@ def test_bounced_message_found_by_recipient_transcript_resent_and_delivered(tmp_
 
         rejecting.stop()
         sink = PostfixSink(port=port).start()          # the destination takes mail again
-        p.el("#action-resend").click()
+        p.submit("#action-resend")
         assert "resend: done" in p.text()
 
         def delivered():
@@ -310,7 +322,7 @@ def test_channel_added_against_dovecot_wrong_password_then_fixed(tmp_path):
         p = Page(driver, f"http://127.0.0.1:{rb.admin_port}", tmp_path / "screens")
         p.sign_in(TOKEN.split(":", 1)[1])
         p.go("/ui/channels")
-        p.el("#new-channel").click()
+        p.submit("#new-channel")
         p.wait_url("/ui/channels/new")
         for name, value in (("name", "support"), ("host", "127.0.0.1"), ("user", user),
                             ("password", "wrong-password"), ("default_campaign", "desk")):
@@ -321,14 +333,14 @@ def test_channel_added_against_dovecot_wrong_password_then_fixed(tmp_path):
         Select(p.el("#f-tls")).select_by_value("starttls")
         p.el("#f-verify").click()                      # the peer's certificate is self-signed
         assert p.el("#f-enabled").is_selected()
-        p.el("#channel-save").click()
+        p.submit("#channel-save")
         error = p.el("#form-error").text
         assert error.startswith("Connection failed:"), error
         p.shot("channel-wrong-password")
         assert p.el("#f-host").get_attribute("value") == "127.0.0.1"     # what was typed stays
         assert p.el("#f-password").get_attribute("value") == ""          # but never a secret
         p.el("#f-password").send_keys(password)
-        p.el("#channel-save").click()
+        p.submit("#channel-save")
         p.wait_url("/ui/channels")
         assert "support: saved; Connection succeeded" in p.text(), p.text()
         assert "active" in p.el("#channels").text
