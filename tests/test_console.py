@@ -386,3 +386,27 @@ def test_back_stays_on_the_console():
     for bad in ("https://evil.test/", "//evil.test/ui/", "/ui/\\\\evil.test", "/ui/x\r\nSet-Cookie: a=b",
                 "/api/v1/messages"):
         assert back(bad).location == "/ui/dashboard", bad
+
+
+async def test_session_cookie_is_secure_under_tls(tmp_path):
+    import ssl
+
+    from tests.peers.certs import make_cert
+
+    cert, key = make_cert(str(tmp_path / "tls"))
+    async with running(tmp_path, admin={"tls_cert_file": cert, "tls_key_file": key}) as (app, api):
+        base = api.base.replace("http://", "https://")
+        ctx = ssl.create_default_context(cafile=cert)
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True),
+                                         connector=aiohttp.TCPConnector(ssl=ctx)) as s:
+            async with s.get(base + "/ui/login") as r:
+                html = await r.text()
+                assert "Secure" in r.headers["Set-Cookie"]
+            async with s.post(base + "/ui/login", data={"csrf": _csrf(html), "token": SECRET},
+                              allow_redirects=False) as r:
+                assert r.status == 303
+                cookie = next(v for k, v in r.headers.items()
+                              if k == "Set-Cookie" and v.startswith(ui_session.COOKIE))
+                assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+            async with s.get(base + "/ui/dashboard") as r:
+                assert r.status == 200 and r.url.path == "/ui/dashboard"
