@@ -177,16 +177,23 @@ async def test_queue_show_prints_attempts_with_transcripts(env, sink, capsys):
     assert "  > RCPT TO:<gone@dst.test>" in out and "  < 550 5.1.1 <gone@dst.test>: user unknown" in out
 
 
-async def test_by_default_only_results_that_are_not_deliveries_are_logged(env, sink, caplog):
+async def test_one_log_line_per_result_by_default_and_failures_only_on_request(env, sink, caplog):
     spool, clock, make = env
     sink.faults.rcpt = {"later@dst.test": "451 4.3.0 try later"}
     qid = await enqueue(spool, ["ok@dst.test", "later@dst.test"])
     caplog.set_level(logging.INFO, logger="relay.delivery.scheduler")
     await make().run_burst()
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("result ")]
-    assert len(lines) == 1 and f"queue_id={qid}" in lines[0] and "status=deferred" in lines[0]
-    assert "4.3.0 try later" in lines[0]
+    assert len(lines) == 2 and all(f"queue_id={qid}" in x for x in lines)       # like Postfix's maillog
+    kinds = {("status=delivered" in x, "status=deferred" in x) for x in lines}
+    assert kinds == {(True, False), (False, True)}
+    assert any("4.3.0 try later" in x for x in lines)
     caplog.clear()
     clock.t += 3600
+    await make(delivery={"log_results": "failures"}).run_burst()     # the retry defers again: logged
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("result ")]
+    assert len(lines) == 1 and "status=deferred" in lines[0]
+    caplog.clear()
+    clock.t += 7200
     await make(delivery={"log_results": "none"}).run_burst()
     assert not [r for r in caplog.records if r.getMessage().startswith("result ")]
