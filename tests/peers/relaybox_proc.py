@@ -76,11 +76,24 @@ class RelayboxProcess:
                 raise RuntimeError(f"relaybox exited with {self.proc.returncode}: {self.log()}")
             try:
                 with socket.create_connection(("127.0.0.1", self.smtp_port), timeout=0.5) as s:
-                    if s.recv(100).startswith(b"220"):
+                    if s.recv(100).startswith(b"220") and self._admin_up():
                         return self
             except OSError:
-                time.sleep(0.05)
+                pass
+            time.sleep(0.05)
         raise RuntimeError(f"relaybox did not start: {self.log()}")
+
+    def _admin_up(self) -> bool:
+        """The admin listener starts after SMTP intake: ready means both answer (when admin is on)."""
+        admin = self.sections.get("admin") or {}
+        if admin.get("enabled") is False or not admin.get("listen"):
+            return True
+        host, _, port = str(admin["listen"]).rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=0.5):
+                return True
+        except OSError:
+            return False
 
     def log(self) -> str:
         try:
