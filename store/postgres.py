@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence, TypeVar
 import psycopg
 from psycopg.adapt import Dumper, Loader
 
-from store.sqlite import MAX_BATCH, Database, SchemaTooNew, StorageError, migrations
+from store.sqlite import Database, SchemaTooNew, StorageError, migrations, take_batch
 
 if TYPE_CHECKING:
     from store.secrets import SecretBox
@@ -335,21 +335,7 @@ class PgDatabase:
             if first.raw:
                 self._run_raw(first)
                 continue
-            batch = [first]
-            stop_after = False
-            raw: _Job | None = None
-            while len(batch) < MAX_BATCH:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is _STOP:
-                    stop_after = True
-                    break
-                if nxt.raw:
-                    raw = nxt
-                    break
-                batch.append(nxt)
+            batch, raw, stop_after = take_batch(self._queue, first, _STOP)
             self._run_batch(batch)
             if raw is not None:
                 self._run_raw(raw)

@@ -166,6 +166,23 @@ def _split_sql(script: str) -> list[str]:
     return stmts
 
 
+def take_batch(jobs: "queue.SimpleQueue[Any]", first: Any, stop: object) -> tuple[list[Any], Any, bool]:
+    """The jobs of one group commit: ``first`` and whatever waits behind it (at most MAX_BATCH), up to a
+    maintenance job (returned to run after the batch) or the ``stop`` marker (returned as True)."""
+    batch = [first]
+    while len(batch) < MAX_BATCH:
+        try:
+            nxt = jobs.get_nowait()
+        except queue.Empty:
+            break
+        if nxt is stop:
+            return batch, None, True
+        if nxt.raw:
+            return batch, nxt, False
+        batch.append(nxt)
+    return batch, None, False
+
+
 class _Job:
     __slots__ = ("fn", "future", "loop", "raw")
 
@@ -265,21 +282,7 @@ class Database:
             if first.raw:
                 self._run_raw(conn, first)
                 continue
-            batch = [first]
-            stop_after = False
-            raw: _Job | None = None
-            while len(batch) < MAX_BATCH:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is _STOP:
-                    stop_after = True
-                    break
-                if nxt.raw:
-                    raw = nxt
-                    break
-                batch.append(nxt)
+            batch, raw, stop_after = take_batch(self._queue, first, _STOP)
             self._run_batch(conn, batch)
             if raw is not None:
                 self._run_raw(conn, raw)
