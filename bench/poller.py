@@ -1,5 +1,6 @@
-"""Poller benchmark on a local Dovecot: first full sync of a big mailbox into a maildir campaign, and the
-IDLE latency from APPEND to the message being in the campaign's Maildir.
+"""Poller benchmark on a local Dovecot: first full sync of a big mailbox into a maildir campaign, the same
+into a webhook campaign whose receiver (aiohttp, answering 200) runs in its own process on this machine, and
+the IDLE latency from APPEND to the message being in the campaign's Maildir.
 
 Reference in the same run: the raw fetch rate of Python's imaplib (UID FETCH of the same messages in the
 same batches, nothing stored) — the ceiling of what any IMAP poller can do against this server here.
@@ -14,7 +15,9 @@ import asyncio
 import os
 import random
 import shutil
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +32,18 @@ from poller.runner import PollerService  # noqa: E402
 from relaybox.settings import parse  # noqa: E402
 from store import Store  # noqa: E402
 from tests.peers.dovecot import Dovecot  # noqa: E402
+from tests.peers.ports import free_port  # noqa: E402
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
 
 USER = "bench@org.test"
 
@@ -68,15 +83,27 @@ def imaplib_ceiling(dc: Dovecot, batch: int) -> tuple[int, float]:
     return len(uids), dt
 
 
-async def full_sync(dc: Dovecot, workdir: str, batch: int) -> tuple[int, float]:
-    st = Store(os.path.join(workdir, "bench.db")).open()
+RECEIVER = r"""
+import sys
+from aiohttp import web
+async def hook(request):
+    await request.read()
+    return web.json_response({"ok": True})
+app = web.Application(client_max_size=64 * 1024 * 1024)
+app.router.add_post("/hook", hook)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
+"""
+
+
+async def full_sync(dc: Dovecot, workdir: str, batch: int, campaign: CampaignConfig,
+                    name: str = "bench") -> tuple[int, float]:
+    st = Store(os.path.join(workdir, f"{name}.db")).open()
     settings = parse({"poller": {"maildir_root": os.path.join(workdir, "maildir"), "enabled": False,
                                  "fetch_batch": batch}})
     svc = PollerService(st, settings)
-    ch = ChannelConfig(name="bench", host="127.0.0.1", port=dc.imap_port, tls="none", user=USER,
-                       password="pw",
-                       default_campaign="inbox", after="seen")
-    await channels.seed(st.inbound, [CampaignConfig("inbox")], [ch])
+    ch = ChannelConfig(name=name, host="127.0.0.1", port=dc.imap_port, tls="none", user=USER,
+                       password="pw", default_campaign=campaign.name, after="seen")
+    await channels.seed(st.inbound, [campaign], [ch])
     await svc.start()
     t0 = time.perf_counter()
     res = await run_once(st.inbound, ch, svc.pcfg, svc.deliver, svc.connect, time.time())
@@ -127,10 +154,22 @@ def main() -> None:
         print(f"mailbox: {args.messages} messages, {size / 1e6:.0f} MB (1 KB .. 200 KB)")
         n, dt_ref = imaplib_ceiling(dc, args.batch)
         print(f"imaplib UID FETCH only (ceiling): {n / dt_ref:8.0f} msgs/s  ({dt_ref:.1f} s)")
-        delivered, dt = asyncio.run(full_sync(dc, workdir, args.batch))
+        delivered, dt = asyncio.run(full_sync(dc, workdir, args.batch, CampaignConfig("inbox")))
         print(f"relaybox first full sync:         {delivered / dt:8.0f} msgs/s  ({dt:.1f} s, {delivered}"
               " delivered"
               f" to maildir, marked \\Seen)  ratio {dt_ref / dt:.2f} of the ceiling")
+        port = free_port()
+        receiver = subprocess.Popen([sys.executable, "-c", RECEIVER, str(port)])
+        try:
+            wait_port(port)
+            hook = CampaignConfig("hook", kind="webhook", url=f"http://127.0.0.1:{port}/hook",
+                                  secret="bench-webhook-secret-0123456789")
+            delivered, dt = asyncio.run(full_sync(dc, workdir, args.batch, hook, name="bench-hook"))
+        finally:
+            receiver.terminate()
+            receiver.wait(10)
+        print(f"relaybox first full sync:         {delivered / dt:8.0f} msgs/s  ({dt:.1f} s, {delivered}"
+              f" delivered to a webhook on this machine)  ratio {dt_ref / dt:.2f} of the ceiling")
         lat = asyncio.run(idle_latency(dc, workdir, args.idle_samples))
         lat.sort()
         p99 = lat[min(len(lat) - 1, int(round(0.99 * (len(lat) - 1))))]
