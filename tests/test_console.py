@@ -410,3 +410,20 @@ async def test_session_cookie_is_secure_under_tls(tmp_path):
                 assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
             async with s.get(base + "/ui/dashboard") as r:
                 assert r.status == 200 and r.url.path == "/ui/dashboard"
+
+
+async def test_message_page_shows_the_opened_tick_per_recipient(live):
+    import time
+
+    from store.tracking import Hit
+
+    app, api, b = live
+    qid = await _send(app, "tracked")
+    [r] = await app.store.messages.recipients(qid)
+    await b.sign_in(SECRET)
+    _, page = await b.get(f"/ui/messages/{qid}")
+    assert "&#10003;" not in page and "✓" not in page                 # not opened yet
+    ua = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) Thunderbird/115.0"
+    await app.store.tracking.record([Hit("open", qid, r.id, time.time() + 60, ua)], machine_window=10)
+    _, page = await b.get(f"/ui/messages/{qid}")
+    assert "&#10003; opened" in page and "opened (machine)" not in page and "not 100%" in page

@@ -360,8 +360,10 @@ async def message(request: web.Request) -> web.StreamResponse:
     body = await app.spool.body(qid) if m.body_available else None
     attempts = [{**a.as_dict(), "transcript": redact_transcript(list(a.transcript))} for a in m.attempts]
     addr = {r.id: r.address for r in m.recipients}
+    opens = await app.store.tracking.opens(qid)        # the "opened" tick: docs/tracking.md
+    opened = {rid: {"flag": o.flag, "count": o.opens, "first_at": o.first_at} for rid, o in opens.items()}
     return render(request, "message.html", {
-        "page": "outbox", "m": m.as_dict(), "attempts": attempts, "addr": addr,
+        "page": "outbox", "m": m.as_dict(), "attempts": attempts, "addr": addr, "opened": opened,
         "preview": text_preview(body) if body is not None else None, "actions": BULK_ACTIONS})
 
 
