@@ -84,11 +84,22 @@ class Page:
     def submit(self, css_or_element, accept_confirm: bool = False) -> None:
         """Click something that loads a page and wait until the old page is gone (a click does not always
         wait for the navigation it starts)."""
+        from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
         from selenium.webdriver.support import expected_conditions as EC
         from selenium.webdriver.support.ui import WebDriverWait
 
+        self.ready()
         old = self.el("html")
-        (self.el(css_or_element) if isinstance(css_or_element, str) else css_or_element).click()
+        for attempt in range(3):        # the page may still be replacing itself: find the element again
+            try:
+                (self.el(css_or_element) if isinstance(css_or_element, str) else css_or_element).click()
+                break
+            except (StaleElementReferenceException, WebDriverException) as exc:
+                detached = "stale" in str(exc).lower() or "does not belong to the document" in str(exc)
+                if attempt == 2 or not isinstance(css_or_element, str) or not detached:
+                    raise
+                self.ready()
+                old = self.el("html")
         if accept_confirm:
             WebDriverWait(self.d, 10).until(EC.alert_is_present())
             self.d.switch_to.alert.accept()
@@ -98,6 +109,14 @@ class Page:
         from selenium.webdriver.support.ui import WebDriverWait
 
         WebDriverWait(self.d, 20).until(lambda d: d.current_url.endswith(ending))
+        self.ready()
+
+    def ready(self) -> None:
+        """The current document has finished loading (the URL changes before the new DOM is in place)."""
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        WebDriverWait(self.d, 20).until(
+            lambda d: d.execute_script("return document.readyState") == "complete")
 
     def post_status(self, path: str, data: str) -> int:
         """A POST from the page's own origin (with its session cookie), as a forged form would send it."""
