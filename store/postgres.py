@@ -22,18 +22,15 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import queue
 import re
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence, TypeVar
 
 import psycopg
 from psycopg.adapt import Dumper, Loader
 
-from store.sqlite import Database, SchemaTooNew, StorageError, migrations, take_batch
+from store.sqlite import GroupCommitWriter, SchemaTooNew, StorageError, _Job, migrations
 
 if TYPE_CHECKING:
     from store.secrets import SecretBox
@@ -41,7 +38,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("store.postgres")
 
 T = TypeVar("T")
-_STOP = object()
 # pg_advisory_lock key held while migrating: several nodes starting at once migrate one after the other
 _MIGRATION_LOCK = 0x72656C6179626F78     # "relaybox"
 DEFAULT_KEY_FILE = "var/relaybox.db.key"   # the default SQLite database's key: switching keeps the key
@@ -238,18 +234,7 @@ def _compact(conn: PgConnection) -> int:
     return max(0, before - after) // 8192
 
 
-class _Job:
-    __slots__ = ("fn", "future", "loop", "raw")
-
-    def __init__(self, fn: Callable[[Any], Any], future: Any, loop: asyncio.AbstractEventLoop | None,
-                 raw: bool = False):
-        self.fn = fn
-        self.future = future
-        self.loop = loop
-        self.raw = raw          # run alone, outside a transaction (maintenance: VACUUM)
-
-
-class PgDatabase:
+class PgDatabase(GroupCommitWriter):
     """One PostgreSQL database: a writer thread with group commit plus a pool of reader connections."""
 
     dialect = "postgresql"
@@ -258,18 +243,9 @@ class PgDatabase:
         self.path = self.url = str(url)
         self.key_file = key_file or DEFAULT_KEY_FILE
         self.secrets: SecretBox | None = None
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._writer: threading.Thread | None = None
+        super().__init__(readers, "pg")
         self._wconn: PgConnection | None = None
-        self._readers = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="pg-read")
-        self._local = threading.local()
-        self._rconns: list[psycopg.Connection[Any]] = []
-        self._rlock = threading.Lock()
         self._size: tuple[float, int] = (0.0, 0)
-        self.batches = 0
-        self.jobs = 0
-        self.last_error: str | None = None
-        self.fail_commits: Exception | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------------
     def open(self) -> "PgDatabase":
@@ -288,77 +264,25 @@ class PgDatabase:
             self.secrets.check(box_conn)
             if marker is None:
                 self.secrets.reseal(box_conn)
-        self._writer = threading.Thread(target=self._run_writer, name="pg-writer", daemon=True)
-        self._writer.start()
+        self._start_writer()
         return self
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._queue.put(_STOP)
-            self._writer.join(timeout=30)
-            self._writer = None
-        self._readers.shutdown(wait=True)
-        with self._rlock:
-            for c in self._rconns:
-                c.close()
-            self._rconns.clear()
+        self._stop_threads()
         if self._wconn is not None:
             self._wconn.raw.close()
             self._wconn = None
 
     # ---- writes ----------------------------------------------------------------------------------
-    async def write(self, fn: Callable[[Any], T]) -> T:
-        """Run ``fn(conn)`` in the writer thread; return its result once committed."""
-        if self._writer is None:
-            raise StorageError("database is closed")
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[T] = loop.create_future()
-        self._queue.put(_Job(fn, fut, loop))
-        return await fut
-
-    def write_sync(self, fn: Callable[[Any], T]) -> T:
-        if self._writer is None:
-            raise StorageError("database is closed")
-        done = threading.Event()
-        box: dict[str, Any] = {}
-        self._queue.put(_Job(fn, (done, box), None))
-        done.wait()
-        if "error" in box:
-            raise box["error"]
-        return box.get("result")  # type: ignore[return-value]
-
-    def _run_writer(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is _STOP:
-                return
-            if first.raw:
-                self._run_raw(first)
-                continue
-            batch, raw, stop_after = take_batch(self._queue, first, _STOP)
-            self._run_batch(batch)
-            if raw is not None:
-                self._run_raw(raw)
-            if stop_after:
-                return
-
-    def _run_raw(self, job: _Job) -> None:
-        try:
-            self._resolve(job, True, job.fn(self._writer_conn()))
-        except Exception as exc:  # noqa: BLE001 - delivered to the waiting coroutine
-            self._resolve(job, False, StorageError(f"maintenance failed: {exc}"))
-
     async def compact(self, pages: int = 2000) -> int:
         """Give space back between write batches (VACUUM of the store's tables; ``pages`` is SQLite's
         incremental step and has no PostgreSQL counterpart). Returns the pages given back."""
-        if self._writer is None:
-            raise StorageError("database is closed")
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[int] = loop.create_future()
-        self._queue.put(_Job(_compact, fut, loop, raw=True))
-        freed = await fut
+        freed = await self._maintenance(_compact)
         self._size = (0.0, 0)          # the cached size is stale now
         return freed
+
+    def _maintenance_conn(self) -> PgConnection:
+        return self._writer_conn()
 
     def _writer_conn(self) -> PgConnection:
         """The writer's connection, connected again when the server dropped it."""
@@ -412,11 +336,6 @@ class PgDatabase:
             return job, False, exc
         conn.raw.execute(f"RELEASE SAVEPOINT {sp}")
         return job, True, res
-
-    @staticmethod
-    def _resolve(job: _Job, ok: bool, value: Any) -> None:
-        """Hand a job's outcome to its waiter: the SQLite engine's code, shared."""
-        Database._resolve(job, ok, value)  # type: ignore[arg-type]   # same slots: fn, future, loop
 
     # ---- reads -----------------------------------------------------------------------------------
     def _reader(self) -> PgConnection:

@@ -186,7 +186,7 @@ def take_batch(jobs: "queue.SimpleQueue[Any]", first: Any, stop: object) -> tupl
 class _Job:
     __slots__ = ("fn", "future", "loop", "raw")
 
-    def __init__(self, fn: Callable[[sqlite3.Connection], Any], future: Any,
+    def __init__(self, fn: Callable[[Any], Any], future: Any,
                  loop: asyncio.AbstractEventLoop | None, raw: bool = False):
         self.fn = fn
         self.future = future
@@ -194,25 +194,137 @@ class _Job:
         self.raw = raw          # run alone, outside a transaction (maintenance: vacuum, checkpoint)
 
 
-class Database:
+class GroupCommitWriter:
+    """What both engines share: the queue of write jobs, the single writer thread that runs them in group
+    commits (``take_batch``), maintenance jobs between batches, reader threads, and handing each job's
+    outcome back to its waiter. An engine sets the attributes in its ``__init__`` and provides
+    ``_run_batch(batch)`` (one transaction, a SAVEPOINT per job) and ``_maintenance_conn()``."""
+
+    _queue: "queue.SimpleQueue[Any]"
+    _writer: threading.Thread | None
+    _readers: ThreadPoolExecutor
+    _rconns: list[Any]
+    _rlock: threading.Lock
+
+    def __init__(self, readers: int, name: str):
+        self._queue = queue.SimpleQueue()
+        self._writer = None
+        self._readers = ThreadPoolExecutor(max_workers=readers, thread_name_prefix=f"{name}-read")
+        self._local = threading.local()
+        self._rconns = []
+        self._rlock = threading.Lock()
+        self._name = name
+        self.batches = 0  # commits done (observability, tests)
+        self.jobs = 0
+        self.last_error: str | None = None
+        # test hook: when set, the writer raises this at commit time (simulates a full disk / I/O error)
+        self.fail_commits: Exception | None = None
+
+    def _start_writer(self) -> None:
+        self._writer = threading.Thread(target=self._run_writer, name=f"{self._name}-writer", daemon=True)
+        self._writer.start()
+
+    def _stop_threads(self) -> None:
+        """The writer finishes what is queued, then readers stop and their connections close."""
+        if self._writer is not None:
+            self._queue.put(_STOP)
+            self._writer.join(timeout=30)
+            self._writer = None
+        self._readers.shutdown(wait=True)
+        with self._rlock:
+            for c in self._rconns:
+                c.close()
+            self._rconns.clear()
+
+    # ---- writes ----------------------------------------------------------------------------------
+    async def write(self, fn: Callable[[Any], T]) -> T:
+        """Run ``fn(conn)`` in the writer thread; return its result once durably committed."""
+        if self._writer is None:
+            raise StorageError("database is closed")
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+        self._queue.put(_Job(fn, fut, loop))
+        return await fut
+
+    def write_sync(self, fn: Callable[[Any], T]) -> T:
+        """Blocking variant for CLI/offline tools (not for use inside the event loop)."""
+        if self._writer is None:
+            raise StorageError("database is closed")
+        done = threading.Event()
+        box: dict[str, Any] = {}
+        self._queue.put(_Job(fn, (done, box), None))
+        done.wait()
+        if "error" in box:
+            raise box["error"]
+        return box.get("result")  # type: ignore[return-value]
+
+    async def _maintenance(self, fn: Callable[[Any], T]) -> T:
+        """Run ``fn(conn)`` alone between write batches, outside any transaction (vacuum, checkpoint)."""
+        if self._writer is None:
+            raise StorageError("database is closed")
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+        self._queue.put(_Job(fn, fut, loop, raw=True))
+        return await fut
+
+    def _run_writer(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is _STOP:
+                return
+            if first.raw:
+                self._run_raw(first)
+                continue
+            batch, raw, stop_after = take_batch(self._queue, first, _STOP)
+            self._run_batch(batch)
+            if raw is not None:
+                self._run_raw(raw)
+            if stop_after:
+                return
+
+    def _run_batch(self, batch: list["_Job"]) -> None:  # pragma: no cover - every engine has one
+        raise NotImplementedError
+
+    def _maintenance_conn(self) -> Any:  # pragma: no cover - every engine has one
+        raise NotImplementedError
+
+    def _run_raw(self, job: "_Job") -> None:
+        try:
+            self._resolve(job, True, job.fn(self._maintenance_conn()))
+        except Exception as exc:  # noqa: BLE001 - delivered to the waiting coroutine
+            self._resolve(job, False, StorageError(f"maintenance failed: {exc}"))
+
+    @staticmethod
+    def _resolve(job: "_Job", ok: bool, value: Any) -> None:
+        if job.loop is None:
+            done, box = job.future
+            box["result" if ok else "error"] = value
+            done.set()
+            return
+
+        def _set(fut: asyncio.Future[Any] = job.future) -> None:
+            if fut.done():
+                return
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(value)
+
+        try:
+            job.loop.call_soon_threadsafe(_set)
+        except RuntimeError:  # loop closed: nobody is waiting any more
+            pass
+
+
+class Database(GroupCommitWriter):
     """One SQLite file: a writer thread with group commit plus reader threads."""
 
     def __init__(self, path: str, *, readers: int = 4, key_file: str | None = None):
         self.path = str(path)
         self.key_file = key_file or (self.path + ".key")
         self.secrets: SecretBox | None = None      # set by open(): encryption of secret settings
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._writer: threading.Thread | None = None
+        super().__init__(readers, "db")
         self._wconn: sqlite3.Connection | None = None
-        self._readers = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="db-read")
-        self._local = threading.local()
-        self._rconns: list[sqlite3.Connection] = []
-        self._rlock = threading.Lock()
-        self.batches = 0  # commits done (observability, tests)
-        self.jobs = 0
-        self.last_error: str | None = None
-        # test hook: when set, the writer raises this at commit time (simulates a full disk / I/O error)
-        self.fail_commits: Exception | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------------
     def open(self) -> "Database":
@@ -227,20 +339,11 @@ class Database:
         self.secrets.check(self._wconn)
         if marker is None:                        # first open with encryption: secrets stored in clear
             self.secrets.reseal(self._wconn)
-        self._writer = threading.Thread(target=self._run_writer, name="db-writer", daemon=True)
-        self._writer.start()
+        self._start_writer()
         return self
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._queue.put(_STOP)
-            self._writer.join(timeout=30)
-            self._writer = None
-        self._readers.shutdown(wait=True)
-        with self._rlock:
-            for c in self._rconns:
-                c.close()
-            self._rconns.clear()
+        self._stop_threads()
         if self._wconn is not None:
             try:
                 self._wconn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -250,62 +353,17 @@ class Database:
             self._wconn = None
 
     # ---- writes ----------------------------------------------------------------------------------
-    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn(conn)`` in the writer thread; return its result once durably committed."""
-        if self._writer is None:
-            raise StorageError("database is closed")
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[T] = loop.create_future()
-        self._queue.put(_Job(fn, fut, loop))
-        return await fut
-
-    def write_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Blocking variant for CLI/offline tools (not for use inside the event loop)."""
-        if self._writer is None:
-            raise StorageError("database is closed")
-        done = threading.Event()
-        box: dict[str, Any] = {}
-        job = _Job(fn, (done, box), None)
-        self._queue.put(job)
-        done.wait()
-        if "error" in box:
-            raise box["error"]
-        return box.get("result")  # type: ignore[return-value]
-
-    def _run_writer(self) -> None:
-        conn = self._wconn
-        assert conn is not None
-        while True:
-            first = self._queue.get()
-            if first is _STOP:
-                return
-            if first.raw:
-                self._run_raw(conn, first)
-                continue
-            batch, raw, stop_after = take_batch(self._queue, first, _STOP)
-            self._run_batch(conn, batch)
-            if raw is not None:
-                self._run_raw(conn, raw)
-            if stop_after:
-                return
-
-    def _run_raw(self, conn: sqlite3.Connection, job: _Job) -> None:
-        try:
-            self._resolve(job, True, job.fn(conn))
-        except Exception as exc:  # noqa: BLE001 - delivered to the waiting coroutine
-            self._resolve(job, False, StorageError(f"maintenance failed: {exc}"))
+    def _maintenance_conn(self) -> sqlite3.Connection:
+        assert self._wconn is not None
+        return self._wconn
 
     async def compact(self, pages: int = 2000) -> int:
         """Give space back between write batches: up to ``pages`` free pages returned to the filesystem
         (incremental vacuum, on databases created with it) and the WAL truncated. Returns the pages freed."""
-        if self._writer is None:
-            raise StorageError("database is closed")
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[int] = loop.create_future()
-        self._queue.put(_Job(lambda conn: _compact(conn, pages), fut, loop, raw=True))
-        return await fut
+        return await self._maintenance(lambda conn: _compact(conn, pages))
 
-    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
+    def _run_batch(self, batch: list[_Job]) -> None:
+        conn = self._maintenance_conn()
         results: list[tuple[_Job, bool, Any]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -349,27 +407,6 @@ class Database:
         self.jobs += len(batch)
         for job, ok, res in results:
             self._resolve(job, ok, res)
-
-    @staticmethod
-    def _resolve(job: _Job, ok: bool, value: Any) -> None:
-        if job.loop is None:
-            done, box = job.future
-            box["result" if ok else "error"] = value
-            done.set()
-            return
-
-        def _set(fut: asyncio.Future[Any] = job.future) -> None:
-            if fut.done():
-                return
-            if ok:
-                fut.set_result(value)
-            else:
-                fut.set_exception(value)
-
-        try:
-            job.loop.call_soon_threadsafe(_set)
-        except RuntimeError:  # loop closed: nobody is waiting any more
-            pass
 
     # ---- reads -----------------------------------------------------------------------------------
     def _reader(self) -> sqlite3.Connection:
