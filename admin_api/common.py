@@ -13,7 +13,7 @@ import base64
 import datetime as dt
 import json
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Iterable, Sequence
 
 from aiohttp import web
 
@@ -254,3 +254,32 @@ def page_schema(item: dict) -> dict:
     return {"type": "object", "required": ["items", "next_cursor"],
             "properties": {"items": {"type": "array", "items": item},
                            "next_cursor": {"type": "string", "nullable": True}}}
+
+
+@dataclass(frozen=True)
+class TimePage:
+    """The query of a newest-first list with exact-match filters, a time window and a ``before`` cursor
+    (bounces, rejections): what the store's ``list(filters, since=, until=, before=, limit=)`` takes."""
+
+    filters: dict[str, str]
+    since: float | None
+    until: float | None
+    before: int | None
+    limit: int
+
+    def next_cursor(self, rows: Sequence[Any]) -> str | None:
+        """The cursor after a page fetched with ``limit + 1`` rows (None when there is no more)."""
+        return encode_cursor({"before": rows[self.limit - 1].id}) if len(rows) > self.limit else None
+
+
+def time_page(request: web.Request, filters: Iterable[str]) -> TimePage:
+    """``filters``, ``since``, ``until``, ``limit`` and ``cursor`` of a newest-first list; 400 if bad."""
+    q = request.query
+    cur = decode_cursor(q.get("cursor"))
+    if cur is not None and not (isinstance(cur, dict) and isinstance(cur.get("before"), int)):
+        raise bad_request("cursor: not a cursor returned by this API")
+    return TimePage({k: q[k] for k in filters if q.get(k)},
+                    parse_time(q["since"], "since") if q.get("since") else None,
+                    parse_time(q["until"], "until") if q.get("until") else None,
+                    cur["before"] if cur else None, query_int(request, "limit", 50, 1, 1000))
+

@@ -9,16 +9,12 @@ from admin_api.common import (
     PAGE_PARAMS,
     Param,
     Route,
-    bad_request,
-    decode_cursor,
-    encode_cursor,
     iso,
     not_found,
     ok,
     page_schema,
-    parse_time,
-    query_int,
     relaybox,
+    time_page,
 )
 from store.bounces import Bounce
 
@@ -35,17 +31,11 @@ def _present(b: Bounce, *, full: bool = False) -> dict:
 
 
 async def list_bounces(request: web.Request) -> web.Response:
-    flt = {k: request.query[k] for k in FILTERS if request.query.get(k)}
-    since = parse_time(request.query["since"], "since") if request.query.get("since") else None
-    until = parse_time(request.query["until"], "until") if request.query.get("until") else None
-    limit = query_int(request, "limit", 50, 1, 1000)
-    cur = decode_cursor(request.query.get("cursor"))
-    if cur is not None and not (isinstance(cur, dict) and isinstance(cur.get("before"), int)):
-        raise bad_request("cursor: not a cursor returned by this API")
-    rows = await relaybox(request).store.bounces.list(flt, since=since, until=until,
-                                                      before=cur["before"] if cur else None, limit=limit + 1)
-    nxt = encode_cursor({"before": rows[limit - 1].id}) if len(rows) > limit else None
-    return ok({"items": [_present(r) for r in rows[:limit]], "next_cursor": nxt})
+    page = time_page(request, FILTERS)
+    rows = await relaybox(request).store.bounces.list(page.filters, since=page.since, until=page.until,
+                                                      before=page.before, limit=page.limit + 1)
+    nxt = page.next_cursor(rows)
+    return ok({"items": [_present(r) for r in rows[:page.limit]], "next_cursor": nxt})
 
 
 async def show_bounce(request: web.Request) -> web.Response:
