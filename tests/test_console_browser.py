@@ -82,14 +82,16 @@ class Page:
         self.wait_url("/ui/dashboard")
 
     def submit(self, css_or_element, accept_confirm: bool = False) -> None:
-        """Click something that loads a page and wait until the old page is gone (a click does not always
-        wait for the navigation it starts)."""
+        """Click something that loads a page and wait until the old document is gone (a click does not
+        always wait for the navigation it starts). The old document is marked with a window property; a
+        new document does not have it. Element staleness is not used: during a navigation Chromium may
+        answer "node does not belong to the document" instead of "stale", which Selenium does not map."""
         from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
         from selenium.webdriver.support import expected_conditions as EC
         from selenium.webdriver.support.ui import WebDriverWait
 
         self.ready()
-        old = self.el("html")
+        self.d.execute_script("window.__rbOldDocument = true;")
         for attempt in range(3):        # the page may still be replacing itself: find the element again
             try:
                 (self.el(css_or_element) if isinstance(css_or_element, str) else css_or_element).click()
@@ -99,11 +101,21 @@ class Page:
                 if attempt == 2 or not isinstance(css_or_element, str) or not detached:
                     raise
                 self.ready()
-                old = self.el("html")
+                self.d.execute_script("window.__rbOldDocument = true;")
         if accept_confirm:
             WebDriverWait(self.d, 10).until(EC.alert_is_present())
             self.d.switch_to.alert.accept()
-        WebDriverWait(self.d, 20).until(EC.staleness_of(old))
+        WebDriverWait(self.d, 20).until(self._new_document_loaded)
+
+    @staticmethod
+    def _new_document_loaded(d) -> bool:
+        from selenium.common.exceptions import WebDriverException
+
+        try:
+            return bool(d.execute_script(
+                "return window.__rbOldDocument !== true && document.readyState === 'complete';"))
+        except WebDriverException:      # between documents: no execution context yet
+            return False
 
     def wait_url(self, ending: str) -> None:
         from selenium.webdriver.support.ui import WebDriverWait
