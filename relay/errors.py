@@ -46,6 +46,10 @@ class DeliveryError(Exception):
         if status is None:
             status = "deferred" if self.temporary else "bounced"
         self.status = status
+        # the server that answered (or did not): set where the connection is opened, so a connect failure's
+        # attempt record still names the host and address it tried last
+        self.host: str | None = None
+        self.ip: str | None = None
         super().__init__(f"{self.code} {self.enhanced} {self.text}")
 
     def as_reply(self) -> tuple[int, str, str]:

@@ -233,6 +233,8 @@ async def test_dead_destination_is_parked_and_probed_once_per_interval(env, sink
     assert len(tried) == 1
     r = next(iter((await recipients(spool, tried[0])).values()))
     assert r["status"] == "deferred" and r["last_enhanced"] == "4.4.1"
+    [failed] = await attempts(spool, tried[0])      # a connect failure still names where it went
+    assert (failed["host"], failed["ip"], failed["result"]) == ("mx.dst.test", "127.0.0.1", "deferred")
     assert REGISTRY.get_sample_value("relaybox_delivery_destinations_down") == 1
     [down] = sched.destinations.status()
     assert down.key == "mx:dst.test" and down.failures == 1 and down.next_probe == pytest.approx(T0 + 30)

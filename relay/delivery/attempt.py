@@ -68,17 +68,22 @@ class Outcome:
     # the open connection that carried the transaction: handed back with ``Delivery.finished`` once the
     # results are durable, so it never starts another transaction before this one is recorded
     session: Session | None = None
+    # a server greeted (the session opened): the destination is reachable, whatever the results
+    connected: bool = False
 
 
 _UNSET: Any = object()   # deliver(): "compute the route" (None is a real answer: no route, MX)
 
 
 def _log(message: Message, recipients: list[Recipient], started: float, label: str, result: str,
-         transcript: list[dict[str, Any]], tx: Transaction | None = None) -> AttemptLog:
+         transcript: list[dict[str, Any]], tx: Transaction | None = None,
+         err: DeliveryError | None = None) -> AttemptLog:
+    """The attempt record; without a transaction (the session never opened) the host and address are those
+    of the last server tried, when there was one (not for a DNS failure)."""
+    host, ip = (tx.host, tx.ip) if tx else ((err.host, err.ip) if err is not None else (None, None))
     return AttemptLog(message_id=message.id, started_at=started, ended_at=time.time(), result=result,
-                      route=label, host=tx.host if tx else None, ip=tx.ip if tx else None,
-                      tls=tx.tls if tx else None, recipients=tuple(r.id for r in recipients),
-                      transcript=tuple(transcript))
+                      route=label, host=host, ip=ip, tls=tx.tls if tx else None,
+                      recipients=tuple(r.id for r in recipients), transcript=tuple(transcript))
 
 
 class Delivery:
@@ -169,7 +174,7 @@ class Delivery:
                                            f"{err.code} {err.enhanced} {err.text}"})
             return Outcome({r.id: err for r in recipients},
                            attempt=_log(message, recipients, started, label, err.status,
-                                        transcript), route=label)
+                                        transcript, err=err), route=label)
         prepared = self.tracker.prepare(message, body, route)    # before DKIM: the pixel is signed too
         personalize = prepared.personalize
         signed = self.sign(prepared.body) if personalize is None else prepared.body
@@ -189,8 +194,8 @@ class Delivery:
             except Exception as exc:  # noqa: BLE001
                 err = from_exception(exc, "connect")
                 return Outcome({r.id: err for r in recipients},
-                               attempt=_log(message, recipients, started, label, err.status, transcript),
-                               route=label)
+                               attempt=_log(message, recipients, started, label, err.status, transcript,
+                                            err=err), route=label)
         results = {r.id: tx.results.get(r.address) for r in recipients}
         replies = {}
         if tx.reply:
@@ -205,7 +210,7 @@ class Delivery:
         result = statuses.pop() if len(statuses) == 1 else "mixed"
         return Outcome(results, replies, _log(message, recipients, started, label, result,
                                               pre + tx.transcript, tx),
-                       label, session)
+                       label, session, connected=True)
 
     async def finished(self, key: str, outcome: Outcome, *, recorded: bool) -> None:
         """The transaction's results are durable (``recorded``): its connection may carry the next one.

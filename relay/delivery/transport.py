@@ -264,12 +264,18 @@ async def _open_one(cand: Candidate, helo: str, tls: TLSPolicy, use_starttls: bo
         if username:
             stage[0] = "auth"
             await _auth(smtp, log_, username, password, secured or tls.allow_plaintext_auth)
-    except (DeliveryError, _RetryPlain):
+    except DeliveryError as exc:
         smtp.close()
+        exc.host, exc.ip = cand.host, cand.ip
+        raise
+    except _RetryPlain as exc:
+        smtp.close()
+        exc.error.host, exc.error.ip = cand.host, cand.ip
         raise
     except Exception as exc:  # noqa: BLE001 - classify any network/protocol failure
         smtp.close()
         err = from_exception(exc, stage[0])
+        err.host, err.ip = cand.host, cand.ip
         log_.note("S", f"({err.text})")
         raise err from exc
     return Session(smtp, cand, secured, log_.lines, command_timeout)
