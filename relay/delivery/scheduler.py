@@ -426,13 +426,13 @@ class Scheduler:
         errs = list(outcome.results.values())
         first = errs[0] if errs else None
         now = self.clock()
-        if outcome.attempt and outcome.attempt.host is None and first is not None and all(
+        if not outcome.connected and first is not None and all(
                 isinstance(e, ConnectError) and e.stage in ("connect", "greeting") for e in errs):
             self.destinations.after(key, first, now)
             log.warning("destination %s unreachable (%s %s %s): parked until %s", key, first.code,
                         first.enhanced, first.text, time.strftime("%H:%M:%S", time.gmtime(
                             self.destinations.next_probe(key, now))))
-        elif outcome.attempt and outcome.attempt.host:
+        elif outcome.connected:
             if self.destinations.after(key, None, now):
                 log.info("destination %s reachable again: unparked", key)
                 self._wake.set()
