@@ -35,26 +35,23 @@ async def list_allowlist(request: web.Request) -> web.Response:
     return ok({"items": [_present(e) for e in entries], "next_cursor": None})
 
 
-async def add_entry(request: web.Request) -> web.Response:
-    rb = relaybox(request)
-    body = await read_json(request)
-    cidr = body_str(body, "cidr", max_len=64)
-    note = body_str(body, "note", required=False)
+async def add(rb, cidr: str | None, note: str | None, source: str = "api") -> AllowlistEntry:
+    """``POST /api/v1/allowlist``'s steps (the console's form too): the network normalised, 409 if it is
+    already there, the intake's policy refreshed."""
     try:
         net = str(policy.parse_cidr(cidr or ""))
     except ValueError as exc:
         raise invalid(f"cidr: {exc}") from None
     try:
-        entry = await rb.store.access.add_allowlist(net, note, "api", exist_ok=False)
+        entry = await rb.store.access.add_allowlist(net, note, source, exist_ok=False)
     except Conflict:
         raise conflict(f"{net} is already on the allowlist") from None
     await rb.policy.refresh()
-    return ok(_present(entry), status=201)
+    return entry
 
 
-async def remove_entry(request: web.Request) -> web.Response:
-    rb = relaybox(request)
-    raw = request.match_info["cidr"]
+async def remove(rb, raw: str) -> str:
+    """``DELETE /api/v1/allowlist/{cidr}``'s steps: the removed network (404 if it was not there)."""
     try:
         net = str(policy.parse_cidr(raw))
     except ValueError as exc:
@@ -62,7 +59,18 @@ async def remove_entry(request: web.Request) -> web.Response:
     if not await rb.store.access.remove_allowlist(net):
         raise not_found(f"{net} is not on the allowlist")
     await rb.policy.refresh()
-    return ok({"removed": net})
+    return net
+
+
+async def add_entry(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    cidr = body_str(body, "cidr", max_len=64)
+    note = body_str(body, "note", required=False)
+    return ok(_present(await add(relaybox(request), cidr, note)), status=201)
+
+
+async def remove_entry(request: web.Request) -> web.Response:
+    return ok({"removed": await remove(relaybox(request), request.match_info["cidr"])})
 
 
 ROUTES = [

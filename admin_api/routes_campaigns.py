@@ -42,8 +42,8 @@ async def show_campaign(request: web.Request) -> web.Response:
     return ok(await _view(request, request.match_info["name"]))
 
 
-async def create_campaign(request: web.Request) -> web.Response:
-    body = await read_json(request)
+async def create(inbound: InboundStore, body: dict) -> str:
+    """``POST /api/v1/campaigns``'s steps (the console's form too): the saved name."""
     name = body.get("name")
     if not isinstance(name, str) or not name.strip():
         raise invalid("name: required")
@@ -51,36 +51,49 @@ async def create_campaign(request: web.Request) -> web.Response:
     if problem:                   # a campaign name becomes a Maildir directory: never a path
         raise bad_request(problem)
     c = _build(body, name)
-    inbound = _inbound(request)
     if await inbound.campaign(name.strip()) is not None:
         raise conflict(f"campaign {name.strip()} exists; PUT /api/v1/campaigns/{name.strip()} changes it")
     await channels.save_campaign(inbound, c)
-    return ok(await _view(request, name.strip()), status=201)
+    return name.strip()
 
 
-async def update_campaign(request: web.Request) -> web.Response:
-    name = request.match_info["name"]
-    body = await read_json(request)
+async def update(inbound: InboundStore, name: str, body: dict) -> None:
+    """``PUT /api/v1/campaigns/{name}``'s steps (the console's form too): the fields given replace the
+    stored ones; a secret of ``***`` or None keeps the stored secret."""
     if "name" in body and body["name"] != name:
         raise invalid("name: cannot be changed")
-    inbound = _inbound(request)
     old = await channels.get_campaign(inbound, name)
     if old is None:
         raise not_found(f"no campaign {name}")
     data = dataclasses.asdict(old)
     data.update({k: v for k, v in body.items() if not (k == "secret" and v in (None, MASK))})
     await channels.save_campaign(inbound, _build(data, name))
+
+
+async def delete(inbound: InboundStore, name: str) -> None:
+    """``DELETE /api/v1/campaigns/{name}``'s steps: 409 while a channel or filter names it."""
+    try:
+        removed = await inbound.delete_campaign(name)
+    except CampaignInUse as exc:
+        raise conflict(str(exc)) from None
+    if not removed:
+        raise not_found(f"no campaign {name}")
+
+
+async def create_campaign(request: web.Request) -> web.Response:
+    name = await create(_inbound(request), await read_json(request))
+    return ok(await _view(request, name), status=201)
+
+
+async def update_campaign(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    await update(_inbound(request), name, await read_json(request))
     return ok(await _view(request, name))
 
 
 async def delete_campaign(request: web.Request) -> web.Response:
     name = request.match_info["name"]
-    try:
-        removed = await _inbound(request).delete_campaign(name)
-    except CampaignInUse as exc:
-        raise conflict(str(exc)) from None
-    if not removed:
-        raise not_found(f"no campaign {name}")
+    await delete(_inbound(request), name)
     return ok({"removed": name})
 
 

@@ -27,18 +27,18 @@ READ_ONLY = ("state", "status", "last_poll_at", "last_success_at", "last_error",
              "quarantined")
 
 
-def _poller(request: web.Request) -> Any:
+def poller_of(request: web.Request) -> Any:
     return getattr(relaybox(request), "poller", None)
 
 
-def _status(request: web.Request) -> dict[str, dict]:
-    poller = _poller(request)
+def poller_status(request: web.Request) -> dict[str, dict]:
+    poller = poller_of(request)
     if poller is None:
         return {}
     return {s["name"]: s for s in poller.status()}
 
 
-def _present(row: dict, status: dict[str, dict]) -> dict:
+def present(row: dict, status: dict[str, dict]) -> dict:
     """A channel view for the API: the state (active | inactive | failing, from enabled and the last error)
     and the running poller's view; ``up`` is never true for a disabled channel or with a last error."""
     out = dict(row)
@@ -53,39 +53,39 @@ def _present(row: dict, status: dict[str, dict]) -> dict:
     return out
 
 
-def _inbound(request: web.Request) -> InboundStore:
+def inbound_store(request: web.Request) -> InboundStore:
     return relaybox(request).store.inbound
 
 
 async def _one(request: web.Request, name: str) -> dict:
-    rec = await _inbound(request).channel(name)
+    rec = await inbound_store(request).channel(name)
     if rec is None:
         raise not_found(f"no channel {name}")
-    return _present(channels.channel_view(rec), _status(request))
+    return present(channels.channel_view(rec), poller_status(request))
 
 
-def _build(data: dict, name: str) -> ChannelConfig:
+def build_channel(data: dict, name: str) -> ChannelConfig:
     try:
         return build(ChannelConfig, data, f"channels.{name}")
     except ConfigError as exc:
         raise invalid("; ".join(exc.problems)) from None
 
 
-def _timeout(request: web.Request) -> float:
-    poller = _poller(request)
+def validation_timeout(request: web.Request) -> float:
+    poller = poller_of(request)
     return float(poller.pcfg.timeout if poller is not None else PollerConfig().timeout)
 
 
-async def _save(request: web.Request, ch: ChannelConfig, *, validate: bool = True) -> Validation | None:
+async def save(request: web.Request, ch: ChannelConfig, *, validate: bool = True) -> Validation | None:
     """Save a channel: validated against its server first (an active channel only when the connection
     succeeds: 422 "Connection failed: ..." otherwise); ``validate=False`` for changes that do not touch
     the connection (filters, disabling)."""
     try:
         if not validate:
-            await channels.save_channel(_inbound(request), ch)
+            await channels.save_channel(inbound_store(request), ch)
             return None
-        poller = _poller(request)
-        return await save_validated(_inbound(request), ch, _timeout(request),
+        poller = poller_of(request)
+        return await save_validated(inbound_store(request), ch, validation_timeout(request),
                                     poller.http if poller is not None else None)
     except (channels.ChannelError, ValueError) as exc:
         raise invalid(str(exc)) from None
@@ -99,35 +99,40 @@ async def list_channels(request: web.Request) -> web.Response:
     search = {k: request.query.get(k) for k in ("name", "address", "campaign", "state", "q")}
     if search["state"] is not None and search["state"] not in channels.STATES:
         raise invalid(f"state: expected one of {', '.join(channels.STATES)}")
-    rows = await channels.list_channels(_inbound(request), **search)
-    status = _status(request)
-    return ok({"items": [_present(r, status) for r in rows], "next_cursor": None})
+    rows = await channels.list_channels(inbound_store(request), **search)
+    status = poller_status(request)
+    return ok({"items": [present(r, status) for r in rows], "next_cursor": None})
 
 
 async def show_channel(request: web.Request) -> web.Response:
     return ok(await _one(request, request.match_info["name"]))
 
 
-async def create_channel(request: web.Request) -> web.Response:
-    body = await read_json(request)
+async def create(request: web.Request, body: dict) -> tuple[str, Validation | None]:
+    """``POST /api/v1/channels``'s steps (the console's form too): build, refuse an existing name, save
+    (validated): the saved name and the validation."""
     name = body.get("name")
     if not isinstance(name, str) or not name.strip():
         raise invalid("name: required")
-    ch = _build(body, name)
-    if await _inbound(request).channel(ch.name.strip()) is not None:
+    ch = build_channel(body, name)
+    if await inbound_store(request).channel(ch.name.strip()) is not None:
         raise conflict(f"channel {ch.name.strip()} exists; PUT /api/v1/channels/{ch.name.strip()} changes it")
-    v = await _save(request, ch)
-    return ok(_with(await _one(request, ch.name.strip()), v), status=201)
+    return ch.name.strip(), await save(request, ch)
 
 
-async def _stored(request: web.Request, name: str) -> ChannelConfig:
-    ch = await channels.get_channel(_inbound(request), name)
+async def create_channel(request: web.Request) -> web.Response:
+    name, v = await create(request, await read_json(request))
+    return ok(_with(await _one(request, name), v), status=201)
+
+
+async def stored(request: web.Request, name: str) -> ChannelConfig:
+    ch = await channels.get_channel(inbound_store(request), name)
     if ch is None:
         raise not_found(f"no channel {name}")
     return ch
 
 
-def _merge(old: ChannelConfig, body: dict) -> dict:
+def merge(old: ChannelConfig, body: dict) -> dict:
     data = dataclasses.asdict(old)
     for k, v in body.items():
         if k in READ_ONLY:
@@ -139,26 +144,31 @@ def _merge(old: ChannelConfig, body: dict) -> dict:
     return data
 
 
-async def update_channel(request: web.Request) -> web.Response:
-    name = request.match_info["name"]
-    body = await read_json(request)
+async def update(request: web.Request, name: str, body: dict) -> Validation | None:
+    """``PUT /api/v1/channels/{name}``'s steps (the console's form too): merge with the stored channel,
+    validate again only when the connection changed or the channel is being enabled, save."""
     if "name" in body and body["name"] != name:
         raise invalid("name: cannot be changed (create a new channel)")
-    old = await _stored(request, name)
-    new = _build(_merge(old, body), name)
-    again = not _same_connection(old, new) or (new.enabled and not old.enabled)
-    v = await _save(request, new, validate=again)
+    old = await stored(request, name)
+    new = build_channel(merge(old, body), name)
+    again = not same_connection(old, new) or (new.enabled and not old.enabled)
+    return await save(request, new, validate=again)
+
+
+async def update_channel(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    v = await update(request, name, await read_json(request))
     return ok(_with(await _one(request, name), v))
 
 
 async def delete_channel(request: web.Request) -> web.Response:
     name = request.match_info["name"]
-    if not await _inbound(request).delete_channel(name):
+    if not await inbound_store(request).delete_channel(name):
         raise not_found(f"no channel {name}")
     return ok({"removed": name})
 
 
-def _same_connection(a: ChannelConfig, b: ChannelConfig) -> bool:
+def same_connection(a: ChannelConfig, b: ChannelConfig) -> bool:
     """Only filters, routing or the enabled flag differ (nothing a validation would look at)."""
     keep = ("filters", "enabled", "default_campaign", "poll_interval", "purpose", "recipient_only")
     return dataclasses.replace(a, **{k: getattr(b, k) for k in keep}) == b
@@ -167,29 +177,35 @@ def _same_connection(a: ChannelConfig, b: ChannelConfig) -> bool:
 def _toggle(enabled: bool):
     async def handler(request: web.Request) -> web.Response:
         name = request.match_info["name"]
-        old = await _stored(request, name)
-        v = await _save(request, dataclasses.replace(old, enabled=enabled), validate=enabled)
+        old = await stored(request, name)
+        v = await save(request, dataclasses.replace(old, enabled=enabled), validate=enabled)
         return ok(_with(await _one(request, name), v))
     return handler
 
 
 async def get_filters(request: web.Request) -> web.Response:
-    ch = await _stored(request, request.match_info["name"])
+    ch = await stored(request, request.match_info["name"])
     return ok({"items": [dataclasses.asdict(f) for f in ch.filters], "next_cursor": None})
 
 
-async def put_filters(request: web.Request) -> web.Response:
-    name = request.match_info["name"]
-    body = await read_json(request)
-    items = body.get("items")
+async def replace_filters(request: web.Request, name: str, items: Any) -> list[FilterConfig]:
+    """``PUT /api/v1/channels/{name}/filters``'s steps (the console's filter editor too): the ordered
+    filters checked (each names a stored campaign) and saved, without a validation."""
     if not isinstance(items, list) or not all(isinstance(i, dict) for i in items) or len(items) > 1000:
         raise invalid("items: expected an ordered list of filters {field, op, value, campaign}")
     try:
         filters = [build(FilterConfig, i, f"filters[{n}]") for n, i in enumerate(items)]
     except ConfigError as exc:
         raise invalid("; ".join(exc.problems)) from None
-    old = await _stored(request, name)
-    await _save(request, dataclasses.replace(old, filters=filters), validate=False)
+    old = await stored(request, name)
+    await save(request, dataclasses.replace(old, filters=filters), validate=False)
+    return filters
+
+
+async def put_filters(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    body = await read_json(request)
+    filters = await replace_filters(request, name, body.get("items"))
     return ok({"items": [dataclasses.asdict(f) for f in filters], "next_cursor": None})
 
 
@@ -197,10 +213,10 @@ async def validate(request: web.Request) -> web.Response:
     """Validate the stored channel now ("Connection succeeded" / "Connection failed: <server's words>");
     the answer is also kept as the channel's last error (cleared on success)."""
     name = request.match_info["name"]
-    await _stored(request, name)
-    poller = _poller(request)
+    await stored(request, name)
+    poller = poller_of(request)
     try:
-        v = await validate_stored(_inbound(request), name, _timeout(request),
+        v = await validate_stored(inbound_store(request), name, validation_timeout(request),
                                   poller.http if poller is not None else None)
     except Exception as exc:  # noqa: BLE001 - a settings combination the poller did not foresee: say so
         log.exception("channel %s: validation failed unexpectedly", name)
@@ -213,10 +229,10 @@ FILTER = {"type": "object", "required": ["field", "value", "campaign"], "propert
     "field": {"type": "string", "description": "sender | subject | body | to | header:NAME"},
     "op": {"type": "string", "enum": ["contains", "equals", "regex"]},
     "value": {"type": "string"}, "campaign": {"type": "string"}}}
-_ENUMS = {"protocol": ["imap", "pop3"], "tls": ["implicit", "starttls", "none"],
+ENUMS = {"protocol": ["imap", "pop3"], "tls": ["implicit", "starttls", "none"],
           "auth": ["password", "oauth2"],
           "after": ["seen", "move", "delete"], "purpose": ["campaigns", "bounces"]}
-_DESCRIPTIONS = {
+DESCRIPTIONS = {
     "name": "identifier: letter or digit, then letters, digits, _ . - (at most 64)",
     "short_name": "identifier of the channel's stored mail (default: name), kept when the mailbox moves",
     "port": "0 = the protocol's default for the TLS mode",
@@ -235,12 +251,12 @@ def _schema(f: dataclasses.Field) -> dict[str, Any]:
         return {"type": "array", "items": FILTER}
     tp = {"bool": "boolean", "int": "integer", "Duration": "string"}.get(str(f.type), "string")
     out: dict[str, Any] = {"type": tp}
-    if f.name in _ENUMS:
-        out["enum"] = _ENUMS[f.name]
+    if f.name in ENUMS:
+        out["enum"] = ENUMS[f.name]
     if f.name in channels.SECRET_FIELDS:
         out["description"] = "write-only; answers show ***"
-    elif f.name in _DESCRIPTIONS:
-        out["description"] = _DESCRIPTIONS[f.name]
+    elif f.name in DESCRIPTIONS:
+        out["description"] = DESCRIPTIONS[f.name]
     return out
 
 

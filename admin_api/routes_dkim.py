@@ -8,7 +8,7 @@ from admin_api.common import Route, ok, relaybox
 from relay.delivery import dkim
 
 
-def _keys(cfg) -> list[dict]:
+def keys(cfg) -> list[dict]:
     out = []
     for domain, kc in sorted(cfg.domains.items()):
         item = {"domain": domain, "selector": kc.selector, "dns_name": f"{kc.selector}._domainkey.{domain}",
@@ -26,7 +26,7 @@ def _keys(cfg) -> list[dict]:
 
 async def list_keys(request: web.Request) -> web.Response:
     cfg = relaybox(request).settings.relay.dkim
-    return ok({"enabled": cfg.enabled, "items": _keys(cfg), "next_cursor": None})
+    return ok({"enabled": cfg.enabled, "items": keys(cfg), "next_cursor": None})
 
 
 ROUTES = [

@@ -16,11 +16,11 @@ def _inbound(request: web.Request) -> InboundStore:
     return relaybox(request).store.inbound
 
 
-def _present(q: QuarantineItem) -> dict:
+def present(q: QuarantineItem) -> dict:
     return {**q.as_dict(), "created_at": iso(q.created_at), "updated_at": iso(q.updated_at)}
 
 
-def _headers(raw: bytes | None) -> list[list[str]] | None:
+def header_fields(raw: bytes | None) -> list[list[str]] | None:
     """The header fields of a stored message, as [name, value] pairs (None: no content stored)."""
     if raw is None:
         return None
@@ -48,13 +48,13 @@ async def list_quarantine(request: web.Request) -> web.Response:
     limit = query_int(request, "limit", 100, 1, 1000)
     channel = request.query.get("channel") or None
     items = await _inbound(request).quarantine(limit=limit, channel=channel)
-    return ok({"items": [_present(q) for q in items], "next_cursor": None})
+    return ok({"items": [present(q) for q in items], "next_cursor": None})
 
 
 async def show(request: web.Request) -> web.Response:
     q = await _quarantined(request)
     raw = await _inbound(request).raw(q.id)
-    return ok({**_present(q), "status": "quarantined", "headers": _headers(raw)})
+    return ok({**present(q), "status": "quarantined", "headers": header_fields(raw)})
 
 
 async def raw(request: web.Request) -> web.Response:
@@ -66,10 +66,16 @@ async def raw(request: web.Request) -> web.Response:
                         headers={"Content-Disposition": f'attachment; filename="inbound-{q.id}.eml"'})
 
 
+async def retry_one(inbound: InboundStore, q: QuarantineItem) -> None:
+    """``POST /api/v1/quarantine/{id}/retry``'s steps (the console too): back to ``received``; 409 when no
+    content was stored."""
+    if not await inbound.retry_quarantined(q.id):
+        raise conflict(f"message {q.id} has no stored content to retry (too large, or never fetched)")
+
+
 async def retry(request: web.Request) -> web.Response:
     q = await _quarantined(request)
-    if not await _inbound(request).retry_quarantined(q.id):
-        raise conflict(f"message {q.id} has no stored content to retry (too large, or never fetched)")
+    await retry_one(_inbound(request), q)
     return ok({"id": q.id, "status": "received"})
 
 

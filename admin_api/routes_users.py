@@ -18,28 +18,37 @@ async def list_users(request: web.Request) -> web.Response:
     return ok({"items": items, "next_cursor": None})
 
 
-async def set_user(request: web.Request) -> web.Response:
-    rb = relaybox(request)
-    body = await read_json(request)
-    username = body_str(body, "username", max_len=200) or ""
-    password = body_str(body, "password", max_len=1000) or ""
-    note = body_str(body, "note", required=False)
+async def save_user(rb, username: str, password: str, note: str | None, source: str = "api") -> None:
+    """``POST /api/v1/smtp-users``'s steps (the console's forms too): checked, the password hashed
+    (scrypt), stored (a new user or a new password), the intake's policy refreshed."""
     if len(password) < 8:
         raise invalid("password: at least 8 characters")
     if not username or any(c.isspace() or ord(c) < 32 for c in username) or "/" in username:
         raise invalid("username: non-empty, without spaces, control characters or '/'")
     hashed = policy.hash_password(password)
-    await rb.store.access.set_user(username, hashed, note, "api")
+    await rb.store.access.set_user(username, hashed, note, source)
     await rb.policy.refresh()
+
+
+async def delete_user(rb, name: str) -> None:
+    """``DELETE /api/v1/smtp-users/{username}``'s steps (404 if there is no such user)."""
+    if not await rb.store.access.remove_user(name):
+        raise not_found(f"no SMTP user {name}")
+    await rb.policy.refresh()
+
+
+async def set_user(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    username = body_str(body, "username", max_len=200) or ""
+    password = body_str(body, "password", max_len=1000) or ""
+    note = body_str(body, "note", required=False)
+    await save_user(relaybox(request), username, password, note)
     return ok({"username": username, "note": note}, status=201)
 
 
 async def remove_user(request: web.Request) -> web.Response:
-    rb = relaybox(request)
     name = request.match_info["username"]
-    if not await rb.store.access.remove_user(name):
-        raise not_found(f"no SMTP user {name}")
-    await rb.policy.refresh()
+    await delete_user(relaybox(request), name)
     return ok({"removed": name})
 
 

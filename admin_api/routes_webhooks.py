@@ -20,12 +20,16 @@ def _hook(request: web.Request):
     raise not_found(f"no webhook endpoint {name}")
 
 
-async def list_webhooks(request: web.Request) -> web.Response:
-    hooks = _hooks(request)
-    rows = await endpoint_status(relaybox(request).store.outbox, hooks)
+async def statuses(rb) -> list[dict]:
+    """Every configured endpoint with its cursor, pending/failed counts and last success/failure."""
+    rows = await endpoint_status(rb.store.outbox, list(rb.settings.section("webhooks") or []))
     for r in rows:
         r["last_success_at"], r["last_failure_at"] = iso(r["last_success_at"]), iso(r["last_failure_at"])
-    return ok({"items": rows, "next_cursor": None})
+    return rows
+
+
+async def list_webhooks(request: web.Request) -> web.Response:
+    return ok({"items": await statuses(relaybox(request)), "next_cursor": None})
 
 
 async def list_deliveries(request: web.Request) -> web.Response:
@@ -41,14 +45,19 @@ async def list_deliveries(request: web.Request) -> web.Response:
     return ok({"items": rows, "next_after": rows[-1]["id"] if rows else after})
 
 
-async def retry_now(request: web.Request) -> web.Response:
-    hook = _hook(request)
-    rb = relaybox(request)
-    n = await rb.store.outbox.retry_now(hook.name)
+async def retry_pending(rb, name: str) -> int:
+    """``POST /api/v1/webhooks/{name}/retry``'s steps (the console too): pending deliveries due now, the
+    dispatcher woken; how many were rescheduled."""
+    n = await rb.store.outbox.retry_now(name)
     admin = getattr(rb, "admin", None)
     if admin is not None and getattr(admin, "webhooks", None) is not None:
         admin.webhooks.wake()
-    return ok({"name": hook.name, "rescheduled": n})
+    return n
+
+
+async def retry_now(request: web.Request) -> web.Response:
+    hook = _hook(request)
+    return ok({"name": hook.name, "rescheduled": await retry_pending(relaybox(request), hook.name)})
 
 
 NAME = Param("name", where="path", required=True)

@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from admin_api import routes_channels
-from admin_api.common import ApiError, invalid
+from admin_api.common import invalid
 from poller import channels
 from poller.config import ChannelConfig
 
@@ -22,7 +22,7 @@ def kind_of(f: dataclasses.Field) -> str:
     t = str(f.type)
     if f.name in channels.SECRET_FIELDS:
         return "secret"
-    if f.name in routes_channels._ENUMS:
+    if f.name in routes_channels.ENUMS:
         return "enum"
     return {"bool": "bool", "int": "int"}.get(t, "text")
 
@@ -36,9 +36,9 @@ def form_fields(values: dict[str, Any], editing: bool) -> list[dict[str, Any]]:
         v = values.get(f.name, default)
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         out.append({"name": f.name, "kind": k, "value": "" if k == "secret" else v,
-                    "choices": routes_channels._ENUMS.get(f.name, []),
+                    "choices": routes_channels.ENUMS.get(f.name, []),
                     "readonly": editing and f.name == "name",
-                    "help": routes_channels._DESCRIPTIONS.get(f.name, ""), "required": required})
+                    "help": routes_channels.DESCRIPTIONS.get(f.name, ""), "required": required})
     return out
 
 
@@ -68,19 +68,9 @@ def body_from(form: Any, editing: bool) -> dict[str, Any]:
 
 async def create(request: web.Request, body: dict[str, Any]) -> tuple[str, Any]:
     """``POST /api/v1/channels``'s steps: the saved name and the validation (or None)."""
-    name = body.get("name")
-    if not isinstance(name, str) or not name.strip():
-        raise invalid("name: required")
-    ch = routes_channels._build(body, name)
-    if await routes_channels._inbound(request).channel(ch.name.strip()) is not None:
-        raise ApiError(409, "conflict", f"channel {ch.name.strip()} exists")
-    return ch.name.strip(), await routes_channels._save(request, ch)
+    return await routes_channels.create(request, body)
 
 
 async def update(request: web.Request, name: str, body: dict[str, Any]) -> Any:
     """``PUT /api/v1/channels/{name}``'s steps (the filters stay as stored)."""
-    old = await routes_channels._stored(request, name)
-    body = {k: v for k, v in body.items() if k != "name"}
-    new = routes_channels._build(routes_channels._merge(old, body), name)
-    again = not routes_channels._same_connection(old, new) or (new.enabled and not old.enabled)
-    return await routes_channels._save(request, new, validate=again)
+    return await routes_channels.update(request, name, {k: v for k, v in body.items() if k != "name"})

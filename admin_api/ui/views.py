@@ -226,7 +226,7 @@ async def _dashboard_data(request: web.Request) -> dict[str, Any]:
     qs = await app.store.stats.queue_stats()
     sched = getattr(app, "scheduler", None)
     parked = [d.as_dict() for d in sched.destinations.status()] if sched is not None else []
-    chans = [routes_channels._present(r, routes_channels._status(request))
+    chans = [routes_channels.present(r, routes_channels.poller_status(request))
              for r in await channels.list_channels(app.store.inbound)]
     recent = await app.store.history.list_messages(MessageFilter(status=("deferred", "failed")), limit=5)
     disk = app.disk
@@ -446,8 +446,8 @@ async def channel_list(request: web.Request) -> web.StreamResponse:
     state = request.query.get("state", "")
     rows = await channels.list_channels(rb(request).store.inbound, q=q or None,
                                         state=state if state in channels.STATES else None)
-    status = routes_channels._status(request)
-    return render(request, "channels.html", {"page": "channels", "items": [routes_channels._present(r, status)
+    status = routes_channels.poller_status(request)
+    return render(request, "channels.html", {"page": "channels", "items": [routes_channels.present(r, status)
                                                                            for r in rows],
                                              "q": q, "state": state, "states": channels.STATES})
 
@@ -468,13 +468,14 @@ async def channel_action(request: web.Request) -> web.StreamResponse:
     v: Validation | None
     try:
         if action == "validate":
-            await routes_channels._stored(request, name)
-            poller = routes_channels._poller(request)
-            v = await validate_stored(rb(request).store.inbound, name, routes_channels._timeout(request),
+            await routes_channels.stored(request, name)
+            poller = routes_channels.poller_of(request)
+            v = await validate_stored(rb(request).store.inbound, name,
+                                      routes_channels.validation_timeout(request),
                                       poller.http if poller is not None else None)
         else:
-            old = await routes_channels._stored(request, name)
-            v = await routes_channels._save(request, dataclasses.replace(old, enabled=action == "enable"),
+            old = await routes_channels.stored(request, name)
+            v = await routes_channels.save(request, dataclasses.replace(old, enabled=action == "enable"),
                                             validate=action == "enable")
     except ApiError as exc:
         if exc.status == 404:
@@ -488,7 +489,7 @@ async def channel_action(request: web.Request) -> web.StreamResponse:
 
 
 async def _channel_values(request: web.Request, name: str) -> dict[str, Any]:
-    ch = await routes_channels._stored(request, name)
+    ch = await routes_channels.stored(request, name)
     return {f.name: getattr(ch, f.name) for f in channel_form.FIELDS}
 
 
