@@ -18,6 +18,8 @@ Aggregates (attributes of ``Store``):
 - ``kv``        small named values
 - ``stats``     figures for /metrics and /readyz
 - ``tracking``  opens and clicks recorded by the tracking listener
+- ``routes``    smarthost routes (settings seeded from the config or saved by the API/CLI) and their status
+- ``nodes``     the nodes registry and named leases (leader, channels) of several nodes on one database
 """
 
 from __future__ import annotations
@@ -31,9 +33,11 @@ from store.history import History
 from store.inbound import InboundStore
 from store.kv import KeyValue
 from store.messages import MessageStore
+from store.nodes import NodeStore
 from store.outbox import WebhookOutbox
 from store.postgres import PgDatabase, is_url
 from store.rejections import RejectionStore
+from store.routes import RouteStore
 from store.sqlite import Database, SchemaTooNew, StorageError
 from store.stats import Stats
 from store.tracking import TrackingStore
@@ -65,6 +69,8 @@ class Store:
         self.stats = Stats(self.db, clock)
         self.tracking = TrackingStore(self.db, clock)
         self.rejections = RejectionStore(self.db, clock)
+        self.routes = RouteStore(self.db, clock)
+        self.nodes = NodeStore(self.db, clock)
 
     def open(self) -> "Store":
         self.db.open()

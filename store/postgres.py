@@ -23,6 +23,7 @@ import asyncio
 import functools
 import logging
 import re
+import threading
 import time
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence, TypeVar
@@ -395,3 +396,89 @@ class PgDatabase(GroupCommitWriter):
             return size
         self._size = (time.monotonic(), size)
         return size
+
+    def listen(self, channels: Sequence[str], deliver: Callable[[str, str], None]) -> "Notifications":
+        """A started ``Notifications`` on its own connection to this database (stop it when done)."""
+        return Notifications(self.url, channels, deliver).start()
+
+
+# ---- LISTEN / NOTIFY: wake-ups between nodes ------------------------------------------------------------
+# channels notified by migration 0014's triggers: new messages, changed allowlist/users/channels/...
+QUEUE_CHANNEL = "relaybox_queue"
+CONFIG_CHANNEL = "relaybox_config"
+RECONNECTED = "*"          # the channel name handed to ``deliver`` after each (re)connection
+
+
+class Notifications:
+    """A dedicated LISTEN connection in its own thread (``conn.notifies()``), never one of the writer's or
+    readers'. ``deliver(channel, payload)`` is called in that thread for every notification, and once with
+    channel ``RECONNECTED`` after each successful (re)connection: what was notified while the connection was
+    down is lost, so the receiver refreshes everything then. The connection comes back by itself when the
+    server went away (0.2 s doubling to 5 s between tries); ``connected`` and ``last_error`` tell the state.
+    TCP keepalives detect a server that vanished without closing the socket."""
+
+    def __init__(self, url: str, channels: Sequence[str], deliver: Callable[[str, str], None]):
+        self.url = url
+        self.channels = tuple(channels)
+        self.deliver = deliver
+        self.connected = False
+        self.last_error: str | None = None
+        self.received = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def start(self) -> "Notifications":
+        self._thread = threading.Thread(target=self._run, name="pg-listen", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        raw: psycopg.Connection[Any] = psycopg.connect(
+            self.url, autocommit=True, application_name="relaybox-listen", connect_timeout=5,
+            keepalives=1, keepalives_idle=5, keepalives_interval=2, keepalives_count=3)
+        for ch in self.channels:
+            raw.execute(f'LISTEN "{ch}"'.encode())
+        return raw
+
+    def _run(self) -> None:
+        delay = 0.2
+        while not self._stop.is_set():
+            try:
+                self._conn = self._connect()
+            except psycopg.Error as exc:
+                self._down(exc)
+                self._stop.wait(delay)
+                delay = min(5.0, delay * 2)
+                continue
+            delay = 0.2
+            if not self.connected:
+                log.info("listening for notifications of other nodes (%s)", ", ".join(self.channels))
+            self.connected, self.last_error = True, None
+            try:
+                self.deliver(RECONNECTED, "")
+                self._listen(self._conn)
+            except psycopg.Error as exc:
+                self._down(exc)
+            finally:
+                self._conn.close()
+                self._conn = None
+
+    def _listen(self, raw: psycopg.Connection[Any]) -> None:
+        while not self._stop.is_set():
+            for note in raw.notifies(timeout=0.5):
+                self.received += 1
+                self.deliver(note.channel, note.payload)
+            if raw.broken or raw.closed:
+                raise psycopg.OperationalError("listening connection lost")
+
+    def _down(self, exc: Exception) -> None:
+        if self.connected or self.last_error is None:
+            log.warning("notifications from other nodes unavailable (reconnecting): %s", exc)
+        self.connected, self.last_error = False, str(exc)

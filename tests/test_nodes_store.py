@@ -1,0 +1,195 @@
+"""store.nodes (migration 0014) on both backends: the nodes registry, named leases taken by one owner at a
+time, recovery of dead nodes' claims; and, on PostgreSQL, the LISTEN connection of store/postgres.py."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from store import Store
+from store.nodes import LEADER, Registration
+from store.postgres import CONFIG_CHANNEL, QUEUE_CHANNEL, RECONNECTED, Notifications
+from store.records import NewMessage
+
+pytestmark = pytest.mark.component
+
+TTL = 15.0
+
+
+def reg(owner: str, name: str | None = None) -> Registration:
+    host, _, pid = owner.partition(":")
+    return Registration(owner=owner, name=name or owner, host=host, pid=int(pid), version="0.1.0")
+
+
+def msg(n: int, rcpts=("a@x.test",)) -> NewMessage:
+    return NewMessage(sender="app@org.test", recipients=list(rcpts), body=f"Subject: {n}\r\n\r\nhi\r\n".encode())
+
+
+async def test_a_lease_has_one_owner_until_it_expires(open_store, clock):
+    s = open_store()
+    await s.nodes.register(reg("a:1"))
+    await s.nodes.register(reg("b:2"))
+    assert await s.nodes.acquire("a:1", {LEADER, "channel:x"}, TTL) == {LEADER, "channel:x"}
+    assert await s.nodes.acquire("b:2", {LEADER, "channel:x", "channel:y"}, TTL) == {"channel:y"}
+    clock.t += TTL - 1
+    assert await s.nodes.beat("a:1", TTL, {LEADER, "channel:x"}) == {LEADER, "channel:x"}    # renewed
+    clock.t += TTL - 1
+    assert await s.nodes.acquire("b:2", {LEADER}, TTL) == set()         # renewed above: still a's
+    clock.t += 2
+    assert await s.nodes.acquire("b:2", {LEADER}, TTL) == {LEADER}      # expired: b takes it
+    assert await s.nodes.beat("a:1", TTL, {LEADER, "channel:x"}) == {"channel:x"}   # a learns it lost it
+    leases = {le.name: le for le in await s.nodes.leases()}
+    assert leases[LEADER].owner == "b:2" and leases[LEADER].acquired_at == clock.t
+    assert await s.nodes.release("a:1", {"channel:x"}) == 1
+    assert await s.nodes.acquire("b:2", {"channel:x"}, TTL) == {"channel:x"}   # released: free at once
+
+
+async def test_concurrent_takers_get_each_lease_once(open_store):
+    s = open_store()
+    owners = [f"n:{i}" for i in range(8)]
+    got = await asyncio.gather(*(s.nodes.acquire(o, {LEADER, "channel:c"}, TTL) for o in owners))
+    assert sum(LEADER in g for g in got) == 1 and sum("channel:c" in g for g in got) == 1
+
+
+async def test_listing_says_who_is_alive_and_what_it_holds(open_store, clock):
+    s = open_store()
+    await s.nodes.register(reg("mx1:10", "mx1"))
+    await s.nodes.register(reg("mx2:20", "mx2"))
+    await s.nodes.acquire("mx1:10", {LEADER, "channel:support"}, TTL)
+    await s.messages.enqueue(msg(1, ("a@x.test", "b@x.test")))
+    await s.messages.claim("mx2:20", lease=300)
+    nodes = {n.name: n for n in await s.nodes.list_nodes(TTL)}
+    assert nodes["mx1"].alive and nodes["mx1"].leader and nodes["mx1"].channels == ("support",)
+    assert nodes["mx2"].sending == 2 and not nodes["mx2"].leader
+    clock.t += TTL / 2
+    await s.nodes.beat("mx1:10", TTL, {LEADER, "channel:support"})
+    clock.t += TTL / 2 + 1
+    nodes = {n.name: n for n in await s.nodes.list_nodes(TTL)}
+    assert nodes["mx1"].alive and not nodes["mx2"].alive          # mx2's heartbeat is older than TTL
+    assert [n.name for n in await s.nodes.list_nodes(TTL)] == ["mx1", "mx2"]
+    assert nodes["mx1"].as_dict()["channels"] == ["support"]
+    await s.nodes.leave("mx1:10")
+    [gone] = [n for n in await s.nodes.list_nodes(TTL) if n.name == "mx1"]
+    assert not gone.alive and gone.stopped_at is not None and gone.leases == ()
+
+
+async def test_claims_of_a_dead_node_go_back_to_the_queue_once(open_store, clock):
+    s = open_store()
+    await s.nodes.register(reg("dead:1"))
+    await s.nodes.register(reg("live:2"))
+    q1 = await s.messages.enqueue(msg(1))
+    [c1] = await s.messages.claim("dead:1", lease=300, limit=1)
+    q2 = await s.messages.enqueue(msg(2))
+    [c2] = await s.messages.claim("live:2", lease=300, limit=1)
+    q3 = await s.messages.enqueue(msg(3))
+    await s.messages.claim("unregistered:3", lease=300, limit=1)       # not a node: left to its lease
+    await s.nodes.acquire("dead:1", {"channel:x"}, TTL)
+    assert {c1.message.id, c2.message.id} == {q1, q2}
+    assert await s.nodes.recover_dead(TTL) == {"requeued": 0, "poisoned": 0, "leases_dropped": 0}
+    clock.t += TTL + 1
+    await s.nodes.beat("live:2", TTL)
+    stats = await s.nodes.recover_dead(TTL)
+    assert stats == {"requeued": 1, "poisoned": 0, "leases_dropped": 1}
+    assert [r.status for r in await s.messages.recipients(q1)] == ["queued"]
+    assert [r.status for r in await s.messages.recipients(q2)] == ["sending"]
+    assert [r.status for r in await s.messages.recipients(q3)] == ["sending"]
+    assert (await s.nodes.recover_dead(TTL))["requeued"] == 0           # once
+    events = await s.history.events(message_id=q1)
+    assert any(e.actor == "cluster" and e.reason == "recovered-lease" for e in events)
+    assert await s.nodes.acquire("live:2", {"channel:x"}, TTL) == {"channel:x"}
+
+
+async def test_a_message_interrupted_poison_limit_times_fails(open_store, clock):
+    s = open_store()
+    qid = await s.messages.enqueue(msg(1))
+    for i in range(3):
+        owner = f"crashy:{i}"
+        await s.nodes.register(reg(owner))
+        assert await s.messages.claim(owner, lease=300)
+        clock.t += TTL + 1
+        await s.nodes.recover_dead(TTL, poison_limit=3)
+    [r] = await s.messages.recipients(qid)
+    assert r.status == "failed" and r.reason == "poison"
+
+
+async def test_forget_keeps_nodes_that_still_hold_claims(open_store, clock):
+    s = open_store()
+    await s.nodes.register(reg("old:1"))
+    await s.nodes.register(reg("older:2"))
+    await s.messages.enqueue(msg(1))
+    await s.messages.claim("old:1", lease=300)
+    clock.t += 7200
+    assert await s.nodes.forget(3600) == 1
+    assert [n.owner for n in await s.nodes.list_nodes(TTL)] == ["old:1"]
+
+
+# ---- PostgreSQL: notifications between nodes ---------------------------------------------------------------
+
+class Inbox:
+    def __init__(self) -> None:
+        self.got: list[tuple[str, str]] = []
+        self.cond = threading.Condition()
+
+    def __call__(self, channel: str, payload: str) -> None:
+        with self.cond:
+            self.got.append((channel, payload))
+            self.cond.notify_all()
+
+    def wait_for(self, item: tuple[str, str], timeout: float = 5.0) -> float:
+        start = time.monotonic()
+        with self.cond:
+            ok = self.cond.wait_for(lambda: item in self.got, timeout)
+        assert ok, f"{item} not received: {self.got}"
+        return time.monotonic() - start
+
+
+async def test_postgresql_notifies_enqueues_and_config_changes(postgres_server, tmp_path):
+    url = postgres_server.create_database()
+    s = Store(url, key_file=str(tmp_path / "k")).open()
+    inbox = Inbox()
+    listener = s.db.listen([QUEUE_CHANNEL, CONFIG_CHANNEL], inbox)
+    try:
+        await asyncio.to_thread(inbox.wait_for, (RECONNECTED, ""))
+        await s.messages.enqueue(msg(1))
+        took = await asyncio.to_thread(inbox.wait_for, (QUEUE_CHANNEL, ""))
+        await s.access.add_allowlist("10.1.0.0/16", "test")
+        await asyncio.to_thread(inbox.wait_for, (CONFIG_CHANNEL, "allowlist"))
+        assert took < 1.0
+        before = len(inbox.got)
+        await s.kv.set("x", "y")                         # not a notified table
+        await s.messages.claim("w:1")                    # nor a claim
+        await asyncio.sleep(0.6)
+        assert len(inbox.got) == before
+    finally:
+        listener.stop()
+        s.close()
+        postgres_server.drop_database(url)
+
+
+async def test_notifications_reconnect_when_the_connection_is_killed(postgres_server, tmp_path):
+    import psycopg
+
+    url = postgres_server.create_database()
+    s = Store(url, key_file=str(tmp_path / "k")).open()
+    inbox = Inbox()
+    listener = Notifications(url, [QUEUE_CHANNEL], inbox).start()
+    try:
+        await asyncio.to_thread(inbox.wait_for, (RECONNECTED, ""))
+        with psycopg.connect(postgres_server.url(), autocommit=True) as admin:    # the server drops it
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                          " WHERE application_name = 'relaybox-listen' AND datname = %s",
+                          (url.rsplit("/", 1)[1],))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and inbox.got.count((RECONNECTED, "")) < 2:
+            await asyncio.sleep(0.05)
+        assert inbox.got.count((RECONNECTED, "")) == 2 and listener.connected
+        inbox.got.clear()
+        await s.messages.enqueue(msg(2))
+        await asyncio.to_thread(inbox.wait_for, (QUEUE_CHANNEL, ""))
+    finally:
+        listener.stop()
+        s.close()
+        postgres_server.drop_database(url)
