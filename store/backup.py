@@ -17,6 +17,7 @@ Every failure is a ``BackupError`` (a ``StorageError``); OSError passes through 
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from store import lock as dblock
 from store.sqlite import StorageError, migrations
 
-__all__ = ["BackupError", "BackupInfo", "RestoreInfo", "backup", "restore", "verify_backup"]
+__all__ = ["BackupError", "BackupInfo", "RestoreInfo", "VacuumInfo", "backup", "restore", "vacuum", "verify_backup"]
 
 
 class BackupError(StorageError):
@@ -181,3 +182,50 @@ def restore(backup_path: str, db_path: str) -> RestoreInfo:
         except sqlite3.Error as exc:
             raise BackupError(f"restore into {db_path} failed: {exc}") from None
     return RestoreInfo(schema_version=version, previous=previous)
+
+
+@dataclass(frozen=True)
+class VacuumInfo:
+    bytes_before: int
+    bytes_after: int
+    incremental_before: bool     # the database could already give space back (auto_vacuum=INCREMENTAL)
+    seconds: float
+
+
+def _file_bytes(path: str) -> int:
+    return sum(os.path.getsize(p) for p in (path, f"{path}-wal") if os.path.exists(p))
+
+
+def vacuum(db_path: str) -> VacuumInfo:
+    """Rewrite the database compactly, offline (no relaybox may run on it), and switch a database made by
+    an older relaybox (auto_vacuum=NONE: freed pages were never given back) to incremental auto-vacuum, so
+    the retention loop's ``compact`` gives space back from then on. VACUUM writes a full copy before
+    replacing the file: refused unless the file system has room for it."""
+    if not os.path.exists(db_path):
+        raise BackupError(f"no database at {db_path}")
+    try:
+        held = dblock.acquire(db_path, purpose="relaybox vacuum")
+    except dblock.LockError as exc:
+        who = f"pid {exc.pid}" if exc.pid else "another process"
+        raise BackupError(f"relaybox ({who}) is running on {db_path}; stop it before vacuuming") from None
+    with held:
+        before = _file_bytes(db_path)
+        free = shutil.disk_usage(os.path.dirname(os.path.abspath(db_path))).free
+        if free < 2 * before:
+            raise BackupError(f"vacuum needs about {2 * before / 1e6:.0f} MB free beside {db_path}; "
+                              f"{free / 1e6:.0f} MB are")
+        started = time.monotonic()
+        conn = sqlite3.connect(db_path, isolation_level=None)
+        try:
+            incremental = int(conn.execute("PRAGMA auto_vacuum").fetchone()[0]) == 2
+            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")     # takes effect with the VACUUM below
+            conn.execute("VACUUM")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            _check(conn, f"vacuumed database {db_path}")
+        except sqlite3.Error as exc:
+            raise BackupError(f"vacuum of {db_path} failed: {exc}") from None
+        finally:
+            conn.close()
+        _fsync_dir(db_path)
+    return VacuumInfo(bytes_before=before, bytes_after=_file_bytes(db_path),
+                      incremental_before=incremental, seconds=round(time.monotonic() - started, 2))

@@ -302,3 +302,38 @@ def test_relaybox_refuses_to_run_on_a_newer_database(tmp_path):
     assert "newer than this relaybox" in res.stderr and "refusing to downgrade" in res.stderr
     assert "Traceback" not in res.stderr
     assert lock.holder(rb.db_path) is None
+
+
+async def test_vacuum_gives_an_old_database_its_space_back_and_switches_it_to_incremental(tmp_path, capsys):
+    db = str(tmp_path / "relaybox.db")
+    Store(db).open().close()
+    old = sqlite3.connect(db, isolation_level=None)          # as an older relaybox made it: no auto-vacuum
+    old.execute("PRAGMA auto_vacuum=NONE")
+    old.execute("VACUUM")
+    old.close()
+    store = Store(db).open()
+    try:
+        spool = Spool(store)
+        big = [await spool.enqueue(NewMessage(sender="app@example.test", recipients=[f"r{i}@example.test"],
+                                              body=b"Subject: big\r\n\r\n" + b"x" * 20_000 + b"\r\n"))
+               for i in range(150)]
+        for qid in big[:140]:
+            assert await spool.delete(qid)
+        assert await store.compact(10_000) == 0                 # auto_vacuum=NONE: nothing can be given back
+    finally:
+        store.close()
+    bloated = os.path.getsize(db)
+    with lock.acquire(db):                                    # a running relaybox: refused, nothing touched
+        assert cli(["vacuum", "--db", db]) == 1
+        assert "stop it before vacuuming" in capsys.readouterr().err
+    assert os.path.getsize(db) == bloated
+    assert cli(["vacuum", "--db", db]) == 0
+    assert "gives freed space back by itself" in capsys.readouterr().out
+    conn = sqlite3.connect(db)
+    try:
+        assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2
+    finally:
+        conn.close()
+    snap = _snapshot(db)
+    assert sorted(snap["messages"]) == sorted(big[140:]) and snap["orphans"] == snap["bodiless"] == 0
+    assert os.path.getsize(db) < bloated / 4

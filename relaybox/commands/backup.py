@@ -1,4 +1,4 @@
-"""``relaybox backup PATH`` and ``relaybox restore PATH``.
+"""``relaybox backup PATH``, ``relaybox restore PATH`` and ``relaybox vacuum``.
 
 Backup takes a consistent snapshot of the database while relaybox keeps writing (WAL readers do not block
 the writer) and writes it atomically: ``PATH`` is either absent or a complete, self-contained, checked
@@ -13,7 +13,7 @@ import sys
 
 from relaybox.commands._common import db_path
 from store import StorageError
-from store.backup import backup, restore
+from store.backup import backup, restore, vacuum
 
 
 def cmd_backup(args) -> int:
@@ -40,6 +40,19 @@ def cmd_restore(args) -> int:
     return 0
 
 
+def cmd_vacuum(args) -> int:
+    path = db_path(args)
+    try:
+        info = vacuum(path)
+    except (StorageError, OSError) as exc:
+        print(f"vacuum refused: {exc}", file=sys.stderr)
+        return 1
+    print(f"vacuumed {path}: {info.bytes_before / 1e6:.1f} MB -> {info.bytes_after / 1e6:.1f} MB in "
+          f"{info.seconds} s" + ("" if info.incremental_before else
+                                 "; it now gives freed space back by itself (auto_vacuum=incremental)"))
+    return 0
+
+
 def register(sub) -> None:
     b = sub.add_parser("backup", help="consistent copy of the database (safe while relaybox runs)")
     b.add_argument("path", help="backup file to create (or a directory: relaybox-<UTC time>.db inside)")
@@ -49,3 +62,7 @@ def register(sub) -> None:
     r.add_argument("path", help="backup file written by `relaybox backup`")
     r.add_argument("--db", default=None, help="database file (default: storage.path of the config)")
     r.set_defaults(func=cmd_restore)
+    v = sub.add_parser("vacuum", help="rewrite the database compactly (relaybox must be stopped); a database "
+                                      "from an older relaybox then gives freed space back by itself")
+    v.add_argument("--db", default=None, help="database file (default: storage.path of the config)")
+    v.set_defaults(func=cmd_vacuum)
