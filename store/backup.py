@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from store import lock as dblock
 from store.sqlite import StorageError, migrations
 
-__all__ = ["BackupError", "BackupInfo", "RestoreInfo", "VacuumInfo", "backup", "restore", "vacuum", "verify_backup"]
+__all__ = ["BackupError", "BackupInfo", "RestoreInfo", "VacuumInfo", "backup", "restore", "vacuum",
+           "verify_backup"]
 
 
 class BackupError(StorageError):
