@@ -58,6 +58,7 @@ class NewMessage:
     subject: str | None = None
     message_id_header: str | None = None
     queue_id: str = field(default_factory=new_queue_id)
+    route_hint: str | None = None     # the X-Relaybox-Route header's route name (removed at intake)
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ class Message:
     send_at: float | None = None
     held: bool = False
     crash_count: int = 0
+    route_hint: str | None = None      # the route the client named (X-Relaybox-Route), migration 0012
 
     def get(self, key: str, default: Any = None) -> Any:
         """Mapping-style read for code that formats a message generically (templates, JSON)."""
@@ -197,7 +199,14 @@ def message_of(row: Mapping[str, Any]) -> Message:
                    body_sha256=row["body_sha256"], from_header=row["from_header"], subject=row["subject"],
                    message_id=row["message_id"], client_ip=row["client_ip"], client_helo=row["client_helo"],
                    auth_user=row["auth_user"], send_at=row["send_at"], held=bool(row["held"]),
-                   crash_count=row["crash_count"])
+                   crash_count=row["crash_count"], route_hint=_column(row, "route_hint"))
+
+
+def _column(row: Mapping[str, Any], name: str) -> Any:
+    try:
+        return row[name]
+    except (IndexError, KeyError):      # a row of a partial SELECT
+        return None
 
 
 def recipient_of(row: Mapping[str, Any], **override: Any) -> Recipient:

@@ -18,6 +18,7 @@ from relay.envelope import address_error, helo_error, new_queue_id
 
 SEND_AT_HEADER = "x-relaybox-send-at"
 ID_HEADER = "X-Relaybox-ID"
+ROUTE_HEADER = "x-relaybox-route"      # the route the app asks for: kept as messages.route_hint, removed
 
 
 class HeaderError(ValueError):
@@ -32,6 +33,7 @@ class Prepared:
     from_header: str | None
     subject: str | None
     message_id: str | None
+    route: str | None = None           # X-Relaybox-Route's value (a route name), the header removed
 
 
 def field_value(raw: bytes) -> str:
@@ -107,10 +109,14 @@ def prepare_message(content: bytes, *, hostname: str, helo: str, client_ip: str,
     for name, raw in fields:
         first.setdefault(name, raw)
     send_at = None
+    route = None
     kept = []
     for name, raw in fields:
         if name == SEND_AT_HEADER:
             send_at = parse_send_at(field_value(raw))
+            continue
+        if name == ROUTE_HEADER:
+            route = route or field_value(raw)[:63].lower() or None   # relay.delivery.routes resolves it
             continue
         if name == ID_HEADER.lower():
             continue   # never trust a client-supplied relaybox id (bounce correlation relies on it)
@@ -136,4 +142,4 @@ def prepare_message(content: bytes, *, hostname: str, helo: str, client_ip: str,
         body=body, queue_id=qid, send_at=send_at,
         from_header=field_value(first["from"]) if "from" in seen else None,
         subject=field_value(first["subject"])[:500] if "subject" in seen else None,
-        message_id=msgid)
+        message_id=msgid, route=route)

@@ -117,7 +117,7 @@ class IntakeHandler:
             recipients=list(envelope.rcpt_tos), body=prepared.body, client_ip=ip,
             client_helo=session.host_name or "", auth_user=auth_user, send_at=prepared.send_at,
             from_header=prepared.from_header, subject=prepared.subject,
-            message_id_header=prepared.message_id, queue_id=prepared.queue_id)
+            message_id_header=prepared.message_id, queue_id=prepared.queue_id, route_hint=prepared.route)
         try:
             qid = await self.spool.enqueue(msg)
         except (StorageError, OSError) as exc:
@@ -134,8 +134,10 @@ class Listener:
     """Binds the configured addresses in the running loop and tracks sessions for a graceful drain."""
 
     def __init__(self, cfg: SMTPConfig, spool: Spool, policy: Policy, *,
-                 disk_ok: Callable[[], bool] | None = None, bounces: BounceIntake | None = None):
+                 disk_ok: Callable[[], bool] | None = None, bounces: BounceIntake | None = None,
+                 reuse_port: bool = False):
         self.cfg = cfg
+        self.reuse_port = reuse_port    # worker processes share the ports (SO_REUSEPORT, relaybox.workers)
         self.state = ListenerState()
         self.state.auth(cfg)          # the AUTH thread pool and failure throttle, shared by all sessions
         if disk_ok is not None:
@@ -165,7 +167,8 @@ class Listener:
             if implicit and self.tls_context is None:
                 raise ValueError(f"smtp.implicit_tls_listen {addr}: needs smtp.tls.cert_file")
             srv = await loop.create_server(self._factory(implicit), host=host, port=port,
-                                           ssl=self.tls_context if implicit else None, reuse_address=True)
+                                           ssl=self.tls_context if implicit else None, reuse_address=True,
+                                           reuse_port=self.reuse_port or None)
             self.servers.append(srv)
             for sock in srv.sockets:
                 self.bound.append(sock.getsockname()[:2])
