@@ -16,6 +16,7 @@ from aiohttp import web
 from admin_api import (
     openapi,
     routes_allowlist,
+    routes_blocklists,
     routes_bounces,
     routes_campaigns,
     routes_channels,
@@ -55,7 +56,7 @@ audit = logging.getLogger("admin_api.audit")
 # silently leaving a feature out.
 RESOURCES = (routes_health, routes_messages, routes_queue, routes_allowlist, routes_users, routes_webhooks,
              routes_routes, routes_dkim, routes_bounces, routes_suppressions, routes_channels,
-             routes_campaigns, routes_quarantine, routes_rejections, openapi)
+             routes_campaigns, routes_quarantine, routes_rejections, routes_blocklists, openapi)
 
 ROUTES_KEY = web.AppKey("routes", list)
 AUTH_KEY = web.AppKey("authenticator", Authenticator)

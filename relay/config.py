@@ -112,6 +112,7 @@ class RelayConfig:
     dkim: DKIMConfig = field(default_factory=lambda: DKIMConfig())
     bounces: BouncesConfig = field(default_factory=lambda: BouncesConfig())
     tracking: TrackingConfig = field(default_factory=lambda: TrackingConfig())
+    dnsbl: DnsblConfig = field(default_factory=lambda: DnsblConfig())
 
 
 # ---- delivery (owned by the delivery engine: relay/delivery/) -----------------------------------------
@@ -248,3 +249,33 @@ class TrackingConfig:
                     raise ValueError(f"tracking.{key}: not a network: {net!r}") from None
         if self.rate <= 0 or self.burst < 1:
             raise ValueError("tracking.rate and tracking.burst: must be positive")
+
+# ---- dnsbl (owned by relay/dnsbl.py: the blocklist checks of the relay's own sending addresses) ------
+@dataclass(frozen=True)
+class DnsblConfig:
+    enabled: bool = False                  # off: nothing is looked up
+    zones: list[str] = field(default_factory=list)         # e.g. ["zen.spamhaus.org", "bl.spamcop.net"]
+    sending_ips: list[str] = field(default_factory=list)   # the relay's public sending addresses (v4/v6)
+    learn: bool = True                     # also the source address toward each route / the default route
+    interval: Duration = Duration(900)     # how often every (address, zone) pair is checked
+    nameservers: list[str] = field(default_factory=list)   # empty = delivery.nameservers, else the system's
+    dns_port: int = 0                      # 0 = delivery.dns_port
+    timeout: Duration = Duration(5)        # per query; a timeout leaves the pair "unknown"
+
+    def __post_init__(self):
+        import ipaddress
+
+        if self.enabled and not self.zones:
+            raise ValueError("dnsbl.zones: at least one zone is required when dnsbl.enabled is set")
+        for zone in self.zones:
+            if helo_error(zone.rstrip(".")):
+                raise ValueError(f"dnsbl.zones: {zone!r} is not a domain name")
+        for ip in self.sending_ips:
+            try:
+                ipaddress.ip_address(ip)
+            except ValueError:
+                raise ValueError(f"dnsbl.sending_ips: not an IP address: {ip!r}") from None
+        if self.interval < 1 or self.timeout <= 0:
+            raise ValueError("dnsbl.interval (>= 1s) and dnsbl.timeout (> 0): out of range")
+        if not 0 <= self.dns_port < 65536:
+            raise ValueError("dnsbl.dns_port: expected 0..65535")

@@ -26,6 +26,7 @@ from relay.bounces import record as bounce_record
 from relay.bounces import verp
 from relay.config import TrackingConfig
 from relay.delivery.scheduler import Scheduler
+from relay.dnsbl import DnsblChecker
 from relay.intake.listener import BounceIntake, Listener
 from relay.intake.policy import Policy, hash_password
 from relay.spool.spool import Spool
@@ -128,6 +129,8 @@ class App:
         self.listener = Listener(rc.smtp, self.spool, self.policy, disk_ok=self.disk.ok,
                                  bounces=self._bounce_intake())
         await self.listener.start()
+        self.dnsbl = DnsblChecker(rc)   # [dnsbl]: sending addresses vs blocklists (run() returns when off)
+        self._tasks.append(asyncio.get_running_loop().create_task(self.dnsbl.run()))
         await self._start_services()
         self._tasks.append(asyncio.get_running_loop().create_task(self._retention_loop()))
         log.info("relaybox started (pid %d, database %s)", os.getpid(), rc.storage.path)
