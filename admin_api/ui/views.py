@@ -18,7 +18,7 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
-from admin_api import routes_channels, routes_suppressions
+from admin_api import routes_channels
 from admin_api.auth import Authenticator
 from admin_api.bulk import WAIT
 from admin_api.common import APP_KEY, JOBS_KEY, ApiError, decode_cursor, encode_cursor
@@ -46,7 +46,9 @@ BULK_ACTIONS = (*ACTIONS, "delete")
 PAGE = 50
 FAILED_SIGN_IN_DELAY = 1.0
 NAV = (("dashboard", "Dashboard"), ("outbox", "Outbox"), ("sent", "Sent"), ("bounces", "Bounces"),
-       ("suppressions", "Suppressions"), ("channels", "Channels"))
+       ("suppressions", "Suppressions"), ("channels", "Channels"), ("campaigns", "Campaigns"),
+       ("quarantine", "Quarantine"), ("routes", "Routes"), ("allowlist", "Allowlist"),
+       ("users", "SMTP users"), ("dkim", "DKIM"), ("webhooks", "Webhooks"))
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -422,12 +424,6 @@ async def suppressions(request: web.Request) -> web.StreamResponse:
                                                  "search": search, "next_cursor": nxt})
 
 
-@signed_in
-async def suppressions_csv(request: web.Request) -> web.StreamResponse:
-    """The API's own export (``GET /api/v1/export/suppressions.csv``), with the session instead of a token."""
-    return await routes_suppressions.export_csv(request)
-
-
 @writes
 async def remove_suppression(request: web.Request) -> web.StreamResponse:
     form = await request.post()
@@ -551,7 +547,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/ui/messages/{id}", message), ("GET", "/ui/messages/{id}/eml", message_eml),
     ("POST", "/ui/messages/{id}/{action}", message_action),
     ("GET", "/ui/bounces", bounces),
-    ("GET", "/ui/suppressions", suppressions), ("GET", "/ui/suppressions.csv", suppressions_csv),
+    ("GET", "/ui/suppressions", suppressions),       # its CSV export: pages_relay
     ("POST", "/ui/suppressions/remove", remove_suppression),
     ("GET", "/ui/channels", channel_list),
     ("GET", "/ui/channels/new", channel_form_page), ("POST", "/ui/channels/new", channel_save),

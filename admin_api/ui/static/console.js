@@ -21,6 +21,17 @@
       });
     });
   }
+  function copyButtons(root) {
+    root.querySelectorAll("button[data-copy]").forEach(function (b) {
+      b.addEventListener("click", function () {
+        var src = document.getElementById(b.getAttribute("data-copy"));
+        if (!src || !navigator.clipboard) { return; }
+        navigator.clipboard.writeText(src.textContent.trim()).then(function () {
+          b.textContent = "Copied"; b.classList.add("copied");
+        });
+      });
+    });
+  }
   function refresh(box) {
     var url = box.getAttribute("data-refresh");
     var every = parseInt(box.getAttribute("data-interval"), 10) || 10;
@@ -40,6 +51,7 @@
   }
   document.addEventListener("DOMContentLoaded", function () {
     wire(document);
+    copyButtons(document);
     document.querySelectorAll("[data-refresh]").forEach(refresh);
   });
 })();
