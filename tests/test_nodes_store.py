@@ -25,7 +25,8 @@ def reg(owner: str, name: str | None = None) -> Registration:
 
 
 def msg(n: int, rcpts=("a@x.test",)) -> NewMessage:
-    return NewMessage(sender="app@org.test", recipients=list(rcpts), body=f"Subject: {n}\r\n\r\nhi\r\n".encode())
+    return NewMessage(sender="app@org.test", recipients=list(rcpts),
+                      body=f"Subject: {n}\r\n\r\nhi\r\n".encode())
 
 
 async def test_a_lease_has_one_owner_until_it_expires(open_store, clock):
