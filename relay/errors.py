@@ -89,8 +89,10 @@ def split_enhanced(text: str) -> tuple[str | None, str]:
 
 
 def is_temporary(code: int, stage: str | None = None) -> bool:
-    """4xx temporary, 5xx permanent, except 552 at RCPT (RFC 5321 4.5.3.1.10)."""
-    if code // 100 == 4:
+    """4xx temporary, 5xx permanent, except 552 at RCPT (RFC 5321 4.5.3.1.10) and any refusal of our AUTH:
+    wrong credentials are the relay's configuration, not the recipient's fault, so the mail waits for the
+    admin to fix the route (as Postfix's ``smtp_sasl_auth_soft_bounce = yes``) instead of bouncing."""
+    if code // 100 == 4 or stage == "auth":
         return True
     if code == 552 and stage == "rcpt":
         return True

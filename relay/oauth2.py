@@ -11,6 +11,7 @@ carries the endpoint's own ``error_description`` only.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 from dataclasses import dataclass, field
@@ -55,11 +56,26 @@ def forget(grant: Grant) -> None:
     _cache.pop(grant.key, None)
 
 
+_pending: dict[tuple[str, str, str], asyncio.Task[str]] = {}
+
+
 async def access_token(refresh_store: RefreshTokens, http: aiohttp.ClientSession, grant: Grant) -> str:
-    """An access token for ``grant``: cached, or from the token endpoint."""
+    """An access token for ``grant``: cached, or from the token endpoint. Concurrent callers (sessions
+    opening at once) share one request, so a rotating refresh token is never spent twice."""
     cached = _cache.get(grant.key)
     if cached and cached[1] > time.time() + 60:
         return cached[0]
+    loop = asyncio.get_running_loop()
+    task = _pending.get(grant.key)
+    if task is None or task.done() or task.get_loop() is not loop:
+        task = loop.create_task(_fetch(refresh_store, http, grant))
+        _pending[grant.key] = task
+        task.add_done_callback(lambda t: _pending.pop(grant.key, None) if _pending.get(grant.key) is t
+                               else None)
+    return await asyncio.shield(task)
+
+
+async def _fetch(refresh_store: RefreshTokens, http: aiohttp.ClientSession, grant: Grant) -> str:
     refresh = await refresh_store.oauth_refresh(grant.owner) or grant.refresh_token
     form = {"client_id": grant.client_id}
     if grant.client_secret:

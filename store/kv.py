@@ -39,3 +39,17 @@ class KeyValue:
         def _do(conn: sqlite3.Connection) -> bool:
             return conn.execute("DELETE FROM kv WHERE key=? RETURNING key", (key,)).fetchone() is not None
         return await self.db.write(guarded(_do))
+
+    # ---- rotated OAuth2 refresh tokens of smarthost routes (``relay.oauth2.RefreshTokens``), encrypted --
+    async def oauth_refresh(self, name: str) -> str | None:
+        key = f"oauth-refresh:{name}"
+        sealed = await self.get(key)
+        if not sealed:
+            return None
+        assert self.db.secrets is not None, "Database.open() sets the secret box"
+        return self.db.secrets.decrypt(sealed, key)
+
+    async def set_oauth_refresh(self, name: str, token: str) -> None:
+        key = f"oauth-refresh:{name}"
+        assert self.db.secrets is not None, "Database.open() sets the secret box"
+        await self.set(key, self.db.secrets.encrypt(token, key))

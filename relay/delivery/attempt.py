@@ -22,6 +22,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import aiohttp
+
+from relay import oauth2
 from relay.bounces import verp
 from relay.config import RelayConfig, RouteConfig
 from relay.delivery.dkim import DKIMError, Signer
@@ -86,12 +89,51 @@ def _log(message: Message, recipients: list[Recipient], started: float, label: s
                       recipients=tuple(r.id for r in recipients), transcript=tuple(transcript))
 
 
+class _MemoryRefreshTokens:
+    """Rotated refresh tokens kept in memory only (a Delivery built without the store's)."""
+
+    def __init__(self) -> None:
+        self._tokens: dict[str, str] = {}
+
+    async def oauth_refresh(self, name: str) -> str | None:
+        return self._tokens.get(name)
+
+    async def set_oauth_refresh(self, name: str, token: str) -> None:
+        self._tokens[name] = token
+
+
+class _RouteToken:
+    """A route's XOAUTH2 access token (``transport.TokenProvider``) from its grant, over ``relay.oauth2``."""
+
+    def __init__(self, delivery: "Delivery", route: RouteConfig):
+        self.delivery = delivery
+        self.grant = oauth2.Grant(owner=f"route:{route.name}", token_url=route.oauth2_token_url,
+                                  client_id=route.oauth2_client_id, client_secret=route.oauth2_client_secret,
+                                  scope=route.oauth2_scope, refresh_token=route.oauth2_refresh_token)
+
+    async def token(self) -> str:
+        return await oauth2.access_token(self.delivery.refresh_tokens, self.delivery.http(), self.grant)
+
+    def forget(self) -> None:
+        oauth2.forget(self.grant)
+
+
 class Delivery:
     def __init__(self, config: RelayConfig, *, resolver: MXResolver | None = None,
-                 signer: Signer | None = None, pool: ConnectionPool | None = None):
+                 signer: Signer | None = None, pool: ConnectionPool | None = None,
+                 refresh_tokens: oauth2.RefreshTokens | None = None):
         self.reconfigure(config, resolver=resolver, signer=signer)
         d = config.delivery
         self.pool = pool or ConnectionPool(d.messages_per_connection, d.idle_reuse)
+        # where a route's rotated OAuth2 refresh token is kept (the store's, encrypted, in the relay)
+        self.refresh_tokens: oauth2.RefreshTokens = refresh_tokens or _MemoryRefreshTokens()
+        self._http: aiohttp.ClientSession | None = None
+
+    def http(self) -> aiohttp.ClientSession:
+        """The HTTP client of OAuth2 token requests, made at first use (most relays never need one)."""
+        if self._http is None or self._http.closed:
+            self._http = aiohttp.ClientSession()
+        return self._http
 
     def reconfigure(self, config: RelayConfig, *, resolver: MXResolver | None = None,
                     signer: Signer | None = None) -> None:
@@ -268,7 +310,8 @@ class Delivery:
             tls = TLSPolicy(route.tls, route.tls_verify, route.allow_plaintext_auth)
             return await open_session(cands, helo=self.helo, tls=tls, username=route.username,
                                       password=route.password, connect_timeout=d.connect_timeout,
-                                      command_timeout=d.command_timeout, transcript=transcript)
+                                      command_timeout=d.command_timeout, transcript=transcript,
+                                      oauth=_RouteToken(self, route) if route.oauth2_token_url else None)
         cands = await self.candidates(domain, transcript)
         return await open_session(cands, helo=self.helo, tls=TLSPolicy("opportunistic", d.mx_tls_verify),
                                   connect_timeout=d.connect_timeout, command_timeout=d.command_timeout,
@@ -293,3 +336,5 @@ class Delivery:
 
     async def close(self) -> None:
         await self.pool.close_all()
+        if self._http is not None:
+            await self._http.close()

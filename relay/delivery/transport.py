@@ -19,7 +19,7 @@ import logging
 import socket
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import aiosmtplib
 
@@ -42,6 +42,15 @@ class TLSPolicy:
     mode: str = "opportunistic"    # opportunistic | none | starttls | implicit
     verify: bool = False
     allow_plaintext_auth: bool = False   # AUTH on a connection without TLS (a route's explicit choice)
+
+
+class TokenProvider(Protocol):
+    """An OAuth2 access token for a route's XOAUTH2 login (``relay.delivery.attempt`` builds one per route
+    over ``relay.oauth2``); ``forget`` after the server refused it, so the next attempt asks for a new one."""
+
+    async def token(self) -> str: ...
+
+    def forget(self) -> None: ...
 
 
 @dataclass
@@ -211,9 +220,10 @@ def _fail_pending(results: dict[str, DeliveryError | None], valid: list[str], er
 
 async def open_session(candidates: list[Candidate], *, helo: str, tls: TLSPolicy = TLSPolicy(),
                        username: str = "", password: str = "", connect_timeout: float = 30.0,
-                       command_timeout: float = 120.0, transcript: list[dict[str,
-                                                                             Any]] | None = None) -> Session:
-    """Connect to the first candidate that greets and completes EHLO (and STARTTLS/AUTH as required).
+                       command_timeout: float = 120.0, transcript: list[dict[str, Any]] | None = None,
+                       oauth: TokenProvider | None = None) -> Session:
+    """Connect to the first candidate that greets and completes EHLO (and STARTTLS/AUTH as required;
+    with ``oauth``, AUTH is XOAUTH2 for ``username`` with that provider's token).
 
     Raises a DeliveryError (the last host's) when none works; ``transcript`` collects what happened."""
     tr = transcript if transcript is not None else []
@@ -224,8 +234,8 @@ async def open_session(candidates: list[Candidate], *, helo: str, tls: TLSPolicy
         attempts = [tls.mode == "opportunistic", False] if tls.mode == "opportunistic" else [True]
         for try_tls in attempts:
             try:
-                return await _open_one(cand, helo, tls, try_tls, username, password, connect_timeout,
-                                       command_timeout, tr)
+                return await _open_one(cand, helo, tls, try_tls, (username, password, oauth),
+                                       connect_timeout, command_timeout, tr)
             except _RetryPlain as exc:
                 last = exc.error
                 continue
@@ -243,9 +253,9 @@ class _RetryPlain(Exception):
         self.error = error
 
 
-async def _open_one(cand: Candidate, helo: str, tls: TLSPolicy, use_starttls: bool, username: str,
-                    password: str, connect_timeout: float, command_timeout: float,
-                    tr: list[dict[str, Any]]) -> Session:
+async def _open_one(cand: Candidate, helo: str, tls: TLSPolicy, use_starttls: bool,
+                    login: tuple[str, str, TokenProvider | None], connect_timeout: float,
+                    command_timeout: float, tr: list[dict[str, Any]]) -> Session:
     log_ = _Log([], tr)
     implicit = tls.mode == "implicit"
     stage = ["connect"]
@@ -261,9 +271,9 @@ async def _open_one(cand: Candidate, helo: str, tls: TLSPolicy, use_starttls: bo
                                    validate_certs=tls.verify, tls_context=client_context(tls.verify))
         await _greet(smtp, log_, helo, connect_timeout, stage)
         secured = implicit or await _starttls(smtp, log_, cand, helo, tls, use_starttls, stage)
-        if username:
+        if login[0]:
             stage[0] = "auth"
-            await _auth(smtp, log_, username, password, secured or tls.allow_plaintext_auth)
+            await _auth(smtp, log_, login, secured or tls.allow_plaintext_auth)
     except DeliveryError as exc:
         smtp.close()
         exc.host, exc.ip = cand.host, cand.ip
@@ -337,22 +347,56 @@ async def _starttls(smtp: aiosmtplib.SMTP, log_: _Log, cand: Candidate, helo: st
     return True
 
 
-async def _auth(smtp: aiosmtplib.SMTP, log_: _Log, username: str, password: str, allowed: bool) -> None:
+async def _auth(smtp: aiosmtplib.SMTP, log_: _Log, login: tuple[str, str, TokenProvider | None],
+                allowed: bool) -> None:
+    username, password, oauth = login
     if not allowed:
         raise DeliveryError(530, "5.7.0", "refusing to send credentials without TLS (set"
-                            " allow_plaintext_auth = true on the route to allow it)", False, stage="auth")
+                            " allow_plaintext_auth = true on the route to allow it)", True, stage="auth")
+    if oauth is not None:
+        await _auth_xoauth2(smtp, log_, username, oauth)
+        return
     log_.note("C", "AUTH **** (credentials not logged)")
     try:
         resp = await smtp.login(username, password)
     except aiosmtplib.SMTPAuthenticationError as exc:
         log_.note("S", f"{exc.code} {exc.message}")
-        err = from_reply(exc.code, exc.message, "auth") or DeliveryError(535, "5.7.8", exc.message, False)
+        err = from_reply(exc.code, exc.message, "auth") or DeliveryError(535, "5.7.8", exc.message, True)
         raise DeliveryError(err.code, err.enhanced, err.text, err.temporary, stage="auth") from exc
     except aiosmtplib.SMTPException as exc:
         err = from_exception(exc, "auth")
         log_.note("S", f"({err.text})")
         raise DeliveryError(err.code, err.enhanced, err.text, err.temporary, stage="auth") from exc
     log_.reply(resp.code, resp.message)
+
+
+async def _auth_xoauth2(smtp: aiosmtplib.SMTP, log_: _Log, username: str, oauth: TokenProvider) -> None:
+    """SASL XOAUTH2 with a token from the route's OAuth2 grant. A token endpoint that refuses defers the
+    mail (4.7.0, its own words in the text: fix the grant, the mail waits); a server that refuses the token
+    makes the next attempt ask for a fresh one."""
+    from relay.oauth2 import TokenError, xoauth2_response
+
+    try:
+        token = await oauth.token()
+    except TokenError as exc:
+        log_.note("C", f"(OAuth2: {exc})")
+        raise DeliveryError(454, "4.7.0", f"OAuth2 access token not obtained: {exc}", True,
+                            stage="auth") from None
+    log_.note("C", "AUTH XOAUTH2 **** (token not logged)")
+    try:
+        resp = await smtp.execute_command(b"AUTH", b"XOAUTH2", xoauth2_response(username, token).encode())
+        if resp.code == 334:        # the error challenge (base64 JSON): an empty line gets the final reply
+            log_.reply(resp.code, resp.message)
+            resp = await smtp.execute_command(b"")
+    except aiosmtplib.SMTPException as exc:
+        err = from_exception(exc, "auth")
+        log_.note("S", f"({err.text})")
+        raise DeliveryError(err.code, err.enhanced, err.text, err.temporary, stage="auth") from exc
+    log_.reply(resp.code, resp.message)
+    if resp.code != 235:
+        oauth.forget()
+        err = from_reply(resp.code, resp.message, "auth") or DeliveryError(535, "5.7.8", resp.message, True)
+        raise DeliveryError(err.code, err.enhanced, err.text, err.temporary, stage="auth")
 
 
 class ConnectionPool:

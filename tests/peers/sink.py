@@ -24,6 +24,7 @@ import ssl
 import tempfile
 import warnings
 from dataclasses import dataclass, field
+from typing import Callable
 
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
@@ -104,6 +105,27 @@ class _Handler:
         return "250 2.0.0 OK queued"
 
 
+class _OAuthHandler(_Handler):
+    """Also offers AUTH XOAUTH2 (the SASL format of Google and Microsoft), checked by
+    ``sink.xoauth2(user, token)``."""
+
+    async def auth_XOAUTH2(self, server, args):
+        import base64
+
+        self.sink.commands.append(("AUTH", "XOAUTH2"))
+        try:
+            fields = base64.b64decode(args[1], validate=True).decode().split("\x01")
+            user = fields[0].removeprefix("user=")
+            token = fields[1].removeprefix("auth=Bearer ")
+        except (IndexError, ValueError):
+            return AuthResult(success=False, handled=False, message="501 5.5.2 malformed XOAUTH2 response")
+        assert self.sink.xoauth2 is not None
+        if not self.sink.xoauth2(user, token):
+            return AuthResult(success=False, handled=False,
+                              message="535 5.7.3 Authentication unsuccessful (token invalid or expired)")
+        return AuthResult(success=True, auth_data=LoginPassword(user.encode(), b""))
+
+
 class _CountingSMTP(SMTP):
     """aiosmtpd's SMTP that keeps the sink's count of open sessions (and the peak)."""
 
@@ -133,7 +155,8 @@ class _Refuser(asyncio.Protocol):
 class Sink:
     def __init__(self, host: str = "127.0.0.1", port: int | None = None, *, tls: bool = False,
                  implicit_tls: bool = False, users: dict[str, str] | None = None,
-                 auth_require_tls: bool = True, hostname: str = "sink.test", broken_tls: bool = False):
+                 auth_require_tls: bool = True, hostname: str = "sink.test", broken_tls: bool = False,
+                 xoauth2: Callable[[str, str], bool] | None = None):
         self.host = host
         self.port = port or free_port(host)
         self.faults = Faults()
@@ -145,6 +168,7 @@ class Sink:
         self.max_active = 0
         self.received = asyncio.Event()
         self.users = users or {}
+        self.xoauth2 = xoauth2                # also offer AUTH XOAUTH2, its (user, token) checked by this
         self.auth_require_tls = auth_require_tls
         self.hostname = hostname
         self._server: asyncio.base_events.Server | None = None
@@ -175,9 +199,10 @@ class Sink:
                       loop=asyncio.get_running_loop())
         if self.tls and not self.implicit_tls:
             kwargs["tls_context"] = self._tls_ctx
-        if self.users:
+        if self.users or self.xoauth2:
             kwargs.update(authenticator=self._authenticate, auth_require_tls=self.auth_require_tls)
-        return _CountingSMTP(self, _Handler(self), **kwargs)
+        handler = _OAuthHandler(self) if self.xoauth2 else _Handler(self)
+        return _CountingSMTP(self, handler, **kwargs)
 
     async def start(self) -> "Sink":
         loop = asyncio.get_running_loop()
