@@ -262,10 +262,10 @@ def test_corpus_accuracy_stays_above_targets():
     assert os.path.exists(os.path.join(CORPUS, "expected.jsonl")), f"bounce corpus missing at {CORPUS}"
     f = bench.figures(bench.measure(CORPUS, bench.ours))
     assert f["crashes"] == 0
-    assert f["recipients"] >= 97.0
-    assert f["status"] >= 90.0
-    assert f["reason"] >= 80.0
-    assert f["hardsoft"] >= 90.0
+    assert f["recipients"] >= 98.0
+    assert f["status"] >= 90.5
+    assert f["reason"] >= 85.5
+    assert f["hardsoft"] >= 92.0
     # one sample labelled "not-bounce" is a real mailbox-full notice; nothing else may be a false bounce
     assert f["false_bounces"] <= 1
 
@@ -319,3 +319,69 @@ remains undelivered.
 """)
     r = warning.recipients[0]
     assert (r.address, r.action, r.kind) == ("grace@example.net", "delayed", "soft")
+
+
+# ---- classification fixes measured on the corpus and the held-out set (see bench/bounces*.py) ----------
+@pytest.mark.parametrize("name, address, reason, kind_", [
+    # Orange / La Poste state the cause with their own code: OFR_506 = spam, OFR005_505 = system trouble
+    ("rhost-franceptt-03.eml", "pseudo-local-part-kijitora@wanadoo.fr", "spamdetected", "soft"),
+    ("rhost-franceptt-08.eml", "xxxx@wanadoo.fr", "systemerror", "soft"),
+    # pipelined: the RCPT reply comes after ">>> DATA" and DATA's own "554 no valid recipients" follows it,
+    # so the recipient is unknown (hard), not a content filter after DATA
+    ("lhost-sendmail-48.eml", "pseudo-local-part-kijitora-nyaan@sfr.fr", "userunknown", "hard"),
+    ("lhost-sendmail-46.eml", "pseudo-local-part-kijitora-nyaaan@laposte.net", "userunknown", "hard"),
+    # a block at MAIL FROM that names the sending host stays "blocked"; a bare "Access denied" there is
+    # about the sender
+    ("lhost-ezweb-08.eml", "cats@hotmail.com", "blocked", "soft"),
+    ("lhost-exim-01.eml", "kijitora@example.ed.jp", "blocked", "soft"),
+    ("lhost-postfix-54.eml", "neko-nyaan@example.ne.jp", "rejected", "soft"),
+    # Gmail's truncated "content presents a potential security issue"; a group refusing spam
+    ("lhost-sendmail-34.eml", "libsisimai@example.jp", "policyviolation", "soft"),
+    ("rfc3464-61.eml", "kijitora@example.com", "spamdetected", "soft"),
+    ("lhost-exim-41.eml", "kijitora@example.net", "requireptr", "soft"),
+])
+def test_corpus_samples_of_the_fixed_families(name, address, reason, kind_):
+    p = parse(_sample(name))
+    r = next(r for r in p.recipients if r.address == address)
+    assert (p.category, r.reason, r.kind) == ("bounce", reason, kind_)
+
+
+def test_corpus_sample_with_the_zone_and_address_of_a_blocklist_in_its_reply():
+    p = parse(_sample("lhost-ezweb-08.eml"))
+    assert {r.status for r in p.recipients} == {"5.0.971"}      # the code of "blocked"
+    assert all("111.86.156.22" in r.diagnostic for r in p.recipients)
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("550-5.7.1 This message does not have authentication information or fails to pass authentication "
+     "checks (SPF or DKIM)", "authfailure"),
+    ("550 5.7.1 Service unavailable; Client host [203.0.113.5] blocked using zen.spamhaus.org", "blocked"),
+    ("550 5.5.0 Adresse destinataire invalide. Invalid recipient. LPN007_416", "userunknown"),
+    ("552 5.1.1 Boite du destinataire pleine. Recipient overquota. OFR_417 [417]", "mailboxfull"),
+    ("450 service permits 2 unverifyable sending IPs - mx.example is not 192.0.2.7", "requireptr"),
+])
+def test_reason_of_replies_fixed_by_the_held_out_set(text, reason):
+    assert classify(text, "5.7.1" if "5.7.1" in text else "") == reason
+
+
+def test_a_2xx_reply_in_a_transcript_is_never_the_failure():
+    raw = b"""From: MAILER-DAEMON@mx.example.org (Mail Delivery System)
+To: sender@relay.example
+Subject: Undelivered Mail Returned to Sender
+
+This is the mail system at host mx.example.org.
+
+<bob@example.net>: host mx.example.net[192.0.2.9] said:
+    250 2.1.5 Ok In: DATA Out: 354 End data with <CR><LF>.<CR><LF> Out: 451 4.3.0 Error: queue file write
+    error In: QUIT Out: 221 2.0.0 Bye
+"""
+    p = parse(raw)
+    [r] = p.recipients
+    assert (p.category, r.address, r.status, r.replycode) == ("bounce", "bob@example.net", "4.3.0", "451")
+    assert r.reason == "systemerror" and r.diagnostic.startswith("451 4.3.0 Error: queue file write")
+
+
+def test_postfix_address_verification_report_is_not_a_bounce():
+    raw = dsn(status="2.1.5", action="deliverable", diag="smtp; 250 2.1.5 Ok")
+    p = parse(raw)
+    assert p.category == "delivered" and [r.reason for r in p.recipients] == ["delivered"]

@@ -89,6 +89,8 @@ def find_recipients(text: str, exclude: set[str], failed_header: list[str]) -> l
 def reply_line(segment: str) -> str:
     """The SMTP reply (code, enhanced code, text) inside a segment, or ''."""
     for m in REPLY_RE.finditer(segment):
+        if m.group(1)[0] == "2":
+            continue            # a 2xx (a transcript's "250 Ok") never explains a failure
         start = m.start(1)
         before = segment[max(0, start - 12):start]
         if re.search(r"\d[:.]$|port\s*$|#\s*$", before):

@@ -37,7 +37,7 @@ _DELAY_NOTICE = re.compile(
     r"delivery attempts will continue|this is only a temporary|still (?:be )?(?:retrying|trying)|"
     r"warning: message still undelivered|has been delayed|no action is required on your part", re.I)
 MAX_RECIPIENTS = 200       # per report; more is an abuse, not a bounce
-_DONE_ACTIONS = {"delivered", "relayed", "expanded"}
+_DONE_ACTIONS = {"delivered", "relayed", "expanded", "deliverable"}   # deliverable: Postfix verify (-bv)
 
 
 @dataclass

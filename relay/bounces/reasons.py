@@ -38,6 +38,9 @@ _RULES: list[tuple[str, str]] = [
     ("notaccept", r"not accepting network messages"),
     ("blocked", r"client host (?:\S+ )?(?:blocked|rejected)|ip address blacklisted|refused to talk to me|"
                 r"invalid ip for sending|"
+                r"use (?:the )?(?:smtp|mail|outgoing) server of your (?:isp|provider)|"
+                r"use your (?:isp|provider)'?s? (?:smtp|mail|outgoing|relay)|"
+                r"messages from (?:\S+ )?weren.t sent|part of (?:their|your) network is on our block ?list|"
                 r"(?:your|sender|source|client|sending) ip (?:address )?(?:\S+ )?(?:is |was |has been )?"
                 r"(?:blocked|blacklisted|listed|banned|rejected)"),
     ("mesgtoobig", r"message (?:is |was )?too (?:big|large)|message size (?:exceeds|limit|too)|"
@@ -49,9 +52,12 @@ _RULES: list[tuple[str, str]] = [
     ("requireptr", r"reverse (?:dns|lookup|hostname)|\bptr\b|\brdns\b|"
                    r"(?:cannot|can't|could not|unable to) (?:find|resolve) your (?:host ?name|ip)|"
                    r"(?:client|your) host ?name .{0,40}(?:not|unknown|doesn't)|dns reverse|"
-                   r"no (?:reverse|ptr)|ip name lookup failed|mismatch(?:es)? (?:the )?(?:client|your) ip"),
+                   r"no (?:reverse|ptr)|ip name lookup failed|mismatch(?:es)? (?:the )?(?:client|your) ip|"
+                   r"unverif(?:y|i)able (?:sending |client )?(?:ip|host)"),
     ("authfailure", r"unauthenticated (?:e-?mail|message)|\bspf\b|\bdkim\b|\bdmarc\b|sender policy framework|"
-                    r"sender (?:domain )?authenticat\w* fail|authentication (?:check )?fail"),
+                    r"sender (?:domain )?authenticat\w* fail|authentication (?:check )?fail|"
+                    r"(?:not have|without) authentication information|"
+                    r"fails? to pass (?:\w+ )?authentication"),
     ("toomanyconn", r"too many (?:connections|simultaneous|concurrent|sessions|recipients)|"
                     r"connection rate limit|connection limit|too many hosts"),
     ("badreputation", r"\breputation\b|poor(?:ly)? (?:sender )?(?:rated|rating)|user complaints"),
@@ -173,7 +179,10 @@ _STRONG = [(reason, re.compile(rx)) for reason, rx in [
                     r"postfach (?:ist )?voll|"
                     r"bo[iî]te (?:aux lettres )?pleine|buz[oó]n (?:est[aá] )?lleno|caixa postal cheia|"
                     r"casella (?:di posta )?piena|mailbox vol"),
-    ("policyviolation", r"for policy reasons|protocol violation"),
+    ("policyviolation", r"for policy reasons|protocol violation|"
+                        r"content presents a potential(?: security issue)?"),
+    ("spamdetected", r"(?:rejected|blocked|refused) (?:due to|because of) spam|spam classification|"
+                     r"classified as spam"),
     ("speeding", r"receiving mail at a rate|too many recipients this (?:hour|day)|"
                  r"sent to too many recipients"),
     ("toomanyconn", r"(?:ip|connection) frequency limited"),
@@ -208,6 +217,12 @@ _DECISIVE = {"1.1", "1.2", "1.6", "1.7", "1.8", "2.2", "2.3", "3.4", "7.25", "7.
 _COMMAND = re.compile(r"in reply to (?:the )?(rcpt to|mail from|end of data|data|helo|ehlo)\b|"
                       r"after (rcpt to|mail from|end of data|data|initial connection|helo|ehlo)\b|"
                       r">>> (rcpt to|mail from|data|helo|ehlo)\b|(sender) was rejected", re.I)
+# a block at MAIL FROM that names the client (its address, a blocklist) is about the sending host, not the
+# sender
+_NAMES_CLIENT = re.compile(r"(?<![\d.])\d{1,3}(?:\.\d{1,3}){3}(?![\d.]*\d)|block ?list|black ?list|\brbl\b|"
+                           r"\bdnsbl\b|spamhaus|spamcop|barracuda|client host|"
+                           r"(?:your|sender|sending|source) ip|your (?:isp|provider)")
+_NO_VALID = re.compile(r"<<<\s*5\d\d\b.{0,40}no valid recipients", re.I)
 _CMD_NAMES = {"rcpt to": "RCPT", "mail from": "MAIL", "end of data": "DATA", "data": "DATA", "helo": "HELO",
               "ehlo": "HELO", "initial connection": "CONN", "sender": "MAIL"}
 
@@ -218,15 +233,16 @@ def smtp_command(text: str) -> str:
     if ">>>" in text:
         # a session transcript: the command sent just before the first error reply
         last = ""
-        for line in text.split("\n"):
+        lines = text.split("\n")
+        for i, line in enumerate(lines):
             line = line.strip()
             if line.startswith(">>>"):
                 last = line[3:].strip().lower()
             elif re.match(r"<<<\s*[45]\d\d", line) and last:
-                for key, name in _CMD_NAMES.items():
-                    if last.startswith(key):
-                        return name
-                return ""
+                name = next((n for key, n in _CMD_NAMES.items() if last.startswith(key)), "")
+                if name == "DATA" and _NO_VALID.search(" ".join(lines[i + 1:i + 4])):
+                    return "RCPT"   # pipelined: the RCPT replies come after ">>> DATA", DATA's own follows
+                return name
     m = _COMMAND.search(text)
     if not m:
         return ""
@@ -243,6 +259,26 @@ _PSEUDO = {
     "contenterror": 960,
     "syntaxerror": 902,
 }
+
+
+# Orange / La Poste (wanadoo.fr, orange.fr, laposte.net) end each refusal with their own code, e.g.
+# "Mail rejete. Mail rejected. OFR_506 [506]", "Invalid recipient. LPN007_416": the receiver's own
+# classification, more precise than its wording or its enhanced code (codes from Orange's postmaster
+# documentation; codes that only say "try later" are left to the text).
+_ORANGE_CODE = re.compile(r"\b(?:lpnaaa|lpn|ofr|ouk)(?:\d{3})?[_-](\d{3})\b", re.I)
+_ORANGE_REASONS = {
+    "101": "blocked", "102": "blocked", "103": "blocked", "104": "toomanyconn", "305": "securityerror",
+    "401": "authfailure", "402": "securityerror", "403": "rejected", "405": "rejected", "415": "rejected",
+    "416": "userunknown", "417": "mailboxfull", "420": "suspend", "421": "rejected", "426": "suspend",
+    "505": "systemerror", "506": "spamdetected", "510": "blocked", "514": "mesgtoobig", "517": "authfailure",
+    "630": "policyviolation", "999": "blocked",
+}
+
+
+def by_provider_code(diagnostic: str) -> str:
+    """The reason a receiver states with its own code in the reply (Orange / La Poste), or ''."""
+    m = _ORANGE_CODE.search((diagnostic or "")[:2000])
+    return _ORANGE_REASONS.get(m.group(1), "") if m else ""
 
 
 def by_provider(address: str) -> str:
@@ -272,7 +308,7 @@ def classify(diagnostic: str, status: str, action: str = "", context: str = "") 
     """The reason for one recipient. ``context`` is the notice text around it (weaker evidence)."""
     sub = status.split(".", 1)[1] if status and "." in status else ""
     low = (diagnostic or "").lower()[:4000]
-    strong = next((reason for reason, rx in _STRONG if rx.search(low)), "")
+    strong = by_provider_code(low) or next((reason for reason, rx in _STRONG if rx.search(low)), "")
     if strong:
         reason = strong
     elif sub in _DECISIVE and status[0] in "45":
@@ -284,7 +320,8 @@ def classify(diagnostic: str, status: str, action: str = "", context: str = "") 
     command = smtp_command(diagnostic) or smtp_command(context)
     if command == "DATA" and reason == "userunknown" and sub not in _DECISIVE:
         return "filtered"       # the user existed at RCPT; the content was refused
-    if command == "MAIL" and reason in ("userunknown", "hostunknown", "undefined", "blocked", "notaccept"):
+    if command == "MAIL" and (reason in ("userunknown", "hostunknown", "undefined", "notaccept")
+                              or (reason == "blocked" and not _NAMES_CLIENT.search(low))):
         return "rejected"       # a refused envelope sender says nothing about the recipient
     return reason
 
