@@ -34,6 +34,7 @@ bench: venv peers
 	$(BIN)/python bench/intake.py
 	$(BIN)/python bench/dkim.py
 	$(BIN)/python bench/delivery.py
+	$(BIN)/python bench/e2e_postfix.py
 	$(BIN)/python bench/bounces.py
 	$(BIN)/python bench/poller.py
 	$(BIN)/python bench/backup.py

@@ -80,3 +80,39 @@ class TempRelaybox:
     def __exit__(self, *exc):
         self.proc.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def run_supports_workers() -> bool:
+    """Whether ``relaybox run`` takes ``--workers N`` (several intake/delivery processes)."""
+    out = subprocess.run([sys.executable, "-m", "relaybox.cli", "run", "--help"], capture_output=True,
+                         text=True, cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), timeout=60)
+    return "--workers" in out.stdout
+
+
+class RelayboxRun(RelayboxProcess):
+    """A RelayboxProcess started with extra ``relaybox run`` arguments (``--workers N``)."""
+
+    def __init__(self, workdir: str, sections: dict, extra_args: list[str] | None = None):
+        super().__init__(workdir, sections)
+        self.extra_args = list(extra_args or [])
+
+    def start(self, timeout: float = 30.0) -> "RelayboxRun":
+        import socket
+
+        env = dict(os.environ, PYTHONPATH=REPO)
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "relaybox.cli", "run", "--config",
+                                      self.config_path, *self.extra_args],
+                                     cwd=self.workdir, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"relaybox exited with {self.proc.returncode}: {self.log()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.smtp_port), timeout=0.5) as s:
+                    if s.recv(100).startswith(b"220") and self._admin_up():
+                        return self
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"relaybox did not start: {self.log()}")

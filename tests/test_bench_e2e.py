@@ -1,0 +1,38 @@
+"""Smoke run of bench/e2e_postfix.py (issue 11): a private Postfix instance and relaybox, both relaying to
+one smtp-sink, tiny counts. Checks that both systems delivered every message end to end, that the Markdown
+table and the ratio line are printed, and that the bench removed its work dir (Postfix stopped, spools
+gone)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_bench_e2e_postfix_smoke():
+    out = subprocess.run([sys.executable, "bench/e2e_postfix.py", "--messages", "200", "--large-messages",
+                          "40", "--reps", "1", "--skip-pg", "--skip-dkim", "--workers", "1"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text
+    runs = re.findall(r"^rep 1 \| (e2e \d+ KB) \| (\S+)\s*\|\s*(\d+) msgs in .*\| (\S+)$", out.stdout, re.M)
+    assert sorted((load, system) for load, system, _, _ in runs) == [
+        ("e2e 1 KB", "Postfix"), ("e2e 1 KB", "relaybox"), ("e2e 100 KB", "Postfix"),
+        ("e2e 100 KB", "relaybox")], text
+    for load, _system, sent, status in runs:
+        assert status == "ok", text
+        assert int(sent) >= (200 if load == "e2e 1 KB" else 40), text      # load + probe messages
+    assert re.search(r"^\| e2e 1 KB \(SQLite\) \| \d+ \| \d+ \| \d+\.\d\dx \|", out.stdout, re.M), text
+    ratio = r"^ratio relaybox/Postfix e2e 1 KB \(SQLite\): \d+\.\d\dx \(target >= 2\.0x: (met|NOT met)\)$"
+    assert re.search(ratio, out.stdout, re.M), text
+    assert re.search(r"^ratio relaybox/Postfix e2e 100 KB \(SQLite\): \d+\.\d\dx", out.stdout, re.M), text
+    work = re.search(r"^work dir .*: (\S+)$", out.stdout, re.M)
+    assert work and not os.path.exists(work.group(1)), text
