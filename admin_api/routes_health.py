@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from admin_api import metrics
 from admin_api.common import TAIL_KEY, Route, relaybox
@@ -32,7 +32,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def scrape(request: web.Request) -> web.Response:
     await metrics.refresh(relaybox(request), request.app.get(TAIL_KEY))
-    resp = web.Response(body=generate_latest(REGISTRY))
+    resp = web.Response(body=generate_latest(metrics.registry()))   # with workers: all their samples
     resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
     return resp
 

@@ -33,12 +33,14 @@ from relay.spool.spool import Spool
 from relay.tracking.listener import TrackingListener
 from relaybox import lifecycle, logs
 from relaybox.settings import Settings, load
+from relaybox.workers import WorkerRole, owner_of, share
 from store import Store, lock
 
 log = logging.getLogger("relaybox")
 
 STORAGE_BELOW_FLOOR = Gauge("relaybox_storage_below_floor",
-                            "1 while free space is below storage.min_free (intake refuses with 452)")
+                            "1 while free space is below storage.min_free (intake refuses with 452)",
+                            multiprocess_mode="livemax")     # worker processes: 1 if any worker sees it
 
 
 class DiskMonitor:
@@ -95,8 +97,16 @@ class DiskMonitor:
 
 
 class App:
-    def __init__(self, settings: Settings):
+    """The whole relay in one process, or one worker of several (``worker``, see relaybox/workers.py): a
+    worker takes its share of the connection limits, skips the lock, recovery and seeds (its supervisor
+    did them) and runs the singletons (poller, admin API, tracking, retention) only in slot 0."""
+
+    def __init__(self, settings: Settings, worker: WorkerRole | None = None):
         self.settings = settings
+        self.worker = worker
+        self.singletons = worker is None or worker.singletons
+        if worker is not None:
+            settings.relay = share(settings.relay, worker.count)
         rc = settings.relay
         self.store = Store(rc.storage.location(), poison_limit=rc.storage.poison_limit,
                            key_file=rc.storage.key_file())
@@ -115,8 +125,13 @@ class App:
         self.started_at = time.time()
 
     # ---- start -----------------------------------------------------------------------------------
-    async def start(self) -> None:
+    async def open_storage(self) -> None:
+        """The database lock (SQLite), migrations, crash recovery and the config seeds: once per instance,
+        by the single process or by the supervisor of the workers; a worker only opens the store."""
         rc = self.settings.relay
+        if self.worker is not None:
+            self.store.open()
+            return
         if not rc.storage.url:       # one process per SQLite file; PostgreSQL serves many nodes
             self.lock = lock.acquire(rc.storage.path)
         self.store.open()
@@ -125,14 +140,24 @@ class App:
             log.warning("crash recovery: %d leases returned to the queue, %d poison items failed",
                         stats["requeued"], stats["poisoned"])
         await self.apply_seeds()
+
+    async def start(self) -> None:
+        rc = self.settings.relay
+        await self.open_storage()
         await self.policy.start()
         self.listener = Listener(rc.smtp, self.spool, self.policy, disk_ok=self.disk.ok,
-                                 bounces=self._bounce_intake())
+                                 bounces=self._bounce_intake(), reuse_port=self.worker is not None)
         await self.listener.start()
         self.dnsbl = DnsblChecker(rc)   # [dnsbl]: sending addresses vs blocklists (run() returns when off)
         self._tasks.append(asyncio.get_running_loop().create_task(self.dnsbl.run()))
         await self._start_services()
-        self._tasks.append(asyncio.get_running_loop().create_task(self._retention_loop()))
+        if self.singletons:
+            self._tasks.append(asyncio.get_running_loop().create_task(self._retention_loop()))
+        if self.worker is not None:
+            log.info("worker %d of %d started (pid %d, database %s)", self.worker.slot, self.worker.count,
+                     os.getpid(), rc.storage.path)
+            self.worker.ready()
+            return
         log.info("relaybox started (pid %d, database %s)", os.getpid(), rc.storage.path)
         lifecycle.ready(f"accepting mail on {', '.join(f'{h}:{p}' for h, p in self.listener.bound)}")
 
@@ -169,9 +194,11 @@ class App:
         if not self.settings.relay.delivery.enabled:
             log.warning("delivery.enabled = false: messages are accepted and queued, not delivered")
         else:
-            self.scheduler = Scheduler(self.spool, self.settings.relay)
+            self.scheduler = Scheduler(self.spool, self.settings.relay, owner=owner_of(os.getpid()))
             await self.scheduler.start()
             self.spool.on_enqueue.append(self.scheduler.notify)
+        if not self.singletons:
+            return
         sink = bounce_record.make_sink(self.store.bounces, self.settings.relay)
         self.poller = PollerService(self.store, self.settings, spool=self.spool, bounce_sink=sink)
         await self.poller.start()
@@ -240,7 +267,8 @@ class App:
         return 0
 
     async def stop(self, timeout: float = 30.0) -> None:
-        lifecycle.stopping()
+        if self.worker is None:
+            lifecycle.stopping()
         for task in self._tasks:
             task.cancel()
         if self.listener is not None:
@@ -259,13 +287,18 @@ class App:
 
     async def reload(self) -> None:
         """SIGHUP: re-read the config file and apply what can change without a restart."""
-        lifecycle.reloading()
+        notify = self.worker is None          # a worker's supervisor speaks to systemd
+        if notify:
+            lifecycle.reloading()
         try:
             new = load(self.settings.path)
         except Exception as exc:  # noqa: BLE001 - a bad edit must not kill a running relay
             log.error("reload failed, keeping the running config: %s", exc)
-            lifecycle.ready("reload failed; running with the previous config")
+            if notify:
+                lifecycle.ready("reload failed; running with the previous config")
             return
+        if self.worker is not None:
+            new.relay = share(new.relay, self.worker.count)
         logs.register_settings_secrets(new)
         old_smtp = self.settings.relay.smtp
         changed = []
@@ -284,10 +317,11 @@ class App:
         if self.scheduler is not None:
             await self.scheduler.reload(new.relay)
             changed.append("routes/dkim")
-        if await self._reload_tracking(new.relay.tracking):
+        if self.singletons and await self._reload_tracking(new.relay.tracking):
             changed.append("tracking")
         log.info("reloaded config: %s", ", ".join(changed) if changed else "nothing changed")
-        lifecycle.ready("reloaded")
+        if notify:
+            lifecycle.ready("reloaded")
 
 
 def run(settings: Settings) -> int:

@@ -135,21 +135,25 @@ def _insert_attempt(conn: Conn, a: AttemptLog, recipient_ids: list[int]) -> None
     )
 
 
-def recover_sync(conn: Conn, now: float, poison_limit: int) -> dict[str, int]:
+def recover_sync(conn: Conn, now: float, poison_limit: int, owner: str | None = None) -> dict[str, int]:
     """Every 'sending' lease belongs to a dead process -> queued; a message whose processing was interrupted
-    ``poison_limit`` times fails with reason 'poison'."""
+    ``poison_limit`` times fails with reason 'poison'. With ``owner``, only the leases of that (dead) worker
+    process (``lease_owner``): the other workers of the instance keep theirs."""
     stats = {"requeued": 0, "poisoned": 0}
+    mine, args = ("", ()) if owner is None else (" AND lease_owner=?", (owner,))
     poisoned = [r["id"] for r in conn.execute(
         "SELECT id FROM messages WHERE crash_count >= ? AND EXISTS (SELECT 1 FROM recipients WHERE"
-        " message_id=messages.id AND status='sending')", (poison_limit,))]
+        " message_id=messages.id AND status='sending'" + mine + ")", (poison_limit, *args))]
     for mid in poisoned:
-        for r in conn.execute("SELECT id FROM recipients WHERE message_id=? AND status='sending'", (mid,)):
+        for r in conn.execute("SELECT id FROM recipients WHERE message_id=? AND status='sending'" + mine,
+                              (mid, *args)).fetchall():
             set_status(conn, r["id"], Status.SENDING, Status.FAILED, now,
                        "reason='poison', leased_until=NULL, lease_owner=NULL")
             add_event(conn, now, mid, r["id"], Status.FAILED, "system", "poison",
                       {"text": f"processing crashed the process {poison_limit} times"})
             stats["poisoned"] += 1
-    for r in conn.execute("SELECT id, message_id FROM recipients WHERE status='sending'").fetchall():
+    for r in conn.execute("SELECT id, message_id FROM recipients WHERE status='sending'" + mine,
+                          args).fetchall():
         set_status(conn, r["id"], Status.SENDING, Status.QUEUED, now, "leased_until=NULL, lease_owner=NULL")
         add_event(conn, now, r["message_id"], r["id"], Status.QUEUED, "system", "recovered-lease")
         stats["requeued"] += 1
@@ -412,9 +416,10 @@ class MessageStore:
         return await self.db.write(_do)
 
     # ---- crash recovery and retention ----------------------------------------------------------------
-    async def recover(self) -> dict[str, int]:
+    async def recover(self, owner: str | None = None) -> dict[str, int]:
+        """At start: every lease back to the queue; ``owner``: only a dead worker's (relaybox.workers)."""
         now = self.clock()
-        return await self.db.write(lambda conn: recover_sync(conn, now, self.poison_limit))
+        return await self.db.write(lambda conn: recover_sync(conn, now, self.poison_limit, owner))
 
     async def prune(self, body_days: float, meta_days: float, batch: int = 500) -> int:
         """Retention in small batches: bodies of finished messages after ``body_days``, the message with
