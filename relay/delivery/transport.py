@@ -23,9 +23,12 @@ from typing import Any, Protocol
 
 import aiosmtplib
 
+from relay.delivery import aiosmtplib_seam
 from relay.envelope import address_error
 from relay.errors import ConnectError, DeliveryError, EnvelopeError, from_exception, from_reply
 from relay.tls import client_context
+
+aiosmtplib_seam.install()      # DATA framed by bytes.replace, not two regex passes (see the module)
 
 log = logging.getLogger("relay.delivery.transport")
 
