@@ -23,6 +23,7 @@ from admin_api import (
     routes_dkim,
     routes_health,
     routes_messages,
+    routes_nodes,
     routes_quarantine,
     routes_queue,
     routes_rejections,
@@ -54,7 +55,8 @@ audit = logging.getLogger("admin_api.audit")
 
 # Every resource module, imported explicitly: a broken import stops the start with its traceback instead of
 # silently leaving a feature out.
-RESOURCES = (routes_health, routes_messages, routes_queue, routes_allowlist, routes_users, routes_webhooks,
+RESOURCES = (routes_health, routes_nodes,  # routes_nodes: the cluster's nodes (relaybox/cluster.py)
+             routes_messages, routes_queue, routes_allowlist, routes_users, routes_webhooks,
              routes_routes, routes_dkim, routes_bounces, routes_suppressions, routes_channels,
              routes_campaigns, routes_quarantine, routes_rejections, routes_blocklists, openapi)
 

@@ -25,9 +25,23 @@ async def readyz(request: web.Request) -> web.Response:
         "disk_above_floor": bool(rb.disk.ok()),
     }
     ready = all(checks.values())
-    return web.json_response({"ready": ready, "checks": checks, "uptime_seconds": round(time.time() -
-                                                                                           rb.started_at, 1)},
+    return web.json_response({"ready": ready, "checks": checks, "reasons": _reasons(rb, checks),
+                              "uptime_seconds": round(time.time() - rb.started_at, 1)},
                              status=200 if ready else 503)
+
+
+def _reasons(rb, checks: dict[str, bool]) -> list[str]:
+    """Why not ready, in words: the database's last error (a node waiting for PostgreSQL says so)."""
+    from store.postgres import redact
+
+    out = []
+    if not checks["database_writable"]:
+        out.append("database not writable: " + redact(rb.store.last_error or "no answer within 5 s"))
+    if not checks["listeners_bound"]:
+        out.append("SMTP listeners not bound")
+    if not checks["disk_above_floor"]:
+        out.append("free disk space below storage.min_free")
+    return out
 
 
 async def scrape(request: web.Request) -> web.Response:
@@ -38,7 +52,8 @@ async def scrape(request: web.Request) -> web.Response:
 
 
 READY = {"type": "object", "required": ["ready", "checks"], "properties": {
-    "ready": {"type": "boolean"}, "checks": {"type": "object", "additionalProperties": {"type": "boolean"}}}}
+    "ready": {"type": "boolean"}, "checks": {"type": "object", "additionalProperties": {"type": "boolean"}},
+    "reasons": {"type": "array", "items": {"type": "string"}}}}
 
 ROUTES = [
     Route("GET", "/healthz", healthz, "Liveness: the process answers", "health", auth=False,

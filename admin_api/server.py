@@ -61,7 +61,9 @@ class AdminServer:
         if hooks:
             from admin_api.webhooks import Dispatcher
 
-            self.webhooks = Dispatcher(self.app.store.outbox, hooks)
+            cluster = getattr(self.app, "cluster", None)      # only the leader node dispatches
+            self.webhooks = Dispatcher(self.app.store.outbox, hooks,
+                                       leader=None if cluster is None else cluster.is_leader)
             await self.webhooks.start()
         if not self.cfg.enabled:
             return

@@ -21,7 +21,7 @@ import hmac
 import json
 import logging
 import time
-from typing import Any
+from typing import Any, Callable
 
 import aiohttp
 
@@ -69,7 +69,7 @@ def next_delay(hook: WebhookConfig, attempts: int) -> float:
 
 class Dispatcher:
     def __init__(self, outbox: WebhookOutbox, hooks: list[WebhookConfig], *, poll_interval: float = 0.5,
-                 batch: int = 50):
+                 batch: int = 50, leader: Callable[[], bool] | None = None):
         self.outbox = outbox
         self.hooks = {h.name: h for h in hooks}
         self.poll_interval = poll_interval
@@ -78,13 +78,15 @@ class Dispatcher:
         self._session: aiohttp.ClientSession | None = None
         self._wake = asyncio.Event()
         self._cursors: dict[str, int] = {}
+        # several nodes on one database: only the leader dispatches (relaybox/cluster.py is_leader)
+        self.leader = leader
 
     async def _materialize(self, hook: WebhookConfig) -> None:
         self._cursors[hook.name] = await self.outbox.materialize(hook.name, hook.events, payload, batch=BATCH)
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(headers={"User-Agent": "relaybox-webhooks/1"})
-        for hook in self.hooks.values():
+        for hook in self.hooks.values() if self.leader is None or self.leader() else ():
             await self._materialize(hook)
         self._task = asyncio.get_running_loop().create_task(self._run())
 
@@ -101,7 +103,8 @@ class Dispatcher:
     async def _run(self) -> None:
         while True:
             try:
-                await self.run_once()
+                if self.leader is None or self.leader():
+                    await self.run_once()
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - the loop must survive a bad row or a database hiccup

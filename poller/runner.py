@@ -39,7 +39,7 @@ CHANNEL_UP = Gauge("relaybox_poller_channel_up", "1 when the last poll of the ch
 
 class PollerService:
     def __init__(self, store: Store, settings: Any, spool: Spool | None = None,
-                 bounce_sink: Callable[..., Awaitable[Any]] | None = None):
+                 bounce_sink: Callable[..., Awaitable[Any]] | None = None, leases: Any = None):
         self.store = store
         self.inbound = store.inbound
         self.settings = settings
@@ -51,6 +51,9 @@ class PollerService:
         self.http: aiohttp.ClientSession | None = None
         self._watch: asyncio.Task | None = None
         self._campaigns: dict[str, tuple[CampaignConfig | None, float]] = {}
+        # several nodes on one database (relaybox/cluster.py): ``await leases.channels(names)`` -> the
+        # channels this node holds the lease of, renewed every ``leases.interval`` seconds
+        self.leases = leases
 
     # ---- lifecycle ---------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -76,7 +79,7 @@ class PollerService:
 
     async def _watch_loop(self) -> None:
         while True:                      # pick up channels added/changed/disabled through the API or CLI
-            await asyncio.sleep(5)
+            await asyncio.sleep(5 if self.leases is None else min(5.0, self.leases.interval))
             try:
                 await self.sync_tasks()
             except Exception:  # noqa: BLE001
@@ -84,6 +87,8 @@ class PollerService:
 
     async def sync_tasks(self) -> None:
         wanted = set(await self.inbound.channel_names(enabled_only=True))
+        if self.leases is not None:           # one node polls each channel: the holder of its lease
+            wanted = await self.leases.channels(wanted)
         for name in list(self.tasks):
             if name not in wanted:            # disabled or removed: its session ends (IDLE included)
                 await cancel_and_wait(self.tasks.pop(name))

@@ -32,6 +32,7 @@ from relay.intake.policy import Policy, hash_password
 from relay.spool.spool import Spool
 from relay.tracking.listener import TrackingListener
 from relaybox import lifecycle, logs
+from relaybox.cluster import Cluster
 from relaybox.settings import Settings, load
 from relaybox.workers import WorkerRole, owner_of, share
 from store import Store, lock
@@ -123,6 +124,7 @@ class App:
         self.stopping = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self.started_at = time.time()
+        self.cluster = Cluster(self)   # nodes registry, leader and channel leases (relaybox/cluster.py)
 
     # ---- start -----------------------------------------------------------------------------------
     async def open_storage(self) -> None:
@@ -135,7 +137,7 @@ class App:
         if not rc.storage.url:       # one process per SQLite file; PostgreSQL serves many nodes
             self.lock = lock.acquire(rc.storage.path)
         self.store.open()
-        stats = await self.spool.recover()
+        stats = await self.cluster.recover()   # PostgreSQL: only the claims of dead nodes
         if stats.get("requeued") or stats.get("poisoned"):
             log.warning("crash recovery: %d leases returned to the queue, %d poison items failed",
                         stats["requeued"], stats["poisoned"])
@@ -167,6 +169,9 @@ class App:
         transaction short (intake never waits long)."""
         st = self.settings.relay.storage
         while True:
+            if not self.cluster.is_leader():       # several nodes on one database: the leader's job
+                await asyncio.sleep(min(every, 60.0))
+                continue
             try:
                 pruned = 0
                 while n := await self.spool.prune(st.body_days, st.meta_days, batch=500):
@@ -191,6 +196,7 @@ class App:
 
     async def _start_services(self) -> None:
         """Delivery, the inbound poller, the admin listener and the tracking listener, in that order."""
+        await self.cluster.start()             # before the singletons: leadership settled
         if not self.settings.relay.delivery.enabled:
             log.warning("delivery.enabled = false: messages are accepted and queued, not delivered")
         else:
@@ -200,7 +206,8 @@ class App:
         if not self.singletons:
             return
         sink = bounce_record.make_sink(self.store.bounces, self.settings.relay)
-        self.poller = PollerService(self.store, self.settings, spool=self.spool, bounce_sink=sink)
+        self.poller = PollerService(self.store, self.settings, spool=self.spool, bounce_sink=sink,
+                                    leases=self.cluster)
         await self.poller.start()
         self._first_run_token()
         self.admin = AdminServer(self)
@@ -279,6 +286,7 @@ class App:
                     await comp.stop()
                 except Exception:  # noqa: BLE001 - keep shutting the rest down
                     log.exception("error while stopping %s", type(comp).__name__)
+        await self.cluster.stop()
         await self.policy.stop()
         self.store.close()
         if self.lock is not None:

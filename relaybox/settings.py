@@ -44,7 +44,7 @@ class Settings:
 
 def registered_sections() -> dict[str, Any]:
     out: dict[str, Any] = {"log": LogConfig}
-    for modname in ("poller.config", "admin_api.config", "relaybox.workers"):
+    for modname in ("poller.config", "admin_api.config", "relaybox.cluster", "relaybox.workers"):
         try:
             mod = importlib.import_module(modname)
         except ImportError:
