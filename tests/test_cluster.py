@@ -132,6 +132,26 @@ def subjects(sink: PostfixSink) -> list[str]:
     return out
 
 
+def start_all(nodes: list[RelayboxProcess]) -> None:
+    """The first node migrates the database; the others start side by side."""
+    nodes[0].start(timeout=40)
+    errors: list[BaseException] = []
+
+    def one(n: RelayboxProcess) -> None:
+        try:
+            n.start(timeout=40)
+        except BaseException as exc:  # noqa: BLE001 - re-raised below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in nodes[1:]]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
 def ticket(i: int) -> bytes:
     return (f"From: c{i}@cust.test\r\nTo: {USER}\r\nSubject: ticket {i}\r\nMessage-ID: <t{i}@cust.test>\r\n"
             f"\r\nhelp {i}\r\n").encode()
@@ -155,8 +175,7 @@ def world(tmp_path_factory, postgres_server):
     nodes = [RelayboxProcess(str(base / f"n{i}"), node_sections(url, str(base), f"n{i}", sink.port, extra))
              for i in (1, 2, 3)]
     try:
-        for n in nodes:
-            n.start()
+        start_all(nodes)
         yield {"url": url, "sink": sink, "rec": rec, "dc": dc, "nodes": nodes}
     finally:
         for n in nodes:
@@ -298,10 +317,13 @@ def test_postgresql_stopped_immediate_then_back(tmp_path):
     nodes = []
     try:
         url = pg.create_database()
+        import psycopg
+
+        with psycopg.connect(pg.url(), autocommit=True) as conn:   # the peer runs without it: a 250 must
+            conn.execute(f'ALTER DATABASE "{url.rsplit("/", 1)[1]}" SET synchronous_commit = on')  # survive
         nodes = [RelayboxProcess(str(tmp_path / f"d{i}"),
                                  node_sections(url, str(tmp_path), f"d{i}", sink.port)) for i in (1, 2)]
-        for n in nodes:
-            n.start()
+        start_all(nodes)
         for i in range(6):
             send(nodes[i % 2], f"before {i}")
         r = pg._run("pg_ctl", "-D", pg.data, "-m", "immediate", "-w", "stop")
