@@ -79,7 +79,7 @@ def test_configuration_pages_in_headless_chromium(tmp_path):
                           "secret": "hook-Xy71"}],
     })
     _seed(rb.db_path, str(tmp_path / "desk"))
-    rb.start()
+    rb.start(timeout=60)                  # a loaded CI machine: the first start compiles a lot
     driver = None
     try:
         driver = chromium(tmp_path)
