@@ -7,6 +7,7 @@ Values are validated in ``__post_init__`` where a range matters, naming the key.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from relay.configtypes import Duration, Size
@@ -155,24 +156,105 @@ class DeliveryConfig:
                              f"got {self.log_results!r}")
 
 
+ROUTE_TLS_MODES = ("none", "starttls", "implicit")
+ROUTE_DEFAULT_PORTS = {"none": 25, "starttls": 587, "implicit": 465}   # the port used when none is given
+_ROUTE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_ROUTE_HOST = re.compile(r"^(?=.{1,253}$)(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
+                         r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?$")
+_ROUTE_DOMAIN = re.compile(r"^(?=.{1,253}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{1,63}$")
+_ROUTE_ADDRESS = re.compile(r"^[^\s@<>(),;:\\\"\[\]]{1,64}@[^\s@<>(),;:\\\"\[\]]{1,253}$")
+
+
 @dataclass(frozen=True)
 class RouteConfig:
-    name: str
+    """A smarthost route (``[[routes]]``, or one saved by the admin API / CLI in ``store.routes``). Which
+    messages take it: ``relay.delivery.routes`` (header, submitting identity, From address, From domain,
+    default)."""
+
+    name: str                              # a slug: a-z 0-9 - _, at most 63, starting with a letter/digit
     host: str
-    port: int = 587
+    port: int = 0                          # 0 = the mode's usual port: none 25, starttls 587, implicit 465
     tls: str = "starttls"                  # none | starttls | implicit
     tls_verify: bool = True
     username: str = ""
-    password: str = ""                     # never logged, never in transcripts
+    password: str = field(default="", repr=False)   # never logged, never in transcripts or answers
     allow_plaintext_auth: bool = False     # AUTH without TLS (tls = "none", or opportunistic without it)
     from_addresses: list[str] = field(default_factory=list)   # exact From addresses using this route
-    from_domains: list[str] = field(default_factory=list)     # From domains using this route
+    from_domains: list[str] = field(default_factory=list)     # From domains using this route (+ subdomains)
+    auth_users: list[str] = field(default_factory=list)       # SMTP AUTH users whose mail takes this route
+    client_networks: list[str] = field(default_factory=list)  # submitting client addresses (CIDR) likewise
     default: bool = False                  # used when no route matches (else: direct MX)
+    sender: str = ""                       # MAIL FROM of "routes test" (else the first from_addresses)
+    # XOAUTH2 instead of a password (Microsoft 365: client credentials; Google: a refresh token)
+    oauth2_token_url: str = ""             # the provider's token endpoint; set = AUTH XOAUTH2 for username
+    oauth2_client_id: str = ""
+    oauth2_client_secret: str = field(default="", repr=False)
+    oauth2_scope: str = ""                 # e.g. https://outlook.office365.com/.default
+    oauth2_refresh_token: str = field(default="", repr=False)   # the first one; a rotated one is stored
 
     def __post_init__(self):
-        if self.tls not in ("none", "starttls", "implicit"):
-            raise ValueError(f'routes.{self.name}.tls: expected "none", "starttls" or "implicit", '
-                             f"got {self.tls!r}")
+        problems = route_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+        if not self.port:                  # the effective port, so every user of the route sees a number
+            object.__setattr__(self, "port", ROUTE_DEFAULT_PORTS[self.tls])
+
+
+def route_problems(r: RouteConfig) -> list[str]:
+    """What is wrong with a route's settings, each naming its key (``routes.<name>.<key>: ...``)."""
+    import ipaddress
+
+    if not isinstance(r.name, str) or not _ROUTE_NAME.match(r.name):
+        return [f"routes.{r.name}.name: expected a slug of a-z, 0-9, '-' and '_' (at most 63, starting"
+                f" with a letter or digit), got {r.name!r}"]
+    at, out = f"routes.{r.name}", []
+    if r.tls not in ROUTE_TLS_MODES:
+        out.append(f'{at}.tls: expected "none", "starttls" or "implicit", got {r.tls!r}')
+    if not isinstance(r.host, str) or not _ROUTE_HOST.match(r.host):
+        try:
+            ipaddress.ip_address(str(r.host).strip("[]"))
+        except ValueError:
+            out.append(f"{at}.host: expected a host name or IP address, got {r.host!r}")
+    if isinstance(r.port, bool) or not isinstance(r.port, int) or not 0 <= r.port <= 65535:
+        out.append(f"{at}.port: expected 1 to 65535, got {r.port!r}")
+    return out + _selector_problems(r, at) + _oauth_problems(r, at)
+
+
+def _oauth_problems(r: RouteConfig, at: str) -> list[str]:
+    if not r.oauth2_token_url:
+        return []
+    out = []
+    if not str(r.oauth2_token_url).startswith(("https://", "http://127.0.0.1", "http://localhost")):
+        out.append(f"{at}.oauth2_token_url: expected an https:// URL, got {r.oauth2_token_url!r}")
+    if not r.oauth2_client_id:
+        out.append(f"{at}.oauth2_client_id: required with oauth2_token_url")
+    if not r.username:
+        out.append(f"{at}.username: required with oauth2_token_url (the mailbox that sends)")
+    if r.password:
+        out.append(f"{at}.password: not used with oauth2_token_url (XOAUTH2); remove one of them")
+    return out
+
+
+def _selector_problems(r: RouteConfig, at: str) -> list[str]:
+    import ipaddress
+
+    out: list[str] = []
+    for key, a in [*(("from_addresses", a) for a in r.from_addresses), *([("sender", r.sender)] if r.sender
+                                                                          else [])]:
+        if not isinstance(a, str) or not _ROUTE_ADDRESS.match(a.strip()):
+            out.append(f"{at}.{key}: not an address: {a!r}")
+    for d in r.from_domains:
+        if not isinstance(d, str) or not _ROUTE_DOMAIN.match(d.strip().lstrip("@").rstrip(".").lower()):
+            out.append(f"{at}.from_domains: not a domain: {d!r}")
+    for u in r.auth_users:
+        if not isinstance(u, str) or not u.strip() or len(u) > 320:
+            out.append(f"{at}.auth_users: not a user name: {u!r}")
+    for n in r.client_networks:
+        try:
+            ipaddress.ip_network(str(n), strict=False)
+        except ValueError:
+            out.append(f"{at}.client_networks: not a network: {n!r}")
+    return out
 
 
 @dataclass(frozen=True)
@@ -249,6 +331,7 @@ class TrackingConfig:
                     raise ValueError(f"tracking.{key}: not a network: {net!r}") from None
         if self.rate <= 0 or self.burst < 1:
             raise ValueError("tracking.rate and tracking.burst: must be positive")
+
 
 # ---- dnsbl (owned by relay/dnsbl.py: the blocklist checks of the relay's own sending addresses) ------
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from poller.runner import PollerService
 from relay.bounces import record as bounce_record
 from relay.bounces import verp
 from relay.config import TrackingConfig
+from relay.delivery.route_book import RouteBook
 from relay.delivery.scheduler import Scheduler
 from relay.dnsbl import DnsblChecker
 from relay.intake.listener import BounceIntake, Listener
@@ -36,6 +37,7 @@ from relaybox.cluster import Cluster
 from relaybox.settings import Settings, load
 from relaybox.workers import WorkerRole, owner_of, share
 from store import Store, lock
+from store.errors import Conflict
 
 log = logging.getLogger("relaybox")
 
@@ -117,6 +119,7 @@ class App:
         self.disk = DiskMonitor(rc.storage.path, rc.storage.min_free, 3 * int(rc.smtp.max_message_size))
         self.listener: Listener | None = None
         self.scheduler: Scheduler | None = None
+        self.routes = RouteBook(self.store)    # routes of the store, live for delivery; status per route
         self.poller: PollerService | None = None
         self.admin: AdminServer | None = None
         self.tracking: TrackingListener | None = None
@@ -142,10 +145,14 @@ class App:
             log.warning("crash recovery: %d leases returned to the queue, %d poison items failed",
                         stats["requeued"], stats["poisoned"])
         await self.apply_seeds()
+        await self.routes.seed(rc.routes)
 
     async def start(self) -> None:
         rc = self.settings.relay
         await self.open_storage()
+        if self.worker is not None:          # the supervisor seeded the routes (open_storage)
+            await self.routes.refresh(force=True)
+        await self.routes.start()
         await self.policy.start()
         self.listener = Listener(rc.smtp, self.spool, self.policy, disk_ok=self.disk.ok,
                                  bounces=self._bounce_intake(), reuse_port=self.worker is not None)
@@ -201,6 +208,7 @@ class App:
             log.warning("delivery.enabled = false: messages are accepted and queued, not delivered")
         else:
             self.scheduler = Scheduler(self.spool, self.settings.relay, owner=owner_of(os.getpid()))
+            self.routes.attach(self.scheduler)
             await self.scheduler.start()
             self.spool.on_enqueue.append(self.scheduler.notify)
         if not self.singletons:
@@ -280,7 +288,7 @@ class App:
             task.cancel()
         if self.listener is not None:
             await self.listener.drain(timeout)
-        for comp in (self.tracking, self.admin, self.poller, self.scheduler):
+        for comp in (self.tracking, self.admin, self.poller, self.scheduler, self.routes):
             if comp is not None:
                 try:
                     await comp.stop()
@@ -325,6 +333,10 @@ class App:
         if self.scheduler is not None:
             await self.scheduler.reload(new.relay)
             changed.append("routes/dkim")
+        try:
+            await self.routes.seed(new.relay.routes)     # at once after the reload: store routes stay live
+        except Conflict as exc:
+            log.error("routes not reloaded: %s", exc)
         if self.singletons and await self._reload_tracking(new.relay.tracking):
             changed.append("tracking")
         log.info("reloaded config: %s", ", ".join(changed) if changed else "nothing changed")

@@ -82,10 +82,11 @@ def insert_message(conn: Conn, msg: NewMessage, now: float, actor: str) -> str:
     due = msg.send_at if scheduled and msg.send_at is not None else now
     conn.execute(
         "INSERT INTO messages(id, created_at, sender, from_header, subject, message_id, client_ip,"
-        " client_helo, auth_user, size, body_sha256, send_at, held) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        " client_helo, auth_user, size, body_sha256, send_at, held, route_hint)"
+        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
         (qid, now, msg.sender, msg.from_header, msg.subject, msg.message_id_header, msg.client_ip,
          msg.client_helo, msg.auth_user, len(msg.body), hashlib.sha256(msg.body).hexdigest(),
-         msg.send_at, 1 if msg.held else 0),
+         msg.send_at, 1 if msg.held else 0, msg.route_hint),
     )
     conn.execute("INSERT INTO bodies(message_id, data) VALUES (?, ?)", (qid, msg.body))
     for rcpt in msg.recipients:

@@ -17,6 +17,8 @@ the caller's business (the admin API and the CLI never show it).
 
 from __future__ import annotations
 
+import builtins
+import dataclasses
 import json
 import sqlite3
 import time
@@ -32,7 +34,7 @@ __all__ = ["DefaultTaken", "RouteDelta", "RouteExists", "RouteMissing", "RouteRe
            "StoredRoute", "ROUTE_SECRET_FIELDS"]
 
 T = TypeVar("T")
-ROUTE_SECRET_FIELDS = ("password",)
+ROUTE_SECRET_FIELDS = ("password", "oauth2_client_secret", "oauth2_refresh_token")
 VERSION_KEY = "routes.version"
 SOURCES = ("api", "config")
 
@@ -162,7 +164,7 @@ class RouteStore:
             if row[0] == "config" and not allow_config:
                 raise RouteReadOnly(f"route {route.name} is defined in the config file ([[routes]]):"
                                     " change it there and reload")
-            self._put(conn, route, new=False)
+            self._put(conn, dataclasses.replace(route, source=row[0]), new=False)   # the source stays
             return self._get(conn, route.name)
         return await self._write(_replace)
 
@@ -180,13 +182,13 @@ class RouteStore:
             return True
         return await self._write(_delete)
 
-    async def seed(self, routes: Sequence[StoredRoute]) -> list[str]:
+    async def seed(self, routes: Sequence[StoredRoute]) -> builtins.list[str]:
         """The config's routes, in one transaction: each upserted as source ``config`` (an API route of
         the same name becomes a config route), config routes no longer in the config removed. Returns
         the names removed. Raises DefaultTaken when a config default meets an API default."""
         names = {r.name for r in routes}
 
-        def _seed(conn: sqlite3.Connection) -> list[str]:
+        def _seed(conn: sqlite3.Connection) -> builtins.list[str]:
             gone = [r[0] for r in conn.execute("SELECT name FROM routes WHERE source='config' ORDER BY name")
                     if r[0] not in names]
             for name in gone:

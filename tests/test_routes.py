@@ -54,11 +54,14 @@ async def test_routes_test_command_reports_success_and_the_servers_exact_reply(t
     rc, out = await run_cli(cfg, "routes", "test", "good")
     assert rc == 0, out
     assert "C: STARTTLS" in out and "S: 235 2.7.0 Authentication successful" in out
-    assert out.strip().splitlines()[-1].startswith("OK:") and "Pa55" not in out
+    assert out.strip().splitlines()[-1] == "Connection succeeded" and "Pa55" not in out
+    assert "C: MAIL FROM:<postmaster@relay.test>" in out and "C: RSET" in out
     rc, out = await run_cli(cfg, "routes", "test", "badpw")
-    assert rc == 1 and "FAILED: 535 5.7.8 Authentication credentials invalid" in out and "nope" not in out
+    assert rc == 1 and "nope" not in out
+    assert "Connection failed at AUTH: 535 5.7.8 Authentication credentials invalid" in out
     rc, out = await run_cli(cfg, "routes", "test", "verify")
-    assert rc == 1 and "FAILED: 421 4.7.5 TLS failure" in out and "CERTIFICATE_VERIFY_FAILED" in out
+    assert rc == 1 and "CERTIFICATE_VERIFY_FAILED" in out
+    assert "Connection failed at STARTTLS: 421 4.7.5 TLS failure" in out
     rc, out = await run_cli(cfg, "routes", "test", "missing")
     assert rc == 2 and "no route named 'missing'" in out
     rc, out = await run_cli(cfg, "routes", "list")

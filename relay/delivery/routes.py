@@ -1,27 +1,42 @@
-"""Smarthost routes: which next hop a message takes, chosen by its From address or domain.
+"""Smarthost routes: which next hop a message takes.
 
-An organisation relaying through Microsoft 365, Gmail or its ISP lists routes in the config
-(``[[routes]]``: host, port, TLS mode, verification, AUTH user/password, ``from_addresses``,
-``from_domains``, ``default``). Selection, first match wins:
+Routes live in the store (``store.routes``): seeded from the config (``[[routes]]``, at start and SIGHUP)
+and created, edited or removed by the admin API and ``relaybox routes``; ``relay.delivery.route_book``
+keeps the delivery engine's ``Router`` in step with them. Selection, first match wins:
 
-1. a route listing the message's From address exactly (case-insensitive);
-2. a route listing the From domain (or a parent domain of it);
-3. the route marked ``default = true``;
-4. none: direct delivery to the recipient domain's MX.
+1. the route the message names in ``X-Relaybox-Route: <name>`` (removed at intake; an unknown name is
+   ignored and logged);
+2. the submitting identity: a route listing the message's SMTP AUTH user (``auth_users``), then a route
+   listing a network holding the client's address (``client_networks``: the allow-list entries an app
+   submits from);
+3. a route listing the message's From address exactly (case-insensitive);
+4. a route listing the From domain (or a parent domain of it);
+5. the route marked ``default = true``;
+6. none: direct delivery to the recipient domain's MX.
 
 The From address is the header's (what contact-centre suites key on), else the envelope sender.
-``smtp_test(route, helo)`` is the admins' "SMTP test" of one route (CLI and admin API).
+``smtp_test(route, helo)`` opens a session only (connect, EHLO, STARTTLS, AUTH); the admins' full test
+with MAIL/RCPT is ``relay.delivery.route_check.check_route``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import logging
 import re
+from dataclasses import asdict, fields
 from email.utils import getaddresses
 from typing import Any, Mapping
 
 from relay.config import RouteConfig
 from store.records import Message
+
+log = logging.getLogger("relay.delivery.routes")
+
+# the settings a route stores (store.routes keeps them as a JSON document)
+ROUTE_FIELDS = tuple(f.name for f in fields(RouteConfig))
+LIST_FIELDS = ("from_addresses", "from_domains", "auth_users", "client_networks")
 
 
 class RouteError(ValueError):
@@ -44,6 +59,28 @@ def from_address(message: Message | Mapping[str, Any]) -> str:
     return (message.get("sender") or "").lower()
 
 
+def route_settings(route: RouteConfig) -> dict[str, Any]:
+    """A route as the settings document ``store.routes`` keeps (the password included: the store
+    encrypts it)."""
+    return {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in asdict(route).items()}
+
+
+def route_from_settings(settings: Mapping[str, Any]) -> RouteConfig:
+    """The RouteConfig of a stored settings document (unknown keys ignored). Raises ValueError."""
+    kw = {k: settings[k] for k in ROUTE_FIELDS if k in settings and settings[k] is not None}
+    for k in LIST_FIELDS:
+        if k in kw:
+            kw[k] = list(kw[k])
+    return RouteConfig(**kw)
+
+
+def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    try:
+        return ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        return None
+
+
 class Router:
     def __init__(self, routes: list[RouteConfig]):
         names = [r.name for r in routes]
@@ -57,15 +94,34 @@ class Router:
         self.by_name = {r.name: r for r in routes}
         self._by_address: dict[str, RouteConfig] = {}
         self._by_domain: dict[str, RouteConfig] = {}
+        self._by_user: dict[str, RouteConfig] = {}
+        self._networks: list[tuple[Any, RouteConfig]] = []
         for r in routes:
             for a in r.from_addresses:
                 self._by_address.setdefault(a.strip().lower(), r)
             for d in r.from_domains:
                 self._by_domain.setdefault(d.strip().lstrip("@").rstrip(".").lower(), r)
+            for u in r.auth_users:
+                self._by_user.setdefault(u.strip(), r)
+            for n in r.client_networks:
+                net = _network(n)
+                if net is not None:
+                    self._networks.append((net, r))
+        self._networks.sort(key=lambda pair: -pair[0].prefixlen)     # the most specific network first
         self.default = next((r for r in routes if r.default), None)
 
     def route_for(self, message: Message | Mapping[str, Any]) -> RouteConfig | None:
         """The route for this message, or None for direct MX delivery."""
+        hint = message.get("route_hint")
+        if hint:
+            named = self.by_name.get(str(hint).strip().lower())
+            if named is not None:
+                return named
+            log.warning("message %s names route %r (X-Relaybox-Route), which does not exist: ignored",
+                        message.get("id"), hint)
+        by_identity = self._by_identity(message)
+        if by_identity is not None:
+            return by_identity
         if not self._by_address and not self._by_domain:
             return self.default
         addr = from_address(message)
@@ -77,6 +133,21 @@ class Router:
                 return self._by_domain[domain]
             domain = domain.partition(".")[2]
         return self.default
+
+    def _by_identity(self, message: Message | Mapping[str, Any]) -> RouteConfig | None:
+        user = message.get("auth_user")
+        if user and user in self._by_user:
+            return self._by_user[user]
+        ip = message.get("client_ip")
+        if ip and self._networks:
+            try:
+                addr = ipaddress.ip_address(str(ip))
+            except ValueError:
+                return None
+            for net, r in self._networks:
+                if addr.version == net.version and addr in net:
+                    return r
+        return None
 
     def get(self, name: str) -> RouteConfig | None:
         return self.by_name.get(name)

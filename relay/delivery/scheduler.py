@@ -40,6 +40,7 @@ from relay.config import RelayConfig, RouteConfig
 from relay.delivery import metrics
 from relay.delivery.attempt import Delivery, Outcome
 from relay.delivery.destinations import Destinations
+from relay.delivery.route_book import RouteStatus
 from relay.envelope import address_error
 from relay.errors import ConnectError, DeliveryError
 from relay.notices.reports import Batch, Reports
@@ -88,6 +89,7 @@ class Scheduler:
         self._stopping = False
         self._loop_task: asyncio.Task[None] | None = None
         self.stats: Counter[str] = Counter()
+        self.route_status = RouteStatus(clock)   # results per route (relay.delivery.route_book attaches)
 
     def _apply(self, config: RelayConfig) -> None:
         d = config.delivery
@@ -348,11 +350,16 @@ class Scheduler:
             if not probe and self.destinations.holds(key):     # parked while this group waited for a slot
                 await self._park(rcpts, key, report)
                 return
-            outcome = await self._attempt(msg, rcpts, key, route)
+            self.route_status.begin(route)
+            try:
+                outcome = await self._attempt(msg, rcpts, key, route)
+            finally:
+                self.route_status.end(route)
             self._note_down(key, outcome)
             recorded = False
             try:
                 pairs = [(r, self._result(msg, r, outcome)) for r in rcpts]
+                self.route_status.record(route, outcome, pairs)
                 recorded = await self._record_durably(msg, pairs, outcome.attempt, report)
             finally:
                 await self.delivery.finished(key, outcome, recorded=recorded)
