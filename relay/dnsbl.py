@@ -26,6 +26,7 @@ import ipaddress
 import logging
 import socket
 import time
+import warnings
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable, Iterable
 
@@ -49,9 +50,10 @@ REFUSALS = {"127.255.255.252": "typo in the zone name", "127.255.255.254": "quer
             "refused by the zone", "127.255.255.255": "excessive number of queries (rate limited)"}
 
 
+# set only by the process running the checker (worker slot 0 with relaybox/workers.py): its latest value
 DNSBL_LISTED = Gauge("relaybox_dnsbl_listed",
                      "1 while the sending address is listed by the DNSBL zone (0: not listed, or unknown)",
-                     ["ip", "zone"])
+                     ["ip", "zone"], multiprocess_mode="livemostrecent")
 
 
 @dataclass(frozen=True)
@@ -196,7 +198,10 @@ class DnsblChecker:
             self._update(Listing(ip, zone, status, codes, text, now, now, where[ip]))
         checked = set(pairs)
         for key in [k for k in self.state if k not in checked]:   # no longer checked: forget
-            DNSBL_LISTED.remove(*key)
+            DNSBL_LISTED.labels(*key).set(0)      # what a multiprocess collector keeps after remove()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")   # "clearing labels not implemented in multi-process mode"
+                DNSBL_LISTED.remove(*key)
             del self.state[key]
         self.checked_at = now
         return self.snapshot()

@@ -255,3 +255,16 @@ async def test_blocklist_rejection_recorded_by_complete_delivery(tmp_path):
         assert "zen.spamhaus.org" in b.diagnostic and "203.0.113.5" in b.diagnostic
     finally:
         store.close()
+
+
+async def test_an_address_no_longer_learned_is_forgotten(dns_server):
+    learned = ["1.2.3.20"]
+    route = RouteConfig(name="hub", host="smarthost.test", port=587, default=True)
+    rc = relay(dns_server, ips=(), routes=[route])
+    rc = RelayConfig(delivery=rc.delivery, routes=rc.routes,
+                     dnsbl=DnsblConfig(enabled=True, zones=["bl.test"], learn=True, timeout=2))
+    checker = DnsblChecker(rc, learn=lambda host, port: learned[0] if learned else None)
+    [s] = await checker.check_now()
+    assert (s.ip, s.status, s.routes) == ("1.2.3.20", "clear", ("hub",)) and gauge("1.2.3.20", "bl.test") == 0
+    learned.clear()                                   # the route now leaves from a private address
+    assert await checker.check_now() == [] and gauge("1.2.3.20", "bl.test") is None
