@@ -1,6 +1,6 @@
 """End to end against a private Postfix as the reference (issue 11): smtp-source -> system -> smtp-sink.
 
-    .venv/bin/python bench/e2e_postfix.py [--messages 10000] [--large-messages 2500] [--reps 3]
+    .venv/bin/python bench/e2e_postfix.py [--messages 5000] [--large-messages 1000] [--reps 3]
         [--sizes 1024,102400] [--sessions 20] [--skip-pg] [--skip-dkim] [--quick]
 
 Both systems relay on a loopback port to the same Postfix ``smtp-sink -c`` and keep their queue in the
@@ -150,9 +150,16 @@ async def _load(port: int, n: int, size: int, sessions: int, res: Result) -> Non
         raise RuntimeError(f"smtp-source failed: {err.decode(errors='replace').strip()[-400:]}")
 
 
-async def _await_sink(sink: CountingSink, target: int, timeout: float) -> int:
+async def _await_sink(sink: CountingSink, target: int, timeout: float, stall: float = 30.0) -> int:
+    """Wait until the sink has counted ``target``; give up after ``timeout``, or after ``stall`` seconds
+    without one more message (a system that stopped delivering)."""
     deadline = time.monotonic() + timeout
+    last, moved = -1, time.monotonic()
     while (got := sink.count()) < target and time.monotonic() < deadline:
+        if got != last:
+            last, moved = got, time.monotonic()
+        elif time.monotonic() - moved > stall:
+            break
         await asyncio.sleep(0.02)
     return got
 
@@ -177,7 +184,8 @@ def measure(system: str, port: int, roots: list[int], sink: CountingSink, n: int
     res.cpu = tree_cpu(roots) - before_cpu
     res.sent = got - before_sink
     if res.sent < n + len(res.latencies):
-        res.error = f"sink has {res.sent} of {n + len(res.latencies)} after {res.seconds:.0f} s"
+        res.error = (f"sink has {res.sent} of {n + len(res.latencies)} after {res.seconds:.0f} s "
+                     "(stalled or timed out)")
     return res
 
 
@@ -301,8 +309,8 @@ def report(loads: list[Load]) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--messages", type=int, default=10000, help="messages per 1 KB run")
-    ap.add_argument("--large-messages", type=int, default=None, help="per 100 KB run (default messages/4)")
+    ap.add_argument("--messages", type=int, default=5000, help="messages per 1 KB run")
+    ap.add_argument("--large-messages", type=int, default=None, help="per 100 KB run (default messages/5)")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--sizes", default="1024,102400")
     ap.add_argument("--sessions", type=int, default=20)
@@ -315,7 +323,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.quick:
         args.messages, args.large_messages, args.reps = 300, 100, 1
     if args.large_messages is None:
-        args.large_messages = max(1, args.messages // 4)
+        args.large_messages = max(1, args.messages // 5)
     return args
 
 
@@ -343,6 +351,10 @@ def main(argv: list[str] | None = None) -> int:
     env = {"base": base, "sink": sink, "pg": pg, "sessions": args.sessions, "workers": workers}
     loads = make_loads(args)
     try:
+        check = run_relaybox(base, sink, 5, 1024, 1, workers)
+        if check.error:                # e.g. relaybox not delivering to the route at all: say so at once
+            print(f"preflight (5 messages through relaybox) failed: {check.error}", flush=True)
+            return 1
         for rep in range(1, args.reps + 1):
             for load in loads:
                 one_rep(rep, load, env)

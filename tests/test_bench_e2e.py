@@ -19,7 +19,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_bench_e2e_postfix_smoke():
     out = subprocess.run([sys.executable, "bench/e2e_postfix.py", "--messages", "200", "--large-messages",
-                          "40", "--reps", "1", "--skip-pg", "--skip-dkim", "--workers", "1"],
+                          "40", "--reps", "1", "--skip-pg", "--skip-dkim"],
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     text = out.stdout + out.stderr
     assert out.returncode == 0, text
