@@ -1,12 +1,16 @@
 """Messages: list (filters, cursor pagination), show, body download, actions, and bulk actions by filter.
 
 Actions call the spool (``relay.spool.spool.Spool``); the HTTP layer only maps outcomes to status codes:
-unknown id -> 404, an action that does not apply to the message's current state -> 409.
+unknown id -> 404, an action that does not apply to the message's current state -> 409 (a message in an
+SMTP transaction right now: "it is being delivered now; wait for the attempt to end"; nothing pending:
+"no pending recipient ..."), a bad schedule time -> 400. Scheduling: ``POST .../{id}/schedule {"at":
+"<RFC 3339>"}`` and ``POST .../{id}/send-now`` (docs/scheduling.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from aiohttp import web
@@ -34,12 +38,14 @@ from admin_api.common import (
     read_json,
     relaybox,
 )
+from relay.intake.headers import rfc3339
 from relay.spool.spool import QueueError
-from store.history import FILTER_KEYS, MessageDetail, MessageFilter, parse_statuses
+from store.history import FILTER_KEYS, MessageDetail, MessageFilter, parse_message_statuses, parse_statuses
+from store.states import BEING_DELIVERED, NOTHING_PENDING, Status
 
 FILTER_PARAMS = [
     Param("status", description="comma-separated statuses or aliases (outbox, sent, active, final); a message"
-          " matches when any recipient has one of them"),
+          " matches when any recipient has one of them; sent: every recipient delivered (cancelled aside)"),
     Param("sender", description="substring of the envelope sender"),
     Param("recipient", description="substring of a recipient address"),
     Param("domain", description="recipient domain (exact)"),
@@ -53,6 +59,8 @@ FILTER_PARAMS = [
 
 MESSAGE_SCHEMA: dict = {"type": "object", "required": ["id", "status", "created_at"], "properties": {
     "id": {"type": "string"}, "status": {"type": "string"}, "created_at": {"type": "string"},
+    "status_summary": {"type": "string", "description": "e.g. delivered, or 2 delivered, 1 bounced"},
+    "box": {"type": "string", "nullable": True, "enum": ["outbox", "sent", None]},
     "sender": {"type": "string"}, "subject": {"type": "string", "nullable": True},
     "recipients": {"type": "array"}, "held": {"type": "boolean"}}}
 FILTER_SCHEMA: dict = {"type": "object", "properties": {
@@ -67,10 +75,14 @@ RCPTS_BODY = {"type": "object", "properties": {
                    "description": "recipient ids (default: all that apply)"}}}
 BULK_BODY = {"type": "object", "properties": {
     "filter": FILTER_SCHEMA,
+    "at": {"type": "string", "format": "date-time", "description": "schedule only: the new time (RFC 3339)"},
     "all": {"type": "boolean", "description": "required to act with an empty filter"},
     "dry_run": {"type": "boolean"},
     "limit": {"type": "integer", "minimum": 1, "nullable": True,
               "description": "act on at most this many (default, or null: all)"}}}
+SCHEDULE_BODY = {"type": "object", "required": ["at"], "properties": {
+    "at": {"type": "string", "format": "date-time",
+           "description": "RFC 3339 with an offset, in the future (send-now for now)"}}}
 ACTION_RESULT = {"type": "object", "properties": {"id": {"type": "string"}, "action": {"type": "string"},
                                                   "affected": {"type": "integer"}}}
 BULK_RESULT = {"type": "object", "properties": {
@@ -90,7 +102,8 @@ def filter_from(source: Any, *, from_query: bool) -> MessageFilter:
     if not from_query and any(v is None for v in source.values()):
         raise invalid("filter: null is not a value; leave the key out")
     try:
-        fields: dict[str, Any] = {"status": parse_statuses(get("status"))}
+        statuses, sent = parse_message_statuses(get("status"))
+        fields: dict[str, Any] = {"status": statuses, "sent": sent}
     except ValueError as exc:
         raise err(str(exc)) from None
     for key in ("sender", "recipient", "domain", "subject", "client_ip", "auth_user"):
@@ -204,27 +217,50 @@ def _rcpt_ids(body: dict) -> list[int] | None:
     return ids
 
 
-async def run_action(rb, action: str, qid: str, who: str, rcpts: list[int] | None = None) -> int:
+def schedule_time(value: Any, now: float, err: Any = bad_request) -> float:
+    """The ``at`` of a schedule request: an RFC 3339 date-time with an offset, in the future."""
+    if not isinstance(value, str):
+        raise err("at: expected an RFC 3339 date-time with an offset, like 2026-01-31T09:00:00Z")
+    try:
+        at = rfc3339(value)
+    except ValueError as exc:
+        raise err(f"at: {exc}") from None
+    if at <= now:
+        raise err(f"at: {value.strip()[:40]} is in the past; send-now sends at once")
+    return at
+
+
+async def _move(spool: Any, action: str, qid: str, who: str, rcpts: list[int] | None,
+                at: float | None) -> int:
+    """The actions that move recipients; returns how many moved."""
+    if action == "cancel":
+        return int(await spool.cancel(qid, rcpts, actor=who))
+    if action == "retry":
+        return int(await spool.retry_now(qid, actor=who))
+    if action == "send-now":
+        return int(await spool.send_now(qid, actor=who))
+    if action == "schedule":
+        if at is None:  # pragma: no cover - the handlers always pass it
+            raise bad_request("at: required")
+        return int(await spool.schedule(qid, at, actor=who))
+    if action == "resend":
+        return int(await spool.resend(qid, rcpts, actor=who))
+    raise not_found(f"no action {action}")  # pragma: no cover - routes are fixed
+
+
+async def run_action(rb, action: str, qid: str, who: str, rcpts: list[int] | None = None,
+                     at: float | None = None) -> int:
     """Apply one action to one message; returns how many recipients (or 1/0 for hold/release/delete)
     changed. Raises ApiError 404/409."""
     spool = rb.spool
     try:
-        if action == "cancel":
-            n = await spool.cancel(qid, rcpts, actor=who)
-        elif action == "retry":
-            n = await spool.retry_now(qid, actor=who)
-        elif action == "resend":
-            n = await spool.resend(qid, rcpts, actor=who)
-        elif action == "hold":
-            return int(await spool.hold(qid, actor=who))
-        elif action == "release":
-            return int(await spool.release(qid, actor=who))
-        elif action == "delete":
+        if action in ("hold", "release"):
+            return int(await (spool.hold if action == "hold" else spool.release)(qid, actor=who))
+        if action == "delete":
             if not await spool.delete(qid, actor=who):
                 raise not_found(f"no message {qid}")
             return 1
-        else:  # pragma: no cover - routes are fixed
-            raise not_found(f"no action {action}")
+        n = await _move(spool, action, qid, who, rcpts, at)
     except QueueError as exc:
         text = str(exc)
         if text.startswith("no such message") or not await _exists(rb, qid):
@@ -233,6 +269,9 @@ async def run_action(rb, action: str, qid: str, who: str, rcpts: list[int] | Non
     if n == 0:
         if not await _exists(rb, qid):
             raise not_found(f"no message {qid}")
+        if action in _PENDING_ONLY and any(r.status == Status.SENDING
+                                           for r in await rb.store.messages.recipients(qid)):
+            raise conflict(f"{qid}: {BEING_DELIVERED}")
         raise conflict(_NOTHING[action].format(qid=qid))
     return n
 
@@ -241,9 +280,12 @@ async def _exists(rb: Any, qid: str) -> bool:
     return bool(await rb.store.history.exists(qid))
 
 
+_PENDING_ONLY = ("cancel", "retry", "send-now", "schedule")   # act on pending recipients only
 _NOTHING = {
-    "cancel": "{qid}: no recipient can be cancelled (only scheduled, queued or deferred ones can)",
+    "cancel": "{qid}: " + NOTHING_PENDING + " to cancel",
     "retry": "{qid}: no recipient is waiting for a retry",
+    "send-now": "{qid}: " + NOTHING_PENDING + " to send now",
+    "schedule": "{qid}: " + NOTHING_PENDING + " to schedule",
     "resend": "{qid}: no recipient is final (delivered, bounced, failed, cancelled); nothing to resend",
 }
 
@@ -255,6 +297,18 @@ def _action_handler(action: str):
         n = await run_action(rb, action, qid, actor(request), _rcpt_ids(body))
         return ok({"id": qid, "action": action, "affected": n})
     return handler
+
+
+async def schedule_message(request: web.Request) -> web.Response:
+    """Schedule or reschedule the pending recipients: ``{"at": "<RFC 3339>"}`` in the future."""
+    rb, qid = relaybox(request), request.match_info["id"]
+    body = await read_json(request)
+    unknown = sorted(k for k in body if k != "at")
+    if unknown:
+        raise bad_request(f"unknown keys {unknown}; expected {{\"at\": \"<RFC 3339>\"}}")
+    at = schedule_time(body.get("at"), time.time())
+    n = await run_action(rb, "schedule", qid, actor(request), at=at)
+    return ok({"id": qid, "action": "schedule", "affected": n, "at": iso(at)})
 
 
 def _bulk_handler(action: str):
@@ -276,6 +330,7 @@ def _bulk_handler(action: str):
         dry = body.get("dry_run", False)
         if not isinstance(dry, bool):
             raise invalid("dry_run: expected true or false")
+        at = schedule_time(body.get("at"), time.time(), invalid) if action == "schedule" else None
         if dry:
             matched = await rb.store.history.count_matching(f)
             ids = await rb.store.history.matching_ids(f, min(limit or matched, 1000))
@@ -285,7 +340,7 @@ def _bulk_handler(action: str):
 
         async def act(qid: str) -> str:
             try:
-                n = await run_action(rb, action, qid, who)
+                n = await run_action(rb, action, qid, who, at=at)
             except ApiError as exc:
                 if exc.status == 409 and exc.message.startswith(qid + ": no "):
                     return "unchanged"
@@ -324,8 +379,11 @@ async def list_events(request: web.Request) -> web.Response:
 
 
 ID = Param("id", where="path", required=True, description="queue id")
-ACTIONS = ("cancel", "retry", "resend", "hold", "release")
-_SUMMARIES = {"cancel": "Cancel recipients not yet being sent", "retry": "Retry deferred recipients now",
+ACTIONS = ("cancel", "retry", "send-now", "resend", "hold", "release")
+_SUMMARIES = {"cancel": "Cancel pending recipients (not those being sent)",
+              "retry": "Retry deferred recipients now",
+              "send-now": "Make the pending recipients due now (also scheduled or deferred ones)",
+              "schedule": "Schedule or reschedule the pending recipients for a time (RFC 3339)",
               "resend": "Resend final recipients (body must be retained)", "hold": "Hold (no delivery)",
               "release": "Release a held message", "delete": "Delete the message and its body"}
 
@@ -334,7 +392,8 @@ ROUTES = [
           FILTER_PARAMS + PAGE_PARAMS + [Param("order", enum=["desc", "asc"])],
           response=page_schema(MESSAGE_SCHEMA)),
     *[Route("POST", f"/api/v1/bulk/messages/{a}", _bulk_handler(a), f"Bulk: {_SUMMARIES[a]}, by filter",
-            "messages", body=BULK_BODY, response=BULK_RESULT, errors=(422,)) for a in (*ACTIONS, "delete")],
+            "messages", body=BULK_BODY, response=BULK_RESULT, errors=(422,))
+      for a in (*ACTIONS, "delete", "schedule")],
     Route("GET", "/api/v1/jobs/{id}", show_job, "Progress of a bulk action", "messages",
           [Param("id", where="path", required=True)], response=BULK_RESULT, errors=(404,)),
     Route("GET", "/api/v1/messages/{id}", show_message, "Show a message: recipients, events, attempts",
@@ -344,6 +403,8 @@ ROUTES = [
     *[Route("POST", f"/api/v1/messages/{{id}}/{a}", _action_handler(a), _SUMMARIES[a], "messages", [ID],
             body=RCPTS_BODY if a in ("cancel", "resend") else None, response=ACTION_RESULT,
             errors=(404, 409, 422)) for a in ACTIONS],
+    Route("POST", "/api/v1/messages/{id}/schedule", schedule_message, _SUMMARIES["schedule"], "messages",
+          [ID], body=SCHEDULE_BODY, response=ACTION_RESULT, errors=(400, 404, 409)),
     Route("DELETE", "/api/v1/messages/{id}", _action_handler("delete"), _SUMMARIES["delete"], "messages",
           [ID], response=ACTION_RESULT, errors=(404, 409)),
     Route("GET", "/api/v1/events", list_events, "Message events in id order (the webhook outbox)", "events",

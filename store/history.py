@@ -1,8 +1,14 @@
 """Read side of the spool for admins: message lists with filters and cursors, one message with its
 recipients, events and attempts, matching ids for bulk actions, the events list, queue summaries (qshape).
 
-A message matches a status filter when any of its recipients has that status (a message with one delivered
-and one deferred recipient is both in the Outbox and in Sent items). Bad filter values raise ValueError.
+A message matches a status filter when any of its recipients has that status. The two boxes admins read are
+a partition: ``outbox`` is every message with a recipient not (yet) delivered (scheduled, queued, sending,
+deferred, failed, bounced), ``sent`` every message whose recipients are all delivered (cancelled ones
+aside); a message with 2 delivered and 1 bounced recipient is in the Outbox, its ``status_summary`` saying
+so. Substring searches (recipient, sender, subject) of 3 characters or more go through the trigram index of
+migration 0013 (FTS5 on SQLite, pg_trgm on PostgreSQL); shorter ones, and terms so common that the index
+would hand over a large part of the table, walk the messages newest first and stop after a page. Bad filter
+values raise ValueError.
 Attempt transcripts are returned redacted (no AUTH argument), whatever the delivery engine stored.
 """
 
@@ -18,13 +24,14 @@ from email.policy import compat32
 from typing import Any, Callable, Mapping, Sequence
 
 from store.errors import guarded
+from store.postgres import dialect
 from store.records import Attempt, Event, Message, Recipient, attempt_of, event_of, message_of, recipient_of
 from store.sqlite import Database
-from store.states import Status, message_status
+from store.states import Status, box_of, message_status, status_summary
 
 STATUS_ALIASES: dict[str, tuple[str, ...]] = {
-    "outbox": ("scheduled", "queued", "sending", "deferred", "failed"),
-    "sent": ("delivered",),
+    "outbox": Status.OUTBOX,
+    "sent": ("delivered",),          # in a message filter: the Sent box (MessageFilter.sent), see above
     "active": tuple(sorted(Status.ACTIVE)),
     "final": tuple(sorted(Status.FINAL)),
 }
@@ -49,9 +56,10 @@ class MessageFilter:
     until: float | None = None       # created_at < until
     held: bool | None = None
     ids: tuple[str, ...] = ()
+    sent: bool = False               # also (OR) the messages of the Sent box: every recipient delivered
 
     def empty(self) -> bool:
-        return not any(getattr(self, k) not in (None, ()) for k in FILTER_KEYS)
+        return not self.sent and not any(getattr(self, k) not in (None, ()) for k in FILTER_KEYS)
 
 
 @dataclass(frozen=True)
@@ -65,7 +73,7 @@ class MessageSummary:
 
     def as_dict(self) -> dict[str, Any]:
         return {**_message_view(self.message), "status": self.status, "recipients": list(self.recipients),
-                "recipient_status": dict(self.recipient_status)}
+                "recipient_status": dict(self.recipient_status), **_where_it_stands(self.recipient_status)}
 
 
 @dataclass(frozen=True)
@@ -88,7 +96,11 @@ class MessageDetail:
 
     def as_dict(self) -> dict[str, Any]:
         m = self.message
-        return {**_message_view(m), "status": self.status,
+        counts: dict[str, int] = {}
+        for r in self.recipients:
+            counts[r.status] = counts.get(r.status, 0) + 1
+        return {**_message_view(m), "status": self.status, "recipient_status": counts,
+                **_where_it_stands(counts),
                 "recipients": [{k: getattr(r, k) for k in _RCPT_VIEW} for r in self.recipients],
                 "client_helo": m.client_helo, "body_sha256": m.body_sha256,
                 "events": [e.as_dict() for e in self.events],
@@ -130,6 +142,28 @@ def _message_view(m: Message) -> dict[str, Any]:
     return {"id": m.id, "created_at": m.created_at, "sender": m.sender, "from": m.from_header,
             "subject": m.subject, "message_id": m.message_id, "client_ip": m.client_ip,
             "auth_user": m.auth_user, "size": m.size, "send_at": m.send_at, "held": m.held}
+
+
+def _where_it_stands(counts: Mapping[str, int]) -> dict[str, Any]:
+    """The message-level view of its recipients: summary text, box, and whether anything can still be
+    cancelled or rescheduled (a pending recipient) or is in an attempt right now."""
+    return {"status_summary": status_summary(counts), "box": box_of(counts),
+            "pending": sum(counts.get(s, 0) for s in Status.PENDING),
+            "sending": counts.get(Status.SENDING, 0)}
+
+
+def parse_message_statuses(value: str | Sequence[str] | None) -> tuple[tuple[str, ...], bool]:
+    """Like ``parse_statuses`` for a message filter, where ``sent`` is the Sent box (every recipient
+    delivered) rather than "any recipient delivered": (statuses, sent)."""
+    if isinstance(value, str):
+        parts: list[Any] = value.split(",")
+    elif isinstance(value, (list, tuple)):
+        parts = list(value)
+    else:
+        return parse_statuses(value), False
+    sent = any(isinstance(p, str) and p.strip().lower() == "sent" for p in parts)
+    rest = [p for p in parts if not (isinstance(p, str) and p.strip().lower() == "sent")]
+    return parse_statuses(rest) if rest else (), sent
 
 
 def parse_statuses(value: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -198,17 +232,93 @@ def _marks(n: int) -> str:
     return ",".join("?" * n)
 
 
-def _where_status(f: MessageFilter, clauses: list[str], args: list[Any], rare: bool) -> None:
-    if not f.status:
-        return
+def _any_status(statuses: Sequence[str], rare: bool) -> str:
     if rare:
         # few recipients have these statuses: start from the status index
-        clauses.append("m.id IN (SELECT message_id FROM recipients"
-                       f" WHERE status IN ({_marks(len(f.status))}))")
-    else:
-        clauses.append("EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id"
-                       f" AND r.status IN ({_marks(len(f.status))}))")
-    args += list(f.status)
+        return f"m.id IN (SELECT message_id FROM recipients WHERE status IN ({_marks(len(statuses))}))"
+    return ("EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id"
+            f" AND r.status IN ({_marks(len(statuses))}))")
+
+
+def _where_status(f: MessageFilter, conn: sqlite3.Connection, clauses: list[str], args: list[Any]) -> None:
+    """Any recipient in ``f.status``, or (OR) the message is in the Sent box: a delivered recipient and
+    none in the Outbox statuses."""
+    parts: list[str] = []
+    if f.status:
+        parts.append(_any_status(f.status, _rare(conn, f.status)))
+        args += list(f.status)
+    if f.sent:
+        parts.append(f"({_any_status(('delivered',), _rare(conn, ('delivered',)))} AND NOT EXISTS"
+                     " (SELECT 1 FROM recipients o WHERE o.message_id = m.id"
+                     f" AND o.status IN ({_marks(len(Status.OUTBOX))})))")
+        args += ["delivered", *Status.OUTBOX]
+    if parts:
+        clauses.append(parts[0] if len(parts) == 1 else "(" + " OR ".join(parts) + ")")
+
+
+# ---- substring search ----------------------------------------------------------------------------------
+TRIGRAM_MIN = 3          # characters: shorter terms have no trigram to look up
+SPARSE = 5000            # candidates the index hands over; a term whose every trigram has more walks the list
+PROBES = 8               # trigrams of a term looked up at most (spread over it)
+# searched column -> (FTS5 table of migration 0013, the column as the check reads it)
+_SEARCH = {"address": ("recipients_search", "r.address"), "sender": ("senders_search", "m.sender"),
+           "subject": ("subjects_search", "COALESCE(m.subject, '')")}
+
+
+def _trigrams(value: str) -> list[str]:
+    """Distinct trigrams of ``value``, at most ``PROBES``, spread from both ends inwards."""
+    grams = list(dict.fromkeys(value[i:i + 3].lower() for i in range(len(value) - 2)))
+    if len(grams) <= PROBES:
+        return grams
+    step = (len(grams) - 1) / (PROBES - 1)
+    return list(dict.fromkeys(grams[round(i * step)] for i in range(PROBES)))
+
+
+def _indexed_ids(conn: sqlite3.Connection, column: str, value: str) -> list[str] | None:
+    """Ids of the messages whose ``column`` contains ``value`` (case-insensitive): the rows of the term's
+    rarest trigram in the trigram index (fewer than ``SPARSE``), checked with LIKE. None when the term is
+    too short for the index, or every trigram is common: then walking the messages newest first and
+    checking each fills a page sooner than the index would hand its rows over."""
+    if len(value) < TRIGRAM_MIN:
+        return None
+    table, checked = _SEARCH[column]
+    best: list[int] | None = None
+    for gram in _trigrams(value):
+        rows = [r[0] for r in conn.execute(f"SELECT rowid FROM {table} WHERE {table} MATCH ? LIMIT ?",
+                                           ('"' + gram.replace('"', '""') + '"', SPARSE))]
+        if best is None or len(rows) < len(best):
+            best = rows
+        if len(best) < SPARSE // 10:
+            break
+    if best is None or len(best) >= SPARSE:
+        return None
+    if not best:
+        return []
+    return [r[0] for r in conn.execute(
+        "SELECT DISTINCT r.message_id FROM recipients r JOIN messages m ON m.id = r.message_id"
+        f" WHERE r.id IN ({_marks(len(best))}) AND {_contains(checked)}", (*best, _like(value)))]
+
+
+def _where_text(f: MessageFilter, conn: sqlite3.Connection, clauses: list[str], args: list[Any]) -> None:
+    pg = dialect(conn) == "postgresql"
+    rcpt = "EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id AND {})"
+    for value, column in ((f.sender, "sender"), (f.recipient, "address"), (f.subject, "subject")):
+        if not value:
+            continue
+        checked = _SEARCH[column][1]
+        if pg:      # ILIKE: case-insensitive, served by the pg_trgm GIN indexes of migration 0013
+            column_sql = "m.subject" if column == "subject" else checked    # the indexed expression
+            clause = f"{column_sql} ILIKE ? ESCAPE '\\'"
+            clauses.append(rcpt.format(clause) if column == "address" else clause)
+            args.append(_like(value))
+            continue
+        ids = _indexed_ids(conn, column, value)
+        if ids is not None:
+            clauses.append(f"m.id IN ({_marks(len(ids))})" if ids else "0 = 1")
+            args += ids
+        else:
+            clauses.append(rcpt.format(_contains(checked)) if column == "address" else _contains(checked))
+            args.append(_like(value))
 
 
 def _rare(conn: sqlite3.Connection, statuses: tuple[str, ...]) -> bool:
@@ -223,14 +333,9 @@ def _rare(conn: sqlite3.Connection, statuses: tuple[str, ...]) -> bool:
 def _where(f: MessageFilter, conn: sqlite3.Connection) -> tuple[list[str], list[Any]]:
     clauses: list[str] = []
     args: list[Any] = []
-    _where_status(f, clauses, args, bool(f.status) and _rare(conn, f.status))
+    _where_status(f, conn, clauses, args)
+    _where_text(f, conn, clauses, args)
     rcpt = "EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id AND {})"
-    for value, clause in ((f.sender, _contains("m.sender")),
-                          (f.recipient, rcpt.format(_contains("r.address"))),
-                          (f.subject, _contains("COALESCE(m.subject, '')"))):
-        if value:
-            clauses.append(clause)
-            args.append(_like(value))
     exact: tuple[tuple[Any, str], ...] = (
         (f.domain.lower() if f.domain else None, rcpt.format("r.domain = ?")),
         (f.client_ip or None, "m.client_ip = ?"), (f.auth_user or None, "m.auth_user = ?"),

@@ -11,6 +11,7 @@ through the group-commit writer: ``enqueue`` returns only once the message is on
     await ms.complete([RecipientResult(...)], attempt=AttemptLog(...))
     await ms.release(ids, at)                                         # back to the queue, no attempt
     await ms.cancel(qid) / retry_now / resend / hold / unhold / delete / mark_bounced
+    await ms.schedule(qid, at) / send_now(qid)                        # pending recipients: a new time
     stats = await ms.recover()                                        # at start: leases, poison
 """
 
@@ -36,7 +37,7 @@ from store.records import (
     recipient_of,
 )
 from store.sqlite import Database
-from store.states import NEW, Status, can_transition, transition
+from store.states import BEING_DELIVERED, NEW, Status, can_transition, transition
 
 Conn = sqlite3.Connection
 
@@ -374,6 +375,20 @@ class MessageStore:
                                 Status.QUEUED, actor, "retry-now", "next_attempt_at=?, leased_until=NULL",
                                 (_NOW,))
 
+    async def schedule(self, message_id: str, at: float, actor: str = "admin") -> int:
+        """Schedule (or reschedule) the pending recipients (scheduled, queued, deferred) for ``at``: they
+        become ``scheduled`` (``queued`` if ``at`` has passed) with their next attempt then, and the
+        message's send-at becomes ``at`` (its lifetime counts from then). One event per recipient with the
+        old and the new time. Returns how many recipients moved (0: none was pending)."""
+        now = self.clock()
+        return await self.db.write(lambda conn: _reschedule(conn, message_id, at, now, actor, "rescheduled"))
+
+    async def send_now(self, message_id: str, actor: str = "admin") -> int:
+        """Make the pending recipients due now (also scheduled and deferred ones); a send-at still in the
+        future becomes now. Returns how many recipients moved."""
+        now = self.clock()
+        return await self.db.write(lambda conn: _reschedule(conn, message_id, now, now, actor, "send-now"))
+
     async def resend(self, message_id: str, recipient_ids: list[int] | None = None,
                      actor: str = "admin") -> int:
         """Final recipients get a new attempt chain (the body must still be retained)."""
@@ -410,7 +425,7 @@ class MessageStore:
             active = conn.execute("SELECT COUNT(*) FROM recipients WHERE message_id=? AND status='sending'",
                                   (message_id,)).fetchone()[0]
             if active:
-                raise QueueError(f"{message_id} is being delivered; wait for the attempt to end")
+                raise QueueError(f"{message_id}: {BEING_DELIVERED}")
             cur = conn.execute("DELETE FROM messages WHERE id=?", (message_id,))
             return bool(cur.rowcount)
 
@@ -447,6 +462,27 @@ class MessageStore:
 
 
 _NOW = object()   # placeholder in _move's args: "the time of the write"
+
+
+def _reschedule(conn: Conn, message_id: str, at: float, now: float, actor: str, reason: str) -> int:
+    """Pending recipients of one message get their next attempt at ``at`` (scheduled when it is in the
+    future, queued otherwise), each with an event holding the old and the new time."""
+    if conn.execute("SELECT 1 FROM messages WHERE id=?", (message_id,)).fetchone() is None:
+        raise QueueError(f"no such message: {message_id}")
+    rows = conn.execute("SELECT id, status, next_attempt_at FROM recipients WHERE message_id=? AND status IN"
+                        " ('scheduled','queued','deferred') ORDER BY id", (message_id,)).fetchall()
+    new = Status.SCHEDULED if at > now else Status.QUEUED
+    for r in rows:
+        set_status(conn, r["id"], r["status"], new, now, "reason=?, next_attempt_at=?, leased_until=NULL",
+                   (reason, at))
+        add_event(conn, now, message_id, r["id"], new, actor, reason,
+                  {"old": r["next_attempt_at"], "new": at, "previous": r["status"]})
+    if rows:
+        if reason == "send-now":    # a send-at still ahead is now; one in the past stays (lifetime)
+            conn.execute("UPDATE messages SET send_at=? WHERE id=? AND send_at > ?", (at, message_id, at))
+        else:
+            conn.execute("UPDATE messages SET send_at=? WHERE id=?", (at, message_id))
+    return len(rows)
 
 
 def mark_bounced_sync(conn: Conn, now: float, recipient_id: int, code: int | None, enhanced: str | None,

@@ -6,9 +6,10 @@ raises ``IllegalTransition``; the store calls it before each UPDATE of ``recipie
 recipients with ``message_status``)::
 
     (new)      -> scheduled | queued
-    scheduled  -> queued (retry now) | sending (due) | cancelled | bounced (report of an earlier chain)
-    queued     -> queued (retry now) | sending | cancelled | bounced (report of an earlier chain)
-    deferred   -> queued (retry now) | sending | cancelled | bounced (report of an earlier chain)
+    scheduled  -> queued (send now) | scheduled (rescheduled) | sending (due) | cancelled
+                  | bounced (report of an earlier chain)
+    queued     -> queued (retry now) | scheduled (scheduled later) | sending | cancelled | bounced
+    deferred   -> queued (retry now) | scheduled (scheduled later) | sending | cancelled | bounced
     sending    -> delivered | deferred | bounced | failed | queued (lease returned) | sending (lease expired)
     delivered  -> bounced (asynchronous bounce) | queued (resend)
     bounced    -> bounced (another report) | queued (resend)
@@ -17,6 +18,8 @@ recipients with ``message_status``)::
 """
 
 from __future__ import annotations
+
+from typing import Mapping
 
 
 class Status:
@@ -36,15 +39,22 @@ class Status:
     ACTIVE = frozenset({"scheduled", "queued", "sending", "deferred"})
     DUE = ("queued", "deferred", "scheduled")   # statuses a scheduler may claim once next_attempt_at passed
     RESULTS = frozenset({"delivered", "deferred", "bounced", "failed"})   # what a delivery attempt ends in
+    # waiting for an attempt: what cancel, schedule and send-now act on ('sending' is in an attempt now)
+    PENDING = ("scheduled", "queued", "deferred")
+    # the Outbox: a message with a recipient in one of these is not (or not fully) delivered
+    OUTBOX = ("scheduled", "queued", "sending", "deferred", "failed", "bounced")
 
 
 NEW = ""   # the "current" status of a recipient that does not exist yet
 
 ALLOWED: dict[str, frozenset[str]] = {
     NEW: frozenset({Status.SCHEDULED, Status.QUEUED}),
-    Status.SCHEDULED: frozenset({Status.QUEUED, Status.SENDING, Status.CANCELLED, Status.BOUNCED}),
-    Status.QUEUED: frozenset({Status.QUEUED, Status.SENDING, Status.CANCELLED, Status.BOUNCED}),
-    Status.DEFERRED: frozenset({Status.QUEUED, Status.SENDING, Status.CANCELLED, Status.BOUNCED}),
+    Status.SCHEDULED: frozenset({Status.QUEUED, Status.SCHEDULED, Status.SENDING, Status.CANCELLED,
+                                 Status.BOUNCED}),
+    Status.QUEUED: frozenset({Status.QUEUED, Status.SCHEDULED, Status.SENDING, Status.CANCELLED,
+                              Status.BOUNCED}),
+    Status.DEFERRED: frozenset({Status.QUEUED, Status.SCHEDULED, Status.SENDING, Status.CANCELLED,
+                                Status.BOUNCED}),
     Status.SENDING: frozenset({Status.DELIVERED, Status.DEFERRED, Status.BOUNCED, Status.FAILED,
                                Status.QUEUED, Status.SENDING}),
     Status.DELIVERED: frozenset({Status.BOUNCED, Status.QUEUED}),
@@ -72,6 +82,32 @@ def transition(current: str, new: str) -> str:
     if not can_transition(current, new):
         raise IllegalTransition(current, new)
     return new
+
+
+# the one text for "not now, it is in an SMTP transaction" (cancel, delete, schedule, send-now refused)
+BEING_DELIVERED = "it is being delivered now; wait for the attempt to end"
+NOTHING_PENDING = "no pending recipient (scheduled, queued or deferred)"
+SUMMARY_ORDER = ("scheduled", "queued", "sending", "deferred", "delivered", "bounced", "failed", "cancelled")
+
+
+def status_summary(counts: Mapping[str, int]) -> str:
+    """Where a message's recipients stand, as an admin reads it: ``delivered`` when they all share one
+    status, else the counts in a fixed order (``2 delivered, 1 bounced``)."""
+    present = [(s, counts[s]) for s in SUMMARY_ORDER if counts.get(s)]
+    present += [(s, n) for s, n in sorted(counts.items()) if n and s not in SUMMARY_ORDER]
+    if not present:
+        return "no recipients"
+    if len(present) == 1:
+        return present[0][0]
+    return ", ".join(f"{n} {s}" for s, n in present)
+
+
+def box_of(counts: Mapping[str, int]) -> str | None:
+    """``outbox`` when any recipient is not (yet) delivered, ``sent`` when every recipient is delivered
+    (cancelled ones aside), None for a message whose recipients were all cancelled."""
+    if any(counts.get(s) for s in Status.OUTBOX):
+        return "outbox"
+    return "sent" if counts.get(Status.DELIVERED) else None
 
 
 def message_status(statuses: list[str]) -> str:

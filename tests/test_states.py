@@ -12,6 +12,7 @@ pytestmark = pytest.mark.unit
 EXPECTED = {
     (NEW, "queued"), (NEW, "scheduled"),
     ("scheduled", "queued"), ("scheduled", "sending"), ("scheduled", "cancelled"), ("scheduled", "bounced"),
+    ("scheduled", "scheduled"), ("queued", "scheduled"), ("deferred", "scheduled"),     # (re)scheduling
     ("queued", "queued"), ("queued", "sending"), ("queued", "cancelled"), ("queued", "bounced"),
     ("deferred", "queued"), ("deferred", "sending"), ("deferred", "cancelled"), ("deferred", "bounced"),
     ("sending", "delivered"), ("sending", "deferred"), ("sending", "bounced"), ("sending", "failed"),

@@ -253,7 +253,9 @@ async def dashboard_panel(request: web.Request) -> web.StreamResponse:
 def _message_filter(q: Any, statuses: tuple[str, ...]) -> tuple[MessageFilter, dict[str, str]]:
     keys = ("recipient", "sender", "subject", "id", "status", "held")
     shown = {k: q.get(k, "").strip()[:500] for k in keys}
-    raw: dict[str, Any] = {"status": [shown["status"]] if shown["status"] in statuses else list(statuses)}
+    # the Sent box is "every recipient delivered", not "any recipient delivered" (store.history)
+    box = ["sent"] if statuses == SENT else list(statuses)
+    raw: dict[str, Any] = {"status": [shown["status"]] if shown["status"] in statuses else box}
     for k in ("recipient", "sender", "subject"):
         if shown[k]:
             raw[k] = shown[k]

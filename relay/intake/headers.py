@@ -41,22 +41,50 @@ def field_value(raw: bytes) -> str:
     return re.sub(r"\r\n[ \t]+", " ", value.decode("utf-8", "replace")).strip()
 
 
-def parse_send_at(value: str) -> float:
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$")
+
+
+def rfc3339(value: str) -> float:
+    """An RFC 3339 date-time (``2026-01-31T09:00:00Z``, ``2026-01-31T10:00:00.5+01:00``: the offset is
+    required) as epoch seconds; ValueError for anything else."""
     v = value.strip()
+    if not _RFC3339.match(v):
+        raise ValueError(f"{value[:60]!r} is not an RFC 3339 date-time with an offset,"
+                         " like 2026-01-31T09:00:00Z")
+    head, dot, rest = v.partition(".")
+    if dot:   # at most microseconds for datetime: the digits beyond are dropped
+        digits = re.match(r"\d+", rest)
+        assert digits is not None
+        v = f"{head}.{digits.group(0)[:6].ljust(6, '0')}{rest[digits.end():]}"
     try:
-        dt = datetime.fromisoformat(v.replace("Z", "+00:00").replace("z", "+00:00"))
-        if dt.tzinfo is None:
-            raise HeaderError(f"X-Relaybox-Send-At: {value!r} has no time zone")
-        return dt.timestamp()
+        return datetime.fromisoformat(v.replace("Z", "+00:00").replace("z", "+00:00")
+                                      .replace("t", "T")).timestamp()
     except ValueError:
-        pass
+        raise ValueError(f"{value[:60]!r} is not a valid date-time") from None
+
+
+def parse_send_at(value: str) -> float:
+    """The X-Relaybox-Send-At value (docs/scheduling.md): RFC 3339 with an offset, or an RFC 5322 date
+    (as in a Date field); HeaderError otherwise (intake answers 550 5.6.0 with the text)."""
+    v = value.strip()
+    shown = repr(v[:60])      # the reply quotes the value: bounded, escaped
+    iso: datetime | None
+    try:
+        iso = datetime.fromisoformat(v.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        iso = None
+    if iso is not None:
+        if iso.tzinfo is None:
+            raise HeaderError(f"X-Relaybox-Send-At: {shown} has no time zone; use RFC 3339 like"
+                              " 2026-01-31T09:00:00Z")
+        return iso.timestamp()
     parsed: datetime | None
     try:
         parsed = email.utils.parsedate_to_datetime(v)
     except (TypeError, ValueError, IndexError):
         parsed = None
     if parsed is None:
-        raise HeaderError(f"X-Relaybox-Send-At: cannot parse {value!r}; use RFC 3339 like"
+        raise HeaderError(f"X-Relaybox-Send-At: cannot parse {shown}; use RFC 3339 like"
                           f" 2026-01-31T09:00:00Z or an RFC 5322 date")
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)

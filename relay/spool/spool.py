@@ -9,6 +9,7 @@ durable enqueue, and the admin vocabulary (hold/release).
     claims = await spool.claim(owner, limit=100, lease=300.0)  # -> list[Claim] (frozen records)
     await spool.complete([RecipientResult(...)], attempt=AttemptLog(...))
     await spool.cancel(qid) / retry_now / resend / hold / release / delete / mark_bounced
+    await spool.schedule(qid, at) / send_now(qid)           # pending recipients: a new time
     stats = await spool.recover()                         # at start: leases back, poison items failed
 """
 
@@ -92,6 +93,19 @@ class Spool:
 
     async def retry_now(self, message_id: str, actor: str = "admin") -> int:
         return await self.messages.retry_now(message_id, actor)
+
+    async def schedule(self, message_id: str, at: float, actor: str = "admin") -> int:
+        """Pending recipients wait until ``at`` (the scheduler wakes: an earlier time than it knew)."""
+        n = await self.messages.schedule(message_id, at, actor)
+        if n:
+            self._woken()
+        return n
+
+    async def send_now(self, message_id: str, actor: str = "admin") -> int:
+        n = await self.messages.send_now(message_id, actor)
+        if n:
+            self._woken()
+        return n
 
     async def resend(self, message_id: str, recipient_ids: list[int] | None = None,
                      actor: str = "admin") -> int:

@@ -1,10 +1,11 @@
-"""``relaybox queue list|show|cancel|retry|resend|hold|release|delete|summary``.
+"""``relaybox queue list|show|cancel|retry|send-now|schedule|resend|hold|release|delete|summary``.
 
 Talks to the running instance's admin API (``--api URL``, else ``admin.listen`` of the config) with a token
 (``--token``, ``$RELAYBOX_API_TOKEN``, else the first full-access token of the config). When no instance
 answers, or with ``--offline``, it works on the store directly (SQLite WAL makes that safe). The
 actions accept queue ids or, without ids, filters (``--domain example.com --status deferred``): the bulk
-form of the same API. Human tables by default, ``--json`` for scripts.
+form of the same API. ``schedule --at <RFC 3339>`` (re)schedules the pending recipients, ``send-now`` makes
+them due at once (docs/scheduling.md). Human tables by default, ``--json`` for scripts.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import urllib.request
 from types import SimpleNamespace
 from typing import Any
 
-ACTIONS = ("cancel", "retry", "resend", "hold", "release", "delete")
+ACTIONS = ("cancel", "retry", "send-now", "resend", "hold", "release", "delete")
 FILTERS = ("status", "sender", "recipient", "domain", "subject", "client_ip", "auth_user", "since", "until")
 
 
@@ -65,15 +66,17 @@ class ApiBackend:
     def show(self, qid: str) -> dict:
         return self._call("GET", f"/api/v1/messages/{urllib.parse.quote(qid)}")
 
-    def action(self, action: str, qid: str) -> dict:
+    def action(self, action: str, qid: str, at: str | None = None) -> dict:
         q = urllib.parse.quote(qid)
         if action == "delete":
             return self._call("DELETE", f"/api/v1/messages/{q}")
-        return self._call("POST", f"/api/v1/messages/{q}/{action}")
+        body = {"at": at} if action == "schedule" else None
+        return self._call("POST", f"/api/v1/messages/{q}/{action}", body)
 
     def bulk(self, action: str, flt: dict, every: bool, dry_run: bool, limit: int | None = None,
-             progress=None) -> dict:
-        body = {"filter": flt, "all": every, "dry_run": dry_run, **({"limit": limit} if limit else {})}
+             progress=None, at: str | None = None) -> dict:
+        body = {"filter": flt, "all": every, "dry_run": dry_run, **({"limit": limit} if limit else {}),
+                **({"at": at} if action == "schedule" else {})}
         res = self._call("POST", f"/api/v1/bulk/messages/{action}", body)
         while res.get("state") == "running":          # a large job: follow it
             if progress:
@@ -128,18 +131,32 @@ class DbBackend:
         except ApiError as exc:
             raise CliError(exc.message, 1 if exc.status in (404, 409) else 2) from None
 
-    def action(self, action: str, qid: str) -> dict:
+    def _at(self, action: str, at: str | None) -> float | None:
+        from admin_api.common import ApiError
+        from admin_api.routes_messages import schedule_time
+
+        if action != "schedule":
+            return None
+        try:
+            return schedule_time(at, time.time())
+        except ApiError as exc:
+            raise CliError(exc.message, 2) from None
+
+    def action(self, action: str, qid: str, at: str | None = None) -> dict:
+        from admin_api.common import iso
         from admin_api.routes_messages import run_action
 
-        n = self._run(run_action(self.rb, action, qid, "cli"))
-        return {"id": qid, "action": action, "affected": n}
+        when = self._at(action, at)
+        n = self._run(run_action(self.rb, action, qid, "cli", at=when))
+        return {"id": qid, "action": action, "affected": n, **({"at": iso(when)} if when else {})}
 
     def bulk(self, action: str, flt: dict, every: bool, dry_run: bool, limit: int | None = None,
-             progress=None) -> dict:
+             progress=None, at: str | None = None) -> dict:
         """Every matching message (or the first ``limit``), in id order, 500 at a time: never capped."""
         from admin_api.common import ApiError
         from admin_api.routes_messages import run_action
 
+        when = self._at(action, at)
         f = self._filter(flt)
         if f.empty() and not every:
             raise CliError("no ids and no filter: pass --all to act on every message", 2)
@@ -154,7 +171,7 @@ class DbBackend:
 
         async def one(qid: str) -> None:
             try:
-                n = await run_action(self.rb, action, qid, "cli")
+                n = await run_action(self.rb, action, qid, "cli", at=when)
             except ApiError as exc:
                 if exc.status == 409 and exc.message.startswith(qid + ": no "):
                     out["unchanged"] += 1
@@ -263,7 +280,9 @@ def print_list(data: dict) -> None:
     rows = []
     for m in data["items"]:
         rc = m["recipients"]
-        rows.append([m["id"], m["created_at"], m["status"] + (" (held)" if m.get("held") else ""),
+        when = f" for {m['send_at']}" if m.get("send_at") and m.get("status") == "scheduled" else ""
+        rows.append([m["id"], m["created_at"], m.get("status_summary", m["status"])
+                     + (" (held)" if m.get("held") else "") + when,
                      _short(m["sender"] or "<>", 30),
                      _short(rc[0] if rc else "", 30) + (f" +{len(rc) - 1}" if len(rc) > 1 else ""),
                      _short(m.get("subject"), 40)])
@@ -271,8 +290,8 @@ def print_list(data: dict) -> None:
 
 
 def print_show(m: dict) -> None:
-    for k in ("id", "status", "created_at", "sender", "from", "subject", "message_id", "client_ip",
-              "auth_user", "size", "held", "body_available"):
+    for k in ("id", "status", "status_summary", "created_at", "send_at", "sender", "from", "subject",
+              "message_id", "client_ip", "auth_user", "size", "held", "body_available"):
         print(f"{k + ':':16}{m.get(k)}")
     print()
     print(table([[r["id"], r["address"], r["status"], r.get("attempts"), r.get("last_code"),
@@ -396,14 +415,15 @@ def cmd_action(args) -> int:
             results, rc = [], 0
             for qid in args.ids:
                 try:
-                    results.append(b.action(args.action, qid))
+                    results.append(b.action(args.action, qid, getattr(args, "at", None)))
                 except CliError as exc:
                     results.append({"id": qid, "action": args.action, "error": str(exc)})
                     rc = max(rc, exc.code)
             for r in results:
                 if args.json:
                     continue
-                print(f"{r['id']}: {r['error']}" if "error" in r else f"{r['id']}: {args.action} "
+                at = f" for {r['at']}" if r.get("at") else ""
+                print(f"{r['id']}: {r['error']}" if "error" in r else f"{r['id']}: {args.action}{at} "
                       f"({r['affected']} affected)", file=sys.stderr if "error" in r else sys.stdout)
             if args.json:
                 print(json.dumps(results))
@@ -411,7 +431,7 @@ def cmd_action(args) -> int:
         if not flt and not args.all:
             raise CliError("no queue ids and no filters: pass --all to act on every message", 2)
         res = b.bulk(args.action, flt, args.all, args.dry_run, args.limit,
-                     None if args.json else _progress(args.action))
+                     None if args.json else _progress(args.action), getattr(args, "at", None))
         if args.json:
             print(json.dumps(res))
         else:
@@ -454,12 +474,23 @@ def register(sub) -> None:
     p.add_argument("--status", default=None, help="statuses in the table (default: active)")
     p.add_argument("--top", type=int, default=50)
     p.set_defaults(func=cmd_summary)
-    for action in ACTIONS:
-        p = qs.add_parser(action, help=f"{action} messages by id, or every message matching the filters")
+    for action in (*ACTIONS, "schedule"):
+        p = qs.add_parser(action, help=_HELP.get(action, f"{action} messages by id, or every message matching"
+                                                          " the filters"))
         p.add_argument("ids", nargs="*")
         _common(p, filters=True)
+        if action == "schedule":
+            p.add_argument("--at", required=True,
+                           help="RFC 3339 date-time with an offset, in the future: 2026-01-31T09:00:00Z")
         p.add_argument("--all", action="store_true", help="with no ids and no filters: every message")
         p.add_argument("--dry-run", action="store_true", help="only count what the filters match")
         p.add_argument("--limit", type=int, default=None,
                        help="act on at most this many matching messages (default: all of them)")
         p.set_defaults(func=cmd_action, action=action)
+
+
+_HELP = {
+    "schedule": "(re)schedule the pending recipients of messages (by id or filters) for --at",
+    "send-now": "make the pending recipients (scheduled, queued, deferred) due now",
+    "cancel": "cancel pending recipients (not those being delivered) by id or filters",
+}
