@@ -40,5 +40,7 @@ VOLUME ["/var/lib/relaybox"]
 EXPOSE 2525 2587 8025
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request as u; sys.exit(0 if u.urlopen('http://127.0.0.1:8025/healthz', timeout=4).status == 200 else 1)"]
+# relaybox is PID 1: the supervisor of one worker process per CPU the container sees ([process] workers or
+# `relaybox run --workers N`); it reaps and restarts its workers and drains them on SIGTERM (docker stop -t 45)
 STOPSIGNAL SIGTERM
 CMD ["relaybox", "run", "--config", "/etc/relaybox/relaybox.toml"]

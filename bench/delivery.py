@@ -2,13 +2,15 @@
 (Postfix smtp-sink), with DKIM off and on (RSA-2048).
 
     .venv/bin/python bench/delivery.py [--count 20000] [--size 1024] [--sessions 20] [--only off|on]
+                                       [--workers N]
 
 For each run: a fresh spool, a default route to the sink (no TLS), ``smtp-source`` sends ``count``
 messages of ``size`` bytes over ``sessions`` parallel sessions; the figures are intake msgs/s (until the last
 250), end-to-end msgs/s (until the sink has accepted every message, read from the spool's recipients
 table) and that time in seconds. Targets (issue 3, 2-core machine): >= 600 msgs/s end to end without DKIM,
 >= 400 with RSA-2048 DKIM. ``--drain`` measures the delivery side alone: the messages are spooled
-first, then the time for relaybox (started on that spool) to deliver them all is taken.
+first, then the time for relaybox (started on that spool) to deliver them all is taken. ``--workers N``
+runs relaybox with N worker processes (``[process] workers``; default 1, the single process).
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ def prefill(db_path: str, count: int, size: int) -> None:
     asyncio.run(fill())
 
 
-def run_once(dkim: bool, count: int, size: int, sessions: int, drain: bool = False) -> dict:
+def run_once(dkim: bool, count: int, size: int, sessions: int, drain: bool = False, workers: int = 1) -> dict:
     work = tempfile.mkdtemp(prefix=f"bench-delivery-{'dkim' if dkim else 'plain'}-")
     sink_port = free_port()
     sink = subprocess.Popen([SMTP_SINK, "-u", "nobody", f"127.0.0.1:{sink_port}", "1024"],
@@ -74,6 +76,7 @@ def run_once(dkim: bool, count: int, size: int, sessions: int, drain: bool = Fal
         "delivery": {"per_destination": 20, "concurrency": 100, "poll_interval": 0.2},
         "[[routes]]": [{"name": "sink", "host": "127.0.0.1", "port": sink_port, "tls": "none",
                         "default": True}],
+        "process": {"workers": workers},
     }
     if dkim:
         subprocess.run([sys.executable, "-m", "relaybox.cli", "dkim", "keygen", "src.test", "bench",
@@ -85,7 +88,10 @@ def run_once(dkim: bool, count: int, size: int, sessions: int, drain: bool = Fal
     if drain:
         prefill(relay.db_path, count, size)
     t_start = time.monotonic()
-    relay.start()
+    relay.start(timeout=90)
+    if workers > 1:          # ready = every worker is ready (the supervisor's line), not just the first
+        while "relaybox started: supervisor" not in relay.log() and relay.proc.poll() is None:
+            time.sleep(0.05)
     try:
         t0 = time.monotonic()
         cmd = [SMTP_SOURCE, "-s", str(sessions), "-m", str(count), "-l", str(size),
@@ -120,22 +126,25 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--sessions", type=int, default=20)
     ap.add_argument("--only", choices=("off", "on"), default=None, help="run only DKIM off or on")
+    ap.add_argument("--workers", type=int, default=1, help="relaybox run --workers N (1 = one process)")
     ap.add_argument("--drain", action="store_true",
                     help="delivery alone: spool the messages first, then time relaybox draining the queue")
     args = ap.parse_args()
     modes = [False, True] if args.only is None else [args.only == "on"]
     ok = True
     for dkim in modes:
-        r = run_once(dkim, args.count, args.size, args.sessions, args.drain)
+        r = run_once(dkim, args.count, args.size, args.sessions, args.drain, args.workers)
         if args.drain:
-            print(f"DKIM {'on (RSA-2048)' if dkim else 'off'}: drained {r['delivered']}/{args.count} x "
+            print(f"workers {args.workers}, DKIM {'on (RSA-2048)' if dkim else 'off'}: "
+                  f"drained {r['delivered']}/{args.count} x "
                   f"{args.size} B in {r['all_s']:.1f} s (incl. start-up): {r['e2e_rate']:.0f} msgs/s",
                   flush=True)
             continue
         target = 400 if dkim else 600
         met = r["delivered"] >= args.count and r["e2e_rate"] >= target
         ok &= met
-        print(f"DKIM {'on (RSA-2048)' if dkim else 'off'}: {r['delivered']}/{args.count} x {args.size} B "
+        print(f"workers {args.workers}, DKIM {'on (RSA-2048)' if dkim else 'off'}: "
+              f"{r['delivered']}/{args.count} x {args.size} B "
               f"delivered; intake {r['intake_rate']:.0f} msgs/s ({r['intake_s']:.1f} s); "
               f"end to end {r['e2e_rate']:.0f} msgs/s, sink had all after {r['all_s']:.1f} s "
               f"[target >= {target}: {'met' if met else 'NOT met'}]", flush=True)

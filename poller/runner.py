@@ -33,8 +33,11 @@ FETCHED = Counter("relaybox_poller_fetched_messages", "Messages fetched and stor
 ROUTED = Counter("relaybox_poller_routed_messages", "Messages accepted by a campaign",
                  ["channel", "campaign"])
 QUARANTINED = Counter("relaybox_poller_quarantined_messages", "Messages put in quarantine", ["channel"])
-LAST_SUCCESS = Gauge("relaybox_poller_last_success_timestamp_seconds", "Last successful poll", ["channel"])
-CHANNEL_UP = Gauge("relaybox_poller_channel_up", "1 when the last poll of the channel succeeded", ["channel"])
+# the poller runs in one process (worker 0 with worker processes): its live values, no pid label
+LAST_SUCCESS = Gauge("relaybox_poller_last_success_timestamp_seconds", "Last successful poll", ["channel"],
+                     multiprocess_mode="livemostrecent")
+CHANNEL_UP = Gauge("relaybox_poller_channel_up", "1 when the last poll of the channel succeeded", ["channel"],
+                   multiprocess_mode="livemostrecent")
 
 
 class PollerService:

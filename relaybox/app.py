@@ -158,7 +158,8 @@ class App:
                                  bounces=self._bounce_intake(), reuse_port=self.worker is not None)
         await self.listener.start()
         self.dnsbl = DnsblChecker(rc)   # [dnsbl]: sending addresses vs blocklists (run() returns when off)
-        self._tasks.append(asyncio.get_running_loop().create_task(self.dnsbl.run()))
+        if self.singletons:             # one checker per instance: its state is the admin API's
+            self._tasks.append(asyncio.get_running_loop().create_task(self.dnsbl.run()))
         await self._start_services()
         if self.singletons:
             self._tasks.append(asyncio.get_running_loop().create_task(self._retention_loop()))

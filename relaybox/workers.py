@@ -34,6 +34,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from relay.config import RelayConfig
 
@@ -41,6 +42,7 @@ log = logging.getLogger("relaybox.workers")
 
 SUPERVISOR_ENV = "RELAYBOX_SUPERVISOR_PID"
 READY_FD_ENV = "RELAYBOX_READY_FD"
+GO_FD_ENV = "RELAYBOX_GO_FD"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 STOP_TIMEOUT = 40.0          # seconds to wait for the workers' drain (systemd: TimeoutStopSec=45)
 HEALTHY_AFTER = 30.0         # a worker that lived this long was not crash-looping
@@ -61,13 +63,29 @@ class ProcessConfig:
 SECTIONS = {"process": ProcessConfig}
 
 
+def cores() -> int:
+    """The cores this process may use: ``os.cpu_count()``, narrowed by its CPU affinity (``taskset``,
+    ``docker --cpuset-cpus``) and by a cgroup v2 quota (``docker --cpus``, systemd ``CPUQuota=``)."""
+    n = os.cpu_count() or 1
+    if hasattr(os, "sched_getaffinity"):
+        n = min(n, len(os.sched_getaffinity(0)) or n)
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as fh:
+            quota, period = fh.read().split()[:2]
+        if quota != "max" and int(period) > 0:
+            n = min(n, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, n)
+
+
 def worker_count(cli: int | None, cfg: ProcessConfig | None) -> int:
-    """``--workers`` first, then ``[process] workers``, then the number of cores."""
+    """``--workers`` first, then ``[process] workers``, then the number of cores (``cores()``)."""
     if cli is not None:
         return cli
     if cfg is not None and cfg.workers:
         return cfg.workers
-    return os.cpu_count() or 1
+    return cores()
 
 
 def owner_of(pid: int) -> str:
@@ -172,12 +190,11 @@ class Supervisor:
     """Starts, watches, restarts and stops the workers (see the module's docstring)."""
 
     def __init__(self, settings, count: int, passthrough: list[str]):
-        from relaybox.app import App
-
         self.settings = settings
         self.count = count
         self.passthrough = passthrough
-        self.app = App(settings)        # storage only: lock, migrations, recovery, seeds, lease reclaims
+        self.app: Any = None            # relaybox.app.App for storage only: lock, migrations, recovery,
+        self._go: int | None = None     # seeds, lease reclaims; _go: the pipe that lets the workers open it
         self.slots = [Slot(i) for i in range(count)]
         self.stopping = asyncio.Event()
         self.metrics_dir = metrics_dir(settings.relay)
@@ -191,11 +208,28 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, self._forward_hup)
-        await self.app.open_storage()
         self._reset_metrics()
+        # the workers start importing at once (the slow part of a start) and wait for the go, sent once the
+        # store is migrated and recovered here; a supervisor that cannot open it closes the pipe instead
+        go_r, self._go = os.pipe()
+        for slot in self.slots:
+            self._spawn(slot, go_r)
+        os.close(go_r)
         try:
-            for slot in self.slots:
-                self._spawn(slot)
+            from relaybox.app import App
+
+            self.app = App(self.settings)
+            await self.app.open_storage()
+            os.write(self._go, b"g" * self.count)
+        except BaseException:
+            for slot in self.slots:          # they have not touched anything yet
+                if slot.proc is not None:
+                    slot.proc.kill()
+                    slot.proc.wait()
+            raise
+        finally:
+            os.close(self._go)
+        try:
             failed = await self._wait_ready()
             if failed is not None:
                 return failed
@@ -214,16 +248,20 @@ class Supervisor:
         shutil.rmtree(self.metrics_dir, ignore_errors=True)
         os.makedirs(self.metrics_dir, mode=0o700, exist_ok=True)
 
-    def _spawn(self, slot: Slot) -> None:
+    def _spawn(self, slot: Slot, go: int | None = None) -> None:
         r, w = os.pipe()
         os.set_blocking(r, False)
         env = dict(os.environ)
         env.pop("NOTIFY_SOCKET", None)          # only the supervisor talks to systemd
+        env.pop(GO_FD_ENV, None)
         env.update({SUPERVISOR_ENV: str(os.getpid()), READY_FD_ENV: str(w), MULTIPROC_ENV: self.metrics_dir})
+        if go is not None:
+            env[GO_FD_ENV] = str(go)
         cmd = [sys.executable, "-m", "relaybox.cli", "run", "--config", os.path.abspath(self.settings.path),
                "--workers", str(self.count), "--worker-slot", str(slot.index), *self.passthrough]
         try:
-            slot.proc = subprocess.Popen(cmd, env=env, pass_fds=(w,), stdin=subprocess.DEVNULL)
+            slot.proc = subprocess.Popen(cmd, env=env, pass_fds=(w,) if go is None else (w, go),
+                                         stdin=subprocess.DEVNULL)
         finally:
             os.close(w)
         slot.ready_r, slot.ready, slot.restart_at = r, False, None
@@ -358,6 +396,8 @@ class Supervisor:
         return status
 
     async def _close(self) -> None:
+        if self.app is None:
+            return
         self.app.store.close()
         if self.app.lock is not None:
             self.app.lock.release()
@@ -379,4 +419,10 @@ def run_worker(settings, slot: int, count: int) -> int:
     die_with_supervisor()
     for handler in logging.getLogger().handlers:
         handler.addFilter(WorkerTag(slot))
+    go = os.environ.pop(GO_FD_ENV, "")
+    if go.isdigit():            # the first start: imported; wait until the supervisor has opened the store
+        started = os.read(int(go), 1) == b"g"
+        os.close(int(go))
+        if not started:         # it could not (its error is in the log)
+            return 1
     return uvloop.run(App(settings, worker=WorkerRole.from_env(slot, count)).run())

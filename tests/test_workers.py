@@ -43,7 +43,7 @@ class WorkersProcess(RelayboxProcess):
         super().__init__(workdir, sections)
         self.workers = workers
 
-    def start(self, timeout: float = 60.0) -> "WorkersProcess":
+    def start(self, timeout: float = 120.0) -> "WorkersProcess":
         env = dict(os.environ, PYTHONPATH=REPO)
         self._log = open(self.log_path, "ab")
         cmd = [sys.executable, "-m", "relaybox.cli", "run", "--config", self.config_path,

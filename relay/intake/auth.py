@@ -22,8 +22,10 @@ from prometheus_client import Counter, Gauge
 from relay.config import SMTPConfig
 
 AUTH_ATTEMPTS = Counter("relaybox_smtp_auth_attempts", "SMTP AUTH attempts, by result", ["result"])
-AUTH_LOCKED = Gauge("relaybox_smtp_auth_locked_keys", "Addresses and user names locked out of AUTH")
-AUTH_HASH_QUEUE = Gauge("relaybox_smtp_auth_hash_pending", "Password verifications running or waiting")
+AUTH_LOCKED = Gauge("relaybox_smtp_auth_locked_keys", "Addresses and user names locked out of AUTH",
+                    multiprocess_mode="livesum")          # worker processes: each throttles its own sessions
+AUTH_HASH_QUEUE = Gauge("relaybox_smtp_auth_hash_pending", "Password verifications running or waiting",
+                        multiprocess_mode="livesum")
 
 
 class Busy(Exception):

@@ -53,6 +53,9 @@ class RelayboxProcess:
             "smtp": {"listen": [f"127.0.0.1:{self.smtp_port}"], "hostname": "relay.test"},
             "storage": {"path": self.db_path, "min_free": 0.0},
             "admin": {"listen": f"127.0.0.1:{self.admin_port}"},
+            # one process, as these tests were written for (relaybox run defaults to one worker per core);
+            # tests/test_workers.py runs several: sections={"process": {"workers": N}} or --workers N
+            "process": {"workers": 1},
         }
         for k, v in (sections or {}).items():
             if isinstance(v, dict) and k in base:
