@@ -110,9 +110,6 @@ async def one(request: web.Request, name: str) -> dict[str, Any]:
 # ---- the steps of a save (the console calls these too) ---------------------------------------------
 def build_route(data: dict[str, Any], name: str) -> RouteConfig:
     """A RouteConfig from a body (unknown keys and bad values: 422 naming the key)."""
-    if "port" in data and (isinstance(data["port"], bool) or not isinstance(data["port"], int)
-                           or not 1 <= data["port"] <= 65535):
-        raise invalid(f"routes.{name}.port: expected 1 to 65535, got {data['port']!r}")
     try:
         return build(RouteConfig, {**data, "name": name}, f"routes.{name}")
     except ConfigError as exc:
@@ -123,6 +120,9 @@ def merged(body: dict[str, Any], old: dict[str, Any] | None, *, patch: bool) -> 
     """The settings a save stores: the body (PATCH: over the old settings), the password kept when left
     out or masked, and the port 0 (the TLS mode's) when none was given."""
     data = {k: v for k, v in body.items() if k not in READ_ONLY and k not in TEST_KEYS and k != "name"}
+    if "port" in data and (isinstance(data["port"], bool) or not isinstance(data["port"], int)
+                           or not 1 <= data["port"] <= 65535):
+        raise invalid(f"port: expected 1 to 65535, got {data['port']!r}")
     base = {k: v for k, v in (old or {}).items() if k in ROUTE_FIELDS and k != "name"} if patch else {}
     out = {**base, **data}
     for key in SECRETS:

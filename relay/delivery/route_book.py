@@ -43,7 +43,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("relay.delivery.route_book")
 
 ROUTE_UP = Gauge("relaybox_route_up", "1 when the route's last transaction worked, 0 when it failed "
-                 "(connect, TLS, AUTH or MAIL FROM)", ["route"])
+                 "(connect, TLS, AUTH or MAIL FROM)", ["route"],
+                 multiprocess_mode="livemin")     # worker processes: 0 if any worker saw it failing
 ROUTE_RESULTS = PromCounter("relaybox_route_results_total", "Recipient results through a smarthost route",
                             ["route", "result"])
 FAILING_STAGES = (None, "dns", "connect", "greeting", "ehlo", "starttls", "auth", "mail")
@@ -200,11 +201,15 @@ class RouteBook:
         if not force and version == self.version:
             return False
         routes = usable(await self.store.routes.list())
-        old = set(self.router.by_name)
+        old = dict(self.router.by_name)
         self.router = Router(routes)              # the store allows one default, names are unique
         self.version = version
         self.apply()
-        self.status.forget(old - set(self.router.by_name))
+        self.status.forget(set(old) - set(self.router.by_name))
+        pool = getattr(getattr(self._scheduler, "delivery", None), "pool", None)
+        for name, before in old.items():          # sessions of a changed route never carry on
+            if pool is not None and self.router.by_name.get(name) != before:
+                pool.drop(f"route:{name}")
         return True
 
     # ---- the loop --------------------------------------------------------------------------------

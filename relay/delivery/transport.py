@@ -82,6 +82,7 @@ class Session:
         self.messages = 0
         self.idle_since = time.monotonic()
         self.broken = False
+        self.opened_at = time.monotonic()   # a pool drops sessions opened before their route changed
 
     @property
     def is_open(self) -> bool:
@@ -409,6 +410,7 @@ class ConnectionPool:
         self.max_messages = max_messages
         self.idle_timeout = idle_timeout
         self._idle: dict[str, list[Session]] = {}
+        self._dropped: dict[str, float] = {}     # key -> when its settings changed (drop())
 
     def take(self, key: str) -> Session | None:
         sessions = self._idle.get(key)
@@ -420,8 +422,17 @@ class ConnectionPool:
             asyncio.get_running_loop().create_task(s.close())
         return None
 
+    def drop(self, key: str) -> None:
+        """The destination's settings changed (a route edited): its idle sessions are closed, and the
+        ones in use are closed when they come back."""
+        self._dropped[key] = time.monotonic()
+        for s in self._idle.pop(key, []):
+            asyncio.get_running_loop().create_task(s.close())
+
     async def give_back(self, key: str, session: Session) -> None:
-        if session.is_open and session.messages < self.max_messages:
+        if session.opened_at <= self._dropped.get(key, -1.0):
+            await session.close()
+        elif session.is_open and session.messages < self.max_messages:
             session.idle_since = time.monotonic()
             self._idle.setdefault(key, []).append(session)
         else:
