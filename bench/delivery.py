@@ -88,11 +88,12 @@ def run_once(dkim: bool, count: int, size: int, sessions: int, drain: bool = Fal
     if drain:
         prefill(relay.db_path, count, size)
     t_start = time.monotonic()
-    relay.start(timeout=90)
-    if workers > 1:          # ready = every worker is ready (the supervisor's line), not just the first
-        while "relaybox started: supervisor" not in relay.log() and relay.proc.poll() is None:
-            time.sleep(0.05)
     try:
+        relay.start(timeout=180)
+        while workers > 1 and "relaybox started: supervisor" not in relay.log():   # every worker ready
+            if relay.proc.poll() is not None or time.monotonic() - t_start > 180:
+                raise RuntimeError(f"relaybox workers did not start: {relay.log()}")
+            time.sleep(0.05)
         t0 = time.monotonic()
         cmd = [SMTP_SOURCE, "-s", str(sessions), "-m", str(count), "-l", str(size),
                "-f", "sender@src.test", "-t", "rcpt@dst.test", "-M", "client.test",

@@ -10,8 +10,35 @@ relaybox runs with delivery disabled, so the figure is pure intake: parse, polic
 from __future__ import annotations
 
 import argparse
+import contextlib
+import shutil
+import tempfile
+import time
 
-from _common import NoopServer, TempRelaybox, drive
+from _common import NoopServer, drive
+
+from tests.peers.ports import free_port
+from tests.peers.relaybox_proc import RelayboxProcess
+
+
+@contextlib.contextmanager
+def relaybox(workers: int):
+    """relaybox with delivery off and ``workers`` processes, ready when every worker is (the supervisor
+    says so), not when the first one greets."""
+    work = tempfile.mkdtemp(prefix="relaybox-bench-intake-")
+    relay = RelayboxProcess(work, {"delivery": {"enabled": False}, "process": {"workers": workers},
+                                   "admin": {"listen": f"127.0.0.1:{free_port()}"}})
+    try:
+        relay.start(timeout=180)
+        deadline = time.monotonic() + 180
+        while workers > 1 and "relaybox started: supervisor" not in relay.log():
+            if time.monotonic() > deadline or relay.proc.poll() is not None:
+                raise RuntimeError(f"relaybox workers did not start: {relay.log()}")
+            time.sleep(0.05)
+        yield relay
+    finally:
+        relay.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def main() -> None:
@@ -28,7 +55,7 @@ def main() -> None:
         with NoopServer() as noop:
             ceiling = drive(noop.port, args.messages, size, args.sessions)
         for n in counts:
-            with TempRelaybox({"process": {"workers": n}}) as relay:
+            with relaybox(n) as relay:
                 ours = drive(relay.smtp_port, args.messages, size, args.sessions)
             print(f"{size:>8} {ceiling:>20.0f} {n:>8} {ours:>15.0f} {ours / ceiling:>6.2f}", flush=True)
 

@@ -1,0 +1,61 @@
+"""The pure parts of relaybox/workers.py: each worker's share of the limits, the worker count, log tags."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from relay.config import DeliveryConfig, RelayConfig, SMTPConfig
+from relaybox import workers
+from relaybox.settings import parse
+
+pytestmark = pytest.mark.unit
+
+
+def _config(**delivery) -> RelayConfig:
+    return RelayConfig(delivery=DeliveryConfig(**delivery), smtp=SMTPConfig(max_sessions=500))
+
+
+def test_share_divides_connection_limits_rounding_up_and_never_below_one():
+    rc = _config(concurrency=201, per_destination=20, per_domain={"gmail.com": 5, "tiny.test": 1})
+    part = workers.share(rc, 2)
+    assert part.delivery.concurrency == 101 and part.delivery.per_destination == 10
+    assert part.delivery.per_domain == {"gmail.com": 3, "tiny.test": 1}
+    assert part.smtp.max_sessions == 250
+    # what is not a connection limit stays as configured
+    assert part.delivery.claim_batch == rc.delivery.claim_batch
+    assert part.smtp.max_sessions_per_ip == rc.smtp.max_sessions_per_ip
+    assert workers.share(rc, 3).delivery.per_destination == 7                   # ceil(20 / 3)
+    assert workers.share(_config(per_destination=1), 4).delivery.per_destination == 1
+
+
+def test_share_with_one_worker_is_the_config_itself():
+    rc = _config()
+    assert workers.share(rc, 1) is rc
+
+
+def test_worker_count_prefers_the_command_line_then_the_config_then_the_cores(monkeypatch):
+    monkeypatch.setattr(workers, "cores", lambda: 6)
+    assert workers.worker_count(3, workers.ProcessConfig(workers=2)) == 3
+    assert workers.worker_count(None, workers.ProcessConfig(workers=2)) == 2
+    assert workers.worker_count(None, workers.ProcessConfig()) == 6
+    assert workers.worker_count(None, None) == 6
+
+
+def test_the_process_section_is_part_of_the_config_file():
+    assert parse({"process": {"workers": 4}}).section("process") == workers.ProcessConfig(workers=4)
+    assert parse({}).section("process") == workers.ProcessConfig(workers=0)
+    with pytest.raises(Exception, match="process.workers"):
+        parse({"process": {"workers": -1}})
+
+
+def test_every_log_record_of_a_worker_names_its_slot():
+    record = logging.LogRecord("relaybox", logging.INFO, __file__, 1, "started", None, None)
+    assert workers.WorkerTag(1).filter(record) and record.worker == 1
+
+
+def test_lease_owner_of_a_worker_is_host_and_pid():
+    import socket
+
+    assert workers.owner_of(4242) == f"{socket.gethostname()}:4242"
