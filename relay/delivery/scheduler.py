@@ -65,7 +65,7 @@ class Scheduler:
                  owner: str | None = None):
         self.spool = spool
         self.config = config
-        self.delivery = delivery or Delivery(config)
+        self.delivery = delivery or Delivery(config, refresh_tokens=spool.store.kv)   # rotated OAuth2 tokens
         self.clock = clock
         self.rng = rng
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
