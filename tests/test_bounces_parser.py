@@ -385,3 +385,41 @@ def test_postfix_address_verification_report_is_not_a_bounce():
     raw = dsn(status="2.1.5", action="deliverable", diag="smtp; 250 2.1.5 Ok")
     p = parse(raw)
     assert p.category == "delivered" and [r.reason for r in p.recipients] == ["delivered"]
+
+
+def test_a_notice_naming_the_failed_address_is_a_bounce_without_bounce_headers():
+    raw = b"""From: no-reply@mail.example.jp
+To: <sender@relay.example>
+Subject: =?ISO-2022-JP?B?GyRCJWEhPCVrJSglaSE8RUxDThsoQg==?=
+Content-Type: text/plain; charset=us-ascii
+
+Your mail sent on: Thu, 29 Apr 2013 23:45:22 +0900
+     Could not be delivered to: <kijitora@example.ne.jp>
+     As their mailbox is full.
+"""
+    p = parse(raw)
+    assert p.category == "bounce"
+    [r] = p.recipients
+    assert (r.address, r.reason, r.kind) == ("kijitora@example.ne.jp", "mailboxfull", "soft")
+
+
+def test_mail_to_a_postmaster_can_fail_too():
+    raw = b"""From: MAILER-DAEMON <>
+To: kijitora@df.example.jp
+Subject: Mail delivery failed
+
+This is the DragonFly Mail Agent v0.13 at df.example.jp.
+
+There was an error delivering your mail to <postmaster@cx.example.org>.
+
+DNS lookup failure: host cx.example.org not found
+"""
+    [r] = parse(raw).recipients
+    assert (r.address, r.reason, r.kind) == ("postmaster@cx.example.org", "hostunknown", "hard")
+
+
+def test_a_quoted_local_part_keeps_its_quotes_only_when_it_needs_them():
+    [r] = parse(_sample("lhost-postfix-32.eml")).recipients
+    assert r.address == '"neko....nyaan...."@libsisimai.org'
+    [plain] = parse(dsn(rcpt='"bob"@example.net')).recipients
+    assert plain.address == "bob@example.net"

@@ -17,6 +17,7 @@ _MSG_FIELDS = {"reporting-mta", "received-from-mta", "arrival-date", "x-original
                "original-envelope-id", "dsn-gateway", "x-postfix-sender", "x-postfix-queue-id"}
 STATUS_RE = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.]*\d)")
 REPLY_RE = re.compile(r"(?<![\d.#-])([245][0-9][0-9])(?![\d.])(?=[ -]|$)")
+_DOT_ATOM = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*$")
 _ADDR_IN = re.compile(r"(?:\"[^\"\n]{1,64}\"|[^\s<>\"';,()\[\]]+)@[^\s<>\"';,()\[\]]+")
 
 
@@ -46,8 +47,8 @@ def address_of(value: str) -> str:
         return ""
     addr = m.group(0).strip(".:").lower()
     local, _, domain = addr.rpartition("@")
-    if len(local) > 2 and local[0] == local[-1] == '"':
-        addr = f"{local[1:-1]}@{domain}"
+    if len(local) > 2 and local[0] == local[-1] == '"' and _DOT_ATOM.match(local[1:-1]):
+        addr = f"{local[1:-1]}@{domain}"    # "a.b"@c is a.b@c; "a..b"@c must keep its quotes (RFC 5321)
     return addr
 
 

@@ -14,7 +14,7 @@ import re
 from email.message import Message
 
 from relay.bounces.dsn_fields import address_of, unfold
-from relay.bounces.notice import addresses
+from relay.bounces.notice import FAILED_TO, addresses
 
 _AUTO_SUBJECT = re.compile(
     r"^(?:auto(?:matic)?[ -]?(?:reply|response|antwort|risposta|respuesta|r[eé]ponse)|autoreply|"
@@ -120,6 +120,8 @@ def looks_like_bounce(msg: Message, notice: str) -> bool:
         return True
     if _BOUNCE_SUBJECT.search(subject(msg)):
         return True
-    # no header says so, but the text carries an SMTP error reply and a non-delivery phrase
-    return bool(_REPLY_LINE.search(notice[:20000]) and _BOUNCE_TEXT.search(notice[:20000]))
+    # no header says so, but the text carries an SMTP error reply and a non-delivery phrase, or a
+    # non-delivery phrase naming the address ("Could not be delivered to: <a@b>")
+    head = notice[:20000]
+    return bool(_REPLY_LINE.search(head) and _BOUNCE_TEXT.search(head)) or bool(FAILED_TO.search(head))
 

@@ -20,6 +20,11 @@ _ALONE_REST = re.compile(r"^[\s<>\"'():;,.\-*\[\]]*$")
 _MAILTO = re.compile(r"<mailto:[^>]*>|mailto:", re.I)
 _AFTER_CODE = re.compile(rf"[245]\d\d[ -](?:[245]\.\d{{1,3}}\.\d{{1,3}}\s+)?<?({ADDR})>?", re.I)
 _RCPT_TO = re.compile(rf"(?:rcpt to|recipient)\s*:?\s*<?({ADDR})>?|\bto\s*:?\s*<({ADDR})>", re.I)
+# "could not be delivered to: <a@b>": the phrase names the failed address, even postmaster@ (mail to a
+# domain's postmaster fails like any other)
+FAILED_TO = re.compile(rf"(?:error delivering (?:your )?(?:mail|message)|could not be delivered|"
+                       rf"delivery (?:has )?failed|was not delivered|undeliverable) to:?\s*<?({ADDR})>?",
+                       re.I)
 _TRAILER = re.compile(r"^\s*(?:on\s.{0,40}|\(.{0,120}\)|\[.{0,80}\]|[:;,.]|\s)*$", re.I)
 _LEADS = re.compile(rf"^\s*<?{ADDR}>?:(?:\s|$)")
 MAX_SEGMENT = 1500
@@ -50,7 +55,8 @@ def _line_recipients(text: str, exclude: set[str]) -> list[tuple[str, int]]:
 
 
 def _phrase_recipients(text: str, exclude: set[str]) -> list[tuple[str, int]]:
-    found = []
+    found = [(m.group(1).lower().strip("."), m.start(1)) for m in FAILED_TO.finditer(text)
+             if m.group(1).lower().strip(".") not in exclude]
     for rx in (_AFTER_CODE, _RCPT_TO):
         for m in rx.finditer(text):
             group = 1 if m.group(1) else 2

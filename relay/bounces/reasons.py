@@ -84,6 +84,7 @@ _RULES: list[tuple[str, str]] = [
                 r"locked|expired|blocked by the owner)|(?:suspended|disabled|inactive|deactivated) "
                 r"(?:account|mailbox|user|recipient)|not (?:an )?active (?:account|mailbox|user)"),
     ("hostunknown", r"host (?:or domain name )?(?:not found|unknown)|unknown host|"
+                    r"dns lookup failure: host \S+ not found|"
                     r"domain (?:name )?(?:does not exist|not found|unknown|not exist)|no such domain|"
                     r"unrouteable (?:mail )?domain|unrouteable address|name or service not known|"
                     r"\bnxdomain\b|"
