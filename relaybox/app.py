@@ -137,8 +137,8 @@ class App:
         if self.worker is not None:
             self.store.open()
             return
-        if not rc.storage.url:       # one process per SQLite file; PostgreSQL serves many nodes
-            self.lock = lock.acquire(rc.storage.path)
+        if not rc.storage.url and self.lock is None:   # one instance per SQLite file (a workers' supervisor
+            self.lock = lock.acquire(rc.storage.path)   # may hold it already); PostgreSQL serves many nodes
         self.store.open()
         stats = await self.cluster.recover()   # PostgreSQL: only the claims of dead nodes
         if stats.get("requeued") or stats.get("poisoned"):

@@ -208,6 +208,10 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, self._forward_hup)
+        from store import lock
+
+        rc = self.settings.relay
+        held = None if rc.storage.url else lock.acquire(rc.storage.path)   # before anything else is touched
         self._reset_metrics()
         # the workers start importing at once (the slow part of a start) and wait for the go, sent once the
         # store is migrated and recovered here; a supervisor that cannot open it closes the pipe instead
@@ -219,6 +223,7 @@ class Supervisor:
             from relaybox.app import App
 
             self.app = App(self.settings)
+            self.app.lock = held
             await self.app.open_storage()
             os.write(self._go, b"g" * self.count)
         except BaseException:
@@ -226,6 +231,8 @@ class Supervisor:
                 if slot.proc is not None:
                     slot.proc.kill()
                     slot.proc.wait()
+            if held is not None:
+                held.release()
             raise
         finally:
             os.close(self._go)
