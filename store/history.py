@@ -258,8 +258,9 @@ def _where_status(f: MessageFilter, conn: sqlite3.Connection, clauses: list[str]
 
 # ---- substring search ----------------------------------------------------------------------------------
 TRIGRAM_MIN = 3          # characters: shorter terms have no trigram to look up
-SPARSE = 5000            # candidates the index hands over; a term whose every trigram has more walks the list
-PROBES = 8               # trigrams of a term looked up at most (spread over it)
+SPARSE = 2000            # candidates the index hands over; a term whose every trigram has more walks the list
+PROBES = 3               # trigrams of a term looked up at most (first, middle, last): a common term costs
+                         # PROBES reads of SPARSE index rows before the walk
 # searched column -> (FTS5 table of migration 0013, the column as the check reads it)
 _SEARCH = {"address": ("recipients_search", "r.address"), "sender": ("senders_search", "m.sender"),
            "subject": ("subjects_search", "COALESCE(m.subject, '')")}
