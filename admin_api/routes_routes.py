@@ -96,15 +96,22 @@ def check_timeout(request: web.Request) -> float:
     return min(float(relaybox(request).settings.relay.delivery.connect_timeout), 30.0)
 
 
+def blocklisted(request: web.Request, name: str) -> list[str]:
+    """The DNSBL zones listing an address the route sends from (relay.dnsbl; [] when checks are off)."""
+    checker = getattr(relaybox(request), "dnsbl", None)
+    return list(checker.zones_listing(name)) if checker is not None else []
+
+
 async def route_views(request: web.Request) -> list[dict[str, Any]]:
-    return [view(s, st) for s, st in await book(request).views()]
+    return [view(s, {**st, "blocklisted": blocklisted(request, s.name)})
+            for s, st in await book(request).views()]
 
 
 async def one(request: web.Request, name: str) -> dict[str, Any]:
     stored = await book(request).store.routes.get(name)
     if stored is None:
         raise not_found(f"no route {name}")
-    return view(stored, book(request).status.view(stored))
+    return view(stored, {**book(request).status.view(stored), "blocklisted": blocklisted(request, name)})
 
 
 # ---- the steps of a save (the console calls these too) ---------------------------------------------
@@ -317,7 +324,9 @@ TEST_RESULT: dict[str, Any] = {"type": "object", "properties": {
 STATUS: dict[str, Any] = {"type": "object", "properties": {
     "state": {"type": "string", "enum": ["up", "failing", "unknown"]}, "last_success_at": _TIME,
     "last_error": {**_STR, "nullable": True}, "last_error_at": _TIME, "in_flight": _INT,
-    "delivered": _INT, "deferred": _INT, "failed": _INT}}
+    "delivered": _INT, "deferred": _INT, "failed": _INT,
+    "blocklisted": {"type": "array", "items": _STR,
+                    "description": "DNSBL zones listing the route's sending address"}}}
 ROUTE: dict[str, Any] = {"type": "object", "properties": {
     "name": _STR, **{k: v for k, v in SETTINGS.items() if k != "password"}, "auth": _BOOL,
     "username": {**_STR, "nullable": True}, "sender": {**_STR, "nullable": True}, "password_set": _BOOL,

@@ -35,7 +35,7 @@ import dns.exception
 import dns.resolver
 from prometheus_client import Gauge
 
-from relay.config import DnsblConfig, RelayConfig
+from relay.config import DnsblConfig, RelayConfig, RouteConfig
 from relay.delivery.mx import MXResolver
 
 log = logging.getLogger("relay.dnsbl")
@@ -148,15 +148,16 @@ def source_address(host: str, port: int = 25) -> str | None:
 
 
 def targets(cfg: DnsblConfig, relay: RelayConfig,
-            learn: Callable[[str, int], str | None] = source_address) -> dict[str, tuple[str, ...]]:
-    """Addresses to check -> the routes that send from them. Configured addresses count for every route;
-    learned ones only for their route, and only when public."""
-    routes = [r.name for r in relay.routes]
-    default = any(r.default for r in relay.routes)
-    every = tuple(routes + ([] if default else [MX_ROUTE]))
+            learn: Callable[[str, int], str | None] = source_address,
+            routes: Iterable[RouteConfig] | None = None) -> dict[str, tuple[str, ...]]:
+    """Addresses to check -> the routes that send from them (``routes``: the live ones, else the config's).
+    Configured addresses count for every route; learned ones only for their route, and only when public."""
+    live = list(relay.routes if routes is None else routes)
+    default = any(r.default for r in live)
+    every = tuple([r.name for r in live] + ([] if default else [MX_ROUTE]))
     out: dict[str, set[str]] = {str(ipaddress.ip_address(ip)): set(every) for ip in cfg.sending_ips}
     if cfg.learn:
-        probes = [(r.name, r.host, r.port) for r in relay.routes]
+        probes = [(r.name, r.host, r.port) for r in live]
         if not default:
             probes += [(MX_ROUTE, _DEFAULT_ROUTE_PROBE, 25), (MX_ROUTE, _DEFAULT_ROUTE_PROBE6, 25)]
         for name, host, port in probes:
@@ -171,8 +172,10 @@ class DnsblChecker:
 
     def __init__(self, relay: RelayConfig, *, clock: Callable[[], float] = time.time,
                  resolver: dns.asyncresolver.Resolver | None = None,
-                 learn: Callable[[str, int], str | None] = source_address):
+                 learn: Callable[[str, int], str | None] = source_address,
+                 routes: Callable[[], Iterable[RouteConfig]] | None = None):
         self.relay = relay
+        self.routes = routes          # the live routes (relaybox: the route book's), else the config's
         self.cfg = relay.dnsbl
         self.clock = clock
         self.resolver = resolver      # made at the first check: nothing is read while the checker is off
@@ -190,7 +193,8 @@ class DnsblChecker:
         if self.resolver is None:
             self.resolver = make_resolver(self.cfg, self.relay)
         resolver = self.resolver
-        where = await asyncio.to_thread(targets, self.cfg, self.relay, self.learn)
+        live = list(self.routes()) if self.routes is not None else None
+        where = await asyncio.to_thread(targets, self.cfg, self.relay, self.learn, live)
         pairs = [(ip, zone.strip(".").lower()) for ip in where for zone in self.cfg.zones]
         results = await asyncio.gather(*(check_pair(resolver, ip, zone) for ip, zone in pairs))
         now = self.clock()

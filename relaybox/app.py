@@ -157,7 +157,8 @@ class App:
         self.listener = Listener(rc.smtp, self.spool, self.policy, disk_ok=self.disk.ok,
                                  bounces=self._bounce_intake(), reuse_port=self.worker is not None)
         await self.listener.start()
-        self.dnsbl = DnsblChecker(rc)   # [dnsbl]: sending addresses vs blocklists (run() returns when off)
+        # [dnsbl]: sending addresses vs blocklists, per live route (run() returns when off)
+        self.dnsbl = DnsblChecker(rc, routes=lambda: self.routes.router.by_name.values())
         if self.singletons:             # one checker per instance: its state is the admin API's
             self._tasks.append(asyncio.get_running_loop().create_task(self.dnsbl.run()))
         await self._start_services()

@@ -186,8 +186,20 @@ async def test_admin_api_shows_listings_and_checks_now(tmp_path, dns_server):
         # 127.0.0.1 (learned toward the smarthost) is not public: not checked
         assert {i["ip"] for i in body["items"]} == {LISTED, CLEAN}
         assert app.dnsbl.zones_listing("hub") == ["bl.test", "quiet.test"]
+        status, body = await api.call("GET", "/api/v1/routes/hub")
+        assert status == 200 and body["status"]["blocklisted"] == ["bl.test", "quiet.test"]
+        # a route added through the API is checked at the next round (the checker reads the live routes)
+        status, _ = await api.call("POST", "/api/v1/routes", params={"validate": "skip"},
+                                   json={"name": "second", "host": "127.0.0.1", "port": 2526, "tls": "none",
+                                         "from_domains": ["second.test"]})
+        assert status == 201
+        assert (await api.call("GET", "/api/v1/routes/second"))[1]["status"]["blocklisted"] == []
         status, body = await api.call("POST", "/api/v1/blocklists/check")
         assert status == 200 and body["summary"]["listed"] == 2
+        assert body["items"][0]["routes"] == ["hub", "second"]
+        status, body = await api.call("GET", "/api/v1/routes")
+        assert {r["name"]: r["status"]["blocklisted"] for r in body["items"]} == \
+            {"hub": ["bl.test", "quiet.test"], "second": ["bl.test", "quiet.test"]}
         status, _ = await api.call("POST", "/api/v1/blocklists/check", token=RO_TOKEN.split(":", 1)[1])
         assert status == 403
         status, metrics = await api.call("GET", "/metrics")

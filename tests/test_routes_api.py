@@ -102,7 +102,7 @@ async def test_create_change_remove_with_validation_tests_and_secrets(tmp_path, 
                                                                    ("other", "api")]
         assert r["items"][1]["status"] == {"state": "unknown", "last_success_at": None, "last_error": None,
                                            "last_error_at": None, "in_flight": 0, "delivered": 0,
-                                           "deferred": 0, "failed": 0}
+                                           "deferred": 0, "failed": 0, "blocklisted": []}
         raw = await app.store.db.read(lambda c: [row[0] for row in c.execute("SELECT settings FROM routes")])
         assert all(PW not in text for text in raw) and any("rbx1:" in text for text in raw)
         for path in ("/api/v1/routes", "/api/v1/routes/other", "/api/v1/openapi.json"):
