@@ -115,4 +115,6 @@ class RelayboxRun(RelayboxProcess):
             except OSError:
                 pass
             time.sleep(0.05)
-        raise RuntimeError(f"relaybox did not start: {self.log()}")
+        log = self.log()
+        self.stop()
+        raise RuntimeError(f"relaybox did not start in {timeout:.0f} s: {log}")

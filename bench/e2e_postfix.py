@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -225,17 +226,39 @@ def relaybox_sections(sink_port: int, work: str, dkim: bool, pg_url: str) -> dic
     return sections
 
 
+def log_problems(path: str, keep: int = 12) -> str:
+    """The log's ERROR/CRITICAL lines and traceback lines (the last ``keep``), else its last lines."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return ""
+    bad, in_tb = [], False
+    for ln in lines:
+        if " ERROR " in ln or " CRITICAL " in ln or ln.startswith("Traceback"):
+            bad.append(ln)
+            in_tb = ln.startswith("Traceback")
+        elif in_tb:
+            bad.append(ln)
+            in_tb = ln.startswith(" ")      # the exception line ends the traceback
+    return "\n".join((bad or lines)[-keep:])
+
+
 def run_relaybox(base: str, sink: CountingSink, n: int, size: int, sessions: int, workers: list[str],
                  dkim: bool = False, pg: DurablePostgres | None = None) -> Result:
     work = tempfile.mkdtemp(prefix="relaybox-", dir=base)
     url = pg.create_database() if pg else ""
     relay = RelayboxRun(work, relaybox_sections(sink.port, work, dkim, url), workers)
+    system = "relaybox/PG" if pg else "relaybox"
     try:
-        relay.start()
+        try:
+            relay.start(timeout=120.0)     # PostgreSQL with fsync on: the migrations take a while
+        except RuntimeError as exc:
+            return Result(system, error=str(exc)[-1500:])
         roots = [relay.proc.pid] + (pg.postmaster() if pg else []) if relay.proc else []
-        res = measure("relaybox/PG" if pg else "relaybox", relay.smtp_port, roots, sink, n, size, sessions)
+        res = measure(system, relay.smtp_port, roots, sink, n, size, sessions)
         if res.error:
-            res.error += "\n" + relay.log()[-800:]
+            res.error += "\n" + log_problems(relay.log_path)
         return res
     finally:
         relay.stop()
@@ -269,7 +292,7 @@ def one_rep(rep: int, load: Load, env: dict) -> None:
             res = run_postfix(*common)
         else:
             pg = env["pg"] if system.endswith("PG") else None
-            res = run_relaybox(*common, env["workers"], load.dkim, pg)
+            res = run_relaybox(*common, env["pg_workers" if pg else "workers"], load.dkim, pg)
         load.runs.setdefault(system, []).append(res)
         status = f"ERROR {res.error}" if res.error else "ok"
         print(f"rep {rep} | {load.name} | {system:<11} | {res.sent:>6} msgs in {res.seconds:6.1f} s = "
@@ -316,6 +339,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--sessions", type=int, default=20)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                     help="relaybox run --workers (when supported); default: the number of cores")
+    ap.add_argument("--pg-workers", type=int, default=None,
+                    help="relaybox run --workers for the PostgreSQL runs (default: --workers)")
     ap.add_argument("--skip-pg", action="store_true", help="no relaybox-on-PostgreSQL runs")
     ap.add_argument("--skip-dkim", action="store_true", help="no 1 KB + DKIM load")
     ap.add_argument("--quick", action="store_true", help="smoke run: 300 / 100 messages, 1 rep")
@@ -335,20 +360,29 @@ def make_loads(args: argparse.Namespace) -> list[Load]:
     return loads
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(f"stopped by signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    workers = ["--workers", str(args.workers)] if run_supports_workers() else []
+    has_workers = run_supports_workers()
+    workers = ["--workers", str(args.workers)] if has_workers else []
+    pg_workers = ["--workers", str(args.pg_workers or args.workers)] if has_workers else []
     version = subprocess.run(["postconf", "-d", "-h", "mail_version"], capture_output=True, text=True)
     print(f"relaybox vs Postfix {version.stdout.strip()} end to end; {args.sessions} sessions, "
           f"{args.reps} reps, {os.cpu_count()} cores; relaybox "
           + (f"workers: {args.workers} (relaybox run --workers)" if workers else
-             "workers: 1 (this relaybox run has no --workers)"), flush=True)
+             "workers: 1 (this relaybox run has no --workers)")
+          + (f", on PostgreSQL {pg_workers[1]}" if pg_workers and pg_workers != workers else ""), flush=True)
+    signal.signal(signal.SIGTERM, _terminate)       # a stopped bench still stops what it started
     base = tempfile.mkdtemp(prefix="bench-e2e-postfix-")
     os.chmod(base, 0o755)                 # Postfix's daemons (user postfix) walk into their dirs below
     print(f"work dir (sink, Postfix queues, relaybox spools; removed at the end): {base}", flush=True)
     sink = CountingSink(base, free_port()).start()
     pg = None if args.skip_pg else DurablePostgres().start()
-    env = {"base": base, "sink": sink, "pg": pg, "sessions": args.sessions, "workers": workers}
+    env = {"base": base, "sink": sink, "pg": pg, "sessions": args.sessions, "workers": workers,
+           "pg_workers": pg_workers}
     loads = make_loads(args)
     try:
         check = run_relaybox(base, sink, 5, 1024, 1, workers)

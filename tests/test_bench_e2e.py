@@ -18,9 +18,16 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_bench_e2e_postfix_smoke():
-    out = subprocess.run([sys.executable, "bench/e2e_postfix.py", "--messages", "200", "--large-messages",
-                          "40", "--reps", "1", "--skip-pg", "--skip-dkim"],
-                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.Popen([sys.executable, "bench/e2e_postfix.py", "--messages", "200", "--large-messages",
+                             "40", "--reps", "1", "--skip-pg", "--skip-dkim"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=150)
+    except subprocess.TimeoutExpired:
+        proc.terminate()                  # SIGTERM: the bench stops its Postfix, relaybox and sink itself
+        stdout, stderr = proc.communicate(timeout=60)
+        pytest.fail(f"bench did not finish in 150 s:\n{stdout}{stderr}")
+    out = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     text = out.stdout + out.stderr
     assert out.returncode == 0, text
     runs = re.findall(r"^rep 1 \| (e2e \d+ KB) \| (\S+)\s*\|\s*(\d+) msgs in .*\| (\S+)$", out.stdout, re.M)
