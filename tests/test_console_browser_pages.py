@@ -142,8 +142,23 @@ def test_configuration_pages_in_headless_chromium(tmp_path):
         assert "EHLO" in p.el("#test-transcript").text
         p.shot("routes-test-ok")
         p.submit("#test-nowhere")
-        assert p.el("#test-words").text.startswith("Connection failed: "), p.text()
+        assert p.el("#test-words").text.startswith("Connection failed at CONNECT: "), p.text()
         p.shot("routes-test-failed")
+        # a route added in the console (saved, and tested on save) and removed again
+        p.submit("#new-route")
+        p.el("#f-route_name").send_keys("shop")
+        p.el("#f-host").send_keys("127.0.0.1")
+        p.el("#f-port").send_keys(str(sink.port))
+        Select(p.el("#f-tls")).select_by_value("none")
+        p.el("#f-from_domains").send_keys("shop.org.test")
+        p.shot("route-form")
+        p.submit("#route-save")
+        p.wait_url("/ui/routes")
+        assert "route shop: saved; Connection succeeded" in p.text(), p.text()
+        assert _api(rb, "/api/v1/routes/shop")["from_domains"] == ["shop.org.test"]
+        p.shot("routes")
+        p.submit("#delete-shop", accept_confirm=True)
+        assert "route shop: deleted" in p.text()
 
         # allowlist: add a network with a note
         p.go("/ui/allowlist")

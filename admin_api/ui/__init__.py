@@ -21,7 +21,7 @@ from aiohttp import web
 
 from admin_api.auth import Authenticator
 from admin_api.common import ApiError
-from admin_api.ui import pages_access, pages_inbound, pages_relay, views
+from admin_api.ui import pages_access, pages_inbound, pages_relay, pages_routes, views
 from admin_api.ui.session import Sessions
 from admin_api.ui.views import AUTHN_KEY, SESSIONS_KEY
 
@@ -60,7 +60,7 @@ def setup(app: web.Application, authenticator: Authenticator) -> None:
     router = web.UrlDispatcher()
     # the pages' own routes first: "/ui/channels/{name}/filters" before views' "/ui/channels/{name}/{action}"
     for method, path, handler in (*pages_inbound.ROUTES, *pages_access.ROUTES, *pages_relay.ROUTES,
-                                  *views.ROUTES):
+                                  *pages_routes.ROUTES, *views.ROUTES):
         router.add_route(method, path, handler)
     app[DISPATCH_KEY] = router
 

@@ -1,9 +1,8 @@
-"""Console pages of the outbound side's configuration and exports: smarthost routes (list, the "test"
-button), DKIM keys (the DNS TXT record to publish), event webhooks (status, deliveries, retry pending now),
-and CSV downloads of the bounces and suppressions lists as currently searched.
+"""Console pages of DKIM keys (the DNS TXT record to publish), event webhooks (status, deliveries, retry
+pending now), and CSV downloads of the bounces and suppressions lists as currently searched (the routes
+are in ``pages_routes.py``).
 
-The same calls as the API: ``routes_routes.present`` and ``relay.delivery.routes.smtp_test`` (with the
-API's redaction), ``routes_dkim.keys``, ``routes_webhooks.statuses/retry_pending`` and
+The same calls as the API: ``routes_dkim.keys``, ``routes_webhooks.statuses/retry_pending`` and
 ``store.outbox.deliveries``, ``store.bounces.list/suppressions``. No SQL here."""
 
 from __future__ import annotations
@@ -14,56 +13,16 @@ from typing import Any, AsyncIterator
 
 from aiohttp import web
 
-from admin_api import routes_dkim, routes_routes, routes_suppressions, routes_webhooks
+from admin_api import routes_dkim, routes_suppressions, routes_webhooks
 from admin_api.common import ApiError, iso
 from admin_api.ui.views import SESSION, Handler, back, param, rb, render, signed_in, writes
-from relay.delivery.routes import smtp_test
 from store import suppressions as supp
-from store.history import redact_transcript
 
 EXPORT_PAGE = 1000
 BOUNCE_FILTERS = ("address", "category", "kind", "reason")
 BOUNCE_COLUMNS = ("id", "at", "address", "category", "kind", "reason", "status", "diagnostic", "source",
                   "message_id", "recipient_id")
 DELIVERY_STATES = ("pending", "delivered", "failed")
-
-
-# ---- routes --------------------------------------------------------------------------------------------
-def _route_list(request: web.Request) -> list[Any]:
-    return list(rb(request).settings.relay.routes)
-
-
-async def _routes_page(request: web.Request, test: dict[str, Any] | None = None) -> web.Response:
-    items = [routes_routes.present(r) for r in _route_list(request)]
-    return render(request, "routes.html", {"page": "routes", "items": items, "test": test})
-
-
-@signed_in
-async def routes_list(request: web.Request) -> web.StreamResponse:
-    return await _routes_page(request)
-
-
-async def run_route_test(request: web.Request, name: str) -> dict[str, Any]:
-    """``POST /api/v1/routes/{name}/test``'s steps: the SMTP test with the route's own settings, its
-    transcript redacted, and nothing shown at all if the route's password would be."""
-    route = next((r for r in _route_list(request) if r.name == name), None)
-    if route is None:
-        raise ApiError(404, "not_found", f"no route {name}")
-    rc = rb(request).settings.relay
-    helo = rc.delivery.helo_name or rc.smtp.hostname
-    success, summary, lines = await smtp_test(route, helo, min(float(rc.delivery.connect_timeout), 30.0))
-    out = {"route": route.name, "ok": bool(success), "result": summary,
-           "transcript": redact_transcript(list(lines))}
-    if route.password and route.password in str(out):
-        out["transcript"], out["result"] = [], "output withheld: it contained the route's password"
-    out["words"] = "Connection succeeded" if success else f"Connection failed: {out['result']}"
-    return out
-
-
-@writes
-async def route_test(request: web.Request) -> web.StreamResponse:
-    """The answer is the routes page with the result and its transcript (a test changes nothing)."""
-    return await _routes_page(request, await run_route_test(request, param(request, "name")))
 
 
 # ---- DKIM ----------------------------------------------------------------------------------------------
@@ -177,7 +136,6 @@ async def suppressions_csv(request: web.Request) -> web.StreamResponse:
 
 
 ROUTES: list[tuple[str, str, Handler]] = [
-    ("GET", "/ui/routes", routes_list), ("POST", "/ui/routes/{name}/test", route_test),
     ("GET", "/ui/dkim", dkim_keys),
     ("GET", "/ui/webhooks", webhooks), ("GET", "/ui/webhooks/{name}", webhook_deliveries),
     ("POST", "/ui/webhooks/{name}/retry", webhook_retry),
