@@ -209,3 +209,37 @@ async def test_selection_by_auth_user_and_by_header_which_is_removed(tmp_path):
     finally:
         for s in (by_user, by_header, by_domain):
             await s.stop()
+
+
+async def test_a_reload_seeds_the_config_routes_and_the_api_shows_them(tmp_path, hub):
+    from relaybox.app import App
+    from relaybox.settings import load
+    from tests.admin_support import TOKEN, Api
+    from tests.peers.relaybox_proc import write_config
+
+    smtp_port, admin_port = free_port(), free_port()
+    path = str(tmp_path / "relaybox.toml")
+
+    def conf(routes: list[dict]) -> None:
+        write_config(path, {"smtp": {"listen": [f"127.0.0.1:{smtp_port}"], "hostname": "relay.test"},
+                            "storage": {"path": str(tmp_path / "relaybox.db"), "min_free": 0.0},
+                            "admin": {"listen": f"127.0.0.1:{admin_port}", "tokens": [TOKEN]},
+                            "[[routes]]": routes})
+
+    conf([{"name": "old", "host": "127.0.0.1", "port": hub.port, "tls": "none"}])
+    app = App(load(path))
+    await app.start()
+    api = Api(f"http://127.0.0.1:{admin_port}", TOKEN)
+    try:
+        st, _ = await api.call("POST", "/api/v1/routes?validate=skip",
+                               json={"name": "mine", "host": "127.0.0.1", "port": hub.port, "tls": "none"})
+        assert st == 201
+        conf([{"name": "new", "host": "127.0.0.1", "port": hub.port, "tls": "none", "default": True}])
+        await app.reload()
+        st, r = await api.call("GET", "/api/v1/routes")
+        assert [(x["name"], x["source"]) for x in r["items"]] == [("mine", "api"), ("new", "config")]
+        assert app.routes.router.default is not None and app.routes.router.default.name == "new"
+        assert app.scheduler is not None and app.scheduler.delivery.router is app.routes.router
+    finally:
+        await api.close()
+        await app.stop(timeout=5)
