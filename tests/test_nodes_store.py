@@ -194,3 +194,105 @@ async def test_notifications_reconnect_when_the_connection_is_killed(postgres_se
         listener.stop()
         s.close()
         postgres_server.drop_database(url)
+
+
+# ---- relaybox.cluster over a real store (SQLite: the one node) --------------------------------------------
+
+class FakeApp:
+    """What Cluster reads of the App: the store, the settings' [cluster] section, spool, policy, scheduler."""
+
+    def __init__(self, store: Store, name: str, singletons: bool = True):
+        from relaybox.cluster import ClusterConfig
+
+        self.store = store
+        self.singletons = singletons
+        self.settings = type("S", (), {"section": staticmethod(
+            lambda n: ClusterConfig(node_name=name, lease=3, heartbeat=0.5) if n == "cluster" else None)})()
+        self.refreshes = 0
+        self.wakes = 0
+        app = self
+
+        class Policy:
+            async def refresh(self) -> None:
+                app.refreshes += 1
+                await asyncio.sleep(0.05)                 # a read of the allowlist takes a while
+
+        class Scheduler:
+            owner = None
+
+            def notify(self) -> None:
+                app.wakes += 1
+
+        self.policy, self.scheduler = Policy(), Scheduler()
+
+
+async def test_cluster_leads_holds_channels_and_hands_them_over(store):
+    from relaybox.cluster import Cluster
+
+    a, b = Cluster(FakeApp(store, "a")), Cluster(FakeApp(store, "b"))
+    b.owner = "other-host:1"                       # a second node on the same database
+    worker = Cluster(FakeApp(store, "w", singletons=False))
+    worker.owner = "other-host:2"
+    await a.start()
+    await b.start()
+    await worker.start()
+    try:
+        assert a.is_leader() and not b.is_leader() and not worker.is_leader()
+        assert await a.channels({"sales", "support"}) == {"sales", "support"}
+        assert await b.channels({"sales", "support"}) == set()
+        assert await a.channels({"sales"}) == {"sales"}          # support given back at once
+        assert await b.channels({"sales", "support"}) == {"support"}
+        listing = {n.name: n for n in await store.nodes.list_nodes(3)}
+        assert listing["a"].leader and listing["a"].channels == ("sales",)
+        assert listing["b"].channels == ("support",) and listing["w"].alive
+    finally:
+        await a.stop()                              # clean stop: leases released, node marked stopped
+    assert await b.channels({"sales", "support"}) == {"sales", "support"}
+    await asyncio.sleep(0.7)                        # b's next heartbeat takes the free leader lease
+    assert b.is_leader() and not worker.is_leader()
+    listing = {n.name: n for n in await store.nodes.list_nodes(3)}
+    assert not listing["a"].alive and listing["a"].stopped_at is not None
+    await b.stop()
+    await worker.stop()
+
+
+async def test_cluster_notifications_refresh_the_policy_and_wake_the_scheduler(store):
+    from relaybox.cluster import Cluster
+
+    app = FakeApp(store, "a")
+    c = Cluster(app)
+    await c.start()
+    try:
+        c._notified(QUEUE_CHANNEL, "")
+        c._notified(CONFIG_CHANNEL, "allowlist")
+        c._notified(CONFIG_CHANNEL, "smtp_users")          # before the refresh ran: the same refresh
+        c._notified(CONFIG_CHANNEL, "campaigns")           # nothing cached: no refresh
+        await asyncio.sleep(0.02)
+        assert app.wakes == 1 and app.refreshes == 1
+        c._notified(CONFIG_CHANNEL, "allowlist")           # during the refresh: one more after it
+        await asyncio.sleep(0.2)
+        assert app.refreshes == 2
+        c._notified(RECONNECTED, "")                       # after an outage: everything again
+        await asyncio.sleep(0.1)
+        assert app.wakes == 2 and app.refreshes == 3
+    finally:
+        await c.stop()
+
+
+async def test_cluster_keeps_its_channels_while_the_store_fails_until_the_lease_ends(store):
+    from relaybox.cluster import Cluster
+
+    c = Cluster(FakeApp(store, "a"))
+    await c.start()
+    try:
+        assert await c.channels({"x"}) == {"x"}
+        store.db.fail_commits = OSError("disk gone")
+        assert await c.channels({"x"}) == {"x"}            # not renewed, not expired either
+        await asyncio.sleep(3.0 - 0.5 + 0.1)               # lease minus the heartbeat margin
+        assert await c.channels({"x"}) == set() and not c.is_leader()
+        assert c.error is not None and "disk gone" in c.error
+        store.db.fail_commits = None
+        assert await c.channels({"x"}) == {"x"}
+    finally:
+        store.db.fail_commits = None
+        await c.stop()
