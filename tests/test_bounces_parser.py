@@ -423,3 +423,19 @@ def test_a_quoted_local_part_keeps_its_quotes_only_when_it_needs_them():
     assert r.address == '"neko....nyaan...."@libsisimai.org'
     [plain] = parse(dsn(rcpt='"bob"@example.net')).recipients
     assert plain.address == "bob@example.net"
+
+
+def test_yahoo_unknown_mailbox_at_end_of_data_is_still_user_unknown():
+    text = ("SMTP error from remote mail server after end of data: 554 delivery error: dd This user doesn't "
+            "have a yahoo.com account (nobody-here@yahoo.com) [0] - mta1061.mail.ne1.yahoo.com")
+    assert classify(text, "") == "userunknown" and kind("userunknown", "5.0.0") == "hard"
+    # the content refused after DATA with a user-unknown wording stays a filter
+    assert classify("550 5.7.1 after end of data: User unknown", "") == "filtered"
+
+
+def test_raw_iso_2022_jp_in_a_delivery_status_part_is_decoded():
+    jis = "ユーザーNeko (neko@example.co.jp) は Domino ディレクトリには見つかりません。".encode("iso-2022-jp")
+    raw = dsn(status="5.0.0", rcpt="neko@example.co.jp", diag="X-Notes; JIS").replace(b"JIS", jis)
+    [r] = parse(raw).recipients
+    assert "Domino ディレクトリには見つかりません" in r.diagnostic
+    assert (r.reason, r.kind) == ("userunknown", "hard")

@@ -69,20 +69,33 @@ def decode_text(part: Message) -> str:
         payload = part.get_payload()
         return payload[:MAX_TEXT] if isinstance(payload, str) else ""
     data = data[: MAX_TEXT * 4]
-    charset = part.get_content_charset() or "utf-8"
+    charset = part.get_content_charset()
     try:
-        text = data.decode(charset, errors="replace")
+        text = data.decode(charset or "utf-8", errors="replace")
     except LookupError:
         text = data.decode("utf-8", errors="replace")
-    return text[:MAX_TEXT]
+    return (text if charset else _jis(text))[:MAX_TEXT]
 
 
 def _utf8(text: str) -> str:
     """Header-derived text from compat32 carries raw 8-bit bytes as surrogates: decode them as UTF-8."""
     try:
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        return _jis(text.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
     except UnicodeError:
         return text
+
+
+def _jis(text: str) -> str:
+    """ISO-2022-JP is 7-bit: a delivery-status part without a charset may carry it raw (Lotus Domino,
+    Notes). Lines with its escape sequences are decoded; everything else is left as it is."""
+    if "\x1b$" not in text:
+        return text
+    out = []
+    for line in text.split("\n"):
+        if "\x1b$" in line and line.isascii():
+            line = line.encode("ascii").decode("iso-2022-jp", errors="replace")
+        out.append(line)
+    return "\n".join(out)
 
 
 def _payload_text(part: Message) -> str:

@@ -117,7 +117,9 @@ _RULES: list[tuple[str, str]] = [
                     r"utilisateur inconnu|destinataire inconnu|"
                     r"adresse (?:destinataire )?(?:inconnue|invalide)|"
                     r"usuario (?:desconocido|no existe)|destinatario desconocido|usu[aá]rio desconhecido|"
-                    r"utente (?:sconosciuto|inesistente)|onbekende (?:gebruiker|ontvanger)"),
+                    r"utente (?:sconosciuto|inesistente)|onbekende (?:gebruiker|ontvanger)|"
+                    # ja (Lotus Domino / Notes: "not found in the directory", "not in the directory list")
+                    r"ディレクトリ(?:には見つかりません|のリストにありません)"),
     ("securityerror", r"starttls|\btls\b.{0,30}required|must issue a|encryption required|"
                       r"authentication (?:is )?required|(?:must|need to) authenticate|"
                       r"submission (?:port|service)|certificate|unauthenticated sender|"
@@ -188,6 +190,9 @@ _STRONG = [(reason, re.compile(rx)) for reason, rx in [
                  r"sent to too many recipients"),
     ("toomanyconn", r"(?:ip|connection) frequency limited"),
     ("suspend", r"temporar(?:y|ily) locked|recipient account is (?:blocked|locked)"),
+    # Yahoo answers a nonexistent mailbox at the end of DATA: "554 delivery error: dd This user doesn't
+    # have a yahoo.com account" (still the address, not the content)
+    ("userunknown", r"(?:doesn't|does not) have an? \S+ account"),
 ]]
 
 # RFC 3463 (and later registrations) subject.detail -> reason, used when no phrase matched.
@@ -319,7 +324,7 @@ def classify(diagnostic: str, status: str, action: str = "", context: str = "") 
     if not reason:
         reason = "expired" if action == "delayed" else "undefined"
     command = smtp_command(diagnostic) or smtp_command(context)
-    if command == "DATA" and reason == "userunknown" and sub not in _DECISIVE:
+    if command == "DATA" and reason == "userunknown" and sub not in _DECISIVE and not strong:
         return "filtered"       # the user existed at RCPT; the content was refused
     if command == "MAIL" and (reason in ("userunknown", "hostunknown", "undefined", "notaccept")
                               or (reason == "blocked" and not _NAMES_CLIENT.search(low))):
