@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from store.errors import guarded
 from store.messages import add_event, set_status
+from store.postgres import dialect
 from store.sqlite import Database
 from store.states import Status
 
@@ -117,7 +118,10 @@ def _dead_sending(conn: Conn, now: float, ttl: float) -> list[Mapping[str, Any]]
     return conn.execute(
         "SELECT r.id, r.message_id, r.lease_owner FROM recipients r JOIN nodes n ON n.owner = r.lease_owner"
         " WHERE r.status = 'sending' AND (n.stopped_at IS NOT NULL OR n.heartbeat_at < ?)"
-        " ORDER BY r.id", (now - ttl,)).fetchall()
+        " ORDER BY r.id"
+        # PostgreSQL: rows a claim holds right now are skipped (they are that claim's, not the dead node's)
+        + (" FOR UPDATE OF r SKIP LOCKED" if dialect(conn) == "postgresql" else ""),
+        (now - ttl,)).fetchall()
 
 
 def _recover_dead(conn: Conn, now: float, ttl: float, poison_limit: int) -> dict[str, int]:
