@@ -264,8 +264,8 @@ def test_corpus_accuracy_stays_above_targets():
     assert f["crashes"] == 0
     assert f["recipients"] >= 98.0
     assert f["status"] >= 90.5
-    assert f["reason"] >= 85.5
-    assert f["hardsoft"] >= 92.0
+    assert f["reason"] >= 86.5
+    assert f["hardsoft"] >= 92.5
     # one sample labelled "not-bounce" is a real mailbox-full notice; nothing else may be a false bounce
     assert f["false_bounces"] <= 1
 
@@ -339,10 +339,12 @@ remains undelivered.
     ("lhost-sendmail-34.eml", "libsisimai@example.jp", "policyviolation", "soft"),
     ("rfc3464-61.eml", "kijitora@example.com", "spamdetected", "soft"),
     ("lhost-exim-41.eml", "kijitora@example.net", "requireptr", "soft"),
+    # procmail failing to write the mailbox is the local mailer's error, not an unknown user
+    ("lhost-postfix-01.eml", None, "mailererror", "soft"),
 ])
 def test_corpus_samples_of_the_fixed_families(name, address, reason, kind_):
     p = parse(_sample(name))
-    r = next(r for r in p.recipients if r.address == address)
+    r = next(r for r in p.recipients if address in (None, r.address))
     assert (p.category, r.reason, r.kind) == ("bounce", reason, kind_)
 
 

@@ -190,6 +190,7 @@ _STRONG = [(reason, re.compile(rx)) for reason, rx in [
                  r"sent to too many recipients"),
     ("toomanyconn", r"(?:ip|connection) frequency limited"),
     ("suspend", r"temporar(?:y|ily) locked|recipient account is (?:blocked|locked)"),
+    ("mailererror", r"^procmail: "),          # the local delivery agent failed, whatever it says next
     # Yahoo answers a nonexistent mailbox at the end of DATA: "554 delivery error: dd This user doesn't
     # have a yahoo.com account" (still the address, not the content)
     ("userunknown", r"(?:doesn't|does not) have an? \S+ account"),
