@@ -41,6 +41,7 @@ from relay.delivery.mx import MXResolver
 log = logging.getLogger("relay.dnsbl")
 
 LISTED, CLEAR, UNKNOWN = "listed", "clear", "unknown"
+CONCURRENCY = 8                      # questions in flight: polite to the zones' servers
 MX_ROUTE = "mx"                      # the name of direct MX delivery, as in tracking.routes
 _DEFAULT_ROUTE_PROBE = "192.0.2.1"   # TEST-NET-1: only used to ask the kernel which source it would pick
 _DEFAULT_ROUTE_PROBE6 = "2001:db8::1"
@@ -183,20 +184,32 @@ class DnsblChecker:
         self.state: dict[tuple[str, str], Listing] = {}
         self.checked_at: float | None = None
         self.wake = asyncio.Event()
+        self._lock = asyncio.Lock()          # one round at a time (the loop and "check now" may meet)
 
     @property
     def enabled(self) -> bool:
         return self.cfg.enabled and bool(self.cfg.zones)
 
     async def check_now(self) -> list[Listing]:
-        """Every (address, zone) pair once, concurrently; the new state is kept and returned."""
+        """Every (address, zone) pair once, at most ``CONCURRENCY`` questions at a time; the new state is kept
+        and returned."""
+        async with self._lock:
+            return await self._round()
+
+    async def _round(self) -> list[Listing]:
         if self.resolver is None:
             self.resolver = make_resolver(self.cfg, self.relay)
         resolver = self.resolver
         live = list(self.routes()) if self.routes is not None else None
         where = await asyncio.to_thread(targets, self.cfg, self.relay, self.learn, live)
         pairs = [(ip, zone.strip(".").lower()) for ip in where for zone in self.cfg.zones]
-        results = await asyncio.gather(*(check_pair(resolver, ip, zone) for ip, zone in pairs))
+        gate = asyncio.Semaphore(CONCURRENCY)
+
+        async def one(ip: str, zone: str) -> tuple[str, tuple[str, ...], str]:
+            async with gate:
+                return await check_pair(resolver, ip, zone)
+
+        results = await asyncio.gather(*(one(ip, zone) for ip, zone in pairs))
         now = self.clock()
         for (ip, zone), (status, codes, text) in zip(pairs, results, strict=True):
             self._update(Listing(ip, zone, status, codes, text, now, now, where[ip]))

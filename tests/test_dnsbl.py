@@ -280,3 +280,29 @@ async def test_an_address_no_longer_learned_is_forgotten(dns_server):
     assert (s.ip, s.status, s.routes) == ("1.2.3.20", "clear", ("hub",)) and gauge("1.2.3.20", "bl.test") == 0
     learned.clear()                                   # the route now leaves from a private address
     assert await checker.check_now() == [] and gauge("1.2.3.20", "bl.test") is None
+
+
+async def test_a_round_asks_at_most_a_few_questions_at_a_time_and_rounds_do_not_overlap():
+    import dns.resolver
+
+    from relay import dnsbl
+
+    class CountingResolver:
+        def __init__(self):
+            self.now = self.peak = self.asked = 0
+
+        async def resolve(self, name, rdtype, search=False):
+            self.now += 1
+            self.asked += 1
+            self.peak = max(self.peak, self.now)
+            await asyncio.sleep(0.01)
+            self.now -= 1
+            raise dns.resolver.NXDOMAIN()
+
+    ips = [f"198.51.100.{i}" for i in range(1, 31)]
+    cfg = DnsblConfig(enabled=True, zones=["a.test", "b.test"], sending_ips=ips, learn=False)
+    resolver = CountingResolver()
+    checker = DnsblChecker(RelayConfig(dnsbl=cfg), resolver=resolver)
+    first, second = await asyncio.gather(checker.check_now(), checker.check_now())
+    assert len(first) == len(second) == 60 and resolver.asked == 120
+    assert resolver.peak == dnsbl.CONCURRENCY      # never more: the two rounds ran one after the other
