@@ -239,6 +239,14 @@ class NodeStore:
             return sorted(nodes, key=lambda n: (not n.alive, n.name, n.owner))
         return await self.db.read(guarded(_q))
 
+    async def sending_owners(self) -> list[str]:
+        """The lease owners of recipients in 'sending' (registered as nodes or not)."""
+        def _q(conn: Conn) -> list[str]:
+            return [r[0] for r in conn.execute(
+                "SELECT DISTINCT lease_owner FROM recipients"
+                " WHERE status='sending' AND lease_owner IS NOT NULL ORDER BY lease_owner")]
+        return await self.db.read(guarded(_q))
+
     async def leases(self) -> list[Lease]:
         """Every lease row (expired ones included), by name."""
         def _q(conn: Conn) -> list[Lease]:

@@ -296,3 +296,36 @@ async def test_cluster_keeps_its_channels_while_the_store_fails_until_the_lease_
     finally:
         store.db.fail_commits = None
         await c.stop()
+
+
+async def test_recovery_at_start_on_postgresql_returns_only_dead_processes_claims(postgres_server, tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from relaybox.cluster import Cluster
+
+    url = postgres_server.create_database()
+    s = Store(url, key_file=str(tmp_path / "k")).open()
+    try:
+        gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True)
+        host = socket.gethostname()
+        owners = {"dead_here": f"{host}:{int(gone.stdout)}",      # this machine, process gone
+                  "alive_here": f"{host}:{os.getppid()}",         # this machine, process running
+                  "node_elsewhere": "mx2:4242",                    # a live node of another machine
+                  "unknown_elsewhere": "mx3:77"}                   # not registered: its lease decides
+        await s.nodes.register(reg("mx2:4242"))
+        qids = {}
+        for key, owner in owners.items():
+            qids[key] = await s.messages.enqueue(msg(len(qids)))
+            assert await s.messages.claim(owner, limit=1, lease=300)
+        stats = await Cluster(FakeApp(s, "me")).recover()
+        assert stats["requeued"] == 1
+        got = {k: [r.status for r in await s.messages.recipients(q)] for k, q in qids.items()}
+        assert got == {"dead_here": ["queued"], "alive_here": ["sending"], "node_elsewhere": ["sending"],
+                       "unknown_elsewhere": ["sending"]}
+    finally:
+        s.close()
+        postgres_server.drop_database(url)
