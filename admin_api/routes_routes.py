@@ -297,6 +297,7 @@ async def test_route(request: web.Request) -> web.Response:
 
 # ---- OpenAPI ---------------------------------------------------------------------------------------
 NAME = Param("name", where="path", required=True)
+BY_NAME = "/api/v1/routes/{name:(?!resolve$)[^/]+}"      # /routes/resolve is not a route's name
 VALIDATE_PARAM = Param("validate", enum=list(VALIDATE),
                        description="report (default): save and report the test; strict: save only if the"
                                    " test succeeds (else 422); skip: no test")
@@ -349,14 +350,14 @@ ROUTES = [
            Param("client_ip", description="the submitting client's address"),
            Param("route", description="an X-Relaybox-Route header's value")],
           response={"type": "object"}),
-    Route("GET", "/api/v1/routes/{name}", show_route, "One route with status", "routes", [NAME],
+    Route("GET", BY_NAME, show_route, "One route with status", "routes", [NAME],
           response=ROUTE, errors=(404,)),
-    Route("PUT", "/api/v1/routes/{name}", _changer(False), "Replace a route's settings (password kept when"
+    Route("PUT", BY_NAME, _changer(False), "Replace a route's settings (password kept when"
           " left out or ***)", "routes", [NAME, VALIDATE_PARAM], body=BODY, response=SAVED,
           errors=(404, 409, 422)),
-    Route("PATCH", "/api/v1/routes/{name}", _changer(True), "Change the given settings of a route",
+    Route("PATCH", BY_NAME, _changer(True), "Change the given settings of a route",
           "routes", [NAME, VALIDATE_PARAM], body=BODY, response=SAVED, errors=(404, 409, 422)),
-    Route("DELETE", "/api/v1/routes/{name}", delete_route, "Remove a route (not one of the config file)",
+    Route("DELETE", BY_NAME, delete_route, "Remove a route (not one of the config file)",
           "routes", [NAME], response={"type": "object"}, errors=(404, 409)),
     Route("POST", "/api/v1/routes/{name}/test", test_route,
           "Full SMTP test: connect, EHLO, STARTTLS, AUTH, MAIL FROM, RCPT TO, RSET (send: a test message)",

@@ -207,6 +207,8 @@ def route_problems(r: RouteConfig) -> list[str]:
     if not isinstance(r.name, str) or not _ROUTE_NAME.match(r.name):
         return [f"routes.{r.name}.name: expected a slug of a-z, 0-9, '-' and '_' (at most 63, starting"
                 f" with a letter or digit), got {r.name!r}"]
+    if r.name == "resolve":
+        return ["routes.resolve.name: 'resolve' is reserved (GET /api/v1/routes/resolve)"]
     at, out = f"routes.{r.name}", []
     if r.tls not in ROUTE_TLS_MODES:
         out.append(f'{at}.tls: expected "none", "starttls" or "implicit", got {r.tls!r}')
