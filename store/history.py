@@ -258,16 +258,23 @@ def _where_status(f: MessageFilter, conn: sqlite3.Connection, clauses: list[str]
 
 # ---- substring search ----------------------------------------------------------------------------------
 TRIGRAM_MIN = 3          # characters: shorter terms have no trigram to look up
-SPARSE = 2000            # candidates the index hands over; a term whose every trigram has more walks the list
-PROBES = 3               # trigrams of a term looked up at most (first, middle, last): a common term costs
-                         # PROBES reads of SPARSE index rows before the walk
-# searched column -> (FTS5 table of migration 0013, the column as the check reads it)
-_SEARCH = {"address": ("recipients_search", "r.address"), "sender": ("senders_search", "m.sender"),
-           "subject": ("subjects_search", "COALESCE(m.subject, '')")}
+PROBES = 3               # trigrams of a term looked up at most (first, middle, last)
+SPARSE = 2000            # distinct values one trigram may hand over (every trigram has more: the walk)
+ROWS = 10000             # rows with the matching values looked up by value (more: a common term, the walk)
+VALUES = 500             # matching values the walk may check with IN (more: with LIKE)
+# searched column -> (distinct-value table of migration 0013, the column as the check reads it)
+_SEARCH = {"address": ("search_addresses", "r.address"), "sender": ("search_senders", "m.sender"),
+           "subject": ("search_subjects", "COALESCE(m.subject, '')")}
+_BY_VALUE = {  # the rows carrying some values: looked up through the column's index, or checked in the walk
+    "address": ("m.id IN (SELECT message_id FROM recipients WHERE address IN ({}))",
+                "EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id AND +r.address IN ({}))"),
+    "sender": ("m.id IN (SELECT id FROM messages WHERE sender IN ({}))", "+m.sender IN ({})"),
+    "subject": ("m.id IN (SELECT id FROM messages WHERE subject IN ({}))", "+m.subject IN ({})"),
+}
 
 
 def _trigrams(value: str) -> list[str]:
-    """Distinct trigrams of ``value``, at most ``PROBES``, spread from both ends inwards."""
+    """Distinct trigrams of ``value``, at most ``PROBES``, spread over it (first, middle, last)."""
     grams = list(dict.fromkeys(value[i:i + 3].lower() for i in range(len(value) - 2)))
     if len(grams) <= PROBES:
         return grams
@@ -275,29 +282,32 @@ def _trigrams(value: str) -> list[str]:
     return list(dict.fromkeys(grams[round(i * step)] for i in range(PROBES)))
 
 
-def _indexed_ids(conn: sqlite3.Connection, column: str, value: str) -> list[str] | None:
-    """Ids of the messages whose ``column`` contains ``value`` (case-insensitive): the rows of the term's
-    rarest trigram in the trigram index (fewer than ``SPARSE``), checked with LIKE. None when the term is
-    too short for the index, or every trigram is common: then walking the messages newest first and
-    checking each fills a page sooner than the index would hand its rows over."""
+def _matching_values(conn: sqlite3.Connection, column: str, value: str) -> list[tuple[str, int]] | None:
+    """The distinct values of ``column`` containing ``value`` (case-insensitive) with how many rows carry
+    each: the values of the term's rarest trigram in the trigram index (fewer than ``SPARSE``), checked with
+    LIKE. None when the term is too short for the index or all its trigrams are common."""
     if len(value) < TRIGRAM_MIN:
         return None
-    table, checked = _SEARCH[column]
+    table = _SEARCH[column][0]
     best: list[int] | None = None
     for gram in _trigrams(value):
-        rows = [r[0] for r in conn.execute(f"SELECT rowid FROM {table} WHERE {table} MATCH ? LIMIT ?",
-                                           ('"' + gram.replace('"', '""') + '"', SPARSE))]
-        if best is None or len(rows) < len(best):
-            best = rows
+        try:
+            ids = [r[0] for r in conn.execute(
+                f"SELECT rowid FROM {table}_fts WHERE {table}_fts MATCH ? LIMIT ?",
+                ('"' + gram.replace('"', '""') + '"', SPARSE))]
+        except sqlite3.OperationalError:    # a database from a development build of migration 0013
+            return None
+        if best is None or len(ids) < len(best):
+            best = ids
         if len(best) < SPARSE // 10:
             break
     if best is None or len(best) >= SPARSE:
         return None
     if not best:
         return []
-    return [r[0] for r in conn.execute(
-        "SELECT DISTINCT r.message_id FROM recipients r JOIN messages m ON m.id = r.message_id"
-        f" WHERE r.id IN ({_marks(len(best))}) AND {_contains(checked)}", (*best, _like(value)))]
+    return [(r[0], int(r[1])) for r in conn.execute(
+        f"SELECT value, n FROM {table} WHERE id IN ({_marks(len(best))}) AND {_contains('value')}",
+        (*best, _like(value)))]
 
 
 def _where_text(f: MessageFilter, conn: sqlite3.Connection, clauses: list[str], args: list[Any]) -> None:
@@ -313,11 +323,16 @@ def _where_text(f: MessageFilter, conn: sqlite3.Connection, clauses: list[str], 
             clauses.append(rcpt.format(clause) if column == "address" else clause)
             args.append(_like(value))
             continue
-        ids = _indexed_ids(conn, column, value)
-        if ids is not None:
-            clauses.append(f"m.id IN ({_marks(len(ids))})" if ids else "0 = 1")
-            args += ids
-        else:
+        found = _matching_values(conn, column, value)
+        if found is not None and (sum(n for _, n in found) < ROWS or len(found) <= VALUES):
+            if not found:
+                clauses.append("0 = 1")
+                continue
+            lookup, walk = _BY_VALUE[column]
+            few = sum(n for _, n in found) < ROWS
+            clauses.append((lookup if few else walk).format(_marks(len(found))))
+            args += [v for v, _ in found]
+        else:       # a short or common term: walk the messages newest first, checking each
             clauses.append(rcpt.format(_contains(checked)) if column == "address" else _contains(checked))
             args.append(_like(value))
 

@@ -1,18 +1,16 @@
 """Substring search of the message list (recipient, sender, subject) through trigram indexes.
 
-SQLite: FTS5 tables with the ``trigram`` tokenizer (case-insensitive), one per searched column, so a
-trigram's list holds only that column's rows:
-
-- ``recipients_search(address)``: external content over ``recipients`` (rowid = ``recipients.id``, an
-  INTEGER PRIMARY KEY, stable through VACUUM): the index only, no copy of the text.
-- ``senders_search(sender)`` and ``subjects_search(subject)``: one row per message, keyed by the id of its
-  first recipient (messages have no stable integer key; recipients are only ever deleted with their
-  message), holding their own copy of the text so a cascaded delete can remove the row by rowid alone.
-
-Triggers on ``recipients`` keep all three: ``store.messages.insert_message`` writes the message before its
-recipients, so the first recipient's insert copies the message's sender and Subject (which never change
-after intake); the recipients' delete (the cascade of a message's) removes their rows. ``store.history``
-looks the rarest trigram of a term up and checks the candidates with LIKE (docs/admin-api.md, search).
+SQLite: the values searched repeat (a newsletter goes to the same addresses every week, an application sends
+from a few senders with a few subjects), so the index holds each *distinct* value once, with the number of
+rows carrying it: ``search_addresses``, ``search_senders``, ``search_subjects`` (id, value, n). Triggers on
+``recipients`` and ``messages`` count a value up on insert (an upsert: one B-tree step when it is known) and
+down on delete, removing it at zero; only a value seen for the first time is tokenized into the FTS5
+table over it (``..._fts``, ``trigram`` tokenizer, case-insensitive, external content: the index only, no
+copy of the text; the rowid is the value's INTEGER PRIMARY KEY, stable through VACUUM). A search finds the
+matching values through the rarest trigram of the term, checks them with LIKE, and then, knowing from
+``n`` how many rows carry them, either looks those rows up by value (``recipients_addr``,
+``messages_sender`` and the ``messages_subject`` index added here) or, for a common term, walks the
+messages newest first (``store.history``).
 
 PostgreSQL: ``pg_trgm`` GIN indexes on the same columns serve ``ILIKE '%term%'`` (the extension ships in
 the server package of Debian's postgresql-15; ``CREATE EXTENSION`` needs the database owner's CREATE
@@ -20,40 +18,52 @@ right, pg_trgm being a trusted extension). Without the extension the migration s
 searches stay correct, only unindexed.
 """
 
-SQL = """
-CREATE VIRTUAL TABLE recipients_search USING fts5(address, content = 'recipients', content_rowid = 'id',
-                                                  tokenize = 'trigram');
-CREATE VIRTUAL TABLE senders_search USING fts5(sender, tokenize = 'trigram');
-CREATE VIRTUAL TABLE subjects_search USING fts5(subject, tokenize = 'trigram');
+_KINDS = (("addresses", "recipients", "address"), ("senders", "messages", "sender"),
+          ("subjects", "messages", "subject"))
 
-INSERT INTO recipients_search(recipients_search) VALUES ('rebuild');
-INSERT INTO senders_search(rowid, sender)
-    SELECT MIN(r.id), m.sender FROM messages m JOIN recipients r ON r.message_id = m.id
-    WHERE m.sender <> '' GROUP BY m.id;
-INSERT INTO subjects_search(rowid, subject)
-    SELECT MIN(r.id), m.subject FROM messages m JOIN recipients r ON r.message_id = m.id
-    WHERE COALESCE(m.subject, '') <> '' GROUP BY m.id;
 
-CREATE TRIGGER recipients_search_insert AFTER INSERT ON recipients BEGIN
-    INSERT INTO recipients_search(rowid, address) VALUES (NEW.id, NEW.address);
-    INSERT INTO senders_search(rowid, sender)
-        SELECT NEW.id, m.sender FROM messages m WHERE m.id = NEW.message_id AND m.sender <> ''
-        AND NOT EXISTS (SELECT 1 FROM recipients o WHERE o.message_id = NEW.message_id AND o.id < NEW.id);
-    INSERT INTO subjects_search(rowid, subject)
-        SELECT NEW.id, m.subject FROM messages m WHERE m.id = NEW.message_id AND COALESCE(m.subject, '') <> ''
-        AND NOT EXISTS (SELECT 1 FROM recipients o WHERE o.message_id = NEW.message_id AND o.id < NEW.id);
+def _tables() -> str:
+    out = []
+    for kind, _, _ in _KINDS:
+        out.append(f"""
+CREATE TABLE search_{kind} (
+    id    INTEGER PRIMARY KEY,
+    value TEXT NOT NULL UNIQUE,
+    n     INTEGER NOT NULL
+);
+CREATE VIRTUAL TABLE search_{kind}_fts USING fts5(value, content = 'search_{kind}', content_rowid = 'id',
+                                                 tokenize = 'trigram');
+CREATE TRIGGER search_{kind}_new AFTER INSERT ON search_{kind} BEGIN
+    INSERT INTO search_{kind}_fts(rowid, value) VALUES (NEW.id, NEW.value);
 END;
-
-CREATE TRIGGER recipients_search_delete AFTER DELETE ON recipients BEGIN
-    INSERT INTO recipients_search(recipients_search, rowid, address) VALUES ('delete', OLD.id, OLD.address);
-    DELETE FROM senders_search WHERE rowid = OLD.id;
-    DELETE FROM subjects_search WHERE rowid = OLD.id;
+CREATE TRIGGER search_{kind}_gone AFTER DELETE ON search_{kind} BEGIN
+    INSERT INTO search_{kind}_fts(search_{kind}_fts, rowid, value) VALUES ('delete', OLD.id, OLD.value);
 END;
+""")
+    return "".join(out)
 
-CREATE TRIGGER recipients_search_address AFTER UPDATE OF address ON recipients BEGIN
-    INSERT INTO recipients_search(recipients_search, rowid, address) VALUES ('delete', OLD.id, OLD.address);
-    INSERT INTO recipients_search(rowid, address) VALUES (NEW.id, NEW.address);
+
+def _counting() -> str:
+    out = []
+    for kind, table, column in _KINDS:
+        nonempty = f"NEW.{column} <> ''"
+        out.append(f"""
+INSERT INTO search_{kind}(value, n)
+    SELECT {column}, COUNT(*) FROM {table} WHERE COALESCE({column}, '') <> '' GROUP BY {column};
+CREATE TRIGGER {table}_{kind}_in AFTER INSERT ON {table} WHEN {nonempty} BEGIN
+    INSERT INTO search_{kind}(value, n) VALUES (NEW.{column}, 1)
+        ON CONFLICT(value) DO UPDATE SET n = n + 1;
 END;
+CREATE TRIGGER {table}_{kind}_out AFTER DELETE ON {table} WHEN OLD.{column} <> '' BEGIN
+    UPDATE search_{kind} SET n = n - 1 WHERE value = OLD.{column};
+    DELETE FROM search_{kind} WHERE value = OLD.{column} AND n <= 0;
+END;
+""")
+    return "".join(out)
+
+
+SQL = _tables() + _counting() + """
+CREATE INDEX messages_subject ON messages(subject);
 """
 
 PG_SQL = """
