@@ -5,10 +5,10 @@ A message matches a status filter when any of its recipients has that status. Th
 a partition: ``outbox`` is every message with a recipient not (yet) delivered (scheduled, queued, sending,
 deferred, failed, bounced), ``sent`` every message whose recipients are all delivered (cancelled ones
 aside); a message with 2 delivered and 1 bounced recipient is in the Outbox, its ``status_summary`` saying
-so. Substring searches (recipient, sender, subject) of 3 characters or more go through the trigram index of
-migration 0013 (FTS5 on SQLite, pg_trgm on PostgreSQL); shorter ones, and terms so common that the index
-would hand over a large part of the table, walk the messages newest first and stop after a page. Bad filter
-values raise ValueError.
+so. Substring searches (recipient, sender, subject) of 3 characters or more go through the indexes of
+migration 0013 (distinct values with counts and an FTS5 trigram index over them on SQLite, pg_trgm on
+PostgreSQL); shorter ones, and terms so common that the index would hand over a large part of the table,
+walk the messages newest first and stop after a page. Bad filter values raise ValueError.
 Attempt transcripts are returned redacted (no AUTH argument), whatever the delivery engine stored.
 """
 
