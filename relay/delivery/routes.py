@@ -81,6 +81,10 @@ def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
         return None
 
 
+def _prefix(addr: ipaddress.IPv4Address | ipaddress.IPv6Address, plen: int) -> int:
+    return int(addr) >> (addr.max_prefixlen - plen)
+
+
 class Router:
     def __init__(self, routes: list[RouteConfig]):
         names = [r.name for r in routes]
@@ -95,7 +99,9 @@ class Router:
         self._by_address: dict[str, RouteConfig] = {}
         self._by_domain: dict[str, RouteConfig] = {}
         self._by_user: dict[str, RouteConfig] = {}
-        self._networks: list[tuple[Any, RouteConfig]] = []
+        # client networks by (IP version, prefix length) -> {network as an int: route}; the longest first
+        self._networks: dict[tuple[int, int], dict[int, RouteConfig]] = {}
+        self._by_client: dict[str, RouteConfig | None] = {}     # a few submitting clients: cached
         for r in routes:
             for a in r.from_addresses:
                 self._by_address.setdefault(a.strip().lower(), r)
@@ -106,8 +112,10 @@ class Router:
             for n in r.client_networks:
                 net = _network(n)
                 if net is not None:
-                    self._networks.append((net, r))
-        self._networks.sort(key=lambda pair: -pair[0].prefixlen)     # the most specific network first
+                    key = (net.version, net.prefixlen)
+                    self._networks.setdefault(key, {}).setdefault(_prefix(net.network_address, net.prefixlen),
+                                                                  r)
+        self._prefixes = sorted(self._networks, key=lambda k: -k[1])    # the most specific network first
         self.default = next((r for r in routes if r.default), None)
 
     def route_for(self, message: Message | Mapping[str, Any]) -> RouteConfig | None:
@@ -139,15 +147,26 @@ class Router:
         if user and user in self._by_user:
             return self._by_user[user]
         ip = message.get("client_ip")
-        if ip and self._networks:
-            try:
-                addr = ipaddress.ip_address(str(ip))
-            except ValueError:
-                return None
-            for net, r in self._networks:
-                if addr.version == net.version and addr in net:
-                    return r
-        return None
+        if not ip or not self._networks:
+            return None
+        ip = str(ip)
+        if ip in self._by_client:
+            return self._by_client[ip]
+        found = None
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            pass
+        else:
+            for version, plen in self._prefixes:
+                if version == addr.version:
+                    found = self._networks[(version, plen)].get(_prefix(addr, plen))
+                    if found is not None:
+                        break
+        if len(self._by_client) >= 4096:
+            self._by_client.clear()
+        self._by_client[ip] = found
+        return found
 
     def get(self, name: str) -> RouteConfig | None:
         return self.by_name.get(name)
