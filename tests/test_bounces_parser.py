@@ -218,18 +218,18 @@ def test_huge_message_is_bounded():
     head = dsn()
     raw = head.replace(b"--BND--", b"--BND\r\nContent-Type: application/octet-stream\r\n\r\n"
                        + b"A" * 20_000_000 + b"\r\n--BND--")
-    start = time.monotonic()
+    start = time.process_time()
     p = parse(raw)
-    assert time.monotonic() - start < 3
+    assert time.process_time() - start < 3
     assert p.category == "bounce" and p.recipients[0].address == "bob@example.net"
 
 
 def test_address_flood_is_bounded():
     raw = (b"From: postmaster@x.example\nSubject: Undeliverable\n\n"
            + b"\n".join(b"u%d@example.com" % i for i in range(100_000)))
-    start = time.monotonic()
+    start = time.process_time()        # CPU time: the bound is the parser's work, not the machine's load
     p = parse(raw)
-    assert time.monotonic() - start < 5
+    assert time.process_time() - start < 5
     assert len(p.recipients) <= 200
 
 
