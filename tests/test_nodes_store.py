@@ -329,3 +329,39 @@ async def test_recovery_at_start_on_postgresql_returns_only_dead_processes_claim
     finally:
         s.close()
         postgres_server.drop_database(url)
+
+
+async def test_retention_runs_only_on_the_leader(store):
+    from relay.config import StorageConfig
+    from relaybox.app import App
+    from relaybox.cluster import Cluster
+
+    class Node(FakeApp):
+        def __init__(self, name: str, owner: str):
+            super().__init__(store, name)
+            self.cluster = Cluster(self)
+            self.cluster.owner = owner
+            self.settings.relay = type("R", (), {"storage": StorageConfig()})()
+            self.prunes = 0
+            node = self
+
+            class Spool:
+                async def prune(self, body_days, meta_days, batch=500) -> int:
+                    node.prunes += 1
+                    return 0
+
+            self.spool = Spool()
+
+    a, b = Node("a", "host-a:1"), Node("b", "host-b:2")
+    await a.cluster.start()
+    await b.cluster.start()
+    loops = [asyncio.create_task(App._retention_loop(n, every=0.05)) for n in (a, b)]   # type: ignore[arg-type]
+    try:
+        await asyncio.sleep(0.4)
+        assert a.prunes >= 3 and b.prunes == 0          # b waits for the leadership, pruning nothing
+    finally:
+        for t in loops:
+            t.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
+        await a.cluster.stop()
+        await b.cluster.stop()
