@@ -228,6 +228,10 @@ async def test_the_index_is_there_on_each_backend_and_counts_exactly(open_store)
 
     def check(conn):
         if not isinstance(conn, sqlite3.Connection):
+            conn.execute("SET LOCAL enable_seqscan = off")     # a tiny table: show that the index can serve
+            plan = " ".join(str(r[0]) for r in conn.execute(
+                "EXPLAIN SELECT id FROM recipients WHERE address ILIKE ? ESCAPE '\\'", ("%A1@x%",)))
+            assert "recipients_address_trgm" in plan, plan
             return {r[0] for r in conn.execute("SELECT indexname FROM pg_indexes")}
         for kind, sql in (("addresses", "SELECT address, COUNT(*) FROM recipients GROUP BY address"),
                           ("senders", "SELECT sender, COUNT(*) FROM messages GROUP BY sender"),
