@@ -285,10 +285,17 @@ def _trigrams(value: str) -> list[str]:
 def _matching_values(conn: sqlite3.Connection, column: str, value: str) -> list[tuple[str, int]] | None:
     """The distinct values of ``column`` containing ``value`` (case-insensitive) with how many rows carry
     each: the values of the term's rarest trigram in the trigram index (fewer than ``SPARSE``), checked with
-    LIKE. None when the term is too short for the index or all its trigrams are common."""
-    if len(value) < TRIGRAM_MIN:
-        return None
+    LIKE; for a 1-2 character term, a scan of the distinct values. None when the term is common (all its
+    trigrams are, or a short term matches more than ``VALUES`` values)."""
     table = _SEARCH[column][0]
+    if len(value) < TRIGRAM_MIN:
+        # no trigram: scan the distinct values (far fewer than the rows), stopping once the term is common
+        try:
+            found = conn.execute(f"SELECT value, n FROM {table} WHERE {_contains('value')} LIMIT ?",
+                                 (_like(value), VALUES + 1)).fetchall()
+        except sqlite3.OperationalError:    # a database from a development build of migration 0013
+            return None
+        return None if len(found) > VALUES else [(r[0], int(r[1])) for r in found]
     best: list[int] | None = None
     for gram in _trigrams(value):
         try:

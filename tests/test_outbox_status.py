@@ -192,7 +192,9 @@ async def test_substring_search_through_the_index(open_store, monkeypatch):
     assert await _ids(s, recipient="USER17@dom1.TEST") == [ids[17]]          # case-insensitive
     assert await _ids(s, recipient="second") == sorted(ids[::10])              # any recipient
     assert await _ids(s, recipient="@dom2.") == sorted(ids[2::4])
-    assert await _ids(s, recipient="r3") == sorted([ids[3], *ids[30:40]])     # short: the scan
+    assert await _ids(s, recipient="r3") == sorted([ids[3], *ids[30:40]])     # short: distinct values
+    assert await _ids(s, subject="#7") == [ids[7]]
+    assert await _ids(s, recipient="Q") == []
     assert await _ids(s, recipient="nobody") == []
     assert await _ids(s, sender="BILLING2@") == sorted(ids[2::3])
     assert await _ids(s, subject="#7 ") == [ids[7]]
@@ -202,8 +204,15 @@ async def test_substring_search_through_the_index(open_store, monkeypatch):
     assert await _ids(s, subject="x%y") == []
     # terms whose every trigram is common walk the list instead, with the same answer
     monkeypatch.setattr(history, "SPARSE", 1)
+    monkeypatch.setattr(history, "VALUES", 0)
     assert await _ids(s, recipient="user17@") == [ids[17]]
     assert await _ids(s, recipient="@dom2.") == sorted(ids[2::4])
+    assert await _ids(s, recipient="r3") == sorted([ids[3], *ids[30:40]])
+    monkeypatch.setattr(history, "SPARSE", 2000)
+    monkeypatch.setattr(history, "VALUES", 500)
+    monkeypatch.setattr(history, "ROWS", 1)                     # found, but "common": the walk checks IN
+    assert await _ids(s, recipient="@dom2.") == sorted(ids[2::4])
+    assert await _ids(s, sender="billing1") == sorted(ids[1::3])
     monkeypatch.undo()
     # retention / delete: the index forgets a message with it (no ghost rows on either backend)
     await s.messages.delete(ids[17])
