@@ -53,6 +53,12 @@ def is_url(path_or_url: str) -> bool:
     return str(path_or_url).startswith(("postgresql://", "postgres://"))
 
 
+def redact(text: str) -> str:
+    """A driver's error text without a password that a connection string in it might carry."""
+    text = re.sub(r"password\s*=\s*\S+", "password=***", text)
+    return re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", text)
+
+
 @functools.lru_cache(maxsize=2048)
 def translate(sql: str) -> str:
     """SQLite's ``?`` placeholders as psycopg's ``%s`` (not inside quoted literals or identifiers); every
