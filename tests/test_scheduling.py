@@ -255,3 +255,40 @@ async def test_cli_schedule_and_send_now_offline(tmp_path):
     r = await asyncio.to_thread(_cli, db, "send-now", qid)
     assert r.returncode == 1
     assert "no pending recipient (scheduled, queued or deferred) to send now" in r.stderr
+
+
+async def test_console_schedule_form(live):
+    import re
+
+    import aiohttp
+
+    from tests.admin_support import TOKEN
+
+    app, api = live
+    qid = await app.spool.enqueue(_msg())
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as s:
+        async with s.get(api.base + "/ui/login") as r:
+            csrf = re.search(r'name="csrf" value="([^"]+)"', await r.text())
+        assert csrf
+        form = {"csrf": csrf.group(1), "token": TOKEN.split(":", 1)[1]}
+        async with s.post(api.base + "/ui/login", data=form, allow_redirects=False) as r:
+            assert r.status in (302, 303)
+
+        async def page() -> str:
+            async with s.get(f"{api.base}/ui/messages/{qid}") as r:
+                assert r.status == 200
+                return await r.text()
+
+        html = await page()
+        assert 'id="schedule"' in html and 'id="action-send-now"' in html
+        token = re.search(r'name="csrf" value="([^"]+)"', html)
+        assert token
+        at = _rfc3339(time.time() + 900)
+        async with s.post(f"{api.base}/ui/messages/{qid}/schedule",
+                          data={"csrf": token.group(1), "at": at}) as r:
+            assert r.status == 200 and "schedule: done (1 changed)." in await r.text()
+        assert await _rcpts(app, qid) == [("scheduled", rfc3339(at))]
+        async with s.post(f"{api.base}/ui/messages/{qid}/schedule",
+                          data={"csrf": token.group(1), "at": "next week"}) as r:
+            assert "schedule: at: &#39;next week&#39; is not an RFC 3339" in await r.text()
+        assert await _rcpts(app, qid) == [("scheduled", rfc3339(at))]

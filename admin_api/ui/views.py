@@ -12,6 +12,7 @@ import functools
 import logging
 import os
 import secrets
+import time
 from typing import Any, Awaitable, Callable
 
 import aiohttp_jinja2
@@ -22,7 +23,7 @@ from admin_api import routes_channels
 from admin_api.auth import Authenticator
 from admin_api.bulk import WAIT
 from admin_api.common import APP_KEY, JOBS_KEY, ApiError, decode_cursor, encode_cursor
-from admin_api.routes_messages import ACTIONS, filter_from, run_action
+from admin_api.routes_messages import ACTIONS, filter_from, run_action, schedule_time
 from admin_api.ui import channel_form
 from admin_api.ui.preview import text_preview
 from admin_api.ui.session import COOKIE, IDLE, LOGIN_COOKIE, Session, Sessions
@@ -385,10 +386,13 @@ async def message_eml(request: web.Request) -> web.StreamResponse:
 async def message_action(request: web.Request) -> web.StreamResponse:
     qid, action = param(request, "id"), param(request, "action")
     s: Session = request[SESSION]
-    if action not in BULK_ACTIONS:
+    if action not in (*BULK_ACTIONS, "schedule"):
         raise ApiError(404, "not_found", f"no action {action}")
     try:
-        n = await run_action(rb(request), action, qid, actor(request))
+        at = None
+        if action == "schedule":       # the message page's "Send at" form (RFC 3339, as the API)
+            at = schedule_time(str((await request.post()).get("at", "")), time.time())
+        n = await run_action(rb(request), action, qid, actor(request), at=at)
     except ApiError as exc:
         if exc.status == 404:
             raise
