@@ -169,6 +169,14 @@ def metrics_dir(rc: RelayConfig) -> str:
     return os.path.join(os.path.dirname(os.path.abspath(rc.storage.path)), "metrics.d")
 
 
+def restart_delay(failures: int, lived: float, was_ready: bool) -> tuple[int, float]:
+    """(quick failures in a row, seconds before the restart) for a worker that exited after ``lived`` s:
+    one that never got ready or died within HEALTHY_AFTER counts as one more quick failure, doubling the
+    delay up to BACKOFF_CAP; one that ran well starts the count again."""
+    failures = failures + 1 if lived < HEALTHY_AFTER or not was_ready else 1
+    return failures, min(BACKOFF_CAP, BACKOFF_FIRST * 2 ** (failures - 1))
+
+
 def _describe(rc: int) -> str:
     return f"killed by signal {-rc}" if rc < 0 else f"exit status {rc}"
 
@@ -336,8 +344,7 @@ class Supervisor:
             slot.ready_r = None
         returned = await self._reclaim(pid)
         lived = now - slot.started_at
-        slot.failures = slot.failures + 1 if lived < HEALTHY_AFTER or not slot.ready else 1
-        delay = min(BACKOFF_CAP, BACKOFF_FIRST * 2 ** (slot.failures - 1))
+        slot.failures, delay = restart_delay(slot.failures, lived, slot.ready)
         slot.restart_at = now + delay
         self.restarts += 1
         level = logging.ERROR if slot.failures >= 3 else logging.WARNING

@@ -128,6 +128,12 @@ class _BoolDumper(Dumper):
         return b"1" if obj else b"0"
 
 
+# several writers (worker processes, nodes) on one database: the losing transaction of a deadlock (on the
+# queue counters' rows, say) is run again whole instead of failing its jobs
+_CONFLICTS = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
+BATCH_TRIES = 4
+
+
 class PgConnection:
     """What the aggregates get as ``conn``: a psycopg connection speaking the store's SQLite-style API."""
 
@@ -135,14 +141,23 @@ class PgConnection:
 
     def __init__(self, raw: psycopg.Connection[Any]):
         self.raw = raw
+        self.conflicted = False     # a statement lost a deadlock / serialization conflict with another writer
 
     def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Any:
         # parameters always passed (even empty): psycopg then reads placeholders and %% the same way
-        return self._cursor().execute(translate(sql), tuple(params))
+        try:
+            return self._cursor().execute(translate(sql), tuple(params))
+        except _CONFLICTS:
+            self.conflicted = True
+            raise
 
     def executemany(self, sql: str, seq: Iterable[Sequence[Any]]) -> Any:
         cur = self._cursor()
-        cur.executemany(translate(sql), [tuple(p) for p in seq])
+        try:
+            cur.executemany(translate(sql), [tuple(p) for p in seq])
+        except _CONFLICTS:
+            self.conflicted = True
+            raise
         return cur
 
     def _cursor(self) -> psycopg.ClientCursor[PgRow]:
@@ -304,17 +319,23 @@ class PgDatabase(GroupCommitWriter):
         for job in batch:
             self._resolve(job, False, err)
 
-    def _run_batch(self, batch: list[_Job]) -> None:
+    def _run_batch(self, batch: list[_Job], tries: int = BATCH_TRIES) -> None:
         results: list[tuple[_Job, bool, Any]] = []
         try:
             conn = self._writer_conn()
             conn.raw.execute("BEGIN")
+            conn.conflicted = False
         except psycopg.Error as exc:
             self._fail_batch(batch, StorageError(f"cannot begin transaction: {exc}"))
             return
         try:
             for i, job in enumerate(batch):
                 results.append(self._run_job(conn, f"j{i}", job))
+            if conn.conflicted and tries > 1:     # lost a deadlock: nothing of it is kept, run it all again
+                conn.raw.execute("ROLLBACK")
+                time.sleep(0.005 * (BATCH_TRIES - tries + 1))
+                self._run_batch(batch, tries - 1)
+                return
             if self.fail_commits is not None:
                 raise psycopg.OperationalError(str(self.fail_commits))
             conn.raw.execute("COMMIT")

@@ -59,3 +59,14 @@ def test_lease_owner_of_a_worker_is_host_and_pid():
     import socket
 
     assert workers.owner_of(4242) == f"{socket.gethostname()}:4242"
+
+
+def test_a_crash_looping_worker_is_restarted_later_and_later_a_healthy_one_at_once():
+    failures, delays = 0, []
+    for _ in range(9):                                   # dies 2 s after each start
+        failures, delay = workers.restart_delay(failures, lived=2.0, was_ready=True)
+        delays.append(delay)
+    assert delays == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
+    assert workers.restart_delay(8, lived=3600.0, was_ready=True) == (1, 0.5)    # ran well: count again
+    assert workers.restart_delay(0, lived=3600.0, was_ready=False) == (1, 0.5)
+    assert workers.restart_delay(1, lived=3600.0, was_ready=False) == (2, 1.0)   # never got ready
