@@ -6,7 +6,8 @@ off, so the queue stays as it is), signs in to the console over HTTP and times w
 
 - Dashboard (``/ui/dashboard``): queue counts, held, oldest, suppressions, channels, last failures;
 - Outbox (``/ui/outbox``): the first page, newest first, 50 messages;
-- Outbox searched by recipient substring (``/ui/outbox?recipient=...``) and the second page (cursor);
+- Outbox searched by recipient substring (``/ui/outbox?recipient=...``): one that matches every 5,000th
+  message and one that matches none (the whole queue looked at), and the second page (cursor);
 - Message (``/ui/messages/{id}``) of the oldest queued message (recipients, events, preview).
 
 Each page is fetched ``--reps`` times after one warm-up; the best and the median are printed (the time is
@@ -110,6 +111,7 @@ async def measure(path: str, reps: int) -> list[tuple[str, float, float, int, in
             pages = [("Dashboard", "/ui/dashboard"), ("Outbox", "/ui/outbox"),
                      ("Outbox, 2nd page", "/ui/outbox?" + nxt.group(1).replace("&amp;", "&") if nxt else ""),
                      ("Outbox by recipient", "/ui/outbox?recipient=r4999%40d199"),
+                     ("Outbox, no match", "/ui/outbox?recipient=nobody%40nowhere"),
                      ("Message", f"/ui/messages/{qid}")]
             for name, url in pages:
                 if url:
