@@ -380,17 +380,25 @@ class PgDatabase(GroupCommitWriter):
         return conn
 
     def _run_read(self, fn: Callable[[Any], T]) -> T:
-        try:
-            conn = self._reader()
-        except psycopg.Error as exc:
-            raise StorageError(f"PostgreSQL: {exc}") from exc
-        try:
-            return fn(conn)
-        finally:
+        """``fn(conn)`` on this thread's reader. A connection found broken by the read (the server restarted
+        since its last use) is replaced and the read, which changes nothing, runs once more on it."""
+        for again in (True, False):
             try:
-                conn.raw.rollback()          # read only: end the snapshot
-            except psycopg.Error:
-                pass
+                conn = self._reader()
+            except psycopg.Error as exc:
+                raise StorageError(f"PostgreSQL: {exc}") from exc
+            try:
+                return fn(conn)
+            except (psycopg.OperationalError, StorageError):
+                if not (again and (conn.raw.broken or conn.raw.closed)):
+                    raise
+                log.info("a reader connection was lost (server restarted?); reading on a new one")
+            finally:
+                try:
+                    conn.raw.rollback()          # read only: end the snapshot
+                except psycopg.Error:
+                    pass
+        raise AssertionError("unreachable")
 
     async def read(self, fn: Callable[[Any], T]) -> T:
         loop = asyncio.get_running_loop()

@@ -365,3 +365,21 @@ async def test_retention_runs_only_on_the_leader(store):
         await asyncio.gather(*loops, return_exceptions=True)
         await a.cluster.stop()
         await b.cluster.stop()
+
+
+async def test_postgresql_reads_survive_connections_the_server_dropped(postgres_server, tmp_path):
+    import psycopg
+
+    url = postgres_server.create_database()
+    s = Store(url, key_file=str(tmp_path / "k"), readers=2).open()
+    try:
+        await s.nodes.register(reg("a:1"))
+        await asyncio.gather(*(s.nodes.list_nodes(TTL) for _ in range(8)))      # every reader connected
+        with psycopg.connect(postgres_server.url(), autocommit=True) as admin:    # as after a restart
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s"
+                          " AND application_name = 'relaybox'", (url.rsplit("/", 1)[1],))
+        got = await asyncio.gather(*(s.nodes.list_nodes(TTL) for _ in range(8)))
+        assert all([n.owner for n in nodes] == ["a:1"] for nodes in got)
+    finally:
+        s.close()
+        postgres_server.drop_database(url)
