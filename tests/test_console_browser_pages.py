@@ -181,6 +181,8 @@ def test_configuration_pages_in_headless_chromium(tmp_path):
         assert "app1: password reset" in p.text() and "second-password-Lk2" not in driver.page_source
         assert [u["username"] for u in _api(rb, "/api/v1/smtp-users")["items"]] == ["app1"]
         p.shot("users")
+        added = p.el("#users time")                     # shown in the browser's time zone by console.js
+        assert added.get_attribute("title").endswith("Z") and not added.text.endswith("Z"), added.text
 
         # DKIM: the record to publish; webhooks: retry pending now
         p.go("/ui/dkim")

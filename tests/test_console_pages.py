@@ -291,6 +291,14 @@ async def test_campaign_add_edit_delete_through_the_api_steps(live):
     assert (
         "campaign hook1: deleted" in html and (await api.call("GET", "/api/v1/campaigns/hook1"))[0] == 404
     )
+    # hostile text in a campaign's settings is shown as text, in the list and in the form
+    r, html = await admin.post(
+        "/ui/campaigns/new",
+        {**form, "csrf": _csrf(html), "name": "fwd", "kind": "smtp", "forward_to": f"a{XSS}@b.test"},
+    )
+    assert "campaign fwd: saved" in html and XSS not in html and ESCAPED in html
+    r, html = await admin.get("/ui/campaigns/fwd/edit")
+    assert XSS not in html and ESCAPED in html
 
 
 async def test_quarantine_is_shown_safely_then_retried_and_dropped(live):
