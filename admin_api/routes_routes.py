@@ -154,7 +154,7 @@ async def run_test(request: web.Request, route: RouteConfig, *, rcpt: Any = None
             raise invalid(f"{key}: expected an address")
     try:
         result = await check_route(route, helo_of(request), sender=sender, rcpt=rcpt, send=send,
-                                   timeout=check_timeout(request))
+                                   timeout=check_timeout(request), refresh_tokens=relaybox(request).store.kv)
     except ValueError as exc:
         raise invalid(str(exc)) from None
     result.transcript = redact_transcript(result.transcript)

@@ -96,3 +96,31 @@ async def test_connection_refused_and_missing_starttls_and_the_effective_port():
 async def test_bad_test_addresses_are_refused_before_connecting():
     with pytest.raises(ValueError, match="rcpt"):
         await check_route(route(free_port()), "relay.test", rcpt="a@b.test\r\nRCPT TO:<x@y.test>")
+
+
+async def test_an_xoauth2_route_is_tested_with_a_token_from_its_endpoint():
+    from relay import oauth2
+    from tests.peers.oauth2 import TokenServer
+
+    mailbox = "notifications@org.test"
+    tokens = TokenServer("app-id", "app-secret", mailbox).begin()
+    oauth2._cache.clear()
+    sink = await Sink(tls=True,
+                      xoauth2=lambda user, token: user == mailbox and token in tokens.active).start()
+    try:
+        r = RouteConfig(name="m365", host="127.0.0.1", port=sink.port, tls="starttls", tls_verify=False,
+                        username=mailbox, oauth2_token_url=tokens.token_url, oauth2_client_id="app-id",
+                        oauth2_client_secret="app-secret", from_addresses=[mailbox])
+        result = await check_route(r, "relay.test", rcpt="probe@dest.test")
+        assert result.ok, lines(result)
+        assert "C: MAIL FROM:<notifications@org.test>" in lines(result)
+        assert "app-secret" not in str(result.as_dict())
+        wrong = RouteConfig(**{**r.__dict__, "oauth2_client_secret": "not-the-secret"})
+        oauth2._cache.clear()
+        result = await check_route(wrong, "relay.test")
+        assert not result.ok and result.step == "AUTH", lines(result)
+        assert "not-the-secret" not in str(result.as_dict())
+    finally:
+        await sink.stop()
+        tokens.close()
+        oauth2._cache.clear()

@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 from email.utils import formatdate, make_msgid
 from typing import Any
 
+import aiohttp
 import aiosmtplib
 
+from relay import oauth2
 from relay.config import RouteConfig
 from relay.envelope import address_error
 from relay.errors import DeliveryError, from_exception
@@ -89,16 +91,52 @@ def _withheld(result: CheckResult, route: RouteConfig) -> CheckResult:
 
 
 async def check_route(route: RouteConfig, helo: str, *, sender: str | None = None, rcpt: str | None = None,
-                      send: bool = False, timeout: float = 30.0) -> CheckResult:
+                      send: bool = False, timeout: float = 30.0,
+                      refresh_tokens: oauth2.RefreshTokens | None = None) -> CheckResult:
     """Run the full test against ``route``; never raises for network or SMTP trouble (ValueError for a bad
-    sender or recipient address)."""
+    sender or recipient address). An XOAUTH2 route (``oauth2_token_url``) asks its token endpoint first;
+    ``refresh_tokens``: where its rotated refresh token is kept (the relay's: ``store.kv``)."""
     s, r = check_addresses(route, helo, sender, rcpt)
     result = CheckResult(route.name, route.host, route.port, s, r)
+    http = aiohttp.ClientSession() if getattr(route, "oauth2_token_url", "") else None
     try:
-        await _run(route, helo, result, send, timeout)
+        token = _Token(route, http, refresh_tokens or _Memory()) if http is not None else None
+        await _run(route, helo, result, send, timeout, token)
     except DeliveryError as exc:
         _failed(result, exc)
+    finally:
+        if http is not None:
+            await http.close()
     return _withheld(result, route)
+
+
+class _Memory:
+    """Rotated refresh tokens of one test, in memory."""
+
+    def __init__(self) -> None:
+        self.tokens: dict[str, str] = {}
+
+    async def oauth_refresh(self, name: str) -> str | None:
+        return self.tokens.get(name)
+
+    async def set_oauth_refresh(self, name: str, token: str) -> None:
+        self.tokens[name] = token
+
+
+class _Token:
+    """The route's XOAUTH2 access token (``transport.TokenProvider``) from its grant."""
+
+    def __init__(self, route: RouteConfig, http: aiohttp.ClientSession, store: oauth2.RefreshTokens):
+        self.http, self.store = http, store
+        self.grant = oauth2.Grant(owner=f"route:{route.name}", token_url=route.oauth2_token_url,
+                                  client_id=route.oauth2_client_id, client_secret=route.oauth2_client_secret,
+                                  scope=route.oauth2_scope, refresh_token=route.oauth2_refresh_token)
+
+    async def token(self) -> str:
+        return await oauth2.access_token(self.store, self.http, self.grant)
+
+    def forget(self) -> None:
+        oauth2.forget(self.grant)
 
 
 def _failed(result: CheckResult, exc: DeliveryError) -> None:
@@ -107,7 +145,8 @@ def _failed(result: CheckResult, exc: DeliveryError) -> None:
     result.reply = _server_words(exc, result.transcript)
 
 
-async def _run(route: RouteConfig, helo: str, result: CheckResult, send: bool, timeout: float) -> None:
+async def _run(route: RouteConfig, helo: str, result: CheckResult, send: bool, timeout: float,
+               token: _Token | None) -> None:
     from relay.delivery.transport import Candidate, TLSPolicy, open_session
 
     tr = result.transcript
@@ -122,7 +161,7 @@ async def _run(route: RouteConfig, helo: str, result: CheckResult, send: bool, t
     try:
         session = await open_session(cands, helo=helo, tls=policy, username=route.username,
                                      password=route.password, connect_timeout=timeout,
-                                     command_timeout=timeout, transcript=tr)
+                                     command_timeout=timeout, transcript=tr, oauth=token)
     except DeliveryError:
         raise
     except Exception as exc:  # noqa: BLE001 - anything else is reported as a reply-shaped line

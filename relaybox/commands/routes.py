@@ -180,7 +180,7 @@ def _save(args, new: bool) -> int:
             helo, timeout = _helo(args)
             try:
                 result = asyncio.run(check_route(route, helo, rcpt=args.rcpt, sender=args.test_sender,
-                                                 timeout=timeout))
+                                                 timeout=timeout, refresh_tokens=store.kv))
             except ValueError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return 2
@@ -235,19 +235,18 @@ def cmd_test(args) -> int:
     try:
         with store_session(args) as store:
             routes = _stored(args, store)
+            stored = next((s for s in routes if s.name == args.name), None)
+            if stored is None:
+                names = ", ".join(s.name for s in routes) or "none"
+                print(f"error: no route named {args.name!r} (routes: {names})", file=sys.stderr)
+                return 2
+            route = route_from_settings(stored.settings)
+            helo, timeout = _helo(args)
+            result = asyncio.run(check_route(route, helo, sender=args.sender, rcpt=args.rcpt, send=args.send,
+                                             timeout=args.timeout or timeout, refresh_tokens=store.kv))
     except ConfigError as exc:
         print("\n".join(f"config error: {p}" for p in exc.problems), file=sys.stderr)
         return 2
-    stored = next((s for s in routes if s.name == args.name), None)
-    names = [s.name for s in routes]
-    if stored is None:
-        print(f"error: no route named {args.name!r} (routes: {', '.join(names) or 'none'})", file=sys.stderr)
-        return 2
-    route = route_from_settings(stored.settings)
-    helo, timeout = _helo(args)
-    try:
-        result = asyncio.run(check_route(route, helo, sender=args.sender, rcpt=args.rcpt, send=args.send,
-                                         timeout=args.timeout or timeout))
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
