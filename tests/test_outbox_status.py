@@ -255,3 +255,32 @@ async def test_the_index_is_there_on_each_backend_and_counts_exactly(open_store)
     found = await db.read(check)
     if found is not None:
         assert {"recipients_address_trgm", "messages_sender_trgm", "messages_subject_trgm"} <= found, found
+
+
+async def test_the_migration_indexes_messages_stored_before_it(tmp_path):
+    """A database from before 0013: its messages are counted and indexed when the migration runs."""
+    from store import Store
+
+    path = str(tmp_path / "old.db")
+    s = Store(path).open()
+    ids = [await s.messages.enqueue(_msg([f"old{i}@past.test", "x@past.test"], subject=f"legacy {i % 2}"))
+           for i in range(6)]
+    s.close()
+    with sqlite3.connect(path) as c:           # back to the schema before migration 0013
+        for trigger in ("recipients_addresses_in", "recipients_addresses_out", "messages_senders_in",
+                        "messages_senders_out", "messages_subjects_in", "messages_subjects_out"):
+            c.execute(f"DROP TRIGGER {trigger}")
+        c.execute("DROP INDEX messages_subject")
+        for t in ("search_addresses", "search_senders", "search_subjects"):
+            c.execute(f"DROP TABLE {t}_fts")
+            c.execute(f"DROP TABLE {t}")
+        c.execute("DELETE FROM schema_migrations WHERE version = 13")
+    s = Store(path).open()
+    try:
+        assert await _ids(s, recipient="old3@") == [ids[3]]
+        assert await _ids(s, subject="legacy 1") == sorted(ids[1::2])
+        assert await _ids(s, recipient="x@past") == sorted(ids)
+        n = await s.db.read(lambda c: dict(c.execute("SELECT value, n FROM search_addresses").fetchall()))
+        assert n["x@past.test"] == 6 and n["old0@past.test"] == 1
+    finally:
+        s.close()

@@ -62,9 +62,10 @@ END;
     return "".join(out)
 
 
-SQL = _tables() + _counting() + """
+# the subject index first: the counting below groups by it, and lookups by value use it
+SQL = """
 CREATE INDEX messages_subject ON messages(subject);
-"""
+""" + _tables() + _counting()
 
 PG_SQL = """
 DO $$
