@@ -301,7 +301,9 @@ def one_rep(rep: int, load: Load, env: dict) -> None:
 
 
 def med(results: list[Result], attr: str) -> float:
-    vals = [getattr(r, attr) if attr in ("rate", "cpu_us") else r.pct(float(attr)) for r in results]
+    """Median over the runs that completed (a failed run is printed above and counted in the exit)."""
+    ok = [r for r in results if not r.error]
+    vals = [getattr(r, attr) if attr in ("rate", "cpu_us") else r.pct(float(attr)) for r in ok]
     return statistics.median(vals) if vals else 0.0
 
 
@@ -318,7 +320,7 @@ def report(loads: list[Load]) -> None:
                 continue
             ratio = med(ours, "rate") / med(pf, "rate") if med(pf, "rate") else 0.0
             store = "PostgreSQL" if system.endswith("PG") else "SQLite"
-            name = f"{load.name} ({store})"
+            name = f"{load.name} ({store}{'; Postfix unsigned, no milter' if load.dkim else ''})"
             ratios.append((name, ratio, None if load.dkim else TARGETS.get(load.size)))
             print(f"| {name} | {med(pf, 'rate'):.0f} | {med(ours, 'rate'):.0f} | {ratio:.2f}x "
                   f"| {med(pf, 'cpu_us'):.0f} us | {med(ours, 'cpu_us'):.0f} us "
