@@ -5,8 +5,10 @@
   at start and SIGHUP (``"source": "config"``: read-only here, 409), the rest are created here or by
   ``relaybox routes add`` (``"source": "api"``). A change is live for the next delivery at once (this
   process) or within a second (other processes).
-- Passwords are write-only: answers show ``"password_set": true``; a PUT/PATCH that leaves ``password``
-  out or sends ``"***"`` keeps the stored one; ``""`` removes it.
+- Secrets (``SECRETS``: password, OAuth2 client secret and refresh token) are write-only: answers show
+  ``"password_set": true`` (``oauth2_*_set``); a PUT/PATCH that leaves one out or sends ``"***"`` keeps the
+  stored one; ``""`` removes it. PUT replaces every other setting (left out = the default), PATCH only the
+  given ones.
 - Saving (POST, PUT, PATCH) runs the full test (``relay.delivery.route_check``) and answers with it under
   ``"test"``, like Postal and the channels: the route is saved either way (201/200) and ``test.result``
   says ``Connection succeeded`` or ``Connection failed at <STEP>: <the server's words>``. Query
