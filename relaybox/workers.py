@@ -359,8 +359,12 @@ class Supervisor:
             multiprocess.mark_process_dead(pid, self.metrics_dir)
         except OSError:
             pass
+        owner = owner_of(pid)
         try:
-            stats = await self.app.store.messages.recover(owner=owner_of(pid))
+            stats = await self.app.store.messages.recover(owner=owner)
+            nodes = getattr(self.app.store, "nodes", None)
+            if nodes is not None:       # its cluster leases (leader, channels) free at once, not after ttl
+                await nodes.leave(owner)
         except Exception as exc:  # noqa: BLE001 - the lease expires anyway; the next start recovers it
             log.error("could not return the leases of worker pid %d: %s", pid, exc)
             return 0

@@ -179,6 +179,13 @@ def _scrape(relay: RelayboxProcess) -> str:
 ZONE = {"dst.test": {"MX": [(10, "mx.dst.test")]}, "mx.dst.test": {"A": ["127.0.0.1"]}}
 
 
+def _try_scrape(relay: RelayboxProcess) -> str | None:
+    try:
+        return _scrape(relay)
+    except OSError:
+        return None
+
+
 def _sections(sink: PostfixSink, dns, storage: dict | None = None) -> dict:
     """Direct MX delivery: dnsmasq answers dst.test's MX with 127.0.0.1, where the sink listens."""
     return {
@@ -276,6 +283,14 @@ def test_kill_9_of_a_worker_requeues_its_leases_and_restarts_it(tmp_path, sink, 
         assert re.search(killed, log), log[-3000:]
         assert "worker 1 restarted" in log
         assert relay.proc.poll() is None and alive(pids[0])    # the others went on
+        # worker 0 (admin API, /metrics) killed too: back on its port, and the intake counter still counts
+        # every acceptance, the dead workers' included
+        os.kill(pids[0], signal.SIGKILL)
+        assert _wait(lambda: len(relay.worker_pids()) == WORKERS and pids[0] not in relay.worker_pids()
+                     and "worker 0 restarted" in relay.log(), 60), relay.log()
+        accepted = len(re.findall(r"accepted queue_id=", relay.full_log()))
+        assert _wait(lambda: _try_scrape(relay) is not None, 60), relay.log()
+        assert _metric(_try_scrape(relay) or "", "relaybox_smtp_accepted_messages_total") == accepted
     finally:
         assert relay.stop() == 0
 
