@@ -423,7 +423,9 @@ def cmd_action(args) -> int:
                 if args.json:
                     continue
                 at = f" for {r['at']}" if r.get("at") else ""
-                print(f"{r['id']}: {r['error']}" if "error" in r else f"{r['id']}: {args.action}{at} "
+                err = str(r.get("error", ""))
+                err = err[len(r["id"]) + 2:] if err.startswith(f"{r['id']}: ") else err   # said once
+                print(f"{r['id']}: {err}" if "error" in r else f"{r['id']}: {args.action}{at} "
                       f"({r['affected']} affected)", file=sys.stderr if "error" in r else sys.stdout)
             if args.json:
                 print(json.dumps(results))
