@@ -9,8 +9,8 @@ table over it (``..._fts``, ``trigram`` tokenizer, case-insensitive, external co
 copy of the text; the rowid is the value's INTEGER PRIMARY KEY, stable through VACUUM). A search finds the
 matching values through the rarest trigram of the term, checks them with LIKE, and then, knowing from
 ``n`` how many rows carry them, either looks those rows up by value (``recipients_addr``,
-``messages_sender`` and the ``messages_subject`` index added here) or, for a common term, walks the
-messages newest first (``store.history``).
+``messages_sender`` and the ``messages_subject`` index added here, all covering the lookup) or, for a
+common term, walks the messages newest first (``store.history``).
 
 PostgreSQL: ``pg_trgm`` GIN indexes on the same columns serve ``ILIKE '%term%'`` (the extension ships in
 the server package of Debian's postgresql-15; ``CREATE EXTENSION`` needs the database owner's CREATE
@@ -62,9 +62,15 @@ END;
     return "".join(out)
 
 
-# the subject index first: the counting below groups by it, and lookups by value use it
+# Lookups by value read only the index: recipients_addr and messages_sender (migration 0001) gain the
+# column a lookup returns, and the new subject index has it too (it comes first: the backfill below groups
+# by it). Every other query that used the old single-column indexes is served by the new ones as well.
 SQL = """
-CREATE INDEX messages_subject ON messages(subject);
+DROP INDEX recipients_addr;
+CREATE INDEX recipients_addr ON recipients(address, message_id);
+DROP INDEX messages_sender;
+CREATE INDEX messages_sender ON messages(sender, id);
+CREATE INDEX messages_subject ON messages(subject, id);
 """ + _tables() + _counting()
 
 PG_SQL = """
