@@ -13,6 +13,7 @@ committed state while the writer works). The event loop never blocks on SQLite.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import importlib
 import logging
 import os
@@ -275,12 +276,22 @@ class GroupCommitWriter:
             if first.raw:
                 self._run_raw(first)
                 continue
-            batch, raw, stop_after = take_batch(self._queue, first, _STOP)
-            self._run_batch(batch)
+            self._lock_writes()         # jobs arriving while another process writes join this batch
+            try:
+                batch, raw, stop_after = take_batch(self._queue, first, _STOP)
+                self._run_batch(batch)
+            finally:
+                self._unlock_writes()
             if raw is not None:
                 self._run_raw(raw)
             if stop_after:
                 return
+
+    def _lock_writes(self) -> None:
+        """Before a batch: wait for the other writers of this database (several processes); a no-op here."""
+
+    def _unlock_writes(self) -> None:
+        """After a batch."""
 
     def _run_batch(self, batch: list["_Job"]) -> None:  # pragma: no cover - every engine has one
         raise NotImplementedError
@@ -325,6 +336,7 @@ class Database(GroupCommitWriter):
         self.secrets: SecretBox | None = None      # set by open(): encryption of secret settings
         super().__init__(readers, "db")
         self._wconn: sqlite3.Connection | None = None
+        self._wlock: int | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------------
     def open(self) -> "Database":
@@ -342,6 +354,19 @@ class Database(GroupCommitWriter):
         self._start_writer()
         return self
 
+    # Several processes writing one file (relaybox run --workers): SQLite's busy handler polls for the write
+    # lock with sleeps growing to 100 ms, so a writer waits long after the lock is free and group commit
+    # loses its batches. A flock on <db>.wlock around each batch hands the file over at once (the kernel
+    # wakes the waiter), and what queued meanwhile is committed in the waiter's next batch.
+    def _lock_writes(self) -> None:
+        if self._wlock is None:
+            self._wlock = os.open(self.path + ".wlock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(self._wlock, fcntl.LOCK_EX)
+
+    def _unlock_writes(self) -> None:
+        if self._wlock is not None:
+            fcntl.flock(self._wlock, fcntl.LOCK_UN)
+
     def close(self) -> None:
         self._stop_threads()
         if self._wconn is not None:
@@ -351,6 +376,9 @@ class Database(GroupCommitWriter):
                 pass
             self._wconn.close()
             self._wconn = None
+        if self._wlock is not None:
+            os.close(self._wlock)
+            self._wlock = None
 
     # ---- writes ----------------------------------------------------------------------------------
     def _maintenance_conn(self) -> sqlite3.Connection:
