@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("store.postgres")
 
 T = TypeVar("T")
+# pg_advisory_xact_lock key held by each write batch (see PgDatabase._run_batch)
+_WRITE_LOCK = 0x72626F7877726974       # "rboxwrit"
 # pg_advisory_lock key held while migrating: several nodes starting at once migrate one after the other
 _MIGRATION_LOCK = 0x72656C6179626F78     # "relaybox"
 DEFAULT_KEY_FILE = "var/relaybox.db.key"   # the default SQLite database's key: switching keeps the key
@@ -324,6 +326,11 @@ class PgDatabase(GroupCommitWriter):
         try:
             conn = self._writer_conn()
             conn.raw.execute("BEGIN")
+            # one write transaction at a time across every process on this database (workers, nodes), as
+            # SQLite's single writer: two batches updating the same counter rows (queue counts, qshape
+            # slots, search values) in different orders deadlocked on every busy run; group commit keeps
+            # the throughput (a batch carries every job waiting). Released by COMMIT / ROLLBACK.
+            conn.raw.execute("SELECT pg_advisory_xact_lock(%s)", (_WRITE_LOCK,))
             conn.conflicted = False
         except psycopg.Error as exc:
             self._fail_batch(batch, StorageError(f"cannot begin transaction: {exc}"))
