@@ -368,6 +368,10 @@ class PgDatabase(GroupCommitWriter):
         except BaseException as exc:  # noqa: BLE001 - delivered to the waiting coroutine
             conn.raw.execute(f"ROLLBACK TO SAVEPOINT {sp}")   # a broken connection fails the batch
             conn.raw.execute(f"RELEASE SAVEPOINT {sp}")
+            if isinstance(exc, psycopg.Error):   # above the store nobody knows the driver: a StorageError
+                err = StorageError(f"database error: {redact(str(exc))}")
+                err.__cause__ = exc
+                return job, False, err
             return job, False, exc
         conn.raw.execute(f"RELEASE SAVEPOINT {sp}")
         return job, True, res
