@@ -97,24 +97,10 @@ class RelayboxRun(RelayboxProcess):
         self.extra_args = list(extra_args or [])
 
     def start(self, timeout: float = 30.0) -> "RelayboxRun":
-        import socket
-
-        env = dict(os.environ, PYTHONPATH=REPO)
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "relaybox.cli", "run", "--config",
-                                      self.config_path, *self.extra_args],
-                                     cwd=self.workdir, stdout=self._log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"relaybox exited with {self.proc.returncode}: {self.log()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.smtp_port), timeout=0.5) as s:
-                    if s.recv(100).startswith(b"220") and self._admin_up():
-                        return self
-            except OSError:
-                pass
-            time.sleep(0.05)
-        log = self.log()
-        self.stop()
-        raise RuntimeError(f"relaybox did not start in {timeout:.0f} s: {log}")
+        """As RelayboxProcess.start, and a relaybox that does not come up is stopped, not left behind."""
+        try:
+            super().start(timeout)
+        except RuntimeError:
+            self.stop()
+            raise
+        return self

@@ -66,12 +66,13 @@ class RelayboxProcess:
         write_config(self.config_path, base)
         self.proc: subprocess.Popen | None = None
         self.log_path = os.path.join(workdir, "relaybox.log")
+        self.extra_args: list[str] = []     # more ``relaybox run`` arguments (``--workers N``)
 
     def start(self, timeout: float = 15.0) -> "RelayboxProcess":
         env = dict(os.environ, PYTHONPATH=REPO)
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "relaybox.cli", "run", "--config",
-                                      self.config_path],
+                                      self.config_path, *self.extra_args],
                                      cwd=self.workdir, stdout=self._log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
