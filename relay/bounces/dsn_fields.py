@@ -126,6 +126,18 @@ def scan(text: str) -> tuple[dict[str, str], list[dict[str, str]]]:
     return per_msg, [r for r in rcpts if r.get("final-recipient") or r.get("original-recipient")]
 
 
+_CODE_TITLE = re.compile(r"other or undefined|^\s*(?:permanent|temporary|persistent transient) failure\s*$|"
+                         r"^\s*(?:failed|delayed|failure)\s*$", re.I)
+
+
+def _comment(value: str) -> str:
+    """``5.0.0 (host name lookup failure)`` -> ``host name lookup failure`` (RFC 5322 comment text)."""
+    m = re.search(r"\(([^()]{3,200})\)", value)
+    if not m or _CODE_TITLE.search(m.group(1)):
+        return ""       # the title of the code (RFC 3463) says nothing the code does not
+    return m.group(1).strip()
+
+
 def recipients(text: str) -> list[dict[str, str]]:
     """Normalised per-recipient entries: address, action, status, replycode, diagnostic, remote_mta."""
     per_msg, blocks = scan(text)
@@ -143,6 +155,7 @@ def recipients(text: str) -> list[dict[str, str]]:
             "original": address_of(block.get("original-recipient", "")),
             "action": block.get("action", "").strip().lower().split(" ")[0],
             "status": status_of(block.get("status", "")),
+            "status_comment": _comment(block.get("status", "")),
             "diag_status": diag_status_of(diag),
             "replycode": reply_of(diag[:8]) or reply_of(diag),
             "diagnostic": diag,

@@ -36,6 +36,7 @@ _DELAY_NOTICE = re.compile(
     r"will (?:be )?retried|will (?:keep )?try(?:ing)? again|will continue (?:to try|trying)|"
     r"delivery attempts will continue|this is only a temporary|still (?:be )?(?:retrying|trying)|"
     r"warning: message still undelivered|has been delayed|no action is required on your part", re.I)
+_NEXT_BLOCK = re.compile(r"^\s*(?:original|final)-recipient\s*:", re.I | re.M)
 MAX_RECIPIENTS = 200       # per report; more is an abuse, not a bounce
 _DONE_ACTIONS = {"delivered", "relayed", "expanded", "deliverable"}   # deliverable: Postfix verify (-bv)
 
@@ -186,9 +187,9 @@ def _from_dsn(msg, entries: list[dict], text: str) -> Parsed:
         if e["address"] in seen:
             continue
         seen.add(e["address"])
-        seg = segs.get(e["address"]) or segs.get(e.get("original", ""), "")
+        seg = _own_block(segs.get(e["address"]) or segs.get(e.get("original", ""), ""))
         from_text = notice.describe(seg, e["address"]) if seg else {}
-        diag = e["diagnostic"] or from_text.get("diagnostic", "")
+        diag = e["diagnostic"] or e["status_comment"] or from_text.get("diagnostic", "")
         status = e["status"]
         diag_status = e["diag_status"]
         if diag_status and (not status or _GENERIC_STATUS.match(status) or status[0] == diag_status[0]):
@@ -208,6 +209,13 @@ def _from_dsn(msg, entries: list[dict], text: str) -> Parsed:
             r.reason, r.kind = "delivered", ""
         return Parsed("delivered", out)
     return Parsed("bounce", [r for r in out if r.action not in _DONE_ACTIONS])
+
+
+def _own_block(seg: str) -> str:
+    """A recipient's notice segment stops where the next recipient's DSN field block starts (a report whose
+    MIME is broken is read as text: the segments would run into the next recipient's fields)."""
+    m = _NEXT_BLOCK.search(seg, seg.find("\n") + 1) if seg else None
+    return seg[:m.start()] if m else seg
 
 
 def _from_notice(msg, text: str, pcs: message.Pieces) -> Parsed:
@@ -278,7 +286,7 @@ def _flufl(msg) -> list[str]:
 
 def _finish(r: Recipient, context: str, temporary: bool = False) -> None:
     r.reason = reasons.classify(r.diagnostic, r.status, r.action, context)
-    if r.reason == "undefined":
+    if r.reason in ("undefined", "onhold"):
         r.reason = reasons.by_provider(r.address) or r.reason
     temporary = (temporary or r.status[:1] == "4" or (not r.status and r.replycode[:1] == "4")
                  or r.action == "delayed")

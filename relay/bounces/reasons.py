@@ -26,7 +26,8 @@ _RULES: list[tuple[str, str]] = [
     ("rejected", r"sender (?:address )?(?:rejected|refused|denied|verify failed|verification failed|invalid|"
                  r"unknown)|domain of sender|sender (?:address )?domain .{0,40}(?:not exist|unknown|invalid|"
                  r"not resolv)|sender was rejected|rejected sender|invalid sender|unknown sender|bad sender|"
-                 r"mail from .{0,60}(?:rejected|refused|denied)|not (?:a )?registered gateway user"),
+                 r"mail from .{0,60}(?:rejected|refused|denied)|not (?:a )?registered gateway user|"
+                 r"purported responsible address"),
     ("expired", r"in the queue too long|too long in (?:the )?queue|not going to try again|"
                 r"retry time(?:out)? (?:not reached|exceeded)|(?:message|queue|envelope|"
                 r"delivery time)[ .]expired|"
@@ -130,7 +131,7 @@ _RULES: list[tuple[str, str]] = [
                      r"message (?:content )?(?:rejected|refused) .{0,40}(?:content|spam)"),
     ("blocked", r"blocked|block ?list|black ?list|\brbl\b|\bdnsbl\b|spamhaus|spamcop|barracuda|"
                 r"listed (?:at|in|on|by)|(?:your|client|sender) ip|ip (?:address )?(?:\S+ )?(?:is |was )?"
-                r"(?:rejected|refused|not allowed|banned)|access denied|banned|"
+                r"(?:rejected|refused|not allowed|banned)|banned|"
                 r"(?:client|connection) (?:host )?(?:\S+ )?(?:rejected|refused)|"
                 r"(?:not|never) (?:accept|allow)\w* (?:mail|connections?|messages?) from|"
                 r"not accepting (?:any )?connections|service refused|service refuse\b"),
@@ -229,6 +230,13 @@ _COMMAND = re.compile(r"in reply to (?:the )?(rcpt to|mail from|end of data|data
 _NAMES_CLIENT = re.compile(r"(?<![\d.])\d{1,3}(?:\.\d{1,3}){3}(?![\d.]*\d)|block ?list|black ?list|\brbl\b|"
                            r"\bdnsbl\b|spamhaus|spamcop|barracuda|client host|"
                            r"(?:your|sender|sending|source) ip|your (?:isp|provider)")
+# "5.1.0 - Unknown address error 550-'5.7.1 <a@b>... Access denied'": a relay (Amazon SES and the like)
+# prefixes the remote server's reply with its own enhanced code and a summary
+_WRAPPED = re.compile(r"^\s*[245]\.\d{1,3}\.\d{1,3}\s+-?\s*[^'\"]{0,80}?\s([245]\d\d[ -]['\"]?[245]\.\d{1,3}"
+                      r"\.\d{1,3}\b.*)$", re.S)
+_ANY_STATUS = re.compile(r"(?<![\d.])[245]\.(\d{1,3})\.(\d{1,3})(?![\d.]*\d)")
+_REMOTE_REPLY = re.compile(r"(?<![\d.#:-])[45]\d\d(?=[ -])")
+_RCPT_WORD = re.compile(r"\bRCPT(?:\b|_)")
 _NO_VALID = re.compile(r"<<<\s*5\d\d\b.{0,40}no valid recipients", re.I)
 _CMD_NAMES = {"rcpt to": "RCPT", "mail from": "MAIL", "end of data": "DATA", "data": "DATA", "helo": "HELO",
               "ehlo": "HELO", "initial connection": "CONN", "sender": "MAIL"}
@@ -252,7 +260,8 @@ def smtp_command(text: str) -> str:
                 return name
     m = _COMMAND.search(text)
     if not m:
-        return ""
+        # "SMTP:RCPT host ...", "[RCPT_TO]", "after RCPT command", "said for RCPT TO response"
+        return "RCPT" if _RCPT_WORD.search(text) else ""
     name = next(g for g in m.groups() if g)
     return _CMD_NAMES.get(name.lower(), "")
 
@@ -305,32 +314,71 @@ def by_text(text: str) -> str:
     return ""
 
 
+# Where the class digit changes the meaning: a temporary "not authorized" is a block of the sending host
+# (greylisting, reputation), a permanent one a security refusal of the message (RFC 3463 X.7.1).
+_BY_FULL_STATUS = {"4.7.1": "blocked", "5.7.1": "securityerror"}
+
+
 def by_status(status: str) -> str:
     if not status or status[0] not in "45":
         return ""
-    return _BY_STATUS.get(status.split(".", 1)[1], "")
+    return _BY_FULL_STATUS.get(status) or _BY_STATUS.get(status.split(".", 1)[1], "")
 
 
 def classify(diagnostic: str, status: str, action: str = "", context: str = "") -> str:
     """The reason for one recipient. ``context`` is the notice text around it (weaker evidence)."""
     sub = status.split(".", 1)[1] if status and "." in status else ""
+    wrapped = _WRAPPED.match(diagnostic or "")
+    if wrapped:
+        diagnostic = wrapped.group(1)   # a relay's own summary around the remote reply: the reply decides
     low = (diagnostic or "").lower()[:4000]
     strong = by_provider_code(low) or next((reason for reason, rx in _STRONG if rx.search(low)), "")
+    worded = True
     if strong:
         reason = strong
     elif sub in _DECISIVE and status[0] in "45":
         reason = _BY_STATUS[sub]
     else:
-        reason = by_text(diagnostic) or by_status(status) or by_text(context) or ""
-    if not reason:
-        reason = "expired" if action == "delayed" else "undefined"
+        reason = by_text(diagnostic)
+        worded = bool(reason)
+        reason = reason or by_status(status) or by_text(context) or ""
     command = smtp_command(diagnostic) or smtp_command(context)
+    if not reason:
+        reason = _unexplained(diagnostic, action, command)
     if command == "DATA" and reason == "userunknown" and sub not in _DECISIVE and not strong:
         return "filtered"       # the user existed at RCPT; the content was refused
-    if command == "MAIL" and (reason in ("userunknown", "hostunknown", "undefined", "notaccept")
+    if reason == "userunknown" and not command and not strong and _unproven_unknown(low, sub):
+        return "filtered"
+    if command == "MAIL" and (reason in ("userunknown", "hostunknown", "undefined", "notaccept", "onhold")
+                              or (reason == "securityerror" and not worded)
                               or (reason == "blocked" and not _NAMES_CLIENT.search(low))):
         return "rejected"       # a refused envelope sender says nothing about the recipient
     return reason
+
+
+def _unproven_unknown(low: str, sub: str) -> bool:
+    """A remote server's "user unknown" reply that does not prove the mailbox is gone: neither the command
+    it answered (RCPT) nor an address-class status (X.1.Y) is known, and the status is generic or a security
+    refusal. Content filters and per-user rules answer so at DATA too; reporting MTAs name the command for a
+    RCPT refusal. Soft (``filtered``, the convention of Sisimai's vocabulary). The recipient's own server
+    saying it without an SMTP reply (a local directory lookup: Exchange, Domino, IMail) stays userunknown."""
+    if not sub:
+        m = _ANY_STATUS.search(low[:300])
+        sub = f"{m.group(1)}.{m.group(2)}" if m else ""
+    if sub and sub != "0.0" and not sub.startswith("7."):
+        return False
+    return bool(_REMOTE_REPLY.search(low[:300]))
+
+
+def _unexplained(diagnostic: str, action: str, command: str) -> str:
+    """No phrase and no code explains the failure."""
+    if action == "delayed":
+        return "expired"        # still queued: the only fact is the delay
+    if command in ("CONN", "HELO"):
+        return "blocked"        # refused before any envelope: the sending host was refused
+    # a text that explains nothing we know: "onhold" (held for a human to read), "undefined" when the
+    # report gave no text at all (the vocabulary's distinction)
+    return "onhold" if diagnostic.strip() else "undefined"
 
 
 def kind(reason: str, status: str, replycode: str = "") -> str:
