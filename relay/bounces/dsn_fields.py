@@ -87,6 +87,19 @@ def diag_status_of(text: str) -> str:
     return status_of(text)
 
 
+def more_specific(status: str, text: str) -> str:
+    """4.4.7 ("delivery time expired") only says the MTA gave up: when the diagnostic also quotes the error
+    it kept getting (``554 4.4.7 Message expired ... <421 4.4.2 Connection timed out>``), that code is the
+    more precise status."""
+    if status != "4.4.7":
+        return status
+    for m in STATUS_RE.finditer((text or "")[:2000]):
+        code = f"{m.group(1)}.{int(m.group(2))}.{int(m.group(3))}"
+        if code[0] == "4" and code != "4.4.7" and not code.endswith(".0.0"):
+            return code
+    return status
+
+
 def reply_of(text: str) -> str:
     m = REPLY_RE.search(text or "")
     return m.group(1) if m else ""

@@ -239,11 +239,14 @@ def _from_notice(msg, text: str, pcs: message.Pieces) -> Parsed:
         m = _REMOTE.search(seg[:2000])
         if m:
             r.remote_mta = m.group(1)
-        if _GENERIC_STATUS.match(r.status):
+        generic = r.status if _GENERIC_STATUS.match(r.status) else ""
+        if generic:
             r.status = ""       # a bare X.0.0 in free text: the reason-derived code says more
         first = min((p for _a, p in found if p >= 0), default=0)
         context = seg[:3000] + "\n" + text[max(0, first - 600):first]   # the lead-in explains a list too
         _finish(r, context=context, temporary=bool(_TEMPORARY.search(seg[:3000])))
+        if generic and r.reason in ("onhold", "undefined"):
+            r.status = generic  # ... unless no cause was found: then the code is all there is
         if _DELAY_NOTICE.search(seg[:3000] + text[:3000]):
             r.action = "delayed"     # a warning: the reporting MTA is still trying
         out.append(r)
@@ -285,6 +288,7 @@ def _flufl(msg) -> list[str]:
 
 
 def _finish(r: Recipient, context: str, temporary: bool = False) -> None:
+    r.status = dsn.more_specific(r.status, r.diagnostic)
     r.reason = reasons.classify(r.diagnostic, r.status, r.action, context)
     if r.reason in ("undefined", "onhold"):
         r.reason = reasons.by_provider(r.address) or r.reason

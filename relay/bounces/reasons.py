@@ -20,6 +20,19 @@ import re
 
 HARD_REASONS = {"userunknown", "hostunknown", "hasmoved", "notaccept"}
 
+# The reporting MTA stopped retrying (or will retry): when the error is, not what it is. The words of the
+# last error, when the notice quotes them, say what it is ("Unable to contact LDAP server ... I'm not going to
+# try again" is a system error that lasted).
+_GAVE_UP = (r"in the queue too long|too long in (?:the )?queue|not going to try again|"
+            r"retry time(?:out)? (?:not reached|exceeded)|(?:message|queue|envelope|"
+            r"delivery time)[ .]expired|"
+            r"will (?:be )?retr(?:y|ied)|did not accept our requests to connect|"
+            r"(?:delivery|retry) (?:time|period) (?:has )?(?:expired|exceeded)|failing for a long time|"
+            r"delivery failed \d+ attempts|still undelivered after")
+# the phrases qmail / Exim append to the quoted last error when they give up
+_GAVE_UP_RE = re.compile(r"i'?m not going to try again|(?:this message has been )?in the queue too long|"
+                         r"retry time(?:out)? exceeded")
+
 # Ordered: the first matching rule wins. Patterns are generic phrases, lower-cased input.
 _RULES: list[tuple[str, str]] = [
     ("virusdetected", r"\bvirus\b|malware|infected (?:attachment|message)|contains? (?:a )?(?:virus|worm)"),
@@ -28,12 +41,7 @@ _RULES: list[tuple[str, str]] = [
                  r"not resolv)|sender was rejected|rejected sender|invalid sender|unknown sender|bad sender|"
                  r"mail from .{0,60}(?:rejected|refused|denied)|not (?:a )?registered gateway user|"
                  r"purported responsible address"),
-    ("expired", r"in the queue too long|too long in (?:the )?queue|not going to try again|"
-                r"retry time(?:out)? (?:not reached|exceeded)|(?:message|queue|envelope|"
-                r"delivery time)[ .]expired|"
-                r"will (?:be )?retr(?:y|ied)|did not accept our requests to connect|"
-                r"(?:delivery|retry) (?:time|period) (?:has )?(?:expired|exceeded)|failing for a long time|"
-                r"delivery failed \d+ attempts|still undelivered after"),
+    ("expired", _GAVE_UP),
     ("userunknown", r"recipient address rejected: access denied|that you tried to reach does not exist"),
     ("syntaxerror", r"malformed address|command parameter not implemented|command not implemented"),
     ("notaccept", r"not accepting network messages"),
@@ -200,7 +208,7 @@ _STRONG = [(reason, re.compile(rx)) for reason, rx in [
 # RFC 3463 (and later registrations) subject.detail -> reason, used when no phrase matched.
 _BY_STATUS = {
     "1.1": "userunknown", "1.2": "hostunknown", "1.3": "userunknown", "1.4": "userunknown",
-    "1.5": "userunknown", "1.6": "hasmoved", "1.7": "rejected", "1.8": "rejected", "1.9": "hasmoved",
+    "1.5": "userunknown", "1.6": "hasmoved", "1.7": "rejected", "1.8": "rejected", "1.9": "systemerror",
     "1.10": "notaccept", "2.0": "userunknown", "2.1": "suspend", "2.2": "mailboxfull",
     "2.3": "exceedlimit", "2.4": "systemerror", "3.0": "systemerror", "3.1": "systemfull",
     "3.2": "notaccept", "3.3": "systemerror", "3.4": "mesgtoobig", "3.5": "systemerror",
@@ -325,6 +333,20 @@ def by_status(status: str) -> str:
     return _BY_FULL_STATUS.get(status) or _BY_STATUS.get(status.split(".", 1)[1], "")
 
 
+def _words(diagnostic: str, status: str) -> str:
+    """The reason the words give; an expiry notice that quotes the last error is that error."""
+    reason = by_text(diagnostic)
+    if reason == "expired":
+        low = (diagnostic or "").lower()[:4000]
+        if _GAVE_UP_RE.search(low):
+            cause = by_text(_GAVE_UP_RE.sub(" ", low))
+            # "try again later" words of the quoted error are no cause once the MTA gave up
+            cause = (cause if cause not in ("expired", "systemerror") else "") or by_status(status)
+            if cause:
+                return cause
+    return reason
+
+
 def classify(diagnostic: str, status: str, action: str = "", context: str = "") -> str:
     """The reason for one recipient. ``context`` is the notice text around it (weaker evidence)."""
     sub = status.split(".", 1)[1] if status and "." in status else ""
@@ -339,7 +361,7 @@ def classify(diagnostic: str, status: str, action: str = "", context: str = "") 
     elif sub in _DECISIVE and status[0] in "45":
         reason = _BY_STATUS[sub]
     else:
-        reason = by_text(diagnostic)
+        reason = _words(diagnostic, status)
         worded = bool(reason)
         reason = reason or by_status(status) or by_text(context) or ""
     command = smtp_command(diagnostic) or smtp_command(context)
