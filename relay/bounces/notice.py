@@ -15,7 +15,7 @@ from relay.bounces.dsn_fields import REPLY_RE, STATUS_RE, join_reply, status_of
 
 ADDR = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}@(?:[A-Za-z0-9-]{1,63}\.)+[A-Za-z]{2,24}"
 ADDR_RE = re.compile(rf"(?<![A-Za-z0-9.=+_-]){ADDR}(?![A-Za-z0-9-])")
-_NOT_RECIPIENT = re.compile(r"^(?:mailer-daemon|postmaster|mail-daemon|maildaemon|double-bounce)@", re.I)
+NOT_RECIPIENT = re.compile(r"^(?:mailer-daemon|postmaster|mail-daemon|maildaemon|double-bounce)@", re.I)
 _ALONE_REST = re.compile(r"^[\s<>\"'():;,.\-*\[\]]*$")
 _MAILTO = re.compile(r"<mailto:[^>]*>|mailto:", re.I)
 _AFTER_CODE = re.compile(rf"[245]\d\d[ -](?:[245]\.\d{{1,3}}\.\d{{1,3}}\s+)?<?({ADDR})>?", re.I)
@@ -48,7 +48,7 @@ def _line_recipients(text: str, exclude: set[str]) -> list[tuple[str, int]]:
                 if _ALONE_REST.match(rest) or _TRAILER.match(rest) or _LEADS.match(plain):
                     for m in addrs:
                         addr = m.group(0).lower().strip(".")
-                        if addr not in exclude and not _NOT_RECIPIENT.match(addr):
+                        if addr not in exclude and not NOT_RECIPIENT.match(addr):
                             found.append((addr, offset + line.find(m.group(0))))
         offset += len(line) + 1
     return found
@@ -61,7 +61,7 @@ def _phrase_recipients(text: str, exclude: set[str]) -> list[tuple[str, int]]:
         for m in rx.finditer(text):
             group = 1 if m.group(1) else 2
             addr = m.group(group).lower().strip(".")
-            if addr not in exclude and not _NOT_RECIPIENT.match(addr):
+            if addr not in exclude and not NOT_RECIPIENT.match(addr):
                 found.append((addr, m.start(group)))
     found.sort(key=lambda t: t[1])
     return found

@@ -228,12 +228,17 @@ def _from_notice(msg, text: str, pcs: message.Pieces) -> Parsed:
         found = [(a, text.lower().find(a)) for a in _flufl(msg) if a not in exclude]
     if not found:
         found = _labelled(text, exclude)
+    guessed = not found
+    if guessed:
+        found = _returned_recipients(pcs, text, exclude)
     found = found[:MAX_RECIPIENTS]
     segs = notice.segments(text, found)
     out = []
     for addr, _pos in found:
         seg = segs.get(addr, text)
         d = notice.describe(seg, addr)
+        if guessed and not d["replycode"]:
+            d["diagnostic"] = ""    # the notice says nothing about this recipient: no diagnostic to show
         r = Recipient(address=addr, action="failed", status=d["status"], replycode=d["replycode"],
                       diagnostic=d["diagnostic"])
         m = _REMOTE.search(seg[:2000])
@@ -251,6 +256,23 @@ def _from_notice(msg, text: str, pcs: message.Pieces) -> Parsed:
             r.action = "delayed"     # a warning: the reporting MTA is still trying
         out.append(r)
     return Parsed("bounce", out)
+
+
+def _returned_recipients(pcs: message.Pieces, text: str, exclude: set[str]) -> list[tuple[str, int]]:
+    """A report that names no recipient at all (Postfix's "Delivery report unavailable", old Sendmail's
+    "Deferred: ... with example.com"): the returned original's To, when the report has a delivery-status
+    part or names the recipient's domain. At most a few: a guess must not fan out."""
+    out: list[tuple[str, int]] = []
+    low = text.lower()
+    for line in dsn.unfold(pcs.returned):
+        if not line.lower().startswith("to:"):
+            continue
+        for addr in notice.addresses(line[3:])[:5]:
+            domain = addr.rpartition("@")[2]
+            if addr not in exclude and (pcs.status or re.search(rf"\b{re.escape(domain)}\b", low)):
+                out.append((addr, -1))
+        break
+    return out
 
 
 def _labelled(text: str, exclude: set[str]) -> list[tuple[str, int]]:
@@ -282,7 +304,7 @@ def _flufl(msg) -> list[str]:
     out = []
     for a in sorted(perm | temp):
         s = a.decode("utf-8", "replace") if isinstance(a, bytes) else str(a)
-        if "@" in s:
+        if "@" in s and not notice.NOT_RECIPIENT.match(s.strip("<>")):
             out.append(s.strip("<>").lower())
     return out
 
