@@ -26,7 +26,9 @@ FAILED_TO = re.compile(rf"(?:error delivering (?:your )?(?:mail|message)|could n
                        rf"delivery (?:has )?failed|was not delivered|undeliverable) to:?\s*<?({ADDR})>?",
                        re.I)
 _TRAILER = re.compile(r"^\s*(?:on\s.{0,40}|\(.{0,120}\)|\[.{0,80}\]|[:;,.]|\s)*$", re.I)
-_LEADS = re.compile(rf"^\s*<?{ADDR}>?:(?:\s|$)")
+_LEADS = re.compile(rf"^\s*<?{ADDR}>?:(?:\s|$)|"
+                    # "a@b Invalid Address, ERROR_CODE :550, ..." (Zoho): the address, then its error
+                    rf"^\s*<?{ADDR}>?\s.*\b(?:[45]\d\d|error_code)\b", re.I)
 MAX_SEGMENT = 1500
 
 
@@ -134,10 +136,22 @@ def _meaningful(seg: str, addr: str) -> str:
     return re.sub(r"[\s<>\"'():;,.\-]+", "", seg.lower().replace(addr, ""))
 
 
+# Zoho: "a@b Invalid Address, ERROR_CODE :550, ERROR_CODE :Requested action not taken: ...",
+# "[Status: Error, Address: <a@b>, ResponseCode 421, , Host not reachable.]"
+_LABELLED_CODE = re.compile(r"\b(?:error_code|response ?code)\s*:?\s*([45]\d\d)\b[\s,]*"
+                            r"(?:error_code\s*:\s*)?[\s,]*([^\n\]]{0,300})", re.I)
+
+
+def labelled_reply(segment: str) -> str:
+    """A reply code given as a labelled field instead of an SMTP reply line, as ``NNN text``, or ''."""
+    m = _LABELLED_CODE.search(segment[:MAX_SEGMENT])
+    return f"{m.group(1)} {m.group(2).strip()}".strip() if m else ""
+
+
 def describe(segment: str, addr: str) -> dict[str, str]:
     """Diagnostic, reply code and status found in one recipient's segment."""
     body = segment
-    reply = reply_line(body) or reply_line(segment)
+    reply = reply_line(body) or labelled_reply(body)
     if reply:
         diag = reply
     else:

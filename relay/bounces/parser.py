@@ -290,7 +290,8 @@ def _labelled(text: str, exclude: set[str]) -> list[tuple[str, int]]:
 def _returned_senders(returned: str) -> list[str]:
     out = []
     for line in dsn.unfold(returned):
-        if line.lower().startswith(("from:", "return-path:", "sender:")):
+        if line.lower().startswith(("from:", "return-path:", "sender:", "message-id:", "in-reply-to:",
+                                    "references:")):
             out.extend(notice.addresses(line))
     return out
 
@@ -310,7 +311,7 @@ def _flufl(msg) -> list[str]:
 
 
 def _finish(r: Recipient, context: str, temporary: bool = False) -> None:
-    r.status = dsn.more_specific(r.status, r.diagnostic)
+    r.status = dsn.more_specific(r.status, r.diagnostic + "\n" + context[:2000])
     r.reason = reasons.classify(r.diagnostic, r.status, r.action, context)
     if r.reason in ("undefined", "onhold"):
         r.reason = reasons.by_provider(r.address) or r.reason

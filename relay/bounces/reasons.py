@@ -36,7 +36,9 @@ _GAVE_UP_RE = re.compile(r"i'?m not going to try again|(?:this message has been 
 # Ordered: the first matching rule wins. Patterns are generic phrases, lower-cased input.
 _RULES: list[tuple[str, str]] = [
     ("virusdetected", r"\bvirus\b|malware|infected (?:attachment|message)|contains? (?:a )?(?:virus|worm)"),
-    ("rejected", r"sender (?:address )?(?:rejected|refused|denied|verify failed|verification failed|invalid|"
+    # an address on a blocklist is the envelope sender's, not the sending host's
+    ("rejected", r"\baddress (?:that |which )?(?:has been|is|was) (?:black|block) ?listed|"
+                 r"sender (?:address )?(?:rejected|refused|denied|verify failed|verification failed|invalid|"
                  r"unknown)|domain of sender|sender (?:address )?domain .{0,40}(?:not exist|unknown|invalid|"
                  r"not resolv)|sender was rejected|rejected sender|invalid sender|unknown sender|bad sender|"
                  r"mail from .{0,60}(?:rejected|refused|denied)|not (?:a )?registered gateway user|"
@@ -169,7 +171,9 @@ _RULES: list[tuple[str, str]] = [
                 r"could not be delivered (?:within|for)|give up|gave up|giving up|timed? ?out|timeout|"
                 r"too long in (?:the )?queue|delivery (?:time|period) (?:has )?expired|"
                 r"has not been delivered|not (?:yet )?been delivered|delay(?:ed)?\b|"
-                r"unable to deliver .{0,40}(?:days|hours)|maximum time|\bexpired\b"),
+                r"unable to deliver .{0,40}(?:days|hours)|maximum time|\bexpired\b|"
+                # the host stayed unreachable for the whole retry period (Zoho's final report)
+                r"host not reachable"),
     ("systemerror", r"system (?:error|config)|internal (?:server )?error|configuration error|"
                     r"server error|local error|temporary (?:local )?(?:problem|failure|error)|"
                     r"resources? (?:temporarily )?unavailable|"
