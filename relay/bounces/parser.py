@@ -29,7 +29,10 @@ _REMOTE = re.compile(r"(?:host|server|mta|mx)\s+\[?((?:[a-z0-9-]+\.)+[a-z]{2,}|\
                      re.I)
 _RELAYBOX_ID = re.compile(rb"X-Relaybox-ID:[ \t]*([A-Za-z0-9._-]{1,64})", re.I)
 _MSGID = re.compile(r"^Message-I[dD]:[ \t]*(<[^>\s]{1,250}>)", re.M)
-_TEMPORARY = re.compile(r"temporary failure|will (?:keep )?try(?:ing)? again|"
+# (Exim's "retry timeout exceeded" / "have been failing for a long time": the errors were temporary ones
+# that lasted until the retry limit)
+_TEMPORARY = re.compile(r"temporary failure|will (?:keep )?try(?:ing)? again|retry timeout exceeded|"
+                        r"(?:has|have) been failing for a long time|"
                         r"temporarily (?:deferred|unavailable)|this is only a temporary|"
                         r"has been delayed", re.I)
 _DELAY_NOTICE = re.compile(

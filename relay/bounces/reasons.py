@@ -30,6 +30,7 @@ _GAVE_UP = (r"in the queue too long|too long in (?:the )?queue|not going to try 
             r"(?:delivery|retry) (?:time|period) (?:has )?(?:expired|exceeded)|failing for a long time|"
             r"delivery failed \d+ attempts|still undelivered after")
 # the phrases qmail / Exim append to the quoted last error when they give up
+_TIMED_OUT = re.compile(r"timed? ?out|timeout")
 _GAVE_UP_RE = re.compile(r"i'?m not going to try again|(?:this message has been )?in the queue too long|"
                          r"retry time(?:out)? exceeded")
 
@@ -343,7 +344,10 @@ def _words(diagnostic: str, status: str) -> str:
     if reason == "expired":
         low = (diagnostic or "").lower()[:4000]
         if _GAVE_UP_RE.search(low):
-            cause = by_text(_GAVE_UP_RE.sub(" ", low))
+            rest = _GAVE_UP_RE.sub(" ", low)
+            if _TIMED_OUT.search(rest):
+                return reason   # the attempts kept timing out until the queue lifetime ran out
+            cause = by_text(rest)
             # "try again later" words of the quoted error are no cause once the MTA gave up
             cause = (cause if cause not in ("expired", "systemerror") else "") or by_status(status)
             if cause:
