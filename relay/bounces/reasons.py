@@ -174,7 +174,7 @@ _RULES: list[tuple[str, str]] = [
                 r"has not been delivered|not (?:yet )?been delivered|delay(?:ed)?\b|"
                 r"unable to deliver .{0,40}(?:days|hours)|maximum time|\bexpired\b|"
                 # the host stayed unreachable for the whole retry period (Zoho's final report)
-                r"host not reachable"),
+                r"host not reachable|(?:was|were|has|have) not (?:been )?delivered within"),
     ("systemerror", r"system (?:error|config)|internal (?:server )?error|configuration error|"
                     r"server error|local error|temporary (?:local )?(?:problem|failure|error)|"
                     r"resources? (?:temporarily )?unavailable|"
