@@ -262,12 +262,12 @@ def test_corpus_accuracy_stays_above_targets():
     assert os.path.exists(os.path.join(CORPUS, "expected.jsonl")), f"bounce corpus missing at {CORPUS}"
     f = bench.figures(bench.measure(CORPUS, bench.ours))
     assert f["crashes"] == 0
-    assert f["recipients"] >= 98.0
-    assert f["status"] >= 90.5
-    assert f["reason"] >= 86.5
-    assert f["hardsoft"] >= 92.5
-    # one sample labelled "not-bounce" is a real mailbox-full notice; nothing else may be a false bounce
-    assert f["false_bounces"] <= 1
+    # issue 13's targets (measured: 100 / 97.4 / 94.4 / 96.2)
+    assert f["recipients"] >= 99.0
+    assert f["status"] >= 97.0
+    assert f["reason"] >= 90.0
+    assert f["hardsoft"] >= 95.0
+    assert f["false_bounces"] == 0
 
 
 def test_cli_parse_prints_one_json_line_per_file(tmp_path, capsys):

@@ -1,0 +1,257 @@
+"""Bounce parser rules added for issue 13's figures, one test per rule, each on a small notice written here
+(not copied from any corpus): the evidence a rule uses, and the evidence that keeps it from firing."""
+
+from __future__ import annotations
+
+import pytest
+
+from relay.bounces import parse
+from relay.bounces.reasons import classify, kind, smtp_command
+
+pytestmark = pytest.mark.unit
+
+
+def _dsn(rcpt: str, status: str, diag: str = "", action: str = "failed", notice: str = "") -> bytes:
+    diag_line = f"Diagnostic-Code: smtp; {diag}\n" if diag else ""
+    return f"""From: MAILER-DAEMON@mx.example.org
+To: sender@relay.example
+Subject: Delivery Status Notification (Failure)
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=delivery-status; boundary="B"
+
+--B
+Content-Type: text/plain
+
+{notice or "Your message could not be delivered."}
+
+--B
+Content-Type: message/delivery-status
+
+Reporting-MTA: dns; mx.example.org
+
+Final-Recipient: rfc822; {rcpt}
+Action: {action}
+Status: {status}
+{diag_line}
+--B
+Content-Type: text/rfc822-headers
+
+From: sender@relay.example
+To: {rcpt}
+Subject: hi
+
+--B--
+""".encode()
+
+
+def _notice(body: str, subject: str = "failure notice", extra: str = "") -> bytes:
+    head = f"From: MAILER-DAEMON@mx.example.org\nTo: sender@relay.example\nSubject: {subject}\n{extra}\n"
+    return (head + body).encode()
+
+
+# -- "user unknown" without proof: filtered (soft) -------------------------------------------------------
+
+def test_user_unknown_reply_without_command_or_address_code_is_filtered_and_soft():
+    r = parse(_dsn("ann@example.net", "5.0.0", "550 <ann@example.net>: User unknown")).recipients[0]
+    assert (r.reason, r.kind) == ("filtered", "soft")
+
+
+@pytest.mark.parametrize("diag, status", [
+    ("550 <ann@example.net>: User unknown (in reply to RCPT TO command)", "5.0.0"),
+    ("550 5.1.1 <ann@example.net>: User unknown", "5.1.1"),
+    ("550 <ann@example.net>... User unknown [RCPT_TO]", "5.0.0"),
+])
+def test_user_unknown_with_rcpt_or_address_code_stays_a_hard_userunknown(diag, status):
+    r = parse(_dsn("ann@example.net", status, diag)).recipients[0]
+    assert (r.reason, r.kind) == ("userunknown", "hard")
+
+
+def test_the_recipients_own_server_saying_unknown_user_without_a_reply_stays_userunknown():
+    # a local directory lookup (no SMTP reply at all): the reporting server knows its own users
+    assert classify("Unknown user: ann@example.net", "") == "userunknown"
+    assert classify("550 Unknown user: ann@example.net", "") == "filtered"
+
+
+def test_rcpt_named_anywhere_is_the_command():
+    assert smtp_command("SMTP:RCPT host 192.0.2.8: 553 5.3.0 <a@b.example>... No such user here") == "RCPT"
+    assert smtp_command("550 5.2.1 <a@b.example>... User Unknown [RCPT_TO]") == "RCPT"
+    assert smtp_command("failed: ORCPT a@b.example") == ""
+
+
+# -- status codes ------------------------------------------------------------------------------------------
+
+def test_x71_means_security_when_permanent_and_a_block_when_temporary():
+    assert classify("550 5.7.1 <a@b.example>... Access denied", "5.7.1") == "securityerror"
+    assert classify("450 4.7.1 Try again", "4.7.1") == "blocked"
+    # at MAIL FROM a bare refusal concerns the sender; named words still win
+    assert classify("550 5.7.1 Access denied (in reply to MAIL FROM command)", "5.7.1") == "rejected"
+    assert classify("550 Unauthenticated senders not allowed (in reply to MAIL FROM command)",
+                    "5.0.0") == "securityerror"
+
+
+def test_x19_is_a_system_error_not_a_move():
+    assert classify("", "5.1.9") == "systemerror"
+
+
+def test_447_yields_to_the_error_it_kept_getting():
+    r = parse(_dsn("ann@example.net", "4.4.7", "554 4.4.7 Message expired: unable to deliver in 840 minutes."
+                   "<421 4.4.2 Connection timed out>", action="failed")).recipients[0]
+    assert (r.status, r.reason) == ("4.4.2", "expired")
+
+
+def test_a_relay_wrapped_reply_is_classified_by_the_remote_words():
+    diag = ("5.1.0 - Unknown address error 550-'5.7.1 <x@relay.example>... Access denied' "
+            "(delivery attempts: 0)")
+    r = parse(_dsn("ann@example.net", "5.0.0", diag)).recipients[0]
+    assert (r.status, r.reason, r.kind) == ("5.7.1", "securityerror", "soft")
+
+
+# -- nothing explains the failure -----------------------------------------------------------------------
+
+def test_unexplained_text_is_onhold_and_no_text_is_undefined():
+    assert classify("Your message could not be processed (ref 0x1f)", "") == "onhold"
+    assert classify("", "") == "undefined"
+    r = parse(_notice("<ann@example.net>:\n550 5.0.0 <ann@example.net>: Processing stopped (ref 22)\n"))
+    assert (r.recipients[0].reason, r.recipients[0].status) == ("onhold", "5.0.0")  # the bare code is all
+
+
+def test_a_refusal_before_the_envelope_is_a_block_of_the_sending_host():
+    assert classify("SMTP error from remote mail server after initial connection: 550 Access denied", "") \
+        == "blocked"
+
+
+# -- DSN fields ------------------------------------------------------------------------------------------
+
+def test_status_comment_explains_a_recipient_without_diagnostic_and_segments_stop_at_the_next_block():
+    # MIME broken (boundary indented): the report is read as text; each recipient keeps its own fields
+    raw = b"""From: MAILER-DAEMON@mx.example.org
+To: sender@relay.example
+Subject: Returned mail
+Content-Type: multipart/report; report-type=delivery-status; boundary="Q"
+
+--Q
+Content-Type: text/plain
+
+<ann@example.net> (unrecoverable error)
+<bob@example.org> (unrecoverable error)
+
+ --Q
+Content-Type: message/delivery-status
+
+Reporting-MTA: dns; mx.example.org
+
+Final-Recipient: rfc822;cat@example.com
+Action: delayed
+Status: 4.0.0 (example.com: host name lookup failure)
+
+Final-Recipient: rfc822;bob@example.org
+Action: failed
+Status: 5.0.0
+Diagnostic-Code: smtp; 550 5.1.1 user unknown
+"""
+    got = {r.address: r for r in parse(raw).recipients}
+    assert got["cat@example.com"].reason == "networkerror"
+    assert "user unknown" not in got["cat@example.com"].diagnostic
+    assert got["bob@example.org"].reason == "userunknown"
+
+
+def test_code_titles_in_status_comments_are_no_evidence():
+    r = parse(_dsn("ann@example.net", "4.0.0 (other or undefined status)",
+                   action="delayed")).recipients[0]
+    assert "other or undefined" not in r.diagnostic
+    assert r.reason == "expired"
+
+
+# -- notices that gave up --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("error, reason", [
+    ("Unable to contact LDAP server. (#4.4.3)", "systemerror"),
+    ("Connected to 192.0.2.9 but greeting failed. Remote host said: 421 4.7.0 Too many complaints, "
+     "bad reputation", "badreputation"),
+    ("unable to connect to remote server [192.0.2.9:25]: Operation timed out", "expired"),
+    ("Resources busy, please try again later.", "expired"),
+])
+def test_a_give_up_notice_is_classified_by_the_error_it_quotes(error, reason):
+    raw = _notice(f"Hi. This is the qmail-send program.\n\n<ann@example.net>:\n{error}\n"
+                  "I'm not going to try again; this message has been in the queue too long.\n")
+    assert parse(raw).recipients[0].reason == reason
+
+
+def test_exim_retry_timeout_is_a_lasting_temporary_error():
+    raw = _notice("A message that you sent could not be delivered to one or more of its\nrecipients. "
+                  "This is a permanent error. The following address(es) failed:\n\n  ann@example.net\n"
+                  "    mailbox is full: retry timeout exceeded\n", subject="Mail delivery failed")
+    r = parse(raw).recipients[0]
+    assert (r.reason, r.status) == ("mailboxfull", "4.0.922")
+
+
+def test_not_delivered_within_a_period_is_an_expiry():
+    raw = _notice("Your message was not delivered within 2 days and 1 hours.\n"
+                  "Remote host is not responding.\n\nThe following recipients did not receive this message:\n\n<ann@example.net>\n")
+    assert parse(raw).recipients[0].reason == "expired"
+
+
+# -- recipients ------------------------------------------------------------------------------------------
+
+def test_a_dsn_without_recipient_fields_falls_back_to_the_returned_to():
+    raw = b"""From: MAILER-DAEMON@mx.example.org (Mail Delivery System)
+To: sender@relay.example
+Subject: Undelivered Mail Returned to Sender
+Content-Type: multipart/report; report-type=delivery-status; boundary="R"
+
+--R
+Content-Type: text/plain
+
+I'm sorry to have to inform you that your message could not
+be delivered to one or more recipients.
+
+\t--- Delivery report unavailable ---
+
+--R
+Content-Type: message/delivery-status
+
+Reporting-MTA: dns; mx.example.org
+X-Postfix-Queue-ID: 4AB12
+
+--R
+Content-Type: message/rfc822
+
+From: <sender@relay.example>
+To: ann@example.net
+Message-Id: <1.2@relay.example>
+Subject: hi
+
+body
+--R--
+"""
+    p = parse(raw)
+    assert p.category == "bounce"
+    got = [(r.address, r.reason, r.diagnostic) for r in p.recipients]
+    assert got == [("ann@example.net", "undefined", "")]
+
+
+def test_zoho_labelled_codes_and_address_first_lines():
+    raw = _notice("This message was created automatically by mail delivery software.\n"
+                  "A message that you sent could not be delivered to one or more of its recipients.\n\n"
+                  "ann@example.net Invalid Address, ERROR_CODE :550, ERROR_CODE :5.2.2 <ann@example.net>... "
+                  "Mailbox Full\n"
+                  "bob@example.net Error, ERROR_CODE :421, ERROR_CODE :, Host not reachable.\n\n"
+                  "Message-ID:<1a2b@mail.example.org>\n", subject="Undelivered Mail Returned to Sender")
+    got = {r.address: r for r in parse(raw).recipients}
+    assert set(got) == {"ann@example.net", "bob@example.net"}
+    assert (got["ann@example.net"].replycode, got["ann@example.net"].reason) == ("550", "mailboxfull")
+    assert (got["bob@example.net"].replycode, got["bob@example.net"].status) == ("421", "4.0.947")
+
+
+@pytest.mark.parametrize("text, reason", [
+    ('"Sorry, you are sending to/from an address that has been blacklisted"', "rejected"),
+    ("550 5.7.1 can't determine Purported Responsible Address", "rejected"),
+    ("550 5.7.1 Service unavailable; client [192.0.2.1] blocked using zen.example", "blocked"),
+])
+def test_sender_side_refusals(text, reason):
+    assert classify(text, "") == reason
+
+
+def test_filtered_is_soft_userunknown_hard():
+    assert kind("filtered", "5.0.910") == "soft"
+    assert kind("userunknown", "5.0.911") == "hard"
