@@ -187,7 +187,8 @@ def test_exim_retry_timeout_is_a_lasting_temporary_error():
 
 def test_not_delivered_within_a_period_is_an_expiry():
     raw = _notice("Your message was not delivered within 2 days and 1 hours.\n"
-                  "Remote host is not responding.\n\nThe following recipients did not receive this message:\n\n<ann@example.net>\n")
+                  "Remote host is not responding.\n\n"
+                  "The following recipients did not receive this message:\n\n<ann@example.net>\n")
     assert parse(raw).recipients[0].reason == "expired"
 
 
