@@ -23,27 +23,36 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import resource
 import shutil
 import sqlite3
+import statistics
 import sys
 import tempfile
 import time
+import uuid
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+import bench._scale_live as live  # noqa: E402
 from relay.envelope import NewMessage  # noqa: E402
 from store import Store  # noqa: E402
 from store.history import MessageFilter  # noqa: E402
 
-BODY = b"From: app@org.test\r\nTo: r@d.test\r\nSubject: scale\r\n\r\n" + b"x" * 960 + b"\r\n"
+PAD = b"x" * 900 + b"\r\n"
 
 
 def msg(i: int) -> NewMessage:
-    return NewMessage("app@org.test", [f"r{i % 5000}@d{i % 200}.test"], BODY, from_header="app@org.test",
-                      subject="scale")
+    """The i-th message: 1 KB, one recipient of 5,000 over 200 domains, and a Message-ID of its own
+    (random, as mailers make them: the header index gets the random inserts real mail gives it)."""
+    mid = f"{uuid.uuid4().hex}@org.test"
+    body = (f"From: app@org.test\r\nTo: r@d.test\r\nSubject: scale\r\nMessage-ID: <{mid}>\r\n\r\n"
+            .encode() + PAD)
+    return NewMessage("app@org.test", [f"r{i % 5000}@d{i % 200}.test"], body, from_header="app@org.test",
+                      subject="scale", message_id_header=f"<{mid}>")
 
 
 async def fill(store: Store, start: int, count: int) -> float:
@@ -91,19 +100,39 @@ def old_gauges(path: str) -> float:
         return (time.perf_counter() - t0) * 1000
 
 
-async def measure(store: Store, level: int) -> dict[str, float]:
-    rate = await fill(store, level, 5000)
+def median(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else 0.0
+
+
+async def enqueue_rates(store: Store, ref: Store, done: int, ref_done: int,
+                        samples: int) -> tuple[list[float], list[float]]:
+    """``samples`` enqueue samples (5,000 messages each) on the queue and on the reference store (a fresh
+    file: the rate at 0), interleaved ABBA so the load of the machine falls on both alike."""
+    big: list[float] = []
+    small: list[float] = []
+    for k in range(samples):
+        order = ((store, big), (ref, small)) if k % 2 == 0 else ((ref, small), (store, big))
+        for s, out in order:
+            at = done if s is store else ref_done
+            out.append(await fill(s, at, 5000))
+            if s is store:
+                done += 5000
+            else:
+                ref_done += 5000
+    return big, small
+
+
+async def measure(store: Store, level: int, queued: int) -> dict[str, float]:
     size = store.size_bytes()
-    queued = level + 5000
     return {
-        "level": level, "enqueue": rate,
+        "level": level,
         "gauges": await timed(store.stats.queue_stats), "old_gauges": old_gauges(store.path),
         "summary": await timed(lambda: store.history.summary(top=50)),
         "list_status": await timed(lambda: store.history.list_messages(MessageFilter(status=("queued",)),
                                                                         limit=50)),
         "list_rcpt": await timed(lambda: store.history.list_messages(MessageFilter(recipient="r4999@"),
                                                                       limit=50)),
-        "bytes_per_msg": size / queued - len(BODY),
+        "bytes_per_msg": size / queued - len(msg(0).body),
         "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
@@ -123,28 +152,123 @@ async def searches(store: Store) -> dict[str, tuple[float, int]]:
     return out
 
 
-async def main(levels: list[int], search: bool, bulk: bool) -> None:
-    work = tempfile.mkdtemp(prefix="relaybox-scale-")
-    store = Store(os.path.join(work, "scale.db")).open()
-    print(f"scale: 1 KB messages, one recipient, 200 domains; store on {work}")
-    print(f"{'queued':>9} {'enqueue/s':>10} {'metrics ms':>11} {'(old scan)':>11} {'summary ms':>11}"
-          f" {'list ms':>8} {'by rcpt':>8} {'meta B/msg':>11} {'RSS MB':>7}")
-    done = 0
+def verdict(ratio: float) -> str:
+    return "within 20%" if ratio >= 0.8 else "NOT within 20%"
+
+
+def smtp_rates(path: str, ref_path: str, messages: int,
+               samples: int) -> tuple[list[float], list[float], float]:
+    """SMTP intake (smtp-source -> relaybox) on the queue and on the reference file, interleaved ABBA."""
+    big: list[float] = []
+    small: list[float] = []
+    rss = 0.0
+    for k in range(samples):
+        order = ((path, big), (ref_path, small)) if k % 2 == 0 else ((ref_path, small), (path, big))
+        for p, out in order:
+            rate, peak = live.smtp_intake(p, messages)
+            out.append(rate)
+            rss = max(rss, peak) if p == path else rss
+    return big, small, rss
+
+
+class Run:
+    """One bench run: the queue (``scale.db``) and, per level, a fresh reference file (the rate at 0)."""
+
+    def __init__(self, work: str, args: argparse.Namespace):
+        self.work, self.args = work, args
+        self.path = os.path.join(work, "scale.db")
+        self.store = Store(self.path).open()
+        self.done = 0            # messages in the queue
+        self.ref_path = ""
+        self.ref_done = 0
+
+    def new_ref(self) -> Store:
+        self.drop_ref()
+        self.ref_path = os.path.join(self.work, "ref.db")
+        self.ref_done = 0
+        return Store(self.ref_path).open()
+
+    def drop_ref(self) -> None:
+        if self.ref_path:
+            for suffix in ("", "-wal", "-shm", ".key", ".lock", ".wlock"):
+                with contextlib.suppress(OSError):
+                    os.unlink(self.ref_path + suffix)
+
+    async def level(self, level: int) -> None:
+        args = self.args
+        if level > self.done:
+            await (bulk_fill if args.bulk_fill else fill)(self.store, self.done, level - self.done)
+            self.done = level
+        ref = self.new_ref()
+        big, small = await enqueue_rates(self.store, ref, self.done, 0, args.samples)
+        self.done += 5000 * args.samples
+        self.ref_done = 5000 * args.samples
+        r = await measure(self.store, level, self.done)
+        ratio = median(big) / median(small) if small else 0.0
+        print(f"{level:>9,} {median(big):>10,.0f} {median(small):>9,.0f} {ratio:>6.2f} {r['gauges']:>11.1f}"
+              f" {r['old_gauges']:>11.1f} {r['summary']:>11.1f} {r['list_status']:>8.1f}"
+              f" {r['list_rcpt']:>8.1f} {r['bytes_per_msg']:>11,.0f} {r['rss_mb']:>7.0f}", flush=True)
+        print(f"   enqueue samples/s: queue {' '.join(f'{x:,.0f}' for x in big)};"
+              f" at 0 {' '.join(f'{x:,.0f}' for x in small)}; {verdict(ratio)}", flush=True)
+        if args.search:
+            found = await searches(self.store)
+            print("   search ms (rows): " + "  ".join(f"{k} {ms:.1f} ({n})"
+                                                  for k, (ms, n) in found.items()), flush=True)
+        if args.smtp:
+            await self.smtp(level, ref)
+        ref.close()
+
+    async def smtp(self, level: int, ref: Store) -> None:
+        self.store.close()
+        ref.close()
+        big, small, rss = smtp_rates(self.path, self.ref_path, self.args.smtp, self.args.samples)
+        self.done += self.args.smtp * self.args.samples
+        ratio = median(big) / median(small) if small else 0.0
+        print(f"   SMTP intake (smtp-source 20 sessions -> relaybox, 1 KB, {self.args.smtp:,} per sample):"
+              f" queue {median(big):,.0f}/s, at 0 {median(small):,.0f}/s, ratio {ratio:.2f}"
+              f" ({verdict(ratio)});"
+              f" samples {' '.join(f'{x:,.0f}' for x in big)} vs {' '.join(f'{x:,.0f}' for x in small)};"
+              f" relaybox RSS {rss:.0f} MB", flush=True)
+        self.store = Store(self.path).open()
+
+    async def drain(self) -> None:
+        """The drain rate from the queue vs from a small queue (``--drain-ref`` messages), both to one
+        Postfix smtp-sink, and the kill -9 test on the queue's drain."""
+        args = self.args
+        ref = self.new_ref()
+        await bulk_fill(ref, 0, args.drain_ref)
+        ref.close()
+        self.store.close()
+        small = live.drain(self.ref_path, args.drain, args.connections, crash=False)
+        big = live.drain(self.path, args.drain, args.connections, crash=True)
+        ratio = big.rate / small.rate if small.rate else 0.0
+        print(f"drain to smtp-sink over {args.connections} connections, {args.drain:.0f} s: from"
+              f" {self.done:,} queued {big.rate:,.0f} msg/s ({big.delivered:,}), from {args.drain_ref:,}"
+              f" queued {small.rate:,.0f} msg/s ({small.delivered:,}): ratio {ratio:.2f};"
+              f" relaybox RSS {big.rss_mb:.0f} MB (small queue {small.rss_mb:.0f} MB)", flush=True)
+        print(f"kill -9 during that drain: {big.duplicates} duplicate(s) at the sink ({big.received:,}"
+              f" transactions received) with {big.connections} connections open, {big.in_flight_at_kill}"
+              f" recipients in 'sending' at the kill; bound: at most one per open connection"
+              f" [{'held' if 0 <= big.duplicates <= big.connections else 'NOT held'}]", flush=True)
+        self.store = Store(self.path).open()
+
+
+async def main(args: argparse.Namespace) -> None:
+    levels = [int(x) for x in args.levels.split(",")]
+    work = tempfile.mkdtemp(prefix="scale-", dir=args.tmp)
+    run = Run(work, args)
+    print(f"scale: 1 KB messages, one recipient, 200 domains, random Message-IDs; store on {work};"
+          f" enqueue: median of {args.samples} samples of 5,000 (200 per commit), interleaved with a fresh"
+          f" file (the rate at 0)")
+    print(f"{'queued':>9} {'enqueue/s':>10} {'at 0 /s':>9} {'ratio':>6} {'metrics ms':>11} {'(old scan)':>11}"
+          f" {'summary ms':>11} {'list ms':>8} {'by rcpt':>8} {'meta B/msg':>11} {'RSS MB':>7}")
     try:
         for level in levels:
-            if level > done:
-                await (bulk_fill if bulk else fill)(store, done, level - done)
-            r = await measure(store, level)
-            done = level + 5000
-            print(f"{r['level']:>9,} {r['enqueue']:>10,.0f} {r['gauges']:>11.1f} {r['old_gauges']:>11.1f}"
-                  f" {r['summary']:>11.1f} {r['list_status']:>8.1f} {r['list_rcpt']:>8.1f}"
-                  f" {r['bytes_per_msg']:>11,.0f} {r['rss_mb']:>7.0f}", flush=True)
-            if search:
-                found = await searches(store)
-                print("   search ms (rows): " + "  ".join(f"{k} {ms:.1f} ({n})"
-                                                      for k, (ms, n) in found.items()), flush=True)
+            await run.level(level)
+        if args.drain:
+            await run.drain()
     finally:
-        store.close()
+        run.store.close()
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -154,5 +278,12 @@ if __name__ == "__main__":
     ap.add_argument("--search", action="store_true", help="also time substring searches of the list")
     ap.add_argument("--bulk-fill", action="store_true",
                     help="fill between levels 5,000 messages per write (same rows; rate still measured)")
-    args = ap.parse_args()
-    asyncio.run(main([int(x) for x in args.levels.split(",")], args.search, args.bulk_fill))
+    ap.add_argument("--samples", type=int, default=3, help="enqueue (and SMTP) samples per level and file")
+    ap.add_argument("--smtp", type=int, default=0, metavar="N",
+                    help="also SMTP intake: smtp-source N messages into relaybox on the file, per sample")
+    ap.add_argument("--drain", type=float, default=0.0, metavar="SECONDS",
+                    help="after the last level: drain to a Postfix smtp-sink for SECONDS, then kill -9")
+    ap.add_argument("--drain-ref", type=int, default=30000, help="messages of the small queue drained")
+    ap.add_argument("--connections", type=int, default=20, help="delivery connections for --drain")
+    ap.add_argument("--tmp", default="/tmp", help="where the temporary store goes (needs ~2.1 GB per 1M)")
+    asyncio.run(main(ap.parse_args()))
