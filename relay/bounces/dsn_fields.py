@@ -162,7 +162,8 @@ def recipients(text: str) -> list[dict[str, str]]:
             addr = actual
         if not addr:
             continue
-        diag = join_reply(typed_value(block.get("diagnostic-code", "")))
+        raw_diag = block.get("diagnostic-code", "")
+        diag = join_reply(typed_value(raw_diag))
         out.append({
             "address": addr,
             "original": address_of(block.get("original-recipient", "")),
@@ -172,6 +173,7 @@ def recipients(text: str) -> list[dict[str, str]]:
             "diag_status": diag_status_of(diag),
             "replycode": reply_of(diag[:8]) or reply_of(diag),
             "diagnostic": diag,
+            "diag_type": raw_diag.split(";", 1)[0].strip().lower() if ";" in raw_diag else "",
             "remote_mta": typed_value(block.get("remote-mta", "")),
             "reporting_mta": typed_value(per_msg.get("reporting-mta", "")),
         })

@@ -40,6 +40,7 @@ _DELAY_NOTICE = re.compile(
     r"delivery attempts will continue|this is only a temporary|still (?:be )?(?:retrying|trying)|"
     r"warning: message still undelivered|has been delayed|no action is required on your part", re.I)
 _NEXT_BLOCK = re.compile(r"^\s*(?:original|final)-recipient\s*:", re.I | re.M)
+_LOCAL_EXIT_STATUS = re.compile(r"^[45]\.(?:0\.0|5\.\d{1,3})$")
 MAX_RECIPIENTS = 200       # per report; more is an abuse, not a bounce
 _DONE_ACTIONS = {"delivered", "relayed", "expanded", "deliverable"}   # deliverable: Postfix verify (-bv)
 
@@ -195,7 +196,10 @@ def _from_dsn(msg, entries: list[dict], text: str) -> Parsed:
         diag = e["diagnostic"] or e["status_comment"] or from_text.get("diagnostic", "")
         status = e["status"]
         diag_status = e["diag_status"]
-        if diag_status and (not status or _GENERIC_STATUS.match(status) or status[0] == diag_status[0]):
+        if diag_status and (not status or _GENERIC_STATUS.match(status) or status[0] == diag_status[0]
+                            or e["replycode"][:1] == diag_status[0]):
+            # the code inside the remote reply wins, also over a Status: of another class when the reply's
+            # own code agrees with it ("Status: 4.5.0", "550 5.5.0 ...")
             status = e["diag_status"]
         if not e["diagnostic"] and (not status or _GENERIC_STATUS.match(status)):
             # no Diagnostic-Code: the notice text is the only precise evidence
@@ -206,6 +210,10 @@ def _from_dsn(msg, entries: list[dict], text: str) -> Parsed:
         r = Recipient(address=e["address"], action=e["action"], status=status, replycode=reply,
                       diagnostic=" ".join(diag.split())[:1000], remote_mta=e["remote_mta"])
         _finish(r, context=seg)
+        if e["diag_type"] == "x-unix" and _LOCAL_EXIT_STATUS.match(r.status) and not reasons.by_text(diag):
+            # RFC 3464 "X-Unix; 71": the exit status of the local delivery program; a generic or protocol
+            # (X.5.Y) code cannot describe a program's exit
+            r.reason, r.kind = "mailererror", "soft"
         out.append(r)
     if all(r.action in _DONE_ACTIONS for r in out):
         for r in out:
