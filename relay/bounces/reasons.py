@@ -176,10 +176,10 @@ _RULES: list[tuple[str, str]] = [
                 # the host stayed unreachable for the whole retry period (Zoho's final report)
                 r"host not reachable|(?:was|were|has|have) not (?:been )?delivered within"),
     ("systemerror", r"system (?:error|config)|internal (?:server )?error|configuration error|"
-                    r"server error|local error|temporary (?:local )?(?:problem|failure|error)|"
+                    r"server error|local error|temporary local (?:problem|failure|error)|"
                     r"resources? (?:temporarily )?unavailable|"
                     r"service (?:is )?(?:temporarily |currently )?unavailable|"
-                    r"try (?:again )?later|(?:out of|insufficient) (?:memory|resources)|transaction failed"),
+                    r"(?:out of|insufficient) (?:memory|resources)|transaction failed"),
     ("userunknown", r"(?:address|recipient) rejected"),
 ]
 _COMPILED = [(reason, re.compile(rx)) for reason, rx in _RULES]
