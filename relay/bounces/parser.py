@@ -41,6 +41,9 @@ _DELAY_NOTICE = re.compile(
     r"warning: message still undelivered|has been delayed|no action is required on your part", re.I)
 _NEXT_BLOCK = re.compile(r"^\s*(?:original|final)-recipient\s*:", re.I | re.M)
 _LOCAL_EXIT_STATUS = re.compile(r"^[45]\.(?:0\.0|5\.\d{1,3})$")
+# a notice that quotes the original's headers inline ("Original Message:\nFrom: ...\nTo: ...")
+_QUOTED_ORIGINAL = re.compile(r"^[\s-]*original message[\s-]*:?[\s-]*$", re.I | re.M)
+_ERROR_LINE = re.compile(r"^\s*(?:error|reason)\s*:\s*(\S.{2,300})$", re.I | re.M)
 MAX_RECIPIENTS = 200       # per report; more is an abuse, not a bounce
 _DONE_ACTIONS = {"delivered", "relayed", "expanded", "deliverable"}   # deliverable: Postfix verify (-bv)
 
@@ -249,7 +252,9 @@ def _from_notice(msg, text: str, pcs: message.Pieces) -> Parsed:
         seg = segs.get(addr, text)
         d = notice.describe(seg, addr)
         if guessed and not d["replycode"]:
-            d["diagnostic"] = ""    # the notice says nothing about this recipient: no diagnostic to show
+            # the notice names no recipient: only an "Error: ..." line of it is a diagnostic
+            m_err = _ERROR_LINE.search(text)
+            d["diagnostic"] = m_err.group(1).strip() if m_err else ""
         r = Recipient(address=addr, action="failed", status=d["status"], replycode=d["replycode"],
                       diagnostic=d["diagnostic"])
         m = _REMOTE.search(seg[:2000])
@@ -275,7 +280,9 @@ def _returned_recipients(pcs: message.Pieces, text: str, exclude: set[str]) -> l
     part or names the recipient's domain. At most a few: a guess must not fan out."""
     out: list[tuple[str, int]] = []
     low = text.lower()
-    for line in dsn.unfold(pcs.returned):
+    quoted = _QUOTED_ORIGINAL.search(text)
+    headers = pcs.returned or (text[quoted.end():quoted.end() + 2000] if quoted else "")
+    for line in dsn.unfold(headers):
         if not line.lower().startswith("to:"):
             continue
         for addr in notice.addresses(line[3:])[:5]:

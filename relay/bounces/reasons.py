@@ -180,7 +180,7 @@ _RULES: list[tuple[str, str]] = [
                     r"resources? (?:temporarily )?unavailable|"
                     r"service (?:is )?(?:temporarily |currently )?unavailable|"
                     r"(?:out of|insufficient) (?:memory|resources)|transaction failed"),
-    ("userunknown", r"(?:address|recipient) rejected"),
+    ("userunknown", r"(?:address|recipient) rejected|no valid recipients? (?:for|in)\b"),
 ]
 _COMPILED = [(reason, re.compile(rx)) for reason, rx in _RULES]
 
