@@ -245,8 +245,9 @@ _NAMES_CLIENT = re.compile(r"(?<![\d.])\d{1,3}(?:\.\d{1,3}){3}(?![\d.]*\d)|block
                            r"(?:your|sender|sending|source) ip|your (?:isp|provider)")
 # "5.1.0 - Unknown address error 550-'5.7.1 <a@b>... Access denied'": a relay (Amazon SES and the like)
 # prefixes the remote server's reply with its own enhanced code and a summary
-_WRAPPED = re.compile(r"^\s*[245]\.\d{1,3}\.\d{1,3}\s+-?\s*[^'\"]{0,80}?\s([245]\d\d[ -]['\"]?[245]\.\d{1,3}"
-                      r"\.\d{1,3}\b.*)$", re.S)
+# (the quoted reply may carry no enhanced code: "5.3.0 - Other mail system problem 550-'Unknown user a@b'")
+_WRAPPED = re.compile(r"^\s*[245]\.\d{1,3}\.\d{1,3}\s+-?\s*[^'\"]{0,80}?\s"
+                      r"([245]\d\d[ -](?:['\"]?[245]\.\d{1,3}\.\d{1,3}\b|['\"]).*)$", re.S)
 _ANY_STATUS = re.compile(r"(?<![\d.])[245]\.(\d{1,3})\.(\d{1,3})(?![\d.]*\d)")
 _REMOTE_REPLY = re.compile(r"(?<![\d.#:-])[45]\d\d(?=[ -])")
 _RCPT_WORD = re.compile(r"\bRCPT(?:\b|_)")
@@ -361,6 +362,8 @@ def classify(diagnostic: str, status: str, action: str = "", context: str = "") 
     wrapped = _WRAPPED.match(diagnostic or "")
     if wrapped:
         diagnostic = wrapped.group(1)   # a relay's own summary around the remote reply: the reply decides
+        if not _ANY_STATUS.search(diagnostic[:40]):
+            sub = ""                    # ... and the relay's code is no evidence about the address
     low = (diagnostic or "").lower()[:4000]
     strong = by_provider_code(low) or next((reason for reason, rx in _STRONG if rx.search(low)), "")
     worded = True
