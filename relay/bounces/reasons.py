@@ -180,8 +180,10 @@ _RULES: list[tuple[str, str]] = [
                     r"resources? (?:temporarily )?unavailable|"
                     r"service (?:is )?(?:temporarily |currently )?unavailable|"
                     r"(?:out of|insufficient) (?:memory|resources)|transaction failed"),
-    ("userunknown", r"(?:address|recipient) rejected|no valid recipients? (?:for|in)\b"),
 ]
+# Postfix's "Recipient address rejected: ..." prefixes any refusal at RCPT: alone it means an unknown
+# address, but it yields to the code (and to any words after it) when they say more
+_WEAK_UNKNOWN = re.compile(r"(?:address|recipient) rejected|no valid recipients? (?:for|in)\b")
 _COMPILED = [(reason, re.compile(rx)) for reason, rx in _RULES]
 
 # Phrases so specific that they win over the enhanced status code (servers often send a generic or wrong
@@ -321,6 +323,12 @@ def by_provider(address: str) -> str:
 
 @functools.lru_cache(maxsize=512)
 def by_text(text: str) -> str:
+    return by_words(text) or ("userunknown" if _WEAK_UNKNOWN.search((text or "").lower()[:4000]) else "")
+
+
+@functools.lru_cache(maxsize=512)
+def by_words(text: str) -> str:
+    """The reason of the first matching phrase rule, the weak "address rejected" prefix left out."""
     low = (text or "").lower()[:4000]
     for reason, rx in _COMPILED:
         if rx.search(low):
@@ -341,7 +349,7 @@ def by_status(status: str) -> str:
 
 def _words(diagnostic: str, status: str) -> str:
     """The reason the words give; an expiry notice that quotes the last error is that error."""
-    reason = by_text(diagnostic)
+    reason = by_words(diagnostic)
     if reason == "expired":
         low = (diagnostic or "").lower()[:4000]
         if _GAVE_UP_RE.search(low):
@@ -374,7 +382,8 @@ def classify(diagnostic: str, status: str, action: str = "", context: str = "") 
     else:
         reason = _words(diagnostic, status)
         worded = bool(reason)
-        reason = reason or by_status(status) or by_text(context) or ""
+        reason = (reason or by_status(status) or ("userunknown" if _WEAK_UNKNOWN.search(low) else "")
+                  or by_text(context) or "")
     command = smtp_command(diagnostic) or smtp_command(context)
     if not reason:
         reason = _unexplained(diagnostic, action, command)
