@@ -43,7 +43,7 @@ _RULES: list[tuple[str, str]] = [
                  r"unknown)|domain of sender|sender (?:address )?domain .{0,40}(?:not exist|unknown|invalid|"
                  r"not resolv)|sender was rejected|rejected sender|invalid sender|unknown sender|bad sender|"
                  r"mail from .{0,60}(?:rejected|refused|denied)|not (?:a )?registered gateway user|"
-                 r"purported responsible address"),
+                 r"purported responsible address|\bfrom:? domain (?:is )?(?:invalid|unknown|not)"),
     ("expired", _GAVE_UP),
     ("userunknown", r"recipient address rejected: access denied|that you tried to reach does not exist"),
     ("syntaxerror", r"malformed address|command parameter not implemented|command not implemented"),
