@@ -256,3 +256,53 @@ def test_sender_side_refusals(text, reason):
 def test_filtered_is_soft_userunknown_hard():
     assert kind("filtered", "5.0.910") == "soft"
     assert kind("userunknown", "5.0.911") == "hard"
+
+
+# -- later rules ------------------------------------------------------------------------------------------
+
+def test_the_bare_recipient_rejected_prefix_yields_to_the_code():
+    assert classify("551 5.7.1 <a@b.example>: Recipient address rejected: Delivery not authorized",
+                    "5.7.1") == "securityerror"
+    assert classify("550 <a@b.example>: Recipient address rejected (in reply to RCPT TO command)",
+                    "5.0.0") == "userunknown"
+
+
+def test_the_replys_own_code_wins_over_a_status_field_of_another_class():
+    r = parse(_dsn("ann@example.net", "4.5.0", "550 5.5.0 Service refused")).recipients[0]
+    assert r.status == "5.5.0"
+    r = parse(_dsn("ann@example.net", "5.0.0", "450 4.2.0 try later")).recipients[0]
+    assert r.status == "4.2.0"
+
+
+def test_x_unix_exit_status_is_a_mailer_error_unless_the_code_says_more():
+    raw = _dsn("ann@example.net", "4.5.0", action="delayed").replace(
+        b"Status: 4.5.0\n", b"Status: 4.5.0\nDiagnostic-Code: X-Unix; 71\n")
+    assert parse(raw).recipients[0].reason == "mailererror"
+    raw = _dsn("ann@example.net", "5.3.0").replace(b"Status: 5.3.0\n",
+                                                   b"Status: 5.3.0\nDiagnostic-Code: X-Unix; 77\n")
+    assert parse(raw).recipients[0].reason == "systemerror"
+
+
+def test_a_notice_quoting_the_original_inline_gives_its_to():
+    raw = _notice("Message could not be delivered to mobile.\nError: No valid recipients for this MM\n\n\n"
+                  "Original Message:\nFrom: Someone <sender@relay.example>\nTo: 5550100@mms.example.net\n"
+                  "Subject: test\n", subject="Undeliverable Message")
+    [r] = parse(raw).recipients
+    assert (r.address, r.reason, r.kind) == ("5550100@mms.example.net", "userunknown", "hard")
+    assert r.diagnostic == "No valid recipients for this MM"
+
+
+def test_a_relay_wrapped_reply_without_its_own_code_ignores_the_relays_code():
+    diag = "5.3.0 - Other mail system problem 550-'Unknown user ann@example.net' (delivery attempts: 0)"
+    r = parse(_dsn("ann@example.net", "5.0.0", diag)).recipients[0]
+    assert (r.status, r.reason) == ("5.3.0", "filtered")    # no RCPT, no address code: unproven
+
+
+def test_try_again_later_is_when_not_what():
+    assert classify("450 4.0.0 Temporary failure, please try again later", "4.0.0") == "onhold"
+    assert classify("451 4.3.0 Internal server error, try again later", "4.3.0") == "systemerror"
+
+
+def test_an_invalid_from_domain_is_a_sender_refusal():
+    assert classify("550 5.2.0 <a@b.example> From: Domain is invalid. Please provide a valid From:",
+                    "5.2.0") == "rejected"
