@@ -260,14 +260,10 @@ def _from_notice(msg, text: str, pcs: message.Pieces) -> Parsed:
         m = _REMOTE.search(seg[:2000])
         if m:
             r.remote_mta = m.group(1)
-        generic = r.status if _GENERIC_STATUS.match(r.status) else ""
-        if generic:
-            r.status = ""       # a bare X.0.0 in free text: the reason-derived code says more
         first = min((p for _a, p in found if p >= 0), default=0)
         context = seg[:3000] + "\n" + text[max(0, first - 600):first]   # the lead-in explains a list too
+        # a bare X.0.0 the server sent is reported as sent (a derived X.0.9NN only when it sent no code)
         _finish(r, context=context, temporary=bool(_TEMPORARY.search(seg[:3000])))
-        if generic and r.reason in ("onhold", "undefined"):
-            r.status = generic  # ... unless no cause was found: then the code is all there is
         if _DELAY_NOTICE.search(seg[:3000] + text[:3000]):
             r.action = "delayed"     # a warning: the reporting MTA is still trying
         out.append(r)

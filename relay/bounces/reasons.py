@@ -239,7 +239,11 @@ _BY_STATUS = {
 _DECISIVE = {"1.1", "1.2", "1.6", "1.7", "1.8", "2.2", "2.3", "3.4", "7.25", "7.26", "7.23"}
 _COMMAND = re.compile(r"in reply to (?:the )?(rcpt to|mail from|end of data|data|helo|ehlo)\b|"
                       r"after (rcpt to|mail from|end of data|data|initial connection|helo|ehlo)\b|"
-                      r">>> (rcpt to|mail from|data|helo|ehlo)\b|(sender) was rejected", re.I)
+                      r">>> (rcpt to|mail from|data|helo|ehlo)\b|"
+                      # qmail: "Connected to X but sender was rejected" / "... but my name was rejected" /
+                      # "X does not like recipient" / "X failed after I sent the message" / "greeting failed"
+                      r"(sender) was rejected|my (name) was rejected|does not like (recipient)|"
+                      r"(failed after i sent the message|failed on data command)|but (greeting) failed", re.I)
 # a block at MAIL FROM that names the client (its address, a blocklist) is about the sending host, not the
 # sender
 _NAMES_CLIENT = re.compile(r"(?<![\d.])\d{1,3}(?:\.\d{1,3}){3}(?![\d.]*\d)|block ?list|black ?list|\brbl\b|"
@@ -255,7 +259,9 @@ _REMOTE_REPLY = re.compile(r"(?<![\d.#:-])[45]\d\d(?=[ -])")
 _RCPT_WORD = re.compile(r"\bRCPT(?:\b|_)")
 _NO_VALID = re.compile(r"<<<\s*5\d\d\b.{0,40}no valid recipients", re.I)
 _CMD_NAMES = {"rcpt to": "RCPT", "mail from": "MAIL", "end of data": "DATA", "data": "DATA", "helo": "HELO",
-              "ehlo": "HELO", "initial connection": "CONN", "sender": "MAIL"}
+              "ehlo": "HELO", "initial connection": "CONN", "sender": "MAIL", "name": "HELO",
+              "recipient": "RCPT", "failed after i sent the message": "DATA",
+              "failed on data command": "DATA", "greeting": "CONN"}
 
 
 def smtp_command(text: str) -> str:
@@ -391,6 +397,9 @@ def classify(diagnostic: str, status: str, action: str = "", context: str = "") 
         return "filtered"       # the user existed at RCPT; the content was refused
     if reason == "userunknown" and not command and not strong and _unproven_unknown(low, sub):
         return "filtered"
+    if command in ("CONN", "HELO") and reason in ("userunknown", "hostunknown", "notaccept", "filtered",
+                                                  "rejected", "syntaxerror", "onhold", "undefined"):
+        return "blocked"        # refused before any envelope: about the sending host, not the recipient
     if command == "MAIL" and (reason in ("userunknown", "hostunknown", "undefined", "notaccept", "onhold")
                               or (reason == "securityerror" and not worded)
                               or (reason == "blocked" and not _NAMES_CLIENT.search(low))):
