@@ -19,6 +19,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass
+from typing import Collection, Iterable, Sequence
 
 import aiohttp
 from prometheus_client import Counter
@@ -53,12 +54,7 @@ def document(view: MessageView, *, inbound_id: int, channel: str, campaign: str,
         if attachments == "base64":
             item["content_base64"] = base64.b64encode(data).decode()
         atts.append(item)
-    headers = []
-    for k, v in view.head.items():
-        try:
-            headers.append([k, str(v)])
-        except Exception:  # noqa: BLE001 - keep the raw text of a malformed header
-            headers.append([k, repr(v)])
+    headers = [[k, v] for k, v in view.fields()]
     return {
         "id": inbound_id, "channel": channel, "campaign": campaign, "filter": filter_index,
         "message_id": view.header("Message-ID"), "from": view.sender, "to": view.addresses("To"),
@@ -99,67 +95,98 @@ def maildir_path(c: CampaignConfig, root: str) -> str:
     return c.path or os.path.join(root, c.name)
 
 
-def deliver_maildir(c: CampaignConfig, raw: bytes, inbound_id: int, root: str) -> tuple[str, str]:
-    """One message, durable on return: stage + publish (see below); returns (file name, new/ directory)."""
-    staged = stage_maildir(c, raw, inbound_id, root)
-    publish_maildir([staged])
-    return staged.name, staged.newdir
-
-
-@dataclass
+@dataclass(frozen=True)
 class Staged:
-    """A message written to a Maildir's tmp/ (not yet synced): ``publish_maildir`` makes it visible."""
-    name: str
-    newdir: str
-    tmp: str | None          # None: a redelivery found it already delivered
+    """A message for a campaign's Maildir, accepted but not yet written: ``publish_maildir`` writes,
+    syncs and renames into new/ a whole batch of them, before their acceptances are committed."""
+    inbound_id: int
+    name: str                # holds the inbound id: a redelivery finds the file instead of writing a copy
+    base: str
+    raw: bytes
+
+    @property
+    def newdir(self) -> str:
+        return os.path.join(self.base, "new")
 
 
-def stage_maildir(c: CampaignConfig, raw: bytes, inbound_id: int, root: str) -> Staged:
-    """Write the message into tmp/ under a name holding the inbound id (so a redelivery of the same
-    message finds it already there instead of writing a copy). Nothing is synced yet."""
+def ensure_maildir(c: CampaignConfig, root: str) -> str:
+    """The campaign's Maildir, with tmp/, new/ and cur/ created if missing (``TargetError`` when they
+    cannot be: counted as a failed delivery)."""
     base = maildir_path(c, root)
-    newdir = os.path.join(base, "new")
-    name = f"relaybox-{inbound_id}.{_HOST}"
     try:
         for sub in ("tmp", "new", "cur"):
             os.makedirs(os.path.join(base, sub), exist_ok=True)
-        if os.path.exists(os.path.join(newdir, name)) or any(
-                f.startswith(name) for f in _listdir(os.path.join(base, "cur"))):
-            return Staged(name, newdir, None)
-        tmp = os.path.join(base, "tmp", f"{name}.{os.getpid()}")
-        with open(tmp, "wb") as fh:
-            fh.write(raw)
     except OSError as exc:
         raise TargetError(f"maildir {base}: {exc}") from exc
-    return Staged(name, newdir, tmp)
+    return base
 
 
-def publish_maildir(items: list[Staged]) -> None:
-    """Make staged messages durable and visible, for a whole batch at once: one syncfs() per file system
-    (instead of one fsync per message: 7 ms each here), then the renames into new/, then one fsync per
-    new/ directory. Only after this returns may their acceptance be committed."""
-    todo = [(s, s.tmp) for s in items if s.tmp is not None]
+def stage_maildir(c: CampaignConfig, raw: bytes, inbound_id: int, root: str) -> Staged:
+    """The message's file in the campaign's Maildir, to be written with its batch (no I/O here)."""
+    return Staged(inbound_id, f"relaybox-{inbound_id}.{_HOST}", maildir_path(c, root), raw)
+
+
+FSYNC_EACH = 8      # a batch of at most this many files is synced file by file, a bigger one with syncfs()
+
+
+def publish_maildir(items: Sequence[Staged], first_attempt: Collection[int] = ()) -> None:
+    """Make a batch of messages durable and visible: each written to tmp/, synced, renamed into new/, then
+    one fsync per new/ directory. Only after this returns may their acceptance be committed.
+
+    A message delivered before (a crash or a failed commit came between its publication and the recording
+    of its acceptance) is found under its name in new/ or cur/ and not written again; the messages of
+    ``first_attempt`` (inbound ids stored by this very poll, never handed to a campaign before) need no
+    such look-up. Syncing: up to FSYNC_EACH files one fsync() each; more, one syncfs() per file system (an
+    fsync costs a journal commit, several ms on a busy disk; syncfs() also writes what other programs left
+    dirty on that file system, so it is kept for big batches, where it is the cheaper of the two)."""
+    todo: list[tuple[Staged, str]] = []
+    for base, group in _by_base(items).items():
+        for sub in ("tmp", "new", "cur"):
+            os.makedirs(os.path.join(base, sub), exist_ok=True)
+        there = _delivered_before(base, [s.name for s in group if s.inbound_id not in first_attempt])
+        for s in group:
+            if s.name in there:
+                continue
+            tmp = os.path.join(base, "tmp", f"{s.name}.{os.getpid()}")
+            with open(tmp, "wb") as fh:
+                fh.write(s.raw)
+            todo.append((s, tmp))
     if not todo:
         return
-    synced: set[int] = set()
-    for _, tmp in todo:
-        dev = os.stat(tmp).st_dev
-        if dev not in synced:
-            _syncfs_or_fsync(tmp, [t for _, t in todo if os.stat(t).st_dev == dev])
-            synced.add(dev)
+    _sync_files([tmp for _, tmp in todo])
     for s, tmp in todo:
         os.rename(tmp, os.path.join(s.newdir, s.name))
     fsync_dirs({s.newdir for s, _ in todo})
 
 
-def _syncfs_or_fsync(probe: str, paths: list[str]) -> None:
-    fd = os.open(probe, os.O_RDONLY)
-    try:
-        if _libc is not None and _libc.syncfs(fd) == 0:
+def _by_base(items: Sequence[Staged]) -> dict[str, list[Staged]]:
+    out: dict[str, list[Staged]] = {}
+    for s in items:
+        out.setdefault(s.base, []).append(s)
+    return out
+
+
+def _delivered_before(base: str, names: list[str]) -> set[str]:
+    """Which of ``names`` are already in the Maildir: in new/, or in cur/ (where a reader moved them,
+    adding ":2,<flags>" to the name)."""
+    if not names:
+        return set()
+    found = {n for n in names if os.path.exists(os.path.join(base, "new", n))}
+    rest = [n for n in names if n not in found]
+    if rest:
+        for f in _listdir(os.path.join(base, "cur")):
+            found.update(n for n in rest if f.startswith(n))
+    return found
+
+
+def _sync_files(paths: list[str]) -> None:
+    if len(paths) > FSYNC_EACH and _libc is not None:
+        devices: dict[int, str] = {}
+        for path in paths:
+            devices.setdefault(os.stat(path).st_dev, path)
+        if all(_syncfs(probe) for probe in devices.values()):
             return
-    finally:
-        os.close(fd)
-    for path in paths:                     # no syncfs(): one fsync per file
+    for path in paths:                     # few files, or no syncfs(): one fsync per file
         fd = os.open(path, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -167,7 +194,15 @@ def _syncfs_or_fsync(probe: str, paths: list[str]) -> None:
             os.close(fd)
 
 
-def fsync_dirs(dirs) -> None:
+def _syncfs(probe: str) -> bool:
+    fd = os.open(probe, os.O_RDONLY)
+    try:
+        return _libc is not None and _libc.syncfs(fd) == 0
+    finally:
+        os.close(fd)
+
+
+def fsync_dirs(dirs: Iterable[str]) -> None:
     for d in dirs:
         fd = os.open(d, os.O_RDONLY)
         try:

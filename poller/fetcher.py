@@ -58,6 +58,7 @@ class PollResult:
     errors: list[str] = field(default_factory=list)
 
 
+PAGE = 100                    # stored messages delivered per round (one transaction, one mailbox command)
 FETCH_BYTES = 16_000_000      # a UID FETCH asks for at most this much (and at most poller.fetch_batch msgs)
 
 
@@ -131,9 +132,13 @@ async def imap_folders(session: IMAPSession, ch: ChannelConfig) -> list[str]:
 
 async def fetch_imap_folder(inbound: InboundStore, session: IMAPSession, ch: ChannelConfig, folder: str,
                             pcfg: PollerConfig, result: PollResult,
-                            after_batch: Callable[[], Awaitable[None]] | None = None) -> None:
+                            after_batch: Callable[[Fresh], Awaitable[None]] | None = None,
+                            lock: asyncio.Lock | None = None) -> None:
     """Fetch what is new in ``folder`` batch by batch; each batch is stored (with the checkpoint) and then
-    ``after_batch`` delivers it, so a big backlog flows to the campaign while it is still being fetched."""
+    ``after_batch`` delivers it (given the contents just stored) while the next batch is fetched, so a big
+    backlog flows to the campaign while it is still being fetched. ``lock`` serialises the use of the
+    session (a SELECT and the commands meant for that folder) with the delivery's mailbox actions."""
+    lock = lock or asyncio.Lock()
     uidvalidity = await session.select(folder)
     cp = await inbound.checkpoint(ch.name, folder)
     last_uid = 0
@@ -150,31 +155,50 @@ async def fetch_imap_folder(inbound: InboundStore, session: IMAPSession, ch: Cha
         sizes = await session.sizes_after(last_uid)
         if not sizes and cp is None:
             await inbound.set_checkpoint(ch.name, folder, uidvalidity, 0)
-    for batch in batches(sizes, pcfg.fetch_batch, FETCH_BYTES):
-        wanted = [u for u in batch if sizes[u] <= pcfg.max_message_size]
-        if await session.ensure_selected(folder) != uidvalidity:      # after_batch may have selected another
-            raise MailboxError(f"{folder}: UIDVALIDITY changed during the fetch")
-        raws = await session.fetch(wanted)
-        items: list[Fetched] = []
-        for uid in batch:
-            if sizes[uid] > pcfg.max_message_size:
-                items.append(fetched(str(uid), None, _too_large(sizes[uid], pcfg)))
-                continue
-            raw = raws.get(uid)
-            if raw is None:
-                continue            # expunged meanwhile
-            reason = skip_reason(ch, raw, pcfg)
-            if reason == NOT_ADDRESSED:
-                result.skipped += 1
-                continue
-            items.append(fetched(str(uid), raw))
-        await inbound.store_fetched(ch.name, folder, uidvalidity, items,
-                                    last_uid=batch[-1] if horizon is None else None, dedupe=True)
-        result.fetched += len(items)
-        if after_batch is not None:
-            await after_batch()
+    delivering: asyncio.Future[None] | None = None
+    try:
+        for batch in batches(sizes, pcfg.fetch_batch, FETCH_BYTES):
+            wanted = [u for u in batch if sizes[u] <= pcfg.max_message_size]
+            async with lock:          # the delivery of the previous batch acts on the mailbox meanwhile
+                if await session.ensure_selected(folder) != uidvalidity:
+                    raise MailboxError(f"{folder}: UIDVALIDITY changed during the fetch")
+                raws = await session.fetch(wanted)
+            items = _batch_items(ch, batch, sizes, raws, pcfg, result)
+            stored = await inbound.store_batch(ch.name, folder, uidvalidity, items,
+                                               last_uid=batch[-1] if horizon is None else None, dedupe=True)
+            result.fetched += len(items)
+            if after_batch is not None:
+                if delivering is not None:          # in order: a batch is delivered after the one before
+                    await delivering
+                delivering = asyncio.ensure_future(after_batch(_fresh(stored)))
+        if delivering is not None:
+            await delivering
+    except BaseException:
+        if delivering is not None and not delivering.done():    # cut like a crash: redone next time
+            delivering.cancel()
+            await asyncio.gather(delivering, return_exceptions=True)
+        raise
     if horizon is not None:
         await inbound.set_checkpoint(ch.name, folder, uidvalidity, horizon)
+
+
+def _batch_items(ch: ChannelConfig, batch: list[int], sizes: dict[int, int], raws: dict[int, bytes],
+                 pcfg: PollerConfig, result: PollResult) -> list[Fetched]:
+    """What to store of a fetched batch: oversized messages without content (quarantined), messages
+    recipient_only leaves alone dropped (counted as skipped), expunged ones absent."""
+    items: list[Fetched] = []
+    for uid in batch:
+        if sizes[uid] > pcfg.max_message_size:
+            items.append(fetched(str(uid), None, _too_large(sizes[uid], pcfg)))
+            continue
+        raw = raws.get(uid)
+        if raw is None:
+            continue            # expunged meanwhile
+        if skip_reason(ch, raw, pcfg) == NOT_ADDRESSED:
+            result.skipped += 1
+            continue
+        items.append(fetched(str(uid), raw))
+    return items
 
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -207,22 +231,35 @@ async def imap_actions(session: IMAPSession, ch: ChannelConfig, folder: str, uid
 
 
 Act = Callable[[list[InboundMessage]], Awaitable[list[InboundMessage]]]
+Fresh = dict[int, bytes]       # inbound id -> content, of messages stored by this poll and not yet delivered
+
+
+def _fresh(stored: list[tuple[int, Fetched]]) -> Fresh:
+    return {i: f.raw for i, f in stored if f.raw is not None}
 
 
 async def process_pending(inbound: InboundStore, ch: ChannelConfig, deliver: Deliver, act: Act,
                           result: PollResult, now: float, flush: Callable[[], Awaitable[None]],
-                          parallel: int = 1) -> None:
+                          parallel: int = 1, fresh: Fresh | None = None) -> None:
     """Deliver stored messages to their campaign, then act on the mailbox, in batches: up to ``parallel``
-    deliveries run at once; each batch's acceptances commit in one transaction (after ``flush`` made the
-    targets durable, e.g. Maildir directory fsync), and its mailbox actions go out as one command per
-    folder. Slow targets (webhooks) record each acceptance at once, so a crash repeats only what was in
-    flight."""
+    deliveries run at once; each batch's acceptances commit in one transaction (after its Maildir files
+    and ``flush`` made the targets durable), and its mailbox actions go out as one command per folder.
+    Slow targets (webhooks) record each acceptance at once, so a crash repeats only what was in flight.
+    ``fresh``: the contents of the messages this poll just stored (delivered from memory, not read back;
+    never handed to a campaign before); any other message is read from the store, one at a time."""
     seen: set[int] = set()
     sem = asyncio.Semaphore(max(1, parallel))
+    first_attempt = frozenset(fresh or ())
+    if fresh is not None and not fresh:
+        return                        # nothing new to deliver in this batch
+    fresh = dict(fresh or {})
+    only = sorted(first_attempt) or None
 
     async def one(row: InboundMessage) -> Accepted | None:
-        async with sem:               # at most `parallel` message bodies in memory
-            raw = await inbound.raw(row.id)
+        async with sem:
+            raw = fresh.pop(row.id, None)
+            if raw is None:
+                raw = await inbound.raw(row.id)
             if raw is None:
                 return None
             accepted = await deliver(ch, row.id, raw)
@@ -231,14 +268,15 @@ async def process_pending(inbound: InboundStore, ch: ChannelConfig, deliver: Del
             return accepted
 
     while True:
-        rows = [r for r in await inbound.pending(ch.name, now, limit=100) if r.id not in seen]
+        page = await inbound.pending(ch.name, now, limit=max(PAGE, len(first_attempt)), ids=only)
+        rows = [r for r in page if r.id not in seen]
         if not rows:
             return
         seen.update(r.id for r in rows)
         delivering = [r for r in rows if r.status == RECEIVED]
         outcomes = await asyncio.gather(*(one(r) for r in delivering))
         batch = [a for a in outcomes if a is not None and not a.record_now]
-        committed = await _record(inbound, batch, flush, result) if batch else True
+        committed = await _record(inbound, batch, flush, result, first_attempt) if batch else True
         accepted = [r for r, a in zip(delivering, outcomes, strict=True)
                     if a is not None and (committed or a.record_now)]
         result.delivered += len(accepted)
@@ -250,17 +288,19 @@ async def process_pending(inbound: InboundStore, ch: ChannelConfig, deliver: Del
                 result.errors.append(f"mailbox action: {exc}")
                 done = []
             await inbound.mark_done([r.id for r in done])
+        if first_attempt or len(page) < PAGE:
+            return                    # all there was (the rest waits for the poll's last round)
 
 
 async def _record(inbound: InboundStore, batch: list[Accepted], flush: Callable[[], Awaitable[None]],
-                  result: PollResult) -> bool:
-    """Make a batch's targets durable (Maildir files synced and renamed into new/), then commit its
-    acceptances together. False when the targets could not be made durable: nothing recorded, the
+                  result: PollResult, first_attempt: frozenset[int] = frozenset()) -> bool:
+    """Make a batch's targets durable (Maildir files written, synced and renamed into new/), then commit
+    its acceptances together. False when the targets could not be made durable: nothing recorded, the
     messages are delivered again next time (under the same file names)."""
     staged = [a.staged for a in batch if a.staged is not None]
     try:
         if staged:
-            await asyncio.to_thread(campaigns.publish_maildir, staged)
+            await asyncio.to_thread(campaigns.publish_maildir, staged, first_attempt)
         await flush()
     except OSError as exc:
         result.errors.append(f"maildir: {exc}")
@@ -277,6 +317,7 @@ async def poll_imap(inbound: InboundStore, session: IMAPSession, ch: ChannelConf
                     deliver: Deliver, now: float,
                     flush: Callable[[], Awaitable[None]] = _no_flush) -> PollResult:
     result = PollResult()
+    lock = asyncio.Lock()          # the fetch of a batch and the mailbox actions of the one before
 
     async def act(rows: list[InboundMessage]) -> list[InboundMessage]:
         done: list[InboundMessage] = []
@@ -284,18 +325,20 @@ async def poll_imap(inbound: InboundStore, session: IMAPSession, ch: ChannelConf
         for row in rows:
             by_folder.setdefault(row.folder, []).append(row)
         for folder, items in by_folder.items():
-            uidvalidity = await session.ensure_selected(folder)      # what the server numbers by now
-            current = [r for r in items if r.uidvalidity == uidvalidity]
-            if current:
-                await imap_actions(session, ch, folder, [int(r.uid) for r in current])
+            async with lock:
+                uidvalidity = await session.ensure_selected(folder)      # what the server numbers by now
+                current = [r for r in items if r.uidvalidity == uidvalidity]
+                if current:
+                    await imap_actions(session, ch, folder, [int(r.uid) for r in current])
             done += items         # messages of an old UIDVALIDITY: the server renumbered them, nothing to do
         return done
 
-    async def deliver_stored() -> None:
-        await process_pending(inbound, ch, deliver, act, result, now, flush, pcfg.parallel_deliveries)
+    async def deliver_stored(fresh: Fresh | None = None) -> None:
+        await process_pending(inbound, ch, deliver, act, result, now, flush, pcfg.parallel_deliveries,
+                              fresh)
 
     for folder in await imap_folders(session, ch):
-        await fetch_imap_folder(inbound, session, ch, folder, pcfg, result, deliver_stored)
+        await fetch_imap_folder(inbound, session, ch, folder, pcfg, result, deliver_stored, lock)
     await deliver_stored()             # retries that are due, and messages left by a crash
     return result
 
@@ -325,8 +368,9 @@ async def poll_pop3(inbound: InboundStore, session: POP3Session, ch: ChannelConf
         return rows
 
     async def store_and_deliver(items: list[Fetched]) -> None:
-        await inbound.store_fetched(ch.name, "POP3", 0, items)
-        await process_pending(inbound, ch, deliver, act, result, now, flush, pcfg.parallel_deliveries)
+        stored = await inbound.store_batch(ch.name, "POP3", 0, items)
+        await process_pending(inbound, ch, deliver, act, result, now, flush, pcfg.parallel_deliveries,
+                              _fresh(stored))
 
     items: list[Fetched] = []
     for uidl, num in listing.items():
@@ -345,7 +389,9 @@ async def poll_pop3(inbound: InboundStore, session: POP3Session, ch: ChannelConf
         if len(items) >= pcfg.fetch_batch:
             await store_and_deliver(items)
             items = []
-    await store_and_deliver(items)     # the rest, plus retries that are due
+    await store_and_deliver(items)     # the rest
+    # retries that are due, and messages left by a crash (accepted ones DELEted now)
+    await process_pending(inbound, ch, deliver, act, result, now, flush, pcfg.parallel_deliveries)
     return result
 
 

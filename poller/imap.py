@@ -17,12 +17,13 @@ from typing import Any
 import aioimaplib
 from aioimaplib.aioimaplib import Command
 
+from poller import imap_wire
 from relay.tls import client_context
 
 _UIDVALIDITY = re.compile(rb"\[UIDVALIDITY (\d+)\]")
 _FETCH_UID = re.compile(rb"\bUID (\d+)")
 _FETCH_SIZE = re.compile(rb"\bRFC822\.SIZE (\d+)")
-SIZE_CHUNK = 500
+SIZE_CHUNK = 2000
 _LIST_RE = re.compile(rb'^\((?P<flags>[^)]*)\) (?:"[^"]*"|NIL) (?P<name>.+)$')
 
 
@@ -73,11 +74,10 @@ class IMAPSession(MailServer):
             self.lost.set()
 
         try:
-            if self.tls == "implicit":
-                self.client = _IMAP4(self.host, self.port, timeout=self.timeout, conn_lost_cb=lost,
-                                     ssl_context=self.ctx, server_hostname=self.server_name)
-            else:
-                self.client = aioimaplib.IMAP4(self.host, self.port, timeout=self.timeout, conn_lost_cb=lost)
+            implicit = self.tls == "implicit"
+            self.client = _IMAP4(self.host, self.port, timeout=self.timeout, conn_lost_cb=lost,
+                                 ssl_context=self.ctx if implicit else None,
+                                 server_hostname=self.server_name if implicit else None)
             await self._c.wait_hello_from_server()
             if self.tls == "starttls":
                 await self._starttls()
@@ -199,13 +199,12 @@ class IMAPSession(MailServer):
         return await self.sizes_of(await self.uids_after(last_uid))
 
     async def sizes_of(self, uids: list[int]) -> dict[int, int]:
-        """{uid: RFC822.SIZE} of ``uids`` (ascending). Asked SIZE_CHUNK UIDs at a time: aioimaplib recurses
-        once per response line it receives in one read, and a few thousand lines overflow the stack."""
+        """{uid: RFC822.SIZE} of ``uids`` (ascending), asked SIZE_CHUNK UIDs at a time (a bounded answer;
+        ``imap_wire`` reads a long one linearly, aioimaplib's own reader overflowed the stack on it)."""
         out: dict[int, int] = {}
         for i in range(0, len(uids), SIZE_CHUNK):
             chunk = uid_set(uids[i:i + SIZE_CHUNK])
-            resp = _ok(await self._w(self._c.uid("fetch", chunk, "(UID RFC822.SIZE)")),
-                       "UID FETCH RFC822.SIZE")
+            resp = _ok(await self._uid_fetch(chunk, "(UID RFC822.SIZE)"), "UID FETCH RFC822.SIZE")
             for line in resp.lines:
                 if not isinstance(line, (bytes, bytearray)) or b"FETCH" not in line:
                     continue
@@ -218,8 +217,7 @@ class IMAPSession(MailServer):
         """UID FETCH BODY.PEEK[] (never sets \\Seen) for a batch; returns {uid: raw}."""
         if not uids:
             return {}
-        resp = _ok(await self._w(self._c.uid("fetch", uid_set(uids), "(UID BODY.PEEK[])"),
-                                 timeout=self.timeout * 4), "UID FETCH")
+        resp = _ok(await self._uid_fetch(uid_set(uids), "(UID BODY.PEEK[])", self.timeout * 4), "UID FETCH")
         out: dict[int, bytes] = {}
         current = None
         for line in resp.lines:
@@ -232,6 +230,13 @@ class IMAPSession(MailServer):
             if m and b"FETCH" in line:
                 current = int(m.group(1))
         return out
+
+    async def _uid_fetch(self, uids: str, items: str, timeout: float | None = None) -> Any:
+        """UID FETCH through ``imap_wire.FetchCommand`` (aioimaplib's rescans its lines per line read)."""
+        proto = self._c.protocol
+        cmd = imap_wire.FetchCommand(proto.new_tag(), uids, items, prefix="UID", loop=proto.loop,
+                                     timeout=self.timeout)
+        return await self._w(proto.execute(cmd), timeout=timeout)
 
     async def mark_seen(self, uids: str) -> None:
         _ok(await self._w(self._c.uid("store", str(uids), "+FLAGS.SILENT (\\Seen)")), "STORE \\Seen")
@@ -307,17 +312,18 @@ class IMAPSession(MailServer):
 
 
 class _IMAP4(aioimaplib.IMAP4):
-    """aioimaplib's client with implicit TLS to ``server_hostname`` (SNI and the certificate's name), which
-    aioimaplib itself always takes from the host it connects to."""
+    """aioimaplib's client with our linear response reader (``imap_wire``), and implicit TLS to
+    ``server_hostname`` (SNI and the certificate's name), which aioimaplib itself always takes from the
+    host it connects to."""
 
-    def __init__(self, host: str, port: int, *, server_hostname: str, **kw: Any):
+    def __init__(self, host: str, port: int, *, server_hostname: str | None, **kw: Any):
         self._server_hostname = server_hostname
         super().__init__(host, port, **kw)
 
     def create_client(self, host: str, port: int, loop: Any, conn_lost_cb: Any = None,
                       ssl_context: ssl.SSLContext | None = None) -> None:
         local_loop = loop if loop is not None else asyncio.get_running_loop()
-        self.protocol = aioimaplib.IMAP4ClientProtocol(local_loop, conn_lost_cb)
+        self.protocol = imap_wire.Protocol(local_loop, conn_lost_cb)
         self._client_task = local_loop.create_task(local_loop.create_connection(
             lambda: self.protocol, host, port, ssl=ssl_context,
             server_hostname=self._server_hostname if ssl_context is not None else None))

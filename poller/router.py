@@ -34,6 +34,7 @@ class MessageView:
         if not self.head.keys():
             raise ParseError("no header fields: not an RFC 5322 message")
         self.raw = raw
+        self._fields: list[tuple[str, str]] | None = None
         self._msg: email.message.EmailMessage | None = None
         self._text: str | None = None
         self._html: str | None = None
@@ -48,12 +49,24 @@ class MessageView:
                 raise ParseError(f"cannot parse message: {exc}") from None
         return self._msg
 
+    def fields(self) -> list[tuple[str, str]]:
+        """Every header field as (name, decoded value), in order, each decoded once (the email package
+        builds a header class per field it decodes: asking it again for every use cost more than the rest
+        of routing). A field that cannot be decoded reads as its raw text."""
+        if self._fields is None:
+            policy = self.head.policy
+            out = []
+            for name, raw in self.head.raw_items():
+                try:
+                    out.append((name, str(policy.header_fetch_parse(name, raw))))
+                except Exception:  # noqa: BLE001 - a malformed header reads as its raw text
+                    out.append((name, str(raw)))
+            self._fields = out
+        return self._fields
+
     def header(self, name: str) -> str:
-        try:
-            values = self.head.get_all(name) or []
-            return ", ".join(str(v) for v in values)
-        except Exception:  # noqa: BLE001 - a malformed header reads as its raw text
-            return ", ".join(str(v[1]) for v in self.head._headers if v[0].lower() == name.lower())  # type: ignore
+        want = name.lower()
+        return ", ".join(v for k, v in self.fields() if k.lower() == want)
 
     def addresses(self, *names: str) -> list[str]:
         out = []

@@ -54,6 +54,7 @@ class PollerService:
         self.http: aiohttp.ClientSession | None = None
         self._watch: asyncio.Task | None = None
         self._campaigns: dict[str, tuple[CampaignConfig | None, float]] = {}
+        self._maildirs: set[str] = set()          # campaign Maildirs whose directories exist
         # several nodes on one database (relaybox/cluster.py): ``await leases.channels(names)`` -> the
         # channels this node holds the lease of, renewed every ``leases.interval`` seconds
         self.leases = leases
@@ -219,9 +220,12 @@ class PollerService:
     async def _to_campaign(self, ch: ChannelConfig, camp: CampaignConfig, inbound_id: int, raw: bytes,
                            view: MessageView, filter_index: int | None) -> Accepted:
         if camp.kind == "maildir":
-            staged = await asyncio.to_thread(campaigns.stage_maildir, camp, raw, inbound_id,
-                                             self.pcfg.maildir_root)
-            # published (synced, renamed into new/) with its batch, before the batch's acceptances commit
+            base = campaigns.maildir_path(camp, self.pcfg.maildir_root)
+            if base not in self._maildirs:            # its directories, created once per Maildir
+                self._maildirs.add(await asyncio.to_thread(campaigns.ensure_maildir, camp,
+                                                           self.pcfg.maildir_root))
+            staged = campaigns.stage_maildir(camp, raw, inbound_id, self.pcfg.maildir_root)
+            # written, synced and renamed into new/ with its batch, before the batch's acceptances commit
             return Accepted(Delivery(inbound_id, camp.name, staged.name, filter_index), staged=staged)
         if camp.kind == "webhook":
             if self.http is None:
