@@ -333,7 +333,7 @@ remains undelivered.
     ("lhost-sendmail-46.eml", "pseudo-local-part-kijitora-nyaaan@laposte.net", "userunknown", "hard"),
     # a block at MAIL FROM that names the sending host stays "blocked"; a bare "Access denied" there is
     # about the sender
-    ("lhost-ezweb-08.eml", "cats@hotmail.com", "blocked", "soft"),
+    ("lhost-ezweb-08.eml", "kijitora-neko-nyaan-22222-cats@hotmail.com", "blocked", "soft"),
     ("lhost-exim-01.eml", "kijitora@example.ed.jp", "blocked", "soft"),
     ("lhost-postfix-54.eml", "neko-nyaan@example.ne.jp", "rejected", "soft"),
     # Gmail's truncated "content presents a potential security issue"; a group refusing spam

@@ -306,3 +306,26 @@ def test_try_again_later_is_when_not_what():
 def test_an_invalid_from_domain_is_a_sender_refusal():
     assert classify("550 5.2.0 <a@b.example> From: Domain is invalid. Please provide a valid From:",
                     "5.2.0") == "rejected"
+
+
+def test_qmail_phrases_name_the_command():
+    assert smtp_command("Connected to 192.0.2.1 but my name was rejected.\n"
+                        "Remote host said: 501 5.0.0 Invalid domain name") == "HELO"
+    assert smtp_command("192.0.2.1 does not like recipient.\nRemote host said: 550 No such user") == "RCPT"
+    assert smtp_command("192.0.2.1 failed after I sent the message.\nRemote host said: 554 spam") == "DATA"
+    # an "invalid domain" answered to our HELO is about the sending host
+    assert classify("Connected to 192.0.2.1 but my name was rejected. Remote host said: 501 5.0.0 Invalid "
+                    "domain name", "5.0.0") == "blocked"
+    raw = _notice("<ann@example.net>:\nConnected to 192.0.2.1 but my name was rejected.\n"
+                  "Remote host said: 501 5.0.0 Invalid domain name\n")
+    assert parse(raw).recipients[0].status == "5.0.0"      # the code the server sent, as sent
+
+
+def test_no_address_is_cut_out_of_a_longer_one_nor_out_of_a_sentence():
+    raw = _notice("Each of the following recipients was rejected by a remote mail server.\n\n"
+                  "    Recipient: <ann-22222-cats@example.net>\n"
+                  "    >>> RCPT TO:<ann-22222-cats@example.net>\n"
+                  "    <<< 550 5.1.1 unknown\n\n"
+                  "\u4e0a\u8a18\u3067\u89e3\u6c7a\u3067\u304d\u306a\u3044\u5834\u5408\u306f\u3001"
+                  "<support@isp.example>\n")
+    assert [r.address for r in parse(raw).recipients] == ["ann-22222-cats@example.net"]

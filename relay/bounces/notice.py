@@ -18,7 +18,7 @@ ADDR_RE = re.compile(rf"(?<![A-Za-z0-9.=+_-]){ADDR}(?![A-Za-z0-9-])")
 NOT_RECIPIENT = re.compile(r"^(?:mailer-daemon|postmaster|mail-daemon|maildaemon|double-bounce)@", re.I)
 _ALONE_REST = re.compile(r"^[\s<>\"'():;,.\-*\[\]]*$")
 _MAILTO = re.compile(r"<mailto:[^>]*>|mailto:", re.I)
-_AFTER_CODE = re.compile(rf"[245]\d\d[ -](?:[245]\.\d{{1,3}}\.\d{{1,3}}\s+)?<?({ADDR})>?", re.I)
+_AFTER_CODE = re.compile(rf"(?<![\w.+=-])[245]\d\d[ -](?:[245]\.\d{{1,3}}\.\d{{1,3}}\s+)?<?({ADDR})>?", re.I)
 _RCPT_TO = re.compile(rf"(?:rcpt to|recipient)\s*:?\s*<?({ADDR})>?|\bto\s*:?\s*<({ADDR})>", re.I)
 # "could not be delivered to: <a@b>": the phrase names the failed address, even postmaster@ (mail to a
 # domain's postmaster fails like any other)
@@ -26,6 +26,8 @@ FAILED_TO = re.compile(rf"(?:error delivering (?:your )?(?:mail|message)|could n
                        rf"delivery (?:has )?failed|was not delivered|undeliverable) to:?\s*<?({ADDR})>?",
                        re.I)
 _TRAILER = re.compile(r"^\s*(?:on\s.{0,40}|\(.{0,120}\)|\[.{0,80}\]|[:;,.]|\s)*$", re.I)
+# a display name ("Ann Smith" <a@b>); never a sentence (CJK punctuation included)
+_DISPLAY_NAME = re.compile(r"^\s*[\"']?[^\"'<>@:,;.\u3001\u3002\uff0c\uff1a]{0,30}[\"']?\s*(?=<)")
 _LEADS = re.compile(rf"^\s*<?{ADDR}>?:(?:\s|$)|"
                     # "a@b Invalid Address, ERROR_CODE :550, ..." (Zoho): the address, then its error
                     rf"^\s*<?{ADDR}>?\s.*\b(?:[45]\d\d|error_code)\b", re.I)
@@ -46,7 +48,7 @@ def _line_recipients(text: str, exclude: set[str]) -> list[tuple[str, int]]:
             addrs = list(ADDR_RE.finditer(plain))
             if addrs:
                 rest = ADDR_RE.sub("", plain)
-                rest = re.sub(r"^\s*[\"']?[^\"'<>@:,;.]{0,30}[\"']?\s*(?=<)", "", rest)  # display name
+                rest = _DISPLAY_NAME.sub("", rest)
                 if _ALONE_REST.match(rest) or _TRAILER.match(rest) or _LEADS.match(plain):
                     for m in addrs:
                         addr = m.group(0).lower().strip(".")
