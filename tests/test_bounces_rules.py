@@ -329,3 +329,8 @@ def test_no_address_is_cut_out_of_a_longer_one_nor_out_of_a_sentence():
                   "\u4e0a\u8a18\u3067\u89e3\u6c7a\u3067\u304d\u306a\u3044\u5834\u5408\u306f\u3001"
                   "<support@isp.example>\n")
     assert [r.address for r in parse(raw).recipients] == ["ann-22222-cats@example.net"]
+
+
+def test_a_sending_service_refusing_an_unverified_from_is_no_relaying():
+    assert classify("554 Message rejected: Email address is not verified. The following identities "
+                    "failed the check in region EU-WEST-1: sender@relay.example", "5.0.0") == "norelaying"

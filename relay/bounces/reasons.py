@@ -60,7 +60,9 @@ _RULES: list[tuple[str, str]] = [
                    r"message length exceeds|mail size"),
     ("norelaying", r"relay(?:ing)? (?:access )?(?:denied|not permitted|prohibited|not allowed)|"
                    r"not (?:permitted|allowed|authori[sz]ed|configured) to relay|unable to relay|no relaying|"
-                   r"we do not relay|relay not permitted|relaying (?:mail )?(?:to .{0,80} )?(?:is )?not"),
+                   r"we do not relay|relay not permitted|relaying (?:mail )?(?:to .{0,80} )?(?:is )?not|"
+                   # a sending service (Amazon SES) refusing a From it has not verified for this account
+                   r"email address is not verified|identities failed the check"),
     ("requireptr", r"reverse (?:dns|lookup|hostname)|\bptr\b|\brdns\b|"
                    r"(?:cannot|can't|could not|unable to) (?:find|resolve) your (?:host ?name|ip)|"
                    r"(?:client|your) host ?name .{0,40}(?:not|unknown|doesn't)|dns reverse|"
