@@ -231,82 +231,123 @@ async def imap_actions(session: IMAPSession, ch: ChannelConfig, folder: str, uid
 
 
 Act = Callable[[list[InboundMessage]], Awaitable[list[InboundMessage]]]
-Fresh = dict[int, bytes]       # inbound id -> content, of messages stored by this poll and not yet delivered
+Fresh = list[tuple[InboundMessage, bytes]]     # messages this poll just stored, with their contents
 
 
-def _fresh(stored: list[tuple[int, Fetched]]) -> Fresh:
-    return {i: f.raw for i, f in stored if f.raw is not None}
+def _fresh(stored: list[tuple[InboundMessage, Fetched]]) -> Fresh:
+    return [(m, f.raw) for m, f in stored if f.raw is not None]
 
 
-async def process_pending(inbound: InboundStore, ch: ChannelConfig, deliver: Deliver, act: Act,
-                          result: PollResult, now: float, flush: Callable[[], Awaitable[None]],
-                          parallel: int = 1, fresh: Fresh | None = None) -> None:
-    """Deliver stored messages to their campaign, then act on the mailbox, in batches: up to ``parallel``
-    deliveries run at once; each batch's acceptances commit in one transaction (after its Maildir files
-    and ``flush`` made the targets durable), and its mailbox actions go out as one command per folder.
-    Slow targets (webhooks) record each acceptance at once, so a crash repeats only what was in flight.
-    ``fresh``: the contents of the messages this poll just stored (delivered from memory, not read back;
-    never handed to a campaign before); any other message is read from the store, one at a time."""
-    seen: set[int] = set()
-    sem = asyncio.Semaphore(max(1, parallel))
-    first_attempt = frozenset(fresh or ())
-    if fresh is not None and not fresh:
-        return                        # nothing new to deliver in this batch
-    fresh = dict(fresh or {})
-    only = sorted(first_attempt) or None
+class Deliveries:
+    """Hands stored messages of one channel to their campaign during one poll, round by round: up to
+    ``parallel`` deliveries at once; a round's acceptances commit in one transaction (after its Maildir
+    files and ``flush`` made the targets durable); then its mailbox actions go out as one command per
+    folder and the messages are marked done. Slow targets (webhooks) record each acceptance at once, so a
+    crash repeats only what was in flight.
 
-    async def one(row: InboundMessage) -> Accepted | None:
-        async with sem:
-            raw = fresh.pop(row.id, None)
+    ``overlap_actions``: a round is recorded and its mailbox actions sent while the next round is
+    delivered (one round at a time in that stage, in order; the IMAP session is shared under a lock).
+    POP3 does it all inline (one command at a time on its session)."""
+
+    def __init__(self, inbound: InboundStore, ch: ChannelConfig, deliver: Deliver, act: Act,
+                 result: PollResult, flush: Callable[[], Awaitable[None]], parallel: int = 1,
+                 overlap_actions: bool = False):
+        self.inbound, self.ch, self.deliver, self.act = inbound, ch, deliver, act
+        self.result, self.flush, self.overlap = result, flush, overlap_actions
+        self.sem = asyncio.Semaphore(max(1, parallel))
+        self.acting: asyncio.Future[None] | None = None      # a round being recorded and acted on
+
+    async def fresh(self, fresh: Fresh) -> None:
+        """Deliver messages this poll just stored: from memory (not read back), and never handed to a
+        campaign before (no look-up for an earlier delivery)."""
+        if fresh:
+            await self._round([m for m, _ in fresh], {m.id: raw for m, raw in fresh})
+
+    async def pending(self, now: float) -> None:
+        """Deliver what is due (retries, messages a crash left received or delivered), read from the
+        store, PAGE at a time; returns once every mailbox action is done."""
+        await self.drain()                       # the last fresh round is no longer pending
+        seen: set[int] = set()
+        while True:
+            page = await self.inbound.pending(self.ch.name, now, limit=PAGE)
+            rows = [r for r in page if r.id not in seen]
+            if not rows:
+                break
+            seen.update(r.id for r in rows)
+            await self._round(rows, {})
+            if len(page) < PAGE:
+                break
+        await self.drain()
+
+    async def drain(self) -> None:
+        """Wait for the round being recorded and acted on."""
+        acting, self.acting = self.acting, None
+        if acting is not None:
+            await acting
+
+    async def cancel(self) -> None:
+        """Cut the round being recorded (like a crash: redone next time)."""
+        acting, self.acting = self.acting, None
+        if acting is not None and not acting.done():
+            acting.cancel()
+        if acting is not None:
+            await asyncio.gather(acting, return_exceptions=True)
+
+    async def _one(self, row: InboundMessage, contents: dict[int, bytes]) -> Accepted | None:
+        async with self.sem:
+            raw = contents.pop(row.id, None)
             if raw is None:
-                raw = await inbound.raw(row.id)
+                raw = await self.inbound.raw(row.id)
             if raw is None:
                 return None
-            accepted = await deliver(ch, row.id, raw)
+            accepted = await self.deliver(self.ch, row.id, raw)
             if accepted is not None and accepted.record_now:
-                await inbound.mark_delivered([accepted.delivery])
+                await self.inbound.mark_delivered([accepted.delivery])
             return accepted
 
-    while True:
-        page = await inbound.pending(ch.name, now, limit=max(PAGE, len(first_attempt)), ids=only)
-        rows = [r for r in page if r.id not in seen]
-        if not rows:
-            return
-        seen.update(r.id for r in rows)
+    async def _round(self, rows: list[InboundMessage], contents: dict[int, bytes]) -> None:
+        first_attempt = frozenset(contents)
         delivering = [r for r in rows if r.status == RECEIVED]
-        outcomes = await asyncio.gather(*(one(r) for r in delivering))
+        outcomes = await asyncio.gather(*(self._one(r, contents) for r in delivering))
+        await self.drain()                       # the round before is recorded and acted on first
+        finish = self._finish(rows, delivering, outcomes, first_attempt)
+        if self.overlap:
+            self.acting = asyncio.ensure_future(finish)
+        else:
+            await finish
+
+    async def _finish(self, rows: list[InboundMessage], delivering: list[InboundMessage],
+                      outcomes: list[Accepted | None], first_attempt: frozenset[int]) -> None:
+        """Record a round's acceptances, then act on the mailbox and mark the messages done."""
         batch = [a for a in outcomes if a is not None and not a.record_now]
-        committed = await _record(inbound, batch, flush, result, first_attempt) if batch else True
+        committed = await self._record(batch, first_attempt) if batch else True
         accepted = [r for r, a in zip(delivering, outcomes, strict=True)
                     if a is not None and (committed or a.record_now)]
-        result.delivered += len(accepted)
+        self.result.delivered += len(accepted)
         to_act = [r for r in rows if r.status == DELIVERED] + accepted
-        if to_act:
-            try:
-                done = await act(to_act)
-            except MailboxError as exc:
-                result.errors.append(f"mailbox action: {exc}")
-                done = []
-            await inbound.mark_done([r.id for r in done])
-        if first_attempt or len(page) < PAGE:
-            return                    # all there was (the rest waits for the poll's last round)
+        if not to_act:
+            return
+        try:
+            done = await self.act(to_act)
+        except MailboxError as exc:
+            self.result.errors.append(f"mailbox action: {exc}")
+            return
+        await self.inbound.mark_done([r.id for r in done])
 
-
-async def _record(inbound: InboundStore, batch: list[Accepted], flush: Callable[[], Awaitable[None]],
-                  result: PollResult, first_attempt: frozenset[int] = frozenset()) -> bool:
-    """Make a batch's targets durable (Maildir files written, synced and renamed into new/), then commit
-    its acceptances together. False when the targets could not be made durable: nothing recorded, the
-    messages are delivered again next time (under the same file names)."""
-    staged = [a.staged for a in batch if a.staged is not None]
-    try:
-        if staged:
-            await asyncio.to_thread(campaigns.publish_maildir, staged, first_attempt)
-        await flush()
-    except OSError as exc:
-        result.errors.append(f"maildir: {exc}")
-        return False
-    await inbound.mark_delivered([a.delivery for a in batch])
-    return True
+    async def _record(self, batch: list[Accepted], first_attempt: frozenset[int]) -> bool:
+        """Make a round's targets durable (Maildir files written, synced and renamed into new/), then
+        commit its acceptances together. False when the targets could not be made durable: nothing
+        recorded, the messages are delivered again next time (under the same file names)."""
+        staged = [a.staged for a in batch if a.staged is not None]
+        try:
+            if staged:
+                await asyncio.to_thread(campaigns.publish_maildir, staged, first_attempt)
+            await self.flush()
+        except OSError as exc:
+            self.result.errors.append(f"maildir: {exc}")
+            return False
+        await self.inbound.mark_delivered([a.delivery for a in batch])
+        return True
 
 
 async def _no_flush() -> None:
@@ -333,13 +374,15 @@ async def poll_imap(inbound: InboundStore, session: IMAPSession, ch: ChannelConf
             done += items         # messages of an old UIDVALIDITY: the server renumbered them, nothing to do
         return done
 
-    async def deliver_stored(fresh: Fresh | None = None) -> None:
-        await process_pending(inbound, ch, deliver, act, result, now, flush, pcfg.parallel_deliveries,
-                              fresh)
-
-    for folder in await imap_folders(session, ch):
-        await fetch_imap_folder(inbound, session, ch, folder, pcfg, result, deliver_stored, lock)
-    await deliver_stored()             # retries that are due, and messages left by a crash
+    deliveries = Deliveries(inbound, ch, deliver, act, result, flush, pcfg.parallel_deliveries,
+                            overlap_actions=True)
+    try:
+        for folder in await imap_folders(session, ch):
+            await fetch_imap_folder(inbound, session, ch, folder, pcfg, result, deliveries.fresh, lock)
+        await deliveries.pending(now)          # retries that are due, and messages left by a crash
+    except BaseException:
+        await deliveries.cancel()
+        raise
     return result
 
 
@@ -367,10 +410,10 @@ async def poll_pop3(inbound: InboundStore, session: POP3Session, ch: ChannelConf
                 await session.dele(listing[row.uid])
         return rows
 
+    deliveries = Deliveries(inbound, ch, deliver, act, result, flush, pcfg.parallel_deliveries)
+
     async def store_and_deliver(items: list[Fetched]) -> None:
-        stored = await inbound.store_batch(ch.name, "POP3", 0, items)
-        await process_pending(inbound, ch, deliver, act, result, now, flush, pcfg.parallel_deliveries,
-                              _fresh(stored))
+        await deliveries.fresh(_fresh(await inbound.store_batch(ch.name, "POP3", 0, items)))
 
     items: list[Fetched] = []
     for uidl, num in listing.items():
@@ -390,8 +433,7 @@ async def poll_pop3(inbound: InboundStore, session: POP3Session, ch: ChannelConf
             await store_and_deliver(items)
             items = []
     await store_and_deliver(items)     # the rest
-    # retries that are due, and messages left by a crash (accepted ones DELEted now)
-    await process_pending(inbound, ch, deliver, act, result, now, flush, pcfg.parallel_deliveries)
+    await deliveries.pending(now)      # retries that are due, and messages left by a crash
     return result
 
 

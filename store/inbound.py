@@ -155,21 +155,22 @@ class InboundStore(ChannelStore):
         already stored (same channel, folder, UIDVALIDITY and UID) is left alone. ``dedupe``: a message with
         the same content and Message-ID stored under another UIDVALIDITY of the folder is a ``duplicate``.
         Returns the ids of the new messages to deliver."""
-        return [i for i, _ in await self.store_batch(channel, folder, uidvalidity, items, last_uid=last_uid,
-                                                     dedupe=dedupe)]
+        return [m.id for m, _ in await self.store_batch(channel, folder, uidvalidity, items,
+                                                        last_uid=last_uid, dedupe=dedupe)]
 
     async def store_batch(self, channel: str, folder: str, uidvalidity: int, items: Sequence[Fetched], *,
-                          last_uid: int | None = None, dedupe: bool = False) -> list[tuple[int, Fetched]]:
-        """``store_fetched``, answering each new message to deliver with its item: the poller hands the
-        content it holds to the campaign instead of reading it back."""
+                          last_uid: int | None = None,
+                          dedupe: bool = False) -> list[tuple[InboundMessage, Fetched]]:
+        """``store_fetched``, answering each new message to deliver as stored, with its item: the poller
+        hands the content it holds to the campaign instead of reading it back."""
         return await self._write(lambda conn: self._store_fetched(conn, channel, folder, uidvalidity, items,
                                                                   last_uid, dedupe))
 
     def _store_fetched(self, conn: sqlite3.Connection, channel: str, folder: str, uidvalidity: int,
                        items: Sequence[Fetched], last_uid: int | None,
-                       dedupe: bool) -> list[tuple[int, Fetched]]:
+                       dedupe: bool) -> list[tuple[InboundMessage, Fetched]]:
         now = self.clock()
-        ids: list[tuple[int, Fetched]] = []
+        ids: list[tuple[InboundMessage, Fetched]] = []
         fetched = quarantined = 0
         for item in items:
             data = item.raw or b""
@@ -188,7 +189,7 @@ class InboundStore(ChannelStore):
             inserted = conn.execute(
                 "INSERT INTO inbound(channel, folder, uidvalidity, uid, message_id, sha256, size, raw,"
                 " status, last_error, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
-                " ON CONFLICT(channel, folder, uidvalidity, uid) DO NOTHING RETURNING id",
+                f" ON CONFLICT(channel, folder, uidvalidity, uid) DO NOTHING RETURNING {_COLUMNS}",
                 (channel, folder, uidvalidity, item.uid, msgid, digest, len(data), item.raw, status, err, now,
                  now)).fetchall()
             if not inserted:
@@ -196,7 +197,7 @@ class InboundStore(ChannelStore):
             fetched += 1
             quarantined += status == QUARANTINED
             if status == RECEIVED:
-                ids.append((inserted[0][0], item))
+                ids.append((_message_of(inserted[0]), item))
         if fetched:
             conn.execute("UPDATE channels SET fetched=fetched+?, quarantined=quarantined+? WHERE name=?",
                          (fetched, quarantined, channel))
@@ -217,15 +218,10 @@ class InboundStore(ChannelStore):
             "SELECT uid FROM inbound WHERE channel=? AND folder='POP3' AND status='done'", (channel,))})
 
     # ---- reading messages ------------------------------------------------------------------------
-    async def pending(self, channel: str, now: float, limit: int = 200,
-                      ids: Sequence[int] | None = None) -> list[InboundMessage]:
-        """Messages to (re)deliver now, and delivered ones whose mailbox action is still due; oldest first.
-        ``ids``: only among these messages."""
-        among = f" AND id IN ({','.join(str(int(i)) for i in ids)})" if ids else ""
-        if ids is not None and not ids:
-            return []
+    async def pending(self, channel: str, now: float, limit: int = 200) -> list[InboundMessage]:
+        """Messages to (re)deliver now, and delivered ones whose mailbox action is still due; oldest first."""
         return await self._read(lambda conn: [_message_of(r) for r in conn.execute(
-            f"SELECT {_COLUMNS} FROM inbound WHERE channel=?{among} AND"
+            f"SELECT {_COLUMNS} FROM inbound WHERE channel=? AND"
             " ((status='received' AND next_try_at<=?) OR status='delivered') ORDER BY id LIMIT ?",
             (channel, now, limit))])
 
