@@ -372,8 +372,10 @@ def _words(diagnostic: str, status: str) -> str:
     return reason
 
 
-def classify(diagnostic: str, status: str, action: str = "", context: str = "") -> str:
-    """The reason for one recipient. ``context`` is the notice text around it (weaker evidence)."""
+def classify(diagnostic: str, status: str, action: str = "", context: str = "", command: str = "") -> str:
+    """The reason for one recipient. ``context`` is the notice text around it (weaker evidence);
+    ``command`` the SMTP command the reply answered when the caller knows it (RCPT, MAIL, DATA, HELO, CONN:
+    our own delivery attempts), which wins over what the text says."""
     sub = status.split(".", 1)[1] if status and "." in status else ""
     wrapped = _WRAPPED.match(diagnostic or "")
     if wrapped:
@@ -392,7 +394,7 @@ def classify(diagnostic: str, status: str, action: str = "", context: str = "") 
         worded = bool(reason)
         reason = (reason or by_status(status) or ("userunknown" if _WEAK_UNKNOWN.search(low) else "")
                   or by_text(context) or "")
-    command = smtp_command(diagnostic) or smtp_command(context)
+    command = command or smtp_command(diagnostic) or smtp_command(context)
     if not reason:
         reason = _unexplained(diagnostic, action, command)
     if command == "DATA" and reason == "userunknown" and sub not in _DECISIVE and not strong:

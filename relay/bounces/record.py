@@ -9,11 +9,13 @@ Entry points (all bounces go through ``relay.bounces.parse``):
 - ``report_of(parsed)``: the parser's result as the store's ``Report`` record.
 - ``from_reply(address, code, enhanced, text)``: a Parsed for a synchronous 5xx at delivery (source
   ``delivery``: recorded and counted for suppression; the spool already marked the recipient).
-- ``delivery_failure(queue_id, recipient_id, address, code, enhanced, text, reason, remote_mta)``: the same
-  for every recipient the scheduler ends bounced or failed (a 5xx, an expiry, a suppressed or invalid
-  address), as the ``store.bounces.DeliveryFailure`` that ``store.bounces.complete_delivery`` records in
-  the write of the results. Local refusals keep their own reason (``expired``, ``suppressed``,
-  ``syntaxerror``); a refusal because the address is suppressed or unusable does not count again.
+- ``delivery_failure(queue_id, recipient_id, address, code, enhanced, text, reason, remote_mta, stage=,
+  transcript=)``: the same for every recipient the scheduler ends bounced or failed (a 5xx, an expiry, a
+  suppressed or invalid address), as the ``store.bounces.DeliveryFailure`` that
+  ``store.bounces.complete_delivery`` records in the write of the results. The SMTP stage of the refusal
+  (given, or read from the attempt's transcript) decides what the reply's words may mean. Local refusals
+  keep their own reason (``expired``, ``suppressed``, ``syntaxerror``); a refusal because the address is
+  suppressed or unusable does not count again.
 
 Correlation (in ``store.bounces``): a VERP token (HMAC-verified here) first; else ``X-Relaybox-ID`` of the
 returned headers; else the original Message-ID matched against ``messages.message_id``. Header correlation
@@ -29,7 +31,7 @@ import email.policy
 import email.utils
 import json
 import logging
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 from relay.bounces import Parsed, Recipient, parse, verp
 from relay.bounces import reasons as _reasons
@@ -53,12 +55,44 @@ def report_of(parsed: Parsed) -> Report:
                   parsed.problem, parsed.relaybox_id, parsed.original_message_id, parsed.feedback_type)
 
 
-def from_reply(address: str, code: int | None, enhanced: str | None, text: str | None) -> Parsed:
-    """A Parsed for a synchronous rejection at delivery (the reply is the diagnostic)."""
+# the delivery engine's stages (DeliveryError.stage) -> the SMTP command a reply answered, as the parser
+# names it; a stage that is no command of the envelope (dns, starttls, auth) says nothing about the address
+STAGE_COMMANDS = {"rcpt": "RCPT", "mail": "MAIL", "data": "DATA", "connect": "CONN", "greeting": "CONN",
+                  "ehlo": "HELO", "helo": "HELO"}
+_TRANSCRIPT_STAGES = (("MAIL FROM:", "mail"), ("RCPT TO:", "rcpt"), ("DATA", "data"), ("<", "data"),
+                      ("EHLO ", "ehlo"), ("HELO ", "ehlo"), ("connect ", "greeting"),
+                      ("STARTTLS", "starttls"), ("AUTH ", "auth"), ("RSET", "rset"))
+
+
+def stage_in_transcript(transcript: Sequence[Mapping[str, Any]], address: str,
+                        code: int | None) -> str | None:
+    """The stage whose reply refused ``address`` with ``code``, read from an attempt's transcript (lines
+    ``{"dir": "C"|"S", "line": ...}``): the last final reply with that code, to the command sent before it
+    (a RCPT only when it named this address). None when no such reply is there (nothing was said)."""
+    if not code:
+        return None
+    want, found, stage, rcpt = str(code), None, None, ""
+    addr = (address or "").lower()
+    for entry in transcript:
+        line = str(entry.get("line", ""))
+        if entry.get("dir") == "C":
+            stage = next((name for prefix, name in _TRANSCRIPT_STAGES if line.startswith(prefix)), stage)
+            rcpt = line[8:].strip().strip("<>").lower() if stage == "rcpt" else ""
+        elif line[:3] == want and line[3:4] in (" ", "") and stage != "rset":
+            if stage != "rcpt" or rcpt == addr:
+                found = stage
+    return found
+
+
+def from_reply(address: str, code: int | None, enhanced: str | None, text: str | None,
+               stage: str | None = None) -> Parsed:
+    """A Parsed for a synchronous rejection at delivery (the reply is the diagnostic). ``stage`` is the
+    delivery stage that got it (``rcpt``, ``mail``, ``data``, ``connect``, ...): the command decides what
+    the words may mean (a "user unknown" at DATA or MAIL is no unknown address)."""
     status = enhanced or ""
     r = Recipient(address=address.lower(), action="failed", status=status,
                   replycode=str(code) if code else "", diagnostic=(text or "")[:1000])
-    r.reason = _reasons.classify(r.diagnostic, status, r.action)
+    r.reason = _reasons.classify(r.diagnostic, status, r.action, command=STAGE_COMMANDS.get(stage or "", ""))
     if not r.status:
         r.status = _reasons.pseudo_status(r.reason, r.replycode.startswith("4"))
     r.kind = _reasons.kind(r.reason, r.status, r.replycode)
@@ -71,9 +105,14 @@ LOCAL_REFUSALS = {"expired": ("expired", "soft", True), "suppressed": ("suppress
 
 
 def delivery_failure(queue_id: str, recipient_id: int, address: str, code: int | None, enhanced: str | None,
-                     text: str | None, reason: str | None = None, remote_mta: str = "") -> DeliveryFailure:
-    """A bounced/failed recipient of the delivery engine as a bounce of source ``delivery``."""
-    r = from_reply(address, code, enhanced, text).recipients[0]
+                     text: str | None, reason: str | None = None, remote_mta: str = "", *,
+                     stage: str | None = None,
+                     transcript: Sequence[Mapping[str, Any]] = ()) -> DeliveryFailure:
+    """A bounced/failed recipient of the delivery engine as a bounce of source ``delivery``. The stage of
+    the refusal is ``stage`` when the caller has it, else read from the attempt's ``transcript``."""
+    if stage is None and transcript:
+        stage = stage_in_transcript(transcript, address, code)
+    r = from_reply(address, code, enhanced, text, stage).recipients[0]
     counts = True
     if reason in LOCAL_REFUSALS:
         r.reason, r.kind, counts = LOCAL_REFUSALS[reason]
