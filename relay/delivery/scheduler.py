@@ -498,7 +498,8 @@ class Scheduler:
         for r, res in pairs:
             if res.status in ("bounced", "failed"):
                 f = delivery_failure(msg.id, r.id, r.address, res.code, res.enhanced, res.text, res.reason,
-                                     (attempt.host or "") if attempt else "")
+                                     (attempt.host or "") if attempt else "",
+                                     transcript=attempt.transcript if attempt else ())
                 failures.append(f)
                 if res.reason is None and f.report.lines[0].reason:
                     res = replace(res, reason=f.report.lines[0].reason)
