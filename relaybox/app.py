@@ -213,6 +213,7 @@ class App:
             self.routes.attach(self.scheduler)
             await self.scheduler.start()
             self.spool.on_enqueue.append(self.scheduler.notify)
+            self.spool.handoff = self.scheduler     # new mail skips the claim round while the queue is empty
         if not self.singletons:
             return
         sink = bounce_record.make_sink(self.store.bounces, self.settings.relay)

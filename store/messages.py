@@ -69,17 +69,32 @@ def set_status(conn: Conn, rid: int, current: str, new: str, now: float, assignm
 
 
 def _reset_crash_count(conn: Conn, message_ids: Iterable[str]) -> None:
-    conn.executemany("UPDATE messages SET crash_count = 0 WHERE id=? AND NOT EXISTS"
+    """A message that got through is no longer suspected of crashing the process: its count goes back to
+    0 (a no-op, no row written, for the usual message that never crashed anything)."""
+    conn.executemany("UPDATE messages SET crash_count = 0 WHERE id=? AND crash_count > 0 AND NOT EXISTS"
                      " (SELECT 1 FROM recipients WHERE message_id=? AND status='sending')",
                      [(mid, mid) for mid in message_ids])
 
 
-def insert_message(conn: Conn, msg: NewMessage, now: float, actor: str) -> str:
+def _count_crashes(conn: Conn, mine: str, args: Sequence[Any]) -> None:
+    """Poison accounting, at recovery: each message with recipients in 'sending' was being processed when
+    its process died; its crash_count goes up (claims do not write it, so a delivery costs no write of
+    the message row; ``complete`` resets it)."""
+    conn.execute("UPDATE messages SET crash_count = crash_count + 1 WHERE id IN (SELECT message_id FROM"
+                 " recipients WHERE status='sending'" + mine + ")", tuple(args))
+
+
+def insert_message(conn: Conn, msg: NewMessage, now: float, actor: str,
+                   lease: tuple[str, float] | None = None) -> str:
     """The rows of one new message (inside a caller's write): also used by campaigns that enqueue in the
-    same transaction as their own bookkeeping."""
+    same transaction as their own bookkeeping. With ``lease`` (owner, until) the recipients are inserted
+    already claimed by that owner (accepted, then 'sending': see ``enqueue_claimed``)."""
     qid = msg.queue_id
     scheduled = msg.send_at is not None and msg.send_at > now
     status = transition(NEW, Status.SCHEDULED if scheduled else Status.QUEUED)
+    event_status, leased = status, None
+    if lease is not None and not scheduled and not msg.held:
+        status, leased = transition(status, Status.SENDING), lease
     due = msg.send_at if scheduled and msg.send_at is not None else now
     conn.execute(
         "INSERT INTO messages(id, created_at, sender, from_header, subject, message_id, client_ip,"
@@ -90,14 +105,25 @@ def insert_message(conn: Conn, msg: NewMessage, now: float, actor: str) -> str:
          msg.send_at, 1 if msg.held else 0, msg.route_hint),
     )
     conn.execute("INSERT INTO bodies(message_id, data) VALUES (?, ?)", (qid, msg.body))
+    owner, until = leased if leased is not None else (None, None)
     for rcpt in msg.recipients:
         cur = conn.execute(
-            "INSERT INTO recipients(message_id, address, domain, status, next_attempt_at, updated_at)"
-            " VALUES (?,?,?,?,?,?) RETURNING id",
-            (qid, rcpt, domain_of(rcpt), status, due, now),
+            "INSERT INTO recipients(message_id, address, domain, status, next_attempt_at, updated_at,"
+            " leased_until, lease_owner) VALUES (?,?,?,?,?,?,?,?) RETURNING id",
+            (qid, rcpt, domain_of(rcpt), status, due, now, until, owner),
         )
-        add_event(conn, now, qid, cur.fetchone()[0], status, actor, "send-at" if scheduled else "accepted")
+        add_event(conn, now, qid, cur.fetchone()[0], event_status, actor,
+                  "send-at" if scheduled else "accepted")
     return qid
+
+
+def _new_message(msg: NewMessage, now: float) -> Message:
+    """The ``Message`` record of a message just inserted by ``insert_message`` (no read back)."""
+    return Message(id=msg.queue_id, created_at=now, sender=msg.sender, size=len(msg.body),
+                   body_sha256=hashlib.sha256(msg.body).hexdigest(), from_header=msg.from_header,
+                   subject=msg.subject, message_id=msg.message_id_header, client_ip=msg.client_ip,
+                   client_helo=msg.client_helo, auth_user=msg.auth_user, send_at=msg.send_at,
+                   held=msg.held, route_hint=msg.route_hint)
 
 
 def _complete_one(conn: Conn, res: RecipientResult, actor: str, now: float) -> str | None:
@@ -143,6 +169,7 @@ def recover_sync(conn: Conn, now: float, poison_limit: int, owner: str | None = 
     process (``lease_owner``): the other workers of the instance keep theirs."""
     stats = {"requeued": 0, "poisoned": 0}
     mine, args = ("", ()) if owner is None else (" AND lease_owner=?", (owner,))
+    _count_crashes(conn, mine, args)
     poisoned = [r["id"] for r in conn.execute(
         "SELECT id FROM messages WHERE crash_count >= ? AND EXISTS (SELECT 1 FROM recipients WHERE"
         " message_id=messages.id AND status='sending'" + mine + ")", (poison_limit, *args))]
@@ -173,6 +200,26 @@ class MessageStore:
         """Store a new message and its recipients; returns the queue id once durable."""
         now = self.clock()
         return await self.db.write(lambda conn: insert_message(conn, msg, now, actor))
+
+    async def enqueue_claimed(self, msg: NewMessage, owner: str, lease: float,
+                              actor: str = "smtp") -> tuple[Claim, set[str]] | None:
+        """Store a new message with its recipients already leased to ``owner`` (the delivery scheduler of
+        the process that accepted it takes it at once: no claim transaction, no body read). Returns, once
+        durable, the claim and which of its addresses are suppressed (as ``prefetch`` tells a claim
+        round); None when the message is not due now (scheduled or held: stored as ``enqueue`` does). A
+        crash before the delivery ends is recovered like any claim (``recover`` by owner)."""
+        now = self.clock()
+
+        def _do(conn: Conn) -> tuple[Claim, set[str]] | None:
+            insert_message(conn, msg, now, actor, (owner, now + lease))
+            if msg.held or (msg.send_at is not None and msg.send_at > now):
+                return None
+            rows = conn.execute("SELECT * FROM recipients WHERE message_id=? ORDER BY id",
+                                (msg.queue_id,)).fetchall()
+            suppressed = {a.lower() for a in msg.recipients if _supp.is_suppressed(conn, a, now)}
+            return Claim(_new_message(msg, now), tuple(recipient_of(r) for r in rows)), suppressed
+
+        return await self.db.write(_do)
 
     async def enqueue_once(self, msg: NewMessage, actor: str) -> tuple[str, bool]:
         """Enqueue unless a message with ``msg.queue_id`` exists (an idempotent redelivery after a crash):
@@ -219,10 +266,10 @@ class MessageStore:
                 recipients[mid] = []
             recipients[mid].append(recipient_of(r, status=Status.SENDING, leased_until=now + lease,
                                                 lease_owner=owner))
-        # complete() resets it; a crash leaves it raised, and recover() fails messages that crashed the
-        # process poison_limit times.
+        # An expired lease taken over: its holder stopped processing it without a result (hung or died
+        # unseen), which counts for the poison accounting as recover() counts a crash.
         conn.executemany("UPDATE messages SET crash_count = crash_count + 1 WHERE id=?",
-                         [(mid,) for mid in messages])
+                         [(mid,) for mid in {r["message_id"] for r in rows if r["status"] == Status.SENDING}])
         return [Claim(messages[mid], tuple(recipients[mid])) for mid in messages]
 
     async def body(self, message_id: str) -> bytes | None:

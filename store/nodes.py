@@ -132,8 +132,9 @@ def _recover_dead(conn: Conn, now: float, ttl: float, poison_limit: int) -> dict
     crashes: dict[str, int] = {}
     for r in rows:
         mid = r["message_id"]
-        if mid not in crashes:
-            got = conn.execute("SELECT crash_count FROM messages WHERE id=?", (mid,)).fetchone()
+        if mid not in crashes:      # poison accounting: this interruption counts (claims do not write it)
+            got = conn.execute("UPDATE messages SET crash_count = crash_count + 1 WHERE id=?"
+                               " RETURNING crash_count", (mid,)).fetchone()
             crashes[mid] = int(got[0]) if got else 0
         if crashes[mid] >= poison_limit:
             set_status(conn, r["id"], Status.SENDING, Status.FAILED, now,

@@ -88,6 +88,7 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._stopping = False
         self._loop_task: asyncio.Task[None] | None = None
+        self._queue_empty = False    # the last claim round found nothing due: new mail may skip the queue
         self.stats: Counter[str] = Counter()
         self.route_status = RouteStatus(clock)   # results per route (relay.delivery.route_book attaches)
 
@@ -202,6 +203,7 @@ class Scheduler:
         d = self.config.delivery
         now = self.clock()
         claims = await self.spool.claim(self.owner, limit=min(d.claim_batch, room), lease=d.lease, now=now)
+        self._queue_empty = not claims
         if not claims:
             return 0
         suppressed, bodies = await self._prefetch(claims, now)
@@ -210,6 +212,25 @@ class Scheduler:
             n += self._dispatch(claim, now, suppressed, bodies)
         metrics.IN_FLIGHT.set(len(self._in_flight))
         return n
+
+    # ---- new mail from intake (Spool.handoff) ------------------------------------------------------
+    def handoff_lease(self) -> tuple[str, float] | None:
+        """(owner, lease) while this scheduler takes new mail straight from intake: it is running, has
+        room, and its last claim round found the queue empty (older mail is never overtaken by newer mail
+        for long: once a round claims something, new mail waits in the queue again until it drains)."""
+        if (self._stopping or self._loop_task is None or not self._queue_empty or self._full
+                or self._saturated or self._unrecorded or self._storage_error is not None
+                or len(self._in_flight) >= self.max_in_flight // 2):
+            return None
+        return self.owner, float(self.config.delivery.lease)
+
+    def take(self, claim: Claim, body: bytes, suppressed: set[str]) -> None:
+        """A message intake stored leased to us (``handoff_lease``): into delivery as a claim would."""
+        if self._stopping:       # stop() began while it was being stored: it hands these back
+            self._unfinished.update(r.id for r in claim.recipients)
+            return
+        self._dispatch(claim, self.clock(), suppressed, {claim.message.id: body})
+        metrics.IN_FLIGHT.set(len(self._in_flight))
 
     async def _prefetch(self, claims: list[Claim], now: float) -> tuple[set[str], dict[str, bytes]]:
         """One reader round trip per round: suppressed addresses and the bodies of small messages."""

@@ -15,14 +15,25 @@ durable enqueue, and the admin vocabulary (hold/release).
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Protocol
 
 from store import Store
 from store.messages import QueueError
 from store.records import AttemptLog, Claim, Message, NewMessage, Recipient, RecipientResult
 
-__all__ = ["AttemptLog", "Claim", "Message", "NewMessage", "QueueError", "Recipient", "RecipientResult",
-           "Spool"]
+__all__ = ["AttemptLog", "Claim", "Handoff", "Message", "NewMessage", "QueueError", "Recipient",
+           "RecipientResult", "Spool"]
+
+
+class Handoff(Protocol):
+    """The delivery scheduler of this process, taking new mail straight from intake (no claim round)."""
+
+    def handoff_lease(self) -> tuple[str, float] | None:
+        """(lease owner, lease seconds) when it takes a new message now; None to leave it to the queue."""
+
+    def take(self, claim: Claim, body: bytes, suppressed: set[str]) -> None:
+        """A message stored with its recipients leased to this scheduler (``suppressed``: those of its
+        addresses on the suppression list): deliver it."""
 
 
 class Spool:
@@ -31,6 +42,8 @@ class Spool:
         self.messages = store.messages
         # called (no arguments, in the loop) after each durable enqueue: the scheduler wakes at once
         self.on_enqueue: list[Callable[[], None]] = []
+        # the local scheduler, when it takes new mail directly (relay.delivery.scheduler.Scheduler)
+        self.handoff: Handoff | None = None
 
     def _woken(self) -> None:
         for cb in self.on_enqueue:
@@ -38,9 +51,20 @@ class Spool:
 
     # ---- intake ----------------------------------------------------------------------------------
     async def enqueue(self, msg: NewMessage, actor: str = "smtp") -> str:
-        qid = await self.messages.enqueue(msg, actor)
-        self._woken()
-        return qid
+        """Durable on return. When the local scheduler has room and nothing older waits, the message is
+        stored already leased to it and handed over with its body (one write instead of an enqueue, a
+        claim and a body read; the lease is recovered like any claim after a crash)."""
+        taker = self.handoff.handoff_lease() if self.handoff is not None else None
+        if taker is None:
+            qid = await self.messages.enqueue(msg, actor)
+            self._woken()
+            return qid
+        got = await self.messages.enqueue_claimed(msg, *taker, actor=actor)
+        if got is None:             # scheduled or held: stored as enqueue() stores it
+            self._woken()
+        elif self.handoff is not None:
+            self.handoff.take(got[0], msg.body, got[1])
+        return msg.queue_id
 
     async def enqueue_once(self, msg: NewMessage, actor: str) -> tuple[str, bool]:
         """Idempotent enqueue keyed by ``msg.queue_id`` (a redelivery after a crash finds it stored)."""
