@@ -334,3 +334,81 @@ def test_no_address_is_cut_out_of_a_longer_one_nor_out_of_a_sentence():
 def test_a_sending_service_refusing_an_unverified_from_is_no_relaying():
     assert classify("554 Message rejected: Email address is not verified. The following identities "
                     "failed the check in region EU-WEST-1: sender@relay.example", "5.0.0") == "norelaying"
+
+
+# -- round 2 -----------------------------------------------------------------------------------------------
+
+def test_a_disabled_mailbox_code_leaves_user_unknown_words_unproven():
+    # X.2.1 says the mailbox exists but takes no mail: the words alone no longer prove an unknown address
+    r = parse(_dsn("ann@example.net", "5.2.1", "550 5.2.1 <ann@example.net>... User unknown")).recipients[0]
+    assert (r.reason, r.kind, r.status) == ("filtered", "soft", "5.2.1")
+    # ... unless the reply is known to have answered RCPT
+    assert classify("550 5.2.1 <ann@example.net>... User unknown (in reply to RCPT TO command)",
+                    "5.2.1") == "userunknown"
+    # an address-class code is still proof
+    assert classify("550 5.1.1 <ann@example.net>... User unknown", "5.1.1") == "userunknown"
+
+
+def _powermta(category: str, diag: str, status: str = "5.2.1") -> bytes:
+    raw = _dsn("ann@example.net", status, diag).decode()
+    return raw.replace(f"Diagnostic-Code: smtp; {diag}\n",
+                       f"Diagnostic-Code: smtp; {diag}\nX-PowerMTA-BounceCategory: {category}\n").encode()
+
+
+def test_the_reporting_mtas_own_category_settles_an_unproven_user_unknown():
+    r = parse(_powermta("bad-mailbox", "550 5.2.1 <ann@example.net>... User unknown")).recipients[0]
+    assert (r.reason, r.kind) == ("userunknown", "hard")
+    r = parse(_powermta("bad-domain", "550 5.0.0 something we do not know", "5.0.0")).recipients[0]
+    assert (r.reason, r.kind) == ("hostunknown", "hard")
+    # a cause the words name wins over the category; an unknown category changes nothing
+    r = parse(_powermta("bad-mailbox", "552 5.2.2 <ann@example.net>... Mailbox full", "5.2.2")).recipients[0]
+    assert r.reason == "mailboxfull"
+    r = parse(_powermta("other", "550 5.2.1 <ann@example.net>... User unknown")).recipients[0]
+    assert r.reason == "filtered"
+
+
+def test_an_expired_message_with_a_stated_cause_is_that_cause():
+    assert classify("550 5.4.312 Message expired, DNS query failed", "5.4.312") == "networkerror"
+    assert classify("550 4.4.7 Message expired", "4.4.7") == "expired"
+
+
+def test_a_line_limit_is_a_size_limit_and_a_long_line_is_syntax():
+    assert classify("500 Line limit exceeded", "") == "mesgtoobig"
+    assert classify("500 Line too long", "") == "syntaxerror"
+
+
+def test_a_diagnostic_of_only_a_lead_in_and_the_address_is_no_text():
+    raw = _notice("Delivery to the following recipients failed permanently:\n\n     * ann@example.net\n")
+    r = parse(raw).recipients[0]
+    assert (r.address, r.reason, r.status) == ("ann@example.net", "undefined", "5.0.900")
+    raw = _notice("Delivery to the following recipients failed permanently:\n\n     * ann@example.net\n\n"
+                  "The frobnicator declined.\n")
+    assert parse(raw).recipients[0].reason == "onhold"
+
+
+def test_delivery_aborted_after_hours_is_an_expiry():
+    raw = _notice("Delivery to the following recipients was aborted after 5.0 hour(s):\n\n"
+                  "  * ann@example.net\n\nTechnical details:\n"
+                  "Routing: no gateway answered for ann@example.net\n")
+    r = parse(raw).recipients[0]
+    assert (r.reason, r.status) == ("expired", "5.0.947")
+
+
+def _exim(reply: str, command: str = "MAIL FROM:<sender@relay.example> SIZE=100") -> bytes:
+    return _notice("This message was created automatically by mail delivery software.\n\n"
+                   "A message that you sent could not be delivered to one or more of its\n"
+                   "recipients. This is a permanent error. The following address(es) failed:\n\n"
+                   "  ann@example.net\n    host mx.example.net [192.0.2.7]\n"
+                   f"    SMTP error from remote mail server after {command}:\n    {reply}\n\n"
+                   "------ This is a copy of the message, including all the headers. ------\n",
+                   subject="Mail delivery failed: returning message to sender")
+
+
+def test_exim_refusal_after_mail_from_without_a_code_is_reported_on_hold():
+    # the recipient was never offered: the derived code says nothing is known of it, the reason says why
+    r = parse(_exim("550 Unroutable sender address")).recipients[0]
+    assert (r.reason, r.status, r.kind) == ("rejected", "5.0.901", "soft")
+    # a code the server sent is reported as sent; after RCPT the derived code follows the reason
+    assert parse(_exim("550 5.7.1 Sender refused")).recipients[0].status == "5.7.1"
+    r = parse(_exim("550 No such user", command="RCPT TO:<ann@example.net>")).recipients[0]
+    assert (r.reason, r.status) == ("userunknown", "5.0.911")

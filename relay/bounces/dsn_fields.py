@@ -12,7 +12,7 @@ import re
 _FIELD = re.compile(r"^([A-Za-z][A-Za-z0-9-]{1,40})[ \t]*:[ \t]*(.*)$")
 _RCPT_FIELDS = {"final-recipient", "original-recipient", "x-actual-recipient", "action", "status",
                 "remote-mta", "diagnostic-code", "last-attempt-date", "will-retry-until",
-                "final-log-id", "x-supplementary-info", "x-display-name"}
+                "final-log-id", "x-supplementary-info", "x-display-name", "x-powermta-bouncecategory"}
 _MSG_FIELDS = {"reporting-mta", "received-from-mta", "arrival-date", "x-original-message-id",
                "original-envelope-id", "dsn-gateway", "x-postfix-sender", "x-postfix-queue-id"}
 STATUS_RE = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.]*\d)")
@@ -176,5 +176,6 @@ def recipients(text: str) -> list[dict[str, str]]:
             "diag_type": raw_diag.split(";", 1)[0].strip().lower() if ";" in raw_diag else "",
             "remote_mta": typed_value(block.get("remote-mta", "")),
             "reporting_mta": typed_value(per_msg.get("reporting-mta", "")),
+            "mta_category": block.get("x-powermta-bouncecategory", "").strip().lower(),
         })
     return out

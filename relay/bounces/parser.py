@@ -40,6 +40,7 @@ _DELAY_NOTICE = re.compile(
     r"delivery attempts will continue|this is only a temporary|still (?:be )?(?:retrying|trying)|"
     r"warning: message still undelivered|has been delayed|no action is required on your part", re.I)
 _NEXT_BLOCK = re.compile(r"^\s*(?:original|final)-recipient\s*:", re.I | re.M)
+_AFTER_MAIL_FROM = re.compile(r"\bSMTP error from remote (?:mail )?server after MAIL FROM\b", re.I)
 _LOCAL_EXIT_STATUS = re.compile(r"^[45]\.(?:0\.0|5\.\d{1,3})$")
 # a notice that quotes the original's headers inline ("Original Message:\nFrom: ...\nTo: ...")
 _QUOTED_ORIGINAL = re.compile(r"^[\s-]*original message[\s-]*:?[\s-]*$", re.I | re.M)
@@ -213,6 +214,7 @@ def _from_dsn(msg, entries: list[dict], text: str) -> Parsed:
         r = Recipient(address=e["address"], action=e["action"], status=status, replycode=reply,
                       diagnostic=" ".join(diag.split())[:1000], remote_mta=e["remote_mta"])
         _finish(r, context=seg)
+        _reporting_mta_category(r, e["mta_category"])
         if e["diag_type"] == "x-unix" and _LOCAL_EXIT_STATUS.match(r.status) and not reasons.by_text(diag):
             # RFC 3464 "X-Unix; 71": the exit status of the local delivery program; a generic or protocol
             # (X.5.Y) code cannot describe a program's exit
@@ -333,7 +335,22 @@ def _finish(r: Recipient, context: str, temporary: bool = False) -> None:
                  or r.action == "delayed")
     if not r.status:
         r.status = reasons.pseudo_status(r.reason, temporary)
+        if _AFTER_MAIL_FROM.search(r.diagnostic[:500] + "\n" + context[:3000]):
+            # Exim's "SMTP error from remote mail server after MAIL FROM:<...>": the recipient was never
+            # offered, nothing is known about it: the derived code is "on hold" (X.0.901), the reason
+            # says why the transaction failed
+            r.status = reasons.pseudo_status("onhold", temporary)
     r.kind = reasons.kind(r.reason, r.status, r.replycode)
+
+
+def _reporting_mta_category(r: Recipient, category: str) -> None:
+    """PowerMTA states its own classification of the reply (``X-PowerMTA-BounceCategory: bad-mailbox``): it
+    settles what the words leave open (a "user unknown" without proof of the command, a text no rule
+    explains), never overrides a cause the words or the code name."""
+    reason = reasons.MTA_CATEGORIES.get(category, "")
+    if reason and r.reason in ("filtered", "userunknown", "onhold", "undefined") and reason != r.reason:
+        r.reason = reason
+        r.kind = reasons.kind(r.reason, r.status, r.replycode)
 
 
 def _correlation(raw: bytes, result: Parsed, _unused) -> None:

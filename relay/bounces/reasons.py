@@ -28,11 +28,13 @@ _GAVE_UP = (r"in the queue too long|too long in (?:the )?queue|not going to try 
             r"delivery time)[ .]expired|"
             r"will (?:be )?retr(?:y|ied)|did not accept our requests to connect|"
             r"(?:delivery|retry) (?:time|period) (?:has )?(?:expired|exceeded)|failing for a long time|"
-            r"delivery failed \d+ attempts|still undelivered after")
+            r"delivery failed \d+ attempts|still undelivered after|was aborted after \d")
 # the phrases qmail / Exim append to the quoted last error when they give up
 _TIMED_OUT = re.compile(r"timed? ?out|timeout")
 _GAVE_UP_RE = re.compile(r"i'?m not going to try again|(?:this message has been )?in the queue too long|"
-                         r"retry time(?:out)? exceeded")
+                         r"retry time(?:out)? exceeded|"
+                         # Exchange Online: "550 5.4.312 Message expired, DNS query failed"
+                         r"\b(?:message|envelope) expired(?=[,;:] *\w)")
 
 # Ordered: the first matching rule wins. Patterns are generic phrases, lower-cased input.
 _RULES: list[tuple[str, str]] = [
@@ -57,7 +59,7 @@ _RULES: list[tuple[str, str]] = [
                 r"(?:blocked|blacklisted|listed|banned|rejected)"),
     ("mesgtoobig", r"message (?:is |was )?too (?:big|large)|message size (?:exceeds|limit|too)|"
                    r"exceeds? (?:the )?(?:maximum |max )?(?:message |allowed )?size|size limit|"
-                   r"message length exceeds|mail size"),
+                   r"message length exceeds|mail size|\bline limit exceeded"),
     ("norelaying", r"relay(?:ing)? (?:access )?(?:denied|not permitted|prohibited|not allowed)|"
                    r"not (?:permitted|allowed|authori[sz]ed|configured) to relay|unable to relay|no relaying|"
                    r"we do not relay|relay not permitted|relaying (?:mail )?(?:to .{0,80} )?(?:is )?not|"
@@ -80,7 +82,7 @@ _RULES: list[tuple[str, str]] = [
     ("networkerror", r"not found, try again|temporary (?:dns|name ?server|lookup) (?:failure|error)|"
                      r"name ?server.{0,30}(?:timeout|time out|failure|not responding)|"
                      r"host name lookup failure|"
-                     r"lost connection|name server reply|network error"),
+                     r"lost connection|name server reply|network error|dns query (?:failed|failure)"),
     ("notaccept", r"does not accept (?:e-?)?mail|accepts? no (?:e-?)?mail|null mx|"
                   r"not accepting (?:any )?(?:e-?)?mail|doesn't accept mail|no mx (?:record )?(?:found )?for|"
                   r"(?:couldn't|could not|can't|cannot) find a mail exchanger|indicated no smtp service|"
@@ -258,6 +260,9 @@ _WRAPPED = re.compile(r"^\s*[245]\.\d{1,3}\.\d{1,3}\s+-?\s*[^'\"]{0,80}?\s"
                       r"([245]\d\d[ -](?:['\"]?[245]\.\d{1,3}\.\d{1,3}\b|['\"]).*)$", re.S)
 _ANY_STATUS = re.compile(r"(?<![\d.])[245]\.(\d{1,3})\.(\d{1,3})(?![\d.]*\d)")
 _REMOTE_REPLY = re.compile(r"(?<![\d.#:-])[45]\d\d(?=[ -])")
+# codes that prove no unknown address: generic ones, and X.2.1 ("mailbox disabled, not accepting messages":
+# by its code the mailbox exists)
+_UNPROVING_SUBS = ("0.0", "2.1")
 _RCPT_WORD = re.compile(r"\bRCPT(?:\b|_)")
 _NO_VALID = re.compile(r"<<<\s*5\d\d\b.{0,40}no valid recipients", re.I)
 _CMD_NAMES = {"rcpt to": "RCPT", "mail from": "MAIL", "end of data": "DATA", "data": "DATA", "helo": "HELO",
@@ -319,6 +324,17 @@ def by_provider_code(diagnostic: str) -> str:
     """The reason a receiver states with its own code in the reply (Orange / La Poste), or ''."""
     m = _ORANGE_CODE.search((diagnostic or "")[:2000])
     return _ORANGE_REASONS.get(m.group(1), "") if m else ""
+
+
+# A reporting MTA's own category of the reply in its DSN (PowerMTA's X-PowerMTA-BounceCategory, named in
+# its documentation); categories that only say "other" are left out
+MTA_CATEGORIES = {
+    "bad-mailbox": "userunknown", "bad-domain": "hostunknown", "inactive-mailbox": "suspend",
+    "quota-issues": "mailboxfull", "spam-related": "spamdetected", "policy-related": "policyviolation",
+    "virus-related": "virusdetected", "content-related": "contenterror", "invalid-sender": "rejected",
+    "message-expired": "expired", "no-answer-from-host": "networkerror", "bad-connection": "networkerror",
+    "relaying-issues": "norelaying", "routing-errors": "systemerror", "bad-configuration": "systemerror",
+}
 
 
 def by_provider(address: str) -> str:
@@ -420,9 +436,16 @@ def _unproven_unknown(low: str, sub: str) -> bool:
     if not sub:
         m = _ANY_STATUS.search(low[:300])
         sub = f"{m.group(1)}.{m.group(2)}" if m else ""
-    if sub and sub != "0.0" and not sub.startswith("7."):
+    if sub and sub not in _UNPROVING_SUBS and not sub.startswith("7."):
         return False
     return bool(_REMOTE_REPLY.search(low[:300]))
+
+
+# "Delivery to the following recipients failed permanently:", "The following address(es) failed:" (and the
+# addresses the notice lists after it)
+_LEAD_IN = re.compile(r"(?:delivery to )?the following (?:recipients?|address(?:es|\(es\))?)[^:\n]{0,40}:|"
+                      r"<?[^\s<>@]+@[\w.-]+>?", re.I)
+_WORDS = re.compile(r"[^\W\d_]{2,}")
 
 
 def _unexplained(diagnostic: str, action: str, command: str) -> str:
@@ -432,8 +455,9 @@ def _unexplained(diagnostic: str, action: str, command: str) -> str:
     if command in ("CONN", "HELO"):
         return "blocked"        # refused before any envelope: the sending host was refused
     # a text that explains nothing we know: "onhold" (held for a human to read), "undefined" when the
-    # report gave no text at all (the vocabulary's distinction)
-    return "onhold" if diagnostic.strip() else "undefined"
+    # report gave no text at all (the vocabulary's distinction): a notice's lead-in sentence and the
+    # address itself are no text about the failure
+    return "onhold" if _WORDS.search(_LEAD_IN.sub(" ", diagnostic)) else "undefined"
 
 
 def kind(reason: str, status: str, replycode: str = "") -> str:
