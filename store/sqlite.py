@@ -57,12 +57,6 @@ def _connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
     conn.execute("PRAGMA busy_timeout=30000")
     if readonly:
         conn.execute("PRAGMA query_only=ON")
-    else:
-        # the writer runs each job in a SAVEPOINT: a page the batch had already changed is copied to the
-        # sub-journal first, and past 64 KiB SQLite keeps that journal in a temp file, so every job wrote its
-        # pages through syscalls (~100 KB written per 1 KB message). In memory it is a copy, freed at each
-        # COMMIT (one batch at most); a migration's CREATE INDEX sorts in memory too
-        conn.execute("PRAGMA temp_store=MEMORY")
     return conn
 
 
