@@ -412,3 +412,31 @@ def test_exim_refusal_after_mail_from_without_a_code_is_reported_on_hold():
     assert parse(_exim("550 5.7.1 Sender refused")).recipients[0].status == "5.7.1"
     r = parse(_exim("550 No such user", command="RCPT TO:<ann@example.net>")).recipients[0]
     assert (r.reason, r.status) == ("userunknown", "5.0.911")
+
+
+def test_content_rejected_with_a_content_code_names_no_spam():
+    assert classify("500 5.6.1 Message content rejected", "5.6.1") == "contenterror"
+    assert classify("550 5.7.1 Message content rejected", "5.7.1") == "spamdetected"
+    assert classify("550 5.6.0 Message content rejected, UBE", "5.6.0") == "spamdetected"
+
+
+def _fml(body: str, subject: str) -> bytes:
+    return _notice(body, subject=subject, extra="X-MLServer: fml [fml 4.0.3 release (20011202/4.0.3)]\n"
+                   "From: cats-admin@lists.example.org\n").replace(
+        b"From: MAILER-DAEMON@mx.example.org\n", b"")
+
+
+def test_a_list_managers_refusal_of_a_post_is_a_bounce_of_the_list():
+    raw = _fml("You are not a member of this mailing list <cats@lists.example.org>.\n\n"
+               "Send 'guide' to <cats-ctl@lists.example.org> for help.\n", "You are not member (cats ML)")
+    p = parse(raw)
+    assert p.category == "bounce"
+    [r] = p.recipients
+    assert (r.address, r.reason, r.kind, r.status) == \
+        ("cats@lists.example.org", "rejected", "soft", "5.0.918")
+    raw = _fml("Duplicated Message-ID in <cats@lists.example.org>.\n", "Loop Alert: Duplicated Message-ID")
+    assert parse(raw).recipients[0].reason == "systemerror"
+    # the same words without the list manager's header are no bounce of ours
+    plain = _notice("You are not a member of this mailing list <cats@lists.example.org>.\n",
+                    subject="hello")
+    assert parse(plain).category != "bounce"

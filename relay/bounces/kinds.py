@@ -125,3 +125,31 @@ def looks_like_bounce(msg: Message, notice: str) -> bool:
     head = notice[:20000]
     return bool(_REPLY_LINE.search(head) and _BOUNCE_TEXT.search(head)) or bool(FAILED_TO.search(head))
 
+
+
+# A mailing-list manager refusing a post to the list (fml's notices, marked by its ``X-MLServer: fml``
+# header): the list is the recipient that refused the message, the poster gets the notice
+_FML = re.compile(r"^\s*fml\b", re.I)
+_LIST_REFUSALS = [
+    ("rejected", re.compile(r"\bnot (?:a )?member|members? only|only members|not allowed to post|"
+                            r"(?:post|submission)s? (?:is |are )?(?:restricted|rejected|denied|not allowed)",
+                            re.I)),
+    ("systemerror", re.compile(r"loop alert|duplicated message-id|mail loop|looped", re.I)),
+    ("mesgtoobig", re.compile(r"too (?:big|large)|size limit|exceeds? (?:the )?(?:size|limit)", re.I)),
+]
+_ANGLED = re.compile(r"<([^\s<>@]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,})>")
+
+
+def list_refusal(msg: Message, notice: str) -> tuple[str, str, str] | None:
+    """(list address, reason, diagnostic) when ``msg`` is a list manager's refusal of a post, else None."""
+    if not _FML.match(str(msg.get("X-MLServer", "") or "")):
+        return None
+    text = "\n".join([subject(msg), notice[:4000]])
+    reason = next((name for name, rx in _LIST_REFUSALS if rx.search(text)), "")
+    poster = set(header_addresses(msg, "To", "From"))
+    listed = next((a.lower() for a in _ANGLED.findall(text) if a.lower() not in poster
+                   and not re.search(r"-(?:admin|ctl|request|owner|help)@", a.lower())), "")
+    if not reason or not listed:
+        return None
+    first = next((ln.strip() for ln in notice.splitlines() if ln.strip()), "")
+    return listed, reason, " ".join(first.split())[:300]

@@ -108,6 +108,13 @@ def _parse(raw: bytes) -> Parsed:
         found = _from_notice(msg, text, pcs)
         if found.recipients:
             return found
+    refused = kinds.list_refusal(msg, text)
+    if refused is not None:
+        address, reason, diag = refused
+        r = Recipient(address=address, action="failed", diagnostic=diag, reason=reason,
+                      status=reasons.pseudo_status(reason, False))
+        r.kind = reasons.kind(r.reason, r.status)
+        return Parsed("bounce", [r])
     if kinds.is_autoreply(msg):
         sender = kinds.header_addresses(msg, "From") or kinds.header_addresses(msg, "Sender")
         diag = " ".join(text.split())[:300]

@@ -413,6 +413,8 @@ def classify(diagnostic: str, status: str, action: str = "", context: str = "", 
     command = command or smtp_command(diagnostic) or smtp_command(context)
     if not reason:
         reason = _unexplained(diagnostic, action, command)
+    if reason == "spamdetected" and sub.startswith("6.") and not _SPAM_NAMED.search(low):
+        return "contenterror"   # "content rejected" with a media/content code (X.6.Y) names no spam
     if command == "DATA" and reason == "userunknown" and sub not in _DECISIVE and not strong:
         return "filtered"       # the user existed at RCPT; the content was refused
     if reason == "userunknown" and not command and not strong and _unproven_unknown(low, sub):
@@ -445,6 +447,7 @@ def _unproven_unknown(low: str, sub: str) -> bool:
 # addresses the notice lists after it)
 _LEAD_IN = re.compile(r"(?:delivery to )?the following (?:recipients?|address(?:es|\(es\))?)[^:\n]{0,40}:|"
                       r"<?[^\s<>@]+@[\w.-]+>?", re.I)
+_SPAM_NAMED = re.compile(r"spam|\bube\b|\bjunk\b|\bbulk\b|uribl|surbl|blacklisted|phish")
 _WORDS = re.compile(r"[^\W\d_]{2,}")
 
 
