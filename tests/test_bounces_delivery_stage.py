@@ -85,6 +85,13 @@ def test_stage_read_from_a_transcript():
     assert stage_in_transcript(tr, "y@dst.test", 554) == "data"
     assert stage_in_transcript(tr, "y@dst.test", 550) is None      # another recipient's refusal
     assert stage_in_transcript([], "y@dst.test", 550) is None
+    # refused at RCPT, then the DATA of the others failed with the same code: still the RCPT refusal
+    both = [*tr[:12], {"dir": "S", "line": "550 5.7.1 spam"}]
+    assert stage_in_transcript(both, "x@dst.test", 550) == "rcpt"
+    assert stage_in_transcript(both, "y@dst.test", 550) == "data"
+    # the next host starts over
+    again = [*both, {"dir": "C", "line": "connect mx2 [192.0.2.2]:25"}, {"dir": "S", "line": "550 go away"}]
+    assert stage_in_transcript(again, "x@dst.test", 550) == "greeting"
     # an explicit stage wins; none known keeps the words' own reading
     assert delivery_failure("q", 1, "y@dst.test", 550, None, "User unknown",
                             stage="data").report.lines[0].reason == "filtered"

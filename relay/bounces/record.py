@@ -67,20 +67,28 @@ _TRANSCRIPT_STAGES = (("MAIL FROM:", "mail"), ("RCPT TO:", "rcpt"), ("DATA", "da
 def stage_in_transcript(transcript: Sequence[Mapping[str, Any]], address: str,
                         code: int | None) -> str | None:
     """The stage whose reply refused ``address`` with ``code``, read from an attempt's transcript (lines
-    ``{"dir": "C"|"S", "line": ...}``): the last final reply with that code, to the command sent before it
-    (a RCPT only when it named this address). None when no such reply is there (nothing was said)."""
+    ``{"dir": "C"|"S", "line": ...}``): the command sent before the last final reply with that code; a RCPT
+    only when it named this address, and a recipient refused at RCPT took no part in the DATA that
+    followed. Each ``connect`` (the next host) starts over. None when no such reply is there."""
     if not code:
         return None
-    want, found, stage, rcpt = str(code), None, None, ""
+    want, found, stage, rcpt, refused = str(code), None, None, "", False
     addr = (address or "").lower()
     for entry in transcript:
         line = str(entry.get("line", ""))
         if entry.get("dir") == "C":
             stage = next((name for prefix, name in _TRANSCRIPT_STAGES if line.startswith(prefix)), stage)
             rcpt = line[8:].strip().strip("<>").lower() if stage == "rcpt" else ""
-        elif line[:3] == want and line[3:4] in (" ", "") and stage != "rset":
-            if stage != "rcpt" or rcpt == addr:
-                found = stage
+            if stage == "greeting":
+                found, refused = None, False
+            continue
+        if line[:3] != want or line[3:4] not in (" ", "") or stage == "rset":
+            continue
+        if stage == "rcpt":
+            if rcpt == addr:
+                found, refused = "rcpt", True
+        elif not refused:
+            found = stage
     return found
 
 
