@@ -7,8 +7,8 @@ Entry points (all bounces go through ``relay.bounces.parse``):
   ``channel`` (a poller bounce channel; VERP addresses are also looked for in Delivered-To/X-Original-To/To).
 - ``make_sink(bounces, relay_cfg)`` -> ``async sink(raw, *, raw_ref=None, rcpt=None)`` for the poller.
 - ``report_of(parsed)``: the parser's result as the store's ``Report`` record.
-- ``from_reply(address, code, enhanced, text)``: a Parsed for a synchronous 5xx at delivery (source
-  ``delivery``: recorded and counted for suppression; the spool already marked the recipient).
+- ``from_reply(address, code, enhanced, text, stage=None)``: a Parsed for a synchronous 5xx at delivery
+  (source ``delivery``: recorded and counted for suppression; the spool already marked the recipient).
 - ``delivery_failure(queue_id, recipient_id, address, code, enhanced, text, reason, remote_mta, stage=,
   transcript=)``: the same for every recipient the scheduler ends bounced or failed (a 5xx, an expiry, a
   suppressed or invalid address), as the ``store.bounces.DeliveryFailure`` that
