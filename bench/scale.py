@@ -104,22 +104,26 @@ def median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else 0.0
 
 
+def cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 async def enqueue_rates(store: Store, ref: Store, done: int, ref_done: int,
-                        samples: int) -> tuple[list[float], list[float]]:
+                        samples: int) -> dict[str, list[float]]:
     """``samples`` enqueue samples (5,000 messages each) on the queue and on the reference store (a fresh
-    file: the rate at 0), interleaved ABBA so the load of the machine falls on both alike."""
-    big: list[float] = []
-    small: list[float] = []
+    file: the rate at 0), interleaved ABBA so the load of the machine falls on both alike. Besides the rate,
+    the CPU time of this process per message (writer thread included), which other processes' load on the
+    machine disturbs far less."""
+    out: dict[str, list[float]] = {"queue": [], "ref": [], "queue_cpu": [], "ref_cpu": []}
+    at = {"queue": done, "ref": ref_done}
     for k in range(samples):
-        order = ((store, big), (ref, small)) if k % 2 == 0 else ((ref, small), (store, big))
-        for s, out in order:
-            at = done if s is store else ref_done
-            out.append(await fill(s, at, 5000))
-            if s is store:
-                done += 5000
-            else:
-                ref_done += 5000
-    return big, small
+        for key in (("queue", "ref") if k % 2 == 0 else ("ref", "queue")):
+            c0 = cpu()
+            out[key].append(await fill(store if key == "queue" else ref, at[key], 5000))
+            out[key + "_cpu"].append((cpu() - c0) * 1e6 / 5000)
+            at[key] += 5000
+    return out
 
 
 async def measure(store: Store, level: int, queued: int) -> dict[str, float]:
@@ -200,7 +204,8 @@ class Run:
             await (bulk_fill if args.bulk_fill else fill)(self.store, self.done, level - self.done)
             self.done = level
         ref = self.new_ref()
-        big, small = await enqueue_rates(self.store, ref, self.done, 0, args.samples)
+        rates = await enqueue_rates(self.store, ref, self.done, 0, args.samples)
+        big, small = rates["queue"], rates["ref"]
         self.done += 5000 * args.samples
         self.ref_done = 5000 * args.samples
         r = await measure(self.store, level, self.done)
@@ -209,7 +214,8 @@ class Run:
               f" {r['old_gauges']:>11.1f} {r['summary']:>11.1f} {r['list_status']:>8.1f}"
               f" {r['list_rcpt']:>8.1f} {r['bytes_per_msg']:>11,.0f} {r['rss_mb']:>7.0f}", flush=True)
         print(f"   enqueue samples/s: queue {' '.join(f'{x:,.0f}' for x in big)};"
-              f" at 0 {' '.join(f'{x:,.0f}' for x in small)}; {verdict(ratio)}", flush=True)
+              f" at 0 {' '.join(f'{x:,.0f}' for x in small)}; {verdict(ratio)}; CPU us/msg: queue"
+              f" {median(rates['queue_cpu']):.0f}, at 0 {median(rates['ref_cpu']):.0f}", flush=True)
         if args.search:
             found = await searches(self.store)
             print("   search ms (rows): " + "  ".join(f"{k} {ms:.1f} ({n})"

@@ -24,6 +24,7 @@ from email.policy import compat32
 from typing import Any, Callable, Mapping, Sequence
 
 from store.errors import guarded
+from store.migrations.m0015_address_blocks import BLOCK_SHIFT as ADDRESS_BLOCK_SHIFT
 from store.postgres import dialect
 from store.records import Attempt, Event, Message, Recipient, attempt_of, event_of, message_of, recipient_of
 from store.sqlite import Database
@@ -266,7 +267,8 @@ VALUES = 500             # matching values the walk may check with IN (more: wit
 _SEARCH = {"address": ("search_addresses", "r.address"), "sender": ("search_senders", "m.sender"),
            "subject": ("search_subjects", "COALESCE(m.subject, '')")}
 _BY_VALUE = {  # the rows carrying some values: looked up through the column's index, or checked in the walk
-    "address": ("m.id IN (SELECT message_id FROM recipients WHERE address IN ({}))",
+    "address": ("m.id IN (SELECT message_id FROM recipients WHERE (id >> {shift}) IN ({blocks})"
+                " AND address IN ({marks}))",
                 "EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id AND +r.address IN ({}))"),
     "sender": ("m.id IN (SELECT id FROM messages WHERE sender IN ({}))", "+m.sender IN ({})"),
     "subject": ("m.id IN (SELECT id FROM messages WHERE subject IN ({}))", "+m.subject IN ({})"),
@@ -317,6 +319,19 @@ def _matching_values(conn: sqlite3.Connection, column: str, value: str) -> list[
         (*best, _like(value)))]
 
 
+def _lookup(conn: sqlite3.Connection, column: str, values: int) -> str:
+    """The look-up, through the column's index, of the rows carrying ``values`` values. The address index
+    is kept in blocks of recipient ids (migration 0015): each block from the first recipient to the last
+    is probed."""
+    sql = _BY_VALUE[column][0]
+    if column != "address":
+        return sql.format(_marks(values))
+    lo, hi = conn.execute("SELECT MIN(id), MAX(id) FROM recipients").fetchone()
+    blocks = range(int(lo or 0) >> ADDRESS_BLOCK_SHIFT, (int(hi or 0) >> ADDRESS_BLOCK_SHIFT) + 1)
+    return sql.format(shift=ADDRESS_BLOCK_SHIFT, blocks=",".join(str(b) for b in blocks),
+                      marks=_marks(values))
+
+
 def _where_text(f: MessageFilter, conn: sqlite3.Connection, clauses: list[str], args: list[Any]) -> None:
     pg = dialect(conn) == "postgresql"
     rcpt = "EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id AND {})"
@@ -335,9 +350,9 @@ def _where_text(f: MessageFilter, conn: sqlite3.Connection, clauses: list[str], 
             if not found:
                 clauses.append("0 = 1")
                 continue
-            lookup, walk = _BY_VALUE[column]
             few = sum(n for _, n in found) < ROWS
-            clauses.append((lookup if few else walk).format(_marks(len(found))))
+            clauses.append(_lookup(conn, column, len(found)) if few
+                           else _BY_VALUE[column][1].format(_marks(len(found))))
             args += [v for v, _ in found]
         else:       # a short or common term: walk the messages newest first, checking each
             clauses.append(rcpt.format(_contains(checked)) if column == "address" else _contains(checked))
