@@ -326,7 +326,9 @@ def _lookup(conn: sqlite3.Connection, column: str, values: int) -> str:
     sql = _BY_VALUE[column][0]
     if column != "address":
         return sql.format(_marks(values))
-    lo, hi = conn.execute("SELECT MIN(id), MAX(id) FROM recipients").fetchone()
+    # one aggregate per SELECT: each is then one probe of the rowid B-tree (both in one scan the table)
+    lo, hi = conn.execute("SELECT (SELECT MIN(id) FROM recipients),"
+                          " (SELECT MAX(id) FROM recipients)").fetchone()
     blocks = range(int(lo or 0) >> ADDRESS_BLOCK_SHIFT, (int(hi or 0) >> ADDRESS_BLOCK_SHIFT) + 1)
     return sql.format(shift=ADDRESS_BLOCK_SHIFT, blocks=",".join(str(b) for b in blocks),
                       marks=_marks(values))
