@@ -131,7 +131,9 @@ FSYNC_EACH = 8      # a batch of at most this many files is synced file by file,
 
 def publish_maildir(items: Sequence[Staged], first_attempt: Collection[int] = ()) -> None:
     """Make a batch of messages durable and visible: each written to tmp/, synced, renamed into new/, then
-    one fsync per new/ directory. Only after this returns may their acceptance be committed.
+    one fsync per new/ directory. Only after this returns may their acceptance be committed. Blocking:
+    run it in a worker thread, one call per batch (a file creation costs up to a millisecond on a busy
+    disk, too much for the event loop's thread).
 
     A message delivered before (a crash or a failed commit came between its publication and the recording
     of its acceptance) is found under its name in new/ or cur/ and not written again; the messages of
@@ -139,6 +141,17 @@ def publish_maildir(items: Sequence[Staged], first_attempt: Collection[int] = ()
     such look-up. Syncing: up to FSYNC_EACH files one fsync() each; more, one syncfs() per file system (an
     fsync costs a journal commit, several ms on a busy disk; syncfs() also writes what other programs left
     dirty on that file system, so it is kept for big batches, where it is the cheaper of the two)."""
+    todo = _write_tmp(items, first_attempt)
+    if not todo:
+        return
+    _sync_files([tmp for _, tmp in todo])
+    for s, tmp in todo:
+        os.rename(tmp, os.path.join(s.newdir, s.name))
+    fsync_dirs({s.newdir for s, _ in todo})
+
+
+def _write_tmp(items: Sequence[Staged], first_attempt: Collection[int]) -> list[tuple[Staged, str]]:
+    """Write into tmp/ the messages not delivered before; returns them with their tmp/ paths."""
     todo: list[tuple[Staged, str]] = []
     for base, group in _by_base(items).items():
         for sub in ("tmp", "new", "cur"):
@@ -151,12 +164,7 @@ def publish_maildir(items: Sequence[Staged], first_attempt: Collection[int] = ()
             with open(tmp, "wb") as fh:
                 fh.write(s.raw)
             todo.append((s, tmp))
-    if not todo:
-        return
-    _sync_files([tmp for _, tmp in todo])
-    for s, tmp in todo:
-        os.rename(tmp, os.path.join(s.newdir, s.name))
-    fsync_dirs({s.newdir for s, _ in todo})
+    return todo
 
 
 def _by_base(items: Sequence[Staged]) -> dict[str, list[Staged]]:

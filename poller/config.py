@@ -28,7 +28,8 @@ class PollerConfig:
     retry_first: Duration = Duration(30)  # first retry of a failed campaign delivery, doubling ...
     retry_cap: Duration = Duration(1800)  # ... up to this
     fetch_batch: int = 50                 # messages per UID FETCH round-trip (and at most 16 MB)
-    parallel_deliveries: int = 8          # campaign deliveries in flight per channel
+    parallel_deliveries: int = 16         # campaign deliveries in flight per channel (a crash repeats
+                                          # at most this many webhook POSTs, same Idempotency-Key)
     max_message_size: Size = Size(50_000_000)   # larger messages are quarantined without being fetched
     timeout: Duration = Duration(60)      # connect / login / command timeout (validation answers within it)
     idle_timeout: Duration = Duration(300)    # re-issue IDLE this often (RFC 2177 asks for < 29 min)

@@ -139,22 +139,8 @@ async def fetch_imap_folder(inbound: InboundStore, session: IMAPSession, ch: Cha
     backlog flows to the campaign while it is still being fetched. ``lock`` serialises the use of the
     session (a SELECT and the commands meant for that folder) with the delivery's mailbox actions."""
     lock = lock or asyncio.Lock()
-    uidvalidity = await session.select(folder)
-    cp = await inbound.checkpoint(ch.name, folder)
-    last_uid = 0
-    if cp is not None:
-        if cp.uidvalidity == uidvalidity:
-            last_uid = cp.last_uid
-        else:
-            log.warning("channel %s folder %s: UIDVALIDITY changed %s -> %s; resyncing with dedupe",
-                        ch.name, folder, cp.uidvalidity, uidvalidity)
-    horizon: int | None = None            # a first sync by policy: the checkpoint moves here at its end
-    if cp is None and ch.first_sync != "all":
-        sizes, horizon = await _first_sync(session, ch)
-    else:
-        sizes = await session.sizes_after(last_uid)
-        if not sizes and cp is None:
-            await inbound.set_checkpoint(ch.name, folder, uidvalidity, 0)
+    async with lock:
+        uidvalidity, sizes, horizon = await _new_in_folder(inbound, session, ch, folder)
     delivering: asyncio.Future[None] | None = None
     try:
         for batch in batches(sizes, pcfg.fetch_batch, FETCH_BYTES):
@@ -180,6 +166,29 @@ async def fetch_imap_folder(inbound: InboundStore, session: IMAPSession, ch: Cha
         raise
     if horizon is not None:
         await inbound.set_checkpoint(ch.name, folder, uidvalidity, horizon)
+
+
+async def _new_in_folder(inbound: InboundStore, session: IMAPSession, ch: ChannelConfig,
+                         folder: str) -> tuple[int, dict[int, int], int | None]:
+    """SELECT ``folder`` and tell what to fetch: its UIDVALIDITY, {uid: size} of the messages past the
+    checkpoint, and (a first sync by policy) the UID the checkpoint moves to once they are stored."""
+    uidvalidity = await session.select(folder)
+    cp = await inbound.checkpoint(ch.name, folder)
+    last_uid = 0
+    if cp is not None:
+        if cp.uidvalidity == uidvalidity:
+            last_uid = cp.last_uid
+        else:
+            log.warning("channel %s folder %s: UIDVALIDITY changed %s -> %s; resyncing with dedupe",
+                        ch.name, folder, cp.uidvalidity, uidvalidity)
+    horizon: int | None = None            # a first sync by policy: the checkpoint moves here at its end
+    if cp is None and ch.first_sync != "all":
+        sizes, horizon = await _first_sync(session, ch)
+    else:
+        sizes = await session.sizes_after(last_uid)
+        if not sizes and cp is None:
+            await inbound.set_checkpoint(ch.name, folder, uidvalidity, 0)
+    return uidvalidity, sizes, horizon
 
 
 def _batch_items(ch: ChannelConfig, batch: list[int], sizes: dict[int, int], raws: dict[int, bytes],
@@ -379,6 +388,7 @@ async def poll_imap(inbound: InboundStore, session: IMAPSession, ch: ChannelConf
     try:
         for folder in await imap_folders(session, ch):
             await fetch_imap_folder(inbound, session, ch, folder, pcfg, result, deliveries.fresh, lock)
+            await deliveries.drain()          # its last actions before another folder is selected
         await deliveries.pending(now)          # retries that are due, and messages left by a crash
     except BaseException:
         await deliveries.cancel()
