@@ -199,7 +199,7 @@ class MessageStore:
     async def enqueue(self, msg: NewMessage, actor: str = "smtp") -> str:
         """Store a new message and its recipients; returns the queue id once durable."""
         now = self.clock()
-        return await self.db.write(lambda conn: insert_message(conn, msg, now, actor))
+        return await self.db.write(lambda conn: insert_message(conn, msg, now, actor), inline=True)
 
     async def enqueue_claimed(self, msg: NewMessage, owner: str, lease: float,
                               actor: str = "smtp") -> tuple[Claim, set[str]] | None:
@@ -219,7 +219,7 @@ class MessageStore:
             suppressed = {a.lower() for a in msg.recipients if _supp.is_suppressed(conn, a, now)}
             return Claim(_new_message(msg, now), tuple(recipient_of(r) for r in rows)), suppressed
 
-        return await self.db.write(_do)
+        return await self.db.write(_do, inline=True)
 
     async def enqueue_once(self, msg: NewMessage, actor: str) -> tuple[str, bool]:
         """Enqueue unless a message with ``msg.queue_id`` exists (an idempotent redelivery after a crash):
@@ -239,7 +239,7 @@ class MessageStore:
         """Lease due recipients (queued/deferred/scheduled whose time came, or expired leases) of messages
         that are not held; each claimed message's crash_count goes up (poison accounting)."""
         t = self.clock() if now is None else now
-        return await self.db.write(lambda conn: self._claim(conn, owner, limit, lease, t))
+        return await self.db.write(lambda conn: self._claim(conn, owner, limit, lease, t), inline=True)
 
     @staticmethod
     def _claim(conn: Conn, owner: str, limit: int, lease: float, now: float) -> list[Claim]:
@@ -312,7 +312,7 @@ class MessageStore:
                 msg_ids.add(attempt.message_id)
             _reset_crash_count(conn, msg_ids)
 
-        await self.db.write(_do)
+        await self.db.write(_do, inline=True)
 
     async def release(self, ids: list[int], at: float,
                       why: tuple[int | None, str | None, str] | None = None) -> int:
@@ -337,7 +337,7 @@ class MessageStore:
             _reset_crash_count(conn, mids)
             return len(mids)
 
-        return await self.db.write(_do)
+        return await self.db.write(_do, inline=True)
 
     async def mark_bounced(self, recipient_id: int, code: int | None, enhanced: str | None, text: str | None,
                            reason: str | None, actor: str = "bounce") -> bool:

@@ -195,6 +195,15 @@ class _Job:
         self.raw = raw          # run alone, outside a transaction (maintenance: vacuum, checkpoint)
 
 
+def _settle_now(job: "_Job", ok: bool, value: Any) -> None:
+    """Hand an inline job's outcome to its waiter (in the job's own loop thread)."""
+    if not job.future.done():
+        if ok:
+            job.future.set_result(value)
+        else:
+            job.future.set_exception(value)
+
+
 class GroupCommitWriter:
     """What both engines share: the queue of write jobs, the single writer thread that runs them in group
     commits (``take_batch``), maintenance jobs between batches, reader threads, and handing each job's
@@ -214,6 +223,8 @@ class GroupCommitWriter:
         self._local = threading.local()
         self._rconns = []
         self._rlock = threading.Lock()
+        # the write connection: one batch at a time, whether the writer thread or an event loop runs it
+        self._conn_lock = threading.Lock()
         self._name = name
         self.batches = 0  # commits done (observability, tests)
         self.jobs = 0
@@ -238,8 +249,10 @@ class GroupCommitWriter:
             self._rconns.clear()
 
     # ---- writes ----------------------------------------------------------------------------------
-    async def write(self, fn: Callable[[Any], T]) -> T:
-        """Run ``fn(conn)`` in the writer thread; return its result once durably committed."""
+    async def write(self, fn: Callable[[Any], T], *, inline: bool = False) -> T:
+        """Run ``fn(conn)`` in the writer thread; return its result once durably committed. ``inline``: a
+        small job of the hot path (a few indexed statements), which an engine may run in the caller's
+        event loop instead (``Database``); the thread writer ignores it."""
         if self._writer is None:
             raise StorageError("database is closed")
         loop = asyncio.get_running_loop()
@@ -273,19 +286,24 @@ class GroupCommitWriter:
             first = self._queue.get()
             if first is _STOP:
                 return
-            if first.raw:
-                self._run_raw(first)
-                continue
-            self._lock_writes()         # jobs arriving while another process writes join this batch
-            try:
-                batch, raw, stop_after = take_batch(self._queue, first, _STOP)
-                self._run_batch(batch)
-            finally:
-                self._unlock_writes()
-            if raw is not None:
-                self._run_raw(raw)
+            with self._conn_lock:
+                stop_after = self._writer_step(first)
             if stop_after:
                 return
+
+    def _writer_step(self, first: "_Job") -> bool:
+        if first.raw:
+            self._run_raw(first)
+            return False
+        self._lock_writes()         # jobs arriving while another process writes join this batch
+        try:
+            batch, raw, stop_after = take_batch(self._queue, first, _STOP)
+            self._run_batch(batch)
+        finally:
+            self._unlock_writes()
+        if raw is not None:
+            self._run_raw(raw)
+        return stop_after
 
     def _lock_writes(self) -> None:
         """Before a batch: wait for the other writers of this database (several processes); a no-op here."""
@@ -337,6 +355,10 @@ class Database(GroupCommitWriter):
         super().__init__(readers, "db")
         self._wconn: sqlite3.Connection | None = None
         self._wlock: int | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None      # the loop inline jobs run in
+        self._pending: list[_Job] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="db-commit")
 
     # ---- lifecycle -------------------------------------------------------------------------------
     def open(self) -> "Database":
@@ -368,7 +390,11 @@ class Database(GroupCommitWriter):
             fcntl.flock(self._wlock, fcntl.LOCK_UN)
 
     def close(self) -> None:
+        for job in self._pending:           # inline jobs nobody will run any more
+            _settle_now(job, False, StorageError("database is closed"))
+        self._pending.clear()
         self._stop_threads()
+        self._committer.shutdown(wait=True)
         if self._wconn is not None:
             try:
                 self._wconn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -391,8 +417,16 @@ class Database(GroupCommitWriter):
         return await self._maintenance(lambda conn: _compact(conn, pages))
 
     def _run_batch(self, batch: list[_Job]) -> None:
+        """The writer thread's batch: the jobs, then COMMIT, each outcome handed to its waiter."""
+        results = self._execute(batch)
+        if results is not None:
+            err = self._commit(len(batch))
+            self._settle(results, err, self._resolve)
+
+    def _execute(self, batch: list[_Job]) -> list[tuple[_Job, bool, Any]] | None:
+        """BEGIN and every job in a SAVEPOINT of its own (a failing job is rolled back alone). None when
+        the transaction could not begin (every job is told)."""
         conn = self._maintenance_conn()
-        results: list[tuple[_Job, bool, Any]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
@@ -400,7 +434,8 @@ class Database(GroupCommitWriter):
             self.last_error = str(err)
             for job in batch:
                 self._resolve(job, False, err)
-            return
+            return None
+        results: list[tuple[_Job, bool, Any]] = []
         for i, job in enumerate(batch):
             sp = f"j{i}"
             conn.execute(f"SAVEPOINT {sp}")
@@ -415,6 +450,11 @@ class Database(GroupCommitWriter):
                 except sqlite3.Error:
                     pass
                 results.append((job, False, exc))
+        return results
+
+    def _commit(self, jobs: int) -> StorageError | None:
+        """COMMIT (the fsync); on failure ROLLBACK and the error every job of the batch gets."""
+        conn = self._maintenance_conn()
         try:
             if self.fail_commits is not None:
                 raise sqlite3.OperationalError(str(self.fail_commits))
@@ -427,14 +467,81 @@ class Database(GroupCommitWriter):
                 pass
             err = StorageError(f"commit failed: {exc}")
             self.last_error = str(err)
-            log.error("database commit failed for a batch of %d: %s", len(batch), exc)
-            for job, _ok, _res in results:
-                self._resolve(job, False, err)
-            return
+            log.error("database commit failed for a batch of %d: %s", jobs, exc)
+            return err
         self.batches += 1
-        self.jobs += len(batch)
+        self.jobs += jobs
+        return None
+
+    @staticmethod
+    def _settle(results: list[tuple[_Job, bool, Any]], err: StorageError | None,
+                resolve: Callable[[_Job, bool, Any], None]) -> None:
         for job, ok, res in results:
-            self._resolve(job, ok, res)
+            if err is not None:
+                resolve(job, False, err)
+            else:
+                resolve(job, ok, res)
+
+    # ---- writes in the event loop (inline jobs) ----------------------------------------------------
+    # A busy event loop holds the GIL almost all the time, and every statement the writer thread runs
+    # releases and re-takes it: under load a job of a few indexed statements took ~7x its CPU time in
+    # the writer thread, while this process (and, with workers, every process) held the write lock. So
+    # the hot path's small jobs (enqueue, claims, results) run in the loop itself, where the GIL is
+    # already held: BEGIN and the jobs in the loop thread, COMMIT (the fsync, GIL released) in a thread
+    # while the loop goes on and the next batch gathers. Big jobs (bulk operations, retention,
+    # maintenance) stay on the writer thread; the connection lock keeps the two apart.
+    async def write(self, fn: Callable[[Any], T], *, inline: bool = False) -> T:
+        if not inline or self._writer is None:
+            return await super().write(fn)
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif self._loop is not loop:        # another loop (a test's, a tool's): the thread writer
+            return await super().write(fn)
+        fut: asyncio.Future[T] = loop.create_future()
+        self._pending.append(_Job(fn, fut, loop))
+        if self._flusher is None:
+            self._flusher = loop.create_task(self._flush())
+        return await fut
+
+    async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._pending:
+                await self._acquire(loop)
+                try:
+                    batch = self._pending[:MAX_BATCH]
+                    del self._pending[:MAX_BATCH]
+                    results = self._execute(batch)
+                    if results is not None:
+                        done = self._committer.submit(self._commit, len(batch))
+                        try:
+                            err = await asyncio.wrap_future(done, loop=loop)
+                        except asyncio.CancelledError:      # the loop is ending: the COMMIT still must
+                            self._settle(results, done.result(), _settle_now)   # end before unlocking
+                            raise
+                        self._settle(results, err, _settle_now)
+                finally:
+                    self._unlock_writes()
+                    self._conn_lock.release()
+        finally:
+            self._flusher = None
+
+    async def _acquire(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The connection (free unless the writer thread runs a batch) and the cross-process write lock,
+        without blocking the loop."""
+        while not self._conn_lock.acquire(blocking=False):
+            await asyncio.sleep(0.001)
+        try:
+            if self._wlock is None:
+                self._wlock = os.open(self.path + ".wlock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(self._wlock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:         # another process writes: wait for it in a thread
+                await loop.run_in_executor(self._committer, fcntl.flock, self._wlock, fcntl.LOCK_EX)
+        except BaseException:
+            self._conn_lock.release()
+            raise
 
     # ---- reads -----------------------------------------------------------------------------------
     def _reader(self) -> sqlite3.Connection:

@@ -82,6 +82,7 @@ class RelaySMTP(SMTP):
         self._auth_failures = 0
         self._cmd: tuple[str, str] | None = None      # the command whose final reply is pending (log)
         self._auth_login = ""
+        self._reply_lines: list[str] = []             # continuation lines of the reply being pushed
         # on an implicit-TLS listener the whole session is encrypted: AUTH needs no STARTTLS first
         super().__init__(handler, data_size_limit=cfg.max_message_size, enable_SMTPUTF8=True,
                          decode_data=False, hostname=cfg.hostname, ident="relaybox",
@@ -148,11 +149,19 @@ class RelaySMTP(SMTP):
 
     # ---- the rejection log: every 4xx/5xx final reply to a command, noted without I/O -------------------
     async def push(self, status: Any) -> None:
+        if isinstance(status, str) and status[3:4] == "-":
+            # a continuation line ("250-SIZE ...") leaves with its reply's last line: one write (one
+            # segment to the client) per reply instead of one per line; aiosmtpd pushes EHLO line by line
+            self._reply_lines.append(status)
+            return
         cmd = self._cmd
         if cmd is not None and isinstance(status, str) and status[:1] in "245":
             self._cmd = None
             if status[:1] != "2" and self.state.rejections is not None:
                 self._note_rejection(cmd, status)
+        if self._reply_lines:
+            status = "\r\n".join([*self._reply_lines, status])
+            self._reply_lines.clear()
         await super().push(status)
 
     def _note_rejection(self, cmd: tuple[str, str], reply: str) -> None:
