@@ -1,4 +1,5 @@
-"""The one place relaybox changes aiosmtplib's behaviour from outside: the framing of DATA, made fast.
+"""The one place relaybox changes aiosmtplib's behaviour from outside: the framing of DATA, made fast, and
+PIPELINING (RFC 2920, ``PipeliningProtocol`` below: MAIL, RCPT and DATA in one write).
 
 aiosmtplib frames every message body with two regular-expression passes
 (``protocol.execute_data_command``): ``LINE_ENDINGS_REGEX.sub`` turns lone CR / LF into CRLF and
@@ -25,6 +26,9 @@ import re
 from typing import Any
 
 import aiosmtplib.protocol as _protocol
+import aiosmtplib.smtp as _smtp
+from aiosmtplib.errors import SMTPServerDisconnected
+from aiosmtplib.response import SMTPResponse
 
 _original_normalize = _protocol.normalize_message_line_endings
 _ORIGINAL_PERIOD_REGEX: re.Pattern[bytes] = _protocol.PERIOD_REGEX
@@ -52,6 +56,63 @@ class _LineStartDots:
         return getattr(_ORIGINAL_PERIOD_REGEX, name)
 
 
+# --- PIPELINING (RFC 2920) ---------------------------------------------------------------------------
+# aiosmtplib sends one command and waits for its reply; data that arrives while no command is waiting is
+# dropped (a guard against unsolicited server output). For a pipelined MAIL/RCPT/DATA group the replies
+# to the later commands may arrive together with the first one or right after it, so during a group
+# (``expecting`` > 0) this protocol keeps them in the buffer for the reads that follow. Outside a group
+# it behaves exactly as aiosmtplib's.
+
+class PipeliningProtocol(_protocol.SMTPProtocol):
+    expecting = 0       # replies still owed to the commands of a pipelined group
+
+    def data_received(self, data: bytes) -> None:
+        waiter = self._response_waiter
+        if self.expecting and waiter is not None and (not self._response_pending or waiter.done()):
+            self._buffer.extend(data)       # a reply to a command already sent: the next read takes it
+            return
+        super().data_received(data)
+
+    async def next_reply(self, timeout: float | None) -> SMTPResponse:
+        """The next reply of the group: from the buffer when it came with an earlier one."""
+        buffered = self._read_response_from_buffer()
+        if buffered is not None:
+            return buffered
+        return await self.read_response(timeout=timeout)
+
+    async def pipeline(self, commands: list[bytes], timeout: float | None) -> list[SMTPResponse]:
+        """Send ``commands`` (no CRLF) in one write and return their replies in order."""
+        for cmd in commands:
+            if _protocol.COMMAND_INJECTION_REGEX.search(cmd):
+                raise ValueError("Command arg contains a prohibited control character")
+        if self._command_lock is None:
+            raise SMTPServerDisconnected("Server not connected")
+        async with self._command_lock:
+            self.expecting = len(commands)
+            try:
+                self._response_pending = True
+                self.write(b"".join(c + b"\r\n" for c in commands))
+                replies = []
+                for _ in commands:
+                    replies.append(await self.next_reply(timeout))
+                    self.expecting -= 1
+                return replies
+            finally:
+                self.expecting = 0
+
+    async def send_body(self, body: bytes, timeout: float | None) -> SMTPResponse:
+        """After a 354 to a pipelined DATA: the body, dot-stuffed and terminated, and the final reply."""
+        if self._command_lock is None:
+            raise SMTPServerDisconnected("Server not connected")
+        message = b""
+        if body:
+            message = _protocol.PERIOD_REGEX.sub(b"..", _protocol.normalize_message_line_endings(body))
+        async with self._command_lock:
+            self._response_pending = True
+            self.write(message + b".\r\n")
+            return await self.read_response(timeout=timeout)
+
+
 _installed = False
 
 
@@ -62,4 +123,5 @@ def install() -> None:
         return
     _protocol.normalize_message_line_endings = normalize_message_line_endings
     _protocol.PERIOD_REGEX = _LineStartDots()          # type: ignore[assignment]
+    _smtp.SMTPProtocol = PipeliningProtocol             # type: ignore[misc]
     _installed = True
