@@ -254,9 +254,9 @@ class Deliveries:
     folder and the messages are marked done. Slow targets (webhooks) record each acceptance at once, so a
     crash repeats only what was in flight.
 
-    ``overlap_actions``: a round is recorded and its mailbox actions sent while the next round is
-    delivered (one round at a time in that stage, in order; the IMAP session is shared under a lock).
-    POP3 does it all inline (one command at a time on its session)."""
+    ``overlap_actions``: while a round is delivered, the one before is recorded and the one before that
+    acted on (each stage one round at a time, in order; the IMAP session is shared under a lock). POP3
+    does it all inline (one command at a time on its session)."""
 
     def __init__(self, inbound: InboundStore, ch: ChannelConfig, deliver: Deliver, act: Act,
                  result: PollResult, flush: Callable[[], Awaitable[None]], parallel: int = 1,
@@ -264,7 +264,8 @@ class Deliveries:
         self.inbound, self.ch, self.deliver, self.act = inbound, ch, deliver, act
         self.result, self.flush, self.overlap = result, flush, overlap_actions
         self.sem = asyncio.Semaphore(max(1, parallel))
-        self.acting: asyncio.Future[None] | None = None      # a round being recorded and acted on
+        self.recording: asyncio.Future[None] | None = None   # a round being recorded
+        self.acting: asyncio.Future[None] | None = None      # a recorded round being acted on
 
     async def fresh(self, fresh: Fresh) -> None:
         """Deliver messages this poll just stored: from memory (not read back), and never handed to a
@@ -289,18 +290,22 @@ class Deliveries:
         await self.drain()
 
     async def drain(self) -> None:
-        """Wait for the round being recorded and acted on."""
+        """Wait until the rounds handed on are recorded and acted on."""
+        recording, self.recording = self.recording, None
+        if recording is not None:
+            await recording                 # it hands its round on to ``acting``
         acting, self.acting = self.acting, None
         if acting is not None:
             await acting
 
     async def cancel(self) -> None:
-        """Cut the round being recorded (like a crash: redone next time)."""
-        acting, self.acting = self.acting, None
-        if acting is not None and not acting.done():
-            acting.cancel()
-        if acting is not None:
-            await asyncio.gather(acting, return_exceptions=True)
+        """Cut the rounds being recorded or acted on (like a crash: redone next time)."""
+        for stage in (self.recording, self.acting):
+            if stage is not None and not stage.done():
+                stage.cancel()
+        stages = [t for t in (self.recording, self.acting) if t is not None]
+        self.recording = self.acting = None
+        await asyncio.gather(*stages, return_exceptions=True)
 
     async def _one(self, row: InboundMessage, contents: dict[int, bytes]) -> Accepted | None:
         async with self.sem:
@@ -318,26 +323,32 @@ class Deliveries:
         first_attempt = frozenset(contents)
         delivering = [r for r in rows if r.status == RECEIVED]
         outcomes = await asyncio.gather(*(self._one(r, contents) for r in delivering))
-        await self.drain()                       # the round before is recorded and acted on first
-        finish = self._finish(rows, delivering, outcomes, first_attempt)
-        if self.overlap:
-            self.acting = asyncio.ensure_future(finish)
-        else:
-            await finish
+        if not self.overlap:
+            await self._finish(rows, delivering, outcomes, first_attempt)
+            await self.drain()
+            return
+        if self.recording is not None:          # one round in each stage at a time: in order, and
+            await self.recording                 # memory bounded whichever stage is the slow one
+        self.recording = asyncio.ensure_future(self._finish(rows, delivering, outcomes, first_attempt))
 
     async def _finish(self, rows: list[InboundMessage], delivering: list[InboundMessage],
                       outcomes: list[Accepted | None], first_attempt: frozenset[int]) -> None:
-        """Record a round's acceptances, then act on the mailbox and mark the messages done."""
+        """Record a round's acceptances, then hand its mailbox actions on (after the round before's)."""
         batch = [a for a in outcomes if a is not None and not a.record_now]
         committed = await self._record(batch, first_attempt) if batch else True
         accepted = [r for r, a in zip(delivering, outcomes, strict=True)
                     if a is not None and (committed or a.record_now)]
         self.result.delivered += len(accepted)
         to_act = [r for r in rows if r.status == DELIVERED] + accepted
-        if not to_act:
-            return
+        if to_act:
+            if self.acting is not None:
+                await self.acting
+            self.acting = asyncio.ensure_future(self._act(to_act))
+
+    async def _act(self, rows: list[InboundMessage]) -> None:
+        """Act on the mailbox, then mark the messages done."""
         try:
-            done = await self.act(to_act)
+            done = await self.act(rows)
         except MailboxError as exc:
             self.result.errors.append(f"mailbox action: {exc}")
             return
