@@ -4,7 +4,9 @@ searchable."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import time
 
 import pytest
 
@@ -73,5 +75,45 @@ async def test_a_database_from_before_the_blocks_is_migrated_and_searchable(tmp_
         names = await store.db.read(lambda c: {r[0] for r in c.execute(
             "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'recipients'")})
         assert "recipients_addr_block" in names and "recipients_addr" not in names
+    finally:
+        store.close()
+
+
+async def _claim_cost(store: Store, queued: int) -> int:
+    """SQLite VM steps (in units of 100) of picking the next 20 recipients to claim with ``queued`` due."""
+    from store.messages import _due
+
+    have = await store.db.read(lambda c: c.execute("SELECT COUNT(*) FROM recipients").fetchone()[0])
+    for start in range(have, queued, 500):
+        await asyncio.gather(*(store.messages.enqueue(_msg(f"r{i}@d{i % 7}.test"))
+                               for i in range(start, min(start + 500, queued))))
+
+    def steps(c: sqlite3.Connection) -> int:
+        count = [0]
+
+        def tick() -> int:
+            count[0] += 1
+            return 0
+        c.set_progress_handler(tick, 100)
+        try:
+            assert len(_due(c, time.time() + 1, 20)) == 20
+        finally:
+            c.set_progress_handler(None, 0)
+        return count[0]
+    return await store.db.read(steps)
+
+
+async def test_picking_the_recipients_to_claim_costs_the_same_with_a_big_queue(tmp_path):
+    store = Store(str(tmp_path / "claim.db")).open()
+    try:
+        small = await _claim_cost(store, 200)
+        big = await _claim_cost(store, 6000)
+        # read in the status index's order: ~the 20 rows taken, not every due one sorted (30x as many)
+        assert big <= 2 * small + 5, (small, big)
+        held = (await store.messages.claim("t", limit=1, lease=60))[0].message.id
+        await store.messages.release([r.id for r in await store.messages.recipients(held)], 0.0)
+        assert await store.messages.set_held(held, True)
+        claimed = await store.messages.claim("t", limit=50, lease=60)
+        assert len(claimed) == 50 and held not in {c.message.id for c in claimed}
     finally:
         store.close()
