@@ -225,6 +225,7 @@ class GroupCommitWriter:
         self._rlock = threading.Lock()
         # the write connection: one batch at a time, whether the writer thread or an event loop runs it
         self._conn_lock = threading.Lock()
+        self._thread_waiting = 0           # the writer thread waits for the connection
         self._name = name
         self.batches = 0  # commits done (observability, tests)
         self.jobs = 0
@@ -286,7 +287,9 @@ class GroupCommitWriter:
             first = self._queue.get()
             if first is _STOP:
                 return
+            self._thread_waiting += 1      # inline batches let this one in before their next
             with self._conn_lock:
+                self._thread_waiting -= 1
                 stop_after = self._writer_step(first)
             if stop_after:
                 return
@@ -530,7 +533,8 @@ class Database(GroupCommitWriter):
     async def _acquire(self, loop: asyncio.AbstractEventLoop) -> None:
         """The connection (free unless the writer thread runs a batch) and the cross-process write lock,
         without blocking the loop."""
-        while not self._conn_lock.acquire(blocking=False):
+        # a waiting writer-thread batch goes first: a steady stream of inline jobs never starves it
+        while self._thread_waiting or not self._conn_lock.acquire(blocking=False):
             await asyncio.sleep(0.001)
         try:
             if self._wlock is None:
