@@ -151,7 +151,10 @@ def main() -> None:
     workdir = tempfile.mkdtemp(prefix="relaybox-pollbench-")
     try:
         size = fill_maildir(dc, args.messages)
-        print(f"mailbox: {args.messages} messages, {size / 1e6:.0f} MB (1 KB .. 200 KB)")
+        pcfg = parse({"poller": {"fetch_batch": args.batch}}).section("poller")
+        print(f"mailbox: {args.messages} messages, {size / 1e6:.0f} MB (1 KB .. 200 KB); poller.fetch_batch"
+              f" {pcfg.fetch_batch}, parallel_deliveries {pcfg.parallel_deliveries}; load average"
+              f" {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
         n, dt_ref = imaplib_ceiling(dc, args.batch)
         print(f"imaplib UID FETCH only (ceiling): {n / dt_ref:8.0f} msgs/s  ({dt_ref:.1f} s)")
         delivered, dt = asyncio.run(full_sync(dc, workdir, args.batch, CampaignConfig("inbox")))
@@ -175,6 +178,7 @@ def main() -> None:
         p99 = lat[min(len(lat) - 1, int(round(0.99 * (len(lat) - 1))))]
         print(f"IDLE latency APPEND -> maildir:   median {statistics.median(lat) * 1000:.0f} ms,"
               f" p99 {p99 * 1000:.0f} ms, max {lat[-1] * 1000:.0f} ms ({len(lat)} samples)")
+        print(f"load average at the end: {os.getloadavg()[0]:.2f}")
     finally:
         dc.stop()
         shutil.rmtree(workdir, ignore_errors=True)

@@ -39,7 +39,8 @@ class _HeaderClasses(email.headerregistry.HeaderRegistry):
         return built
 
 
-POLICY = email.policy.default.clone(header_factory=_HeaderClasses())    # policy.default, decoding faster
+_CLASSES = _HeaderClasses()
+POLICY = email.policy.default.clone(header_factory=_CLASSES)    # policy.default, decoding faster
 
 
 class MessageView:
@@ -92,6 +93,10 @@ class MessageView:
             policy = self.head.policy
             out = []
             for name, raw in self.head.raw_items():
+                plain = _plain_text(name, raw)
+                if plain is not None:
+                    out.append((name, plain))
+                    continue
                 try:
                     out.append((name, str(policy.header_fetch_parse(name, raw))))
                 except Exception:  # noqa: BLE001 - a malformed header reads as its raw text
@@ -173,6 +178,20 @@ class MessageView:
         if name.startswith("header:"):
             return self.header(name.split(":", 1)[1])
         return ""
+
+
+def _plain_text(name: str, raw: object) -> str | None:
+    """The decoded value of an unstructured field (Subject, Received, X-...) written in plain ASCII
+    without encoded words: its unfolded text, which is what the parser would make of it. None: decode it
+    with the parser (structured fields, encoded words, 8-bit text)."""
+    if not isinstance(raw, str) or "=?" in raw or not raw.isascii():
+        return None
+    if not issubclass(_CLASSES.registry.get(name.lower(), _UNSTRUCTURED), _UNSTRUCTURED):
+        return None
+    return raw.replace("\r", "").replace("\n", "")
+
+
+_UNSTRUCTURED = email.headerregistry.UnstructuredHeader
 
 
 def _body_start(raw: bytes) -> int | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import email
+import email.policy
 import os
 import random
 
@@ -136,3 +137,19 @@ def test_a_batch_delivered_again_is_not_written_twice(tmp_path):
     few = [campaigns.stage_maildir(camp, b"Subject: x\r\n\r\ny\r\n", 99, str(tmp_path))]
     campaigns.publish_maildir(few, first_attempt={99})  # one file: the fsync path
     assert os.path.exists(os.path.join(base, "new", few[0].name))
+
+
+def test_unstructured_fields_read_as_the_parser_decodes_them():
+    """Plain-ASCII unstructured fields skip the parser: their value must be what it would have made."""
+    rng = random.Random(2)
+    alphabet = "abcXYZ019 \t!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~"
+    names = ["Subject", "X-Test", "Received", "Comments", "List-Id", "Thread-Topic"]
+    for _ in range(400):
+        fields = []
+        for _ in range(rng.randrange(1, 6)):
+            parts = ["".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 40))).strip(" \t") or "x"
+                     for _ in range(rng.randrange(1, 3))]
+            fields.append(f"{rng.choice(names)}: " + "\r\n ".join(parts))          # folded when 2 parts
+        raw = ("From: a@b.test\r\n" + "\r\n".join(fields) + "\r\n\r\nbody\r\n").encode()
+        default = email.message_from_bytes(raw, policy=email.policy.default)
+        assert MessageView(raw).fields() == [(k, str(v)) for k, v in default.items()], raw
