@@ -28,6 +28,8 @@ from store.inbound import Delivery
 
 log = logging.getLogger("poller")
 
+RECORD_EVERY = 10.0           # seconds between two records of a channel's successful polls (last_poll_at)
+
 FETCHED = Counter("relaybox_poller_fetched_messages", "Messages fetched and stored, by channel",
                   ["channel"])
 ROUTED = Counter("relaybox_poller_routed_messages", "Messages accepted by a campaign",
@@ -127,6 +129,7 @@ class PollerService:
                 CHANNEL_UP.labels(name).set(0)
                 log.warning("channel %s: %s (retry in %.0f s)", name, msg, delay)
                 await self.inbound.record_poll(name, msg)
+                st.update(recorded=(msg,), recorded_at=time.time())
                 await asyncio.sleep(delay)
 
     async def _imap_persistent(self, ch: ChannelConfig, st: dict) -> None:
@@ -169,7 +172,11 @@ class PollerService:
         LAST_SUCCESS.labels(ch.name).set(now)
         if res.fetched:
             FETCHED.labels(ch.name).inc(res.fetched)
-        await self.inbound.record_poll(ch.name, error)
+        # in the database when the outcome changed, else at most every RECORD_EVERY seconds: an IDLE
+        # session polls after every push, and a commit per poll is a disk sync in the way of the next one
+        if st.get("recorded") != (error,) or now - st.get("recorded_at", 0.0) >= RECORD_EVERY:
+            await self.inbound.record_poll(ch.name, error)
+            st.update(recorded=(error,), recorded_at=now)
 
     async def connect(self, ch: ChannelConfig) -> Any:
         return await open_session(ch, self.inbound, self.http, self.pcfg.timeout)
