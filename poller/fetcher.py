@@ -264,14 +264,23 @@ class Deliveries:
         self.inbound, self.ch, self.deliver, self.act = inbound, ch, deliver, act
         self.result, self.flush, self.overlap = result, flush, overlap_actions
         self.sem = asyncio.Semaphore(max(1, parallel))
+        self.rounding: asyncio.Future[None] | None = None    # a fresh round being delivered
         self.recording: asyncio.Future[None] | None = None   # a round being recorded
         self.acting: asyncio.Future[None] | None = None      # a recorded round being acted on
 
     async def fresh(self, fresh: Fresh) -> None:
         """Deliver messages this poll just stored: from memory (not read back), and never handed to a
         campaign before (no look-up for an earlier delivery)."""
-        if fresh:
-            await self._round([m for m, _ in fresh], {m.id: raw for m, raw in fresh})
+        if not fresh:
+            return
+        rows, contents = [m for m, _ in fresh], {m.id: raw for m, raw in fresh}
+        if not self.overlap:
+            await self._round(rows, contents)
+            return
+        previous = self.rounding
+        self.rounding = asyncio.ensure_future(self._round_after(previous, rows, contents))
+        if previous is not None:             # at most two rounds delivering (the next batch is fetched
+            await previous                   # meanwhile)
 
     async def pending(self, now: float) -> None:
         """Deliver what is due (retries, messages a crash left received or delivered), read from the
@@ -290,7 +299,10 @@ class Deliveries:
         await self.drain()
 
     async def drain(self) -> None:
-        """Wait until the rounds handed on are recorded and acted on."""
+        """Wait until the rounds handed on are delivered, recorded and acted on."""
+        rounding, self.rounding = self.rounding, None
+        if rounding is not None:
+            await rounding                  # it hands its round on to ``recording``
         recording, self.recording = self.recording, None
         if recording is not None:
             await recording                 # it hands its round on to ``acting``
@@ -300,11 +312,11 @@ class Deliveries:
 
     async def cancel(self) -> None:
         """Cut the rounds being recorded or acted on (like a crash: redone next time)."""
-        for stage in (self.recording, self.acting):
-            if stage is not None and not stage.done():
+        stages = [t for t in (self.rounding, self.recording, self.acting) if t is not None]
+        for stage in stages:
+            if not stage.done():
                 stage.cancel()
-        stages = [t for t in (self.recording, self.acting) if t is not None]
-        self.recording = self.acting = None
+        self.rounding = self.recording = self.acting = None
         await asyncio.gather(*stages, return_exceptions=True)
 
     async def _one(self, row: InboundMessage, contents: dict[int, bytes]) -> Accepted | None:
@@ -323,6 +335,22 @@ class Deliveries:
         first_attempt = frozenset(contents)
         delivering = [r for r in rows if r.status == RECEIVED]
         outcomes = await asyncio.gather(*(self._one(r, contents) for r in delivering))
+        await self._hand_on(rows, delivering, outcomes, first_attempt)
+
+    async def _round_after(self, previous: asyncio.Future[None] | None, rows: list[InboundMessage],
+                           contents: dict[int, bytes]) -> None:
+        """A fresh round whose deliveries start at once, taking the slots the round before leaves at its
+        tail (no slot idles while its last deliveries finish), and which is recorded after it."""
+        first_attempt = frozenset(contents)
+        delivering = [r for r in rows if r.status == RECEIVED]
+        outcomes = await asyncio.gather(*(self._one(r, contents) for r in delivering))
+        if previous is not None:
+            await previous
+        await self._hand_on(rows, delivering, outcomes, first_attempt)
+
+    async def _hand_on(self, rows: list[InboundMessage], delivering: list[InboundMessage],
+                       outcomes: list[Accepted | None], first_attempt: frozenset[int]) -> None:
+        """Hand a delivered round on to be recorded and acted on (inline without ``overlap``)."""
         if not self.overlap:
             await self._finish(rows, delivering, outcomes, first_attempt)
             await self.drain()
