@@ -65,6 +65,8 @@ END;
 # Lookups by value read only the index: recipients_addr and messages_sender (migration 0001) gain the
 # column a lookup returns, and the new subject index has it too (it comes first: the backfill below groups
 # by it). Every other query that used the old single-column indexes is served by the new ones as well.
+# (Migration 0015 replaces recipients_addr by the same columns in blocks of recipient ids, so intake at a
+# large queue dirties no more index pages than at a small one; the lookups go through that.)
 SQL = """
 DROP INDEX recipients_addr;
 CREATE INDEX recipients_addr ON recipients(address, message_id);
