@@ -89,3 +89,4 @@ async def test_a_closed_database_refuses_inline_jobs(tmp_path):
     d.close()
     with pytest.raises(StorageError):
         await d.write(insert(1), inline=True)
+
