@@ -152,10 +152,7 @@ class Session:
             resp = await self.smtp.data(body)
             log_.note("C", f"<{len(body)} octets>")
             log_.reply(resp.code, resp.message)
-            err = from_reply(resp.code, resp.message, "data")
-            if err is None:
-                final.append((resp.code, " ".join(resp.message.split())))
-            results.update((r, err) for r in accepted)
+            _data_result(resp, accepted, results, final)
         except aiosmtplib.SMTPResponseException as exc:
             log_.reply(exc.code, exc.message)
             _fail_pending(results, valid, from_exception(exc, stage), stage)
@@ -164,10 +161,7 @@ class Session:
             else:
                 await self._rset(log_)
         except Exception as exc:  # noqa: BLE001 - network trouble: classify, mark the session broken
-            self.broken = True
-            err = from_exception(exc, stage)
-            log_.note("S", f"({err.text})")
-            _fail_pending(results, valid, err, stage)
+            self._broken_by(exc, stage, log_, results, valid)
 
     async def _pipelined(self, proto: aiosmtplib_seam.PipeliningProtocol, log_: "_Log", sender: str,
                          valid: list[str], body: bytes, opts: list[str],
@@ -202,19 +196,21 @@ class Session:
             if not accepted:
                 await self._rset(log_)
                 return
-            err = from_reply(resp.code, resp.message, "data")
-            if err is None:
-                final.append((resp.code, " ".join(resp.message.split())))
-            results.update((r, err) for r in accepted)
+            _data_result(resp, accepted, results, final)
         except aiosmtplib.SMTPResponseException as exc:
             log_.reply(exc.code, exc.message)
             _fail_pending(results, valid, from_exception(exc, stage), stage)
             self.broken = True
         except Exception as exc:  # noqa: BLE001 - network trouble: classify, mark the session broken
-            self.broken = True
-            err = from_exception(exc, stage)
-            log_.note("S", f"({err.text})")
-            _fail_pending(results, valid, err, stage)
+            self._broken_by(exc, stage, log_, results, valid)
+
+    def _broken_by(self, exc: BaseException, stage: str, log_: "_Log",
+                   results: dict[str, DeliveryError | None], valid: list[str]) -> None:
+        """Network trouble mid-transaction: every pending recipient gets the classified error; no reuse."""
+        self.broken = True
+        err = from_exception(exc, stage)
+        log_.note("S", f"({err.text})")
+        _fail_pending(results, valid, err, stage)
 
     async def _rset(self, log_: "_Log") -> None:
         try:
@@ -265,6 +261,15 @@ def _validate(sender: str, recipients: list[str], results: dict[str, DeliveryErr
         else:
             valid.append(rcpt)
     return valid
+
+
+def _data_result(resp: Any, accepted: list[str], results: dict[str, DeliveryError | None],
+                 final: list[tuple[int, str]]) -> None:
+    """The reply after the body decides for every accepted recipient."""
+    err = from_reply(resp.code, resp.message, "data")
+    if err is None:
+        final.append((resp.code, " ".join(resp.message.split())))
+    results.update((r, err) for r in accepted)
 
 
 def _pipelined_results(replies: list[Any], valid: list[str],
