@@ -8,7 +8,9 @@ same temp dir (one disk): Postfix 3.x as its own instance (bench/_postfix_ref.py
 queue fsynced before 250 as always), relaybox as a process (``relaybox run``, with ``--workers <cores>``
 when this relaybox has that option) on SQLite and, side by side, on a private PostgreSQL (initdb + pg_ctl
 from tests/peers/postgres.py, started here with fsync and synchronous_commit ON so both stores are
-durable before 250; its server processes' CPU is counted with relaybox's). Runs are interleaved: each rep
+durable before 250; its server processes' CPU is counted with relaybox's), as one node and as three
+nodes on the same database (one process each, ``--workers 1``; smtp-source's sessions and messages split
+between the three ports, the probe on the first). Runs are interleaved: each rep
 runs every system once per load, the order alternating between reps; the table shows the medians.
 
 Per run: ``smtp-source -s <sessions> -m N -l SIZE`` (a new connection per message, as delivery.py) plus
@@ -138,17 +140,22 @@ async def probe(port: int, size: int, interval: float, stop: asyncio.Event, out:
 
 # --- one measured run ----------------------------------------------------------------------------------
 
-async def _load(port: int, n: int, size: int, sessions: int, res: Result) -> None:
+async def _load(ports: list[int], n: int, size: int, sessions: int, res: Result) -> None:
+    """smtp-source against each port (n and the sessions split between them: a client-side load balancer),
+    the probe on the first."""
     stop = asyncio.Event()
-    probe_task = asyncio.create_task(probe(port, size, 0.05, stop, res.latencies))
-    src = await asyncio.create_subprocess_exec(
-        smtp_source(), "-s", str(sessions), "-m", str(n), "-l", str(size), "-f", SENDER, "-t", RCPT,
-        "-M", "client.test", f"127.0.0.1:{port}", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, err = await src.communicate()
+    probe_task = asyncio.create_task(probe(ports[0], size, 0.05, stop, res.latencies))
+    k = len(ports)
+    srcs = [await asyncio.create_subprocess_exec(
+        smtp_source(), "-s", str(max(1, sessions // k + (i < sessions % k))), "-m", str(n // k + (i < n % k)),
+        "-l", str(size), "-f", SENDER, "-t", RCPT, "-M", "client.test", f"127.0.0.1:{port}",
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for i, port in enumerate(ports)]
+    errs = [(src, (await src.communicate())[1]) for src in srcs]
     stop.set()
     await probe_task
-    if src.returncode:
-        raise RuntimeError(f"smtp-source failed: {err.decode(errors='replace').strip()[-400:]}")
+    for src, err in errs:
+        if src.returncode:
+            raise RuntimeError(f"smtp-source failed: {err.decode(errors='replace').strip()[-400:]}")
 
 
 async def _await_sink(sink: CountingSink, target: int, timeout: float, stall: float = 30.0) -> int:
@@ -165,14 +172,14 @@ async def _await_sink(sink: CountingSink, target: int, timeout: float, stall: fl
     return got
 
 
-def measure(system: str, port: int, roots: list[int], sink: CountingSink, n: int, size: int,
+def measure(system: str, ports: list[int], roots: list[int], sink: CountingSink, n: int, size: int,
             sessions: int) -> Result:
     res = Result(system)
     before_sink, before_cpu = sink.count(), tree_cpu(roots)
     t0 = time.monotonic()
 
     async def go() -> int:
-        await _load(port, n, size, sessions, res)
+        await _load(ports, n, size, sessions, res)
         target = before_sink + n + len(res.latencies)
         return await _await_sink(sink, target, max(120.0, n / 20))
 
@@ -199,7 +206,7 @@ def run_postfix(base: str, sink: CountingSink, n: int, size: int, sessions: int)
             pf.start()
         except (RuntimeError, OSError) as exc:
             return Result("Postfix", error=str(exc))
-        res = measure("Postfix", pf.port, [pf.master_pid()], sink, n, size, sessions)
+        res = measure("Postfix", [pf.port], [pf.master_pid()], sink, n, size, sessions)
         if res.error:
             res.error += "\n" + pf.log_tail()[-800:]
         return res
@@ -256,7 +263,7 @@ def run_relaybox(base: str, sink: CountingSink, n: int, size: int, sessions: int
         except RuntimeError as exc:
             return Result(system, error=str(exc)[-1500:])
         roots = [relay.proc.pid] + (pg.postmaster() if pg else []) if relay.proc else []
-        res = measure(system, relay.smtp_port, roots, sink, n, size, sessions)
+        res = measure(system, [relay.smtp_port], roots, sink, n, size, sessions)
         if res.error:
             res.error += "\n" + log_problems(relay.log_path)
         return res
@@ -265,6 +272,38 @@ def run_relaybox(base: str, sink: CountingSink, n: int, size: int, sessions: int
         if pg:
             pg.drop_database(url)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def run_cluster(base: str, sink: CountingSink, n: int, size: int, sessions: int, pg: DurablePostgres,
+                nodes: int = 3) -> Result:
+    """``nodes`` relaybox nodes (one process each, ``--workers 1``) on one PostgreSQL database, as
+    tests/test_cluster.py runs them; smtp-source splits the load between their ports."""
+    shared = tempfile.mkdtemp(prefix="cluster-", dir=base)
+    url = pg.create_database()
+    system = f"relaybox/PGx{nodes}"
+    relays = []
+    for i in range(nodes):
+        sections = relaybox_sections(sink.port, shared, False, url)
+        # one storage.path for all: its directory holds the secrets' key file the nodes share
+        sections["storage"]["path"] = os.path.join(shared, "relaybox.db")
+        sections["cluster"] = {"node_name": f"bench{i}"}
+        relays.append(RelayboxRun(os.path.join(shared, f"n{i}"), sections, ["--workers", "1"]))
+    try:
+        try:
+            for relay in relays:
+                relay.start(timeout=120.0)
+        except RuntimeError as exc:
+            return Result(system, error=str(exc)[-1500:])
+        roots = [r.proc.pid for r in relays if r.proc] + pg.postmaster()
+        res = measure(system, [r.smtp_port for r in relays], roots, sink, n, size, sessions)
+        if res.error:
+            res.error += "\n" + "\n".join(log_problems(r.log_path) for r in relays)
+        return res
+    finally:
+        for relay in relays:
+            relay.stop()
+        pg.drop_database(url)
+        shutil.rmtree(shared, ignore_errors=True)
 
 
 # --- loads, reps, report -----------------------------------------------------------------------------
@@ -283,19 +322,22 @@ def label(size: int) -> str:
 
 
 def one_rep(rep: int, load: Load, env: dict) -> None:
-    systems = ["Postfix", "relaybox"] + (["relaybox/PG"] if env["pg"] and not load.dkim else [])
+    systems = ["Postfix", "relaybox"] + (["relaybox/PG", "relaybox/PGx3"] if env["pg"] and not load.dkim
+                                         else [])
     if rep % 2 == 0:
         systems.reverse()
     for system in systems:
         common = (env["base"], env["sink"], load.n, load.size, env["sessions"])
         if system == "Postfix":
             res = run_postfix(*common)
+        elif system == "relaybox/PGx3":
+            res = run_cluster(*common, env["pg"])
         else:
             pg = env["pg"] if system.endswith("PG") else None
             res = run_relaybox(*common, env["pg_workers" if pg else "workers"], load.dkim, pg)
         load.runs.setdefault(system, []).append(res)
         status = f"ERROR {res.error}" if res.error else "ok"
-        print(f"rep {rep} | {load.name} | {system:<11} | {res.sent:>6} msgs in {res.seconds:6.1f} s = "
+        print(f"rep {rep} | {load.name} | {system:<12} | {res.sent:>6} msgs in {res.seconds:6.1f} s = "
               f"{res.rate:6.0f} msg/s | CPU {res.cpu_us:6.0f} us/msg | intake p50 {res.pct(0.5):6.1f} ms "
               f"p99 {res.pct(0.99):6.1f} ms ({len(res.latencies)} probes) | {status}", flush=True)
 
@@ -314,12 +356,13 @@ def report(loads: list[Load]) -> None:
     ratios = []
     for load in loads:
         pf = load.runs.get("Postfix", [])
-        for system in ("relaybox", "relaybox/PG"):
+        for system in ("relaybox", "relaybox/PG", "relaybox/PGx3"):
             ours = load.runs.get(system)
             if not ours:
                 continue
             ratio = med(ours, "rate") / med(pf, "rate") if med(pf, "rate") else 0.0
-            store = "PostgreSQL" if system.endswith("PG") else "SQLite"
+            store = {"relaybox/PG": "PostgreSQL, one node", "relaybox/PGx3": "PostgreSQL, three nodes"}.get(
+                system, "SQLite")
             name = f"{load.name} ({store}{'; Postfix unsigned, no milter' if load.dkim else ''})"
             ratios.append((name, ratio, None if load.dkim else TARGETS.get(load.size)))
             print(f"| {name} | {med(pf, 'rate'):.0f} | {med(ours, 'rate'):.0f} | {ratio:.2f}x "
