@@ -11,8 +11,9 @@ from relay.bounces.reasons import classify, kind, smtp_command
 pytestmark = pytest.mark.unit
 
 
-def _dsn(rcpt: str, status: str, diag: str = "", action: str = "failed", notice: str = "") -> bytes:
-    diag_line = f"Diagnostic-Code: smtp; {diag}\n" if diag else ""
+def _dsn(rcpt: str, status: str, diag: str = "", action: str = "failed", notice: str = "",
+         diag_type: str = "smtp") -> bytes:
+    diag_line = f"Diagnostic-Code: {diag_type}; {diag}\n" if diag else ""
     return f"""From: MAILER-DAEMON@mx.example.org
 To: sender@relay.example
 Subject: Delivery Status Notification (Failure)
@@ -440,3 +441,25 @@ def test_a_list_managers_refusal_of_a_post_is_a_bounce_of_the_list():
     plain = _notice("You are not a member of this mailing list <cats@lists.example.org>.\n",
                     subject="hello")
     assert parse(plain).category != "bounce"
+
+
+# -- local delivery programs (RFC 3464 X-Unix diagnostics) ----------------------------------------------
+
+@pytest.mark.parametrize("status, diag, reason", [
+    ("4.3.0", "temporary failure", "mailererror"),    # Postfix's words for the program's EX_TEMPFAIL
+    ("5.3.0", "255", "mailererror"),                   # no sysexits.h code: "unknown mailer error"
+    ("5.3.0", "77", "systemerror"),                    # EX_NOPERM: a system condition, not the program
+])
+def test_an_x_unix_exit_with_x30_is_a_mailer_error_unless_sysexits_names_a_condition(status, diag, reason):
+    r = parse(_dsn("ann@example.net", status, diag, diag_type="X-Unix")).recipients[0]
+    assert (r.reason, r.kind) == (reason, "soft")
+
+
+def test_a_transcripts_specific_code_wins_over_a_generic_status_when_the_diagnostic_has_none():
+    notice = ("----- Transcript of session follows -----\n<ann@example.net>\n"
+              "554 5.3.0 unknown mailer error 255")
+    r = parse(_dsn("ann@example.net", "5.0.0", "255", diag_type="X-Unix", notice=notice)).recipients[0]
+    assert r.status == "5.3.0"
+    # a code of its own in the Diagnostic-Code is the remote's word: the notice's does not replace it
+    r = parse(_dsn("ann@example.net", "5.0.0", "550 5.0.0 refused", notice=notice)).recipients[0]
+    assert r.status == "5.0.0"

@@ -42,6 +42,9 @@ _DELAY_NOTICE = re.compile(
 _NEXT_BLOCK = re.compile(r"^\s*(?:original|final)-recipient\s*:", re.I | re.M)
 _AFTER_MAIL_FROM = re.compile(r"\bSMTP error from remote (?:mail )?server after MAIL FROM\b", re.I)
 _LOCAL_EXIT_STATUS = re.compile(r"^[45]\.(?:0\.0|5\.\d{1,3})$")
+# the words Postfix's local delivery agents give a program's EX_TEMPFAIL / EX_UNAVAILABLE exit (sysexits.h)
+# with X.3.0: the program failed, nothing more is known
+_EXIT_WORDS = re.compile(r"^\s*(?:temporary failure|service unavailable)\s*$", re.I)
 # a notice that quotes the original's headers inline ("Original Message:\nFrom: ...\nTo: ...")
 _QUOTED_ORIGINAL = re.compile(r"^[\s-]*original message[\s-]*:?[\s-]*$", re.I | re.M)
 _ERROR_LINE = re.compile(r"^\s*(?:error|reason)\s*:\s*(\S.{2,300})$", re.I | re.M)
@@ -212,8 +215,9 @@ def _from_dsn(msg, entries: list[dict], text: str) -> Parsed:
             # the code inside the remote reply wins, also over a Status: of another class when the reply's
             # own code agrees with it ("Status: 4.5.0", "550 5.5.0 ...")
             status = e["diag_status"]
-        if not e["diagnostic"] and (not status or _GENERIC_STATUS.match(status)):
-            # no Diagnostic-Code: the notice text is the only precise evidence
+        if not e["diag_status"] and (not status or _GENERIC_STATUS.match(status)):
+            # no code in the Diagnostic-Code (none at all, or a local program's "X-Unix; 255"): the notice
+            # text (a transcript's "554 5.3.0 unknown mailer error 255") is the only precise evidence
             specific = from_text.get("status", "")
             if specific and not _GENERIC_STATUS.match(specific):
                 status = specific
@@ -222,9 +226,7 @@ def _from_dsn(msg, entries: list[dict], text: str) -> Parsed:
                       diagnostic=" ".join(diag.split())[:1000], remote_mta=e["remote_mta"])
         _finish(r, context=seg)
         _reporting_mta_category(r, e["mta_category"])
-        if e["diag_type"] == "x-unix" and _LOCAL_EXIT_STATUS.match(r.status) and not reasons.by_text(diag):
-            # RFC 3464 "X-Unix; 71": the exit status of the local delivery program; a generic or protocol
-            # (X.5.Y) code cannot describe a program's exit
+        if e["diag_type"] == "x-unix" and _local_program_failed(r.status, diag):
             r.reason, r.kind = "mailererror", "soft"
         out.append(r)
     if all(r.action in _DONE_ACTIONS for r in out):
@@ -232,6 +234,19 @@ def _from_dsn(msg, entries: list[dict], text: str) -> Parsed:
             r.reason, r.kind = "delivered", ""
         return Parsed("delivered", out)
     return Parsed("bounce", [r for r in out if r.action not in _DONE_ACTIONS])
+
+
+def _local_program_failed(status: str, diag: str) -> bool:
+    """RFC 3464 "X-Unix; 71": the exit status of the local delivery program; a generic or protocol (X.5.Y)
+    code cannot describe a program's exit, nor can X.3.0 when the text is only the exit's name or a number
+    outside sysexits.h (EX_USAGE 64 .. EX_CONFIG 78 name system conditions; Sendmail calls any other exit an
+    "unknown mailer error")."""
+    if _LOCAL_EXIT_STATUS.match(status):
+        return not reasons.by_text(diag)
+    if status[1:] != ".3.0":
+        return False
+    diag = diag.strip()
+    return bool(_EXIT_WORDS.match(diag)) or (diag.isdigit() and not 64 <= int(diag) <= 78)
 
 
 def _own_block(seg: str) -> str:
