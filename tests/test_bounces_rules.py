@@ -463,3 +463,19 @@ def test_a_transcripts_specific_code_wins_over_a_generic_status_when_the_diagnos
     # a code of its own in the Diagnostic-Code is the remote's word: the notice's does not replace it
     r = parse(_dsn("ann@example.net", "5.0.0", "550 5.0.0 refused", notice=notice)).recipients[0]
     assert r.status == "5.0.0"
+
+
+# -- expiries that quote only a connection failure ---------------------------------------------------------
+
+def test_an_expiry_quoting_a_refused_connection_is_an_expiry():
+    assert classify("550 5.4.316 Message expired, connection refused", "5.4.316") == "expired"
+    # without the give-up the refused connection is the cause
+    assert classify("421 Connection refused by mx.example.net", "4.0.0") == "blocked"
+
+
+def test_delivery_time_expired_after_failed_connections_is_an_expiry():
+    text = "Unable to deliver message, due to being unable to connect to the destination mail server."
+    assert classify(text, "4.4.7") == "expired"
+    assert classify(text, "4.4.1") == "networkerror"     # no expiry code: a network failure
+    # a DNS failure says more than the expiry
+    assert classify("Name server: example.jp.: host name lookup failure", "4.4.7") == "networkerror"

@@ -30,7 +30,10 @@ _GAVE_UP = (r"in the queue too long|too long in (?:the )?queue|not going to try 
             r"(?:delivery|retry) (?:time|period) (?:has )?(?:expired|exceeded)|failing for a long time|"
             r"delivery failed \d+ attempts|still undelivered after|was aborted after \d")
 # the phrases qmail / Exim append to the quoted last error when they give up
-_TIMED_OUT = re.compile(r"timed? ?out|timeout")
+# (or never got a connection: the host refused it or could not be reached until the retry limit)
+_CONNECT_FAILED = re.compile(r"(?:unable|could not|couldn't|failed) to connect")
+_TIMED_OUT = re.compile(r"timed? ?out|timeout|connection refused|" + _CONNECT_FAILED.pattern +
+                        r"|(?:host|network) (?:is )?unreachable|no route to host")
 _GAVE_UP_RE = re.compile(r"i'?m not going to try again|(?:this message has been )?in the queue too long|"
                          r"retry time(?:out)? exceeded|"
                          # Exchange Online: "550 5.4.312 Message expired, DNS query failed"
@@ -374,8 +377,12 @@ def by_status(status: str) -> str:
 def _words(diagnostic: str, status: str) -> str:
     """The reason the words give; an expiry notice that quotes the last error is that error."""
     reason = by_words(diagnostic)
+    low = (diagnostic or "").lower()[:4000]
+    if reason == "networkerror" and status[1:] == ".4.7" and _CONNECT_FAILED.search(low):
+        # X.4.7 "delivery time expired" and only that no connection succeeded: the attempts went on until
+        # the queue lifetime ran out (no host ever answered; a refusal or a DNS failure would say more)
+        return "expired"
     if reason == "expired":
-        low = (diagnostic or "").lower()[:4000]
         if _GAVE_UP_RE.search(low):
             rest = _GAVE_UP_RE.sub(" ", low)
             if _TIMED_OUT.search(rest):
