@@ -51,6 +51,30 @@ async def test_a_failing_inline_job_is_rolled_back_alone(db):
     assert keys == [1, 2]
 
 
+async def test_a_failing_job_of_a_writer_thread_batch_is_rolled_back_alone(db):
+    """Batches run without savepoints until a job raises; then the batch runs again with one per job: the
+    jobs before the failing one run twice (a second INSERT of the same key would raise if the first
+    had not been rolled back) and every other job still commits once."""
+    def bad(c):
+        c.execute("INSERT INTO t(k, v) VALUES (1000, 'half')")
+        raise ValueError("job failed halfway")
+
+    gate = threading.Event()
+    before = db.batches
+    blocker = asyncio.ensure_future(db.write(lambda c: gate.wait(5)))      # holds the writer thread
+    await asyncio.sleep(0.05)
+    jobs = [db.write(insert(k)) for k in (11, 12)] + [db.write(bad)] + [db.write(insert(k)) for k in (13, 14)]
+    futs = [asyncio.ensure_future(j) for j in jobs]
+    await asyncio.sleep(0.05)                         # all five queued: they make one batch
+    gate.set()
+    await blocker
+    res = await asyncio.gather(*futs, return_exceptions=True)
+    assert res[:2] == [11, 12] and res[3:] == [13, 14] and isinstance(res[2], ValueError)
+    assert db.batches - before == 2                   # the blocker's commit and the five jobs' one
+    keys = await db.read(lambda c: [r[0] for r in c.execute("SELECT k FROM t ORDER BY k")])
+    assert keys == [11, 12, 13, 14]
+
+
 async def test_a_failed_commit_fails_every_inline_job_of_the_batch(db):
     db.fail_commits = OSError("disk full")
     res = await asyncio.gather(*(db.write(insert(i), inline=True) for i in range(5)), return_exceptions=True)

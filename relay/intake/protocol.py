@@ -83,6 +83,8 @@ class RelaySMTP(SMTP):
         self._cmd: tuple[str, str] | None = None      # the command whose final reply is pending (log)
         self._auth_login = ""
         self._reply_lines: list[str] = []             # continuation lines of the reply being pushed
+        self._idle_deadline = 0.0                     # loop time the session times out (_reset_timeout)
+        self._timer_at = 0.0                          # loop time the armed timer fires
         # on an implicit-TLS listener the whole session is encrypted: AUTH needs no STARTTLS first
         super().__init__(handler, data_size_limit=cfg.max_message_size, enable_SMTPUTF8=True,
                          decode_data=False, hostname=cfg.hostname, ident="relaybox",
@@ -186,6 +188,27 @@ class RelaySMTP(SMTP):
         finally:
             if self.transport is not None:
                 self.transport.close()
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        """As aiosmtpd's (the idle timeout starts again at every command) without cancelling one loop timer
+        and arming another per command: the session keeps one timer and moves a deadline; a timer firing
+        before the deadline re-arms for the rest. A shorter duration than the armed one re-arms at once."""
+        deadline = self.loop.time() + (duration or self._timeout_duration)
+        self._idle_deadline = deadline
+        if self._timeout_handle is None or deadline < self._timer_at:
+            if self._timeout_handle is not None:
+                self._timeout_handle.cancel()
+            self._arm_idle_timer(deadline)
+
+    def _arm_idle_timer(self, at: float) -> None:
+        self._timer_at = at
+        self._timeout_handle = self.loop.call_at(at, self._idle_timer_fired)  # type: ignore[assignment]
+
+    def _idle_timer_fired(self) -> None:
+        if self._idle_deadline > self.loop.time():
+            self._arm_idle_timer(self._idle_deadline)
+        else:
+            self._timeout_cb()
 
     def _timeout_cb(self):
         if self.transport is not None:
