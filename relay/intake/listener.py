@@ -151,10 +151,12 @@ class Listener:
         self.servers: list[asyncio.base_events.Server] = []
         self.bound: list[tuple[str, int]] = []
 
-    def _factory(self, implicit_tls: bool):
+    def _factory(self, implicit_tls: bool, loop: asyncio.AbstractEventLoop):
+        # the loop given: without it aiosmtpd looks it up per connection inside warnings.catch_warnings(),
+        # which resets the process's warning filters (and their caches) for every session
         def make():
             return RelaySMTP(self.handler, self.cfg, self.state, implicit_tls=implicit_tls,
-                             tls_context=None if implicit_tls else self.tls_context)
+                             tls_context=None if implicit_tls else self.tls_context, loop=loop)
         return make
 
     async def start(self) -> None:
@@ -166,7 +168,7 @@ class Listener:
             host, port = split_hostport(addr)
             if implicit and self.tls_context is None:
                 raise ValueError(f"smtp.implicit_tls_listen {addr}: needs smtp.tls.cert_file")
-            srv = await loop.create_server(self._factory(implicit), host=host, port=port,
+            srv = await loop.create_server(self._factory(implicit, loop), host=host, port=port,
                                            ssl=self.tls_context if implicit else None, reuse_address=True,
                                            reuse_port=self.reuse_port or None)
             self.servers.append(srv)
