@@ -271,10 +271,12 @@ def _from_notice(msg, text: str, pcs: message.Pieces) -> Parsed:
         found = _returned_recipients(pcs, text, exclude)
     found = found[:MAX_RECIPIENTS]
     segs = notice.segments(text, found)
+    local = _local_statuses(pcs, len(found))
     out = []
-    for addr, _pos in found:
+    for i, (addr, _pos) in enumerate(found):
         seg = segs.get(addr, text)
         d = notice.describe(seg, addr)
+        d["status"] = d["status"] or local[i]
         if guessed and not d["replycode"]:
             # the notice names no recipient: only an "Error: ..." line of it is a diagnostic
             m_err = _ERROR_LINE.search(text)
@@ -292,6 +294,16 @@ def _from_notice(msg, text: str, pcs: message.Pieces) -> Parsed:
             r.action = "delayed"     # a warning: the reporting MTA is still trying
         out.append(r)
     return Parsed("bounce", out)
+
+
+def _local_statuses(pcs: message.Pieces, count: int) -> list[str]:
+    """The Status: of delivery-status blocks whose Final-Recipient is no address (Exim's local delivery to
+    a mailbox file: ``rfc822;/var/mail/ann``), in order, when they pair one to one with the recipients the
+    notice names; else no code for any."""
+    blocks = [b for t in pcs.status for b in dsn.scan(t)[1]]
+    if count and len(blocks) == count:
+        return [dsn.status_of(b.get("status", "")) for b in blocks]
+    return [""] * count
 
 
 def _returned_recipients(pcs: message.Pieces, text: str, exclude: set[str]) -> list[tuple[str, int]]:
