@@ -59,6 +59,7 @@ def wait_for(cond, timeout, what):
 
 def test_kill_9_during_pop3_sync_leaves_nothing_on_the_server(tmp_path):
     dc = Dovecot(users={USER: "pw"}).start()
+    relay = None
     try:
         fill(dc, TOTAL)
         assert len(dc.uids(USER, "pw")) == TOTAL
@@ -89,4 +90,6 @@ def test_kill_9_during_pop3_sync_leaves_nothing_on_the_server(tmp_path):
         assert got == [f"pop {i}" for i in range(TOTAL)]          # nothing lost, nothing twice
         assert dc.uids(USER, "pw") == []
     finally:
+        if relay is not None:
+            relay.stop()         # a failed assertion above must not leave our relaybox running
         dc.stop()
