@@ -30,6 +30,7 @@ from tests.peers.relaybox_proc import REPO, RelayboxProcess
 pytestmark = pytest.mark.integration
 
 WORKERS = 2
+SESSIONS = 8                         # parallel SMTP clients of the kill -9 test
 CONNECTIONS = 4                      # delivery.per_destination of the instance (2 per worker)
 MSGID = re.compile(rb"^Message-ID: <(w\d+)@workers\.test>", re.M | re.I)
 ACCEPTED_BY = re.compile(r"accepted queue_id=\S+ .* worker=(\d+)")
@@ -255,8 +256,8 @@ def test_kill_9_of_a_worker_requeues_its_leases_and_restarts_it(tmp_path, sink, 
         pids = relay.worker_pids()
         # the backlog comes in while delivery drains it: both workers hold leases when one is killed
         acked: list[int] = []
-        sender = threading.Thread(target=lambda: acked.extend(_send(relay.smtp_port, list(range(backlog)), 8,
-                                                                    50)))
+        sender = threading.Thread(target=lambda: acked.extend(_send(relay.smtp_port, list(range(backlog)),
+                                                                    SESSIONS, 50)))
         sender.start()
         assert _wait(lambda: len(os.listdir(sink.dir)) >= backlog // 4, 90), relay.log()
         victim = pids[1]
@@ -288,9 +289,13 @@ def test_kill_9_of_a_worker_requeues_its_leases_and_restarts_it(tmp_path, sink, 
         os.kill(pids[0], signal.SIGKILL)
         assert _wait(lambda: len(relay.worker_pids()) == WORKERS and pids[0] not in relay.worker_pids()
                      and "worker 0 restarted" in relay.log(), 60), relay.log()
-        accepted = len(re.findall(r"accepted queue_id=", relay.full_log()))
+        logged = len(re.findall(r"accepted queue_id=", relay.full_log()))
+        committed = len(_rows(relay, "SELECT id FROM messages"))
         assert _wait(lambda: _try_scrape(relay) is not None, 60), relay.log()
-        assert _metric(_try_scrape(relay) or "", "relaybox_smtp_accepted_messages_total") == accepted
+        counted = _metric(_try_scrape(relay) or "", "relaybox_smtp_accepted_messages_total")
+        # an acceptance is the commit, then the counter, then the log line: a kill -9 between two of them
+        # (at most one per SMTP session open at the kill) leaves the counter between the others
+        assert logged <= counted <= committed <= logged + 2 * SESSIONS, (logged, counted, committed)
     finally:
         assert relay.stop() == 0
 
