@@ -520,3 +520,18 @@ def test_the_status_of_a_block_for_a_mailbox_file_is_the_notices_recipients_stat
     # no Status: the code is derived (a retry timeout: the error was a temporary one)
     r = parse(_local_delivery_report("")).recipients[0]
     assert (r.address, r.status, r.reason) == ("ann@example.net", "4.0.922", "mailboxfull")
+
+
+# -- a summary of the returned message is no explanation ---------------------------------------------------
+
+def test_a_recipient_named_only_in_a_summary_of_the_message_takes_the_error_before_it():
+    body = ("Error: Invalid user address\n\nError message below:\n"
+            "550 - Requested action not taken: no such user here\n\n"
+            "Message details:\n  Subject: hi\n  Sent date: Wed Jun 12 02:21:53 GMT 2013\n"
+            "  MAIL FROM: sender@relay.example\n  RCPT TO: ann@example.net\n  From: sender@relay.example\n"
+            "  Size (in bytes): 39\n  Number of lines: 2\n")
+    r = parse(_notice(body, subject="[BOUNCE]")).recipients[0]
+    assert (r.address, r.diagnostic, r.replycode) == (
+        "ann@example.net", "550 - Requested action not taken: no such user here", "550")
+    # the summary's "RCPT TO:" label is no SMTP dialogue: the reply's command stays unknown
+    assert (r.reason, r.status) == ("filtered", "5.0.910")

@@ -122,7 +122,12 @@ def segments(text: str, found: list[tuple[str, int]]) -> dict[str, str]:
         if len(seg.strip()) - len(addr) < 20 and i + 1 < len(positioned):
             # a plain list of addresses: the shared explanation follows the last one
             seg = text[line_start:line_start + MAX_SEGMENT * 4]
-        if len(_meaningful(seg, addr)) < 20:
+        summary = summary_start(text, line_start)
+        if summary >= 0:
+            # the address is a field of a summary of the returned message ("Message details: ... RCPT TO:
+            # a@b ... Size: 39") that follows the error: the explanation is the text before the summary
+            seg = text[max(0, summary - 800):summary]
+        elif len(_meaningful(seg, addr)) < 20:
             # nothing after the address: the explanation came before the list
             first = positioned[0][1]
             para_start = text.rfind("\n\n", 0, max(0, text.rfind("\n\n", 0, first)))
@@ -132,6 +137,25 @@ def segments(text: str, found: list[tuple[str, int]]) -> dict[str, str]:
         if pos < 0:
             out[addr] = text
     return out
+
+
+# a "Label: value" line of a summary of the returned message (Subject, Sent date, MAIL FROM, RCPT TO, Size)
+_SUMMARY_FIELD = re.compile(r"^\s*[A-Za-z][A-Za-z ()-]{0,30}:(?:\s|$)")
+_NO_SUMMARY = re.compile(r"diagnostic|status|action|reason|error|[245]\d\d\b", re.I)
+
+
+def summary_start(text: str, line_start: int) -> int:
+    """Where the paragraph of ``line_start`` starts when it is a summary of the returned message: at least
+    three "Label: value" lines (a heading line ending in ':' may open it), none about the failure (a
+    status, reply code, diagnostic or DSN field); else -1."""
+    start = text.rfind("\n\n", 0, line_start)
+    start = 0 if start < 0 else start + 2
+    end = text.find("\n\n", line_start)
+    lines = [ln for ln in text[start:len(text) if end < 0 else end].split("\n") if ln.strip()]
+    if len(lines) < 3 or start == 0 or any(_NO_SUMMARY.search(ln) for ln in lines):
+        return -1
+    body = lines[1:] if lines[0].rstrip().endswith(":") else lines
+    return start if all(_SUMMARY_FIELD.match(ln) for ln in body) else -1
 
 
 def _meaningful(seg: str, addr: str) -> str:

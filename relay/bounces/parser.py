@@ -286,7 +286,7 @@ def _from_notice(msg, text: str, pcs: message.Pieces) -> Parsed:
         m = _REMOTE.search(seg[:2000])
         if m:
             r.remote_mta = m.group(1)
-        first = min((p for _a, p in found if p >= 0), default=0)
+        first = _lead_in_end(text, found)
         context = seg[:3000] + "\n" + text[max(0, first - 600):first]   # the lead-in explains a list too
         # a bare X.0.0 the server sent is reported as sent (a derived X.0.9NN only when it sent no code)
         _finish(r, context=context, temporary=bool(_TEMPORARY.search(seg[:3000])))
@@ -294,6 +294,14 @@ def _from_notice(msg, text: str, pcs: message.Pieces) -> Parsed:
             r.action = "delayed"     # a warning: the reporting MTA is still trying
         out.append(r)
     return Parsed("bounce", out)
+
+
+def _lead_in_end(text: str, found: list[tuple[str, int]]) -> int:
+    """Where the text before the first recipient ends: at its mention, or where the summary of the returned
+    message that names it starts (the summary's "MAIL FROM:" / "RCPT TO:" labels are no SMTP dialogue)."""
+    first = min((p for _a, p in found if p >= 0), default=0)
+    summary = notice.summary_start(text, text.rfind("\n", 0, first) + 1)
+    return summary if summary >= 0 else first
 
 
 def _local_statuses(pcs: message.Pieces, count: int) -> list[str]:
