@@ -535,3 +535,42 @@ def test_a_recipient_named_only_in_a_summary_of_the_message_takes_the_error_befo
         "ann@example.net", "550 - Requested action not taken: no such user here", "550")
     # the summary's "RCPT TO:" label is no SMTP dialogue: the reply's command stays unknown
     assert (r.reason, r.status) == ("filtered", "5.0.910")
+
+
+# -- the recipient's own error line without a code ---------------------------------------------------------
+
+_WARNING = ("This is the MAILER-DAEMON, please DO NOT REPLY to this email.\n\n"
+            "A message is delayed for more than 0 seconds for the following\nlist of recipients:\n\n"
+            "ann@example.net: {error}\n\n"
+            "Please note that this is only a temporary failure report.\n"
+            "The message is kept in the queue for up to 7 days.\n")
+
+
+@pytest.mark.parametrize("status", ["4.4.7", "4.0.0"])
+def test_a_bare_summary_status_gives_way_to_the_recipients_own_error_line(status):
+    # no Diagnostic-Code, a Status: that only summarises the action: the notice's error line is the
+    # evidence, and the derived code's class follows its words, not the report's remarks about itself
+    raw = _dsn("ann@example.net", status, action="delayed", notice=_WARNING.format(error="Envelope expired"))
+    r = parse(raw).recipients[0]
+    assert (r.status, r.reason, r.diagnostic) == ("5.0.947", "expired", "Envelope expired")
+    raw = _dsn("ann@example.net", status, action="delayed",
+               notice=_WARNING.format(error="No MX found for domain"))
+    r = parse(raw).recipients[0]
+    assert (r.status, r.reason, r.kind) == ("5.0.932", "notaccept", "hard")
+
+
+def test_a_notices_own_error_line_decides_the_class_of_the_derived_code():
+    r = parse(_notice(_WARNING.format(error="Network error on destination MXs"),
+                      subject="Delivery status notification: delayed")).recipients[0]
+    assert (r.status, r.reason) == ("5.0.944", "networkerror")
+    r = parse(_notice(_WARNING.format(error="Temporary network error on destination MXs"),
+                      subject="Delivery status notification: delayed")).recipients[0]
+    assert r.status == "4.0.944"
+
+
+def test_a_specific_status_or_a_diagnostic_code_keeps_its_code_beside_an_error_line():
+    raw = _dsn("ann@example.net", "4.4.1", action="delayed", notice=_WARNING.format(error="Envelope expired"))
+    assert parse(raw).recipients[0].status == "4.4.1"
+    raw = _dsn("ann@example.net", "4.4.7", "connect to mx.example.net: Connection timed out",
+               action="delayed", notice=_WARNING.format(error="Envelope expired"))
+    assert parse(raw).recipients[0].status == "4.4.7"

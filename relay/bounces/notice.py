@@ -189,6 +189,16 @@ def describe(segment: str, addr: str) -> dict[str, str]:
     return {"diagnostic": diag[:MAX_SEGMENT], "replycode": code, "status": status}
 
 
+def own_error(segment: str, addr: str) -> str:
+    """The error the notice prints on the recipient's own line (``a@b: Envelope expired``) when it carries
+    no reply or status code, or ''."""
+    first = segment.lstrip().split("\n", 1)[0]
+    m = re.match(rf"\s*<?{re.escape(addr)}>?\s*:\s*(\S.*)$", first, re.I)
+    if not m or REPLY_RE.search(m.group(1)) or STATUS_RE.search(m.group(1)):
+        return ""
+    return m.group(1).strip()
+
+
 def _status_in(text: str) -> str:
     for m in STATUS_RE.finditer(text[:MAX_SEGMENT * 2]):
         before = text[max(0, m.start() - 10):m.start()].lower()

@@ -25,6 +25,10 @@ from relay.bounces import kinds, message, notice, reasons, sesjson
 logging.getLogger("flufl.bounce").setLevel(logging.CRITICAL)
 
 _GENERIC_STATUS = re.compile(r"^[245]\.0\.0$")
+# a Status: that only summarises the action: failed (X.0.0), delayed until given up (4.4.7)
+_SUMMARY_STATUS = re.compile(r"^(?:[45]\.0\.0|4\.4\.7)$")
+# a temporary error in the words of the error itself (Sisimai's test: "temporar", "persistent")
+_TEMPORARY_WORDS = re.compile(r"\btemporar|\bpersistent", re.I)
 _REMOTE = re.compile(r"(?:host|server|mta|mx)\s+\[?((?:[a-z0-9-]+\.)+[a-z]{2,}|\d{1,3}(?:\.\d{1,3}){3})\]?",
                      re.I)
 _RELAYBOX_ID = re.compile(rb"X-Relaybox-ID:[ \t]*([A-Za-z0-9._-]{1,64})", re.I)
@@ -221,10 +225,13 @@ def _from_dsn(msg, entries: list[dict], text: str) -> Parsed:
             specific = from_text.get("status", "")
             if specific and not _GENERIC_STATUS.match(specific):
                 status = specific
+        own = notice.own_error(seg, e["address"]) if seg and not e["diagnostic"] else ""
+        if own and _SUMMARY_STATUS.match(status):
+            diag, status = own, ""
         reply = e["replycode"] or dsn.reply_of(diag[:8]) or from_text.get("replycode", "")
         r = Recipient(address=e["address"], action=e["action"], status=status, replycode=reply,
                       diagnostic=" ".join(diag.split())[:1000], remote_mta=e["remote_mta"])
-        _finish(r, context=seg)
+        _finish(r, context=seg, own_error=own)
         _reporting_mta_category(r, e["mta_category"])
         if e["diag_type"] == "x-unix" and _local_program_failed(r.status, diag):
             r.reason, r.kind = "mailererror", "soft"
@@ -289,7 +296,8 @@ def _from_notice(msg, text: str, pcs: message.Pieces) -> Parsed:
         first = _lead_in_end(text, found)
         context = seg[:3000] + "\n" + text[max(0, first - 600):first]   # the lead-in explains a list too
         # a bare X.0.0 the server sent is reported as sent (a derived X.0.9NN only when it sent no code)
-        _finish(r, context=context, temporary=bool(_TEMPORARY.search(seg[:3000])))
+        own = notice.own_error(seg, addr) if not d["replycode"] else ""
+        _finish(r, context=context, temporary=bool(_TEMPORARY.search(seg[:3000])), own_error=own)
         if _DELAY_NOTICE.search(seg[:3000] + text[:3000]):
             r.action = "delayed"     # a warning: the reporting MTA is still trying
         out.append(r)
@@ -368,13 +376,20 @@ def _flufl(msg) -> list[str]:
     return out
 
 
-def _finish(r: Recipient, context: str, temporary: bool = False) -> None:
+def _finish(r: Recipient, context: str, temporary: bool = False, own_error: str = "") -> None:
+    """Status, reason and kind of one recipient. ``own_error``: the error the notice prints on the
+    recipient's own line without any code (``a@b: Envelope expired``); a code derived for it takes its
+    class from those words alone, not from the report's remarks about itself ("this is only a temporary
+    failure report", ``Action: delayed``): the convention of the Sisimai vocabulary."""
     r.status = dsn.more_specific(r.status, r.diagnostic + "\n" + context[:2000])
     r.reason = reasons.classify(r.diagnostic, r.status, r.action, context)
     if r.reason in ("undefined", "onhold"):
         r.reason = reasons.by_provider(r.address) or r.reason
-    temporary = (temporary or r.status[:1] == "4" or (not r.status and r.replycode[:1] == "4")
-                 or r.action == "delayed")
+    if own_error:
+        temporary = bool(_TEMPORARY_WORDS.search(own_error))
+    else:
+        temporary = (temporary or r.status[:1] == "4" or (not r.status and r.replycode[:1] == "4")
+                     or r.action == "delayed")
     if not r.status:
         r.status = reasons.pseudo_status(r.reason, temporary)
         if _AFTER_MAIL_FROM.search(r.diagnostic[:500] + "\n" + context[:3000]):
