@@ -574,3 +574,30 @@ def test_a_specific_status_or_a_diagnostic_code_keeps_its_code_beside_an_error_l
     raw = _dsn("ann@example.net", "4.4.7", "connect to mx.example.net: Connection timed out",
                action="delayed", notice=_WARNING.format(error="Envelope expired"))
     assert parse(raw).recipients[0].status == "4.4.7"
+
+
+# -- a codeless "user unknown" needs a directory lookup or an echoed RCPT --------------------------------
+
+def _codeless(error: str) -> bytes:
+    return _notice("Unable to deliver message to the following address(es).\n\n"
+                   f"<ann@example.net>:\n{error}\n\n--- Original message follows.\n",
+                   subject="failure delivery")
+
+
+@pytest.mark.parametrize("error", ["[User unknown]", "Recipient Not Found",
+                                   "This user doesn't have a example.net account (ann@example.net) [0]",
+                                   "550: : User unknown"])
+def test_a_user_unknown_without_any_code_or_command_is_filtered(error):
+    r = parse(_codeless(error)).recipients[0]
+    assert (r.reason, r.kind, r.status) == ("filtered", "soft", "5.0.910")
+
+
+@pytest.mark.parametrize("error", ["User Ann (ann@example.net) not listed in Domino Directory",
+                                   "Sorry, no mailbox here by that name.",
+                                   "Unknown user: ann@example.net",
+                                   "550: <ann@example.net>: User unknown",
+                                   "User unknown (in reply to RCPT TO command)",
+                                   "User unknown (#5.1.1)"])
+def test_a_directory_lookup_an_echoed_rcpt_a_command_or_a_code_keeps_user_unknown(error):
+    r = parse(_codeless(error)).recipients[0]
+    assert (r.reason, r.kind) == ("userunknown", "hard")

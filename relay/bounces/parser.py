@@ -390,6 +390,9 @@ def _finish(r: Recipient, context: str, temporary: bool = False, own_error: str 
     else:
         temporary = (temporary or r.status[:1] == "4" or (not r.status and r.replycode[:1] == "4")
                      or r.action == "delayed")
+    if (r.reason == "userunknown" and not r.status and not r.replycode
+            and reasons.codeless_unknown_unproven(r.diagnostic, context)):
+        r.reason = "filtered"       # no code, no command, no directory lookup: the words prove nothing
     if not r.status:
         r.status = reasons.pseudo_status(r.reason, temporary)
         if _AFTER_MAIL_FROM.search(r.diagnostic[:500] + "\n" + context[:3000]):

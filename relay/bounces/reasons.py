@@ -450,6 +450,30 @@ def _unproven_unknown(low: str, sub: str) -> bool:
     return bool(_REMOTE_REPLY.search(low[:300]))
 
 
+# the wordings of a failed lookup in the reporting server's own user directory: it names the directory
+# (Domino Directory, Name & Address Book, ディレクトリ), finds no mailbox by that name (Exchange's "name is
+# not recognized", qmail-local's "no mailbox here by that name"), labels
+# the looked-up address ("Unknown user: a@b", "Invalid final delivery userid: a@b", IMail) or says that no
+# recipient of the message is valid
+_DIRECTORY = re.compile(r"not listed in|ディレクトリ|name is not recognized|by that name|"
+                        r"(?:unknown user|userid)\s*:\s*\S+@|no valid recipients")
+# "550: <a@b>: User unknown": the code, then the address it refused echoed (the argument of RCPT TO)
+_ECHOED_RCPT = re.compile(r"(?<![\d.])[45]\d\d:\s*<[^<>\s@]+@[^<>\s]+>")
+
+
+def codeless_unknown_unproven(diagnostic: str, context: str) -> bool:
+    """A notice's "user unknown" that carries no evidence at all: no SMTP reply (``550 ...``), no status
+    code anywhere, no command, no echo of the refused address, and not the wording of a failed lookup in
+    the server's own directory. Generic words ("[User unknown]", "Recipient Not Found", "This user doesn't
+    have a X account") are what content filters and per-user rules say too: ``filtered`` (soft), the
+    convention of Sisimai's vocabulary for a "user unknown" without status or RCPT."""
+    low = (diagnostic or "").lower()[:4000]
+    if (_REMOTE_REPLY.search(low[:300]) or _ANY_STATUS.search(low) or _DIRECTORY.search(low)
+            or _ECHOED_RCPT.search(low[:300])):
+        return False
+    return not (smtp_command(diagnostic) or smtp_command(context))
+
+
 # "Delivery to the following recipients failed permanently:", "The following address(es) failed:" (and the
 # addresses the notice lists after it)
 _LEAD_IN = re.compile(r"(?:delivery to )?the following (?:recipients?|address(?:es|\(es\))?)[^:\n]{0,40}:|"
