@@ -31,7 +31,7 @@ _HELO_RE = re.compile(rf"^{_HELO_LABEL}(?:\.{_HELO_LABEL})*\.?$")
 
 
 def utf8_error(text: str) -> str | None:
-    """Why ``text`` (decoded by aiosmtpd with surrogateescape) is not valid UTF-8, or None."""
+    """Why ``text`` (a command argument decoded with surrogateescape) is not valid UTF-8, or None."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:

@@ -1,4 +1,4 @@
-"""SMTP intake: thin aiosmtpd hooks in the shared loop, 250 only after the spool commit.
+"""SMTP intake: the session hooks in the shared loop, 250 only after the spool commit.
 
 ``IntakeHandler`` holds the policy decisions (relay access, limits, the bounce domain) and the durable
 enqueue; ``Listener`` binds the sockets and drains on shutdown. The protocol object itself, with its strict
@@ -39,7 +39,7 @@ class BounceIntake:
 
 
 class IntakeHandler:
-    """aiosmtpd handler hooks: policy at MAIL/RCPT, durable commit at DATA."""
+    """The session's hooks: policy at MAIL/RCPT (synchronous), the durable commit at DATA."""
 
     def __init__(self, cfg: SMTPConfig, spool: Spool, policy: Policy, state: ListenerState,
                  bounces: "BounceIntake | None" = None):
@@ -49,18 +49,7 @@ class IntakeHandler:
         self.state = state
         self.bounces = bounces
 
-    async def handle_exception(self, error: Exception) -> str:
-        log.error("SMTP session error: %s: %s", type(error).__name__, error)
-        return "451 4.3.0 Internal error, try again later"
-
-    async def handle_EHLO(self, server, session, envelope, hostname, responses):
-        session.host_name = hostname
-        out = [r for r in responses if r != "250 HELP"]
-        out.append("250-ENHANCEDSTATUSCODES")
-        out.append("250 HELP")
-        return out
-
-    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+    def handle_MAIL(self, server, session, envelope, address, mail_options):
         if not self.state.disk_ok():
             SMTP_REJECTED.labels("disk_full").inc()
             return "452 4.3.1 Insufficient system storage"
@@ -68,7 +57,7 @@ class IntakeHandler:
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 Ok"
 
-    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+    def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if len(envelope.rcpt_tos) >= self.cfg.max_recipients:
             SMTP_REJECTED.labels("too_many_recipients").inc()
             return "452 4.5.3 Error: too many recipients"
@@ -152,8 +141,6 @@ class Listener:
         self.bound: list[tuple[str, int]] = []
 
     def _factory(self, implicit_tls: bool, loop: asyncio.AbstractEventLoop):
-        # the loop given: without it aiosmtpd looks it up per connection inside warnings.catch_warnings(),
-        # which resets the process's warning filters (and their caches) for every session
         def make():
             return RelaySMTP(self.handler, self.cfg, self.state, implicit_tls=implicit_tls,
                              tls_context=None if implicit_tls else self.tls_context, loop=loop)

@@ -10,8 +10,7 @@ from relay.configtypes import ConfigError
 
 
 def _setup_logging(level: str, fmt: str) -> None:
-    # aiosmtpd logs every command at INFO ("mail.log"); our own accept/reject lines say what matters
-    logging.getLogger("mail.log").setLevel(logging.DEBUG if level.lower() == "debug" else logging.WARNING)
+    # the SMTP dialogue is logged by "relay.intake.smtp" at debug only; accept/reject lines say what matters
     try:
         from relaybox.logs import setup_logging
     except ImportError:
