@@ -278,6 +278,8 @@ class App:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+        if lifecycle.EARLY_SIGNALS:      # a stop signal came while the process was still starting
+            self.stopping.set()
         await self.start()
         await self.stopping.wait()
         log.info("shutting down: draining")

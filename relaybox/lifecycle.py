@@ -15,8 +15,19 @@ False, so the app may call these unconditionally.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import time
+
+# stop signals that came before the event loop's handlers were installed (keep_early_stop_signals)
+EARLY_SIGNALS: list[int] = []
+
+
+def keep_early_stop_signals() -> None:
+    """From here on a SIGTERM/SIGINT is recorded, not fatal, until the app installs its loop handlers and
+    honours it as a drain (a supervisor stopping while a worker still imports must not see it killed)."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: EARLY_SIGNALS.append(signum))
 
 
 def notify(state: str, *, env: dict[str, str] | None = None) -> bool:

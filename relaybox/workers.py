@@ -383,15 +383,27 @@ class Supervisor:
         lifecycle.ready("reloaded")
 
     # ---- stop ------------------------------------------------------------------------------------
+    async def _until_started(self, live: list[Slot], deadline: float) -> None:
+        """A worker still starting is let finish its start before it is told to stop: a SIGTERM while it
+        imports would kill it by the default action (it has no handler yet) instead of draining it."""
+        while time.monotonic() < deadline:
+            for slot in live:
+                self._check_ready(slot)
+            if all(s.ready or s.ready_r is None or s.proc is None or s.proc.poll() is not None
+                   for s in live):
+                return
+            await asyncio.sleep(POLL)
+
     async def _stop_all(self) -> int:
         """SIGTERM to every worker (each drains: 421 to new sessions, DATA commits, deliveries end), then
         wait; a worker still alive after STOP_TIMEOUT is killed and its leases returned."""
         live = [s for s in self.slots if s.proc is not None]
+        deadline = time.monotonic() + STOP_TIMEOUT
+        await self._until_started(live, deadline)
         for slot in live:
             assert slot.proc is not None
             if slot.proc.poll() is None:
                 slot.proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT
         status = 0
         for slot in live:
             assert slot.proc is not None
@@ -433,6 +445,7 @@ def run_worker(settings, slot: int, count: int) -> int:
     import uvloop
 
     from relaybox.app import App
+    from relaybox.lifecycle import EARLY_SIGNALS
 
     die_with_supervisor()
     for handler in logging.getLogger().handlers:
@@ -443,4 +456,6 @@ def run_worker(settings, slot: int, count: int) -> int:
         os.close(int(go))
         if not started:         # it could not (its error is in the log)
             return 1
+    if EARLY_SIGNALS:
+        return 0                # told to stop before it started: nothing was accepted
     return uvloop.run(App(settings, worker=WorkerRole.from_env(slot, count)).run())

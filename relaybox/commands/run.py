@@ -20,6 +20,10 @@ def _setup_logging(level: str, fmt: str) -> None:
 
 
 def cmd_run(args) -> int:
+    if args.worker_slot is not None:      # a worker: the supervisor may stop it while it still imports
+        from relaybox.lifecycle import keep_early_stop_signals
+
+        keep_early_stop_signals()
     from relaybox.app import run
     from relaybox.settings import load
 
