@@ -7,6 +7,7 @@ signing later sees exactly what the client sent plus our prepended headers.
 from __future__ import annotations
 
 import email.utils
+import functools
 import ipaddress
 import re
 import time
@@ -105,16 +106,22 @@ def _rfc5322_date(now: float) -> str:
 _FOR_SAFE = re.compile(r"^[\x21-\x7e\u0080-\U0010ffff]+$")
 
 
+@functools.lru_cache(maxsize=1024)
+def _ip_text(client_ip: str) -> str:
+    """The client address as the Received field shows it (``unknown`` when it does not parse)."""
+    try:
+        return str(ipaddress.ip_address(client_ip))
+    except ValueError:
+        return "unknown"
+
+
 def trace_parts(helo: str, client_ip: str, rcpts: list[str]) -> tuple[str, str, str | None]:
     """The client-supplied parts of our Received field, each validated again here (whatever the caller
     checked): a name that is not a domain or address literal becomes ``unknown``, an IP that does not parse
     becomes ``unknown``, and the ``for`` address is only shown when it is one valid address with no
     space, control, parenthesis, ``;`` or angle bracket in it. Nothing else of the client's reaches it."""
     name = helo if helo and helo_error(helo) is None else "unknown"
-    try:
-        ip = str(ipaddress.ip_address(client_ip))
-    except ValueError:
-        ip = "unknown"
+    ip = _ip_text(client_ip)
     rcpt = rcpts[0] if len(rcpts) == 1 else None
     if rcpt is not None and (address_error(rcpt) or not _FOR_SAFE.match(rcpt)
                              or any(c in rcpt for c in "<>();")):
