@@ -21,6 +21,7 @@ import hashlib
 import json
 import sqlite3
 import time
+from json.encoder import encode_basestring_ascii as _json_str
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from store import suppressions as _supp
@@ -180,8 +181,29 @@ def _insert_attempt(conn: Conn, a: AttemptLog, recipient_ids: list[int]) -> None
         " transcript) VALUES (?,?,?,?,?,?,?,?,?,?)",
         (a.message_id, a.started_at, a.ended_at, a.route, a.host, a.ip,
          None if a.tls is None else int(bool(a.tls)), a.result,
-         json.dumps(list(a.recipients) or recipient_ids), json.dumps(list(a.transcript))),
+         json.dumps(list(a.recipients) or recipient_ids), transcript_json(a.transcript)),
     )
+
+
+_TRANSCRIPT_KEYS = ("at", "dir", "line")
+
+
+def transcript_json(lines: Sequence[Mapping[str, Any]]) -> str:
+    """``json.dumps(list(lines))``, byte for byte, for the usual ``{"at", "dir", "line"}`` entries at ~1/3
+    of its cost: the entries of one attempt share a few timestamps, and formatting a float is most of what
+    the generic encoder spends (~1 us each on this VM). Any other entry shape goes to json.dumps."""
+    parts = []
+    times: dict[Any, str] = {}
+    for e in lines:
+        at, direction, line = e.get("at"), e.get("dir"), e.get("line")
+        if (tuple(e) != _TRANSCRIPT_KEYS or type(at) is not float or type(direction) is not str
+                or type(line) is not str):
+            return json.dumps(list(lines))
+        t = times.get(at)
+        if t is None:
+            t = times[at] = json.dumps(at)
+        parts.append(f'{{"at": {t}, "dir": {_json_str(direction)}, "line": {_json_str(line)}}}')
+    return "[" + ", ".join(parts) + "]"
 
 
 def recover_sync(conn: Conn, now: float, poison_limit: int, owner: str | None = None) -> dict[str, int]:
