@@ -218,9 +218,14 @@ class RedactFilter(logging.Filter):
         return True
 
 
+_second: list[Any] = [None, ""]       # the last whole second formatted, and its text
+
+
 def _timestamp(record: logging.LogRecord) -> str:
-    t = time.gmtime(record.created)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", t) + f".{int(record.msecs):03d}Z"
+    sec = int(record.created)
+    if _second[0] != sec:
+        _second[0], _second[1] = sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+    return f"{_second[1]}.{int(record.msecs):03d}Z"
 
 
 class TextFormatter(logging.Formatter):
