@@ -210,3 +210,35 @@ def test_signatures_are_counted_by_algorithm(keys):
     before = count("rsa-sha256")
     signed(keys["rsa"][0])
     assert count("rsa-sha256") == before + 1
+
+
+# ---- the fast paths of the canonicalisation and of the From domain give the full computation's result
+@pytest.mark.parametrize("body", [b"a b c\r\n", b"a \r\n", b"a  \r\nb\r\n", b"a\tb\r\n", b"end \r\n\r\n",
+                                  b" lead\r\n", b"x" * 80 + b"\r\n"])
+def test_relaxed_body_fast_paths_match_dkimpy(body):
+    assert relaxed_body(body) == canon.Relaxed.canonicalize_body(body)
+
+
+@pytest.mark.parametrize("raw", [b"Subject: one space only", b"Subject:  two  spaces ", b"Subject:\ttab",
+                                 b"Subject: folded\r\n continued", b"Subject: folded\r\n\tby tab",
+                                 b"To: a@b.test ", b"X-Empty:", b"X-Only-Space: "])
+def test_relaxed_header_fast_paths_match_dkimpy(raw):
+    name, _, value = raw.partition(b":")
+    [(n, v)] = canon.Relaxed.canonicalize_headers([(name, value)])
+    assert relaxed_header(raw) + b"\r\n" == n + b":" + v
+
+
+@pytest.mark.parametrize("value", [
+    "<s@Src.Test>", "Sender <s@src.test>", '"Quoted, Name" <s@src.test>', "s@src.test", " s@SRC.test ",
+    "John Q. Public <jqp@sub.example.org>", "=?utf-8?q?J=C3=B6rg?= <j@example.de>", "Name<n@x.test>",
+    "s@src.test (comment)", "a@[192.0.2.1]", "undisclosed", "<>", "a@b.test, c@d.test", "Group: a@b.test;",
+    "Bad <a@b@c.test>", "x@y.test.", "Tab\tName <t@tab.test>",
+])
+def test_from_domain_fast_path_matches_getaddresses(value):
+    from email.utils import getaddresses
+
+    from relay.delivery.dkim import from_domain
+
+    addrs = [a for _, a in getaddresses([" ".join(value.split())]) if "@" in a]
+    expected = addrs[0].rpartition("@")[2].lower().rstrip(">") if addrs else None
+    assert from_domain([(b"From", b"From: " + value.encode())]) == expected

@@ -102,26 +102,38 @@ def parse_headers(block: bytes) -> list[tuple[bytes, bytes]]:
 
 def relaxed_header(raw: bytes) -> bytes:
     name, _, value = raw.partition(b":")
-    value = _FOLD.sub(b"", value).replace(b"\r", b"").replace(b"\n", b"")
-    value = _WSP_RUN.sub(b" ", value).strip(b" ")
-    return name.strip().lower() + b":" + value
+    if b"\n" in value or b"\r" in value:          # an unfolded one-line field has nothing to unfold
+        value = _FOLD.sub(b"", value).replace(b"\r", b"").replace(b"\n", b"")
+    if b"\t" in value or b"  " in value:          # else every run of WSP is one space already
+        value = _WSP_RUN.sub(b" ", value)
+    return name.strip().lower() + b":" + value.strip(b" ")
 
 
 def relaxed_body(body: bytes) -> bytes:
     if b"\r\n" not in body and b"\n" in body:
         body = body.replace(b"\n", b"\r\n")
-    body = _WSP_RUN.sub(b" ", body)
-    body = _TRAILING_WSP.sub(b"\r\n", body)
+    if b"\t" in body or b"  " in body:            # (C-level tests spare the two regex scans of most bodies)
+        body = _WSP_RUN.sub(b" ", body)
+    if b" \r\n" in body:                          # after the line above a WSP run is one space
+        body = _TRAILING_WSP.sub(b"\r\n", body)
     if body.endswith(b" "):
         body = body.rstrip(b" ")
     body = body.rstrip(b"\r\n")
     return body + b"\r\n" if body else b""
 
 
+# the usual From forms, "<a@b>", "Name <a@b>" and "a@b", with nothing a full parse could read otherwise
+_SIMPLE_FROM = re.compile(r'^(?:[^"<>@,;:()\\\[\]]*<([^<>@\s"(),;:\\\[\]]+@[^<>@\s"(),;:\\\[\]]+)>'
+                          r'|([^<>@\s"(),;:\\\[\]]+@[^<>@\s"(),;:\\\[\]]+))$')
+
+
 def from_domain(headers: list[tuple[bytes, bytes]]) -> str | None:
     for name, raw in headers:
         if name.lower() == b"from":
             value = raw.partition(b":")[2].decode("utf-8", "replace")
+            m = _SIMPLE_FROM.match(" ".join(value.split()))
+            if m:                                    # what getaddresses gives for these, ~10x cheaper
+                return (m.group(1) or m.group(2)).rpartition("@")[2].lower().rstrip(">")
             addrs = [a for _, a in getaddresses([" ".join(value.split())]) if "@" in a]
             if addrs:
                 return addrs[0].rpartition("@")[2].lower().rstrip(">")
