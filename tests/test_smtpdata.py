@@ -1,49 +1,49 @@
-"""Unit tests of the DATA reader and the header preparation (no network)."""
-
-import asyncio
+"""Unit tests of the DATA phase and the header preparation (no network)."""
 
 import pytest
 
-from relay.intake.data import check_and_clean, read_data, unstuff
+from relay.intake.data import DataPhase, check_and_clean, unstuff
 from relay.intake.headers import HeaderError, parse_send_at, prepare_message
 
 pytestmark = pytest.mark.unit
 
 
-async def feed(chunks, limit=1_000_000):
-    reader = asyncio.StreamReader()
-    for c in chunks:
-        reader.feed_data(c)
-    reader.feed_eof()
-    res = await read_data(reader, limit)
-    rest = await reader.read()
-    return res, rest
+def feed(chunks, limit=1_000_000):
+    """Feed the chunks one by one as a session does: (result, the bytes after it), or (None, b"")."""
+    phase = DataPhase(limit)
+    for i, c in enumerate(chunks):
+        phase.feed(c)
+        ended = phase.end()
+        if ended is not None:
+            res, rest = ended
+            return res, rest + b"".join(chunks[i + 1:])
+    return None, b""
 
 
 @pytest.mark.parametrize("split", [1, 2, 3, 5, 7, 1000])
-async def test_terminator_found_across_any_chunk_split(split):
+def test_terminator_found_across_any_chunk_split(split):
     payload = b"Subject: x\r\n\r\nline\r\n..dotted\r\n.\r\nQUIT\r\n"
-    res, rest = await feed([payload[i:i + split] for i in range(0, len(payload), split)])
+    res, rest = feed([payload[i:i + split] for i in range(0, len(payload), split)])
     assert res.content == b"Subject: x\r\n\r\nline\r\n..dotted\r\n"
     assert rest == b"QUIT\r\n"   # pipelined bytes after the terminator are left for the command loop
 
 
-async def test_empty_message_and_eof():
-    res, rest = await feed([b".\r\n"])
+def test_empty_message_and_no_end_yet():
+    res, rest = feed([b".\r\n"])
     assert res.content == b"" and rest == b""
-    res, _ = await feed([b"Subject: x\r\n\r\nno end"])
-    assert res.error == "eof"
+    res, _ = feed([b"Subject: x\r\n\r\nno end"])
+    assert res is None
 
 
-async def test_only_crlf_dot_crlf_terminates():
-    res, rest = await feed([b"a\n.\r\nb\r\n.\nc\r\n\r.\r\nd\r\n.\r\nNEXT"])
+def test_only_crlf_dot_crlf_terminates():
+    res, rest = feed([b"a\n.\r\nb\r\n.\nc\r\n\r.\r\nd\r\n.\r\nNEXT"])
     assert res.content == b"a\n.\r\nb\r\n.\nc\r\n\r.\r\nd\r\n"
     assert rest == b"NEXT"
 
 
-async def test_oversize_is_drained_not_stored():
+def test_oversize_is_drained_not_stored():
     big = b"x" * 998 + b"\r\n"
-    res, rest = await feed([big] * 300 + [b".\r\nNOOP\r\n"], limit=100_000)
+    res, rest = feed([big] * 300 + [b".\r\nNOOP\r\n"], limit=100_000)
     assert res.error == "too_big" and res.content is None
     assert rest == b"NOOP\r\n"
 

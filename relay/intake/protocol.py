@@ -32,7 +32,7 @@ from typing import Any, Callable
 from relay.config import SMTPConfig
 from relay.envelope import address_error, helo_error, utf8_error
 from relay.intake.auth import AUTH_ATTEMPTS, AuthThrottle, Busy, Hasher
-from relay.intake.data import TERMINATOR, check_and_clean
+from relay.intake.data import DataPhase, check_and_clean
 from relay.intake.metrics import SMTP_REJECTED, SMTP_SESSIONS
 
 log = logging.getLogger("relay.intake.listener")
@@ -135,9 +135,7 @@ class RelaySMTP(asyncio.Protocol):
         self.envelope = Envelope()
         self._buf = bytearray()
         self._mode = _CMD
-        self._data = bytearray()
-        self._data_scan = 0
-        self._data_too_big = False
+        self._data: DataPhase | None = None
         self._in_data = False
         self._task: asyncio.Task[None] | None = None
         self._line_waiter: asyncio.Future[bytes] | None = None   # a task waiting for the next line (AUTH)
@@ -201,7 +199,7 @@ class RelaySMTP(asyncio.Protocol):
             self._line_waiter.cancel()           # an AUTH exchange waiting for the client: it is gone
         self._end_data()                         # a DATA phase cut off before its end (a commit runs on)
         self._buf.clear()
-        self._data = bytearray()
+        self._data = None
 
     def _uncount(self) -> None:
         if self._counted_ip is None:
@@ -260,8 +258,8 @@ class RelaySMTP(asyncio.Protocol):
     # ---- input -------------------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
         self._idle_deadline = self.loop.time() + self.cfg.idle_timeout
-        if self._mode == _DATA and self._task is None:
-            self._data += data
+        if self._mode == _DATA and self._data is not None:
+            self._data.feed(data)
         else:
             self._buf += data
         if self._task is None or self._line_waiter is not None:
@@ -748,11 +746,8 @@ class RelaySMTP(asyncio.Protocol):
         self.state.in_data += 1
         self._in_data = True
         self._mode = _DATA
-        self._data = bytearray(b"\r\n")   # the CRLF that ended the DATA line starts the first line
-        self._data += self._buf
+        self._data = DataPhase(int(self.cfg.max_message_size), self._buf)
         self._buf.clear()
-        self._data_scan = 0
-        self._data_too_big = False
 
     def _end_data(self) -> None:
         if self._in_data:
@@ -760,28 +755,23 @@ class RelaySMTP(asyncio.Protocol):
             self.state.in_data -= 1
 
     def _data_step(self) -> bool:
-        """Look for the end of DATA in what arrived; True when it was found (the commit task started)."""
-        data = self._data
-        idx = data.find(TERMINATOR, self._data_scan)
-        limit = int(self.cfg.max_message_size)
-        if idx < 0:
-            if not self._data_too_big and len(data) - 2 > limit + 2:
-                self._data_too_big = True
-            if self._data_too_big:             # drain without storing: keep what may start a terminator
-                del data[: len(data) - 4]
-            self._data_scan = max(0, len(data) - 4)
+        """Look for the end of DATA in what arrived; True when it was found (and answered or committing)."""
+        assert self._data is not None
+        ended = self._data.end()
+        if ended is None:
             return False
-        self._buf += data[idx + len(TERMINATOR):]          # a pipelining client's next commands
+        result, leftover = ended
+        self._buf += leftover                          # a pipelining client's next commands
         self._mode = _CMD
-        self._data = bytearray()
-        if self._data_too_big or idx - 2 > limit:
+        self._data = None
+        if result.content is None:
             SMTP_REJECTED.labels("too_big").inc()
             self._end_data()
             self._cmd = ("DATA", "")
             self._reset_envelope()
             self.push("552 5.3.4 Message size exceeds fixed maximum message size")
             return True
-        self._start(self._commit(bytes(data[2:idx + 2])))   # up to and including the CRLF before the dot
+        self._start(self._commit(result.content))
         return True
 
     async def _commit(self, raw: bytes) -> None:
