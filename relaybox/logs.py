@@ -218,14 +218,17 @@ class RedactFilter(logging.Filter):
         return True
 
 
-_second: list[Any] = [None, ""]       # the last whole second formatted, and its text
+_second: tuple[int, str] = (-1, "")    # the last whole second formatted and its text (one tuple: threads
+                                       # log too, and rebinding a name is atomic where two stores are not)
 
 
 def _timestamp(record: logging.LogRecord) -> str:
+    global _second
     sec = int(record.created)
-    if _second[0] != sec:
-        _second[0], _second[1] = sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-    return f"{_second[1]}.{int(record.msecs):03d}Z"
+    cached = _second
+    if cached[0] != sec:
+        cached = _second = (sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)))
+    return f"{cached[1]}.{int(record.msecs):03d}Z"
 
 
 class TextFormatter(logging.Formatter):

@@ -156,7 +156,8 @@ class RelaySMTP(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.session.peer = peer
-        refusal = self._refusal(str(peer[0]) if peer else "")
+        ip = str(peer[0]) if peer else ""
+        refusal = self._refusal(ip)
         if refusal is not None:
             self._cmd = ("CONNECT", "")
             self.push(refusal)
@@ -164,7 +165,6 @@ class RelaySMTP(asyncio.Protocol):
             return
         if self._implicit_tls:
             self.session.ssl = transport.get_extra_info("ssl_object")    # Received: ... with ESMTPS
-        ip = str(peer[0]) if peer else ""
         st = self.state
         st.sessions += 1
         st.per_ip[ip] = st.per_ip.get(ip, 0) + 1
@@ -439,19 +439,21 @@ class RelaySMTP(asyncio.Protocol):
     def smtp_NOOP(self, arg: str | None) -> None:
         self.push("250 2.0.0 OK")
 
-    def smtp_RSET(self, arg: str | None) -> None:
+    def _argument_refused(self, verb: str, arg: str | None) -> bool:
+        """A command that takes no argument got one: 501 and True."""
         if arg:
-            self.push("501 5.5.4 Syntax: RSET")
-            return
-        self._reset_envelope()
-        self.push("250 2.0.0 OK")
+            self.push(f"501 5.5.4 Syntax: {verb}")
+        return bool(arg)
+
+    def smtp_RSET(self, arg: str | None) -> None:
+        if not self._argument_refused("RSET", arg):
+            self._reset_envelope()
+            self.push("250 2.0.0 OK")
 
     def smtp_QUIT(self, arg: str | None) -> None:
-        if arg:
-            self.push("501 5.5.4 Syntax: QUIT")
-            return
-        self.push("221 2.0.0 Bye")
-        self._close()
+        if not self._argument_refused("QUIT", arg):
+            self.push("221 2.0.0 Bye")
+            self._close()
 
     def smtp_HELP(self, arg: str | None) -> None:
         self.push(HELP)
@@ -467,8 +469,7 @@ class RelaySMTP(asyncio.Protocol):
 
     # ---- STARTTLS (RFC 3207) -----------------------------------------------------------------------
     def smtp_STARTTLS(self, arg: str | None) -> None:
-        if arg:
-            self.push("501 5.5.4 Syntax: STARTTLS")
+        if self._argument_refused("STARTTLS", arg):
             return
         if self.tls_context is None or self.session.ssl is not None:
             self.push("454 4.7.0 TLS not available")
@@ -731,8 +732,7 @@ class RelaySMTP(asyncio.Protocol):
         if not self.envelope.rcpt_tos:
             self.push("503 5.5.1 Error: need RCPT command")
             return
-        if arg:
-            self.push("501 5.5.4 Syntax: DATA")
+        if self._argument_refused("DATA", arg):
             return
         if self.cfg.reject_unauth_pipelining and self._buf:
             # the body (or anything) came before our 354: PIPELINING is not offered; reading on would take
