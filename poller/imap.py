@@ -104,13 +104,19 @@ class IMAPSession(MailServer):
         call to finish, and a call stuck on a dead server may never do so (seen in IDLE)."""
         limit = timeout or self.timeout
         task = asyncio.ensure_future(coro)
+        # aioimaplib does not fail a pending command when the connection drops: the loss ends the wait too
+        lost = asyncio.ensure_future(self.lost.wait())
         try:
-            done, _ = await asyncio.wait({task}, timeout=limit)
+            done, _ = await asyncio.wait({task, lost}, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
             task.cancel()
             raise
-        if not done:
+        finally:
+            lost.cancel()
+        if task not in done:
             task.cancel()
+            if self.lost.is_set():
+                raise MailboxError(f"{self.host}: connection lost")
             raise MailboxError(f"{self.host}: no answer within {limit:.0f} s")
         return task.result()
 

@@ -18,6 +18,7 @@ import pytest
 from poller import channels
 from poller.config import CampaignConfig, ChannelConfig
 from poller.fetcher import run_once
+from poller.imap import IMAPSession, MailboxError
 from poller.runner import PollerService
 from poller.validate import NotValidated, save_validated
 from relaybox.settings import parse
@@ -146,6 +147,7 @@ class Proxy:
         self.target = port
         self.port = free_port()
         self.writers: list[asyncio.StreamWriter] = []
+        self.hold = False
 
     async def start(self) -> None:
         self.server = await asyncio.start_server(self._client, "127.0.0.1", self.port)
@@ -157,6 +159,8 @@ class Proxy:
         async def pipe(a: asyncio.StreamReader, b: asyncio.StreamWriter) -> None:
             try:
                 while data := await a.read(65536):
+                    if self.hold and b is uw:           # the server never sees what the client sends now
+                        continue
                     b.write(data)
                     await b.drain()
             except (ConnectionError, OSError):
@@ -207,6 +211,30 @@ async def test_backoff_resets_after_a_successful_poll_in_the_idle_loop(dovecot, 
         assert retries(caplog)[1].endswith("(retry in 5 s)"), retries(caplog)     # not 10 s
     finally:
         await svc.stop()
+        await proxy.close()
+
+
+async def test_a_command_pending_when_the_connection_drops_fails_at_once(dovecot, mailbox):
+    """aioimaplib leaves a command waiting when its connection drops; the session must not wait out its
+    60 s timeout (the channel would sit silent for a minute: seen once in CI, the IDLE loop's SELECT)."""
+    proxy = Proxy(dovecot.imap_port)
+    await proxy.start()
+    session = IMAPSession("127.0.0.1", proxy.port, tls="none", timeout=60)
+    try:
+        dovecot.clear_penalty()
+        await session.connect()
+        await session.login(mailbox, "pw")
+        proxy.hold = True                                     # SELECT goes out, no answer comes back
+        pending = asyncio.ensure_future(session.select("INBOX"))
+        await asyncio.sleep(0.3)
+        assert not pending.done()
+        proxy.cut()
+        done, _ = await asyncio.wait({pending}, timeout=5)
+        assert done, "the pending SELECT still waits after the connection dropped"
+        with pytest.raises(MailboxError, match="connection lost"):
+            pending.result()
+    finally:
+        await session.logout()
         await proxy.close()
 
 
