@@ -17,7 +17,6 @@ through the group-commit writer: ``enqueue`` returns only once the message is on
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sqlite3
 import time
@@ -102,7 +101,7 @@ def insert_message(conn: Conn, msg: NewMessage, now: float, actor: str,
         " client_helo, auth_user, size, body_sha256, send_at, held, route_hint)"
         " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
         (qid, now, msg.sender, msg.from_header, msg.subject, msg.message_id_header, msg.client_ip,
-         msg.client_helo, msg.auth_user, len(msg.body), hashlib.sha256(msg.body).hexdigest(),
+         msg.client_helo, msg.auth_user, len(msg.body), msg.body_sha256,
          msg.send_at, 1 if msg.held else 0, msg.route_hint),
     )
     conn.execute("INSERT INTO bodies(message_id, data) VALUES (?, ?)", (qid, msg.body))
@@ -121,7 +120,7 @@ def insert_message(conn: Conn, msg: NewMessage, now: float, actor: str,
 def _new_message(msg: NewMessage, now: float) -> Message:
     """The ``Message`` record of a message just inserted by ``insert_message`` (no read back)."""
     return Message(id=msg.queue_id, created_at=now, sender=msg.sender, size=len(msg.body),
-                   body_sha256=hashlib.sha256(msg.body).hexdigest(), from_header=msg.from_header,
+                   body_sha256=msg.body_sha256, from_header=msg.from_header,
                    subject=msg.subject, message_id=msg.message_id_header, client_ip=msg.client_ip,
                    client_helo=msg.client_helo, auth_user=msg.auth_user, send_at=msg.send_at,
                    held=msg.held, route_hint=msg.route_hint)

@@ -85,7 +85,7 @@ async def test_scheduled_and_held_mail_are_not_leased(env):
     sched._loop_task = asyncio.get_running_loop().create_future()
     sched._queue_empty = True
     taken = []
-    sched.take = lambda claim, body, suppressed: taken.append(claim)   # type: ignore[method-assign]
+    sched.take = lambda claim, body, suppressed, framed=False: taken.append(claim)  # type: ignore[method-assign]
     spool.handoff = sched
     later = await spool.enqueue(new(1, send_at=4_000_000_000.0))
     held = await spool.enqueue(new(2, held=True))

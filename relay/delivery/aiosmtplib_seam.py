@@ -15,6 +15,10 @@ and LF or refuses them: ``relay/intake/data.py``), so ``install()`` replaces the
   every LF, which is exactly what ``(?m)^\\.`` matches in Python's ``re`` (``^`` in MULTILINE mode matches at
   the start and after each ``\\n``); ``bytes.replace`` instead of a regex scan.
 
+A body intake found framed (``relay.framing``: CRLF only, no line starting with a dot, known from its own
+checks) skips both: ``PipeliningProtocol.send_body(framed=True)`` writes it as it is, after the fields
+delivery puts in front (``prefix``, checked), without joining them into one copy.
+
 Both give results identical to aiosmtplib's for every input (``tests/test_aiosmtplib_seam.py`` compares
 them on random and hostile bodies). If aiosmtplib changes these internals, delete this module and the
 ``install()`` call: nothing else depends on it.
@@ -22,13 +26,16 @@ them on random and hostile bodies). If aiosmtplib changes these internals, delet
 
 from __future__ import annotations
 
+import asyncio
 import re
-from typing import Any
+from typing import Any, cast
 
 import aiosmtplib.protocol as _protocol
 import aiosmtplib.smtp as _smtp
 from aiosmtplib.errors import SMTPServerDisconnected
 from aiosmtplib.response import SMTPResponse
+
+from relay.framing import is_framed
 
 _original_normalize = _protocol.normalize_message_line_endings
 _ORIGINAL_PERIOD_REGEX: re.Pattern[bytes] = _protocol.PERIOD_REGEX
@@ -100,16 +107,33 @@ class PipeliningProtocol(_protocol.SMTPProtocol):
             finally:
                 self.expecting = 0
 
-    async def send_body(self, body: bytes, timeout: float | None) -> SMTPResponse:
-        """After a 354 to a pipelined DATA: the body, dot-stuffed and terminated, and the final reply."""
+    async def send_body(self, body: bytes, timeout: float | None, *, framed: bool = False,
+                        prefix: bytes = b"") -> SMTPResponse:
+        """After a 354 to a pipelined DATA: ``prefix`` + ``body``, dot-stuffed and terminated, and the final
+        reply. ``framed``: the caller knows the body needs neither line-end repair nor dot-stuffing (intake
+        checked it, see ``relay.intake.data.check_and_clean``), so its bytes go out as they are: two scans
+        and a copy less per message (~0.25 ms at 100 KB). ``prefix`` (the fields delivery adds, e.g.
+        DKIM-Signature) is checked here; one that is not framed, or a body without its final CRLF, takes the
+        general path."""
         if self._command_lock is None:
             raise SMTPServerDisconnected("Server not connected")
-        message = b""
-        if body:
-            message = _protocol.PERIOD_REGEX.sub(b"..", _protocol.normalize_message_line_endings(body))
+        parts = None
+        if framed and body.endswith(b"\r\n") and is_framed(prefix):
+            parts = [prefix, body, b".\r\n"] if prefix else [body, b".\r\n"]
+        else:
+            whole = prefix + body if prefix else body
+            message = b""
+            if whole:
+                message = _protocol.PERIOD_REGEX.sub(b"..", _protocol.normalize_message_line_endings(whole))
         async with self._command_lock:
             self._response_pending = True
-            self.write(message + b".\r\n")
+            if parts is None:
+                self.write(message + b".\r\n")
+            else:
+                transport = self.transport
+                if transport is None or transport.is_closing():
+                    raise SMTPServerDisconnected("Connection lost")
+                cast(asyncio.WriteTransport, transport).writelines(parts)   # the body is not copied again
             return await self.read_response(timeout=timeout)
 
 

@@ -20,7 +20,7 @@ import logging
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import aiohttp
 
@@ -118,6 +118,13 @@ class _RouteToken:
         oauth2.forget(self.grant)
 
 
+class _Signed(NamedTuple):
+    """One attempt's message: ``prefix`` (DKIM-Signature, or b"") goes in front of ``body`` on the wire."""
+    body: bytes
+    prefix: bytes
+    framed: bool
+
+
 class Delivery:
     def __init__(self, config: RelayConfig, *, resolver: MXResolver | None = None,
                  signer: Signer | None = None, pool: ConnectionPool | None = None,
@@ -189,17 +196,23 @@ class Delivery:
 
     # ---- the attempt ---------------------------------------------------------------------------------
     def sign(self, body: bytes) -> bytes:
-        if self.signer is None:
-            return body
-        try:
-            sig = self.signer.sign(body)
-        except (DKIMError, ValueError) as exc:       # never block mail on a signing problem
-            log.warning("DKIM signing failed, sending unsigned: %s", exc)
-            return body
+        sig = self.signature(body)
         return sig + body if sig else body
 
+    def signature(self, body: bytes) -> bytes:
+        """The DKIM-Signature field to put in front of ``body``; b"" when not signing it."""
+        if self.signer is None:
+            return b""
+        try:
+            return self.signer.sign(body) or b""
+        except (DKIMError, ValueError) as exc:       # never block mail on a signing problem
+            log.warning("DKIM signing failed, sending unsigned: %s", exc)
+            return b""
+
     async def deliver(self, message: Message, recipients: list[Recipient], body: bytes,
-                      route: RouteConfig | None = _UNSET) -> Outcome:
+                      route: RouteConfig | None = _UNSET, *, framed: bool = False) -> Outcome:
+        """One attempt for ``recipients`` of ``message``. ``framed``: intake found ``body`` needing no
+        line-end repair or dot-stuffing (a hand-off, ``Scheduler.take``); it goes on the wire as it is."""
         started = time.time()
         if route is _UNSET:
             route = self.route_for(message)
@@ -219,7 +232,8 @@ class Delivery:
                                         transcript, err=err), route=label)
         prepared = self.tracker.prepare(message, body, route)    # before DKIM: the pixel is signed too
         personalize = prepared.personalize
-        signed = self.sign(prepared.body) if personalize is None else prepared.body
+        signed = _Signed(prepared.body, self.signature(prepared.body) if personalize is None else b"",
+                         framed and prepared.body is body)
         try:
             tx = await self._send(session, message, recipients, signed, personalize)
         except asyncio.CancelledError:      # shutdown mid-transaction: drop the connection, not the mail
@@ -267,19 +281,22 @@ class Delivery:
             session.smtp.close()
 
     async def _send(self, session: Session, message: Message, recipients: list[Recipient],
-                    body: bytes, personalize: Callable[[Recipient], bytes] | None = None) -> Transaction:
+                    body: "_Signed", personalize: Callable[[Recipient], bytes] | None = None) -> Transaction:
         """One transaction, or with VERP (``bounces.domain`` set, sender not <>) one per recipient on the
         same connection, each with its own return path ``<local>+<token>@<domain>``; also one per recipient
         for tracked mail (``personalize``: that recipient's body, signed here)."""
         sender = message.sender
         if (not self.verp or not sender) and personalize is None:
-            return await session.send(sender, [r.address for r in recipients], body)
+            return await session.send(sender, [r.address for r in recipients], body.body, prefix=body.prefix,
+                                      framed=body.framed)
         merged: Transaction | None = None
         for r in recipients:
             rp = sender if not self.verp or not sender else verp.encode(
                 message.id, r.id, secret=self.verp_keys[0], domain=self.verp.domain, local=self.verp.local)
-            data = body if personalize is None else self.sign(personalize(r))
-            tx = await session.send(rp, [r.address], data)
+            if personalize is None:
+                tx = await session.send(rp, [r.address], body.body, prefix=body.prefix, framed=body.framed)
+            else:
+                tx = await session.send(rp, [r.address], self.sign(personalize(r)))
             if merged is None:
                 merged = tx
             else:

@@ -85,6 +85,7 @@ class Scheduler:
         self._tasks: set[asyncio.Task[None]] = set()
         self._bodies: dict[str, asyncio.Future[bytes | None]] = {}
         self._msg_refs: Counter[str] = Counter()
+        self._framed: set[str] = set()   # handed-off bodies intake found framed (Delivery.deliver)
         self._wake = asyncio.Event()
         self._stopping = False
         self._loop_task: asyncio.Task[None] | None = None
@@ -224,12 +225,15 @@ class Scheduler:
             return None
         return self.owner, float(self.config.delivery.lease)
 
-    def take(self, claim: Claim, body: bytes, suppressed: set[str]) -> None:
-        """A message intake stored leased to us (``handoff_lease``): into delivery as a claim would."""
+    def take(self, claim: Claim, body: bytes, suppressed: set[str], framed: bool = False) -> None:
+        """A message intake stored leased to us (``handoff_lease``): into delivery as a claim would.
+        ``framed``: intake found the body needing no line-end repair or dot-stuffing."""
         if self._stopping:       # stop() began while it was being stored: it hands these back
             self._unfinished.update(r.id for r in claim.recipients)
             return
         self._dispatch(claim, self.clock(), suppressed, {claim.message.id: body})
+        if framed and claim.message.id in self._msg_refs:     # forgotten with the body (_finish)
+            self._framed.add(claim.message.id)
         metrics.IN_FLIGHT.set(len(self._in_flight))
 
     async def _prefetch(self, claims: list[Claim], now: float) -> tuple[set[str], dict[str, bytes]]:
@@ -359,6 +363,7 @@ class Scheduler:
             if self._msg_refs[msg.id] <= 0:
                 del self._msg_refs[msg.id]
                 self._bodies.pop(msg.id, None)
+                self._framed.discard(msg.id)
 
     async def _deliver_and_record(self, msg: Message, rcpts: list[Recipient], key: str,
                                   route: RouteConfig | None, report: Batch, probe: bool) -> None:
@@ -442,7 +447,7 @@ class Scheduler:
                                     status="failed", reason="body-missing")
                 return Outcome({r.id: err for r in rcpts}, route=key)
             started = time.monotonic()
-            outcome = await self.delivery.deliver(msg, rcpts, body, route)
+            outcome = await self.delivery.deliver(msg, rcpts, body, route, framed=msg.id in self._framed)
             metrics.TRANSACTION_SECONDS.labels(key.split(":", 1)[0]).observe(time.monotonic() - started)
             return outcome
         finally:

@@ -19,7 +19,7 @@ import logging
 import socket
 import time
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import aiosmtplib
 
@@ -88,8 +88,12 @@ class Session:
     def is_open(self) -> bool:
         return not self.broken and self.smtp.is_connected
 
-    async def send(self, sender: str, recipients: list[str], body: bytes) -> Transaction:
-        """One mail transaction. Never raises for SMTP/network trouble: every recipient gets a result."""
+    async def send(self, sender: str, recipients: list[str], body: bytes, *, prefix: bytes = b"",
+                   framed: bool = False) -> Transaction:
+        """One mail transaction of ``prefix`` + ``body`` (``prefix``: fields delivery adds, kept apart so
+        a large body is not copied to put them in front). ``framed``: ``body`` is known to need no line-end
+        repair or dot-stuffing (see ``PipeliningProtocol.send_body``). Never raises for SMTP/network
+        trouble: every recipient gets a result."""
         log_ = _Log(list(self.opening))
         started, reused = time.time(), self.messages > 0
         results: dict[str, DeliveryError | None] = {}
@@ -97,28 +101,29 @@ class Session:
         self.messages += 1
         valid = _validate(sender, recipients, results)
         if valid:
-            opts = self._mail_options(sender, valid, body)
+            opts = self._mail_options(sender, valid, prefix, body)
             if isinstance(opts, DeliveryError):
                 results.update((r, opts) for r in valid)
             else:
-                await self._exchange(log_, sender, valid, body, opts, results, final)
+                await self._exchange(log_, sender, valid, _Body(prefix, body, framed), opts, results, final)
         self.idle_since = time.monotonic()
         return Transaction(results, log_.lines, self.candidate.host, self.candidate.ip, self.tls, started,
                            time.time(), reused, final[0] if final else None)
 
-    def _mail_options(self, sender: str, valid: list[str], body: bytes) -> list[str] | DeliveryError:
+    def _mail_options(self, sender: str, valid: list[str], prefix: bytes,
+                      body: bytes) -> list[str] | DeliveryError:
         opts = []
         if not (sender.isascii() and all(r.isascii() for r in valid)):
             if not self.smtp.supports_extension("smtputf8"):
                 return DeliveryError(553, "5.6.7", "non-ASCII address and the server lacks SMTPUTF8", False)
             opts.append("SMTPUTF8")
         if self.smtp.supports_extension("size"):
-            opts.append(f"SIZE={len(body)}")
-        if self.smtp.supports_extension("8bitmime") and not body.isascii():
+            opts.append(f"SIZE={len(prefix) + len(body)}")
+        if self.smtp.supports_extension("8bitmime") and not (body.isascii() and prefix.isascii()):
             opts.append("BODY=8BITMIME")
         return opts
 
-    async def _exchange(self, log_: "_Log", sender: str, valid: list[str], body: bytes, opts: list[str],
+    async def _exchange(self, log_: "_Log", sender: str, valid: list[str], body: "_Body", opts: list[str],
                         results: dict[str, DeliveryError | None], final: list[tuple[int, str]]) -> None:
         proto = self.smtp.protocol
         if isinstance(proto, aiosmtplib_seam.PipeliningProtocol) and self.smtp.supports_extension(
@@ -149,8 +154,8 @@ class Session:
                 return
             stage = "data"
             log_.note("C", "DATA")
-            resp = await self.smtp.data(body)
-            log_.note("C", f"<{len(body)} octets>")
+            resp = await self.smtp.data(body.prefix + body.data)
+            log_.note("C", f"<{body.size} octets>")
             log_.reply(resp.code, resp.message)
             _data_result(resp, accepted, results, final)
         except aiosmtplib.SMTPResponseException as exc:
@@ -164,7 +169,7 @@ class Session:
             self._broken_by(exc, stage, log_, results, valid)
 
     async def _pipelined(self, proto: aiosmtplib_seam.PipeliningProtocol, log_: "_Log", sender: str,
-                         valid: list[str], body: bytes, opts: list[str],
+                         valid: list[str], body: "_Body", opts: list[str],
                          results: dict[str, DeliveryError | None], final: list[tuple[int, str]]) -> None:
         """RFC 2920: MAIL, every RCPT and DATA in one write, their replies read in order, then the body
         after a 354 (two round trips per message instead of 3 + recipients)."""
@@ -190,8 +195,12 @@ class Session:
                     await self._rset(log_)
                 return
             stage = "data"
-            resp = await proto.send_body(body if accepted else b"", self.smtp.timeout)
-            log_.note("C", f"<{len(body)} octets>" if accepted else "<no recipient accepted: empty message>")
+            if accepted:
+                resp = await proto.send_body(body.data, self.smtp.timeout, framed=body.framed,
+                                             prefix=body.prefix)
+            else:
+                resp = await proto.send_body(b"", self.smtp.timeout)
+            log_.note("C", f"<{body.size} octets>" if accepted else "<no recipient accepted: empty message>")
             log_.reply(resp.code, resp.message)
             if not accepted:
                 await self._rset(log_)
@@ -228,6 +237,17 @@ class Session:
             pass
         finally:
             self.smtp.close()
+
+
+class _Body(NamedTuple):
+    """What one transaction sends after DATA: ``prefix`` + ``data``; ``framed``: see ``Session.send``."""
+    prefix: bytes
+    data: bytes
+    framed: bool
+
+    @property
+    def size(self) -> int:
+        return len(self.prefix) + len(self.data)
 
 
 class _Log:

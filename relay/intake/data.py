@@ -61,7 +61,9 @@ class DataPhase:
         size = self.received - len(leftover)
         if self.too_big or idx - 2 > self.limit:
             return DataResult(None, size, "too_big"), leftover
-        return DataResult(bytes(buf[2:idx + 2]), size), leftover   # up to the CRLF before the dot
+        with memoryview(buf) as view:                     # one copy (a bytearray slice would be two)
+            content = bytes(view[2:idx + 2])                # up to the CRLF before the dot
+        return DataResult(content, size), leftover
 
 
 def unstuff(body: bytes) -> bytes:
@@ -88,6 +90,8 @@ def longest_line(body: bytes) -> int:
 def check_and_clean(raw: bytes, *, bare_lf: str, max_line: int,
                     nul: str = "reject") -> tuple[bytes | None, str | None]:
     """Un-stuff, then enforce NUL, line ends and line length in one split. Returns (content, error).
+    ``content is raw`` when nothing needed changing: then no line starts with a dot and every line ends
+    with CRLF, so the content may go on the wire after DATA as it is (``content_framed`` below).
 
     NUL (``nul = "reject"`` -> error "nul"; ``"strip"`` removes them, after un-stuffing so that
     ``CRLF NUL . CRLF`` becomes an ordinary one-dot line, dot-stuffed again on relay): a next hop that
@@ -111,3 +115,9 @@ def check_and_clean(raw: bytes, *, bare_lf: str, max_line: int,
     if lines and max(map(len, lines)) > max_line:
         return None, "line_too_long"
     return body, None
+
+
+def content_framed(raw: bytes, content: bytes | None) -> bool:
+    """True when ``check_and_clean`` returned ``raw`` itself: the DATA bytes needed no un-stuffing (no
+    line started with a dot), no NUL removal and no line-end repair, so delivery may send them unchanged."""
+    return content is raw

@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 
 from relay import rfc5322
 from relay.envelope import address_error, helo_error, new_queue_id
+from relay.framing import is_framed
 
 SEND_AT_HEADER = "x-relaybox-send-at"
 ID_HEADER = "X-Relaybox-ID"
@@ -35,6 +36,7 @@ class Prepared:
     subject: str | None
     message_id: str | None
     route: str | None = None           # X-Relaybox-Route's value (a route name), the header removed
+    framed: bool = False               # the content was framed (data.is_framed) and so are our fields
 
 
 def field_value(raw: bytes) -> str:
@@ -130,7 +132,12 @@ def trace_parts(helo: str, client_ip: str, rcpts: list[str]) -> tuple[str, str, 
 
 
 def prepare_message(content: bytes, *, hostname: str, helo: str, client_ip: str, tls: bool, auth: bool,
-                    rcpts: list[str], queue_id: str | None = None, now: float | None = None) -> Prepared:
+                    rcpts: list[str], queue_id: str | None = None, now: float | None = None,
+                    framed: bool = False) -> Prepared:
+    """The message as spooled: our trace fields in front, a Message-ID and Date when missing, relaybox's
+    control fields removed. ``framed``: ``content`` needs no line-end repair or dot-stuffing on the wire
+    (``relay.intake.data.content_framed``); the result's ``framed`` says whether that still holds with the
+    fields added (each is checked: client text reaches some of them)."""
     now = time.time() if now is None else now
     qid = queue_id or new_queue_id(now)
     block, sep, rest = rfc5322.split(content)
@@ -173,8 +180,9 @@ def prepare_message(content: bytes, *, hostname: str, helo: str, client_ip: str,
     if "date" not in seen:
         append.append(f"Date: {date}\r\n".encode())
     body = b"".join([*prepend, *kept, *append, sep, rest])
+    framed = framed and sep == b"\r\n" and all(map(is_framed, (*prepend, *append)))
     return Prepared(
         body=body, queue_id=qid, send_at=send_at,
         from_header=field_value(first["from"]) if "from" in seen else None,
         subject=field_value(first["subject"])[:500] if "subject" in seen else None,
-        message_id=msgid, route=route)
+        message_id=msgid, route=route, framed=framed)

@@ -94,7 +94,7 @@ class IntakeHandler:
             prepared = prepare_message(
                 envelope.content, hostname=self.cfg.hostname, helo=session.host_name or "", client_ip=ip,
                 tls=session.ssl is not None, auth=bool(session.authenticated),
-                rcpts=envelope.rcpt_tos, queue_id=None)
+                rcpts=envelope.rcpt_tos, queue_id=None, framed=getattr(envelope, "framed", False))
         except HeaderError as exc:
             SMTP_REJECTED.labels("bad_header").inc()
             return f"550 5.6.0 {exc}"
@@ -106,7 +106,8 @@ class IntakeHandler:
             recipients=list(envelope.rcpt_tos), body=prepared.body, client_ip=ip,
             client_helo=session.host_name or "", auth_user=auth_user, send_at=prepared.send_at,
             from_header=prepared.from_header, subject=prepared.subject,
-            message_id_header=prepared.message_id, queue_id=prepared.queue_id, route_hint=prepared.route)
+            message_id_header=prepared.message_id, queue_id=prepared.queue_id, route_hint=prepared.route,
+            framed=prepared.framed)
         try:
             qid = await self.spool.enqueue(msg)
         except (StorageError, OSError) as exc:

@@ -33,7 +33,7 @@ from typing import Any, Callable
 from relay.config import SMTPConfig
 from relay.envelope import address_error, helo_error, utf8_error
 from relay.intake.auth import AUTH_ATTEMPTS, AuthThrottle, Busy, Hasher
-from relay.intake.data import DataPhase, check_and_clean
+from relay.intake.data import DataPhase, check_and_clean, content_framed
 from relay.intake.metrics import SMTP_REJECTED, SMTP_SESSIONS
 
 log = logging.getLogger("relay.intake.listener")
@@ -104,7 +104,7 @@ class Envelope:
     """One transaction: MAIL, RCPTs, then the content once DATA is complete."""
 
     __slots__ = ("mail_from", "mail_options", "rcpt_tos", "rcpt_options", "smtp_utf8", "content",
-                 "original_content")
+                 "original_content", "framed")
 
     def __init__(self) -> None:
         self.mail_from: str | None = None
@@ -114,6 +114,7 @@ class Envelope:
         self.smtp_utf8 = False
         self.content: bytes | None = None
         self.original_content: bytes | None = None
+        self.framed = False          # the content needs no dot-stuffing or line-end repair on the wire
 
 
 class RelaySMTP(asyncio.Protocol):
@@ -803,6 +804,7 @@ class RelaySMTP(asyncio.Protocol):
             return f"500 5.5.2 Line too long (more than {self.cfg.max_line_length} octets)"
         self.envelope.content = content
         self.envelope.original_content = content
+        self.envelope.framed = content_framed(raw, content)
         return None
 
 

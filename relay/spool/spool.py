@@ -31,9 +31,9 @@ class Handoff(Protocol):
     def handoff_lease(self) -> tuple[str, float] | None:
         """(lease owner, lease seconds) when it takes a new message now; None to leave it to the queue."""
 
-    def take(self, claim: Claim, body: bytes, suppressed: set[str]) -> None:
+    def take(self, claim: Claim, body: bytes, suppressed: set[str], framed: bool = False) -> None:
         """A message stored with its recipients leased to this scheduler (``suppressed``: those of its
-        addresses on the suppression list): deliver it."""
+        addresses on the suppression list): deliver it. ``framed``: ``NewMessage.framed``."""
 
 
 class Spool:
@@ -63,7 +63,7 @@ class Spool:
         if got is None:             # scheduled or held: stored as enqueue() stores it
             self._woken()
         elif self.handoff is not None:
-            self.handoff.take(got[0], msg.body, got[1])
+            self.handoff.take(got[0], msg.body, got[1], msg.framed)
         return msg.queue_id
 
     async def enqueue_once(self, msg: NewMessage, actor: str) -> tuple[str, bool]:
