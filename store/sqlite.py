@@ -555,7 +555,7 @@ class Database(GroupCommitWriter):
                     del self._pending[:MAX_BATCH]
                     results = self._execute(batch)
                     if results is not None:
-                        done = self._committer.submit(self._commit, len(batch))
+                        done = self._committer.submit(self._commit_and_release, len(batch))
                         try:
                             err = await asyncio.wrap_future(done, loop=loop)
                         except asyncio.CancelledError:      # the loop is ending: the COMMIT still must
@@ -567,6 +567,17 @@ class Database(GroupCommitWriter):
                     self._conn_lock.release()
         finally:
             self._flusher = None
+
+    def _commit_and_release(self, jobs: int) -> StorageError | None:
+        """COMMIT, then at once the cross-process write lock, in the committer thread: another worker's
+        batch need not wait until this loop has heard of the commit (measured under load: ~1 ms per
+        batch, during which the lock was held for nothing). The connection lock stays with the flusher
+        until it settles the batch, so nothing else of this process writes meanwhile; the flusher's own
+        unlock afterwards is a no-op."""
+        try:
+            return self._commit(jobs)
+        finally:
+            self._unlock_writes()
 
     async def _acquire(self, loop: asyncio.AbstractEventLoop) -> None:
         """The connection (free unless the writer thread runs a batch) and the cross-process write lock,
