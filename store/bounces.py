@@ -25,7 +25,14 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence
 
 from store import suppressions as supp
-from store.messages import _complete_one, _insert_attempt, _reset_crash_count, add_event, mark_bounced_sync
+from store.messages import (
+    _complete_one,
+    _insert_attempt,
+    _reset_crash_count,
+    add_event,
+    mark_bounced_sync,
+    transcript_json,
+)
 from store.records import AttemptLog, RecipientResult
 from store.sqlite import Database
 from store.suppressions import Rules, Suppression
@@ -281,6 +288,7 @@ class BounceStore:
         records no bounce."""
         done = builtins.list(results)
         now = self.clock()
+        transcript = transcript_json(attempt.transcript) if attempt is not None else None
 
         def _do(conn: Conn) -> builtins.list[Recorded]:
             changed = {}
@@ -290,7 +298,7 @@ class BounceStore:
                     changed[res.recipient_id] = mid
             attempt_id = None
             if attempt is not None:
-                _insert_attempt(conn, attempt, [r.recipient_id for r in done])
+                _insert_attempt(conn, attempt, [r.recipient_id for r in done], transcript)
                 row = conn.execute("SELECT MAX(id) FROM attempts WHERE message_id=?",
                                    (attempt.message_id,)).fetchone()
                 attempt_id = int(row[0]) if row and row[0] is not None else None
