@@ -12,16 +12,13 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from relay.config import DeliveryConfig, RelayConfig, RouteConfig, SMTPConfig
 from relay.delivery.attempt import Delivery
-from relay.delivery.scheduler import Scheduler
 from relay.envelope import NewMessage
 from relay.framing import is_framed
 from relay.intake.data import check_and_clean, content_framed
 from relay.intake.headers import prepare_message
-from relay.spool.spool import Spool
-from store import Store
 from tests.peers.relaybox_proc import RelayboxProcess
+from tests.test_handoff import _true, env, wait_for  # noqa: F401 - env is a fixture
 from tests.test_pipelining import Sink as PipeSink
 from tests.test_pipelining import session as pipe_session
 
@@ -93,13 +90,8 @@ async def test_the_wire_gets_the_same_message_either_way():
     assert sorted(got) == sorted([*want, as_dumped(b"Subject: s\r\n\r\nno end\r\n")])   # dump order: random
 
 
-async def test_a_handed_off_framed_body_is_sent_framed_and_others_not(tmp_path, sink, monkeypatch):
-    db = Store(str(tmp_path / "spool.db")).open()
-    spool = Spool(db)
-    cfg = RelayConfig(smtp=SMTPConfig(hostname="relay.test"), delivery=DeliveryConfig(
-        poll_interval=0.05, connect_timeout=3, command_timeout=5, retry_jitter=0.0),
-        routes=[RouteConfig(name="sink", host="127.0.0.1", port=sink.port, tls="none", default=True)])
-    sched = Scheduler(spool, cfg, owner="node:1")
+async def test_a_handed_off_framed_body_is_sent_framed_and_others_not(env, monkeypatch):  # noqa: F811
+    spool, sched, sink = env                 # tests/test_handoff.py's scheduler on a Sink
     seen: dict[str, bool] = {}
     real = Delivery.deliver
 
@@ -110,23 +102,13 @@ async def test_a_handed_off_framed_body_is_sent_framed_and_others_not(tmp_path, 
     monkeypatch.setattr(Delivery, "deliver", recording)
     spool.handoff = sched
     await sched.start()
-    try:
-        for _ in range(200):
-            if sched.handoff_lease() is not None:
-                break
-            await asyncio.sleep(0.02)
-        body = b"Subject: s\r\n\r\nx\r\n"
-        a = await spool.enqueue(NewMessage("a@src.test", ["b@dst.test"], body, framed=True))
-        b = await spool.enqueue(NewMessage("a@src.test", ["b@dst.test"], body))
-        for _ in range(300):
-            if len(sink.messages) >= 2:
-                break
-            await asyncio.sleep(0.02)
-        assert seen == {a: True, b: False}
-        assert [m.data for m in sink.messages] == [body, body]
-    finally:
-        await sched.stop()
-        db.close()
+    await wait_for(lambda: _true(sched.handoff_lease() is not None))     # first round: the queue is empty
+    body = b"Subject: s\r\n\r\nx\r\n"
+    a = await spool.enqueue(NewMessage("a@src.test", ["b@dst.test"], body, framed=True))
+    b = await spool.enqueue(NewMessage("a@src.test", ["b@dst.test"], body))
+    await wait_for(lambda: _true(len(sink.messages) >= 2))
+    assert seen == {a: True, b: False}
+    assert [m.data for m in sink.messages] == [body, body]
 
 
 DOTTED = (b"From: a@src.test\r\nTo: b@dst.test\r\nSubject: dots\r\n\r\n"
