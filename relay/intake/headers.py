@@ -36,7 +36,7 @@ class Prepared:
     subject: str | None
     message_id: str | None
     route: str | None = None           # X-Relaybox-Route's value (a route name), the header removed
-    framed: bool = False               # the content was framed (data.is_framed) and so are our fields
+    framed: bool = False               # the content was framed (data.content_framed) and so are our fields
 
 
 def field_value(raw: bytes) -> str:
