@@ -28,6 +28,7 @@ _DOMAIN_RE = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*$")
 # an EHLO/HELO name: ASCII LDH labels (underscore tolerated, as real clients send it), optional final dot
 _HELO_LABEL = r"(?:[A-Za-z0-9_](?:[A-Za-z0-9_\-]{0,61}[A-Za-z0-9_])?)"
 _HELO_RE = re.compile(rf"^{_HELO_LABEL}(?:\.{_HELO_LABEL})*\.?$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")     # C0 controls (CR, LF, NUL, ...) and DEL
 
 
 def utf8_error(text: str) -> str | None:
@@ -83,7 +84,7 @@ def address_error(addr: str) -> str | None:
     """
     if not addr:
         return "empty address"
-    if any(ord(c) < 32 or ord(c) == 127 for c in addr):
+    if _CONTROL.search(addr):
         return "control characters (CR/LF) in address"
     if utf8_error(addr):
         return "invalid UTF-8 in address"

@@ -5,8 +5,25 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
+
+
+def pin_metric_pid() -> None:
+    """In a worker process (``PROMETHEUS_MULTIPROC_DIR`` set by the supervisor), prometheus_client's
+    multiprocess values ask the kernel for the pid on every inc()/set()/observe() to notice a fork: about 20
+    getpid() syscalls per relayed message, ~3% of a worker's CPU. relaybox never forks a running process
+    (workers are fresh interpreters), so the pid is read once, and again only in a forked child. Must run
+    before any metric exists: a value made with the default class would map the same per-pid file twice."""
+    from prometheus_client import values
+
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR") or getattr(values.ValueClass, "pinned_pid", False):
+        return
+    pid = [os.getpid()]
+    os.register_at_fork(after_in_child=lambda: pid.__setitem__(0, os.getpid()))
+    values.ValueClass = values.MultiProcessValue(process_identifier=lambda: pid[0])
+    values.ValueClass.pinned_pid = True
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    pin_metric_pid()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -70,3 +70,48 @@ def test_a_crash_looping_worker_is_restarted_later_and_later_a_healthy_one_at_on
     assert workers.restart_delay(8, lived=3600.0, was_ready=True) == (1, 0.5)    # ran well: count again
     assert workers.restart_delay(0, lived=3600.0, was_ready=False) == (1, 0.5)
     assert workers.restart_delay(1, lived=3600.0, was_ready=False) == (2, 1.0)   # never got ready
+
+
+PIN_CHILD = r"""
+import os, sys
+from relaybox.cli import pin_metric_pid
+pin_metric_pid()
+pin_metric_pid()                                   # a second call keeps the first class (one mmap per file)
+from prometheus_client import CollectorRegistry, Counter, values
+from prometheus_client.multiprocess import MultiProcessCollector
+calls = []
+real = os.getpid
+os.getpid = lambda: calls.append(1) or real()
+c = Counter("pin_test", "test", registry=None)
+for _ in range(100):
+    c.inc()
+os.getpid = real
+print("getpid_calls", len(calls), "pinned", getattr(values.ValueClass, "pinned_pid", False))
+child = os.fork()
+if child == 0:
+    c.inc(1000)                                    # a forked child writes its own per-pid file
+    os._exit(0)
+os.waitpid(child, 0)
+reg = CollectorRegistry()
+MultiProcessCollector(reg)
+print("total", reg.get_sample_value("pin_test_total"))
+pids = {f.rsplit("_", 1)[-1].removesuffix(".db") for f in os.listdir(os.environ["PROMETHEUS_MULTIPROC_DIR"])}
+print("files", pids == {str(real()), str(child)})
+"""
+
+
+def test_worker_metrics_read_the_pid_once_and_still_sum_across_processes(tmp_path):
+    """pin_metric_pid: no getpid() per metric update in a worker, and a forked child still gets a file of
+    its own, so the multiprocess collector sums parent and child."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(tmp_path), PYTHONPATH=os.getcwd())
+    out = subprocess.run([sys.executable, "-c", PIN_CHILD], env=env, capture_output=True, text=True,
+                         timeout=60, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.returncode == 0, out.stderr
+    lines = dict(ln.split(" ", 1) for ln in out.stdout.splitlines())
+    assert lines["getpid_calls"] == "0 pinned True"
+    assert lines["total"] == "1100.0"
+    assert lines["files"] == "True"                # counter files of the parent's pid and of the child's
