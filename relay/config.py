@@ -87,8 +87,11 @@ class StorageConfig:
     body_days: float = 30.0            # keep bodies of final messages this long (resend works)
     meta_days: float = 90.0            # keep metadata, events, transcripts this long
     poison_limit: int = 3              # crashes while processing an item before it fails as "poison"
+    commit_delay: float = 0.002        # SQLite: under load, wait this long for more jobs per commit
 
     def __post_init__(self):
+        if not 0 <= self.commit_delay <= 0.1:
+            raise ValueError("storage.commit_delay: expected seconds between 0 and 0.1")
         if not 0 <= self.min_free < 1:
             raise ValueError("storage.min_free: expected a fraction between 0 and 1")
         if self.url and not self.url.startswith(("postgresql://", "postgres://")):

@@ -112,7 +112,7 @@ class App:
             settings.relay = share(settings.relay, worker.count)
         rc = settings.relay
         self.store = Store(rc.storage.location(), poison_limit=rc.storage.poison_limit,
-                           key_file=rc.storage.key_file())
+                           key_file=rc.storage.key_file(), commit_delay=rc.storage.commit_delay)
         self.db = self.store.db   # transitional: every caller moves to self.store.<aggregate>
         self.spool = Spool(self.store)
         self.policy = Policy(self.store.access)

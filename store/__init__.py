@@ -49,7 +49,7 @@ class Store:
     """Every aggregate over one database. ``open()`` before use, ``close()`` at the end."""
 
     def __init__(self, path_or_url: str, *, clock: Callable[[], float] = time.time, readers: int = 4,
-                 poison_limit: int = 3, key_file: str | None = None):
+                 poison_limit: int = 3, key_file: str | None = None, commit_delay: float | None = None):
         self.path = str(path_or_url)
         self.clock = clock
         # key_file: the secrets' key (store/secrets.py); default <path>.key, created 0600 at first open
@@ -59,6 +59,8 @@ class Store:
             self.db = cast(Database, PgDatabase(self.path, readers=readers, key_file=key_file))
         else:
             self.db = Database(self.path, readers=readers, key_file=key_file)
+            if commit_delay is not None:
+                self.db.commit_delay = commit_delay
         self.messages = MessageStore(self.db, clock, poison_limit=poison_limit)
         self.history = History(self.db, clock)
         self.bounces = BounceStore(self.db, clock)

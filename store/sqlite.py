@@ -36,6 +36,16 @@ _STOP = object()
 
 # An upper bound on jobs per transaction: keeps a batch's latency bounded under extreme load.
 MAX_BATCH = 512
+# Commit delay of the inline writer (PostgreSQL's commit_delay/commit_siblings, for the same reason): under
+# load (the last batch had more than one job) a flush that finds fewer than GATHER jobs waits up to
+# COMMIT_DELAY seconds for more before it begins, or until GATHER are there. A commit costs about the same
+# however many jobs it carries (one fsync, a few dozen WAL pages, the cross-process write lock, a thread
+# hand-off), and the sessions waiting for it are idle meanwhile anyway. Measured with bench/e2e_postfix.py
+# (1 KB, 20 sessions, two workers): a little more per commit (10.4 -> 10.7 jobs), and far fewer flushes
+# that find the other worker holding the write lock and wait for it in a thread (77% -> 61%): CPU per
+# message -3..4%, throughput +3..7% (100 KB: -6..11% CPU). A lone job (light load) never waits.
+COMMIT_DELAY = 0.002
+GATHER = 8
 
 
 class StorageError(Exception):
@@ -194,6 +204,11 @@ class _Job:
         self.future = future
         self.loop = loop
         self.raw = raw          # run alone, outside a transaction (maintenance: vacuum, checkpoint)
+
+
+def _wake(fut: "asyncio.Future[None]") -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 def _settle_now(job: "_Job", ok: bool, value: Any) -> None:
@@ -362,6 +377,9 @@ class Database(GroupCommitWriter):
         self._loop: asyncio.AbstractEventLoop | None = None      # the loop inline jobs run in
         self._pending: list[_Job] = []
         self._flusher: asyncio.Task[None] | None = None
+        self.commit_delay = COMMIT_DELAY          # 0: every flush begins at once
+        self._last_batch = 0                      # jobs in the last inline batch (is there a load?)
+        self._gathering: asyncio.Future[None] | None = None
         self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="db-commit")
 
     # ---- lifecycle -------------------------------------------------------------------------------
@@ -543,16 +561,20 @@ class Database(GroupCommitWriter):
         self._pending.append(_Job(fn, fut, loop))
         if self._flusher is None:
             self._flusher = loop.create_task(self._flush())
+        elif self._gathering is not None and len(self._pending) >= GATHER and not self._gathering.done():
+            self._gathering.set_result(None)
         return await fut
 
     async def _flush(self) -> None:
         loop = asyncio.get_running_loop()
         try:
             while self._pending:
+                await self._gather(loop)
                 await self._acquire(loop)
                 try:
                     batch = self._pending[:MAX_BATCH]
                     del self._pending[:MAX_BATCH]
+                    self._last_batch = len(batch)
                     results = self._execute(batch)
                     if results is not None:
                         done = self._committer.submit(self._commit_and_release, len(batch))
@@ -567,6 +589,18 @@ class Database(GroupCommitWriter):
                     self._conn_lock.release()
         finally:
             self._flusher = None
+
+    async def _gather(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The commit delay (COMMIT_DELAY): under load, wait a moment for more jobs to share the commit."""
+        if self.commit_delay <= 0 or self._last_batch < 2 or len(self._pending) >= GATHER:
+            return
+        fut = self._gathering = loop.create_future()
+        timer = loop.call_later(self.commit_delay, _wake, fut)
+        try:
+            await fut
+        finally:
+            timer.cancel()
+            self._gathering = None
 
     def _commit_and_release(self, jobs: int) -> StorageError | None:
         """COMMIT, then at once the cross-process write lock, in the committer thread: another worker's

@@ -62,3 +62,13 @@ def test_check_config_finds_semantic_problems(tmp_path):
     run = subprocess.run([sys.executable, "-m", "relaybox.cli", "run", "--config", str(bad)],
                          capture_output=True, text=True, cwd=str(tmp_path), timeout=30)
     assert run.returncode == 2 and "config error:" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_storage_commit_delay_is_bounded_seconds():
+    from relay.config import StorageConfig
+
+    assert StorageConfig().commit_delay == 0.002
+    assert StorageConfig(commit_delay=0).commit_delay == 0
+    for bad in (-0.001, 0.5):
+        with pytest.raises(ValueError, match="storage.commit_delay"):
+            StorageConfig(commit_delay=bad)

@@ -114,3 +114,36 @@ async def test_a_closed_database_refuses_inline_jobs(tmp_path):
     with pytest.raises(StorageError):
         await d.write(insert(1), inline=True)
 
+
+
+async def test_commit_delay_a_lone_job_never_waits(db):
+    """Light load (the last batch had one job): a flush begins at once, whatever the commit delay."""
+    db.commit_delay = 30.0
+    for k in range(3):                               # one session writing one job at a time
+        t0 = time.monotonic()
+        await asyncio.wait_for(db.write(insert(k), inline=True), 10)
+        assert time.monotonic() - t0 < 5.0
+
+
+async def test_commit_delay_under_load_gathers_jobs_into_one_commit_until_enough_are_there(db):
+    from store.sqlite import GATHER
+
+    db.commit_delay = 30.0
+    await asyncio.gather(db.write(insert(0), inline=True), db.write(insert(1), inline=True))   # a load
+    before = db.batches
+    first = asyncio.ensure_future(db.write(insert(2), inline=True))
+    await asyncio.sleep(0.3)
+    assert not first.done()                          # waits for company instead of committing alone
+    rest = [db.write(insert(k), inline=True) for k in range(3, 2 + GATHER)]
+    await asyncio.wait_for(asyncio.gather(first, *rest), 10)     # the GATHER-th job ends the wait at once
+    assert db.batches - before == 1                  # ... and all of them shared one commit
+    keys = await db.read(lambda c: [r[0] for r in c.execute("SELECT k FROM t ORDER BY k")])
+    assert keys == list(range(2 + GATHER))
+
+
+async def test_commit_delay_is_bounded(db):
+    db.commit_delay = 0.2
+    await asyncio.gather(db.write(insert(0), inline=True), db.write(insert(1), inline=True))
+    t0 = time.monotonic()
+    await asyncio.wait_for(db.write(insert(2), inline=True), 10)   # alone after a load: waits the delay
+    assert 0.15 <= time.monotonic() - t0 < 5.0
