@@ -561,8 +561,8 @@ class Database(GroupCommitWriter):
         self._pending.append(_Job(fn, fut, loop))
         if self._flusher is None:
             self._flusher = loop.create_task(self._flush())
-        elif self._gathering is not None and len(self._pending) >= GATHER and not self._gathering.done():
-            self._gathering.set_result(None)
+        elif self._gathering is not None and len(self._pending) >= GATHER:
+            _wake(self._gathering)            # enough to share a commit: the flush waits no longer
         return await fut
 
     async def _flush(self) -> None:
