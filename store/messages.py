@@ -68,6 +68,19 @@ def set_status(conn: Conn, rid: int, current: str, new: str, now: float, assignm
                  (new, now, *args, rid))
 
 
+def set_statuses(conn: Conn, rows: Iterable[tuple[int, str]], new: str, now: float, assignments: str = "",
+                 args: Sequence[Any] = ()) -> None:
+    """``set_status`` for many (recipient id, current status) pairs: each transition checked, the
+    UPDATEs sent as one batch (one round trip on PostgreSQL, where psycopg pipelines executemany)."""
+    batch = []
+    for rid, current in rows:
+        transition(current, new)
+        batch.append((new, now, *args, rid))
+    if batch:
+        extra = f", {assignments}" if assignments else ""
+        conn.executemany(f"UPDATE recipients SET status=?, updated_at=?{extra} WHERE id=?", batch)
+
+
 def _reset_crash_count(conn: Conn, message_ids: Iterable[str]) -> None:
     """A message that got through is no longer suspected of crashing the process: its count goes back to
     0 (a no-op, no row written, for the usual message that never crashed anything)."""
@@ -145,6 +158,19 @@ def _due(conn: Conn, now: float, limit: int) -> list[Any]:
         rows += conn.execute(_DUE.format(cond) + lock, (status, now, limit)).fetchall()
     rows.sort(key=lambda r: r["next_attempt_at"])
     return rows[:limit]
+
+
+def _select_in(conn: Conn, sql: str, keys: Sequence[Any], chunk: int = 500) -> list[Any]:
+    """``sql`` ending in ``IN`` run for ``keys`` (in chunks of ``chunk`` placeholders): all rows."""
+    rows: list[Any] = []
+    for i in range(0, len(keys), chunk):
+        part = keys[i:i + chunk]
+        rows += conn.execute(f"{sql} ({','.join('?' * len(part))})", tuple(part)).fetchall()
+    return rows
+
+
+def _messages(conn: Conn, ids: Sequence[str]) -> list[Message]:
+    return [message_of(row) for row in _select_in(conn, "SELECT * FROM messages WHERE id IN", ids)]
 
 
 def _complete_one(conn: Conn, res: RecipientResult, actor: str, now: float) -> str | None:
@@ -294,23 +320,20 @@ class MessageStore:
         rows = _due(conn, now, limit)
         if not rows:
             return []
-        messages: dict[str, Message] = {}
-        recipients: dict[str, list[Recipient]] = {}
+        until = now + lease
+        set_statuses(conn, [(r["id"], r["status"]) for r in rows], Status.SENDING, now,
+                     "leased_until=?, lease_owner=?", (until, owner))
+        mids = list(dict.fromkeys(r["message_id"] for r in rows))       # in claim order
+        messages = {m.id: m for m in _messages(conn, mids)}
+        recipients: dict[str, list[Recipient]] = {mid: [] for mid in mids}
         for r in rows:
-            set_status(conn, r["id"], r["status"], Status.SENDING, now, "leased_until=?, lease_owner=?",
-                       (now + lease, owner))
-            mid = r["message_id"]
-            if mid not in messages:
-                messages[mid] = message_of(conn.execute("SELECT * FROM messages WHERE id=?",
-                                                        (mid,)).fetchone())
-                recipients[mid] = []
-            recipients[mid].append(recipient_of(r, status=Status.SENDING, leased_until=now + lease,
-                                                lease_owner=owner))
+            recipients[r["message_id"]].append(recipient_of(r, status=Status.SENDING, leased_until=until,
+                                                             lease_owner=owner))
         # An expired lease taken over: its holder stopped processing it without a result (hung or died
         # unseen), which counts for the poison accounting as recover() counts a crash.
         conn.executemany("UPDATE messages SET crash_count = crash_count + 1 WHERE id=?",
                          [(mid,) for mid in {r["message_id"] for r in rows if r["status"] == Status.SENDING}])
-        return [Claim(messages[mid], tuple(recipients[mid])) for mid in messages]
+        return [Claim(messages[mid], tuple(recipients[mid])) for mid in mids]
 
     async def body(self, message_id: str) -> bytes | None:
         def _get(conn: Conn) -> bytes | None:
@@ -366,15 +389,11 @@ class MessageStore:
         extra, values = ("", ()) if why is None else (", last_code=?, last_enhanced=?, last_text=?", why)
 
         def _do(conn: Conn) -> int:
-            mids = set()
-            for rid in ids:
-                row = conn.execute("SELECT message_id FROM recipients WHERE id=? AND status='sending'",
-                                   (rid,)).fetchone()
-                if row is None:
-                    continue
-                set_status(conn, rid, Status.SENDING, Status.QUEUED, now,
-                           "next_attempt_at=?, leased_until=NULL, lease_owner=NULL" + extra, (at, *values))
-                mids.add(row["message_id"])
+            rows = _select_in(conn, "SELECT id, message_id FROM recipients WHERE status='sending' AND id IN",
+                              ids)
+            set_statuses(conn, [(r["id"], Status.SENDING) for r in rows], Status.QUEUED, now,
+                         "next_attempt_at=?, leased_until=NULL, lease_owner=NULL" + extra, (at, *values))
+            mids = {r["message_id"] for r in rows}
             _reset_crash_count(conn, mids)
             return len(mids)
 

@@ -53,6 +53,8 @@ log = logging.getLogger("relay.delivery.scheduler")
 
 BACKLOG_FACTOR = 10           # recipients held per destination = factor x its connection limit
 SATURATED_RECHECK = 0.25      # seconds: how long claims pause while a destination is at its backlog cap
+SATURATED_RECHECK_MAX = 2.0   # ... at most, after rechecks that found only more work for full destinations
+PROBE_MIN = 8                 # recipients claimed at least by a round that ends such a pause early
 CLAIM_GATHER = 0.02           # seconds between claim rounds while work trickles in
 PREFETCH_MAX_BODY = 256_000   # bodies up to this size are read with the claim round, not one by one
 PREFETCH_BYTES = 32_000_000   # at most this much body data per round
@@ -81,6 +83,8 @@ class Scheduler:
         self._unfinished: set[int] = set()
         self._saturated: set[str] = set()
         self._saturated_at = 0.0
+        self._recheck = SATURATED_RECHECK   # the pause between probes (_claim_limit)
+        self._probe = False                 # this round's claim is a probe past full destinations
         self._full = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._bodies: dict[str, asyncio.Future[bytes | None]] = {}
@@ -182,37 +186,64 @@ class Scheduler:
         return dict(self.stats)
 
     # ---- one round -------------------------------------------------------------------------------
-    def _gate_open(self) -> bool:
-        """After a round had to hand recipients back (a destination at its backlog cap), claim again only
-        once those destinations drained to half their cap, or after SATURATED_RECHECK seconds (so other
-        destinations are still served): otherwise every round would claim and hand back the same work."""
+    def _claim_limit(self, room: int) -> int:
+        """How many recipients this round claims (0: none). After a round had to hand recipients back (a
+        destination at its backlog cap: ``_saturated``), a claim takes at most what the fullest of those
+        destinations has room for, and only once they drained to half their cap, or after a pause (so
+        other destinations behind them are still served): a probe of at least PROBE_MIN, at most a quarter
+        batch. When most of a probe went back again (the queue holds little but mail for the full
+        destinations) the pause doubles, up to SATURATED_RECHECK_MAX. Each hand-back is two writes of the
+        queue for nothing: claiming whole batches every 0.25 s under a sustained backlog on PostgreSQL
+        handed back 47,769 recipients for 10,440 messages and cut delivery from ~330 to ~50 msg/s."""
+        batch = min(self.config.delivery.claim_batch, room)
         if not self._saturated:
-            return True
-        drained = all(self._backlog[k] <= self._backlog_cap(k) // 2 for k in self._saturated)
-        if drained or time.monotonic() - self._saturated_at >= SATURATED_RECHECK:
-            self._saturated.clear()
-            return True
-        return False
+            return batch
+        free = min(self._backlog_cap(k) - self._backlog[k] for k in self._saturated)
+        if all(self._backlog[k] <= self._backlog_cap(k) // 2 for k in self._saturated):
+            self._recheck = SATURATED_RECHECK
+            return min(batch, free)
+        if time.monotonic() - self._saturated_at >= self._recheck:
+            self._saturated_at = time.monotonic()        # the next probe after another pause
+            self._probe = True
+            return min(batch, max(PROBE_MIN, min(free, self.config.delivery.claim_batch // 4)))
+        return 0
 
     async def _round(self) -> int:
         room = self.max_in_flight - len(self._in_flight)
         if room <= 0:
             self._full = True            # _transaction wakes the loop once half the room is free again
             return 0
-        if not self._gate_open():
+        limit = self._claim_limit(room)
+        if not limit:
             return 0
         d = self.config.delivery
         now = self.clock()
-        claims = await self.spool.claim(self.owner, limit=min(d.claim_batch, room), lease=d.lease, now=now)
+        claims = await self.spool.claim(self.owner, limit=limit, lease=d.lease, now=now)
         self._queue_empty = not claims
         if not claims:
+            self._saturated.clear()
+            self._probe = False
             return 0
         suppressed, bodies = await self._prefetch(claims, now)
         n = 0
+        handed_back = self.stats["requeued_backlog"]
         for claim in claims:
             n += self._dispatch(claim, now, suppressed, bodies)
+        self._after_claim(sum(len(c.recipients) for c in claims), limit,
+                          self.stats["requeued_backlog"] - handed_back)
         metrics.IN_FLIGHT.set(len(self._in_flight))
         return n
+
+    def _after_claim(self, claimed: int, limit: int, handed_back: int) -> None:
+        """A probe that went back mostly doubles the pause; one that found other work resets it. Less due
+        than asked for: the backlog is in memory now, the queue holds no pressure, claims are whole again."""
+        if self._probe:
+            self._probe = False
+            self._recheck = (min(self._recheck * 2, SATURATED_RECHECK_MAX) if 2 * handed_back > claimed
+                             else SATURATED_RECHECK)
+        if claimed < limit and not handed_back:
+            self._saturated.clear()
+            self._recheck = SATURATED_RECHECK
 
     # ---- new mail from intake (Spool.handoff) ------------------------------------------------------
     def handoff_lease(self) -> tuple[str, float] | None:
