@@ -97,6 +97,28 @@ async def test_expired_lease_is_claimed_again_and_release_hands_back(open_store,
     assert len(await s.messages.claim("w3")) == 1
 
 
+async def test_claims_and_releases_of_many_recipients_in_one_write(open_store, clock):
+    s = open_store()
+    qids = [await s.messages.enqueue(new(40 + i, rcpts=("a@x.test", "b@y.test"))) for i in range(3)]
+    claims = await s.messages.claim("w1", limit=5, lease=60)
+    assert [c.message.id for c in claims] == qids             # oldest first, each message once
+    assert [len(c.recipients) for c in claims] == [2, 2, 1]
+    assert claims[1].message.subject == "41" and claims[1].message.sender == "app@org.test"
+    assert all(r.status == "sending" and r.lease_owner == "w1" for c in claims for r in c.recipients)
+    ids = [r.id for c in claims for r in c.recipients]
+    await s.messages.complete([RecipientResult(ids[0], "delivered", 250)])
+    # a duplicate id and one that already ended are ignored; the rest go back with the reason kept
+    assert await s.messages.release(ids + [ids[1]], clock.t + 30, (421, "4.7.0", "busy")) == 3
+    assert await statuses(s, qids[0]) == [("a@x.test", "delivered"), ("b@y.test", "queued")]
+    assert await statuses(s, qids[2]) == [("a@x.test", "queued"), ("b@y.test", "queued")]
+    back = [r for r in await s.messages.recipients(qids[1])]
+    assert {(r.last_code, r.last_text, r.lease_owner) for r in back} == {(421, "busy", None)}
+    [never] = await s.messages.claim("w2")                      # only the one never claimed: the
+    assert [r.address for r in never.recipients] == ["b@y.test"]   # others were handed back for later
+    clock.t += 30
+    assert sum(len(c.recipients) for c in await s.messages.claim("w2")) == 4
+
+
 async def test_a_result_after_the_recipient_ended_elsewhere_changes_nothing(open_store, clock):
     s = open_store()
     qid = await s.messages.enqueue(new(4, rcpts=("a@x.test",)))
