@@ -349,14 +349,8 @@ class MessageStore:
 
         def _do(conn: Conn) -> tuple[set[str], dict[str, bytes]]:
             suppressed = {a.lower() for a in addresses if _supp.is_suppressed(conn, a, t)}
-            bodies: dict[str, bytes] = {}
-            for i in range(0, len(body_ids), 500):
-                part = body_ids[i:i + 500]
-                marks = ",".join("?" * len(part))
-                for row in conn.execute(f"SELECT message_id, data FROM bodies WHERE message_id IN ({marks})",
-                                        part):
-                    bodies[row[0]] = bytes(row[1])
-            return suppressed, bodies
+            rows = _select_in(conn, "SELECT message_id, data FROM bodies WHERE message_id IN", body_ids)
+            return suppressed, {row[0]: bytes(row[1]) for row in rows}
 
         return await self.db.read(_do)
 
@@ -390,7 +384,7 @@ class MessageStore:
 
         def _do(conn: Conn) -> int:
             rows = _select_in(conn, "SELECT id, message_id FROM recipients WHERE status='sending' AND id IN",
-                              ids)
+                              list(dict.fromkeys(ids)))
             set_statuses(conn, [(r["id"], Status.SENDING) for r in rows], Status.QUEUED, now,
                          "next_attempt_at=?, leased_until=NULL, lease_owner=NULL" + extra, (at, *values))
             mids = {r["message_id"] for r in rows}
