@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from relay.config import RelayConfig
+from relaybox.logs import FieldTag
 
 log = logging.getLogger("relaybox.workers")
 
@@ -139,16 +140,12 @@ class WorkerRole:
         return cls(slot, count, int(fd) if fd.isdigit() else None)
 
 
-class WorkerTag(logging.Filter):
+class WorkerTag(FieldTag):
     """``worker=<slot>`` on every log line of a worker (a ``key=value`` in text, a key in JSON)."""
 
     def __init__(self, slot: int):
-        super().__init__()
+        super().__init__(worker=slot)
         self.slot = slot
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.worker = self.slot
-        return True
 
 
 def die_with_supervisor() -> None:

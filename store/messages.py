@@ -37,7 +37,7 @@ from store.records import (
     recipient_of,
 )
 from store.sqlite import Database
-from store.states import BEING_DELIVERED, NEW, Status, can_transition, transition
+from store.states import ALLOWED, BEING_DELIVERED, NEW, Status, can_transition, transition
 
 Conn = sqlite3.Connection
 
@@ -98,10 +98,11 @@ def _count_crashes(conn: Conn, mine: str, args: Sequence[Any]) -> None:
 
 
 def insert_message(conn: Conn, msg: NewMessage, now: float, actor: str,
-                   lease: tuple[str, float] | None = None) -> str:
+                   lease: tuple[str, float] | None = None, ids: list[int] | None = None) -> str:
     """The rows of one new message (inside a caller's write): also used by campaigns that enqueue in the
     same transaction as their own bookkeeping. With ``lease`` (owner, until) the recipients are inserted
-    already claimed by that owner (accepted, then 'sending': see ``enqueue_claimed``)."""
+    already claimed by that owner (accepted, then 'sending': see ``enqueue_claimed``). ``ids`` gets the
+    recipients' row ids, in the order of ``msg.recipients``."""
     qid = msg.queue_id
     scheduled = msg.send_at is not None and msg.send_at > now
     status = transition(NEW, Status.SCHEDULED if scheduled else Status.QUEUED)
@@ -125,9 +126,20 @@ def insert_message(conn: Conn, msg: NewMessage, now: float, actor: str,
             " leased_until, lease_owner) VALUES (?,?,?,?,?,?,?,?) RETURNING id",
             (qid, rcpt, domain_of(rcpt), status, due, now, until, owner),
         )
-        add_event(conn, now, qid, cur.fetchone()[0], event_status, actor,
-                  "send-at" if scheduled else "accepted")
+        rid = cur.fetchone()[0]
+        if ids is not None:
+            ids.append(rid)
+        add_event(conn, now, qid, rid, event_status, actor, "send-at" if scheduled else "accepted")
     return qid
+
+
+def _leased(msg: NewMessage, ids: list[int], now: float, owner: str, until: float) -> tuple[Recipient, ...]:
+    """The ``Recipient`` records ``insert_message`` just wrote with a lease (no read back): the row's
+    defaults for everything else."""
+    return tuple(Recipient(id=rid, message_id=msg.queue_id, address=rcpt, domain=domain_of(rcpt),
+                           status=Status.SENDING, next_attempt_at=now, updated_at=now, leased_until=until,
+                           lease_owner=owner)
+                 for rid, rcpt in zip(ids, msg.recipients, strict=True))
 
 
 def _new_message(msg: NewMessage, now: float) -> Message:
@@ -173,25 +185,36 @@ def _messages(conn: Conn, ids: Sequence[str]) -> list[Message]:
     return [message_of(row) for row in _select_in(conn, "SELECT * FROM messages WHERE id IN", ids)]
 
 
+def _result_from(new: str) -> tuple[str, ...]:
+    """The statuses a recipient may be in for an attempt's result ``new`` to be recorded: those the state
+    machine lets go to ``new``, a due status counting as 'sending' (the lease expired and the recipient
+    returned to the queue while the attempt ran). Never 'cancelled' (an admin's cancel wins); an end
+    status only where the machine allows it (a duplicate claim that finished first keeps its result)."""
+    return tuple(s for s in ALLOWED if s not in (NEW, Status.CANCELLED)
+                 and can_transition(Status.SENDING if s in Status.DUE else s, new))
+
+
+_RESULT_FROM = {new: _result_from(new) for new in Status.RESULTS}
+
+
 def _complete_one(conn: Conn, res: RecipientResult, actor: str, now: float) -> str | None:
+    """One result: the recipient's row updated in one statement, only from a status the result may
+    follow (``_RESULT_FROM``), and its event; returns the message id, None when nothing changed."""
     if res.status not in Status.RESULTS:
         raise ValueError(f"not a result status: {res.status}")
-    row = conn.execute("SELECT message_id, status FROM recipients WHERE id=?", (res.recipient_id,)).fetchone()
-    if row is None or row["status"] == Status.CANCELLED:
-        return None
     nxt = res.next_attempt_at if res.status == Status.DEFERRED else now
     if res.status == Status.DEFERRED and nxt is None:
         raise ValueError("deferred result needs next_attempt_at")
-    current = row["status"]
-    if current in Status.DUE:       # the lease expired and the recipient returned while the attempt ran
-        current = Status.SENDING
-    if not can_transition(current, res.status):
-        return None                 # it already ended (a duplicate claim finished first): keep that
-    set_status(conn, res.recipient_id, current, res.status, now,
-               "reason=?, attempts=attempts+?, next_attempt_at=?, leased_until=NULL, lease_owner=NULL,"
-               " last_code=?, last_enhanced=?, last_text=?, route=COALESCE(?, route)",
-               (res.reason, 0 if res.reason in NOT_AN_ATTEMPT else 1, nxt, res.code, res.enhanced, res.text,
-                res.route))
+    origins = _RESULT_FROM[res.status]
+    row = conn.execute(
+        "UPDATE recipients SET status=?, updated_at=?, reason=?, attempts=attempts+?, next_attempt_at=?,"
+        " leased_until=NULL, lease_owner=NULL, last_code=?, last_enhanced=?, last_text=?,"
+        f" route=COALESCE(?, route) WHERE id=? AND status IN ({','.join('?' * len(origins))})"
+        " RETURNING message_id",
+        (res.status, now, res.reason, 0 if res.reason in NOT_AN_ATTEMPT else 1, nxt, res.code, res.enhanced,
+         res.text, res.route, res.recipient_id, *origins)).fetchone()
+    if row is None:
+        return None
     details = {k: v for k, v in (("code", res.code), ("enhanced", res.enhanced), ("text", res.text),
                                  ("route", res.route),
                                  ("next_attempt_at", nxt if res.status == Status.DEFERRED else None))
@@ -285,13 +308,12 @@ class MessageStore:
         message = _new_message(msg, now)          # built outside the write lock: nothing in it is read back
 
         def _do(conn: Conn) -> tuple[Claim, set[str]] | None:
-            insert_message(conn, msg, now, actor, (owner, now + lease))
+            ids: list[int] = []
+            insert_message(conn, msg, now, actor, (owner, now + lease), ids)
             if msg.held or (msg.send_at is not None and msg.send_at > now):
                 return None
-            rows = conn.execute("SELECT * FROM recipients WHERE message_id=? ORDER BY id",
-                                (msg.queue_id,)).fetchall()
             suppressed = {a.lower() for a in msg.recipients if _supp.is_suppressed(conn, a, now)}
-            return Claim(message, tuple(recipient_of(r) for r in rows)), suppressed
+            return Claim(message, _leased(msg, ids, now, owner, now + lease)), suppressed
 
         return await self.db.write(_do, inline=True)
 

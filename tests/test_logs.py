@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import logging
@@ -12,6 +13,7 @@ import sys
 
 import pytest
 
+from relay.maillog import mail_line
 from relaybox import logs
 
 pytestmark = pytest.mark.integration
@@ -69,6 +71,78 @@ def test_level_filters_and_bad_format_is_refused(capture):
     assert "hidden" not in out.getvalue() and "shown" in out.getvalue()
     with pytest.raises(ValueError):
         logs.setup_logging("info", "xml")
+
+
+@contextlib.contextmanager
+def alone():
+    """Only relaybox's handler on the root logger: pytest's capture handlers (added for the test's call
+    phase, after the fixtures ran) set aside meanwhile."""
+    root = logging.getLogger()
+    others = [h for h in root.handlers if not getattr(h, "_relaybox", False)]
+    for h in others:
+        root.removeHandler(h)
+    try:
+        yield
+    finally:
+        for h in others:
+            root.addHandler(h)
+
+
+def _without_time(text: str, fmt: str) -> list:
+    lines = text.splitlines()
+    if fmt == "json":
+        return [{k: v for k, v in json.loads(x).items() if k != "ts"} for x in lines]
+    return [x.split(" ", 1)[1] for x in lines]
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_mail_line_writes_what_the_logging_module_writes(capture, monkeypatch, fmt):
+    """The accepted/result lines skip the logging module when relaybox's handler is the only listener, and
+    the line is the same, worker tag and redaction included."""
+    out = capture(fmt, "info")
+    handler = next(h for h in logging.getLogger().handlers if getattr(h, "_relaybox", False))
+    handler.addFilter(logs.FieldTag(worker=3))
+    logs.register_secret("s3cr3t-route-pw")
+    direct = []
+    real = logs.Handler.direct_line
+    monkeypatch.setattr(logs.Handler, "direct_line", lambda self, *a: direct.append(a) or real(self, *a))
+    log = logging.getLogger("relay.delivery.scheduler")
+    text = ("result queue_id=Q1 status=deferred"
+            " reply='451 s3cr3t-route-pw password=hunter2 AUTH PLAIN AGFiYw=='")
+    with alone():
+        mail_line(log, text, "Q1")
+        log.info("%s", text, extra={"queue_id": "Q1"})
+    assert len(direct) == 1                                   # the first line took the direct path
+    fast, slow = _without_time(out.getvalue(), fmt)
+    assert fast == slow
+    raw = out.getvalue()
+    assert "s3cr3t-route-pw" not in raw and "hunter2" not in raw and "AGFiYw" not in raw
+    assert ("worker=3" in fast and "[Q1]" in fast) if fmt == "text" else (fast["worker"] == 3
+                                                                          and fast["queue_id"] == "Q1")
+
+
+def test_mail_line_goes_through_logging_whenever_something_else_listens(capture):
+    out = capture("text", "info")
+    log = logging.getLogger("relay.intake.listener")
+    handler = next(h for h in logging.getLogger().handlers if getattr(h, "_relaybox", False))
+    seen: list[logging.LogRecord] = []
+    listener = logging.Handler()
+    listener.emit = seen.append                               # type: ignore[method-assign]
+    drop = logging.Filter("nothing.matches")
+    with alone():
+        log.addHandler(listener)
+        try:
+            mail_line(log, "accepted queue_id=Q2 client=10.0.0.5", "Q2")
+        finally:
+            log.removeHandler(listener)
+        handler.addFilter(drop)         # a filter of someone else's on relaybox's handler still decides
+        mail_line(log, "accepted queue_id=Q3", "Q3")
+        handler.removeFilter(drop)
+        logging.getLogger().setLevel(logging.WARNING)       # below the level: nothing at all
+        mail_line(log, "accepted queue_id=Q4", "Q4")
+    assert [(r.getMessage(), r.queue_id) for r in seen] == [("accepted queue_id=Q2 client=10.0.0.5", "Q2")]
+    assert "[Q2] accepted queue_id=Q2" in out.getvalue()
+    assert "Q3" not in out.getvalue() and "Q4" not in out.getvalue()
 
 
 SECRET = "Tr0ub4dor&3-horse"

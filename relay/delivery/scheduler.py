@@ -43,6 +43,7 @@ from relay.delivery.destinations import Destinations
 from relay.delivery.route_book import RouteStatus
 from relay.envelope import address_error
 from relay.errors import ConnectError, DeliveryError
+from relay.maillog import mail_line
 from relay.notices.reports import Batch, Reports
 from relay.spool.retry import RetryPolicy, expires_at, next_attempt
 from relay.spool.spool import AttemptLog, Claim, Message, Recipient, RecipientResult, Spool
@@ -596,9 +597,10 @@ class Scheduler:
         tls = "-" if attempt is None or attempt.tls is None else ("yes" if attempt.tls else "no")
         delay = max(0.0, self.clock() - max(msg.created_at, msg.send_at or 0))
         reply = " ".join(str(x) for x in (res.code, res.enhanced, res.text) if x)
-        log.info("result queue_id=%s to_domain=%s relay=%s status=%s reason=%s delay=%.1fs tls=%s reply=%r",
-                 msg.id, r.address.rpartition("@")[2].lower(), relay, res.status, res.reason or "-", delay,
-                 tls, reply[:300], extra={"queue_id": msg.id})
+        domain = r.address.rpartition("@")[2].lower()
+        mail_line(log, f"result queue_id={msg.id} to_domain={domain} relay={relay}"
+                       f" status={res.status} reason={res.reason or '-'} delay={delay:.1f}s tls={tls}"
+                       f" reply={reply[:300]!r}", msg.id)
 
     async def _requeue(self, rcpts: list[Recipient], at: float,
                        why: tuple[int | None, str | None, str] | None = None) -> None:

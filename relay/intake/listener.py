@@ -20,6 +20,7 @@ from relay.intake.metrics import SMTP_ACCEPTED, SMTP_REJECTED
 from relay.intake.policy import Policy
 from relay.intake.protocol import ListenerState, RelaySMTP
 from relay.intake.rejections import RejectionLog
+from relay.maillog import mail_line
 from relay.spool.spool import Spool
 from relay.tls import server_context
 from store.sqlite import StorageError
@@ -115,8 +116,8 @@ class IntakeHandler:
             log.error("could not store message from %s: %s", ip, exc)
             return "451 4.3.0 Error: queue file write error, try again later"
         SMTP_ACCEPTED.inc()
-        log.info("accepted queue_id=%s client=%s sender=<%s> rcpts=%d size=%d", qid, ip, msg.sender,
-                 len(msg.recipients), len(msg.body), extra={"queue_id": qid})
+        mail_line(log, f"accepted queue_id={qid} client={ip} sender=<{msg.sender}>"
+                       f" rcpts={len(msg.recipients)} size={len(msg.body)}", qid)
         return f"250 2.0.0 Ok: queued as {qid}"
 
 
