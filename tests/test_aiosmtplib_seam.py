@@ -63,3 +63,45 @@ async def test_a_session_through_the_seam_delivers_the_body_unchanged():
         assert sink.messages[0].data == body
     finally:
         await sink.stop()
+
+
+async def test_a_server_gone_silent_times_the_read_out_and_a_later_reply_is_read_in_time():
+    """read_response's own timer (no asyncio.wait_for): a reply that does not come raises aiosmtplib's
+    SMTPReadTimeoutError after the timeout, not before and not much after; one that comes is returned."""
+    import asyncio
+    import time
+
+    import aiosmtplib
+
+    silent = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 quiet.test ESMTP\r\n")
+        while line := await reader.readline():
+            if line.upper().startswith((b"EHLO", b"HELO")):
+                writer.write(b"250-quiet.test\r\n250 PIPELINING\r\n")
+            elif line.upper().startswith(b"NOOP"):
+                await asyncio.sleep(0.2)                    # slow, but within the timeout
+                writer.write(b"250 2.0.0 Ok\r\n")
+            elif silent.is_set():
+                continue                                    # never answers again
+            else:
+                writer.write(b"250 2.1.0 Ok\r\n")
+                silent.set()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=5, use_tls=False, start_tls=False)
+    try:
+        await client.connect()
+        await client.ehlo()
+        assert (await client.execute_command(b"NOOP", timeout=1.0)).code == 250
+        assert (await client.execute_command(b"MAIL FROM:<a@src.test>", timeout=1.0)).code == 250
+        started = time.monotonic()
+        with pytest.raises(aiosmtplib.SMTPReadTimeoutError):
+            await client.execute_command(b"RCPT TO:<b@dst.test>", timeout=0.5)
+        assert 0.45 <= time.monotonic() - started < 2.0
+    finally:
+        client.close()
+        server.close()
+        await server.wait_closed()

@@ -81,6 +81,7 @@ class Scheduler:
                                      Batch]] = []
         self._storage_error: str | None = None
         self._in_flight: set[int] = set()
+        self._down = -1                     # destinations parked, as last written to the gauge
         self._unfinished: set[int] = set()
         self._saturated: set[str] = set()
         self._saturated_at = 0.0
@@ -503,7 +504,10 @@ class Scheduler:
                 self._wake.set()
         else:
             self.destinations.release_probe(key)
-        metrics.DESTINATIONS_DOWN.set(len(self.destinations))
+        down = len(self.destinations)
+        if down != self._down:              # written when it changes: this runs after every transaction
+            self._down = down
+            metrics.DESTINATIONS_DOWN.set(down)
 
     async def _body(self, message_id: str) -> bytes | None:
         fut = self._bodies.get(message_id)
