@@ -3,6 +3,7 @@ store's (``store.states``, ``store.records``) and re-exported for the relay's mo
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 
@@ -59,6 +60,10 @@ def address_literal_error(literal: str) -> str | None:
     return None
 
 
+# The same few names and addresses come back all day (an application's sender, its recipients, its EHLO
+# name), checked at intake and again before delivery: the verdicts are kept (pure functions of the text;
+# bounded, least recently used out first).
+@functools.lru_cache(maxsize=8192)
 def helo_error(name: str) -> str | None:
     """Why an EHLO/HELO argument is not a domain or an address literal (RFC 5321 4.1.1.1), or None.
 
@@ -76,6 +81,7 @@ def helo_error(name: str) -> str | None:
     return "not a domain name or address literal"
 
 
+@functools.lru_cache(maxsize=8192)
 def address_error(addr: str) -> str | None:
     """Why ``addr`` (a bare envelope address, no angle brackets) is not a valid mailbox, or None.
 
