@@ -212,9 +212,10 @@ def _complete_one(conn: Conn, res: RecipientResult, actor: str, now: float) -> s
         f" route=COALESCE(?, route) WHERE id=? AND status IN ({','.join('?' * len(origins))})"
         " RETURNING message_id",
         (res.status, now, res.reason, 0 if res.reason in NOT_AN_ATTEMPT else 1, nxt, res.code, res.enhanced,
-         res.text, res.route, res.recipient_id, *origins)).fetchone()
-    if row is None:
+         res.text, res.route, res.recipient_id, *origins)).fetchall()
+    if not row:
         return None
+    row = row[0]
     details = {k: v for k, v in (("code", res.code), ("enhanced", res.enhanced), ("text", res.text),
                                  ("route", res.route),
                                  ("next_attempt_at", nxt if res.status == Status.DEFERRED else None))
