@@ -37,7 +37,7 @@ from store.records import (
     recipient_of,
 )
 from store.sqlite import Database
-from store.states import ALLOWED, BEING_DELIVERED, NEW, Status, can_transition, transition
+from store.states import BEING_DELIVERED, NEW, Status, can_transition, transition
 
 Conn = sqlite3.Connection
 
@@ -120,13 +120,15 @@ def insert_message(conn: Conn, msg: NewMessage, now: float, actor: str,
     )
     conn.execute("INSERT INTO bodies(message_id, data) VALUES (?, ?)", (qid, msg.body))
     owner, until = leased if leased is not None else (None, None)
+    # SQLite gives the new row's id without RETURNING (which costs it an ephemeral table per statement)
+    returning = " RETURNING id" if dialect(conn) == "postgresql" else ""
     for rcpt in msg.recipients:
         cur = conn.execute(
             "INSERT INTO recipients(message_id, address, domain, status, next_attempt_at, updated_at,"
-            " leased_until, lease_owner) VALUES (?,?,?,?,?,?,?,?) RETURNING id",
+            " leased_until, lease_owner) VALUES (?,?,?,?,?,?,?,?)" + returning,
             (qid, rcpt, domain_of(rcpt), status, due, now, until, owner),
         )
-        rid = cur.fetchone()[0]
+        rid = int(cur.fetchone()[0] if returning else cur.lastrowid)
         if ids is not None:
             ids.append(rid)
         add_event(conn, now, qid, rid, event_status, actor, "send-at" if scheduled else "accepted")
@@ -185,37 +187,25 @@ def _messages(conn: Conn, ids: Sequence[str]) -> list[Message]:
     return [message_of(row) for row in _select_in(conn, "SELECT * FROM messages WHERE id IN", ids)]
 
 
-def _result_from(new: str) -> tuple[str, ...]:
-    """The statuses a recipient may be in for an attempt's result ``new`` to be recorded: those the state
-    machine lets go to ``new``, a due status counting as 'sending' (the lease expired and the recipient
-    returned to the queue while the attempt ran). Never 'cancelled' (an admin's cancel wins); an end
-    status only where the machine allows it (a duplicate claim that finished first keeps its result)."""
-    return tuple(s for s in ALLOWED if s not in (NEW, Status.CANCELLED)
-                 and can_transition(Status.SENDING if s in Status.DUE else s, new))
-
-
-_RESULT_FROM = {new: _result_from(new) for new in Status.RESULTS}
-
-
 def _complete_one(conn: Conn, res: RecipientResult, actor: str, now: float) -> str | None:
-    """One result: the recipient's row updated in one statement, only from a status the result may
-    follow (``_RESULT_FROM``), and its event; returns the message id, None when nothing changed."""
     if res.status not in Status.RESULTS:
         raise ValueError(f"not a result status: {res.status}")
+    row = conn.execute("SELECT message_id, status FROM recipients WHERE id=?", (res.recipient_id,)).fetchone()
+    if row is None or row["status"] == Status.CANCELLED:
+        return None
     nxt = res.next_attempt_at if res.status == Status.DEFERRED else now
     if res.status == Status.DEFERRED and nxt is None:
         raise ValueError("deferred result needs next_attempt_at")
-    origins = _RESULT_FROM[res.status]
-    row = conn.execute(
-        "UPDATE recipients SET status=?, updated_at=?, reason=?, attempts=attempts+?, next_attempt_at=?,"
-        " leased_until=NULL, lease_owner=NULL, last_code=?, last_enhanced=?, last_text=?,"
-        f" route=COALESCE(?, route) WHERE id=? AND status IN ({','.join('?' * len(origins))})"
-        " RETURNING message_id",
-        (res.status, now, res.reason, 0 if res.reason in NOT_AN_ATTEMPT else 1, nxt, res.code, res.enhanced,
-         res.text, res.route, res.recipient_id, *origins)).fetchall()
-    if not row:
-        return None
-    row = row[0]
+    current = row["status"]
+    if current in Status.DUE:       # the lease expired and the recipient returned while the attempt ran
+        current = Status.SENDING
+    if not can_transition(current, res.status):
+        return None                 # it already ended (a duplicate claim finished first): keep that
+    set_status(conn, res.recipient_id, current, res.status, now,
+               "reason=?, attempts=attempts+?, next_attempt_at=?, leased_until=NULL, lease_owner=NULL,"
+               " last_code=?, last_enhanced=?, last_text=?, route=COALESCE(?, route)",
+               (res.reason, 0 if res.reason in NOT_AN_ATTEMPT else 1, nxt, res.code, res.enhanced, res.text,
+                res.route))
     details = {k: v for k, v in (("code", res.code), ("enhanced", res.enhanced), ("text", res.text),
                                  ("route", res.route),
                                  ("next_attempt_at", nxt if res.status == Status.DEFERRED else None))
