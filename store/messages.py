@@ -128,7 +128,7 @@ def insert_message(conn: Conn, msg: NewMessage, now: float, actor: str,
             " leased_until, lease_owner) VALUES (?,?,?,?,?,?,?,?)" + returning,
             (qid, rcpt, domain_of(rcpt), status, due, now, until, owner),
         )
-        rid = int(cur.fetchone()[0] if returning else cur.lastrowid)
+        rid: int = cur.fetchone()[0] if returning else cur.lastrowid  # type: ignore[assignment]
         if ids is not None:
             ids.append(rid)
         add_event(conn, now, qid, rid, event_status, actor, "send-at" if scheduled else "accepted")
