@@ -364,15 +364,25 @@ def report(loads: list[Load]) -> None:
             store = {"relaybox/PG": "PostgreSQL, one node", "relaybox/PGx3": "PostgreSQL, three nodes"}.get(
                 system, "SQLite")
             name = f"{load.name} ({store}{'; Postfix unsigned, no milter' if load.dkim else ''})"
-            ratios.append((name, ratio, None if load.dkim else TARGETS.get(load.size)))
+            ratios.append((name, ratio, None if load.dkim else TARGETS.get(load.size), paired(ours, pf)))
             print(f"| {name} | {med(pf, 'rate'):.0f} | {med(ours, 'rate'):.0f} | {ratio:.2f}x "
                   f"| {med(pf, 'cpu_us'):.0f} us | {med(ours, 'cpu_us'):.0f} us "
                   f"| {med(pf, '0.5'):.1f} / {med(pf, '0.99'):.1f} ms "
                   f"| {med(ours, '0.5'):.1f} / {med(ours, '0.99'):.1f} ms |")
     print()
-    for name, ratio, target in ratios:
+    for name, ratio, target, per_rep in ratios:
         verdict = f" (target >= {target}x: {'met' if ratio >= target else 'NOT met'})" if target else ""
         print(f"ratio relaybox/Postfix {name}: {ratio:.2f}x{verdict}")
+        if len(per_rep) > 1:
+            print(f"    per rep (each against the Postfix run next to it): "
+                  f"{', '.join(f'{x:.2f}x' for x in per_rep)}; median {statistics.median(per_rep):.2f}x")
+
+
+def paired(ours: list[Result], pf: list[Result]) -> list[float]:
+    """Each rep's ratio against the Postfix run of the same rep (run right before or after it): on a VM
+    whose speed drifts between minutes (seen here: the same run 30% slower ten minutes later) the pairs
+    drift together, where the medians of the two columns can come from different minutes."""
+    return [a.rate / b.rate for a, b in zip(ours, pf, strict=False) if not a.error and not b.error and b.rate]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
