@@ -7,7 +7,9 @@
 - ``json``: one object per line: ``{"ts": ..., "level": ..., "logger": ..., "msg": ..., "queue_id": ...}``
 
 The queue id comes from ``log.info("...", extra={"queue_id": qid})``; other ``extra`` fields are kept too
-(appended as ``key=value`` in text, as keys in JSON).
+(appended as ``key=value`` in text, as keys in JSON). The two lines of every relayed message (accepted,
+result) come through ``relay.maillog.mail_line``: the same line, written by ``Handler.direct_line``
+without a LogRecord when this handler, with only relaybox's filters, is the one listening.
 
 Secrets never reach the output. Every record passes a redaction step that masks, in the message, the
 arguments, the extra fields and the traceback:
