@@ -19,7 +19,7 @@ runs. msg/s = (N + probes) / (time from smtp-source's start until the sink has c
 CPU/msg = user+system CPU of the system's process tree (/proc, reaped children included) over that time,
 divided by the messages. Intake p50/p99 = the probe's MAIL FROM .. 250-after-DATA time.
 Loads: e2e 1 KB, e2e 100 KB (N = --large-messages), 1 KB with RSA-2048 DKIM (relaybox signs; the Postfix
-reference has no milter, so it does not sign). Targets: 1 KB >= 2.0x Postfix, 100 KB >= 1.5x.
+reference has no milter, so it does not sign). Targets (relaybox on SQLite): 1 KB >= 2.0x Postfix, 100 KB >= 1.5x, DKIM >= 1.3x.
 Exit status 1 when a run lost or failed messages; a missed target is printed, not an error.
 """
 
@@ -43,7 +43,8 @@ from _postfix_ref import CountingSink, PostfixInstance, tree_cpu
 from tests.peers.postgres import PostgresServer
 
 SENDER, RCPT = "sender@src.test", "rcpt@dst.test"
-TARGETS = {1024: 2.0, 102400: 1.5}
+TARGETS = {1024: 2.0, 102400: 1.5}      # the issue's, for relaybox on SQLite
+DKIM_TARGET = 1.3                        # 1 KB with RSA-2048 DKIM (Postfix unsigned)
 
 
 @dataclass
@@ -364,7 +365,8 @@ def report(loads: list[Load]) -> None:
             store = {"relaybox/PG": "PostgreSQL, one node", "relaybox/PGx3": "PostgreSQL, three nodes"}.get(
                 system, "SQLite")
             name = f"{load.name} ({store}{'; Postfix unsigned, no milter' if load.dkim else ''})"
-            ratios.append((name, ratio, None if load.dkim else TARGETS.get(load.size), paired(ours, pf)))
+            target = (DKIM_TARGET if load.dkim else TARGETS.get(load.size)) if system == "relaybox" else None
+            ratios.append((name, ratio, target, paired(ours, pf)))
             print(f"| {name} | {med(pf, 'rate'):.0f} | {med(ours, 'rate'):.0f} | {ratio:.2f}x "
                   f"| {med(pf, 'cpu_us'):.0f} us | {med(ours, 'cpu_us'):.0f} us "
                   f"| {med(pf, '0.5'):.1f} / {med(pf, '0.99'):.1f} ms "
