@@ -19,7 +19,8 @@ runs. msg/s = (N + probes) / (time from smtp-source's start until the sink has c
 CPU/msg = user+system CPU of the system's process tree (/proc, reaped children included) over that time,
 divided by the messages. Intake p50/p99 = the probe's MAIL FROM .. 250-after-DATA time.
 Loads: e2e 1 KB, e2e 100 KB (N = --large-messages), 1 KB with RSA-2048 DKIM (relaybox signs; the Postfix
-reference has no milter, so it does not sign). Targets (relaybox on SQLite): 1 KB >= 2.0x Postfix, 100 KB >= 1.5x, DKIM >= 1.3x.
+reference has no milter, so it does not sign). Targets (relaybox on SQLite): 1 KB >= 2.0x Postfix,
+100 KB >= 1.5x, DKIM >= 1.3x.
 Exit status 1 when a run lost or failed messages; a missed target is printed, not an error.
 """
 
