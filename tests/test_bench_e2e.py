@@ -41,3 +41,21 @@ def test_bench_e2e_postfix_smoke():
     assert re.search(ratio, out.stdout, re.M), text
     work = re.search(r"^work dir .*: (\S+)$", out.stdout, re.M)
     assert work and not os.path.exists(work.group(1)), text
+
+
+def test_bench_ab_cores_smoke():
+    """bench/ab_cores.py with HEAD against this tree, one small round: both sides relay everything on one
+    core each, the ratio is printed, and its worktree of HEAD is removed again."""
+    before = subprocess.run(["git", "-C", REPO, "worktree", "list"], capture_output=True, text=True).stdout
+    out = subprocess.run([sys.executable, "bench/ab_cores.py", "HEAD", ".", "--rounds", "1",
+                          "--messages", "150", "--sessions", "4"],
+                         cwd=REPO, capture_output=True, text=True, timeout=240)
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text
+    line = re.search(r"^round 1: A +(\d+) us/msg +(\d+) msg/s \| B +(\d+) us/msg +(\d+) msg/s \| B/A (\S+)$",
+                     out.stdout, re.M)
+    assert line and all(int(x) > 0 for x in line.groups()[:4]), text
+    assert 0.3 < float(line.group(5)) < 3.0, text        # the same code on two cores: the same order
+    assert re.search(r"^B/A CPU per message \(\. against HEAD\): median \d\.\d{3}", out.stdout, re.M), text
+    after = subprocess.run(["git", "-C", REPO, "worktree", "list"], capture_output=True, text=True).stdout
+    assert after == before, text
