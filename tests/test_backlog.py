@@ -74,8 +74,9 @@ async def test_a_full_destination_is_not_claimed_over_and_over(tmp_path, sinks):
     # delivered before that backlog is through (probes reach past the full destination's mail)
     assert slow_then < SLOW * 0.9, slow_then
     # a claim round that starts while the destination is full takes only what it has room for: hand-backs
-    # stay a fraction of the messages (claiming whole batches every pause handed back ~2 per message)
-    assert sched.stats["requeued_backlog"] < SLOW // 2, dict(sched.stats)
+    # stay a fraction of the messages. Measured on this VM, 10 runs each: this scheduler 51-71, the one
+    # that claimed whole batches after every pause (e9167e3) 93-99; the bound sits between the two
+    assert sched.stats["requeued_backlog"] < SLOW * 2 // 3, dict(sched.stats)
 
 
 async def test_pauses_grow_while_the_queue_holds_only_work_for_full_destinations(tmp_path, sinks,

@@ -113,11 +113,11 @@ class RouteStatus:
 
     def _publish_up(self, name: str, value: int) -> None:
         known = self._up.get(name)
-        if known is None:
-            known = (ROUTE_UP.labels(name), -1)
-        if known[1] != value:
-            known[0].set(value)
-        self._up[name] = (known[0], value)
+        if known is not None and known[1] == value:
+            return
+        child = known[0] if known is not None else ROUTE_UP.labels(name)
+        child.set(value)
+        self._up[name] = (child, value)
 
     def take(self) -> list[RouteDelta]:
         """The pending deltas, handed over for writing (``give_back`` if the write failed)."""

@@ -53,12 +53,6 @@ from store.bounces import DeliveryFailure
 
 log = logging.getLogger("relay.delivery.scheduler")
 
-
-@functools.lru_cache(maxsize=8)
-def _seconds(kind: str) -> Any:
-    """The transaction-duration histogram of a destination kind (mx, route: a handful), looked up once."""
-    return metrics.TRANSACTION_SECONDS.labels(kind)
-
 BACKLOG_FACTOR = 10           # recipients held per destination = factor x its connection limit
 SATURATED_RECHECK = 0.25      # seconds: how long claims pause while a destination is at its backlog cap
 SATURATED_RECHECK_MAX = 2.0   # ... at most, after rechecks that found only more work for full destinations
@@ -67,6 +61,12 @@ CLAIM_GATHER = 0.02           # seconds between claim rounds while work trickles
 PREFETCH_MAX_BODY = 256_000   # bodies up to this size are read with the claim round, not one by one
 PREFETCH_BYTES = 32_000_000   # at most this much body data per round
 RECORD_RETRIES = (0.5, 1.0, 2.0, 4.0, 8.0)   # seconds between tries to record a transaction's results
+
+
+@functools.lru_cache(maxsize=8)
+def _seconds(kind: str) -> Any:
+    """The transaction-duration histogram of a destination kind (mx, route: a handful), looked up once."""
+    return metrics.TRANSACTION_SECONDS.labels(kind)
 
 
 class Scheduler:
