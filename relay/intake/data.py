@@ -18,6 +18,9 @@ from dataclasses import dataclass
 
 TERMINATOR = b"\r\n.\r\n"
 _ANY_EOL = re.compile(rb"\r\n|\r|\n")
+# a line starting with a dot: sre finds the literal LF with memchr (~3x faster than ``b"\n." in body``,
+# whose two-byte search steps through the body a few bytes at a time: ~75 us per 100 KB here)
+_DOT_LINE = re.compile(rb"\n\.")
 
 
 @dataclass
@@ -68,7 +71,7 @@ class DataPhase:
 
 def unstuff(body: bytes) -> bytes:
     """RFC 5321 4.5.2: remove the leading dot of every line that starts with one."""
-    if b"\n." not in body and not body.startswith(b"."):
+    if not body.startswith(b".") and _DOT_LINE.search(body) is None:
         return body
     out = (b"\r\n" + body).replace(b"\r\n.", b"\r\n")
     return out[2:]
@@ -97,10 +100,11 @@ def check_and_clean(raw: bytes, *, bare_lf: str, max_line: int,
     ``CRLF NUL . CRLF`` becomes an ordinary one-dot line, dot-stuffed again on relay): a next hop that
     drops NULs before framing must never see a terminator we did not see.
 
-    ``bytes.splitlines`` breaks at CRLF, CR and LF. With k CRLFs, a bare LFs and b bare CRs there are
-    k+a+b breaks while LF counts k+a and CR counts k+b: the body is clean iff all three numbers agree
-    (it always ends with CRLF, so the break count is the number of lines). Single-byte counts and one
-    split are the cheapest C passes for this (~3x faster than counting the two-byte CRLF).
+    ``bytes.splitlines`` breaks at CRLF (two bytes), bare CR and bare LF (one byte each), and drops the
+    breaks: the body is clean iff the lines and two bytes per line add up to its length (a one-byte break,
+    or a last line without one, leaves it short). The line lengths are needed for the longest line anyway;
+    summing them costs less than the two single-byte counts this took before (~120 against ~170 us per
+    100 KB of 78-byte lines).
     """
     body = unstuff(raw)
     if b"\0" in body:
@@ -108,11 +112,12 @@ def check_and_clean(raw: bytes, *, bare_lf: str, max_line: int,
             return None, "nul"
         body = body.replace(b"\0", b"")
     lines = body.splitlines()
-    if not (body.count(b"\n") == body.count(b"\r") == len(lines)):
+    lengths = list(map(len, lines))
+    if sum(lengths) + 2 * len(lines) != len(body):
         if bare_lf == "reject":
             return None, "bare_lf"
         body = b"\r\n".join(lines) + b"\r\n" if lines else b""
-    if lines and max(map(len, lines)) > max_line:
+    if lengths and max(lengths) > max_line:
         return None, "line_too_long"
     return body, None
 
