@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from store import Store
+from store import Store, StorageError
 from store.nodes import LEADER, Registration
 from store.postgres import CONFIG_CHANNEL, QUEUE_CHANNEL, RECONNECTED, Notifications
 from store.records import NewMessage
@@ -380,6 +380,34 @@ async def test_postgresql_reads_survive_connections_the_server_dropped(postgres_
                           " AND application_name = 'relaybox'", (url.rsplit("/", 1)[1],))
         got = await asyncio.gather(*(s.nodes.list_nodes(TTL) for _ in range(8)))
         assert all([n.owner for n in nodes] == ["a:1"] for nodes in got)
+    finally:
+        s.close()
+        postgres_server.drop_database(url)
+
+
+async def test_postgresql_a_write_that_swallows_a_failed_statement_is_not_reported_as_committed(
+        postgres_server, tmp_path):
+    """On PostgreSQL a failed statement aborts the whole transaction, and COMMIT then answers ROLLBACK
+    without an error: a write function that catches the failure and returns must not be told that it
+    (or the writes sharing its commit) got through."""
+    import psycopg
+
+    url = postgres_server.create_database()
+    s = Store(url, key_file=str(tmp_path / "k")).open()
+    try:
+        def swallow(conn):
+            conn.execute("INSERT INTO kv(key, value) VALUES ('swallowed', '1')")
+            try:
+                conn.execute("SELECT no_such_column FROM kv")
+            except psycopg.Error:
+                pass
+            return "ok"
+
+        with pytest.raises(StorageError, match="aborted"):
+            await s.db.write(swallow)
+        assert await s.kv.get("swallowed") is None
+        await s.kv.set("after", "2")                       # the writer goes on with the next write
+        assert await s.kv.get("after") == "2"
     finally:
         s.close()
         postgres_server.drop_database(url)

@@ -348,3 +348,33 @@ async def test_suppressions_are_never_weakened_and_expire(open_store, clock):
     assert await b.unsuppress("eve@x.test") and not await b.unsuppress("eve@x.test")
     with pytest.raises(ValueError):
         await b.suppress("not an address", "manual", "manual", "api")
+
+
+async def test_a_failing_write_among_concurrent_ones_fails_alone_and_runs_once(open_store):
+    """Writes waiting together share a commit; one that fails after writing keeps nothing of its own,
+    costs the others nothing, and its function is not run again (a check it calls is seen once)."""
+    from store.messages import insert_message
+
+    s = open_store()
+    runs: dict[int, int] = {}
+    msgs = [new(100 + i, rcpts=("a@x.test",)) for i in range(40)]
+
+    def job(i: int):
+        def fn(conn):
+            runs[i] = runs.get(i, 0) + 1
+            insert_message(conn, msgs[i], 1.0, "test")      # written, then refused below for every 3rd
+            if i % 3 == 0:
+                raise ValueError(f"refused {i}")
+            return i
+        return fn
+
+    out = await asyncio.gather(*(s.db.write(job(i)) for i in range(40)), return_exceptions=True)
+    for i, res in enumerate(out):
+        if i % 3 == 0:
+            assert isinstance(res, ValueError) and str(res) == f"refused {i}"
+            assert runs[i] == 1 and not await s.messages.exists(msgs[i].queue_id)
+        else:
+            assert res == i and await s.messages.exists(msgs[i].queue_id)
+    # the counters the triggers keep count the kept messages only (the failed ones' rows were undone)
+    assert (await s.stats.queue_stats()).counts.get("queued") == 26
+    assert (await s.history.summary(top=5)).total.total == 26
