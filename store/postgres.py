@@ -139,6 +139,28 @@ BATCH_TRIES = 4
 _BLOBS = (bytes, bytearray, memoryview)
 
 
+class _Synced:
+    """A cursor of a write job, whose statements go out pipelined (``PgDatabase._try_batch``): its
+    ``rowcount`` waits for the results first (fetches do that by themselves)."""
+
+    pipeline: Any = None
+
+    @property
+    def rowcount(self) -> int:
+        p = self.pipeline
+        if p is not None and self.connection.info.pipeline_status:   # type: ignore[attr-defined]
+            p.sync()
+        return super().rowcount                                         # type: ignore[misc, no-any-return]
+
+
+class _ClientCursor(_Synced, psycopg.ClientCursor[PgRow]):
+    pass
+
+
+class _BoundCursor(_Synced, psycopg.Cursor[PgRow]):
+    pass
+
+
 class PgConnection:
     """What the aggregates get as ``conn``: a psycopg connection speaking the store's SQLite-style API."""
 
@@ -147,6 +169,7 @@ class PgConnection:
     def __init__(self, raw: psycopg.Connection[Any]):
         self.raw = raw
         self.conflicted = False     # a statement lost a deadlock / serialization conflict with another writer
+        self.pipeline: psycopg.Pipeline | None = None   # during a write job: its statements' pipeline
 
     def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Any:
         # parameters always passed (even empty): psycopg then reads placeholders and %% the same way
@@ -156,7 +179,9 @@ class PgConnection:
                 # a blob (a message body) as a bound parameter in binary: as a literal it would go as
                 # hex text twice its size, for the server to parse (store micro at 100 KB: 1.5x the writes).
                 # The statements with blobs write them into typed columns, where None is typed too.
-                return psycopg.Cursor(self.raw, row_factory=_row_factory).execute(translate(sql), values)
+                cur: _Synced = _BoundCursor(self.raw, row_factory=_row_factory)
+                cur.pipeline = self.pipeline
+                return cur.execute(translate(sql), values)   # type: ignore[attr-defined]
             return self._cursor().execute(translate(sql), values)
         except _CONFLICTS:
             self.conflicted = True
@@ -174,10 +199,12 @@ class PgConnection:
             raise
         return cur
 
-    def _cursor(self) -> psycopg.ClientCursor[PgRow]:
+    def _cursor(self) -> _ClientCursor:
         # client-side binding: values go in as literals PostgreSQL types from their context, as SQLite
         # does (server-side parameters fail on "? IS NULL" with None: no type to infer)
-        return psycopg.ClientCursor(self.raw, row_factory=_row_factory)
+        cur = _ClientCursor(self.raw, row_factory=_row_factory)
+        cur.pipeline = self.pipeline
+        return cur
 
     def script(self, sql: str) -> None:
         """Run a script of several statements as it is (no parameters, no translation)."""
@@ -268,6 +295,18 @@ def _compact(conn: PgConnection) -> int:
         conn.raw.execute(f'VACUUM "{t}"'.encode())
     after = int(conn.execute(_TABLES_SIZE).fetchone()[0])
     return max(0, before - after) // 8192
+
+
+def _is_conflict(exc: BaseException) -> bool:
+    """A lost deadlock, also when it surfaced wrapped (``store.errors.guarded`` keeps it as context)."""
+    seen: BaseException | None = exc
+    for _ in range(4):
+        if seen is None:
+            return False
+        if isinstance(seen, _CONFLICTS):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _store_error(exc: BaseException) -> BaseException:
@@ -372,15 +411,21 @@ class PgDatabase(GroupCommitWriter):
         try:
             for i, job in enumerate(batch):
                 try:
-                    results.append((job, True, job.fn(conn)))
+                    # the job's statements pipelined: only a fetch (or rowcount) waits for the server,
+                    # and the end of the block for the rest (and raises the first failure of the job)
+                    with conn.raw.pipeline() as conn.pipeline:
+                        res = job.fn(conn)
+                    results.append((job, True, res))
                 except BaseException as exc:  # noqa: BLE001 - delivered to the waiting coroutine
+                    conn.pipeline = None
                     self._rollback(conn)
                     self.reruns += 1
-                    if conn.conflicted and tries > 1:   # a lost deadlock: all of it again
+                    if (conn.conflicted or _is_conflict(exc)) and tries > 1:   # a lost deadlock: all again
                         time.sleep(0.005 * (BATCH_TRIES - tries + 1))
                         return batch, tries - 1
                     self._resolve(job, False, _store_error(exc))   # it ran once: its writes are undone
                     return batch[:i] + batch[i + 1:], tries
+            conn.pipeline = None
             if conn.raw.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
                 # a job went on after a failed statement (COMMIT would answer ROLLBACK, not an error)
                 self._rollback(conn)
