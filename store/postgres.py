@@ -297,6 +297,18 @@ def _compact(conn: PgConnection) -> int:
     return max(0, before - after) // 8192
 
 
+# (jobs, tries left, one pipeline per job) of a batch to run again
+_Retry = tuple[list[_Job], int, bool]
+
+
+class _JobFailed(Exception):
+    """A job raised something of its own (not a database error) in a batch's shared pipeline."""
+
+    def __init__(self, index: int, error: BaseException):
+        super().__init__(index)
+        self.index, self.error = index, error
+
+
 def _is_conflict(exc: BaseException) -> bool:
     """A lost deadlock, also when it surfaced wrapped (``store.errors.guarded`` keeps it as context)."""
     seen: BaseException | None = exc
@@ -384,18 +396,19 @@ class PgDatabase(GroupCommitWriter):
             self._resolve(job, False, err)
 
     def _run_batch(self, batch: list[_Job], tries: int = BATCH_TRIES) -> None:
-        """One transaction for the batch, without a savepoint per job (two round trips less per job, ~15%
-        of a message's): when a job fails, nothing of the batch is kept; that job's failure goes to its
-        caller (as if its savepoint had been rolled back) and the other jobs run again without it (jobs
-        are re-runnable: a lost deadlock runs them all again too; the job that failed is not, so a check
-        it calls runs once)."""
-        again: tuple[list[_Job], int] | None = (batch, tries)
+        """One transaction for the batch, its statements pipelined (a round trip only where a job fetches
+        a result, and one at the end), without a savepoint per job. When a job fails, nothing of the
+        batch is kept; that job's failure goes to its caller (as if its savepoint had been rolled back)
+        and the other jobs run again without it. A database error found at a pipeline's end (or at a
+        fetch: an earlier job's statement may have failed) says nothing of whose it was: the batch runs
+        again with one pipeline per job, which does. Jobs are re-runnable (a lost deadlock runs them
+        all again too); one that failed by itself is not run again, so a check it calls runs once."""
+        again: _Retry | None = (batch, tries, False)
         while again is not None and again[0]:
             again = self._try_batch(*again)
 
-    def _try_batch(self, batch: list[_Job], tries: int) -> tuple[list[_Job], int] | None:
+    def _try_batch(self, batch: list[_Job], tries: int, per_job: bool) -> "_Retry | None":
         """Run and commit ``batch``; None when every job got its result, else the jobs to run again."""
-        results: list[tuple[_Job, bool, Any]] = []
         try:
             conn = self._writer_conn()
             # one write transaction at a time across every process on this database (workers, nodes), as
@@ -409,28 +422,15 @@ class PgDatabase(GroupCommitWriter):
             self._fail_batch(batch, StorageError(f"cannot begin transaction: {exc}"))
             return None
         try:
-            for i, job in enumerate(batch):
-                try:
-                    # the job's statements pipelined: only a fetch (or rowcount) waits for the server,
-                    # and the end of the block for the rest (and raises the first failure of the job)
-                    with conn.raw.pipeline() as conn.pipeline:
-                        res = job.fn(conn)
-                    results.append((job, True, res))
-                except BaseException as exc:  # noqa: BLE001 - delivered to the waiting coroutine
-                    conn.pipeline = None
-                    self._rollback(conn)
-                    self.reruns += 1
-                    if (conn.conflicted or _is_conflict(exc)) and tries > 1:   # a lost deadlock: all again
-                        time.sleep(0.005 * (BATCH_TRIES - tries + 1))
-                        return batch, tries - 1
-                    self._resolve(job, False, _store_error(exc))   # it ran once: its writes are undone
-                    return batch[:i] + batch[i + 1:], tries
+            results, retry = (self._each_job if per_job else self._all_jobs)(conn, batch, tries)
             conn.pipeline = None
+            if retry is not None:
+                return retry
             if conn.raw.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
                 # a job went on after a failed statement (COMMIT would answer ROLLBACK, not an error)
                 self._rollback(conn)
                 if conn.conflicted and tries > 1:
-                    return batch, tries - 1
+                    return batch, tries - 1, per_job
                 raise psycopg.OperationalError("a job ignored a failed statement: its transaction aborted")
             if self.fail_commits is not None:
                 raise psycopg.OperationalError(str(self.fail_commits))
@@ -443,9 +443,59 @@ class PgDatabase(GroupCommitWriter):
             return None
         self.batches += 1
         self.jobs += len(batch)
-        for job, ok, res in results:
-            self._resolve(job, ok, res)
+        for job, res in results:
+            self._resolve(job, True, res)
         return None
+
+    def _all_jobs(self, conn: PgConnection, batch: list[_Job],
+                  tries: int) -> tuple[list[tuple[_Job, Any]], "_Retry | None"]:
+        """Every job in one pipeline: (results, None), or what to run again after a failure."""
+        results: list[tuple[_Job, Any]] = []
+        try:
+            with conn.raw.pipeline() as conn.pipeline:
+                for i, job in enumerate(batch):
+                    try:
+                        results.append((job, job.fn(conn)))
+                    except BaseException as exc:  # noqa: BLE001 - delivered to the waiting coroutine
+                        if isinstance(exc, (psycopg.Error, StorageError)):
+                            raise                  # perhaps an earlier job's statement: found out below
+                        raise _JobFailed(i, exc) from exc
+        except _JobFailed as failed:               # the job's own failure (a check, a ValueError...)
+            return [], self._failed(conn, batch, failed.index, failed.error, tries)
+        except BaseException as exc:  # noqa: BLE001 - a database error: whose is not known
+            self._rollback(conn)
+            self.reruns += 1
+            if _is_conflict(exc) and tries > 1:
+                time.sleep(0.005 * (BATCH_TRIES - tries + 1))
+                return [], (batch, tries - 1, False)
+            return [], (batch, tries, True)
+        return results, None
+
+    def _each_job(self, conn: PgConnection, batch: list[_Job],
+                  tries: int) -> tuple[list[tuple[_Job, Any]], "_Retry | None"]:
+        """A pipeline per job: its end raises the job's first failure, so it is that job's alone."""
+        results: list[tuple[_Job, Any]] = []
+        for i, job in enumerate(batch):
+            try:
+                with conn.raw.pipeline() as conn.pipeline:
+                    res = job.fn(conn)
+                results.append((job, res))
+            except BaseException as exc:  # noqa: BLE001 - delivered to the waiting coroutine
+                return [], self._failed(conn, batch, i, exc, tries)
+        return results, None
+
+    def _failed(self, conn: PgConnection, batch: list[_Job], i: int, exc: BaseException,
+                tries: int) -> "_Retry":
+        """Job ``i`` failed: nothing of the batch is kept; its failure goes to its caller (a lost deadlock
+        instead runs the whole batch again) and the others run again without it."""
+        conn.pipeline = None
+        self._rollback(conn)
+        self.reruns += 1
+        if (conn.conflicted or _is_conflict(exc)) and tries > 1:
+            time.sleep(0.005 * (BATCH_TRIES - tries + 1))
+            return batch, tries - 1, True
+        self._resolve(batch[i], False, _store_error(exc))     # it ran once: its writes are undone
+        return batch[:i] + batch[i + 1:], tries, True
 
     @staticmethod
     def _rollback(conn: PgConnection) -> None:

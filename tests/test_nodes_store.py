@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from store import Store, StorageError
+from store import StorageError, Store
 from store.nodes import LEADER, Registration
 from store.postgres import CONFIG_CHANNEL, QUEUE_CHANNEL, RECONNECTED, Notifications
 from store.records import NewMessage

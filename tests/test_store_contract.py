@@ -378,3 +378,33 @@ async def test_a_failing_write_among_concurrent_ones_fails_alone_and_runs_once(o
     # the counters the triggers keep count the kept messages only (the failed ones' rows were undone)
     assert (await s.stats.queue_stats()).counts.get("queued") == 26
     assert (await s.history.summary(top=5)).total.total == 26
+
+
+async def test_a_write_failing_in_the_database_among_concurrent_ones_fails_alone(open_store):
+    """A statement refused by the database itself (a duplicate key), in writes sharing a commit: that
+    write gets a Conflict, the writes before and after it are kept, whoever's statement it was."""
+    from store.errors import Conflict, guarded
+    from store.messages import insert_message
+
+    s = open_store()
+    taken = new(200, rcpts=("a@x.test",))
+    await s.messages.enqueue(taken)
+    msgs = [new(201 + i, rcpts=("a@x.test",)) for i in range(30)]
+    for i in range(0, 30, 7):
+        msgs[i] = dataclasses.replace(msgs[i], queue_id=taken.queue_id)     # refused: the id exists
+
+    def job(i: int):
+        @guarded
+        def fn(conn):
+            insert_message(conn, msgs[i], 1.0, "test")
+            return i
+        return fn
+
+    out = await asyncio.gather(*(s.db.write(job(i)) for i in range(30)), return_exceptions=True)
+    for i, res in enumerate(out):
+        if i % 7 == 0:
+            assert isinstance(res, Conflict)
+        else:
+            assert res == i and await s.messages.exists(msgs[i].queue_id)
+    assert (await s.stats.queue_stats()).counts.get("queued") == 1 + 30 - 5
+    assert [r.address for r in await s.messages.recipients(taken.queue_id)] == ["a@x.test"]
