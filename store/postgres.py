@@ -2,13 +2,14 @@
 reader connections in threads, versioned migrations), so every aggregate runs unchanged on both backends.
 
 Driver: psycopg 3, synchronous connections. The aggregates are synchronous ``fn(conn)`` jobs run by one
-writer thread inside SAVEPOINTs of one transaction per batch; a psycopg sync connection fits that model as
-it is (BEGIN, SAVEPOINT jN per job, one COMMIT per batch), so the same aggregate code serves both backends.
+writer thread in one transaction per batch, its statements pipelined (``PgDatabase._run_batch``); a
+psycopg sync connection fits that model as it is, so the same aggregate code serves both backends.
 asyncpg would have meant rewriting every aggregate as a coroutine.
 
 ``conn`` as the aggregates see it is a ``PgConnection``: ``execute(sql, params)`` with SQLite's ``?``
 placeholders (translated to ``%s``; a literal ``%`` becomes ``%%``; values bound client-side, so
-PostgreSQL types them from their context as SQLite would: ``? IS NULL`` with None works), rows that
+PostgreSQL types them from their context as SQLite would: ``? IS NULL`` with None works; blobs bound
+server-side, in binary), rows that
 answer both ``row["col"]`` and ``row[0]`` (and ``keys()``, like ``sqlite3.Row``), cursors with
 ``rowcount``, ``fetchone``, ``fetchall`` and iteration, ``executemany``. SQL that only one engine
 understands sits behind ``dialect(conn)`` in the aggregate (``"sqlite"`` or ``"postgresql"``).

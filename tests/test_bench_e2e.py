@@ -59,3 +59,18 @@ def test_bench_ab_cores_smoke():
     assert re.search(r"^B/A CPU per message \(\. against HEAD\): median \d\.\d{3}", out.stdout, re.M), text
     after = subprocess.run(["git", "-C", REPO, "worktree", "list"], capture_output=True, text=True).stdout
     assert after == before, text
+
+
+def test_bench_store_writes_smoke():
+    """bench/store_writes.py, tiny counts: both backends took every message (the bench asserts each
+    hand-off), each rep and the medians line with the PostgreSQL / SQLite ratio are printed."""
+    out = subprocess.run([sys.executable, "bench/store_writes.py", "--messages", "60", "--concurrency", "4",
+                          "--reps", "2"], cwd=REPO, capture_output=True, text=True, timeout=240)
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text
+    reps = re.findall(r"^rep (\d) \| (SQLite|PostgreSQL) +\| 60 x 1024 B \| +(\d+) msg/s", out.stdout, re.M)
+    assert sorted((r, n) for r, n, _ in reps) == [("1", "PostgreSQL"), ("1", "SQLite"), ("2", "PostgreSQL"),
+                                                  ("2", "SQLite")], text
+    assert all(int(rate) > 0 for _, _, rate in reps), text
+    assert re.search(r"^medians: SQLite \d+ msg/s, PostgreSQL \d+ msg/s; PostgreSQL / SQLite \d+\.\d\dx",
+                     out.stdout, re.M), text
