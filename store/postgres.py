@@ -310,16 +310,22 @@ class _JobFailed(Exception):
         self.index, self.error = index, error
 
 
-def _is_conflict(exc: BaseException) -> bool:
-    """A lost deadlock, also when it surfaced wrapped (``store.errors.guarded`` keeps it as context)."""
+def _caused_by(exc: BaseException, types: type[BaseException] | tuple[type[BaseException], ...]) -> bool:
+    """``exc`` is one of ``types``, or was raised while handling one (``store.errors.guarded`` turns a
+    driver error into a StorageError and keeps the driver's as its context)."""
     seen: BaseException | None = exc
     for _ in range(4):
         if seen is None:
             return False
-        if isinstance(seen, _CONFLICTS):
+        if isinstance(seen, types):
             return True
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+def _is_conflict(exc: BaseException) -> bool:
+    """A lost deadlock or serialization conflict, also when it surfaced wrapped."""
+    return _caused_by(exc, _CONFLICTS)
 
 
 def _store_error(exc: BaseException) -> BaseException:
@@ -458,7 +464,7 @@ class PgDatabase(GroupCommitWriter):
                     try:
                         results.append((job, job.fn(conn)))
                     except BaseException as exc:  # noqa: BLE001 - delivered to the waiting coroutine
-                        if isinstance(exc, (psycopg.Error, StorageError)):
+                        if _caused_by(exc, psycopg.Error):
                             raise                  # perhaps an earlier job's statement: found out below
                         raise _JobFailed(i, exc) from exc
         except _JobFailed as failed:               # the job's own failure (a check, a ValueError...)
